@@ -1,0 +1,161 @@
+"""The detector contract and the numeric table every detector sees.
+
+A detector is fitted on trusted rows and scores new ones::
+
+    det = REGISTRY["knn_label"]().fit(reference)   # reference: Table
+    s = det.score(batch)                           # ndarray of shape (batch.n_rows,)
+    det.explain(batch, rows)                       # one reason string per row in ``rows``
+
+Higher scores are more suspicious. Scores need not be on any common scale: the
+decision step turns each detector's scores into conformal p-values against
+trusted calibration rows scored the same way. ``score`` must therefore treat
+its ``batch`` argument as a whole batch (within-batch detectors may look at the
+other rows of the same batch) and must be deterministic for a fitted detector.
+
+Detectors with ``needs_label = True`` use ``Table.y``; they are skipped when a
+scan has no label column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.errors import BatchError
+
+#: Label code given to a label value the trusted reference never contained.
+UNSEEN_LABEL = -1
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """Rows as detectors see them.
+
+    Attributes
+    ----------
+    X : ndarray of shape (n_rows, n_features), float32
+        Features centred and scaled with the reference's median and IQR,
+        missing values replaced by the reference median (0 after scaling).
+    raw : ndarray of shape (n_rows, n_features), float64
+        The same features as they arrived (NaN kept), for reasons people read.
+    y : ndarray of shape (n_rows,), int64, or None
+        Label codes into ``classes``; ``UNSEEN_LABEL`` for a value the
+        reference never had. None when the scan has no label.
+    features : tuple of str
+        Feature names, in column order.
+    classes : tuple
+        Label values of the reference, indexed by code.
+    """
+
+    X: np.ndarray
+    raw: np.ndarray
+    y: np.ndarray | None
+    features: tuple[str, ...]
+    classes: tuple[Any, ...] = field(default=())
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def label_of(self, code: int) -> Any:
+        """The label value behind a code, for reasons."""
+        return "<unseen>" if code == UNSEEN_LABEL else self.classes[code]
+
+    def take(self, rows: np.ndarray) -> Table:
+        """The sub-table of the given row positions (used for cross-fitting)."""
+        y = None if self.y is None else self.y[rows]
+        return Table(self.X[rows], self.raw[rows], y, self.features, self.classes)
+
+
+@dataclass(frozen=True, eq=False)
+class Encoder:
+    """Turns frames into ``Table``s, with scaling and label codes learnt from the reference."""
+
+    features: tuple[str, ...]
+    label: str | None
+    center_: np.ndarray
+    scale_: np.ndarray
+    classes_: tuple[Any, ...]
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, features: list[str], label: str | None) -> Encoder:
+        raw = _numeric(frame, features, "reference")
+        with np.errstate(all="ignore"):
+            center = np.nanmedian(raw, axis=0) if len(raw) else np.zeros(raw.shape[1])
+            q75, q25 = (
+                np.nanpercentile(raw, [75, 25], axis=0) if len(raw) else (center, center)
+            )
+            scale = q75 - q25
+            std = np.nanstd(raw, axis=0) if len(raw) else np.ones(raw.shape[1])
+        center = np.where(np.isfinite(center), center, 0.0)
+        # IQR is zero for mostly-constant features: fall back to std, then 1.
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, std)
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        classes: tuple[Any, ...] = ()
+        if label is not None:
+            values = frame[label].dropna().unique().tolist()
+            classes = tuple(sorted(values, key=lambda v: (str(type(v)), v)))
+        return cls(tuple(features), label, center, scale, classes)
+
+    def transform(self, frame: pd.DataFrame, source: str = "batch") -> Table:
+        raw = _numeric(frame, list(self.features), source)
+        X = (raw - self.center_) / self.scale_
+        X = np.where(np.isfinite(X), X, 0.0).astype(np.float32)
+        y = None
+        if self.label is not None and self.label in frame.columns:
+            lookup = {v: i for i, v in enumerate(self.classes_)}
+            y = np.fromiter(
+                (lookup.get(v, UNSEEN_LABEL) for v in frame[self.label].tolist()),
+                dtype=np.int64,
+                count=len(frame),
+            )
+        return Table(X, raw, y, self.features, self.classes_)
+
+
+def _numeric(frame: pd.DataFrame, features: list[str], source: str) -> np.ndarray:
+    missing = [c for c in features if c not in frame.columns]
+    if missing:
+        raise BatchError(
+            source, f"missing feature column {missing[0]!r} (expected numeric)", column=missing[0]
+        )
+    out = np.empty((len(frame), len(features)), dtype=np.float64)
+    for j, col in enumerate(features):
+        try:
+            out[:, j] = pd.to_numeric(frame[col], errors="raise").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
+        except (TypeError, ValueError) as exc:
+            raise BatchError(
+                source,
+                f"column {col!r} must be numeric, found {frame[col].dtype} ({exc})",
+                column=col,
+            ) from exc
+    return out
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Scores rows against a trusted reference; higher = more suspicious.
+
+    ``__init__`` only stores keyword-only parameters. ``fit`` validates them and
+    learns; learnt state ends in ``_``. ``score`` returns a float64 array of
+    shape ``(batch.n_rows,)`` with no NaN. ``explain`` returns one short
+    sentence per requested row saying what this detector saw, e.g.
+    ``"label 3, but 9 of its 10 nearest trusted rows are 5"``.
+    """
+
+    name: ClassVar[str]
+    needs_label: ClassVar[bool]
+
+    def fit(self, reference: Table) -> Self: ...
+
+    def score(self, batch: Table) -> np.ndarray: ...
+
+    def explain(self, batch: Table, rows: np.ndarray) -> list[str]: ...
