@@ -1,0 +1,77 @@
+"""The ingest flow: landing zone -> validate -> detect -> decide -> commit, batch by batch.
+
+Tasks pass paths, never frames. Batches run one after another because each is
+judged against the clean training set that the ones before it grew.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from poisonguard.config import load_config
+from poisonguard.pipeline import (
+    commit_batch,
+    detect_batch,
+    exclusive,
+    find_new_batches,
+    validate_batch,
+)
+from poisonguard.store import Store
+
+
+@task(cache_policy=NO_CACHE)
+def find_new(config_path: str) -> list[str]:
+    config = load_config(config_path)
+    return [str(p) for p in find_new_batches(config, Store(config.store))]
+
+
+@task(cache_policy=NO_CACHE, task_run_name="validate {batch_path}")
+def validate(config_path: str, batch_path: str) -> str | None:
+    config = load_config(config_path)
+    staged = validate_batch(batch_path, config, Store(config.store))
+    return None if staged is None else str(staged)
+
+
+@task(cache_policy=NO_CACHE)
+def detect(config_path: str, staged: str) -> str:
+    config = load_config(config_path)
+    return str(detect_batch(staged, config, Store(config.store)))
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def commit(config_path: str, staged: str) -> dict:
+    config = load_config(config_path)
+    return commit_batch(staged, config, Store(config.store)).as_dict()
+
+
+@flow(name="poisonguard-ingest", log_prints=False)
+def ingest(config_path: str) -> list[dict]:
+    """Process every new batch file in the config's landing folder once."""
+    config = load_config(config_path)
+    store = Store(config.store)
+    outcomes: list[dict] = []
+    with exclusive(store):
+        for batch_path in find_new(config_path):
+            staged = validate(config_path, batch_path)
+            if staged is None:
+                record = store.batch_by_sha_of(Path(batch_path))
+                if record is not None:
+                    outcomes.append(record.as_dict())
+                continue
+            detect(config_path, staged)
+            outcomes.append(commit(config_path, staged))
+    return outcomes
+
+
+def serve(config_path: str) -> None:
+    """Serve the ingest flow as a deployment on the config's cron schedule (blocks)."""
+    config = load_config(config_path)
+    ingest.serve(
+        name=f"poisonguard-{config.name}",
+        cron=config.cron,
+        parameters={"config_path": str(Path(config_path).resolve())},
+        tags=["poisonguard"],
+    )

@@ -1,0 +1,316 @@
+"""One TOML file per dataset: where batches land, where the store lives, how to judge rows.
+
+Example (every key but ``dataset.label`` and ``dataset.expectations`` has a default)::
+
+    [dataset]
+    name = "digits"
+    landing = "landing"            # folder watched for new batch files (Parquet or CSV)
+    store = "store"                # clean set, quarantine, rejected batches, ledger
+    label = "target"
+    id = "row_id"                  # optional
+    features = []                  # empty: every numeric column but label and id
+    expectations = "expectations/digits.json"
+
+    [detection]
+    detectors = ["knn_label", "knn_distance", "tail"]
+    fdr = 0.05                     # false-discovery rate of the quarantine
+    calibration_rows = 2000
+    folds = 5
+    max_reference_rows = 20000
+    random_state = 0
+
+    [detection.params.knn_label]
+    n_neighbors = 10
+
+    [schedule]
+    cron = "*/15 * * * *"
+    timezone = "UTC"
+
+Relative paths are resolved against the folder holding the config file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from poisonguard.errors import ConfigError
+
+#: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
+RESERVED_PREFIX = "pg_"
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """How rows are scored and how the quarantine decision is made.
+
+    Attributes
+    ----------
+    detectors : tuple of str or None
+        Registry names to run; None means the registry's defaults.
+    params : mapping
+        Per-detector keyword parameters, keyed by detector name.
+    fdr : float
+        Target false-discovery rate of the quarantine, in (0, 1).
+    calibration_rows : int
+        At most this many trusted rows are scored out-of-fold to calibrate p-values.
+    folds : int
+        Cross-fitting folds used to score the calibration rows.
+    max_reference_rows : int
+        The reference is subsampled (deterministically) to at most this many rows.
+    hold_label_shift : float
+        Total-variation distance between the batch's and the reference's label
+        distributions past which the whole batch is held for review; 1 disables it.
+    random_state : int
+        Seed for every random choice, so runs are repeatable.
+    """
+
+    detectors: tuple[str, ...] | None = None
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    fdr: float = 0.05
+    calibration_rows: int = 2000
+    folds: int = 5
+    max_reference_rows: int = 20000
+    hold_label_shift: float = 1.0
+    random_state: int = 0
+
+    def validated(self, owner: str = "the detection settings", key_prefix: str | None = None
+                  ) -> DetectionSettings:
+        """Return self after checking every value, or raise ConfigError naming the bad one.
+
+        With ``key_prefix`` (a config file's ``"FILE: detection"``) the message names
+        the config key; otherwise the parameter of ``owner``.
+        """
+        from poisonguard.errors import param_error
+
+        def bad(name: str, rule: str, value: Any) -> ConfigError:
+            if key_prefix is not None:
+                return ConfigError(f"{key_prefix}.{name} must be {rule}. Got {value!r} instead.")
+            return param_error(name, owner, rule, value)
+
+        if not 0.0 < self.fdr < 1.0:
+            raise bad("fdr", "in (0, 1)", self.fdr)
+        if self.calibration_rows < 20:
+            raise bad("calibration_rows", "an int >= 20", self.calibration_rows)
+        if self.folds < 2:
+            raise bad("folds", "an int >= 2", self.folds)
+        if self.max_reference_rows < 50:
+            raise bad("max_reference_rows", "an int >= 50", self.max_reference_rows)
+        if not 0.0 < self.hold_label_shift <= 1.0:
+            raise bad("hold_label_shift", "in (0, 1]", self.hold_label_shift)
+        return self
+
+
+@dataclass(frozen=True)
+class Config:
+    """A dataset's configuration, with paths resolved."""
+
+    path: Path
+    name: str
+    landing: Path
+    store: Path
+    label: str | None
+    id_column: str | None
+    features: tuple[str, ...]
+    expectations: Path
+    detection: DetectionSettings = DetectionSettings()
+    cron: str | None = None
+    timezone: str = "UTC"
+
+    def with_detection(self, **changes: Any) -> Config:
+        return replace(self, detection=replace(self.detection, **changes).validated())
+
+
+_SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "dataset": {
+        "name": str,
+        "landing": str,
+        "store": str,
+        "label": str,
+        "id": str,
+        "features": list,
+        "expectations": str,
+    },
+    "detection": {
+        "detectors": list,
+        "params": dict,
+        "fdr": (float, int),
+        "calibration_rows": int,
+        "folds": int,
+        "max_reference_rows": int,
+        "hold_label_shift": (float, int),
+        "random_state": int,
+    },
+    "schedule": {"cron": str, "timezone": str},
+}
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a dataset's TOML configuration.
+
+    Raises
+    ------
+    ConfigError
+        For a missing or unparsable file, an unknown section or key, a value of
+        the wrong type or range, or a referenced file that does not exist. The
+        message names the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+
+    for section, body in raw.items():
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"{path}: unknown section [{section}]; expected one of {sorted(_SECTIONS)}"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        for key, value in body.items():
+            _check_key(path, section, key, value)
+
+    ds = raw.get("dataset", {})
+    for key in ("expectations",):
+        if key not in ds:
+            raise ConfigError(f"{path}: missing key dataset.{key}")
+    base = path.parent.resolve()
+    expectations = (base / ds["expectations"]).resolve()
+    if not expectations.is_file():
+        raise ConfigError(
+            f"{path}: dataset.expectations points to {expectations}, which does not exist"
+        )
+    features = tuple(ds.get("features", []))
+    for f in features:
+        if not isinstance(f, str) or not f:
+            raise ConfigError(f"{path}: dataset.features must be a list of column names")
+    for key in ("label", "id"):
+        if key in ds and ds[key].startswith(RESERVED_PREFIX):
+            raise ConfigError(
+                f"{path}: dataset.{key} {ds[key]!r} uses the reserved prefix {RESERVED_PREFIX!r}"
+            )
+
+    det = raw.get("detection", {})
+    detectors = det.get("detectors")
+    if detectors is not None:
+        _check_detector_names(path, "detection.detectors", detectors)
+    params = det.get("params", {})
+    _check_detector_names(path, "detection.params", list(params))
+    for name, body in params.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: detection.params.{name} must be a table of parameters")
+
+    settings = DetectionSettings(
+        detectors=tuple(detectors) if detectors is not None else None,
+        params={k: dict(v) for k, v in params.items()},
+        fdr=float(det.get("fdr", 0.05)),
+        calibration_rows=det.get("calibration_rows", 2000),
+        folds=det.get("folds", 5),
+        max_reference_rows=det.get("max_reference_rows", 20000),
+        hold_label_shift=float(det.get("hold_label_shift", 1.0)),
+        random_state=det.get("random_state", 0),
+    )
+    settings.validated(key_prefix=f"{path}: detection")
+
+    sched = raw.get("schedule", {})
+    cron = sched.get("cron")
+    if cron is not None and len(cron.split()) != 5:
+        raise ConfigError(
+            f"{path}: schedule.cron must have five fields (minute hour day month weekday). "
+            f"Got {cron!r} instead."
+        )
+    return Config(
+        path=path.resolve(),
+        name=ds.get("name", path.stem),
+        landing=(base / ds.get("landing", "landing")).resolve(),
+        store=(base / ds.get("store", "store")).resolve(),
+        label=ds.get("label"),
+        id_column=ds.get("id"),
+        features=features,
+        expectations=expectations,
+        detection=settings,
+        cron=cron,
+        timezone=sched.get("timezone", "UTC"),
+    )
+
+
+def _check_key(path: Path, section: str, key: str, value: Any) -> None:
+    expected = _SECTIONS[section].get(key)
+    if expected is None:
+        raise ConfigError(
+            f"{path}: unknown key {section}.{key}; expected one of {sorted(_SECTIONS[section])}"
+        )
+    # bool is an int subclass in Python, never a valid number here.
+    if isinstance(value, bool) or not isinstance(value, expected):
+        names = (
+            " or ".join(t.__name__ for t in expected)
+            if isinstance(expected, tuple)
+            else expected.__name__
+        )
+        raise ConfigError(
+            f"{path}: {section}.{key} must be of type {names}. Got {value!r} instead."
+        )
+
+
+def _check_detector_names(path: Path, key: str, names: list[Any]) -> None:
+    from poisonguard.detectors import REGISTRY
+
+    for name in names:
+        if name not in REGISTRY:
+            raise ConfigError(
+                f"{path}: {key} names unknown detector {name!r}; known: {sorted(REGISTRY)}"
+            )
+
+
+def render_config(
+    *,
+    name: str,
+    label: str | None,
+    id_column: str | None,
+    expectations: str,
+    landing: str = "landing",
+    store: str = "store",
+    features: list[str] | None = None,
+    fdr: float = 0.05,
+    cron: str = "*/15 * * * *",
+) -> str:
+    """The text of a new config file, with comments, as ``poisonguard init`` writes it."""
+
+    def q(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [
+        "# poisonguard configuration: one file per dataset. Paths are relative to this file.",
+        "[dataset]",
+        f"name = {q(name)}",
+        f"landing = {q(landing)}        # new batch files (Parquet or CSV) arrive here",
+        f"store = {q(store)}            # clean set, quarantine, rejected batches, ledger",
+    ]
+    if label is not None:
+        lines.append(f"label = {q(label)}")
+    if id_column is not None:
+        lines.append(f"id = {q(id_column)}")
+    feats = ", ".join(q(f) for f in features or [])
+    lines += [
+        f"features = [{feats}]   # empty: every numeric column but label and id",
+        f"expectations = {q(expectations)}",
+        "",
+        "[detection]",
+        f"fdr = {fdr}                # false-discovery rate of the quarantine",
+        "calibration_rows = 2000",
+        "folds = 5",
+        "max_reference_rows = 20000",
+        "random_state = 0",
+        "",
+        "[schedule]",
+        f"cron = {q(cron)}",
+        'timezone = "UTC"',
+        "",
+    ]
+    return "\n".join(lines)

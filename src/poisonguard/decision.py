@@ -1,0 +1,276 @@
+"""From detector scores to a quarantine: conformal p-values, one per row, Benjamini-Hochberg.
+
+The guarantee, and when it holds
+--------------------------------
+Each detector scores trusted *calibration* rows out-of-fold (by copies fitted on
+the other folds of the trusted set) and the batch's rows (by a copy fitted on
+all of it). A row's p-value for that detector is its conformal p-value, the
+share of calibration scores at least as high::
+
+    p = (1 + #{calibration score >= s}) / (n_calibration + 1)
+
+If a clean batch row and the calibration rows are exchangeable (drawn from the
+same distribution as the trusted set) this p-value is valid: P(p <= a) <= a.
+Per-row p-values of several detectors are merged with the Cauchy combination
+(valid under arbitrary dependence up to a small, known inflation for small p),
+and Benjamini-Hochberg at level ``fdr`` over the batch's rows quarantines a set
+whose expected share of clean rows is at most ``fdr``; on a batch with no
+poison, the chance of quarantining anything at all is at most about ``fdr``.
+
+A calibration set of n rows cannot give a p-value below 1/(n+1): with 200 rows
+nothing is below 0.005, too coarse for Benjamini-Hochberg on a large batch. So
+for a score beyond every calibration score, the p-value continues below
+1/(n+1) along a generalized Pareto tail fitted to the top calibration scores.
+That extrapolation is a model, not a guarantee: it assumes the clean score
+distribution keeps the shape of its upper tail. Inside the calibration range the
+p-values are exactly the conformal ones.
+
+Within-batch detectors (duplicates, backdoor triggers, batch label agreement)
+see the batch as context, so the exchangeability argument holds only
+approximately for them; their calibration rows are scored in folds of similar
+size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from poisonguard.errors import param_error
+
+#: The smallest p-value reported, so that logs stay finite.
+P_FLOOR = 1e-300
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A detector's sorted calibration scores and the tail fitted above them.
+
+    Attributes
+    ----------
+    scores : ndarray of shape (n_calibration,)
+        Calibration scores, sorted ascending.
+    tail_start : float
+        Largest calibration score; the fitted tail applies beyond it.
+    xi, sigma, threshold : float
+        Generalized Pareto shape and scale of exceedances over ``threshold``.
+    tail_share : float
+        Share of calibration scores above ``threshold``.
+    """
+
+    scores: np.ndarray
+    tail_start: float
+    xi: float
+    sigma: float
+    threshold: float
+    tail_share: float
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, *, tail_fraction: float = 0.1, min_tail: int = 10) -> Calibration:
+        s = np.sort(np.asarray(scores, dtype=np.float64))
+        s = s[np.isfinite(s)]
+        if s.size == 0:
+            raise ValueError("calibration needs at least one finite score")
+        n_tail = max(min_tail, int(np.ceil(tail_fraction * s.size)))
+        n_tail = min(n_tail, s.size - 1) if s.size > 1 else 0
+        threshold = float(s[s.size - n_tail - 1]) if n_tail > 0 else float(s[-1])
+        excess = s[s.size - n_tail :] - threshold if n_tail > 0 else np.empty(0)
+        xi, sigma = _fit_gpd(excess)
+        return cls(s, float(s[-1]), xi, sigma, threshold, n_tail / s.size)
+
+    @property
+    def n(self) -> int:
+        return int(self.scores.size)
+
+    def p_values(self, x: np.ndarray) -> np.ndarray:
+        """Conformal p-values of new scores, continued along the fitted tail past the maximum."""
+        x = np.asarray(x, dtype=np.float64)
+        n = self.n
+        n_ge = n - np.searchsorted(self.scores, x, side="left")
+        p = (1.0 + n_ge) / (n + 1.0)
+        beyond = x > self.tail_start
+        if beyond.any() and self.sigma > 0:
+            # Survival of the fitted tail at x, relative to its value at the largest
+            # calibration score, scales the coarsest conformal p-value 1/(n+1).
+            ratio = _gpd_sf(x[beyond] - self.threshold, self.xi, self.sigma) / _gpd_sf(
+                np.array([self.tail_start - self.threshold]), self.xi, self.sigma
+            )
+            p[beyond] = np.clip(ratio, 0.0, 1.0) / (n + 1.0)
+        return np.maximum(p, P_FLOOR)
+
+
+def _fit_gpd(excess: np.ndarray) -> tuple[float, float]:
+    """Probability-weighted-moment estimates of a generalized Pareto's shape and scale.
+
+    The shape is clipped to [0, 0.5]. A negative shape means a bounded tail, which
+    would give p-values of exactly zero past its end point; finite samples of
+    light (Gaussian-like) tails often estimate one. Never assuming a tail lighter
+    than exponential keeps the extrapolation conservative for those, and above
+    0.5 the estimate from tens of points is noise.
+    """
+    if excess.size < 3 or not np.any(excess > 0):
+        return 0.0, 0.0
+    x = np.sort(excess)
+    n = x.size
+    a0 = x.mean()
+    # a1 = E[X (1 - F(X))], estimated from the order statistics.
+    a1 = np.sum((n - 1 - np.arange(n)) / (n - 1) * x) / n
+    denom = a0 - 2 * a1
+    if denom <= 0:
+        return 0.0, float(a0)
+    k = a0 / denom - 2.0
+    sigma = 2 * a0 * a1 / denom
+    # Hosking's convention F = 1 - (1 - k y / sigma)^(1/k) has k = -xi.
+    xi = float(np.clip(-k, 0.0, 0.5))
+    sigma = float(sigma if sigma > 0 else a0)
+    return xi, sigma
+
+
+def _gpd_sf(y: np.ndarray, xi: float, sigma: float) -> np.ndarray:
+    y = np.maximum(y, 0.0)
+    if abs(xi) < 1e-9:
+        return np.exp(-y / sigma)
+    base = np.maximum(1.0 + xi * y / sigma, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.power(base, -1.0 / xi)
+
+
+def cauchy_combine(p: np.ndarray) -> np.ndarray:
+    """Combine each row's p-values (columns) with the equal-weight Cauchy combination.
+
+    Parameters
+    ----------
+    p : ndarray of shape (n_rows, n_tests)
+
+    Returns
+    -------
+    ndarray of shape (n_rows,)
+    """
+    p = np.clip(np.asarray(p, dtype=np.float64), P_FLOOR, 1.0)
+    if p.ndim != 2 or p.shape[1] == 0:
+        raise ValueError("cauchy_combine needs a 2-D array with at least one column")
+    # tan((0.5 - p) pi) overflows in precision near p ~ 0; 1/(p pi) is its limit.
+    with np.errstate(divide="ignore", over="ignore"):
+        t = np.where(p < 1e-15, 1.0 / (p * np.pi), np.tan((0.5 - p) * np.pi))
+        stat = t.mean(axis=1)
+        out = np.where(stat > 1e15, 1.0 / (stat * np.pi), 0.5 - np.arctan(stat) / np.pi)
+    return np.clip(out, P_FLOOR, 1.0)
+
+
+def benjamini_hochberg(p: np.ndarray, fdr: float) -> np.ndarray:
+    """Rows rejected by the Benjamini-Hochberg step-up procedure at level ``fdr``.
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), bool
+    """
+    p = np.asarray(p, dtype=np.float64)
+    n = p.size
+    out = np.zeros(n, dtype=bool)
+    if n == 0:
+        return out
+    order = np.argsort(p, kind="stable")
+    passed = p[order] <= fdr * np.arange(1, n + 1) / n
+    if passed.any():
+        k = int(np.nonzero(passed)[0].max())
+        out[order[: k + 1]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The quarantine decision for one batch.
+
+    Attributes
+    ----------
+    quarantined : ndarray of shape (n_rows,), bool
+    p_values : ndarray of shape (n_rows, n_detectors)
+        Per-detector p-values, columns in ``detectors`` order.
+    combined : ndarray of shape (n_rows,)
+        Each row's combined p-value.
+    suspicion : ndarray of shape (n_rows,)
+        ``-log10(combined)``: higher is more suspicious.
+    reasons : tuple of str
+        One per row; empty for rows not quarantined.
+    detectors : tuple of str
+    threshold : float
+        The largest combined p-value quarantined (0 when none is).
+    """
+
+    quarantined: np.ndarray
+    p_values: np.ndarray
+    combined: np.ndarray
+    suspicion: np.ndarray
+    reasons: tuple[str, ...]
+    detectors: tuple[str, ...]
+    threshold: float
+
+
+Explainer = Callable[[str, np.ndarray], list[str]]
+
+
+def decide(
+    scores: Mapping[str, np.ndarray],
+    calibrations: Mapping[str, Calibration],
+    *,
+    fdr: float = 0.05,
+    explain: Explainer | None = None,
+    forced: Mapping[int, str] | None = None,
+) -> Decision:
+    """Turn every detector's scores on a batch into one partition of its rows.
+
+    Parameters
+    ----------
+    scores : mapping of detector name to ndarray of shape (n_rows,)
+    calibrations : mapping of detector name to Calibration
+    fdr : float
+        False-discovery rate for Benjamini-Hochberg, in (0, 1).
+    explain : callable, optional
+        ``explain(detector_name, rows) -> list[str]``; gives each quarantined
+        row a sentence from each detector that flagged it.
+    forced : mapping of row position to reason, optional
+        Rows quarantined whatever their scores (e.g. the whole batch held for drift).
+
+    Returns
+    -------
+    Decision
+    """
+    if not 0.0 < fdr < 1.0:
+        raise param_error("fdr", "decide()", "in (0, 1)", fdr)
+    names = tuple(scores)
+    if not names:
+        raise ValueError("decide() needs the scores of at least one detector")
+    n = len(next(iter(scores.values())))
+    p = np.empty((n, len(names)))
+    for j, name in enumerate(names):
+        p[:, j] = calibrations[name].p_values(scores[name])
+    combined = cauchy_combine(p) if n else np.empty(0)
+    quarantined = benjamini_hochberg(combined, fdr)
+    threshold = float(combined[quarantined].max()) if quarantined.any() else 0.0
+
+    reasons = [""] * n
+    rows = np.nonzero(quarantined)[0]
+    if rows.size:
+        # A detector "flagged" a row when its own p-value alone would pass the
+        # batch's threshold after the Bonferroni share; the strongest one always counts.
+        cut = max(threshold / len(names), 0.0)
+        parts: dict[int, list[str]] = {int(r): [] for r in rows}
+        for j, name in enumerate(names):
+            pj = p[rows, j]
+            strongest = np.argmin(p[rows], axis=1) == j
+            hit = rows[(pj <= cut) | strongest]
+            if hit.size == 0:
+                continue
+            sentences = explain(name, hit) if explain else [""] * hit.size
+            for r, s in zip(hit.tolist(), sentences, strict=True):
+                label = f"{name} (p={p[r, j]:.2g})"
+                parts[r].append(f"{label}: {s}" if s else label)
+        for r, bits in parts.items():
+            reasons[r] = "; ".join(bits)
+    for r, why in (forced or {}).items():
+        quarantined[r] = True
+        reasons[r] = f"{why}; {reasons[r]}" if reasons[r] else why
+    suspicion = -np.log10(combined) if n else np.empty(0)
+    return Decision(quarantined, p, combined, suspicion, tuple(reasons), names, threshold)

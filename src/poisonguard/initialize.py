@@ -1,0 +1,68 @@
+"""``poisonguard init``: a config, an inferred expectations suite and a seeded store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from poisonguard.config import Config, load_config, render_config
+from poisonguard.errors import ConfigError
+from poisonguard.pipeline import seed_store
+from poisonguard.store import BatchRecord, Store, atomic_write_bytes, read_batch
+
+CONFIG_NAME = "poisonguard.toml"
+
+
+@dataclass(frozen=True)
+class Initialized:
+    config: Config
+    seed: BatchRecord
+    n_expectations: int
+
+
+def init_dataset(
+    sample: str | Path,
+    *,
+    label: str | None,
+    directory: str | Path = ".",
+    id_column: str | None = None,
+    name: str | None = None,
+    margin: float = 0.1,
+    force: bool = False,
+) -> Initialized:
+    """Infer a suite from a trusted sample, write a config beside it, seed the store.
+
+    Writes ``DIR/poisonguard.toml``, ``DIR/expectations/NAME.json`` and
+    ``DIR/landing/``, and commits the sample as the store's first clean batch.
+
+    Raises
+    ------
+    ConfigError
+        When the sample lacks the label or id column, or the config exists and
+        ``force`` is not set.
+    """
+    from poisonguard.validation import infer_suite, write_suite
+
+    sample = Path(sample)
+    directory = Path(directory)
+    frame = read_batch(sample)
+    for key, col in (("--label", label), ("--id", id_column)):
+        if col is not None and col not in frame.columns:
+            raise ConfigError(
+                f"{sample}: the {key} column {col!r} is not in the sample; "
+                f"columns: {list(frame.columns)}"
+            )
+    name = name or sample.stem
+    config_path = directory / CONFIG_NAME
+    if config_path.exists() and not force:
+        raise ConfigError(f"{config_path} already exists; pass --force to overwrite it")
+    suite = infer_suite(frame, label=label, id_column=id_column, name=name, margin=margin)
+    suite_rel = f"expectations/{name}.json"
+    directory.mkdir(parents=True, exist_ok=True)
+    write_suite(suite, directory / suite_rel)
+    (directory / "landing").mkdir(exist_ok=True)
+    text = render_config(name=name, label=label, id_column=id_column, expectations=suite_rel)
+    atomic_write_bytes(config_path, text.encode())
+    config = load_config(config_path)
+    record = seed_store(frame, str(sample), config, Store(config.store))
+    return Initialized(config, record, len(suite["expectations"]))

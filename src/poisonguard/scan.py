@@ -1,0 +1,310 @@
+"""Score a batch against a trusted reference and decide which rows to quarantine.
+
+``Guard`` is the fitted engine the flow uses batch after batch; ``scan()`` is the
+one-call Python API::
+
+    result = poisonguard.scan(batch, label="target", reference=trusted)
+    batch[~result.quarantined]          # the rows that may join the training set
+    result.reasons[result.quarantined]  # why the others are held
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.config import RESERVED_PREFIX, Config, DetectionSettings, load_config
+from poisonguard.decision import Calibration, Decision, decide
+from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
+from poisonguard.errors import ConfigError, param_error
+
+#: With no trusted reference, the batch calibrates itself and is assumed to hold
+#: at most this share of poison (its top scores are left out of the calibration).
+SELF_REFERENCE_CONTAMINATION = 0.1
+
+MIN_REFERENCE_ROWS = 30
+
+
+def default_detectors() -> tuple[str, ...]:
+    from poisonguard import detectors
+
+    names = getattr(detectors, "DEFAULT_DETECTORS", None) or tuple(REGISTRY)
+    return tuple(names)
+
+
+def infer_features(
+    frame: pd.DataFrame, label: str | None, id_column: str | None = None
+) -> list[str]:
+    """Every numeric (non-boolean) column but the label, the id and poisonguard's own."""
+    skip = {label, id_column}
+    return [
+        c
+        for c in frame.columns
+        if c not in skip
+        and not str(c).startswith(RESERVED_PREFIX)
+        and pd.api.types.is_numeric_dtype(frame[c])
+        and not pd.api.types.is_bool_dtype(frame[c])
+    ]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What a scan found, aligned to the scanned frame's index.
+
+    Attributes
+    ----------
+    quarantined : Series of bool
+    scores : DataFrame
+        One column per detector (its raw score) plus ``suspicion`` (-log10 of
+        the combined p-value; higher is more suspicious).
+    reasons : Series of str
+        Empty for rows not quarantined.
+    p_values : DataFrame
+        One column per detector, plus ``combined``.
+    threshold : float
+        The largest combined p-value quarantined.
+    """
+
+    quarantined: pd.Series
+    scores: pd.DataFrame
+    reasons: pd.Series
+    p_values: pd.DataFrame
+    threshold: float
+
+    @property
+    def n_quarantined(self) -> int:
+        return int(self.quarantined.sum())
+
+
+class Guard:
+    """Detectors fitted on trusted rows, calibrated, ready to scan batches.
+
+    Parameters
+    ----------
+    label : str or None
+        The label column; None runs only the label-free detectors.
+    features : list of str, optional
+        Feature columns; default every numeric column but label and id.
+    id_column : str, optional
+    settings : DetectionSettings, optional
+    """
+
+    def __init__(
+        self,
+        *,
+        label: str | None,
+        features: list[str] | tuple[str, ...] | None = None,
+        id_column: str | None = None,
+        settings: DetectionSettings | None = None,
+    ) -> None:
+        self.label = label
+        self.features = features
+        self.id_column = id_column
+        self.settings = settings
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, reference: pd.DataFrame) -> Self:
+        """Fit every detector on the trusted rows and calibrate its scores out-of-fold."""
+        settings = (self.settings or DetectionSettings()).validated("Guard")
+        if self.label is not None and self.label not in reference.columns:
+            raise ConfigError(
+                f"The label column {self.label!r} is not in the reference. "
+                f"Columns: {list(reference.columns)}"
+            )
+        if len(reference) < MIN_REFERENCE_ROWS:
+            raise ConfigError(
+                f"The reference has {len(reference)} rows; poisonguard needs at least "
+                f"{MIN_REFERENCE_ROWS} trusted rows to calibrate."
+            )
+        features = list(self.features or infer_features(reference, self.label, self.id_column))
+        if not features:
+            raise ConfigError("No numeric feature columns to score in the reference.")
+        rng = np.random.default_rng(settings.random_state)
+        if len(reference) > settings.max_reference_rows:
+            keep = np.sort(rng.choice(len(reference), settings.max_reference_rows, replace=False))
+            reference = reference.iloc[keep]
+        if self.label is not None:
+            reference = reference[reference[self.label].notna()]
+
+        self.settings_ = settings
+        self.features_ = tuple(features)
+        self.encoder_ = Encoder.fit(reference, features, self.label)
+        table = self.encoder_.transform(reference, source="reference")
+        self.detector_names_ = self._active(settings)
+        self.calibrations_ = self._calibrate(table, settings, rng)
+        self.detectors_ = {name: self._make(name, settings).fit(table) for name in self.detector_names_}
+        self.reference_rows_ = table.n_rows
+        return self
+
+    def _active(self, settings: DetectionSettings) -> tuple[str, ...]:
+        names = settings.detectors if settings.detectors is not None else default_detectors()
+        for name in names:
+            if name not in REGISTRY:
+                raise param_error("detectors", "Guard", f"names from {sorted(REGISTRY)}", name)
+        active = tuple(n for n in names if self.label is not None or not REGISTRY[n].needs_label)
+        if not active:
+            raise ConfigError(
+                f"None of the detectors {list(names)} can run without a label column."
+            )
+        return active
+
+    def _make(self, name: str, settings: DetectionSettings) -> Detector:
+        params: Mapping[str, Any] = settings.params.get(name, {})
+        try:
+            return REGISTRY[name](**params)
+        except TypeError as exc:
+            raise ConfigError(f"Bad parameters for detector {name!r}: {exc}") from exc
+
+    def _calibrate(
+        self, table: Table, settings: DetectionSettings, rng: np.random.Generator
+    ) -> dict[str, Calibration]:
+        n = table.n_rows
+        order = rng.permutation(n)
+        cal = order[: min(n, settings.calibration_rows)]
+        folds = np.array_split(cal, min(settings.folds, cal.size))
+        cal_scores: dict[str, list[np.ndarray]] = {name: [] for name in self.detector_names_}
+        for fold in folds:
+            rest = np.setdiff1d(np.arange(n), fold, assume_unique=True)
+            fit_on, held = table.take(rest), table.take(fold)
+            for name in self.detector_names_:
+                det = self._make(name, settings).fit(fit_on)
+                cal_scores[name].append(det.score(held))
+        return {name: Calibration.fit(np.concatenate(s)) for name, s in cal_scores.items()}
+
+    # ----------------------------------------------------------------- scan
+    def score(self, frame: pd.DataFrame, source: str = "batch") -> tuple[Table, dict[str, np.ndarray]]:
+        """Every active detector's raw scores on a batch."""
+        table = self.encoder_.transform(frame, source=source)
+        if self.label is not None and table.y is None:
+            raise ConfigError(f"{source}: the label column {self.label!r} is missing")
+        return table, {name: det.score(table) for name, det in self.detectors_.items()}
+
+    def scan(
+        self, frame: pd.DataFrame, source: str = "batch", forced: Mapping[int, str] | None = None
+    ) -> ScanResult:
+        """Score and decide: which rows of ``frame`` to quarantine, and why."""
+        table, scores = self.score(frame, source)
+        decision = decide(
+            scores,
+            self.calibrations_,
+            fdr=self.settings_.fdr,
+            explain=lambda name, rows: self.detectors_[name].explain(table, rows),
+            forced=forced,
+        )
+        return _result(frame.index, scores, decision)
+
+
+def _result(index: pd.Index, scores: Mapping[str, np.ndarray], decision: Decision) -> ScanResult:
+    score_frame = pd.DataFrame({name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}, index=index)
+    score_frame["suspicion"] = decision.suspicion
+    p_frame = pd.DataFrame(decision.p_values, index=index, columns=list(decision.detectors))
+    p_frame["combined"] = decision.combined
+    return ScanResult(
+        quarantined=pd.Series(decision.quarantined, index=index, name="quarantined"),
+        scores=score_frame,
+        reasons=pd.Series(list(decision.reasons), index=index, name="reason", dtype=object),
+        p_values=p_frame,
+        threshold=decision.threshold,
+    )
+
+
+def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
+    """Scan a batch with no trusted reference: it is scored out-of-fold against itself.
+
+    The batch's own out-of-fold scores, less their top ``SELF_REFERENCE_CONTAMINATION``
+    share, calibrate the p-values; the rows above are judged by the fitted tail.
+    These p-values are estimates, not conformal guarantees.
+    """
+    settings = (guard.settings or DetectionSettings()).validated("scan()")
+    features = list(guard.features or infer_features(frame, guard.label, guard.id_column))
+    if len(frame) < MIN_REFERENCE_ROWS:
+        raise ConfigError(
+            f"scan() with no reference needs at least {MIN_REFERENCE_ROWS} rows; got {len(frame)}"
+        )
+    encoder = Encoder.fit(frame, features, guard.label)
+    table = encoder.transform(frame)
+    guard.features_ = tuple(features)
+    guard.encoder_ = encoder
+    names = guard._active(settings)
+    rng = np.random.default_rng(settings.random_state)
+    folds = np.array_split(rng.permutation(table.n_rows), settings.folds)
+    scores = {name: np.empty(table.n_rows) for name in names}
+    fitted: dict[str, list[tuple[np.ndarray, Detector]]] = {name: [] for name in names}
+    for fold in folds:
+        rest = np.setdiff1d(np.arange(table.n_rows), fold, assume_unique=True)
+        for name in names:
+            det = guard._make(name, settings).fit(table.take(rest))
+            scores[name][fold] = det.score(table.take(fold))
+            fitted[name].append((fold, det))
+    calibrations = {}
+    for name, s in scores.items():
+        trimmed = np.sort(s)[: max(MIN_REFERENCE_ROWS, int(len(s) * (1 - SELF_REFERENCE_CONTAMINATION)))]
+        calibrations[name] = Calibration.fit(trimmed)
+
+    def explain(name: str, rows: np.ndarray) -> list[str]:
+        out: dict[int, str] = {}
+        for fold, det in fitted[name]:
+            mine = rows[np.isin(rows, fold)]
+            if mine.size:
+                sub = table.take(fold)
+                pos = np.searchsorted(np.sort(fold), mine)
+                order = np.argsort(fold)
+                local = order[pos]
+                out.update(zip(mine.tolist(), det.explain(sub, local), strict=True))
+        return [out[int(r)] for r in rows]
+
+    decision = decide(scores, calibrations, fdr=settings.fdr, explain=explain)
+    return _result(frame.index, scores, decision)
+
+
+def scan(
+    frame: pd.DataFrame,
+    *,
+    label: str | None,
+    reference: pd.DataFrame | None = None,
+    config: Config | DetectionSettings | str | Path | None = None,
+    features: list[str] | None = None,
+) -> ScanResult:
+    """Score every row of ``frame`` and quarantine the suspicious ones.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        The batch to judge.
+    label : str or None
+        Its label column; None runs only the label-free detectors.
+    reference : DataFrame, optional
+        Trusted rows to anchor on. Without one, the batch is scored against
+        itself out-of-fold, and p-values are estimates (see ``_self_scan``).
+    config : Config, DetectionSettings or path, optional
+        Detector choice and the decision's false-discovery rate.
+    features : list of str, optional
+        Feature columns; default every numeric column but the label.
+
+    Returns
+    -------
+    ScanResult
+        ``.quarantined``, ``.scores`` and ``.reasons``, aligned to ``frame.index``.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise param_error("frame", "scan()", "a pandas DataFrame", type(frame).__name__)
+    if label is not None and label not in frame.columns:
+        raise param_error("label", "scan()", f"a column of frame {list(frame.columns)}", label)
+    id_column = None
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    if isinstance(config, Config):
+        id_column = config.id_column
+        features = features or list(config.features) or None
+        settings = config.detection
+    else:
+        settings = config or DetectionSettings()
+    guard = Guard(label=label, features=features, id_column=id_column, settings=settings)
+    if reference is None:
+        return _self_scan(frame, guard)
+    return guard.fit(reference).scan(frame)

@@ -1,0 +1,50 @@
+"""Shared fixtures. Prefect runs offline, with its home in a throw-away folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="pg-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (it takes ~13 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def demo_inputs(tmp_path_factory) -> Path:
+    """The demo's trusted seed, landing batches and truth, built once per session."""
+    from poisonguard.demo import build_demo
+
+    root = tmp_path_factory.mktemp("demo-inputs")
+    build_demo(root)
+    return root
+
+
+@pytest.fixture
+def demo_project(demo_inputs, tmp_path) -> Path:
+    """A fresh copy of the demo inputs, initialised (config, suite, seeded store)."""
+    import shutil
+
+    from poisonguard.demo import LABEL
+    from poisonguard.initialize import init_dataset
+
+    root = tmp_path / "demo"
+    shutil.copytree(demo_inputs, root)
+    init_dataset(root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id",
+                 name="digits")
+    return root

@@ -1,0 +1,110 @@
+"""The decision step: conformal p-values, their tail, the combination and Benjamini-Hochberg."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poisonguard.decision import Calibration, benjamini_hochberg, cauchy_combine, decide
+from poisonguard.errors import ConfigError
+
+
+def test_p_values_inside_the_calibration_range_are_exactly_conformal():
+    """Inside the calibration range, p = (1 + #{cal >= s}) / (n + 1)."""
+    cal = Calibration.fit(np.arange(1.0, 101.0))
+    p = cal.p_values(np.array([0.5, 1.0, 50.0, 100.0]))
+    assert p == pytest.approx([101 / 101, 101 / 101, 52 / 101, 2 / 101])
+
+
+def test_p_values_past_every_calibration_score_keep_falling():
+    """Beyond the largest calibration score the fitted tail takes p below 1/(n+1), monotonically."""
+    rng = np.random.default_rng(0)
+    cal = Calibration.fit(rng.exponential(size=200))
+    far = np.array([cal.tail_start + 0.01, cal.tail_start + 2, cal.tail_start + 10])
+    p = cal.p_values(far)
+    assert p[0] <= 1 / 201 + 1e-12
+    assert np.all(np.diff(p) < 0)
+    assert p[-1] < 1e-4
+
+
+def test_p_values_are_valid_on_exchangeable_scores():
+    """On scores from the calibration distribution, P(p <= a) stays near a (never far above)."""
+    rng = np.random.default_rng(1)
+    ps = np.concatenate(
+        [Calibration.fit(rng.normal(size=300)).p_values(rng.normal(size=500)) for _ in range(100)]
+    )
+    for a in (0.001, 0.01, 0.05, 0.2):
+        assert (ps <= a).mean() <= 1.3 * a + 0.001
+
+
+def test_a_constant_calibration_gives_the_coarsest_conformal_p_beyond_it():
+    """With no spread to fit a tail to, a higher score gets p = 1/(n+1), never 0."""
+    cal = Calibration.fit(np.zeros(99))
+    assert cal.p_values(np.array([0.0, 5.0])) == pytest.approx([1.0, 0.01])
+
+
+@given(st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=6))
+def test_cauchy_combination_of_identical_p_values_is_that_p_value(ps):
+    """Combining k copies of the same p-value returns it (the combination is a mean of tangents)."""
+    for p in ps:
+        p = min(max(p, 1e-12), 1.0)
+        out = cauchy_combine(np.full((1, 4), p))
+        assert out[0] == pytest.approx(p, rel=1e-6, abs=1e-12)
+
+
+def test_cauchy_combination_is_uniform_for_independent_uniform_p_values():
+    rng = np.random.default_rng(2)
+    out = cauchy_combine(rng.random((20000, 5)))
+    for a in (0.01, 0.05, 0.5):
+        assert abs((out <= a).mean() - a) < 0.25 * a + 0.003
+
+
+@settings(max_examples=200)
+@given(st.lists(st.floats(0, 1, allow_nan=False), min_size=0, max_size=50), st.floats(0.001, 0.5))
+def test_benjamini_hochberg_matches_its_definition(ps, q):
+    """Rejected = the k smallest, k the largest i with p_(i) <= q i / n."""
+    p = np.array(ps)
+    out = benjamini_hochberg(p, q)
+    n = p.size
+    s = np.sort(p)
+    ks = [i for i in range(1, n + 1) if s[i - 1] <= q * i / n]
+    k = max(ks) if ks else 0
+    assert out.sum() >= k
+    if k:
+        assert np.all(p[out] <= s[k - 1])
+    else:
+        assert not out.any()
+
+
+def test_decide_quarantines_only_rows_far_beyond_calibration_and_explains_them():
+    """A clean batch keeps every row; planted extremes are held, each with a reason."""
+    rng = np.random.default_rng(3)
+    cal = {"a": Calibration.fit(rng.normal(size=500)), "b": Calibration.fit(rng.normal(size=500))}
+    scores = {"a": rng.normal(size=300), "b": rng.normal(size=300)}
+    clean = decide(scores, cal, fdr=0.05)
+    assert clean.quarantined.sum() <= 2
+    scores["a"][:10] = 8.0
+
+    def explain(name, rows):
+        return [f"{name} saw row {r}" for r in rows]
+
+    out = decide(scores, cal, fdr=0.05, explain=explain)
+    assert out.quarantined[:10].all()
+    assert all("a saw row" in out.reasons[i] for i in range(10))
+    assert all(out.reasons[i] == "" for i in np.nonzero(~out.quarantined)[0])
+    assert np.all(out.suspicion[:10] > out.suspicion[10:].max())
+
+
+def test_decide_forced_rows_are_quarantined_with_their_reason():
+    cal = {"a": Calibration.fit(np.arange(100.0))}
+    out = decide({"a": np.zeros(5)}, cal, fdr=0.05, forced={2: "batch held: label shift"})
+    assert out.quarantined.tolist() == [False, False, True, False, False]
+    assert out.reasons[2].startswith("batch held")
+
+
+def test_decide_rejects_a_bad_fdr():
+    cal = {"a": Calibration.fit(np.arange(10.0))}
+    with pytest.raises(ConfigError, match=r"The 'fdr' parameter of decide\(\) must be in \(0, 1\)\. Got 1\.5 instead\."):
+        decide({"a": np.zeros(3)}, cal, fdr=1.5)

@@ -1,0 +1,107 @@
+"""A batch's way through the gate, in-process: conservation, idempotency, rejection."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from poisonguard.config import load_config
+from poisonguard.demo import evaluate_demo
+from poisonguard.pipeline import process_batch, process_landing, row_hashes
+from poisonguard.store import Store
+
+
+def _status(store: Store) -> list[tuple]:
+    return [
+        (r.batch_id, r.status, r.rows_in, r.rows_clean, r.rows_quarantined, r.rows_rejected)
+        for r in store.batches()
+    ]
+
+
+def test_every_input_row_ends_in_exactly_one_place(demo_project):
+    """Per batch, rows in = clean + quarantined + rejected, and the files hold exactly those rows."""
+    config = load_config(demo_project / "poisonguard.toml")
+    records = process_landing(config)
+    assert len(records) == 5
+    store = Store(config.store)
+    for rec in records:
+        assert rec.rows_in == rec.rows_clean + rec.rows_quarantined + rec.rows_rejected
+        rows = []
+        for f in store.files():
+            if f.batch_id == rec.batch_id:
+                rows.append(store.read(f)["pg_row"].to_numpy())
+        if rec.status == "rejected":
+            assert rows == [] and rec.rows_rejected == rec.rows_in
+        else:
+            got = np.sort(np.concatenate(rows))
+            assert np.array_equal(got, np.arange(rec.rows_in))
+
+
+def test_the_demo_catches_planted_poison(demo_project):
+    """The gate holds >= 80% of the planted poison and <= 5% of the clean rows."""
+    config = load_config(demo_project / "poisonguard.toml")
+    process_landing(config)
+    score = evaluate_demo(demo_project, Store(config.store))
+    assert score.rows_accounted
+    assert score.recall >= 0.8
+    assert score.clean_quarantined <= 0.05
+
+
+def test_the_same_content_is_skipped_whatever_its_file_name(demo_project):
+    config = load_config(demo_project / "poisonguard.toml")
+    process_landing(config)
+    store = Store(config.store)
+    before = _status(store)
+    landing = demo_project / "landing"
+    shutil.copy(landing / "batch-04-clean.parquet", landing / "batch-99-copy.parquet")
+    assert process_landing(config) == []
+    assert process_batch(landing / "batch-99-copy.parquet", config, store) is None
+    assert _status(store) == before
+
+
+def test_a_wrong_schema_batch_is_rejected_and_the_others_go_on(demo_project):
+    config = load_config(demo_project / "poisonguard.toml")
+    records = {r.source.rsplit("/", 1)[-1]: r for r in process_landing(config)}
+    bad = records["batch-05-wrong-schema.csv"]
+    assert bad.status == "rejected" and "px10" in bad.reason
+    assert "batch-05-wrong-schema.csv" in bad.reason
+    assert (config.store / "rejected" / bad.batch_id / "batch-05-wrong-schema.csv").is_file()
+    assert sum(r.status == "committed" for r in records.values()) == 4
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "the file is empty"),
+        (b"PAR1garbage", "not a readable Parquet file"),
+    ],
+)
+def test_a_corrupt_file_is_rejected_with_a_reason_naming_it(demo_project, content, why):
+    config = load_config(demo_project / "poisonguard.toml")
+    (config.landing / "batch-00-corrupt.parquet").write_bytes(content)
+    records = process_landing(config)
+    bad = next(r for r in records if "batch-00-corrupt" in r.source)
+    assert bad.status == "rejected" and why in bad.reason and "batch-00-corrupt.parquet" in bad.reason
+    assert len(records) == 6
+
+
+def test_a_wrong_type_rejects_the_batch_naming_the_column(demo_project):
+    config = load_config(demo_project / "poisonguard.toml")
+    frame = pd.read_parquet(demo_project / "landing" / "batch-04-clean.parquet").head(20)
+    frame["px03"] = "dark"
+    for f in config.landing.iterdir():
+        f.unlink()
+    frame.to_parquet(config.landing / "typed.parquet", index=False)
+    (rec,) = process_landing(config)
+    assert rec.status == "rejected" and "px03" in rec.reason and "typed.parquet" in rec.reason
+
+
+def test_row_hashes_ignore_the_file_format():
+    """A row read from CSV (ints) and from Parquet (floats) hashes alike."""
+    a = pd.DataFrame({"x": [1, 2], "s": ["a", "b"]})
+    b = pd.DataFrame({"x": [1.0, 2.0], "s": ["a", "b"]})
+    assert list(row_hashes(a)) == list(row_hashes(b))
+    assert row_hashes(a)[0] != row_hashes(a)[1]

@@ -1,0 +1,93 @@
+"""A run killed at any point and run again ends with the same store as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from poisonguard.config import load_config
+from poisonguard.pipeline import process_landing
+from poisonguard.store import CRASH_ENV, Store
+
+pytestmark = pytest.mark.slow
+
+
+def snapshot(root: Path) -> dict:
+    """Everything that defines a store's state, without wall-clock times."""
+    store = Store(root / "store")
+    batches = [
+        (r.batch_id, r.sha256, r.status, r.rows_in, r.rows_clean, r.rows_quarantined,
+         r.rows_rejected, r.reason)
+        for r in store.batches()
+    ]
+    files = sorted((f.path, f.kind, f.sha256, f.rows) for f in store.files())
+    on_disk = sorted(
+        p.relative_to(store.root).as_posix()
+        for sub in ("clean", "quarantine")
+        for p in (store.root / sub).iterdir()
+    )
+    rejected = sorted(
+        p.relative_to(store.root).as_posix() for p in (store.root / "rejected").rglob("*")
+    )
+    with sqlite3.connect(store.ledger_path) as db:
+        actions = [r[0] for r in db.execute("SELECT action || ':' || batch_id FROM audit ORDER BY seq")]
+    return {"batches": sorted(batches), "files": files, "on_disk": on_disk,
+            "rejected": rejected, "audit": sorted(actions)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_inputs, tmp_path_factory) -> dict:
+    from poisonguard.demo import LABEL
+    from poisonguard.initialize import init_dataset
+
+    root = tmp_path_factory.mktemp("uninterrupted") / "demo"
+    shutil.copytree(demo_inputs, root)
+    init_dataset(root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits")
+    process_landing(load_config(root / "poisonguard.toml"))
+    return snapshot(root)
+
+
+def _run(root: Path, *extra: str, crash: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    if crash:
+        env[CRASH_ENV] = crash
+    return subprocess.run(
+        [sys.executable, "-m", "poisonguard.cli", "run", "--config", str(root / "poisonguard.toml"), *extra],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [
+        "after-stage",
+        "after-detect:2",
+        "after-clean-file",
+        "after-quarantine-file:3",
+        "before-ledger-commit:2",
+        "after-ledger-commit:4",
+    ],
+)
+def test_killed_run_then_rerun_equals_uninterrupted(demo_project, uninterrupted, crash):
+    killed = _run(demo_project, "--local", crash=crash)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = _run(demo_project, "--local")
+    assert rerun.returncode == 0, rerun.stderr
+    assert snapshot(demo_project) == uninterrupted
+
+
+def test_killed_prefect_flow_then_rerun_equals_uninterrupted(demo_project, uninterrupted, tmp_path):
+    """The same holds for the real Prefect flow in its own process (temporary local API)."""
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path / "prefect"))
+    killed = _run(demo_project, crash="after-clean-file:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = _run(demo_project)
+    assert rerun.returncode == 0, rerun.stderr
+    assert snapshot(demo_project) == uninterrupted
