@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+import re
+
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from poisonguard.config import load_config
@@ -17,8 +21,10 @@ from poisonguard.pipeline import (
     detect_batch,
     exclusive,
     find_new_batches,
+    report_paths,
     validate_batch,
 )
+from poisonguard.report import markdown_summary
 from poisonguard.store import Store
 
 
@@ -47,6 +53,21 @@ def commit(config_path: str, staged: str) -> dict:
     return commit_batch(staged, config, Store(config.store)).as_dict()
 
 
+@task(cache_policy=NO_CACHE)
+def publish(config_path: str, batch_id: str) -> str | None:
+    """Show the batch's report in the Prefect UI: a markdown summary and the HTML report's path."""
+    config = load_config(config_path)
+    html_path, json_path = report_paths(Store(config.store), batch_id)
+    if not json_path.exists():
+        return None
+    report = json.loads(json_path.read_text())
+    key = re.sub(r"[^a-z0-9-]+", "-", f"poisonguard-{batch_id}".lower()).strip("-")
+    create_markdown_artifact(
+        markdown_summary(report, html_path), key=key, description=f"poisonguard batch {batch_id}"
+    )
+    return str(html_path)
+
+
 @flow(name="poisonguard-ingest", log_prints=False)
 def ingest(config_path: str) -> list[dict]:
     """Process every new batch file in the config's landing folder once."""
@@ -60,9 +81,12 @@ def ingest(config_path: str) -> list[dict]:
                 record = store.batch_by_sha_of(Path(batch_path))
                 if record is not None:
                     outcomes.append(record.as_dict())
+                    publish(config_path, record.batch_id)
                 continue
             detect(config_path, staged)
-            outcomes.append(commit(config_path, staged))
+            outcome = commit(config_path, staged)
+            publish(config_path, outcome["batch_id"])
+            outcomes.append(outcome)
     return outcomes
 
 

@@ -43,16 +43,27 @@ def test_the_same_content_cannot_be_committed_twice(tmp_path):
         store.commit(Outcome("b2", "a" * 64, "f", "committed", 1, clean=_frame(1)))
 
 
-def test_recover_removes_files_the_ledger_does_not_list(tmp_path):
-    """A file written by a run killed before its ledger commit is an orphan, and goes."""
+def test_recover_removes_what_an_interrupted_commit_left_and_nothing_else(tmp_path):
+    """A batch file written by a run killed before its ledger commit goes; a stranger's file stays."""
     store = Store(tmp_path)
     store.commit(Outcome("b1", "a" * 64, "f", "committed", 1, clean=_frame(1)))
+    store.staging_dir("b2")
     orphan = tmp_path / "clean" / "b2.parquet"
     atomic_write_bytes(orphan, b"half a batch")
-    (tmp_path / "staging" / "b2").mkdir()
+    stranger = tmp_path / "clean" / "added-by-hand.parquet"
+    atomic_write_bytes(stranger, b"not ours")
+    tmp = tmp_path / "quarantine" / ".b3.parquet.x1.tmp"
+    tmp.write_bytes(b"partial")
     removed = store.recover()
-    assert removed == [orphan]
-    assert not orphan.exists() and (tmp_path / "clean" / "b1.parquet").exists()
+    assert sorted(removed) == sorted([orphan, tmp])
+    assert not orphan.exists() and stranger.exists()
+    assert (tmp_path / "clean" / "b1.parquet").exists()
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_a_finished_commit_leaves_no_staging_marker(tmp_path):
+    store = Store(tmp_path)
+    store.commit(Outcome("b1", "a" * 64, "f", "committed", 1, clean=_frame(1)))
     assert list((tmp_path / "staging").iterdir()) == []
 
 
@@ -65,7 +76,8 @@ def test_reject_keeps_the_file_as_it_arrived_with_its_reason(tmp_path):
     src = tmp_path / "bad.csv"
     src.write_text("a,b\n1,2\n")
     store = Store(tmp_path / "store")
-    rec = store.reject(src, batch_id="bad-1", sha256=sha256_file(src), reason="no label", rows_in=1)
+    rec = store.reject(src, Outcome("bad-1", sha256_file(src), str(src), "rejected", 1,
+                                    rows_rejected=1, reason="no label"))
     assert rec.status == "rejected" and rec.rows_rejected == 1
     kept = tmp_path / "store" / "rejected" / "bad-1"
     assert (kept / "bad.csv").read_text() == "a,b\n1,2\n"

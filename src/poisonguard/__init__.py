@@ -11,14 +11,25 @@ from poisonguard.errors import (
     StoreError,
 )
 
+from poisonguard.config import Config, DetectionSettings, load_config
+from poisonguard.gate import gate
+from poisonguard.scan import Guard, ScanResult, scan
+
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchError",
+    "Config",
     "ConfigError",
+    "DetectionSettings",
     "GateError",
+    "Guard",
+    "ScanResult",
     "PoisonguardError",
     "ReviewError",
     "StoreError",
     "__version__",
+    "gate",
+    "load_config",
+    "scan",
 ]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from poisonguard import __version__
 from poisonguard.config import Config, load_config
-from poisonguard.errors import BatchError, ConfigError, PoisonguardError
+from poisonguard.errors import BatchError, ConfigError, GateError, PoisonguardError
 
 CONFIG_ENV = "POISONGUARD_CONFIG"
 
@@ -125,14 +125,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     batch = read_batch(Path(args.batch))
     reference = read_batch(Path(args.reference)) if args.reference else None
-    config = load_config(args.config) if args.config else None
-    if config is not None and args.fdr is not None:
-        config = config.with_detection(fdr=args.fdr)
-    settings = config if config is not None else None
-    if settings is None and args.fdr is not None:
-        from poisonguard.config import DetectionSettings
+    from poisonguard.config import DetectionSettings
 
-        settings = DetectionSettings(fdr=args.fdr)
+    settings: Config | DetectionSettings | None = load_config(args.config) if args.config else None
+    if isinstance(settings, Config) and args.fdr is not None:
+        settings = settings.with_detection(fdr=args.fdr)
+    elif settings is None and args.fdr is not None:
+        settings = DetectionSettings(fdr=args.fdr).validated("scan")
     label = args.label if args.label else None
     if label is not None and label not in batch.columns:
         raise BatchError(args.batch, f"missing label column {label!r}", column=label)
@@ -224,6 +223,139 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if score.rows_accounted else 1
 
 
+def cmd_review_list(args: argparse.Namespace) -> int:
+    from poisonguard.review import pending
+    from poisonguard.store import Store
+
+    from poisonguard.gate import _human
+
+    store = Store(_config(args).store)
+    rows = [
+        {"batch_id": p.batch_id, "source": Path(p.source).name, "awaiting": p.pending - p.reviewed,
+         "reviewed": p.reviewed, "age": _human(p.age_seconds), "since": p.since}
+        for p in pending(store)
+        if args.all or p.pending > p.reviewed
+    ]
+    if not rows:
+        _out("nothing awaits review")
+        return 0
+    _out(_table(rows, ("batch_id", "source", "awaiting", "reviewed", "age", "since")))
+    return 0
+
+
+def cmd_review_show(args: argparse.Namespace) -> int:
+    from poisonguard.review import held_rows
+    from poisonguard.store import Store
+
+    config = _config(args)
+    rows = held_rows(Store(config.store), args.batch)
+    if rows.empty:
+        _out(f"batch {args.batch} has no quarantined rows")
+        return 0
+    start = (args.page - 1) * args.page_size
+    page = rows.iloc[start : start + args.page_size]
+    pages = max(1, -(-len(rows) // args.page_size))
+    _out(f"batch {args.batch}: {len(rows)} held rows, page {args.page} of {pages} (most suspicious first)")
+    ident = config.id_column if config.id_column in rows.columns else None
+    for _, r in page.iterrows():
+        head = f"row {r['pg_row']}" + (f" ({ident}={r[ident]})" if ident else "")
+        susp = r.get("pg_suspicion")
+        score = "" if susp is None or susp != susp else f"  suspicion {susp:.1f}"
+        _out(f"{head}  [{r['pg_review']}{' by ' + r['pg_reviewed_by'] if r['pg_reviewed_by'] else ''}]"
+             f"  {r['pg_stage']}{score}")
+        _out(f"    {r['pg_reason']}")
+        if config.label and config.label in r:
+            _out(f"    {config.label} = {r[config.label]}")
+    return 0
+
+
+def _review(args: argparse.Namespace, action: str) -> int:
+    from poisonguard.review import review
+    from poisonguard.store import Store
+
+    rows = None
+    if args.rows:
+        try:
+            rows = [int(x) for x in args.rows.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise ConfigError(f"--rows takes row numbers separated by commas. Got {args.rows!r} instead.") from None
+    done = review(Store(_config(args).store), args.batch, action, by=args.by, note=args.note, rows=rows)
+    verb = {"release": "released", "reject": "rejected"}[action]
+    _out(f"{verb} {len(done.applied)} rows of {args.batch}"
+         + (f"; {len(done.already)} were already {verb}" if done.already else ""))
+    return 0
+
+
+def cmd_review_release(args: argparse.Namespace) -> int:
+    return _review(args, "release")
+
+
+def cmd_review_reject(args: argparse.Namespace) -> int:
+    return _review(args, "reject")
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from poisonguard.store import Store
+
+    store = Store(_config(args).store)
+    broken = store.verify_audit()
+    n = len(store.audit_log())
+    if broken:
+        sys.stderr.write(f"poisonguard: audit chain broken: {broken}\n")
+        return 1
+    _out(f"audit chain intact: {n} entries")
+    return 0
+
+
+def cmd_audit_log(args: argparse.Namespace) -> int:
+    from poisonguard.store import Store
+
+    log = Store(_config(args).store).audit_log()
+    if args.json:
+        _out(json.dumps(log, indent=2))
+        return 0
+    for e in log[-args.last:] if args.last else log:
+        detail = json.loads(e["detail"])
+        brief = ", ".join(f"{k}={v}" for k, v in detail.items()
+                          if k in ("status", "rows_in", "rows", "note", "safe", "reasons") and v not in (None, []))
+        _out(f"{e['seq']:>5}  {e['at']}  {e['action']:<8} {e['batch_id'] or '-':<40} {e['actor']:<12} {brief}")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from poisonguard.gate import check, parse_age
+    from poisonguard.store import Store, atomic_write_bytes
+
+    config = _config(args)
+    max_pending = parse_age(args.max_pending) if args.max_pending else None
+    report = check(Store(config.store), max_pending=max_pending, actor=args.by)
+    if args.manifest:
+        atomic_write_bytes(Path(args.manifest), (json.dumps(report.manifest, indent=2) + "\n").encode())
+    if report.ok:
+        _out(f"safe: {report.rows} rows in {len(report.files)} files"
+             + (f"; manifest {args.manifest}" if args.manifest else ""))
+        return 0
+    for reason in report.reasons:
+        sys.stderr.write(f"not safe: {reason}\n")
+    return 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from poisonguard.gate import gate
+    from poisonguard.store import atomic_write_bytes, parquet_bytes
+
+    config = _config(args)
+    try:
+        frame = gate(config, max_pending=args.max_pending, provenance=args.provenance)
+    except GateError as exc:
+        for reason in exc.reasons:
+            sys.stderr.write(f"not safe: {reason}\n")
+        return 1
+    atomic_write_bytes(Path(args.out), parquet_bytes(frame))
+    _out(f"wrote {len(frame)} verified rows to {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -249,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--id", help="id column (unique per row)")
     sp.add_argument("--name", help="dataset name (default: the sample's file name)")
     sp.add_argument("--dir", default=".", help="where to write poisonguard.toml (default .)")
-    sp.add_argument("--margin", type=float, default=0.1, help="range margin, share of the observed range (default 0.1)")
+    sp.add_argument("--margin", type=float, default=0.25, help="range margin, share of the observed range (default 0.25)")
     sp.add_argument("--force", action="store_true", help="overwrite an existing config")
 
     sp = command("run", cmd_run, "process the landing zone once")
@@ -271,6 +403,50 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("demo", cmd_demo, "build the digits demo and run the gate on it", config=False)
     sp.add_argument("--dir", default="data/demo", help="demo folder (replaced; default data/demo)")
     sp.add_argument("--local", action="store_true", help="without Prefect")
+
+    review = sub.add_parser("review", help="review quarantined rows", description="review quarantined rows")
+    rsub = review.add_subparsers(dest="review_command", required=True, metavar="ACTION")
+
+    def rcommand(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sp = rsub.add_parser(name, help=help, description=help)
+        sp.add_argument("--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)")
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = rcommand("list", cmd_review_list, "batches with rows awaiting review, with counts and age")
+    sp.add_argument("--all", action="store_true", help="also batches whose rows were all reviewed")
+    sp = rcommand("show", cmd_review_show, "a batch's held rows with scores and reasons, paged")
+    sp.add_argument("batch")
+    sp.add_argument("--page", type=int, default=1)
+    sp.add_argument("--page-size", type=int, default=20)
+    for name, func, verb in (("release", cmd_review_release, "release rows into the clean training set"),
+                             ("reject", cmd_review_reject, "reject rows for good (their content is blocklisted)")):
+        sp = rcommand(name, func, verb)
+        sp.add_argument("batch")
+        sp.add_argument("--rows", help="row numbers (pg_row) separated by commas; default every pending row")
+        sp.add_argument("--by", required=True, help="reviewer's name")
+        sp.add_argument("--note", required=True, help="why")
+
+    audit = sub.add_parser("audit", help="the audit chain", description="the append-only, hash-chained audit log")
+    asub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    sp = asub.add_parser("verify", help="check the hash chain; exit 1 naming the first broken entry")
+    sp.add_argument("--config", "-c")
+    sp.set_defaults(func=cmd_audit_verify)
+    sp = asub.add_parser("log", help="print the audit log")
+    sp.add_argument("--config", "-c")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--last", type=int, default=0, help="only the last N entries")
+    sp.set_defaults(func=cmd_audit_log)
+
+    sp = command("gate", cmd_gate, "is the training set safe to use? exit 0 yes, 1 no (reasons printed), 2 usage/config error")
+    sp.add_argument("--max-pending", help="fail when rows have waited longer than this for review, e.g. 7d, 36h")
+    sp.add_argument("--manifest", help="write the files and rows of the training set to this JSON file")
+    sp.add_argument("--by", default="gate", help="who asks (recorded in the audit log)")
+
+    sp = command("export", cmd_export, "write the verified training set as one Parquet file, after the gate's checks")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--max-pending")
+    sp.add_argument("--provenance", action="store_true", help="keep pg_batch, pg_row, pg_row_hash")
     return p
 
 

@@ -27,7 +27,7 @@ def init_dataset(
     directory: str | Path = ".",
     id_column: str | None = None,
     name: str | None = None,
-    margin: float = 0.1,
+    margin: float = 0.25,
     force: bool = False,
 ) -> Initialized:
     """Infer a suite from a trusted sample, write a config beside it, seed the store.

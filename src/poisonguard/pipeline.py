@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from poisonguard.config import RESERVED_PREFIX, Config
 from poisonguard.errors import BatchError, ConfigError, StoreError
+from poisonguard.evidence import batch_report, batch_evidence
 from poisonguard.scan import Guard, ScanResult
 from poisonguard.store import (
     BatchRecord,
@@ -42,6 +43,9 @@ STAGED_ROWS = "rows.parquet"
 STAGED_HELD = "held.parquet"
 STAGED_MANIFEST = "staged.json"
 DECISION = "decision.parquet"
+EVIDENCE = "evidence.json"
+#: A row's reason lists at most this many failed expectations, then a count.
+MAX_LISTED = 3
 
 
 def batch_id_for(path: Path, sha256: str) -> str:
@@ -91,6 +95,11 @@ class Staged:
         return cls(folder=folder, **data)
 
 
+def _jsonable(value: object) -> list[dict]:
+    """Round-trip through JSON, turning numpy scalars and other oddities into plain values."""
+    return list(json.loads(json.dumps(value, default=str)))
+
+
 def find_new_batches(config: Config, store: Store) -> list[Path]:
     """Batch files in the landing folder whose content the ledger has not seen."""
     return [p for p in find_batches(config.landing) if store.batch_by_sha(sha256_file(p)) is None]
@@ -118,6 +127,7 @@ def validate_batch(path: str | Path, config: Config, store: Store) -> Path | Non
         return None
     batch_id = batch_id_for(path, sha)
     rows_in: int | None = None
+    report = None
     try:
         frame = read_batch(path)
         rows_in = len(frame)
@@ -130,13 +140,21 @@ def validate_batch(path: str | Path, config: Config, store: Store) -> Path | Non
                 column=reserved[0],
             )
         report = validate(frame, load_suite(config.expectations), source=path.name)
-        if report.rejected:
-            raise BatchError(path.name, "; ".join(report.schema_errors), rows=rows_in)
+        report.raise_if_rejected(rows=rows_in)
     except BatchError as exc:
-        store.reject(
-            path, batch_id=batch_id, sha256=sha, reason=str(exc), rows_in=rows_in,
+        rejected = Outcome(
+            batch_id=batch_id,
+            sha256=sha,
+            source=str(path),
+            status="rejected",
+            rows_in=rows_in,
+            rows_rejected=rows_in or 0,
+            reason=str(exc),
             started_at=started,
         )
+        broken = [] if report is None else [o.__dict__ for o in report.outcomes if not o.success]
+        write_batch_report(store, rejected, failed_expectations=_jsonable(broken))
+        store.reject(path, rejected)
         return None
 
     folder = store.staging_dir(batch_id)
@@ -146,12 +164,25 @@ def validate_batch(path: str | Path, config: Config, store: Store) -> Path | Non
     frame["pg_row_hash"] = row_hashes(frame, data_columns(frame))
     failed = np.zeros(len(frame), dtype=bool)
     reasons = [""] * len(frame)
+    stages = [""] * len(frame)
     for row, why in report.row_failures.items():
         failed[row] = True
-        reasons[row] = "failed expectation: " + "; ".join(why)
+        stages[row] = "expectations"
+        shown = "; ".join(why[:MAX_LISTED])
+        more = f" (+{len(why) - MAX_LISTED} more)" if len(why) > MAX_LISTED else ""
+        reasons[row] = f"failed expectation: {shown}{more}"
+    blocked = store.blocked(frame["pg_row_hash"].tolist())
+    for row, h in enumerate(frame["pg_row_hash"].tolist()):
+        if h in blocked:
+            at, actor = blocked[h]
+            note = f"previously rejected on {at[:10]} by {actor}"
+            reasons[row] = f"{note}; {reasons[row]}" if failed[row] else note
+            stages[row] = stages[row] or "blocklist"
+            failed[row] = True
     held = frame[failed].copy()
-    held["pg_stage"] = "expectations"
-    held["pg_reason"] = [reasons[i] for i in np.nonzero(failed)[0]]
+    rows_held = np.nonzero(failed)[0]
+    held["pg_stage"] = [stages[i] for i in rows_held]
+    held["pg_reason"] = [reasons[i] for i in rows_held]
     atomic_write_bytes(folder / STAGED_ROWS, parquet_bytes(frame[~failed]))
     atomic_write_bytes(folder / STAGED_HELD, parquet_bytes(held))
     outcomes = [o.__dict__ for o in report.outcomes if not o.success]
@@ -161,7 +192,7 @@ def validate_batch(path: str | Path, config: Config, store: Store) -> Path | Non
         "source": str(path),
         "rows_in": rows_in,
         "started_at": started,
-        "failed_expectations": json.loads(json.dumps(outcomes, default=str)),
+        "failed_expectations": _jsonable(outcomes),
     }
     atomic_write_bytes(folder / STAGED_MANIFEST, json.dumps(manifest, indent=2).encode())
     crash_point("after-stage")
@@ -197,6 +228,8 @@ def detect_batch(
                                         source=Path(Staged.load(folder).source).name)
         decision["quarantined"] = result.quarantined.to_numpy()
         decision["reason"] = result.reasons.to_numpy()
+        evidence = batch_evidence(guard, rows[data_columns(rows)].reset_index(drop=True), result)
+        atomic_write_bytes(folder / EVIDENCE, json.dumps(evidence).encode())
         for col in result.scores.columns:
             name = "pg_suspicion" if col == "suspicion" else f"pg_score_{col}"
             decision[name] = result.scores[col].to_numpy()
@@ -226,25 +259,75 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
             quarantined[col] = decision.loc[flagged, col].to_numpy()
     quarantine = pd.concat([held, quarantined], ignore_index=True).sort_values("pg_row")
     quarantine = quarantine.reset_index(drop=True)
-    n_expect = len(held)
-    return store.commit(
-        Outcome(
-            batch_id=meta.batch_id,
-            sha256=meta.sha256,
-            source=meta.source,
-            status="committed",
-            rows_in=meta.rows_in,
-            clean=clean,
-            quarantine=quarantine,
-            started_at=meta.started_at,
-            detail={
-                "quarantined_by_expectations": n_expect,
-                "quarantined_by_detectors": int(flagged.sum()),
-                "failed_expectations": [e["type"] + ":" + str(e["column"])
-                                        for e in meta.failed_expectations],
-            },
-        )
+    detail = {
+        "quarantined_by_expectations": int((held["pg_stage"] == "expectations").sum()),
+        "quarantined_by_blocklist": int((held["pg_stage"] == "blocklist").sum()),
+        "quarantined_by_detectors": int(flagged.sum()),
+        "failed_expectations": [
+            e["type"] + ":" + str(e["column"]) for e in meta.failed_expectations
+        ],
+    }
+    outcome = Outcome(
+        batch_id=meta.batch_id,
+        sha256=meta.sha256,
+        source=meta.source,
+        status="committed",
+        rows_in=meta.rows_in,
+        clean=clean,
+        quarantine=quarantine,
+        started_at=meta.started_at,
+        detail=detail,
     )
+    evidence_path = meta.folder / EVIDENCE
+    evidence = json.loads(evidence_path.read_text()) if evidence_path.exists() else None
+    write_batch_report(
+        store,
+        outcome,
+        failed_expectations=meta.failed_expectations,
+        evidence=evidence,
+    )
+    return store.commit(outcome)
+
+
+def report_paths(store: Store, batch_id: str) -> tuple[Path, Path]:
+    """Where a batch's HTML and JSON reports live."""
+    folder = store.root / "reports"
+    return folder / f"{batch_id}.html", folder / f"{batch_id}.json"
+
+
+def write_batch_report(
+    store: Store,
+    outcome: Outcome,
+    *,
+    failed_expectations: list[dict] | None = None,
+    evidence: dict | None = None,
+) -> tuple[Path, Path]:
+    """Write a batch's HTML and JSON reports (before its ledger commit: a re-run rewrites them)."""
+    from poisonguard.report import write_report
+
+    n_clean = 0 if outcome.clean is None else len(outcome.clean)
+    n_quar = 0 if outcome.quarantine is None else len(outcome.quarantine)
+    record = {
+        "batch_id": outcome.batch_id,
+        "source": outcome.source,
+        "sha256": outcome.sha256,
+        "status": outcome.status,
+        "finished_at": now(),
+        "reason": outcome.reason,
+        "rows_in": outcome.rows_in,
+        "rows_clean": n_clean,
+        "rows_quarantined": n_quar,
+        "rows_rejected": outcome.rows_rejected,
+    }
+    report = batch_report(
+        record,
+        failed_expectations=failed_expectations,
+        evidence=evidence,
+        quarantine=outcome.quarantine,
+        detail=outcome.detail,
+    )
+    json_path, html_path = write_report(report, store.root / "reports")
+    return html_path, json_path
 
 
 def process_batch(path: str | Path, config: Config, store: Store) -> BatchRecord | None:

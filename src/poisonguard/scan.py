@@ -138,7 +138,7 @@ class Guard:
         self.detector_names_ = self._active(settings)
         self.calibrations_ = self._calibrate(table, settings, rng)
         self.detectors_ = {name: self._make(name, settings).fit(table) for name in self.detector_names_}
-        self.reference_rows_ = table.n_rows
+        self.reference_ = table
         return self
 
     def _active(self, settings: DetectionSettings) -> tuple[str, ...]:

@@ -61,6 +61,22 @@ CREATE TABLE IF NOT EXISTS files (
     rows INTEGER NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reviews (
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    pg_row INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    note TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (batch_id, pg_row)
+);
+CREATE TABLE IF NOT EXISTS blocklist (
+    row_hash TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL,
+    pg_row INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
     at TEXT NOT NULL,
@@ -307,7 +323,7 @@ class Store:
         return [BatchRecord(**dict(r)) for r in rows]
 
     def files(self, kind: str | None = None) -> list[FileRecord]:
-        query, args = "SELECT path, batch_id, kind, sha256, rows FROM files", ()
+        query, args = "SELECT path, batch_id, kind, sha256, rows FROM files", tuple[str, ...]()
         if kind is not None:
             query, args = query + " WHERE kind = ?", (kind,)
         with self._connect() as db:
@@ -317,6 +333,34 @@ class Store:
     def read(self, record: FileRecord) -> pd.DataFrame:
         """A file the store wrote, as a frame."""
         return pq.read_table(self.root / record.path).to_pandas()
+
+    def quarantine_frame(self, batch_id: str) -> pd.DataFrame:
+        """A batch's quarantined rows (empty when it has none)."""
+        frames = [self.read(f) for f in self.files("quarantine") if f.batch_id == batch_id]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def reviews(self, batch_id: str | None = None) -> pd.DataFrame:
+        """Review decisions: batch_id, pg_row, action, actor, note, at."""
+        query, args = "SELECT * FROM reviews", tuple[str, ...]()
+        if batch_id is not None:
+            query, args = query + " WHERE batch_id = ?", (batch_id,)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY at, batch_id, pg_row", args).fetchall()
+        cols = ["batch_id", "pg_row", "action", "actor", "note", "at"]
+        return pd.DataFrame([dict(r) for r in rows], columns=cols)
+
+    def blocked(self, row_hashes: list[str]) -> dict[str, tuple[str, str]]:
+        """Which of these row hashes a reviewer rejected before: hash -> (date, reviewer)."""
+        out: dict[str, tuple[str, str]] = {}
+        with self._connect() as db:
+            for i in range(0, len(row_hashes), 500):
+                chunk = row_hashes[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for r in db.execute(
+                    f"SELECT row_hash, at, actor FROM blocklist WHERE row_hash IN ({marks})", chunk
+                ):
+                    out[r[0]] = (r[1], r[2])
+        return out
 
     def clean_frame(self) -> pd.DataFrame:
         """The whole clean training set, in the order it was committed."""
@@ -328,30 +372,40 @@ class Store:
 
     # -- writing -------------------------------------------------------------
     def recover(self) -> list[Path]:
-        """Remove what a killed run left behind: files the ledger does not list, scratch.
+        """Remove what a killed run left behind, and nothing else.
+
+        Every commit starts by creating ``staging/<batch>/`` and ends by removing
+        it after the ledger transaction. A staging folder that is still there
+        marks a batch whose commit may have been cut short: its files are removed
+        unless the ledger lists them. Temporary files of interrupted atomic writes
+        go too. Files nobody wrote through poisonguard are left for the gate to
+        report.
 
         Returns
         -------
         list of Path
-            The files removed.
+            The files and folders removed.
         """
         known = {f.path for f in self.files()}
+        with self._connect() as db:
+            batches = {r[0] for r in db.execute("SELECT batch_id FROM batches").fetchall()}
         removed: list[Path] = []
-        for sub in ("clean", "quarantine"):
-            for p in (self.root / sub).iterdir():
-                rel = p.relative_to(self.root).as_posix()
-                if rel not in known:
+        for sub in ("clean", "quarantine", "rejected"):
+            for p in (self.root / sub).glob(".*.tmp"):
+                p.unlink()
+                removed.append(p)
+        for marker in sorted((self.root / "staging").iterdir()):
+            batch_id = marker.name
+            for sub in ("clean", "quarantine"):
+                p = self.root / sub / f"{batch_id}.parquet"
+                if p.exists() and p.relative_to(self.root).as_posix() not in known:
                     p.unlink()
                     removed.append(p)
-        with self._connect() as db:
-            rejected = {r[0] for r in db.execute("SELECT batch_id FROM batches").fetchall()}
-        for p in (self.root / "rejected").iterdir():
-            if p.name not in rejected:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-                removed.append(p)
-        staging = self.root / "staging"
-        for p in staging.iterdir():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            rejected = self.root / "rejected" / batch_id
+            if rejected.exists() and batch_id not in batches:
+                shutil.rmtree(rejected)
+                removed.append(rejected)
+            shutil.rmtree(marker) if marker.is_dir() else marker.unlink()
         return removed
 
     def staging_dir(self, batch_id: str) -> Path:
@@ -375,15 +429,10 @@ class Store:
                 f"batch {outcome.batch_id}: {n_clean} clean + {n_quar} quarantined + "
                 f"{outcome.rows_rejected} rejected != {outcome.rows_in} rows in"
             )
-        written: list[tuple[str, str, int]] = []
-        for kind, frame in (("clean", outcome.clean), ("quarantine", outcome.quarantine)):
-            if frame is None:
-                continue
-            data = parquet_bytes(frame)
-            rel = f"{kind}/{outcome.batch_id}.parquet"
-            atomic_write_bytes(self.root / rel, data)
-            written.append((rel, hashlib.sha256(data).hexdigest(), len(frame)))
-            crash_point(f"after-{kind}-file")
+        marker = self.staging_dir(outcome.batch_id)
+        written = self._write_files(
+            outcome.batch_id, (("clean", outcome.clean), ("quarantine", outcome.quarantine))
+        )
 
         finished = now()
         record = BatchRecord(
@@ -428,32 +477,90 @@ class Store:
             self._append_audit(db, "ingest", outcome.batch_id, "poisonguard", detail)
             crash_point("before-ledger-commit")
         crash_point("after-ledger-commit")
+        shutil.rmtree(marker, ignore_errors=True)
         return record
 
-    def reject(
-        self, source: Path, *, batch_id: str, sha256: str, reason: str, rows_in: int | None,
-        started_at: str = "",
-    ) -> BatchRecord:
-        """Keep a rejected batch file as it arrived, with its reason, and record it."""
-        folder = self.root / "rejected" / batch_id
-        atomic_write_bytes(folder / source.name, source.read_bytes())
-        atomic_write_bytes(
-            folder / "reason.json",
-            (json.dumps({"source": str(source), "reason": reason, "sha256": sha256}, indent=2)
-             + "\n").encode(),
-        )
-        return self.commit(
-            Outcome(
-                batch_id=batch_id,
-                sha256=sha256,
-                source=str(source),
-                status="rejected",
-                rows_in=rows_in,
-                rows_rejected=rows_in or 0,
-                reason=reason,
-                started_at=started_at,
+    def _write_files(
+        self, name: str, frames: tuple[tuple[str, pd.DataFrame | None], ...]
+    ) -> list[tuple[str, str, int]]:
+        """Write ``<kind>/<name>.parquet`` atomically for each frame; (path, sha256, rows) each."""
+        written: list[tuple[str, str, int]] = []
+        for kind, frame in frames:
+            if frame is None:
+                continue
+            data = parquet_bytes(frame)
+            rel = f"{kind}/{name}.parquet"
+            atomic_write_bytes(self.root / rel, data)
+            written.append((rel, hashlib.sha256(data).hexdigest(), len(frame)))
+            crash_point(f"after-{kind}-file")
+        return written
+
+    def commit_review(
+        self,
+        batch_id: str,
+        action: str,
+        rows: pd.DataFrame,
+        *,
+        actor: str,
+        note: str,
+    ) -> None:
+        """Record a reviewer's release or rejection of quarantined rows, atomically.
+
+        Released rows are written as a new clean file (``clean/<batch>.release-<n>.parquet``)
+        exactly as the flow commits a batch: file first, then one ledger transaction
+        that lists the file, moves the row counts, records each row's review and
+        appends to the audit chain. Rejected rows' content hashes join the blocklist.
+        """
+        if action not in ("release", "reject"):
+            raise ValueError(f"unknown review action {action!r}")
+        at = now()
+        n = len(rows)
+        written: list[tuple[str, str, int]] = []
+        marker = None
+        if action == "release":
+            seq = len([f for f in self.files("clean") if f.batch_id == batch_id])
+            name = f"{batch_id}.release-{seq}"
+            marker = self.staging_dir(name)
+            written = self._write_files(name, (("clean", rows),))
+        with self.transaction() as db:
+            moved = ("rows_clean", "rows_quarantined") if action == "release" else (
+                "rows_rejected", "rows_quarantined")
+            db.execute(
+                f"UPDATE batches SET {moved[0]} = {moved[0]} + ?, {moved[1]} = {moved[1]} - ? "
+                "WHERE batch_id = ?",
+                (n, n, batch_id),
             )
-        )
+            db.executemany(
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                [(p, batch_id, "clean", h, k, at) for p, h, k in written],
+            )
+            db.executemany(
+                "INSERT INTO reviews VALUES (?, ?, ?, ?, ?, ?)",
+                [(batch_id, int(r), action, actor, note, at) for r in rows["pg_row"].tolist()],
+            )
+            if action == "reject":
+                db.executemany(
+                    "INSERT OR IGNORE INTO blocklist VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (h, batch_id, int(r), actor, at)
+                        for h, r in zip(rows["pg_row_hash"].tolist(), rows["pg_row"].tolist(),
+                                        strict=True)
+                    ],
+                )
+            detail = {"rows": [int(r) for r in rows["pg_row"].tolist()], "note": note,
+                      "files": {p: h for p, h, _ in written}}
+            self._append_audit(db, action, batch_id, actor, detail)
+        if marker is not None:
+            shutil.rmtree(marker, ignore_errors=True)
+
+    def reject(self, source: Path, outcome: Outcome) -> BatchRecord:
+        """Keep a rejected batch file as it arrived, with its reason, and record it."""
+        self.staging_dir(outcome.batch_id)
+        folder = self.root / "rejected" / outcome.batch_id
+        atomic_write_bytes(folder / source.name, source.read_bytes())
+        reason = {"source": str(source), "reason": outcome.reason, "sha256": outcome.sha256}
+        atomic_write_bytes(folder / "reason.json", (json.dumps(reason, indent=2) + "\n").encode())
+        return self.commit(outcome)
 
     # -- audit chain ---------------------------------------------------------
     @staticmethod

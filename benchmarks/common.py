@@ -1,0 +1,426 @@
+"""Shared pieces of the benchmarks: data, splits, metrics, the anchor methods and tables.
+
+Every benchmark runs poisonguard *and* the tools a user would pick instead (the
+"anchors") on the same rows in the same run. Each method is a plain function
+``method(case) -> Verdict`` registered in :data:`METHODS`; a verdict carries the
+rows the method would drop (its own default decision rule) and a continuous
+score (higher = more suspicious) for threshold-free metrics.
+
+Anchors and their decision thresholds (stated in every benchmark's output)
+-------------------------------------------------------------------------
+cleanlab
+    Out-of-fold ``predict_proba`` of ``StandardScaler + LogisticRegression`` over
+    reference + batch (5-fold ``StratifiedKFold``, shuffled, seeded), then
+    ``cleanlab.filter.find_label_issues(labels, pred_probs)`` with its defaults
+    (``filter_by="prune_by_noise_rate"``). Only batch rows are scored; the
+    reference rows are in the pool because a user would train on them too.
+    Score: ``1 - get_label_quality_scores`` (self-confidence).
+knn_label
+    For each batch row, its 10 nearest rows *of the trusted reference* (Euclidean,
+    features standardized with the reference mean and standard deviation). Score:
+    share of those 10 whose label differs from the row's. Flagged when the
+    majority disagrees (score > 0.5, i.e. at least 6 of 10). Neighbours come from
+    the reference only, not reference + batch: in a pooled search clustered flips
+    and duplicate floods vouch for themselves, so the pooled variant is the weaker
+    anchor and we compare against the stronger one.
+iforest
+    ``sklearn.ensemble.IsolationForest(random_state=seed)`` (100 trees,
+    ``contamination="auto"``) fitted on the reference features, applied to the
+    batch. Flagged: ``predict == -1`` (the original paper's 0.5 score cut).
+    Score: ``-score_samples``. Label-free.
+ecod
+    ``pyod.models.ecod.ECOD()`` with its default ``contamination=0.1`` fitted on
+    the reference: flags batch rows scoring above the reference's 90th
+    percentile. Score: ``decision_function`` (PyOD computes the ECDFs over
+    reference + the scored rows). Label-free.
+cleanlab_or_iforest
+    Flags the union of cleanlab's and IsolationForest's flags; score: the larger
+    of the two scores' within-batch percentile ranks.
+poisonguard
+    ``poisonguard.scan(batch, label=label, reference=reference)`` with its default
+    config; flags ``.quarantined``, score ``.scores["suspicion"]``. Skipped with a
+    notice when ``poisonguard.scan`` cannot be imported.
+
+All anchors get the raw (unstandardized) feature columns and do their own
+scaling as described; poisonguard gets the same frames. :func:`quiet` pins
+BLAS/OpenMP pools to one thread for every method.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.io import loadmat
+from scipy.stats import rankdata
+from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support
+from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+LABEL = "label"
+ODDS_DIR = Path("/work/shared/data/odds")
+ODDS_SETS: tuple[str, ...] = (
+    "arrhythmia",
+    "cardio",
+    "letter",
+    "mnist",
+    "optdigits",
+    "pima",
+    "satimage-2",
+    "shuttle",
+    "vowels",
+    "wbc",
+)
+DATASETS: tuple[str, ...] = ("breast_cancer", "digits", "wine")
+#: A retrain "recovered share" is only reported when poison cost at least this much accuracy;
+#: below it the denominator is noise.
+MIN_DAMAGE = 0.01
+N_NEIGHBORS = 10
+N_FOLDS = 5
+
+_LOADERS: dict[str, Callable[..., Any]] = {
+    "breast_cancer": load_breast_cancer,
+    "digits": load_digits,
+    "wine": load_wine,
+}
+
+
+def quiet(threads: int | None = 1) -> None:
+    """Silence warnings from the libraries under test and pin BLAS/OpenMP thread pools.
+
+    One thread for every method alike by default: on a shared machine a second
+    BLAS thread waiting for a busy core made a 0.05 s logistic-regression fit
+    take 2 s, so multi-threaded timings (and run lengths) measure the neighbours.
+    ``threads=None`` leaves the pools as the environment set them.
+    """
+    warnings.filterwarnings("ignore")
+    if threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+
+
+# --- data -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled table: feature columns plus the label column ``LABEL``."""
+
+    name: str
+    frame: pd.DataFrame
+    features: list[str]
+
+
+def load_dataset(name: str) -> Dataset:
+    """Load one of :data:`DATASETS` (sklearn's bundled copies, no network)."""
+    data = _LOADERS[name](as_frame=True)
+    frame = data.frame.rename(columns={"target": LABEL})
+    return Dataset(name, frame.reset_index(drop=True), list(data.feature_names))
+
+
+def load_odds(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` of shape (n_rows, n_features) and ``y`` (1 = outlier) of one ODDS set."""
+    mat = loadmat(ODDS_DIR / f"{name}.mat")
+    return np.asarray(mat["X"], dtype=np.float64), np.asarray(mat["y"]).ravel().astype(int)
+
+
+def split_three(
+    frame: pd.DataFrame, seed: int, shares: tuple[float, float, float] = (0.4, 0.2, 0.4)
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Stratified reference / test / batch split, each with a fresh RangeIndex."""
+    reference, rest = train_test_split(
+        frame, train_size=shares[0], stratify=frame[LABEL], random_state=seed
+    )
+    test, batch = train_test_split(
+        rest,
+        train_size=shares[1] / (shares[1] + shares[2]),
+        stratify=rest[LABEL],
+        random_state=seed,
+    )
+    return (
+        reference.reset_index(drop=True),
+        test.reset_index(drop=True),
+        batch.reset_index(drop=True),
+    )
+
+
+# --- methods ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one method says about a batch.
+
+    Attributes
+    ----------
+    flagged : ndarray of shape (n_rows,), bool
+        Rows the method would keep out, by its own default rule.
+    score : ndarray of shape (n_rows,), float
+        Higher = more suspicious.
+    seconds : float
+        Wall time of the method on this batch (0 for a derived method's reuse).
+    """
+
+    flagged: np.ndarray
+    score: np.ndarray
+    seconds: float = 0.0
+
+
+@dataclass
+class Case:
+    """One batch to judge, with the trusted rows a method may learn from."""
+
+    reference: pd.DataFrame
+    batch: pd.DataFrame
+    features: list[str]
+    label: str | None
+    seed: int
+    cache: dict[str, Verdict] = field(default_factory=dict)
+
+
+def _timed(fn: Callable[[Case], tuple[np.ndarray, np.ndarray]]) -> Callable[[Case], Verdict]:
+    def run(case: Case) -> Verdict:
+        start = time.perf_counter()
+        flagged, score = fn(case)
+        return Verdict(
+            np.asarray(flagged, dtype=bool),
+            np.asarray(score, dtype=np.float64),
+            time.perf_counter() - start,
+        )
+
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
+
+
+def _codes(*labels: pd.Series) -> list[np.ndarray]:
+    classes = {v: i for i, v in enumerate(sorted(set().union(*(set(s) for s in labels))))}
+    return [s.map(classes).to_numpy(dtype=np.int64) for s in labels]
+
+
+def lr_model() -> Pipeline:
+    """The model every benchmark trains: logistic regression on standardized features."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+
+
+@_timed
+def cleanlab_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab find_label_issues on 5-fold out-of-fold LR pred_probs over reference + batch."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    if case.label is None:
+        raise ValueError("cleanlab needs a label column")
+    pool = pd.concat([case.reference, case.batch], ignore_index=True)
+    (labels,) = _codes(pool[case.label])
+    folds = StratifiedKFold(n_splits=N_FOLDS, shuffle=True, random_state=case.seed)
+    pred_probs = cross_val_predict(
+        lr_model(), pool[case.features], labels, cv=folds, method="predict_proba"
+    )
+    issues = find_label_issues(labels, pred_probs, n_jobs=1)
+    quality = get_label_quality_scores(labels, pred_probs)
+    tail = slice(len(case.reference), None)
+    return issues[tail], 1.0 - quality[tail]
+
+
+@_timed
+def knn_label_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """Share of the 10 nearest trusted rows whose label differs; flagged above one half."""
+    from sklearn.neighbors import NearestNeighbors
+
+    if case.label is None:
+        raise ValueError("knn_label needs a label column")
+    ref = case.reference[case.features].to_numpy(np.float64)
+    mean, std = ref.mean(axis=0), ref.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    finder = NearestNeighbors(n_neighbors=min(N_NEIGHBORS, len(ref))).fit((ref - mean) / std)
+    near = finder.kneighbors(
+        (case.batch[case.features].to_numpy(np.float64) - mean) / std, return_distance=False
+    )
+    ref_labels, batch_labels = _codes(case.reference[case.label], case.batch[case.label])
+    disagree = (ref_labels[near] != batch_labels[:, None]).mean(axis=1)
+    return disagree > 0.5, disagree
+
+
+@_timed
+def iforest_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn IsolationForest, contamination="auto", fitted on the reference."""
+    from sklearn.ensemble import IsolationForest
+
+    model = IsolationForest(random_state=case.seed).fit(
+        case.reference[case.features].to_numpy(np.float64)
+    )
+    normality = model.score_samples(case.batch[case.features].to_numpy(np.float64))
+    # predict() is "score_samples - offset_ < 0"; scoring once keeps the timing fair.
+    return normality - model.offset_ < 0, -normality
+
+
+@_timed
+def ecod_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """PyOD ECOD, default contamination=0.1, fitted on the reference."""
+    from pyod.models.ecod import ECOD
+
+    model = ECOD().fit(case.reference[case.features].to_numpy(np.float64))
+    score = model.decision_function(case.batch[case.features].to_numpy(np.float64))
+    # predict() is "decision_function > threshold_"; scoring once keeps the timing fair.
+    return score > model.threshold_, score
+
+
+def percentile_rank(score: np.ndarray) -> np.ndarray:
+    """Within-array percentile rank in (0, 1], ties averaged."""
+    return rankdata(score) / len(score)
+
+
+def cleanlab_or_iforest_method(case: Case) -> Verdict:
+    """Union of the cleanlab and IsolationForest flags; score = max of their percentile ranks."""
+    a, b = run_method("cleanlab", case), run_method("iforest", case)
+    return Verdict(
+        a.flagged | b.flagged,
+        np.maximum(percentile_rank(a.score), percentile_rank(b.score)),
+        a.seconds + b.seconds,
+    )
+
+
+def poisonguard_scan() -> Callable[..., Any] | None:
+    """``poisonguard.scan`` when it can be imported, else None."""
+    try:
+        import poisonguard
+    except ImportError:
+        return None
+    scan = getattr(poisonguard, "scan", None)
+    if scan is not None and not callable(scan):
+        scan = getattr(scan, "scan", None)
+    return scan if callable(scan) else None
+
+
+@_timed
+def poisonguard_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """poisonguard.scan with its default config; quarantined rows, suspicion score."""
+    scan = poisonguard_scan()
+    if scan is None:
+        raise RuntimeError("poisonguard.scan is not importable")
+    columns = [*case.features, *([case.label] if case.label is not None else [])]
+    result = scan(case.batch[columns], label=case.label, reference=case.reference[columns])
+    flagged = result.quarantined.reindex(case.batch.index).fillna(False).to_numpy(dtype=bool)
+    score = result.scores["suspicion"].reindex(case.batch.index).to_numpy(dtype=np.float64)
+    return flagged, score
+
+
+METHODS: dict[str, Callable[[Case], Verdict]] = {
+    "poisonguard": poisonguard_method,
+    "cleanlab": cleanlab_method,
+    "knn_label": knn_label_method,
+    "iforest": iforest_method,
+    "ecod": ecod_method,
+    "cleanlab_or_iforest": cleanlab_or_iforest_method,
+}
+ANCHORS: tuple[str, ...] = tuple(m for m in METHODS if m != "poisonguard")
+
+THRESHOLDS: dict[str, str] = {
+    "poisonguard": "scan() defaults: rows in .quarantined; score .scores['suspicion']",
+    "cleanlab": "find_label_issues defaults (prune_by_noise_rate) on 5-fold OOF LR pred_probs "
+    "over reference+batch; score 1 - self-confidence",
+    "knn_label": "flag if >5 of the 10 nearest *reference* rows carry another label",
+    "iforest": "IsolationForest(contamination='auto') fit on reference: predict == -1",
+    "ecod": "ECOD(contamination=0.1) fit on reference: above the reference's 90th percentile",
+    "cleanlab_or_iforest": "union of the cleanlab and iforest flags; score max of percentile ranks",
+}
+
+
+def run_method(name: str, case: Case) -> Verdict:
+    """Run (or reuse) one method's verdict on a case."""
+    if name not in case.cache:
+        case.cache[name] = METHODS[name](case)
+    return case.cache[name]
+
+
+def available_methods(names: Sequence[str]) -> list[str]:
+    """The requested methods that can run here; prints a notice for each one skipped."""
+    out = []
+    for name in names:
+        if name == "poisonguard" and poisonguard_scan() is None:
+            print("NOTICE: poisonguard.scan is not importable yet; poisonguard is skipped.")
+            continue
+        out.append(name)
+    return out
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def detection_metrics(is_poison: np.ndarray, verdict: Verdict) -> dict[str, float]:
+    """Precision, recall, F1 of the flags and average precision of the score.
+
+    Precision of a method that flags nothing is 0 (sklearn's ``zero_division=0``);
+    AP is NaN on a batch without poison.
+    """
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        is_poison, verdict.flagged, average="binary", zero_division=0
+    )
+    score = np.nan_to_num(verdict.score, nan=-np.inf)
+    score = np.where(np.isneginf(score), np.min(score[np.isfinite(score)], initial=0.0), score)
+    ap = average_precision_score(is_poison, score) if is_poison.any() else float("nan")
+    return {
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "ap": float(ap),
+        "flagged_share": float(verdict.flagged.mean()),
+        "seconds": verdict.seconds,
+    }
+
+
+def retrain_accuracy(
+    train: pd.DataFrame, test: pd.DataFrame, features: list[str], label: str
+) -> float:
+    """Test accuracy of :func:`lr_model` trained on ``train``."""
+    model = lr_model().fit(train[features], train[label])
+    return float((model.predict(test[features]) == test[label].to_numpy()).mean())
+
+
+def recovered_share(clean: float, poisoned: float, gated: float) -> float:
+    """(gated - poisoned) / (clean - poisoned); NaN when poison cost < MIN_DAMAGE accuracy."""
+    damage = clean - poisoned
+    return (gated - poisoned) / damage if damage >= MIN_DAMAGE else float("nan")
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """A number for a table cell; '-' for NaN."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b, NaN when either is missing or b is 0."""
+    if not (np.isfinite(a) and np.isfinite(b)) or b == 0:
+        return float("nan")
+    return a / b
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table with a title line, left-aligned first column."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [title, ""]
+    for k, row in enumerate([header, *rows]):
+        cells = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,183 @@
+"""Shared plumbing for detector classes: parameters, validation, clean inputs."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from poisonguard.detectors.base import Table
+from poisonguard.errors import BatchError, ConfigError, param_error
+
+#: Scores at or above this are reserved for rows whose label the trusted
+#: reference never had: label detectors give them ``UNSEEN_SCORE + c`` with
+#: ``0 <= c <= 1``, above every seen label's score.
+UNSEEN_SCORE = 1.0e6
+# Seen labels' -log p scores are capped here so UNSEEN_SCORE stays on top.
+_SEEN_CAP = 1.0e5
+# Features are float32 on the scaled axis; this bound keeps squared
+# distances finite in float32 (32 features * (1e15)^2 < 3.4e38).
+_FEATURE_BOUND = 1.0e15
+
+
+class DetectorBase:
+    """Parameter handling shared by every detector (scikit-learn style)."""
+
+    name: ClassVar[str]
+    needs_label: ClassVar[bool]
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters, as given."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- validation helpers, used by ``fit`` only --------------------------------
+
+    def _owner(self) -> str:
+        return type(self).__name__
+
+    def _check_int(self, name: str, low: int, high: int | None = None) -> int:
+        value = getattr(self, name)
+        ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+        ok = ok and value >= low and (high is None or value <= high)
+        if not ok:
+            rule = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+            raise param_error(name, self._owner(), rule, value)
+        return int(value)
+
+    def _check_real(
+        self, name: str, low: float, high: float | None = None, *, low_open: bool = False
+    ) -> float:
+        value = getattr(self, name)
+        ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+            value, bool
+        )
+        if ok:
+            v = float(value)
+            ok = math.isfinite(v) and (v > low if low_open else v >= low)
+            ok = ok and (high is None or v <= high)
+        if not ok:
+            lo = "(" if low_open else "["
+            rule = (
+                f"a real number {'>' if low_open else '>='} {low}"
+                if high is None
+                else f"a real number in {lo}{low}, {high}]"
+            )
+            raise param_error(name, self._owner(), rule, value)
+        return float(value)
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = getattr(self, name)
+        if value not in choices:
+            raise param_error(name, self._owner(), f"one of {list(choices)}", value)
+        return str(value)
+
+    def _check_seed(self, name: str = "random_state") -> int:
+        value = getattr(self, name)
+        ok = isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0
+        if not ok:
+            raise param_error(name, self._owner(), "a non-negative int", value)
+        return int(value)
+
+    def _check_fitted(self, attr: str) -> None:
+        if not hasattr(self, attr):
+            raise ConfigError(f"{self._owner()} is not fitted yet: call fit(reference) first.")
+
+
+def features32(table: Table) -> np.ndarray:
+    """``table.X`` as C-contiguous float32 with every value finite and bounded.
+
+    Returns
+    -------
+    ndarray of shape (n_rows, n_features), float32
+    """
+    X = np.ascontiguousarray(table.X, dtype=np.float32)
+    if X.size and not (np.isfinite(X).all() and np.abs(X).max() <= _FEATURE_BOUND):
+        X = np.nan_to_num(X, nan=0.0, posinf=_FEATURE_BOUND, neginf=-_FEATURE_BOUND)
+        X = np.clip(X, -_FEATURE_BOUND, _FEATURE_BOUND).astype(np.float32)
+    return X
+
+
+def labels_of(table: Table, who: str, source: str) -> np.ndarray:
+    """The label codes of ``table``; a table without labels is rejected for ``who``.
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), int64
+    """
+    if table.y is None:
+        raise BatchError(source, f"detector {who!r} needs a label column, but there is none")
+    return np.ascontiguousarray(table.y, dtype=np.int64)
+
+
+def class_prior(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Add-one smoothed class frequencies: every known class gets a positive prior.
+
+    Returns
+    -------
+    ndarray of shape (n_classes,), float64
+    """
+    seen = y[(y >= 0) & (y < n_classes)]
+    counts = np.bincount(seen, minlength=n_classes).astype(np.float64)
+    return (counts + 1.0) / (counts.sum() + n_classes)
+
+
+def label_surprise(p_given: np.ndarray, p_best: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+    """``-log p(given label)``, with unseen labels placed above every seen one.
+
+    Parameters
+    ----------
+    p_given : ndarray of shape (n_rows,)
+        Probability of each row's own label (ignored where ``unseen``).
+    p_best : ndarray of shape (n_rows,)
+        Probability of the most likely label: for unseen labels, a more
+        confident neighbourhood or model makes the row rank higher.
+    unseen : ndarray of shape (n_rows,), bool
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), float64
+    """
+    with np.errstate(divide="ignore"):
+        s = -np.log(np.clip(p_given, 0.0, 1.0))
+    s = np.minimum(np.nan_to_num(s, nan=_SEEN_CAP, posinf=_SEEN_CAP), _SEEN_CAP)
+    s = np.maximum(s, 0.0)
+    return np.where(unseen, UNSEEN_SCORE + np.clip(p_best, 0.0, 1.0), s)
+
+
+def subsample(n_rows: int, max_rows: int, labels: np.ndarray | None, seed: int, min_per_class: int):
+    """Sorted positions of a deterministic subsample of at most about ``max_rows`` rows.
+
+    With labels, the sample is stratified: each label keeps its share, and at
+    least ``min_per_class`` rows (or all it has), so small classes keep
+    neighbours.
+
+    Returns
+    -------
+    ndarray of shape (n_kept,), int64
+    """
+    if n_rows <= max_rows:
+        return np.arange(n_rows, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(n_rows, size=max_rows, replace=False)).astype(np.int64)
+    values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    quota = np.maximum(np.round(counts * (max_rows / n_rows)).astype(np.int64), 1)
+    quota = np.minimum(np.maximum(quota, min(min_per_class, max_rows)), counts)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    kept = []
+    for c in range(len(values)):
+        members = order[starts[c] : starts[c] + counts[c]]
+        kept.append(rng.permutation(members)[: quota[c]])
+    return np.sort(np.concatenate(kept)).astype(np.int64)

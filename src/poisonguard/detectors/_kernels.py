@@ -1,0 +1,563 @@
+"""Every numba kernel the detectors use, as private functions over plain arrays.
+
+Kernels never validate and never see pandas or ``None``: the detector classes
+check their inputs, then call these. Each kernel is compiled with
+``cache=True``; the tests also run them with ``NUMBA_DISABLE_JIT=1``, so every
+line here must also be valid (if slow) NumPy-on-Python code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Vectorising the blocked dot products needs contraction into FMA and
+# reassociation; "ninf"/"nnan" are left out on purpose because unfilled
+# neighbour slots hold +inf and comparisons against it must stay exact.
+_FAST = {"contract", "reassoc", "nsz", "arcp", "afn"}
+
+# Reference rows handled per block: 256 rows x 32 features of float32 is 32 KiB,
+# so a block stays in L1/L2 while the queries of a tile stream past it.
+_BLOCK = 256
+# Candidates screened together before the scalar path looks at them one by one.
+_CHUNK = 8
+# Query rows per parallel task (a multiple of 4: queries go through a block in fours).
+_TILE = 16
+# Candidates are screened with the cheap float32 dot-product form of the
+# distance and kept in buffers this many entries longer than asked for; the
+# survivors are then recomputed exactly. A query whose margin is too thin to
+# prove the exact order (near-ties within rounding) is rescanned exactly.
+_EXTRA = 4
+# Bound on the float32 rounding error of the screen, in ulps per feature.
+_SLACK_ULPS = 8.0
+
+
+@njit(cache=True, inline="always")
+def _insert(dist: np.ndarray, idx: np.ndarray, row: int, value: float, j: int) -> None:
+    """Insert ``(value, j)`` into the ascending buffer ``dist[row]``, dropping its last entry.
+
+    Equal distances keep their arrival order, so a buffer filled in increasing
+    ``j`` breaks ties by the smaller index.
+    """
+    p = dist.shape[1] - 1
+    while p > 0 and dist[row, p - 1] > value:
+        dist[row, p] = dist[row, p - 1]
+        idx[row, p] = idx[row, p - 1]
+        p -= 1
+    dist[row, p] = value
+    idx[row, p] = j
+
+
+@njit(cache=True, inline="always")
+def _exact_sq(Q: np.ndarray, i: int, R: np.ndarray, j: int) -> float:
+    """Squared distance of ``Q[i]`` and ``R[j]`` in float64 (exact up to the final sum)."""
+    ex = 0.0
+    for f in range(Q.shape[1]):
+        df = np.float64(Q[i, f]) - np.float64(R[j, f])
+        ex += df * df
+    return ex
+
+
+@njit(cache=True)
+def _finish(
+    Q: np.ndarray,
+    R: np.ndarray,
+    i: int,
+    buf_d: np.ndarray,
+    buf_i: np.ndarray,
+    u: int,
+    qq: float,
+    slack: float,
+    out_d: np.ndarray,
+    out_i: np.ndarray,
+    q_ids: np.ndarray,
+    r_ids: np.ndarray,
+    q_lab: np.ndarray,
+    r_lab: np.ndarray,
+    same_class: bool,
+) -> None:
+    """Turn one query's screened candidates into its exact top-k, rescanning if unproven."""
+    kb = buf_d.shape[1]
+    k = out_d.shape[1]
+    for p in range(kb):
+        j = buf_i[u, p]
+        if j < 0:
+            break
+        ex = _exact_sq(Q, i, R, j)
+        # Insert by (distance, index): the exact order, ties to the smaller index.
+        if ex < out_d[i, k - 1] or (ex == out_d[i, k - 1] and j < out_i[i, k - 1]):
+            q = k - 1
+            while q > 0 and (
+                out_d[i, q - 1] > ex or (out_d[i, q - 1] == ex and out_i[i, q - 1] > j)
+            ):
+                out_d[i, q] = out_d[i, q - 1]
+                out_i[i, q] = out_i[i, q - 1]
+                q -= 1
+            out_d[i, q] = ex
+            out_i[i, q] = j
+    if buf_i[u, kb - 1] < 0 or buf_d[u, kb - 1] + qq - slack > out_d[i, k - 1]:
+        return
+    # Every row outside the buffer is at least as far as its last entry, up to
+    # rounding; that margin did not separate it from the k-th exact distance.
+    for p in range(k):
+        out_d[i, p] = np.inf
+        out_i[i, p] = -1
+    qid = q_ids[i]
+    ql = q_lab[i]
+    for j in range(R.shape[0]):
+        if qid >= 0 and r_ids[j] == qid:
+            continue
+        if same_class and r_lab[j] != ql:
+            continue
+        ex = _exact_sq(Q, i, R, j)
+        if ex < out_d[i, k - 1]:
+            _insert(out_d, out_i, i, ex, j)
+
+
+@njit(cache=True)
+def _seed(
+    A: np.ndarray,
+    u: int,
+    j0: int,
+    m: int,
+    r_ids: np.ndarray,
+    qid: int,
+    lab: np.ndarray,
+    want: int,
+    scratch: np.ndarray,
+    kb: int,
+) -> float:
+    """A screen limit keeping the ``kb`` smallest eligible values of ``A[u]`` (inf if fewer).
+
+    Eligible: a real reference row, not excluded, and (unless ``want == -3``)
+    labelled ``want``. The limit is the next float above the ``kb``-th value,
+    so the strict screen ``a < limit`` still admits it and its ties.
+    """
+    cnt = 0
+    for jj in range(A.shape[1]):
+        j = j0 + jj
+        if j >= m or (qid >= 0 and r_ids[j] == qid):
+            continue
+        if want != -3 and lab[jj] != want:
+            continue
+        scratch[cnt] = A[u, jj]
+        cnt += 1
+    if cnt < kb:
+        return np.inf
+    return np.nextafter(np.float32(_kth_smallest(scratch, cnt, kb - 1)), np.float32(np.inf))
+
+
+@njit(cache=True)
+def _kth_smallest(a: np.ndarray, n: int, r: int) -> float:
+    """The value of rank ``r`` (0-based) among ``a[:n]``, partially reordering ``a`` (quickselect)."""
+    lo = 0
+    hi = n - 1
+    while lo < hi:
+        pivot = a[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = a[i]
+                a[i] = a[j]
+                a[j] = t
+                i += 1
+                j -= 1
+        if r <= j:
+            hi = j
+        elif r >= i:
+            lo = i
+        else:
+            return a[r]
+    return a[r]
+
+
+@njit(cache=True, parallel=True, fastmath=_FAST)
+def _knn_search(
+    Q: np.ndarray,
+    R: np.ndarray,
+    q_ids: np.ndarray,
+    r_ids: np.ndarray,
+    q_lab: np.ndarray,
+    r_lab: np.ndarray,
+    k: int,
+    kc: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact k nearest reference rows of every query row, globally and within its class.
+
+    One pass over the reference gives both lists. Distances are screened
+    block-wise with float32 dot products (``|r|^2 - 2 q.r``); the survivors are
+    recomputed in float64, and a query whose screen margin cannot prove the
+    order is rescanned exactly. The result is therefore the exact top-k by
+    squared Euclidean distance, ties broken by the smaller reference index.
+    No query x reference matrix is ever held: memory is O(n * (k + kc)) plus
+    one block of the reference per thread.
+
+    Parameters
+    ----------
+    Q : ndarray of shape (n, d), float32
+        Query rows.
+    R : ndarray of shape (m, d), float32
+        Reference rows.
+    q_ids, r_ids : ndarray of shape (n,) and (m,), int64
+        Pair ``(i, j)`` is skipped when ``q_ids[i] >= 0`` and
+        ``q_ids[i] == r_ids[j]``; pass ``arange`` for both to leave each row
+        out of its own neighbours, ``-1`` everywhere to skip nothing.
+    q_lab, r_lab : ndarray of shape (n,) and (m,), int64
+        Labels; a query's class neighbours are reference rows with its label.
+        A query label of -1 matches nothing.
+    k, kc : int
+        Number of global (>= 1) and of same-class (>= 0) neighbours.
+
+    Returns
+    -------
+    dist : ndarray of shape (n, k), float64
+        Squared distances, ascending; ``inf`` where fewer than ``k`` rows exist.
+    index : ndarray of shape (n, k), int64
+        Reference row of each distance; -1 where ``dist`` is ``inf``.
+    class_dist : ndarray of shape (n, kc), float64
+    class_index : ndarray of shape (n, kc), int64
+        The same, among reference rows with the query's label.
+    """
+    n, d = Q.shape
+    m = R.shape[0]
+    dp = ((d + 3) // 4) * 4
+    nblk = (m + _BLOCK - 1) // _BLOCK
+    # Blocks of the reference, transposed and zero-padded, so the innermost
+    # loop runs over contiguous reference rows and vectorises. Padding rows
+    # get |r|^2 = inf and so never pass the screen.
+    RT = np.zeros((nblk, dp, _BLOCK), dtype=np.float32)
+    rr = np.full((nblk, _BLOCK), np.inf, dtype=np.float32)
+    rl = np.full((nblk, _BLOCK), -2, dtype=np.int64)
+    rmax = 0.0
+    for j in range(m):
+        b = j // _BLOCK
+        jj = j - b * _BLOCK
+        s = np.float32(0.0)
+        for f in range(d):
+            v = R[j, f]
+            RT[b, f, jj] = v
+            s += v * v
+        rr[b, jj] = s
+        rl[b, jj] = r_lab[j]
+        rmax = max(rmax, np.float64(s))
+    gd = np.full((n, k), np.inf)
+    gi = np.full((n, k), -1, dtype=np.int64)
+    cd = np.full((n, kc), np.inf)
+    ci = np.full((n, kc), -1, dtype=np.int64)
+    kb = k + _EXTRA
+    # Without class neighbours the class buffer is one slot of -inf, which no
+    # candidate passes.
+    kcb = kc + _EXTRA if kc > 0 else 1
+    c_fill = np.inf if kc > 0 else -np.inf
+    eps = _SLACK_ULPS * 6.0e-8 * dp
+    m2 = np.float32(-2.0)
+    ntile = (n + _TILE - 1) // _TILE
+    for t in prange(ntile):
+        A = np.empty((4, _BLOCK), dtype=np.float32)
+        qs = np.zeros((4, dp), dtype=np.float32)
+        bgd = np.full((_TILE, kb), np.inf, dtype=np.float32)
+        bgi = np.full((_TILE, kb), -1, dtype=np.int64)
+        bcd = np.full((_TILE, kcb), c_fill, dtype=np.float32)
+        bci = np.full((_TILE, kcb), -1, dtype=np.int64)
+        scratch = np.empty(_BLOCK, dtype=np.float32)
+        i0 = t * _TILE
+        i_end = min(n, i0 + _TILE)
+        for b in range(nblk):
+            rb = RT[b]
+            rrb = rr[b]
+            rlb = rl[b]
+            j0 = b * _BLOCK
+            for g0 in range(i0, i_end, 4):
+                # Four queries share every load of the block; a short last
+                # group repeats its last query and ignores the copies.
+                for u in range(4):
+                    iu = min(g0 + u, i_end - 1)
+                    for f in range(d):
+                        qs[u, f] = m2 * Q[iu, f]
+                    for jj in range(_BLOCK):
+                        A[u, jj] = rrb[jj]
+                for f in range(0, dp, 4):
+                    p00 = qs[0, f]
+                    p01 = qs[0, f + 1]
+                    p02 = qs[0, f + 2]
+                    p03 = qs[0, f + 3]
+                    p10 = qs[1, f]
+                    p11 = qs[1, f + 1]
+                    p12 = qs[1, f + 2]
+                    p13 = qs[1, f + 3]
+                    p20 = qs[2, f]
+                    p21 = qs[2, f + 1]
+                    p22 = qs[2, f + 2]
+                    p23 = qs[2, f + 3]
+                    p30 = qs[3, f]
+                    p31 = qs[3, f + 1]
+                    p32 = qs[3, f + 2]
+                    p33 = qs[3, f + 3]
+                    for jj in range(_BLOCK):
+                        x0 = rb[f, jj]
+                        x1 = rb[f + 1, jj]
+                        x2 = rb[f + 2, jj]
+                        x3 = rb[f + 3, jj]
+                        A[0, jj] += p00 * x0 + p01 * x1 + p02 * x2 + p03 * x3
+                        A[1, jj] += p10 * x0 + p11 * x1 + p12 * x2 + p13 * x3
+                        A[2, jj] += p20 * x0 + p21 * x1 + p22 * x2 + p23 * x3
+                        A[3, jj] += p30 * x0 + p31 * x1 + p32 * x2 + p33 * x3
+                for u in range(min(4, i_end - g0)):
+                    i = g0 + u
+                    w = i - i0
+                    ql = q_lab[i]
+                    qid = q_ids[i]
+                    cap_g = np.inf
+                    cap_c = np.inf
+                    if b == 0 and nblk > 1:
+                        # Seed the limits with the first block's own k-th
+                        # candidate, so it costs about k insertions, not k log(block).
+                        cap_g = _seed(A, u, j0, m, r_ids, qid, rl[0], -3, scratch, kb)
+                        if kc > 0:
+                            cap_c = _seed(A, u, j0, m, r_ids, qid, rl[0], ql, scratch, kcb)
+                    lim_g = min(bgd[w, kb - 1], cap_g)
+                    lim_c = min(bcd[w, kcb - 1], cap_c)
+                    for c0 in range(0, _BLOCK, _CHUNK):
+                        # Branch-free screen of a chunk of candidates (vectorises); the
+                        # scalar path below runs only for the rare chunks with hits.
+                        hits = 0
+                        for jj in range(c0, c0 + _CHUNK):
+                            a = A[u, jj]
+                            hits += (a < lim_g) | ((a < lim_c) & (rlb[jj] == ql))
+                        if hits == 0:
+                            continue
+                        for jj in range(c0, c0 + _CHUNK):
+                            a = A[u, jj]
+                            is_g = a < lim_g
+                            is_c = a < lim_c and rlb[jj] == ql
+                            if not (is_g or is_c):
+                                continue
+                            j = j0 + jj
+                            if qid >= 0 and r_ids[j] == qid:
+                                continue
+                            if is_g:
+                                _insert(bgd, bgi, w, a, j)
+                                lim_g = min(bgd[w, kb - 1], cap_g)
+                            if is_c:
+                                _insert(bcd, bci, w, a, j)
+                                lim_c = min(bcd[w, kcb - 1], cap_c)
+        for i in range(i0, i_end):
+            qq = 0.0
+            for f in range(d):
+                qq += np.float64(Q[i, f]) * np.float64(Q[i, f])
+            slack = eps * (qq + rmax) + 1e-30
+            _finish(Q, R, i, bgd, bgi, i - i0, qq, slack, gd, gi, q_ids, r_ids, q_lab, r_lab, False)
+            if kc > 0:
+                _finish(
+                    Q, R, i, bcd, bci, i - i0, qq, slack, cd, ci, q_ids, r_ids, q_lab, r_lab, True
+                )
+    return gd, gi, cd, ci
+
+
+@njit(cache=True, inline="always")
+def _tail_one(
+    x: float,
+    values: np.ndarray,
+    below: np.ndarray,
+    equal: np.ndarray,
+    start: int,
+    count: int,
+    m: float,
+    lo_scale: float,
+    hi_scale: float,
+) -> float:
+    """``-log`` of the two-sided mid-rank tail probability of ``x`` against one column.
+
+    The column is summarised by ``count`` knots from ``values[start:]``: distinct
+    reference values with how many reference values lie strictly below each
+    (``below``) and equal to it (``equal``). Between knots the count below is
+    interpolated linearly, so the score is continuous. Beyond the extreme
+    knots the tail probability keeps shrinking exponentially with the
+    distance, at the rate the reference's own extreme rows set, so values far
+    outside the reference keep ranking by how far out they are.
+    """
+    lo = start
+    hi = start + count - 1
+    extra = 0.0
+    if x < values[lo]:
+        n_below = 0.0
+        n_equal = 0.0
+        extra = (values[lo] - x) / lo_scale
+    elif x > values[hi]:
+        n_below = m
+        n_equal = 0.0
+        extra = (x - values[hi]) / hi_scale
+    else:
+        # Largest knot <= x.
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if values[mid] <= x:
+                lo = mid
+            else:
+                hi = mid
+        if values[hi] <= x:
+            lo = hi
+        if values[lo] == x:
+            n_below = below[lo]
+            n_equal = equal[lo]
+        else:
+            nxt = lo + 1
+            inside = below[nxt] - below[lo] - equal[lo]
+            frac = (x - values[lo]) / (values[nxt] - values[lo])
+            n_below = below[lo] + equal[lo] + frac * inside
+            n_equal = 0.0
+    p_lo = (n_below + 0.5 * n_equal + 0.5) / (m + 1.0)
+    p_hi = (m - n_below - 0.5 * n_equal + 0.5) / (m + 1.0)
+    p = 2.0 * min(p_lo, p_hi)
+    if p > 1.0:
+        p = 1.0
+    return -np.log(p) + extra
+
+
+@njit(cache=True, parallel=True)
+def _tail_scores(
+    X: np.ndarray,
+    group: np.ndarray,
+    values: np.ndarray,
+    below: np.ndarray,
+    equal: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    sizes: np.ndarray,
+    lo_scale: np.ndarray,
+    hi_scale: np.ndarray,
+    use_max: bool,
+) -> np.ndarray:
+    """Per-row sum (or max) over features of the tail score of ``_tail_one``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+        Rows to score.
+    group : ndarray of shape (n,), int64
+        Which reference summary (e.g. which class) scores each row.
+    values, below, equal : ndarray of shape (n_knots_total,), float64
+        Knots of every (group, feature) column, concatenated.
+    starts, counts : ndarray of shape (n_groups, d), int64
+        Where each column's knots start in ``values`` and how many there are
+        (at least one).
+    sizes : ndarray of shape (n_groups,), float64
+        Reference rows in each group.
+    lo_scale, hi_scale : ndarray of shape (n_groups, d), float64
+        Positive decay lengths of the lower and upper tails beyond the knots.
+    use_max : bool
+        Combine features by max instead of sum.
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+    """
+    n, d = X.shape
+    out = np.empty(n)
+    for i in prange(n):
+        g = group[i]
+        acc = 0.0
+        for f in range(d):
+            s = _tail_one(
+                np.float64(X[i, f]),
+                values,
+                below,
+                equal,
+                starts[g, f],
+                counts[g, f],
+                sizes[g],
+                lo_scale[g, f],
+                hi_scale[g, f],
+            )
+            if use_max:
+                acc = max(acc, s)
+            else:
+                acc += s
+        out[i] = acc
+    return out
+
+
+@njit(cache=True)
+def _tail_matrix(
+    X: np.ndarray,
+    group: np.ndarray,
+    values: np.ndarray,
+    below: np.ndarray,
+    equal: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    sizes: np.ndarray,
+    lo_scale: np.ndarray,
+    hi_scale: np.ndarray,
+) -> np.ndarray:
+    """Every feature's tail score, ndarray of shape (n, d); arguments as ``_tail_scores``."""
+    n, d = X.shape
+    out = np.empty((n, d))
+    for i in range(n):
+        g = group[i]
+        for f in range(d):
+            out[i, f] = _tail_one(
+                np.float64(X[i, f]),
+                values,
+                below,
+                equal,
+                starts[g, f],
+                counts[g, f],
+                sizes[g],
+                lo_scale[g, f],
+                hi_scale[g, f],
+            )
+    return out
+
+
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_SEED = np.uint64(0x9E3779B97F4A7C15)
+_NAN_CODE = np.uint64(0x7FF8DEADBEEF0001)
+
+
+@njit(cache=True)
+def _hash_rows(X: np.ndarray, tol: float) -> np.ndarray:
+    """A 64-bit hash of every row, equal for rows equal up to ``tol``.
+
+    With ``tol == 0`` rows hash equal when their values are bit-identical
+    (``-0.0`` counts as ``0.0``, every NaN as the same NaN). With ``tol > 0``
+    each value is first rounded to the nearest multiple of ``tol``, so rows
+    within ``tol / 2`` of the same grid point collide on purpose. Arithmetic is
+    done on whole uint64 columns, which wrap silently both compiled and under
+    ``NUMBA_DISABLE_JIT``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float64
+    tol : float
+        Grid step, >= 0.
+
+    Returns
+    -------
+    ndarray of shape (n,), uint64
+    """
+    n, d = X.shape
+    h = np.full(n, _SEED, dtype=np.uint64)
+    for f in range(d):
+        col = np.ascontiguousarray(X[:, f]) + 0.0
+        nan = np.isnan(col)
+        if tol > 0.0:
+            grid = np.floor(col / tol + 0.5)
+            grid = np.minimum(np.maximum(grid, -4.0e18), 4.0e18)
+            grid[nan] = 0.0
+            code = grid.astype(np.int64).view(np.uint64)
+        else:
+            col[nan] = 0.0
+            code = col.view(np.uint64).copy()
+        code[nan] = _NAN_CODE
+        h = (h ^ code) * _MIX1
+        h = h ^ (h >> np.uint64(31))
+        h = h * _MIX2
+        h = h ^ (h >> np.uint64(29))
+    return h

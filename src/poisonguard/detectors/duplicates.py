@@ -1,0 +1,163 @@
+"""Duplicate floods and label conflicts: many copies of one row, or one row with two labels."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Self
+
+import numpy as np
+
+from poisonguard.detectors._common import DetectorBase, features32
+from poisonguard.detectors._kernels import _hash_rows
+from poisonguard.detectors._stats import poisson_surprise
+from poisonguard.detectors.base import Table
+
+# Pseudo-count of trusted copies every row is assumed to have: a row the
+# trusted set never showed may still recur by chance at about this rate.
+_PSEUDO_COPIES = 0.5
+_LABEL_MIX = np.uint64(0xD6E8FEB86659FD93)
+
+
+def _row_keys(table: Table, tol: float) -> np.ndarray:
+    """Hash of each row on the scaled axis, missing values kept distinct from the median."""
+    X = features32(table).astype(np.float64)
+    X = np.where(np.isnan(table.raw), np.nan, X)
+    return _hash_rows(np.ascontiguousarray(X), tol)
+
+
+def _pair_keys(keys: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Keys of (row, label) pairs: rows equal up to the tolerance and with the same label."""
+    return keys ^ ((y.astype(np.uint64) + np.uint64(1)) * _LABEL_MIX)
+
+
+def _lookup(sorted_keys: np.ndarray, counts: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """How many times each key occurs in a sorted, counted key set (0 if absent)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == keys, counts[pos], 0)
+
+
+def _counted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return uniq, inverse.reshape(-1), counts
+
+
+class DuplicatesDetector(DetectorBase):
+    """Floods of (near-)identical rows, copies of trusted rows, and label conflicts.
+
+    Rows are grouped by a 64-bit hash of their scaled features rounded to a
+    grid of step ``tolerance`` (0: bit-identical). A row scores the sum of
+
+    * flood: ``-log P(N >= copies)`` with N the number of other batch rows
+      expected to share its group, ``Poisson((n_batch - 1) * (c + 0.5) / m)``
+      for a row with c copies among m trusted rows, so a pair in a large
+      batch scores about 0 while fifty copies score in the hundreds, and the
+      score does not grow with the batch size for ordinary repeats;
+    * trusted copy: half the twin surprise ``-log`` (how often a trusted row
+      has a copy elsewhere in the trusted set), when the row copies a trusted
+      row (harmless but redundant);
+    * conflict (with labels): the twin surprise, plus ``-log`` of how often
+      trusted duplicates disagree on their label (smoothed towards rare),
+      plus ``log1p`` of the rows that share its features but not its label,
+      in the batch or among trusted rows.
+
+    Most rows score exactly 0 (ties). Label-free: conflicts need labels and
+    are skipped without them.
+
+    Parameters
+    ----------
+    tolerance : float
+        Grid step on the scaled (IQR) axis within which rows count as copies (>= 0).
+    """
+
+    name: ClassVar[str] = "duplicates"
+    needs_label: ClassVar[bool] = False
+
+    def __init__(self, *, tolerance: float = 1e-3):
+        self.tolerance = tolerance
+
+    def fit(self, reference: Table) -> Self:
+        tol = self._check_real("tolerance", 0.0)
+        self.tol_ = tol
+        keys = _row_keys(reference, tol)
+        m = len(keys)
+        self.m_ = m
+        self.keys_, inverse, self.counts_ = _counted(keys)
+        copies = self.counts_[inverse] if m else np.zeros(0, np.int64)
+        # How often a trusted row has a copy elsewhere in the trusted set.
+        self.copy_rate_ = (float(np.sum(copies >= 2)) + 0.5) / (m + 1.0)
+        self.labelled_ = reference.y is not None
+        self.pair_keys_ = np.zeros(0, np.uint64)
+        self.pair_counts_ = np.zeros(0, np.int64)
+        self.conflict_rate_ = 0.1
+        if reference.y is not None and m:
+            pairs = _pair_keys(keys, reference.y)
+            self.pair_keys_, pinv, self.pair_counts_ = _counted(pairs)
+            same_label = self.pair_counts_[pinv]
+            # Among trusted rows with a copy, the share whose copies carry
+            # another label; smoothed towards "rare" when there are few.
+            dup = copies >= 2
+            clash = dup & (same_label < copies)
+            self.conflict_rate_ = (float(clash.sum()) + 0.1) / (float(dup.sum()) + 1.0)
+        return self
+
+    def _parts(self, batch: Table) -> dict[str, np.ndarray]:
+        keys = _row_keys(batch, self.tol_)
+        n = len(keys)
+        _, inverse, counts = _counted(keys)
+        in_batch = counts[inverse]
+        trusted = _lookup(self.keys_, self.counts_, keys)
+        lam = max(n - 1, 1) * (trusted + _PSEUDO_COPIES) / (self.m_ + 1.0)
+        flood = poisson_surprise(in_batch - 1, lam)
+        twin = -math.log(self.copy_rate_)
+        # A copy of a trusted row adds nothing to training (mildly suspicious);
+        # a twin with another label is both a twin and a disagreement.
+        copy = np.where(trusted > 0, 0.5 * twin, 0.0)
+        others = np.zeros(n, dtype=np.int64)
+        if batch.y is not None and self.labelled_:
+            pairs = _pair_keys(keys, batch.y)
+            _, pinv, pcounts = _counted(pairs)
+            same_batch = pcounts[pinv]
+            same_trusted = _lookup(self.pair_keys_, self.pair_counts_, pairs)
+            others = (in_batch - same_batch) + (trusted - same_trusted)
+        clash = twin - math.log(self.conflict_rate_)
+        conflict = np.where(others > 0, clash + np.log1p(others), 0.0)
+        return {
+            "score": flood + copy + conflict,
+            "in_batch": in_batch,
+            "trusted": trusted,
+            "others": others,
+            "expected": lam + 1.0,
+        }
+
+    def score(self, batch: Table) -> np.ndarray:
+        self._check_fitted("keys_")
+        if batch.n_rows == 0:
+            return np.zeros(0)
+        return self._parts(batch)["score"]
+
+    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
+        self._check_fitted("keys_")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        parts = self._parts(batch)
+        what = "identical" if self.tol_ == 0 else "near-identical"
+        out = []
+        for r in rows:
+            bits = []
+            if parts["in_batch"][r] > 1:
+                bits.append(
+                    f"one of {parts['in_batch'][r]} {what} rows in this batch "
+                    f"(about {parts['expected'][r]:.2g} expected)"
+                )
+            if parts["trusted"][r] > 0:
+                bits.append(f"copies {parts['trusted'][r]} trusted row(s)")
+            if parts["others"][r] > 0 and batch.y is not None:
+                bits.append(
+                    f"{parts['others'][r]} row(s) with the same features carry another label "
+                    f"than {batch.label_of(int(batch.y[r]))}"
+                )
+            out.append("; ".join(bits) if bits else "no copies in this batch or the trusted set")
+        return out

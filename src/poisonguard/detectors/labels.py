@@ -1,0 +1,384 @@
+"""Label detectors: rows whose label disagrees with what their features say.
+
+``knn_label`` asks the nearest *trusted* rows (so a cluster of flipped rows
+cannot vouch for itself), ``batch_knn_label`` the nearest rows of the same
+batch, ``model_label`` a classifier fitted on the trusted rows.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Self
+
+import numpy as np
+
+from poisonguard.detectors._common import (
+    DetectorBase,
+    class_prior,
+    features32,
+    label_surprise,
+    labels_of,
+    subsample,
+)
+from poisonguard.detectors._neighbours import fingerprint, search
+from poisonguard.detectors.base import Table
+from poisonguard.errors import BatchError
+
+
+def _vote(
+    dist: np.ndarray,
+    index: np.ndarray,
+    neighbour_labels: np.ndarray,
+    prior: np.ndarray,
+    smoothing: float,
+) -> np.ndarray:
+    """Smoothed, distance-weighted label distribution of each row's neighbours.
+
+    Weights are ``exp(-d^2 / mean d^2)`` over a row's own neighbours: scale-free,
+    continuous in the distances, and equal when all neighbours are equally
+    near. ``smoothing`` pseudo-votes are spread by ``prior``.
+
+    Returns
+    -------
+    ndarray of shape (n_rows, n_classes), float64
+    """
+    n, k = dist.shape
+    n_classes = len(prior)
+    ok = (index >= 0) & np.isfinite(dist)
+    d = np.where(ok, dist, 0.0)
+    cnt = np.maximum(ok.sum(axis=1, keepdims=True), 1)
+    scale = d.sum(axis=1, keepdims=True) / cnt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(scale > 0, np.exp(-d / np.where(scale > 0, scale, 1.0)), 1.0)
+    lab = np.where(ok, neighbour_labels[np.where(ok, index, 0)], -1)
+    w = np.where(ok & (lab >= 0) & (lab < n_classes), w, 0.0)
+    votes = np.zeros((n, n_classes))
+    rows = np.repeat(np.arange(n), k)
+    np.add.at(votes, (rows, np.clip(lab, 0, n_classes - 1).ravel()), w.ravel())
+    votes += smoothing * prior[None, :]
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+def _given(prob: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probability of each row's own label, and whether the label is unseen."""
+    unseen = (y < 0) | (y >= prob.shape[1])
+    p = prob[np.arange(len(y)), np.where(unseen, 0, y)]
+    return p, unseen
+
+
+def _knn_reason(batch: Table, r: int, y: int, lab: np.ndarray, prob: np.ndarray, where: str) -> str:
+    lab = lab[lab >= 0]
+    k = len(lab)
+    label = batch.label_of(y)
+    if k == 0:
+        return f"label {label}, with no {where} to compare"
+    values, counts = np.unique(lab, return_counts=True)
+    top = int(values[np.argmax(counts)])
+    agree = int(np.sum(lab == y))
+    if agree == k:
+        return f"label {label}, as all {k} of its nearest {where} (p={prob[r]:.2f})"
+    if top == y:
+        return f"label {label}, shared by {agree} of its {k} nearest {where}"
+    return (
+        f"label {label}, but {int(counts.max())} of its {k} nearest {where} are "
+        f"{batch.label_of(top)} ({agree} agree)"
+    )
+
+
+class KnnLabelDetector(DetectorBase):
+    """How little a row's k nearest trusted rows support its label.
+
+    Score: ``-log p(label)`` under a smoothed, distance-weighted vote of the
+    k nearest rows of a (stratified, deterministic) sample of the trusted set.
+    A row whose label disagrees with all its trusted neighbours scores above
+    every row they agree with. Labels the reference never had score above
+    every seen label.
+
+    Parameters
+    ----------
+    n_neighbors : int
+        k (>= 1).
+    max_reference : int
+        Most trusted rows searched (>= 2). Same value, seed and k as
+        ``knn_distance`` means both share one neighbour search.
+    smoothing : float
+        Pseudo-votes spread over classes by their trusted frequency (> 0).
+    random_state : int
+    """
+
+    name: ClassVar[str] = "knn_label"
+    needs_label: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 10,
+        max_reference: int = 2048,
+        smoothing: float = 1.0,
+        random_state: int = 0,
+    ):
+        self.n_neighbors = n_neighbors
+        self.max_reference = max_reference
+        self.smoothing = smoothing
+        self.random_state = random_state
+
+    def fit(self, reference: Table) -> Self:
+        k = self._check_int("n_neighbors", 1)
+        max_ref = self._check_int("max_reference", 2)
+        self._check_real("smoothing", 0.0, low_open=True)
+        seed = self._check_seed()
+        y = labels_of(reference, self.name, "reference")
+        if reference.n_rows < 1:
+            raise BatchError("reference", f"detector {self.name!r} needs at least 1 trusted row")
+        keep = subsample(reference.n_rows, max_ref, y, seed, k + 1)
+        self.R_ = np.ascontiguousarray(features32(reference)[keep])
+        self.r_y_ = np.ascontiguousarray(y[keep])
+        self.r_key_ = fingerprint(self.R_, self.r_y_)
+        self.k_ = min(k, len(keep))
+        self.prior_ = class_prior(y, reference.n_classes)
+        return self
+
+    def _prob(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        nb = search(features32(batch), self.R_, self.k_, r_lab=self.r_y_, r_key=self.r_key_)
+        prob = _vote(nb.dist, nb.index, self.r_y_, self.prior_, self.smoothing)
+        return prob, nb.index, nb.dist
+
+    def score(self, batch: Table) -> np.ndarray:
+        self._check_fitted("R_")
+        y = labels_of(batch, self.name, "batch")
+        if batch.n_rows == 0:
+            return np.zeros(0)
+        prob, _, _ = self._prob(batch)
+        p, unseen = _given(prob, y)
+        return label_surprise(p, prob.max(axis=1), unseen)
+
+    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
+        self._check_fitted("R_")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        sub = batch.take(rows)
+        y = labels_of(sub, self.name, "batch")
+        prob, index, _ = self._prob(sub)
+        p, _ = _given(prob, y)
+        lab = np.where(index >= 0, self.r_y_[np.where(index >= 0, index, 0)], -1)
+        return [_knn_reason(sub, r, int(y[r]), lab[r], p, "trusted rows") for r in range(len(rows))]
+
+
+class BatchKnnLabelDetector(DetectorBase):
+    """How little a row's nearest rows *in the same batch* support its label.
+
+    Like ``knn_label`` but the neighbours come from the batch itself (a
+    deterministic, label-stratified sample of at most ``max_batch`` of its
+    rows, never the row itself). It sees label noise in regions the trusted
+    set does not cover, but a large enough cluster of identically flipped rows
+    does vouch for itself, and scores depend on the batch's size and
+    make-up.
+
+    Parameters
+    ----------
+    n_neighbors : int
+    max_batch : int
+        Most batch rows used as neighbours (>= 2).
+    smoothing : float
+    random_state : int
+    """
+
+    name: ClassVar[str] = "batch_knn_label"
+    needs_label: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 10,
+        max_batch: int = 2048,
+        smoothing: float = 1.0,
+        random_state: int = 0,
+    ):
+        self.n_neighbors = n_neighbors
+        self.max_batch = max_batch
+        self.smoothing = smoothing
+        self.random_state = random_state
+
+    def fit(self, reference: Table) -> Self:
+        self.k_ = self._check_int("n_neighbors", 1)
+        self.max_batch_ = self._check_int("max_batch", 2)
+        self._check_real("smoothing", 0.0, low_open=True)
+        self.seed_ = self._check_seed()
+        y = labels_of(reference, self.name, "reference")
+        self.prior_ = class_prior(y, reference.n_classes)
+        return self
+
+    def _prob(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        y = labels_of(batch, self.name, "batch")
+        X = features32(batch)
+        keep = subsample(batch.n_rows, self.max_batch_, y, self.seed_, self.k_ + 1)
+        R = np.ascontiguousarray(X[keep])
+        r_y = np.ascontiguousarray(y[keep])
+        nb = search(
+            X,
+            R,
+            self.k_,
+            r_lab=r_y,
+            q_ids=np.arange(batch.n_rows, dtype=np.int64),
+            r_ids=keep,
+        )
+        prob = _vote(nb.dist, nb.index, r_y, self.prior_, self.smoothing)
+        lab = np.where(nb.index >= 0, r_y[np.where(nb.index >= 0, nb.index, 0)], -1)
+        return prob, lab, y
+
+    def score(self, batch: Table) -> np.ndarray:
+        self._check_fitted("prior_")
+        labels_of(batch, self.name, "batch")
+        if batch.n_rows == 0:
+            return np.zeros(0)
+        prob, _, y = self._prob(batch)
+        p, unseen = _given(prob, y)
+        return label_surprise(p, prob.max(axis=1), unseen)
+
+    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
+        self._check_fitted("prior_")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        # Neighbours come from the whole batch, so compute them there.
+        prob, lab, y = self._prob(batch)
+        p, _ = _given(prob, y)
+        return [
+            _knn_reason(batch, int(r), int(y[r]), lab[r], p, "rows of this batch") for r in rows
+        ]
+
+
+class ModelLabelDetector(DetectorBase):
+    """How unlikely a classifier fitted on the trusted rows finds each row's label.
+
+    Score: ``-log p(label)`` from the model's class probabilities; batch rows
+    are out-of-sample by construction. ``model="logistic"`` is a multinomial
+    logistic regression (fast, linear); ``"hist_gradient_boosting"`` is
+    non-linear and slower to fit and predict. Labels the model never saw
+    (unseen, or absent from the fitting rows) score above every seen label.
+
+    Parameters
+    ----------
+    model : {"logistic", "hist_gradient_boosting"}
+    C : float
+        Inverse regularisation of the logistic model (> 0).
+    max_iter : int
+        Iterations (solver steps or boosting rounds, >= 1).
+    max_reference : int
+        Most trusted rows used to fit (stratified sample, >= 2).
+    random_state : int
+    """
+
+    name: ClassVar[str] = "model_label"
+    needs_label: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        model: str = "logistic",
+        C: float = 1.0,
+        max_iter: int = 200,
+        max_reference: int = 20000,
+        random_state: int = 0,
+    ):
+        self.model = model
+        self.C = C
+        self.max_iter = max_iter
+        self.max_reference = max_reference
+        self.random_state = random_state
+
+    def fit(self, reference: Table) -> Self:
+        kind = self._check_choice("model", ("logistic", "hist_gradient_boosting"))
+        C = self._check_real("C", 0.0, low_open=True)
+        max_iter = self._check_int("max_iter", 1)
+        max_ref = self._check_int("max_reference", 2)
+        seed = self._check_seed()
+        y = labels_of(reference, self.name, "reference")
+        keep = subsample(reference.n_rows, max_ref, y, seed, 2)
+        X = features32(reference)[keep]
+        yk = y[keep]
+        self.n_classes_ = reference.n_classes
+        present = np.unique(yk[(yk >= 0) & (yk < reference.n_classes)])
+        self.present_ = present
+        self.model_ = None
+        if len(present) >= 2:
+            if kind == "logistic":
+                from sklearn.linear_model import LogisticRegression
+
+                est = LogisticRegression(C=C, max_iter=max_iter, tol=1e-3)
+            else:
+                from sklearn.ensemble import HistGradientBoostingClassifier
+
+                est = HistGradientBoostingClassifier(
+                    max_iter=max_iter, early_stopping=False, random_state=seed
+                )
+            import warnings
+
+            from sklearn.exceptions import ConvergenceWarning
+
+            with warnings.catch_warnings():
+                # A not-quite-converged model still ranks labels well.
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                est.fit(X, yk)
+            self.model_ = est
+        return self
+
+    def _log_prob(self, batch: Table) -> np.ndarray:
+        """Log-probabilities, ndarray of shape (n_rows, n_classes); -inf for classes never fitted."""
+        n = batch.n_rows
+        out = np.full((n, self.n_classes_), -np.inf)
+        if self.model_ is None:
+            if len(self.present_) == 1:
+                out[:, self.present_[0]] = 0.0
+            return out
+        X = features32(batch)
+        est = self.model_
+        if hasattr(est, "coef_"):
+            z = est.decision_function(X)
+            if z.ndim == 1:
+                # Binary: log sigmoid of either sign, computed without overflow.
+                lp = np.stack([-np.logaddexp(0.0, z), -np.logaddexp(0.0, -z)], axis=1)
+            else:
+                lp = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+        else:
+            with np.errstate(divide="ignore"):
+                lp = np.log(np.maximum(est.predict_proba(X), 1e-300))
+        out[:, est.classes_.astype(np.int64)] = lp
+        return out
+
+    def score(self, batch: Table) -> np.ndarray:
+        self._check_fitted("present_")
+        y = labels_of(batch, self.name, "batch")
+        if batch.n_rows == 0:
+            return np.zeros(0)
+        lp = self._log_prob(batch)
+        unseen = (y < 0) | (y >= self.n_classes_)
+        given = lp[np.arange(len(y)), np.where(unseen, 0, y)]
+        unseen |= ~np.isfinite(given)
+        return label_surprise(np.exp(given), np.exp(lp.max(axis=1)), unseen)
+
+    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
+        self._check_fitted("present_")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        sub = batch.take(rows)
+        y = labels_of(sub, self.name, "batch")
+        prob = np.exp(self._log_prob(sub))
+        out = []
+        for r in range(len(rows)):
+            best = int(np.argmax(prob[r]))
+            label = sub.label_of(int(y[r]))
+            if y[r] < 0 or y[r] >= self.n_classes_ or not prob[r, y[r]] > 0:
+                out.append(
+                    f"label {label} was never seen by the model "
+                    f"(most likely {sub.label_of(best)}, {prob[r, best]:.2f})"
+                )
+            elif best == y[r]:
+                out.append(f"model gives label {label} probability {prob[r, best]:.2f} (its top)")
+            else:
+                out.append(
+                    f"model gives label {label} probability {prob[r, y[r]]:.2g} "
+                    f"(most likely {sub.label_of(best)}, {prob[r, best]:.2f})"
+                )
+        return out

@@ -1,0 +1,149 @@
+"""What a batch report shows, gathered as plain JSON-able data.
+
+``batch_evidence`` is computed where the scores are (the detect step) and kept
+beside the staged batch; ``batch_report`` adds the counts, failed expectations
+and the most suspicious rows at commit time. ``poisonguard.report`` renders it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.scan import Guard, ScanResult
+
+MAX_POINTS = 3000
+TOP_ROWS = 20
+
+
+def _sample(n: int, k: int, seed: int = 0) -> np.ndarray:
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
+def _finite(values: np.ndarray) -> list[float]:
+    return [float(v) if np.isfinite(v) else 0.0 for v in np.asarray(values, dtype=np.float64)]
+
+
+def detector_cut(guard: Guard, name: str, candidates: np.ndarray, p_cut: float) -> float | None:
+    """The smallest score at which this detector alone would pass the batch's cut."""
+    grid = np.unique(np.concatenate([candidates, guard.calibrations_[name].scores]))
+    grid = grid[np.isfinite(grid)]
+    if grid.size == 0:
+        return None
+    passing = grid[guard.calibrations_[name].p_values(grid) <= p_cut]
+    return float(passing.min()) if passing.size else None
+
+
+def batch_evidence(guard: Guard, frame: pd.DataFrame, result: ScanResult) -> dict[str, Any]:
+    """Per-detector scores with calibration and decision lines, a 2-D projection, class balance."""
+    from sklearn.decomposition import PCA
+
+    n = len(frame)
+    names = [c for c in result.scores.columns if c != "suspicion"]
+    fdr = guard.settings_.fdr
+    threshold = result.threshold
+    # The single-detector cut: the batch's p-value cut shared among the detectors.
+    p_cut = (threshold if threshold > 0 else fdr / max(n, 1)) / max(len(names), 1)
+    quarantined = result.quarantined.to_numpy(dtype=bool)
+    detectors = []
+    for name in names:
+        scores = result.scores[name].to_numpy(dtype=np.float64)
+        detectors.append(
+            {
+                "name": name,
+                "scores": _finite(scores),
+                "quarantined": quarantined.tolist(),
+                "cut": detector_cut(guard, name, scores, p_cut),
+                "calibration": _finite(guard.calibrations_[name].scores),
+            }
+        )
+    evidence: dict[str, Any] = {
+        "decision": {"fdr": fdr, "threshold_p": threshold},
+        "detectors": detectors,
+    }
+    reference = guard.reference_
+    batch = guard.encoder_.transform(frame)
+    if reference.X.shape[1] >= 2 and reference.n_rows >= 3:
+        keep = _sample(reference.n_rows, MAX_POINTS)
+        pca = PCA(n_components=2, random_state=0).fit(reference.X[keep])
+        show = _sample(n, MAX_POINTS, seed=1)
+        evidence["projection"] = {
+            "reference": np.round(pca.transform(reference.X[keep]), 4).tolist(),
+            "batch": np.round(pca.transform(batch.X[show]), 4).tolist() if n else [],
+            "quarantined": quarantined[show].tolist(),
+        }
+    if reference.y is not None and batch.y is not None and reference.n_classes:
+        k = reference.n_classes
+        ref_counts = np.bincount(reference.y[reference.y >= 0], minlength=k)
+        b_counts = np.bincount(batch.y[batch.y >= 0], minlength=k)
+        evidence["class_balance"] = {
+            "labels": [str(c) for c in reference.classes],
+            "reference": (ref_counts / max(ref_counts.sum(), 1)).round(4).tolist(),
+            "batch": (b_counts / max(b_counts.sum(), 1)).round(4).tolist(),
+        }
+    drift = getattr(result, "drift", None)
+    if drift is not None:
+        evidence["drift"] = drift
+    return evidence
+
+
+def batch_report(
+    record: dict[str, Any],
+    *,
+    failed_expectations: list[dict[str, Any]] | None = None,
+    evidence: dict[str, Any] | None = None,
+    quarantine: pd.DataFrame | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole report of one batch, as ``poisonguard.report.render_html`` reads it."""
+    detail = detail or {}
+    report: dict[str, Any] = {
+        "batch_id": record["batch_id"],
+        "source": record["source"],
+        "sha256": record["sha256"],
+        "status": record["status"],
+        "created_at": record["finished_at"],
+        "reason": record.get("reason"),
+        "counts": {
+            "rows_in": record["rows_in"],
+            "clean": record["rows_clean"],
+            "quarantined": record["rows_quarantined"],
+            "rejected": record["rows_rejected"],
+            "quarantined_by_expectations": detail.get("quarantined_by_expectations", 0),
+            "quarantined_by_detectors": detail.get("quarantined_by_detectors", 0),
+        },
+        "failed_expectations": failed_expectations or [],
+    }
+    report.update(evidence or {})
+    if quarantine is not None and len(quarantine):
+        q = quarantine
+        if "pg_suspicion" in q:
+            q = q.sort_values("pg_suspicion", ascending=False, na_position="first")
+        data_cols = [c for c in q.columns if not str(c).startswith("pg_")]
+        top = []
+        for _, row in q.head(TOP_ROWS).iterrows():
+            susp = row.get("pg_suspicion")
+            top.append(
+                {
+                    "pg_row": int(row["pg_row"]),
+                    "suspicion": None if susp is None or pd.isna(susp) else float(susp),
+                    "reason": str(row["pg_reason"]),
+                    "values": {str(c): _plain(row[c]) for c in data_cols},
+                }
+            )
+        report["top_rows"] = top
+    return report
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (int, float, str, bool)):
+        return value
+    return str(value)

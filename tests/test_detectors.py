@@ -1,0 +1,373 @@
+"""Every registered detector keeps the contract, and each family catches what it is for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_digits
+
+from poisonguard.detectors import DEFAULT_DETECTORS, REGISTRY, UNSEEN_LABEL, Detector, Encoder
+from poisonguard.errors import BatchError, ConfigError
+
+FEATURES = [f"x{i}" for i in range(6)]
+
+#: One out-of-range parameter per detector, and the name the error must carry.
+BAD_PARAMS: dict[str, tuple[str, object]] = {
+    "tail": ("combine", "mean"),
+    "class_tail": ("min_class_rows", 0),
+    "knn_distance": ("n_neighbors", 0),
+    "class_knn_distance": ("max_reference", 1),
+    "knn_label": ("smoothing", 0.0),
+    "batch_knn_label": ("max_batch", -5),
+    "model_label": ("model", "svm"),
+    "duplicates": ("tolerance", -1.0),
+    "backdoor": ("min_support", 1),
+}
+
+
+def blobs(n: int, seed: int) -> pd.DataFrame:
+    """Three well-separated Gaussian classes in six features."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, n)
+    centres = np.array([[0.0] * 6, [6.0, 6.0, 0, 0, 0, 0], [0, 0, 6.0, 6.0, 0, 0]])
+    X = centres[label] + rng.standard_normal((n, 6))
+    frame = pd.DataFrame(X, columns=FEATURES)
+    frame["label"] = np.array(["a", "b", "c"])[label]
+    return frame
+
+
+@pytest.fixture(scope="module")
+def tables():
+    ref, batch = blobs(600, 1), blobs(300, 2)
+    enc = Encoder.fit(ref, FEATURES, "label")
+    return enc.transform(ref, "reference"), enc.transform(batch)
+
+
+def test_every_detector_has_a_bad_parameter_case():
+    """Adding a detector to the registry means adding it here too."""
+    assert set(BAD_PARAMS) == set(REGISTRY)
+    assert set(DEFAULT_DETECTORS) <= set(REGISTRY)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_detector_contract(name, tables):
+    """fit returns self; scores are finite float64, one per row, deterministic; one reason per row."""
+    cls = REGISTRY[name]
+    reference, batch = tables
+    assert cls.name == name
+    det = cls()
+    assert isinstance(det, Detector)
+    assert det.fit(reference) is det
+    s = det.score(batch)
+    assert s.dtype == np.float64 and s.shape == (batch.n_rows,)
+    assert np.all(np.isfinite(s))
+    np.testing.assert_array_equal(s, det.score(batch))
+    np.testing.assert_array_equal(s, cls().fit(reference).score(batch))
+    rows = np.array([0, 5, batch.n_rows - 1])
+    reasons = det.explain(batch, rows)
+    assert len(reasons) == 3 and all(isinstance(r, str) and r for r in reasons)
+    assert det.score(batch.take(np.arange(0))).shape == (0,)
+
+    unlabelled_ref = reference.take(np.arange(reference.n_rows))
+    object.__setattr__(unlabelled_ref, "y", None)
+    unlabelled = batch.take(np.arange(batch.n_rows))
+    object.__setattr__(unlabelled, "y", None)
+    if cls.needs_label:
+        with pytest.raises(BatchError, match="needs a label column"):
+            cls().fit(unlabelled_ref)
+        with pytest.raises(BatchError, match="needs a label column"):
+            det.score(unlabelled)
+    else:
+        s0 = cls().fit(unlabelled_ref).score(unlabelled)
+        assert s0.shape == (batch.n_rows,) and np.all(np.isfinite(s0))
+        assert len(cls().fit(unlabelled_ref).explain(unlabelled, rows)) == 3
+
+    param, value = BAD_PARAMS[name]
+    bad = cls(**{param: value})  # __init__ only stores
+    with pytest.raises(
+        ConfigError,
+        match=rf"^The '{param}' parameter of {cls.__name__} must be .* Got {value!r} instead\.$",
+    ):
+        bad.fit(reference)
+
+
+@pytest.mark.parametrize("name", ["knn_label", "batch_knn_label", "model_label"])
+def test_unseen_labels_are_most_suspicious_for_label_detectors(name, tables):
+    """A label the reference never had scores above every row with a known label."""
+    reference, batch = tables
+    y = batch.y.copy()
+    y[:3] = UNSEEN_LABEL
+    odd = batch.take(np.arange(batch.n_rows))
+    object.__setattr__(odd, "y", y)
+    s = REGISTRY[name]().fit(reference).score(odd)
+    assert s[:3].min() > s[3:].max()
+
+
+def test_per_class_outliers_fall_back_for_unseen_labels(tables):
+    """class_tail / class_knn_distance score unseen-label rows like their global counterparts."""
+    reference, batch = tables
+    y = batch.y.copy()
+    y[:] = UNSEEN_LABEL
+    odd = batch.take(np.arange(batch.n_rows))
+    object.__setattr__(odd, "y", y)
+    for per_class, overall in (("class_tail", "tail"), ("class_knn_distance", "knn_distance")):
+        a = REGISTRY[per_class]().fit(reference).score(odd)
+        b = REGISTRY[overall]().fit(reference).score(odd)
+        np.testing.assert_allclose(a, b)
+
+
+# ------------------------------------------------------------------ outliers
+
+
+@pytest.mark.parametrize("name", ["tail", "knn_distance", "class_tail", "class_knn_distance"])
+def test_planted_far_outliers_score_above_inliers(name, tables):
+    """Rows pushed far from the trusted data score above every ordinary batch row."""
+    reference, batch = tables
+    X = batch.X.copy()
+    X[:5, 0] += 40.0
+    X[5:10] += 8.0
+    planted = batch.take(np.arange(batch.n_rows))
+    object.__setattr__(planted, "X", X)
+    s = REGISTRY[name]().fit(reference).score(planted)
+    assert s[:10].min() > np.quantile(s[10:], 0.99)
+    assert np.all(s[:5] > s[10:].max())
+
+
+def test_class_outliers_see_rows_impossible_for_their_label(tables):
+    """A row typical of class a but labelled c is normal overall and abnormal for its class."""
+    reference, batch = tables
+    a, c = batch.classes.index("a"), batch.classes.index("c")
+    rows = np.flatnonzero(batch.y == a)[:8]
+    y = batch.y.copy()
+    y[rows] = c
+    relabelled = batch.take(np.arange(batch.n_rows))
+    object.__setattr__(relabelled, "y", y)
+    others = np.setdiff1d(np.arange(batch.n_rows), rows)
+    for name in ("class_tail", "class_knn_distance"):
+        s = REGISTRY[name]().fit(reference).score(relabelled)
+        assert s[rows].min() > np.quantile(s[others], 0.95), name
+    overall = REGISTRY["knn_distance"]().fit(reference).score(relabelled)
+    assert np.median(overall[rows]) < np.quantile(overall[others], 0.95)
+
+
+def test_tail_explains_values_beyond_the_trusted_range(tables):
+    """The reason names the feature and says the value is beyond every trusted row."""
+    reference, batch = tables
+    X = batch.X.copy()
+    X[0, 3] = 500.0
+    odd = batch.take(np.arange(batch.n_rows))
+    object.__setattr__(odd, "X", X)
+    (reason,) = REGISTRY["tail"]().fit(reference).explain(odd, np.array([0]))
+    assert reason.startswith("feature x3 = ") and "above every one of the trusted rows" in reason
+
+
+# -------------------------------------------------------------------- labels
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """sklearn's digits: 1000 trusted rows, the rest a batch with 8% of labels flipped."""
+    X, y = load_digits(return_X_y=True)
+    features = [f"p{i}" for i in range(X.shape[1])]
+    frame = pd.DataFrame(X, columns=features)
+    frame["label"] = y
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(frame))
+    ref = frame.iloc[order[:1000]].reset_index(drop=True)
+    batch = frame.iloc[order[1000:]].reset_index(drop=True)
+    flipped = rng.choice(len(batch), size=int(0.08 * len(batch)), replace=False)
+    batch.loc[flipped, "label"] = (
+        batch.loc[flipped, "label"] + rng.integers(1, 10, len(flipped))
+    ) % 10
+    enc = Encoder.fit(ref, features, "label")
+    mask = np.zeros(len(batch), dtype=bool)
+    mask[flipped] = True
+    return enc.transform(ref, "reference"), enc.transform(batch), mask
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a positive outscores a negative (ties count half)."""
+    pos, neg = scores[positive], scores[~positive]
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+@pytest.mark.parametrize(
+    ("name", "floor"),
+    [
+        ("knn_label", 0.97),
+        ("model_label", 0.97),
+        ("batch_knn_label", 0.95),
+        ("class_knn_distance", 0.9),
+    ],
+)
+def test_flipped_labels_score_above_correct_ones_on_digits(name, floor, digits):
+    """On digits, flipped labels outrank correct ones (AUC above the floor)."""
+    reference, batch, flipped = digits
+    s = REGISTRY[name]().fit(reference).score(batch)
+    assert auc(s, flipped) > floor
+
+
+def test_knn_label_full_disagreement_outranks_full_agreement(digits):
+    """A row whose label disagrees with all its trusted neighbours scores above every agreeing row."""
+    reference, batch, _ = digits
+    det = REGISTRY["knn_label"]().fit(reference)
+    s = det.score(batch)
+    reasons = det.explain(batch, np.arange(batch.n_rows))
+    agree = np.array(["as all" in r for r in reasons])
+    disagree = np.array([" (0 agree)" in r for r in reasons])
+    assert agree.any() and disagree.any()
+    assert s[disagree].min() > s[agree].max()
+
+
+def test_knn_label_cluster_of_flips_cannot_vouch_for_itself(digits):
+    """Forty copies of one row with a flipped label still score high for knn_label."""
+    reference, batch, _ = digits
+    rows = np.full(40, np.flatnonzero(batch.y == 3)[0])
+    clones = batch.take(rows)
+    y = np.full(40, 5, dtype=np.int64)
+    object.__setattr__(clones, "y", y)
+    knn = REGISTRY["knn_label"]().fit(reference).score(clones)
+    within = REGISTRY["batch_knn_label"]().fit(reference).score(clones)
+    assert knn.min() > 3.0
+    assert within.max() < 1.0
+
+
+def test_model_label_explains_with_probabilities(digits):
+    """The reason gives the label's probability and the most likely label."""
+    reference, batch, flipped = digits
+    row = np.flatnonzero(flipped)[:1]
+    (reason,) = REGISTRY["model_label"]().fit(reference).explain(batch, row)
+    assert reason.startswith(
+        f"model gives label {batch.label_of(int(batch.y[row[0]]))} probability"
+    )
+    assert "most likely" in reason
+
+
+# ---------------------------------------------------------------- duplicates
+
+
+def with_rows(table, X=None, y=None):
+    """A copy of ``table`` with replaced scaled features and/or labels (raw follows X)."""
+    out = table.take(np.arange(table.n_rows))
+    if X is not None:
+        object.__setattr__(out, "X", X.astype(np.float32))
+        object.__setattr__(out, "raw", X.astype(np.float64))
+    if y is not None:
+        object.__setattr__(out, "y", y)
+    return out
+
+
+def test_duplicate_flood_scores_above_unique_rows(tables):
+    """Thirty copies of one row outscore every unique row; a single legit pair scores low."""
+    reference, batch = tables
+    X = batch.X.copy()
+    X[10:40] = X[10]
+    X[50] = X[51]
+    flooded = with_rows(batch, X=X)
+    det = REGISTRY["duplicates"]().fit(reference)
+    s = det.score(flooded)
+    unique = np.setdiff1d(np.arange(batch.n_rows), np.r_[10:40, 50, 51])
+    assert s[10:40].min() > s[unique].max()
+    assert s[10:40].min() > 10 * max(s[50], 1e-9)
+    assert np.all(s[unique] == 0.0)
+    assert "one of 30" in det.explain(flooded, np.array([10]))[0]
+
+
+def test_flood_score_grows_with_flood_size(tables):
+    """More copies of the same row, higher score."""
+    reference, batch = tables
+    det = REGISTRY["duplicates"]().fit(reference)
+    scores = []
+    for copies in (2, 5, 20, 60):
+        X = batch.X.copy()
+        X[:copies] = X[0]
+        scores.append(det.score(with_rows(batch, X=X))[0])
+    assert np.all(np.diff(scores) > 0)
+
+
+def test_label_conflicts_are_flagged_within_batch_and_against_trusted(tables):
+    """Identical features with another label: in the batch, or already trusted with another label."""
+    reference, batch = tables
+    X = batch.X.copy()
+    y = batch.y.copy()
+    X[1] = X[0]
+    y[1] = (y[0] + 1) % 3
+    X[2] = reference.X[0]
+    y[2] = (reference.y[0] + 1) % 3
+    X[3] = reference.X[1]
+    y[3] = reference.y[1]
+    det = REGISTRY["duplicates"]().fit(reference)
+    s = det.score(with_rows(batch, X=X, y=y))
+    assert min(s[0], s[1], s[2]) > s[3] > 0.0
+    assert "another label" in det.explain(with_rows(batch, X=X, y=y), np.array([2]))[0]
+
+
+# ----------------------------------------------------------------- backdoor
+
+
+def test_backdoor_trigger_rows_score_above_normal_rows():
+    """Rows of every class with x4 set to one odd value and relabelled c outscore every other row."""
+    reference = blobs(2000, 1)
+    batch = blobs(3000, 2)
+    rng = np.random.default_rng(7)
+    poisoned = rng.choice(len(batch), 60, replace=False)
+    batch.loc[poisoned, "x4"] = 2.5
+    batch.loc[poisoned, "label"] = "c"
+    enc = Encoder.fit(reference, FEATURES, "label")
+    det = REGISTRY["backdoor"]().fit(enc.transform(reference, "reference"))
+    table = enc.transform(batch)
+    s = det.score(table)
+    mask = np.zeros(len(batch), dtype=bool)
+    mask[poisoned] = True
+    assert s[mask].min() > s[~mask].max()
+    (reason,) = det.explain(table, poisoned[:1])
+    assert reason.startswith("x4 = 2.5 is shared by 60 batch rows") and "labelled c" in reason
+
+
+def test_backdoor_scores_of_clean_batches_do_not_grow_with_batch_size():
+    """Clean batches of 300 and of 20000 rows have similar backdoor score quantiles."""
+    reference = blobs(2000, 1)
+    enc = Encoder.fit(reference, FEATURES, "label")
+    det = REGISTRY["backdoor"]().fit(enc.transform(reference, "reference"))
+    small = det.score(enc.transform(blobs(300, 3)))
+    large = det.score(enc.transform(blobs(20000, 4)))
+    assert np.quantile(large, 0.99) < 2.0 * np.quantile(small, 0.99) + 1.0
+
+
+# -------------------------------------------------------------------- drift
+
+
+def test_drift_flags_a_shifted_batch_and_not_an_iid_one():
+    """A mean shift in one feature and a skewed label mix are flagged; a fresh iid batch is not."""
+    from poisonguard.detectors import batch_drift
+
+    reference = blobs(3000, 1)
+    enc = Encoder.fit(reference, FEATURES, "label")
+    ref = enc.transform(reference, "reference")
+    iid = batch_drift(ref, enc.transform(blobs(2000, 2)))
+    assert not iid.is_drifted and iid.drifted_features == ()
+    assert "no material drift" in iid.summary()
+
+    shifted = blobs(2000, 3)
+    shifted["x5"] += 1.0
+    shifted.loc[shifted.index[:600], "label"] = "a"
+    report = batch_drift(ref, enc.transform(shifted))
+    assert report.drifted_features == ("x5",)
+    assert report.label_drifted and report.label_tv > 0.1
+    assert report.is_drifted
+    assert "x5" in report.summary() and "Labels shifted" in report.summary()
+
+
+def test_drift_rejects_bad_parameters(tables):
+    """Thresholds out of range raise the house ConfigError."""
+    from poisonguard.detectors import batch_drift
+
+    reference, batch = tables
+    with pytest.raises(
+        ConfigError,
+        match=r"^The 'alpha' parameter of batch_drift\(\) must be in \(0, 1\)\. Got 1\.5 instead\.$",
+    ):
+        batch_drift(reference, batch, alpha=1.5)

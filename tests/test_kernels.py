@@ -1,0 +1,245 @@
+"""The numba kernels agree with plain NumPy reference implementations.
+
+Run twice by the Makefile: compiled, and with ``NUMBA_DISABLE_JIT=1`` so the
+kernel source itself is exercised line by line. Shapes are kept small so both
+runs are fast; values come from a coarse grid so that ties are common and
+every sum is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from poisonguard.detectors._kernels import _hash_rows, _knn_search, _tail_matrix, _tail_scores
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+grid_values = st.integers(-6, 6).map(lambda v: v / 4.0)
+
+
+@st.composite
+def knn_case(draw):
+    n = draw(st.integers(0, 9))
+    m = draw(st.integers(1, 12))
+    d = draw(st.integers(1, 6))
+    Q = draw(hnp.arrays(np.float32, (n, d), elements=grid_values))
+    R = draw(hnp.arrays(np.float32, (m, d), elements=grid_values))
+    k = draw(st.integers(1, 14))
+    kc = draw(st.integers(0, 5))
+    q_lab = draw(hnp.arrays(np.int64, n, elements=st.integers(-1, 2)))
+    r_lab = draw(hnp.arrays(np.int64, m, elements=st.integers(0, 2)))
+    return Q, R, k, kc, q_lab, r_lab
+
+
+def reference_knn(Q, R, k, allowed):
+    """Top-k by (squared distance, index) among allowed pairs, padded with inf / -1."""
+    n = Q.shape[0]
+    dist = np.full((n, k), np.inf)
+    index = np.full((n, k), -1, dtype=np.int64)
+    for i in range(n):
+        cand = np.flatnonzero(allowed[i])
+        d2 = ((Q[i].astype(np.float64) - R[cand].astype(np.float64)) ** 2).sum(axis=1)
+        order = np.lexsort((cand, d2))[:k]
+        dist[i, : len(order)] = d2[order]
+        index[i, : len(order)] = cand[order]
+    return dist, index
+
+
+@SETTINGS
+@given(knn_case())
+def test_knn_matches_brute_force(case):
+    """Global and same-class neighbours equal a brute-force sort, ties to the smaller index."""
+    Q, R, k, kc, q_lab, r_lab = case
+    n, m = Q.shape[0], R.shape[0]
+    none_q, none_r = np.full(n, -1, np.int64), np.full(m, -1, np.int64)
+    gd, gi, cd, ci = _knn_search(Q, R, none_q, none_r, q_lab, r_lab, k, kc)
+    want_d, want_i = reference_knn(Q, R, k, np.ones((n, m), bool))
+    np.testing.assert_array_equal(gd, want_d)
+    np.testing.assert_array_equal(gi, want_i)
+    same = q_lab[:, None] == r_lab[None, :]
+    want_cd, want_ci = reference_knn(Q, R, kc, same)
+    assert cd.shape == (n, kc) and ci.shape == (n, kc)
+    np.testing.assert_array_equal(cd, want_cd)
+    np.testing.assert_array_equal(ci, want_ci)
+
+
+@SETTINGS
+@given(
+    hnp.arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(1, 5)), elements=grid_values),
+    st.integers(1, 14),
+)
+def test_knn_leaves_self_out(X, k):
+    """With equal ids on both sides a row is never its own neighbour, but its duplicates are."""
+    n = X.shape[0]
+    ids = np.arange(n, dtype=np.int64)
+    lab = np.zeros(n, np.int64)
+    gd, gi, _, ci = _knn_search(X, X, ids, ids, lab, lab, k, k)
+    want_d, want_i = reference_knn(X, X, k, ~np.eye(n, dtype=bool))
+    np.testing.assert_array_equal(gd, want_d)
+    np.testing.assert_array_equal(gi, want_i)
+    np.testing.assert_array_equal(ci, want_i)
+    assert not np.any(gi == ids[:, None])
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 40),
+    st.integers(1, 300),
+    st.integers(1, 40),
+    st.integers(1, 12),
+)
+def test_knn_continuous_values_match_float64(seed, n, m, d, k):
+    """On continuous data the distances equal float64 brute force, across blocks and tiles."""
+    rng = np.random.default_rng(seed)
+    Q = (rng.standard_normal((n, d)) * rng.uniform(0.1, 50)).astype(np.float32)
+    R = (rng.standard_normal((m, d)) * rng.uniform(0.1, 50) + 1.0).astype(np.float32)
+    neg_q, neg_r = np.full(n, -1, np.int64), np.full(m, -1, np.int64)
+    gd, gi, _, _ = _knn_search(Q, R, neg_q, neg_r, neg_q, neg_r, k, 0)
+    want_d, _ = reference_knn(Q, R, k, np.ones((n, m), bool))
+    np.testing.assert_allclose(gd, want_d, rtol=1e-12)
+    got = gi[gi >= 0]
+    rows = np.repeat(np.arange(n), k)[gi.ravel() >= 0]
+    true = ((Q[rows].astype(np.float64) - R[got].astype(np.float64)) ** 2).sum(axis=1)
+    np.testing.assert_allclose(true, gd[gi >= 0], rtol=1e-12)
+
+
+def test_knn_many_reference_rows_span_blocks():
+    """A reference longer than one block, with exact duplicates, still gives the exact top-k."""
+    rng = np.random.default_rng(3)
+    R = rng.integers(-3, 4, size=(700, 3)).astype(np.float32)
+    Q = rng.integers(-3, 4, size=(21, 3)).astype(np.float32)
+    neg_q, neg_r = np.full(21, -1, np.int64), np.full(700, -1, np.int64)
+    gd, gi, _, _ = _knn_search(Q, R, neg_q, neg_r, neg_q, neg_r, 5, 0)
+    want_d, want_i = reference_knn(Q, R, 5, np.ones((21, 700), bool))
+    np.testing.assert_array_equal(gd, want_d)
+    np.testing.assert_array_equal(gi, want_i)
+
+
+# --------------------------------------------------------------------- tails
+
+
+def tail_inputs(columns):
+    """Knot arrays for one group whose knots are every distinct value (scales 1)."""
+    values, below, equal, starts, counts = [], [], [], [], []
+    offset = 0
+    for col in columns:
+        col = np.sort(col.astype(np.float64))
+        v = np.unique(col)
+        values.append(v)
+        below.append(np.searchsorted(col, v, "left").astype(np.float64))
+        equal.append(np.searchsorted(col, v, "right") - below[-1])
+        starts.append(offset)
+        counts.append(len(v))
+        offset += len(v)
+    d = len(columns)
+    return (
+        np.concatenate(values),
+        np.concatenate(below),
+        np.concatenate(equal).astype(np.float64),
+        np.array([starts], np.int64),
+        np.array([counts], np.int64),
+        np.array([float(len(columns[0]))]),
+        np.ones((1, d)),
+        np.ones((1, d)),
+    )
+
+
+def reference_tail(x, col):
+    """-log of the two-sided mid-rank tail probability, plus the distance beyond the range."""
+    m = len(col)
+    lt, eq = np.sum(col < x), np.sum(col == x)
+    p_lo = (lt + 0.5 * eq + 0.5) / (m + 1)
+    p_hi = (m - lt - eq + 0.5 * eq + 0.5) / (m + 1)
+    extra = max(col.min() - x, 0.0) + max(x - col.max(), 0.0)
+    return -np.log(min(1.0, 2 * min(p_lo, p_hi))) + extra
+
+
+@SETTINGS
+@given(
+    st.integers(1, 30),
+    st.integers(0, 8),
+    st.integers(1, 4),
+    st.integers(0, 2**31 - 1),
+)
+def test_tail_matches_mid_rank_formula(m, n, d, seed):
+    """Per-feature tail scores equal the mid-rank formula; rows sum (or max) them."""
+    rng = np.random.default_rng(seed)
+    ref = rng.integers(-4, 5, size=(m, d)).astype(np.float32)
+    X = (rng.integers(-14, 15, size=(n, d)) / 2.0).astype(np.float32)
+    args = tail_inputs([ref[:, f] for f in range(d)])
+    group = np.zeros(n, np.int64)
+    M = _tail_matrix(X, group, *args)
+    want = np.array(
+        [
+            [reference_tail(float(X[i, f]), ref[:, f].astype(float)) for f in range(d)]
+            for i in range(n)
+        ]
+    ).reshape(n, d)
+    np.testing.assert_allclose(M, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_tail_scores(X, group, *args, False), want.sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(
+        _tail_scores(X, group, *args, True), want.max(axis=1, initial=0.0), rtol=1e-12
+    )
+
+
+def test_tail_interpolates_between_knots():
+    """Between two knots the count below rises linearly, so scores are continuous and monotone."""
+    col = np.arange(101, dtype=np.float64)
+    # Keep only three knots: 0, 50 and 100.
+    values = np.array([0.0, 50.0, 100.0])
+    below = np.searchsorted(col, values, "left").astype(np.float64)
+    equal = np.ones(3)
+    args = (values, below, equal, np.array([[0]]), np.array([[3]]), np.array([101.0]))
+    scales = (np.ones((1, 1)), np.ones((1, 1)))
+    X = np.array([[10.0], [20.0], [25.0], [49.0]], np.float32)
+    s = _tail_matrix(X, np.zeros(4, np.int64), *args, *scales)[:, 0]
+    # 49 rows lie strictly between knots 0 and 50; x takes x/50 of them.
+    n_below = 1.0 + 49.0 * X[:, 0].astype(float) / 50.0
+    np.testing.assert_allclose(s, -np.log(2 * (n_below + 0.5) / 102.0), rtol=1e-12)
+    assert np.all(np.diff(s) < 0)
+    # Close to the exact mid-rank score of the full column.
+    exact = [reference_tail(float(x), col) for x in X[:, 0]]
+    np.testing.assert_allclose(s, exact, atol=0.05)
+
+
+# -------------------------------------------------------------------- hashing
+
+
+@SETTINGS
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(0, 25), st.integers(1, 4)),
+        elements=st.sampled_from([0.0, -0.0, 1.0, 2.5, -3.0, np.nan, 1e300]),
+    ),
+)
+def test_hash_rows_partitions_like_exact_equality(X):
+    """Exact hashes are equal exactly when rows are equal (-0.0 == 0.0, NaN == NaN)."""
+    h = _hash_rows(X, 0.0)
+    assert h.dtype == np.uint64 and h.shape == (X.shape[0],)
+    key = np.where(np.isnan(X), np.inf, X + 0.0)
+    for i in range(X.shape[0]):
+        for j in range(X.shape[0]):
+            assert (h[i] == h[j]) == bool(np.array_equal(key[i], key[j]))
+
+
+@SETTINGS
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(0, 25), st.integers(1, 4)),
+        elements=st.floats(-100, 100, allow_nan=False),
+    ),
+    st.sampled_from([0.01, 0.5, 3.0]),
+)
+def test_hash_rows_with_tolerance_matches_rounding(X, tol):
+    """Near-duplicate hashes are equal exactly when rows round to the same grid point."""
+    h = _hash_rows(X, tol)
+    grid = np.floor(X / tol + 0.5)
+    for i in range(X.shape[0]):
+        for j in range(X.shape[0]):
+            assert (h[i] == h[j]) == bool(np.array_equal(grid[i], grid[j]))
