@@ -206,6 +206,11 @@ class _Tags(HTMLParser):
             self.headings[-1] += data
 
 
+def text_of(page: str) -> str:
+    """The page's text as a reader sees it (tags gone, entities decoded)."""
+    return "".join(parse(page).text)
+
+
 def parse(page: str) -> _Tags:
     parser = _Tags()
     parser.feed(page)
@@ -239,7 +244,7 @@ def test_a_full_report_shows_every_section(full):
     assert page.count('class="points ') == 3
     assert page.count('class="share share-batch"') == 10
     assert page.count('class="drift"') == min(len(full["drift"]["features"]), 15)
-    assert "expect_column_values_to_be_between" in page
+    assert "expect_column_values_to_be_between" in text_of(page)
     assert "label disagrees with its neighbours" in page
     assert "Not available" not in page
 
@@ -255,7 +260,9 @@ def test_counts_show_in_the_summary_with_thousands_separators(full):
     for key, text in (("rows_in", "12,345"), ("clean", "12,000"), ("quarantined", "300")):
         assert f'data-count="{key}">{text}</div>' in page
     assert "97.2% of rows in" in page
-    assert "Benjamini–Hochberg at false-discovery rate 0.050" in page
+    assert "Benjamini–Hochberg at false-discovery rate 0.050 (rows with combined p ≤ 0.002" in page
+    full["decision"]["threshold_p"] = 0.0
+    assert "no row's combined p-value passed the cut" in text_of(render_html(full))
 
 
 def test_a_rejected_report_with_only_counts_and_reason_renders():
@@ -279,9 +286,32 @@ def test_a_rejected_report_with_only_counts_and_reason_renders():
     assert 'class="badge rejected"' in page
     assert "Rejected:</strong> column &#x27;px07&#x27; is missing" in page
     assert 'data-count="rejected">450</div>' in page
-    assert "expect_column_to_exist" in page
+    assert "expect_column_to_exist" in text_of(page)
     assert "rejected before it was scored" in page
     assert "<svg" not in page
+
+
+def test_a_long_list_of_failed_expectations_folds_away_without_script():
+    """The first 15 show; the rest sit in a native <details>; long list arguments are cut."""
+    columns = [f"px{i:02d}" for i in range(64)]
+    failed = [
+        {"type": "expect_column_values_to_be_between", "column": c, "unexpected_count": i}
+        for i, c in enumerate(columns)
+    ]
+    failed[0] = {"type": "expect_table_columns_to_match_set", "kwargs": {"column_set": columns}}
+    page = render_html({"failed_expectations": failed})
+    shown, folded = page.split("<details>")
+    assert shown.count("<tr>") == 1 + 15 and folded.count("<tr>") == 1 + 49
+    assert "Show the other 49 failed expectations" in page
+    assert "64 expectations of the suite failed" in page
+    assert '"px05", … 58 more]' in page.replace("&quot;", '"')
+    assert "px63" in folded and "px63" not in shown
+
+
+def test_a_reason_of_several_clauses_shows_one_clause_per_line(full):
+    full["top_rows"][0]["reason"] = "px00 = 9 outside [0, 16]; px01 = -3 outside [0, 16]"
+    page = render_html(full)
+    assert "px00 = 9 outside [0, 16]<br>px01 = -3 outside [0, 16]" in page
 
 
 @pytest.mark.parametrize(
@@ -327,6 +357,40 @@ def test_any_json_under_any_key_renders(report):
     page = render_html(report)
     assert page.rstrip().endswith("</html>")
     assert "<script" not in page.lower()
+
+
+_edge = st.floats() | st.sampled_from([1e308, -1e308, 5e-324, 0.0, 1e150, -1e-300, 7.0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    scores=st.lists(_edge, max_size=6),
+    calibration=st.lists(_edge, max_size=6),
+    cut=st.none() | _edge,
+    points=st.lists(st.tuples(_edge, _edge), max_size=5),
+    shares=st.lists(_edge, min_size=2, max_size=2),
+    statistics=st.lists(_edge, max_size=3),
+)
+def test_plots_cope_with_extreme_numbers(scores, calibration, cut, points, shares, statistics):
+    """Huge, tiny, equal, infinite and NaN numbers neither break nor hang a plot."""
+    page = render_html(
+        {
+            "detectors": [
+                {
+                    "name": "d",
+                    "scores": scores,
+                    "quarantined": [True] * len(scores),
+                    "calibration": calibration,
+                    "cut": cut,
+                }
+            ],
+            "projection": {"reference": points, "batch": points[::-1], "quarantined": [True]},
+            "class_balance": {"labels": ["a", "b"], "reference": shares, "batch": shares[::-1]},
+            "drift": {"features": [{"name": "f", "statistic": x} for x in statistics]},
+        }
+    )
+    assert page.rstrip().endswith("</html>")
+    assert not re.search(r"(?i)\bnan\b", page.split("<body>")[1])  # no coordinate is NaN
 
 
 def test_a_report_that_is_not_a_dict_is_refused():
@@ -418,7 +482,7 @@ def test_a_heavy_tail_shares_one_overflow_bar(full):
     maha = _figures(page)[2]
     overflow = [b for b in _rects(maha, "bar ") if b["data-hi"] == "inf"]
     assert sum(int(b["data-count"]) for b in overflow) >= len(full["projection"]["batch"]) // 25
-    assert "share the last bar" in maha
+    assert re.search(r"scores beyond [\d.]+ share the last bar \(\d+ batch rows, ", maha)
 
 
 def test_the_cut_and_the_calibration_are_drawn(full):

@@ -24,8 +24,9 @@ def _sample(n: int, k: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
-def _finite(values: np.ndarray) -> list[float]:
-    return [float(v) if np.isfinite(v) else 0.0 for v in np.asarray(values, dtype=np.float64)]
+def _finite(values: np.ndarray) -> list[float | None]:
+    """Scores as JSON numbers; a non-finite one is None (the report counts it apart)."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
 
 
 def detector_cut(guard: Guard, name: str, candidates: np.ndarray, p_cut: float) -> float | None:
