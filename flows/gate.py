@@ -1,12 +1,12 @@
 """The pre-training gate as a Prefect subflow, for an ML team's own training flow::
 
-    from poisonguard_flows.gate import pretraining_gate
+from poisonguard_flows.gate import pretraining_gate
 
-    @flow
-    def train(config_path: str):
-        manifest = pretraining_gate(config_path, max_pending="7d")   # raises GateError if unsafe
-        data = load_rows(manifest["files"])
-        ...
+@flow
+def train(config_path: str):
+    manifest = pretraining_gate(config_path, max_pending="7d")   # raises GateError if unsafe
+    data = load_rows(manifest["files"])
+    ...
 """
 
 from __future__ import annotations

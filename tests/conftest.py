@@ -45,6 +45,7 @@ def demo_project(demo_inputs, tmp_path) -> Path:
 
     root = tmp_path / "demo"
     shutil.copytree(demo_inputs, root)
-    init_dataset(root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id",
-                 name="digits")
+    init_dataset(
+        root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
+    )
     return root

@@ -14,8 +14,21 @@ from poisonguard.demo import LABEL
 
 
 def test_init_writes_config_suite_landing_and_seeds_the_store(demo_inputs, tmp_path, capsys):
-    code = main(["init", "--sample", str(demo_inputs / "trusted.parquet"), "--label", LABEL,
-                 "--id", "row_id", "--name", "digits", "--dir", str(tmp_path)])
+    code = main(
+        [
+            "init",
+            "--sample",
+            str(demo_inputs / "trusted.parquet"),
+            "--label",
+            LABEL,
+            "--id",
+            "row_id",
+            "--name",
+            "digits",
+            "--dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     assert (tmp_path / "poisonguard.toml").is_file()
     suite = json.loads((tmp_path / "expectations" / "digits.json").read_text())
@@ -25,12 +38,23 @@ def test_init_writes_config_suite_landing_and_seeds_the_store(demo_inputs, tmp_p
     assert main(["status", "--json", "--config", str(tmp_path / "poisonguard.toml")]) == 0
     doc = json.loads(capsys.readouterr().out)
     (seed,) = doc["batches"]
-    assert seed["status"] == "seed" and seed["rows_clean"] == len(pd.read_parquet(demo_inputs / "trusted.parquet"))
+    assert seed["status"] == "seed" and seed["rows_clean"] == len(
+        pd.read_parquet(demo_inputs / "trusted.parquet")
+    )
 
 
 def test_init_refuses_to_overwrite_without_force(demo_project, capsys):
-    code = main(["init", "--sample", str(demo_project / "trusted.parquet"), "--label", LABEL,
-                 "--dir", str(demo_project)])
+    code = main(
+        [
+            "init",
+            "--sample",
+            str(demo_project / "trusted.parquet"),
+            "--label",
+            LABEL,
+            "--dir",
+            str(demo_project),
+        ]
+    )
     assert code == 2
     assert "already exists; pass --force" in capsys.readouterr().err
 
@@ -44,19 +68,39 @@ def test_status_json_after_a_run_accounts_for_every_landed_row(demo_project, cap
     landed = [b for b in doc["batches"] if b["status"] != "seed"]
     assert len(landed) == 5
     for b in landed:
-        assert set(b) >= {"batch_id", "file", "sha256", "status", "rows_in", "rows_clean",
-                          "rows_quarantined", "rows_rejected"}
+        assert set(b) >= {
+            "batch_id",
+            "file",
+            "sha256",
+            "status",
+            "rows_in",
+            "rows_clean",
+            "rows_quarantined",
+            "rows_rejected",
+        }
         assert b["rows_in"] == b["rows_clean"] + b["rows_quarantined"] + b["rows_rejected"]
     t = doc["totals"]
-    assert t["rows_in"] == sum(len(pd.read_parquet(p)) if p.suffix == ".parquet" else len(pd.read_csv(p))
-                               for p in (demo_project / "landing").iterdir())
+    assert t["rows_in"] == sum(
+        len(pd.read_parquet(p)) if p.suffix == ".parquet" else len(pd.read_csv(p))
+        for p in (demo_project / "landing").iterdir()
+    )
     assert t["rows_in"] == t["rows_clean"] + t["rows_quarantined"] + t["rows_rejected"]
 
 
 def test_scan_writes_clean_and_quarantine_files(demo_inputs, tmp_path, capsys):
     batch = demo_inputs / "landing" / "batch-01-label-flips.parquet"
-    code = main(["scan", str(batch), "--label", LABEL, "--reference", str(demo_inputs / "trusted.parquet"),
-                 "--out", str(tmp_path)])
+    code = main(
+        [
+            "scan",
+            str(batch),
+            "--label",
+            LABEL,
+            "--reference",
+            str(demo_inputs / "trusted.parquet"),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     clean = pd.read_parquet(tmp_path / "clean.parquet")
     held = pd.read_parquet(tmp_path / "quarantine.parquet")
@@ -67,14 +111,27 @@ def test_scan_writes_clean_and_quarantine_files(demo_inputs, tmp_path, capsys):
 
 def test_scan_without_a_label_runs_label_free_detectors(demo_inputs, tmp_path):
     batch = demo_inputs / "landing" / "batch-02-outliers.parquet"
-    assert main(["scan", str(batch), "--reference", str(demo_inputs / "trusted.parquet"),
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(batch),
+                "--reference",
+                str(demo_inputs / "trusted.parquet"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     held = pd.read_parquet(tmp_path / "quarantine.parquet")
     assert len(held) > 0
 
 
 def test_scan_names_a_missing_label_column(demo_inputs, tmp_path, capsys):
-    code = main(["scan", str(demo_inputs / "trusted.parquet"), "--label", "colour", "--out", str(tmp_path)])
+    code = main(
+        ["scan", str(demo_inputs / "trusted.parquet"), "--label", "colour", "--out", str(tmp_path)]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "trusted.parquet" in err and "'colour'" in err
@@ -82,11 +139,21 @@ def test_scan_names_a_missing_label_column(demo_inputs, tmp_path, capsys):
 
 def test_errors_are_one_line_with_exit_code_2_not_a_traceback(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "poisonguard.cli", "status", "--config", str(tmp_path / "nope.toml")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "poisonguard.cli",
+            "status",
+            "--config",
+            str(tmp_path / "nope.toml"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [f"poisonguard: error: {tmp_path / 'nope.toml'}: config file not found"]
+    assert out.stderr.strip().splitlines() == [
+        f"poisonguard: error: {tmp_path / 'nope.toml'}: config file not found"
+    ]
 
 
 @pytest.mark.parametrize("argv", [["frobnicate"], ["scan"], []])

@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from poisonguard.detectors._kernels import _hash_rows, _knn_search, _tail_matrix, _tail_scores
+from poisonguard.detectors._kernels import (
+    _digitize,
+    _finite_within,
+    _hash_rows,
+    _knn_search,
+    _tail_grid,
+    _tail_matrix,
+    _tail_scores,
+)
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -136,15 +144,21 @@ def tail_inputs(columns):
         counts.append(len(v))
         offset += len(v)
     d = len(columns)
-    return (
+    values, starts, counts = (
         np.concatenate(values),
-        np.concatenate(below),
-        np.concatenate(equal).astype(np.float64),
         np.array([starts], np.int64),
         np.array([counts], np.int64),
+    )
+    return (
+        values,
+        np.concatenate(below),
+        np.concatenate(equal).astype(np.float64),
+        starts,
+        counts,
         np.array([float(len(columns[0]))]),
         np.ones((1, d)),
         np.ones((1, d)),
+        *_tail_grid(values, starts, counts),
     )
 
 
@@ -193,10 +207,12 @@ def test_tail_interpolates_between_knots():
     values = np.array([0.0, 50.0, 100.0])
     below = np.searchsorted(col, values, "left").astype(np.float64)
     equal = np.ones(3)
-    args = (values, below, equal, np.array([[0]]), np.array([[3]]), np.array([101.0]))
+    starts, counts = np.array([[0]]), np.array([[3]])
+    args = (values, below, equal, starts, counts, np.array([101.0]))
     scales = (np.ones((1, 1)), np.ones((1, 1)))
     X = np.array([[10.0], [20.0], [25.0], [49.0]], np.float32)
-    s = _tail_matrix(X, np.zeros(4, np.int64), *args, *scales)[:, 0]
+    grid = _tail_grid(values, starts, counts)
+    s = _tail_matrix(X, np.zeros(4, np.int64), *args, *scales, *grid)[:, 0]
     # 49 rows lie strictly between knots 0 and 50; x takes x/50 of them.
     n_below = 1.0 + 49.0 * X[:, 0].astype(float) / 50.0
     np.testing.assert_allclose(s, -np.log(2 * (n_below + 0.5) / 102.0), rtol=1e-12)
@@ -243,3 +259,49 @@ def test_hash_rows_with_tolerance_matches_rounding(X, tol):
     for i in range(X.shape[0]):
         for j in range(X.shape[0]):
             assert (h[i] == h[j]) == bool(np.array_equal(grid[i], grid[j]))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(2, 400))
+def test_tail_grid_lookup_is_exact_on_skewed_columns(seed, m):
+    """With heavy tails (most knots crowded in few grid cells) lookups still find the right knot."""
+    rng = np.random.default_rng(seed)
+    ref = np.exp(rng.standard_normal((m, 1)) * 3).astype(np.float32)
+    X = np.concatenate([ref[: min(m, 20)], np.exp(rng.standard_normal((20, 1)) * 3)]).astype(
+        np.float32
+    )
+    args = tail_inputs([ref[:, 0]])
+    M = _tail_matrix(X, np.zeros(len(X), np.int64), *args)[:, 0]
+    want = [reference_tail(float(x), ref[:, 0].astype(float)) for x in X[:, 0]]
+    np.testing.assert_allclose(M, want, rtol=1e-9)
+
+
+@SETTINGS
+@given(
+    hnp.arrays(np.float32, st.tuples(st.integers(0, 20), st.integers(1, 4)), elements=grid_values),
+    st.lists(st.lists(grid_values, max_size=6), min_size=4, max_size=4),
+)
+def test_digitize_matches_searchsorted_right(X, edge_lists):
+    """Bins equal NumPy's searchsorted(edges, x, side='right') feature by feature."""
+    d = X.shape[1]
+    edges = [np.unique(np.array([*e, 0.0], np.float64)) for e in edge_lists[:d]]
+    sizes = np.array([len(e) for e in edges], np.int64)
+    starts, counts = (np.cumsum(sizes) - sizes).reshape(1, -1), sizes.reshape(1, -1)
+    flat = np.concatenate(edges)
+    got = _digitize(X, flat, starts, counts, *_tail_grid(flat, starts, counts))
+    for f in range(d):
+        np.testing.assert_array_equal(got[:, f], np.searchsorted(edges[f], X[:, f], side="right"))
+
+
+@SETTINGS
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(0, 12), st.integers(1, 4)),
+        elements=st.sampled_from([0.0, 1.5, -2.0, 1e20, -1e20, np.inf, -np.inf, np.nan]),
+    )
+)
+def test_finite_within_matches_numpy(X):
+    """True exactly when every value is finite and within the bound."""
+    want = bool(np.isfinite(X).all() and (X.size == 0 or np.abs(X).max() <= 1e15))
+    assert _finite_within(X, 1e15) == want

@@ -84,7 +84,9 @@ def test_a_corrupt_file_is_rejected_with_a_reason_naming_it(demo_project, conten
     (config.landing / "batch-00-corrupt.parquet").write_bytes(content)
     records = process_landing(config)
     bad = next(r for r in records if "batch-00-corrupt" in r.source)
-    assert bad.status == "rejected" and why in bad.reason and "batch-00-corrupt.parquet" in bad.reason
+    assert (
+        bad.status == "rejected" and why in bad.reason and "batch-00-corrupt.parquet" in bad.reason
+    )
     assert len(records) == 6
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,8 +24,16 @@ def snapshot(root: Path) -> dict:
     """Everything that defines a store's state, without wall-clock times."""
     store = Store(root / "store")
     batches = [
-        (r.batch_id, r.sha256, r.status, r.rows_in, r.rows_clean, r.rows_quarantined,
-         r.rows_rejected, r.reason)
+        (
+            r.batch_id,
+            r.sha256,
+            r.status,
+            r.rows_in,
+            r.rows_clean,
+            r.rows_quarantined,
+            r.rows_rejected,
+            r.reason,
+        )
         for r in store.batches()
     ]
     files = sorted((f.path, f.kind, f.sha256, f.rows) for f in store.files())
@@ -37,9 +46,16 @@ def snapshot(root: Path) -> dict:
         p.relative_to(store.root).as_posix() for p in (store.root / "rejected").rglob("*")
     )
     with sqlite3.connect(store.ledger_path) as db:
-        actions = [r[0] for r in db.execute("SELECT action || ':' || batch_id FROM audit ORDER BY seq")]
-    return {"batches": sorted(batches), "files": files, "on_disk": on_disk,
-            "rejected": rejected, "audit": sorted(actions)}
+        actions = [
+            r[0] for r in db.execute("SELECT action || ':' || batch_id FROM audit ORDER BY seq")
+        ]
+    return {
+        "batches": sorted(batches),
+        "files": files,
+        "on_disk": on_disk,
+        "rejected": rejected,
+        "audit": sorted(actions),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +65,46 @@ def uninterrupted(demo_inputs, tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("uninterrupted") / "demo"
     shutil.copytree(demo_inputs, root)
-    init_dataset(root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits")
+    init_dataset(
+        root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
+    )
     process_landing(load_config(root / "poisonguard.toml"))
     return snapshot(root)
 
 
-def _run(root: Path, *extra: str, crash: str | None = None) -> subprocess.CompletedProcess:
+def _run(root: Path, *extra: str, crash: str | None = None) -> tuple[int, str]:
+    """Run `poisonguard run` in its own process group; return its exit code and output.
+
+    A SIGKILLed flow leaves Prefect's temporary API server behind (a child that
+    outlives it, holding the output pipe), so output goes to a file and the whole
+    group is killed afterwards.
+    """
     env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
     if crash:
         env[CRASH_ENV] = crash
-    return subprocess.run(
-        [sys.executable, "-m", "poisonguard.cli", "run", "--config", str(root / "poisonguard.toml"), *extra],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
+    log = root / f"run-{crash or 'clean'}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "poisonguard.cli",
+                "run",
+                "--config",
+                str(root / "poisonguard.toml"),
+                *extra,
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    return code, log.read_text()
 
 
 @pytest.mark.parametrize(
@@ -76,18 +119,18 @@ def _run(root: Path, *extra: str, crash: str | None = None) -> subprocess.Comple
     ],
 )
 def test_killed_run_then_rerun_equals_uninterrupted(demo_project, uninterrupted, crash):
-    killed = _run(demo_project, "--local", crash=crash)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    rerun = _run(demo_project, "--local")
-    assert rerun.returncode == 0, rerun.stderr
+    code, out = _run(demo_project, "--local", crash=crash)
+    assert code == -signal.SIGKILL, out
+    code, out = _run(demo_project, "--local")
+    assert code == 0, out
     assert snapshot(demo_project) == uninterrupted
 
 
 def test_killed_prefect_flow_then_rerun_equals_uninterrupted(demo_project, uninterrupted, tmp_path):
     """The same holds for the real Prefect flow in its own process (temporary local API)."""
     os.environ.setdefault("PREFECT_HOME", str(tmp_path / "prefect"))
-    killed = _run(demo_project, crash="after-clean-file:2")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    rerun = _run(demo_project)
-    assert rerun.returncode == 0, rerun.stderr
+    code, out = _run(demo_project, crash="after-clean-file:2")
+    assert code == -signal.SIGKILL, out
+    code, out = _run(demo_project)
+    assert code == 0, out
     assert snapshot(demo_project) == uninterrupted

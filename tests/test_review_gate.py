@@ -38,14 +38,40 @@ def test_the_whole_loop_through_the_cli(demo_project, capsys):
     assert len(held) >= 4 and (held["pg_review"] == "pending").all()
     release = held["pg_row"].iloc[:2].tolist()
     reject = held["pg_row"].iloc[2:4].tolist()
-    code, out, _ = _cli(capsys, "review", "show", flips.batch_id, "--page-size", "3", "--config", cfg)
+    code, out, _ = _cli(
+        capsys, "review", "show", flips.batch_id, "--page-size", "3", "--config", cfg
+    )
     assert code == 0 and f"row {held['pg_row'].iloc[0]}" in out and "page 1 of" in out
 
-    code, out, _ = _cli(capsys, "review", "release", flips.batch_id, "--rows", ",".join(map(str, release)),
-                        "--by", "ana", "--note", "checked by hand", "--config", cfg)
+    code, out, _ = _cli(
+        capsys,
+        "review",
+        "release",
+        flips.batch_id,
+        "--rows",
+        ",".join(map(str, release)),
+        "--by",
+        "ana",
+        "--note",
+        "checked by hand",
+        "--config",
+        cfg,
+    )
     assert code == 0 and "released 2 rows" in out
-    code, out, _ = _cli(capsys, "review", "reject", flips.batch_id, "--rows", ",".join(map(str, reject)),
-                        "--by", "ana", "--note", "flipped labels", "--config", cfg)
+    code, out, _ = _cli(
+        capsys,
+        "review",
+        "reject",
+        flips.batch_id,
+        "--rows",
+        ",".join(map(str, reject)),
+        "--by",
+        "ana",
+        "--note",
+        "flipped labels",
+        "--config",
+        cfg,
+    )
     assert code == 0 and "rejected 2 rows" in out
 
     rec = store.batch(flips.batch_id)
@@ -56,11 +82,35 @@ def test_the_whole_loop_through_the_cli(demo_project, capsys):
     assert not set(reject) & set(clean.loc[clean["pg_batch"] == flips.batch_id, "pg_row"])
 
     # Repeating an action is a no-op; the other action on a reviewed row is refused.
-    code, out, _ = _cli(capsys, "review", "release", flips.batch_id, "--rows", str(release[0]),
-                        "--by", "ana", "--note", "again", "--config", cfg)
+    code, out, _ = _cli(
+        capsys,
+        "review",
+        "release",
+        flips.batch_id,
+        "--rows",
+        str(release[0]),
+        "--by",
+        "ana",
+        "--note",
+        "again",
+        "--config",
+        cfg,
+    )
     assert code == 0 and "released 0 rows" in out and "1 were already released" in out
-    code, _, err = _cli(capsys, "review", "reject", flips.batch_id, "--rows", str(release[0]),
-                        "--by", "bo", "--note", "changed my mind", "--config", cfg)
+    code, _, err = _cli(
+        capsys,
+        "review",
+        "reject",
+        flips.batch_id,
+        "--rows",
+        str(release[0]),
+        "--by",
+        "bo",
+        "--note",
+        "changed my mind",
+        "--config",
+        cfg,
+    )
     assert code == 2 and "was already released" in err and "by ana" in err
 
     # A rejected row arriving again, in another batch, is held with the reviewer's name.
@@ -163,6 +213,9 @@ def test_export_writes_the_verified_training_set(demo_project, capsys):
     assert not [c for c in frame.columns if c.startswith("pg_")]
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("90m", 5400), ("36h", 129600), ("7d", 604800), ("1.5w", 907200)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("90m", 5400), ("36h", 129600), ("7d", 604800), ("1.5w", 907200)],
+)
 def test_parse_age(text, seconds):
     assert parse_age(text).total_seconds() == seconds

@@ -18,8 +18,9 @@ def _frame(n: int) -> pd.DataFrame:
 
 def test_commit_writes_files_then_a_ledger_row_with_their_hashes(tmp_path):
     store = Store(tmp_path)
-    rec = store.commit(Outcome("b1", "s" * 64, "b1.parquet", "committed", 5,
-                               clean=_frame(3), quarantine=_frame(2)))
+    rec = store.commit(
+        Outcome("b1", "s" * 64, "b1.parquet", "committed", 5, clean=_frame(3), quarantine=_frame(2))
+    )
     assert (rec.rows_clean, rec.rows_quarantined, rec.rows_rejected) == (3, 2, 0)
     files = {f.kind: f for f in store.files()}
     assert files["clean"].rows == 3 and files["quarantine"].rows == 2
@@ -31,8 +32,9 @@ def test_commit_refuses_an_outcome_that_loses_rows(tmp_path):
     """Conservation is checked before anything is written: 3 + 1 != 5 rows."""
     store = Store(tmp_path)
     with pytest.raises(StoreError, match="3 clean \\+ 1 quarantined \\+ 0 rejected != 5"):
-        store.commit(Outcome("b1", "a" * 64, "f", "committed", 5, clean=_frame(3),
-                             quarantine=_frame(1)))
+        store.commit(
+            Outcome("b1", "a" * 64, "f", "committed", 5, clean=_frame(3), quarantine=_frame(1))
+        )
     assert store.batches() == [] and store.files() == []
 
 
@@ -76,8 +78,12 @@ def test_reject_keeps_the_file_as_it_arrived_with_its_reason(tmp_path):
     src = tmp_path / "bad.csv"
     src.write_text("a,b\n1,2\n")
     store = Store(tmp_path / "store")
-    rec = store.reject(src, Outcome("bad-1", sha256_file(src), str(src), "rejected", 1,
-                                    rows_rejected=1, reason="no label"))
+    rec = store.reject(
+        src,
+        Outcome(
+            "bad-1", sha256_file(src), str(src), "rejected", 1, rows_rejected=1, reason="no label"
+        ),
+    )
     assert rec.status == "rejected" and rec.rows_rejected == 1
     kept = tmp_path / "store" / "rejected" / "bad-1"
     assert (kept / "bad.csv").read_text() == "a,b\n1,2\n"
@@ -103,7 +109,9 @@ def test_csv_and_parquet_read_to_the_same_frame(tmp_path):
     frame = _frame(4)
     frame.to_csv(tmp_path / "a.csv", index=False)
     frame.to_parquet(tmp_path / "a.parquet", index=False)
-    pd.testing.assert_frame_equal(read_batch(tmp_path / "a.csv"), read_batch(tmp_path / "a.parquet"))
+    pd.testing.assert_frame_equal(
+        read_batch(tmp_path / "a.csv"), read_batch(tmp_path / "a.parquet")
+    )
 
 
 def test_audit_chain_verifies_and_names_the_first_altered_entry(tmp_path):

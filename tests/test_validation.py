@@ -123,7 +123,9 @@ def test_infer_suite_margin_is_a_parameter(trusted: pd.DataFrame) -> None:
 def test_infer_suite_widens_a_constant_column() -> None:
     """A constant column is widened by margin x max(|value|, 1), not left a single point."""
     frame = pd.DataFrame({"c": [4.0] * 5})
-    (rule,) = rules(infer_suite(frame, label=None, margin=0.1), "c", "expect_column_values_to_be_between")
+    (rule,) = rules(
+        infer_suite(frame, label=None, margin=0.1), "c", "expect_column_values_to_be_between"
+    )
     assert rule["kwargs"]["min_value"] == pytest.approx(3.6)
     assert rule["kwargs"]["max_value"] == pytest.approx(4.4)
 
@@ -677,3 +679,14 @@ def test_quarantined_rows_are_exactly_the_out_of_range_ones(values: list[float])
     expected = set(np.flatnonzero((v < 0) | (v > 1)).tolist())
     assert set(report.row_failures) == expected
     assert report.outcomes[0].unexpected_count == len(expected)
+
+
+def test_the_shipped_digits_suite_is_what_init_infers_from_the_demo_seed(tmp_path: Path) -> None:
+    """expectations/digits.json stays in step with the demo: regenerate it if inference changes."""
+    from poisonguard.demo import build_demo
+    from poisonguard.store import read_batch
+
+    seed, _ = build_demo(tmp_path)
+    inferred = infer_suite(read_batch(seed), label="digit", id_column="row_id", name="digits")
+    shipped = load_suite(Path(__file__).parents[1] / "expectations" / "digits.json")
+    assert inferred == shipped

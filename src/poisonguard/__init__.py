@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from poisonguard.config import Config, DetectionSettings, load_config
 from poisonguard.errors import (
     BatchError,
     ConfigError,
@@ -10,8 +11,6 @@ from poisonguard.errors import (
     ReviewError,
     StoreError,
 )
-
-from poisonguard.config import Config, DetectionSettings, load_config
 from poisonguard.gate import gate
 from poisonguard.scan import Guard, ScanResult, scan
 
@@ -24,9 +23,9 @@ __all__ = [
     "DetectionSettings",
     "GateError",
     "Guard",
-    "ScanResult",
     "PoisonguardError",
     "ReviewError",
+    "ScanResult",
     "StoreError",
     "__version__",
     "gate",

@@ -14,11 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from poisonguard import __version__
 from poisonguard.config import Config, load_config
-from poisonguard.errors import BatchError, ConfigError, GateError, PoisonguardError
+from poisonguard.errors import BatchError, ConfigError, GateError, PoisonguardError, ReviewError
 
 CONFIG_ENV = "POISONGUARD_CONFIG"
 
@@ -36,7 +34,10 @@ def _table(rows: list[dict], columns: Sequence[str]) -> str:
     lines = []
     for k, row in enumerate(cells):
         lines.append(
-            "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+            "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
         )
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -70,8 +71,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     )
     cfg = done.config
     _out(f"wrote {cfg.path}")
-    _out(f"wrote {cfg.expectations} ({done.n_expectations} expectations inferred from {args.sample})")
-    _out(f"seeded {cfg.store} with {done.seed.rows_clean} trusted rows (batch {done.seed.batch_id})")
+    _out(
+        f"wrote {cfg.expectations} ({done.n_expectations} expectations inferred from {args.sample})"
+    )
+    _out(
+        f"seeded {cfg.store} with {done.seed.rows_clean} trusted rows (batch {done.seed.batch_id})"
+    )
     _out(f"landing folder: {cfg.landing}")
     return 0
 
@@ -109,13 +114,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     if not config.cron:
         raise ConfigError(f"{config.path}: schedule.cron is needed to serve on a schedule")
+    import contextlib
+
     import poisonguard_flows
+    from poisonguard_flows.server import local_server
 
     poisonguard_flows.configure(config.store)
-    from poisonguard_flows.ingest import serve
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("PREFECT_API_URL"):
+            # Prefect's temporary API does not schedule: serve needs a real (loopback) server.
+            url = stack.enter_context(local_server(Path(os.environ["PREFECT_HOME"])))
+            _out(f"started a local Prefect server at {url} (its UI is off)")
+        from poisonguard_flows.ingest import serve
 
-    _out(f"serving poisonguard-{config.name} on cron {config.cron!r} ({config.timezone}); Ctrl-C stops")
-    serve(str(config.path))
+        _out(
+            f"serving poisonguard-{config.name} on cron {config.cron!r} ({config.timezone}); Ctrl-C stops"
+        )
+        sys.stdout.flush()
+        serve(str(config.path))
     return 0
 
 
@@ -156,7 +172,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 STATUS_COLUMNS = (
-    "batch_id", "source", "status", "rows_in", "rows_clean", "rows_quarantined", "rows_rejected",
+    "batch_id",
+    "source",
+    "status",
+    "rows_in",
+    "rows_clean",
+    "rows_quarantined",
+    "rows_rejected",
 )
 
 
@@ -174,10 +196,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         for k in ("rows_in", "rows_clean", "rows_quarantined", "rows_rejected")
     }
     if args.json:
-        keys = ("batch_id", "file", "sha256", "status", *STATUS_COLUMNS[3:], "reason",
-                "started_at", "finished_at")
-        doc = {"store": str(config.store), "batches": [{k: r[k] for k in keys} for r in records],
-               "totals": totals}
+        keys = (
+            "batch_id",
+            "file",
+            "sha256",
+            "status",
+            *STATUS_COLUMNS[3:],
+            "reason",
+            "started_at",
+            "finished_at",
+        )
+        doc = {
+            "store": str(config.store),
+            "batches": [{k: r[k] for k in keys} for r in records],
+            "totals": totals,
+        }
         _out(json.dumps(doc, indent=2))
         return 0
     if not records:
@@ -201,12 +234,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if root.exists():
         shutil.rmtree(root)
-    seed, landing = build_demo(root)
+    seed, _landing = build_demo(root)
     _out(f"demo data in {root}: trusted seed {seed.name}, landing batches:")
     for b in BATCHES:
         _out(f"  {b.file:32s} {b.what}")
     done = init_dataset(seed, label=LABEL, directory=root, id_column="row_id", name="digits")
-    _out(f"init: {done.n_expectations} expectations inferred; seeded {done.seed.rows_clean} trusted rows")
+    _out(
+        f"init: {done.n_expectations} expectations inferred; seeded {done.seed.rows_clean} trusted rows"
+    )
     how = "in-process" if args.local else "with the Prefect flow poisonguard-ingest (no server)"
     _out(f"processing the landing zone {how} ...")
     _run(done.config, args.local)
@@ -224,15 +259,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_review_list(args: argparse.Namespace) -> int:
+    from poisonguard.gate import _human
     from poisonguard.review import pending
     from poisonguard.store import Store
 
-    from poisonguard.gate import _human
-
     store = Store(_config(args).store)
     rows = [
-        {"batch_id": p.batch_id, "source": Path(p.source).name, "awaiting": p.pending - p.reviewed,
-         "reviewed": p.reviewed, "age": _human(p.age_seconds), "since": p.since}
+        {
+            "batch_id": p.batch_id,
+            "source": Path(p.source).name,
+            "awaiting": p.pending - p.reviewed,
+            "reviewed": p.reviewed,
+            "age": _human(p.age_seconds),
+            "since": p.since,
+        }
         for p in pending(store)
         if args.all or p.pending > p.reviewed
     ]
@@ -255,14 +295,18 @@ def cmd_review_show(args: argparse.Namespace) -> int:
     start = (args.page - 1) * args.page_size
     page = rows.iloc[start : start + args.page_size]
     pages = max(1, -(-len(rows) // args.page_size))
-    _out(f"batch {args.batch}: {len(rows)} held rows, page {args.page} of {pages} (most suspicious first)")
+    _out(
+        f"batch {args.batch}: {len(rows)} held rows, page {args.page} of {pages} (most suspicious first)"
+    )
     ident = config.id_column if config.id_column in rows.columns else None
     for _, r in page.iterrows():
         head = f"row {r['pg_row']}" + (f" ({ident}={r[ident]})" if ident else "")
         susp = r.get("pg_suspicion")
         score = "" if susp is None or susp != susp else f"  suspicion {susp:.1f}"
-        _out(f"{head}  [{r['pg_review']}{' by ' + r['pg_reviewed_by'] if r['pg_reviewed_by'] else ''}]"
-             f"  {r['pg_stage']}{score}")
+        _out(
+            f"{head}  [{r['pg_review']}{' by ' + r['pg_reviewed_by'] if r['pg_reviewed_by'] else ''}]"
+            f"  {r['pg_stage']}{score}"
+        )
         _out(f"    {r['pg_reason']}")
         if config.label and config.label in r:
             _out(f"    {config.label} = {r[config.label]}")
@@ -278,11 +322,17 @@ def _review(args: argparse.Namespace, action: str) -> int:
         try:
             rows = [int(x) for x in args.rows.replace(" ", "").split(",") if x]
         except ValueError:
-            raise ConfigError(f"--rows takes row numbers separated by commas. Got {args.rows!r} instead.") from None
-    done = review(Store(_config(args).store), args.batch, action, by=args.by, note=args.note, rows=rows)
+            raise ConfigError(
+                f"--rows takes row numbers separated by commas. Got {args.rows!r} instead."
+            ) from None
+    done = review(
+        Store(_config(args).store), args.batch, action, by=args.by, note=args.note, rows=rows
+    )
     verb = {"release": "released", "reject": "rejected"}[action]
-    _out(f"{verb} {len(done.applied)} rows of {args.batch}"
-         + (f"; {len(done.already)} were already {verb}" if done.already else ""))
+    _out(
+        f"{verb} {len(done.applied)} rows of {args.batch}"
+        + (f"; {len(done.already)} were already {verb}" if done.already else "")
+    )
     return 0
 
 
@@ -314,11 +364,16 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
     if args.json:
         _out(json.dumps(log, indent=2))
         return 0
-    for e in log[-args.last:] if args.last else log:
+    for e in log[-args.last :] if args.last else log:
         detail = json.loads(e["detail"])
-        brief = ", ".join(f"{k}={v}" for k, v in detail.items()
-                          if k in ("status", "rows_in", "rows", "note", "safe", "reasons") and v not in (None, []))
-        _out(f"{e['seq']:>5}  {e['at']}  {e['action']:<8} {e['batch_id'] or '-':<40} {e['actor']:<12} {brief}")
+        brief = ", ".join(
+            f"{k}={v}"
+            for k, v in detail.items()
+            if k in ("status", "rows_in", "rows", "note", "safe", "reasons") and v not in (None, [])
+        )
+        _out(
+            f"{e['seq']:>5}  {e['at']}  {e['action']:<8} {e['batch_id'] or '-':<40} {e['actor']:<12} {brief}"
+        )
     return 0
 
 
@@ -330,10 +385,14 @@ def cmd_gate(args: argparse.Namespace) -> int:
     max_pending = parse_age(args.max_pending) if args.max_pending else None
     report = check(Store(config.store), max_pending=max_pending, actor=args.by)
     if args.manifest:
-        atomic_write_bytes(Path(args.manifest), (json.dumps(report.manifest, indent=2) + "\n").encode())
+        atomic_write_bytes(
+            Path(args.manifest), (json.dumps(report.manifest, indent=2) + "\n").encode()
+        )
     if report.ok:
-        _out(f"safe: {report.rows} rows in {len(report.files)} files"
-             + (f"; manifest {args.manifest}" if args.manifest else ""))
+        _out(
+            f"safe: {report.rows} rows in {len(report.files)} files"
+            + (f"; manifest {args.manifest}" if args.manifest else "")
+        )
         return 0
     for reason in report.reasons:
         sys.stderr.write(f"not safe: {reason}\n")
@@ -367,27 +426,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"poisonguard {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
-                config: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, config: bool = True
+    ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         if config:
-            sp.add_argument("--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)")
+            sp.add_argument(
+                "--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)"
+            )
         sp.set_defaults(func=func)
         return sp
 
-    sp = command("init", cmd_init, "write a config and an expectations suite inferred from a trusted sample, and seed the store", config=False)
+    sp = command(
+        "init",
+        cmd_init,
+        "write a config and an expectations suite inferred from a trusted sample, and seed the store",
+        config=False,
+    )
     sp.add_argument("--sample", required=True, help="trusted rows (Parquet or CSV)")
     sp.add_argument("--label", help="label column")
     sp.add_argument("--id", help="id column (unique per row)")
     sp.add_argument("--name", help="dataset name (default: the sample's file name)")
     sp.add_argument("--dir", default=".", help="where to write poisonguard.toml (default .)")
-    sp.add_argument("--margin", type=float, default=0.25, help="range margin, share of the observed range (default 0.25)")
+    sp.add_argument(
+        "--margin",
+        type=float,
+        default=0.25,
+        help="range margin, share of the observed range (default 0.25)",
+    )
     sp.add_argument("--force", action="store_true", help="overwrite an existing config")
 
     sp = command("run", cmd_run, "process the landing zone once")
-    sp.add_argument("--local", action="store_true", help="run the same steps in-process, without Prefect")
+    sp.add_argument(
+        "--local", action="store_true", help="run the same steps in-process, without Prefect"
+    )
 
-    command("serve", cmd_serve, "serve the ingest flow on the config's cron schedule (Prefect flow.serve)")
+    command(
+        "serve",
+        cmd_serve,
+        "serve the ingest flow on the config's cron schedule (Prefect flow.serve)",
+    )
 
     sp = command("scan", cmd_scan, "judge one file: write clean.parquet and quarantine.parquet")
     sp.add_argument("batch", help="the batch file (Parquet or CSV)")
@@ -395,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--reference", help="trusted rows to anchor on (default: the batch itself)")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--fdr", type=float, help="false-discovery rate of the quarantine")
-    sp.add_argument("--show", type=int, default=5, help="print this many of the most suspicious rows")
+    sp.add_argument(
+        "--show", type=int, default=5, help="print this many of the most suspicious rows"
+    )
 
     sp = command("status", cmd_status, "per-batch table of where every row went")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -404,12 +484,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", default="data/demo", help="demo folder (replaced; default data/demo)")
     sp.add_argument("--local", action="store_true", help="without Prefect")
 
-    review = sub.add_parser("review", help="review quarantined rows", description="review quarantined rows")
+    review = sub.add_parser(
+        "review", help="review quarantined rows", description="review quarantined rows"
+    )
     rsub = review.add_subparsers(dest="review_command", required=True, metavar="ACTION")
 
-    def rcommand(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def rcommand(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         sp = rsub.add_parser(name, help=help, description=help)
-        sp.add_argument("--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)")
+        sp.add_argument(
+            "--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)"
+        )
         sp.set_defaults(func=func)
         return sp
 
@@ -419,17 +505,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("batch")
     sp.add_argument("--page", type=int, default=1)
     sp.add_argument("--page-size", type=int, default=20)
-    for name, func, verb in (("release", cmd_review_release, "release rows into the clean training set"),
-                             ("reject", cmd_review_reject, "reject rows for good (their content is blocklisted)")):
+    for name, func, verb in (
+        ("release", cmd_review_release, "release rows into the clean training set"),
+        ("reject", cmd_review_reject, "reject rows for good (their content is blocklisted)"),
+    ):
         sp = rcommand(name, func, verb)
         sp.add_argument("batch")
-        sp.add_argument("--rows", help="row numbers (pg_row) separated by commas; default every pending row")
+        sp.add_argument(
+            "--rows", help="row numbers (pg_row) separated by commas; default every pending row"
+        )
         sp.add_argument("--by", required=True, help="reviewer's name")
         sp.add_argument("--note", required=True, help="why")
 
-    audit = sub.add_parser("audit", help="the audit chain", description="the append-only, hash-chained audit log")
+    audit = sub.add_parser(
+        "audit", help="the audit chain", description="the append-only, hash-chained audit log"
+    )
     asub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    sp = asub.add_parser("verify", help="check the hash chain; exit 1 naming the first broken entry")
+    sp = asub.add_parser(
+        "verify", help="check the hash chain; exit 1 naming the first broken entry"
+    )
     sp.add_argument("--config", "-c")
     sp.set_defaults(func=cmd_audit_verify)
     sp = asub.add_parser("log", help="print the audit log")
@@ -438,12 +532,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--last", type=int, default=0, help="only the last N entries")
     sp.set_defaults(func=cmd_audit_log)
 
-    sp = command("gate", cmd_gate, "is the training set safe to use? exit 0 yes, 1 no (reasons printed), 2 usage/config error")
-    sp.add_argument("--max-pending", help="fail when rows have waited longer than this for review, e.g. 7d, 36h")
-    sp.add_argument("--manifest", help="write the files and rows of the training set to this JSON file")
+    sp = command(
+        "gate",
+        cmd_gate,
+        "is the training set safe to use? exit 0 yes, 1 no (reasons printed), 2 usage/config error",
+    )
+    sp.add_argument(
+        "--max-pending", help="fail when rows have waited longer than this for review, e.g. 7d, 36h"
+    )
+    sp.add_argument(
+        "--manifest", help="write the files and rows of the training set to this JSON file"
+    )
     sp.add_argument("--by", default="gate", help="who asks (recorded in the audit log)")
 
-    sp = command("export", cmd_export, "write the verified training set as one Parquet file, after the gate's checks")
+    sp = command(
+        "export",
+        cmd_export,
+        "write the verified training set as one Parquet file, after the gate's checks",
+    )
     sp.add_argument("--out", required=True)
     sp.add_argument("--max-pending")
     sp.add_argument("--provenance", action="store_true", help="keep pg_batch, pg_row, pg_row_hash")
@@ -455,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, BatchError) as exc:
+    except (ConfigError, BatchError, ReviewError) as exc:
         return _fail(exc, 2)
     except PoisonguardError as exc:
         return _fail(exc, 1)

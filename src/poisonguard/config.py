@@ -77,8 +77,9 @@ class DetectionSettings:
     hold_label_shift: float = 1.0
     random_state: int = 0
 
-    def validated(self, owner: str = "the detection settings", key_prefix: str | None = None
-                  ) -> DetectionSettings:
+    def validated(
+        self, owner: str = "the detection settings", key_prefix: str | None = None
+    ) -> DetectionSettings:
         """Return self after checking every value, or raise ConfigError naming the bad one.
 
         With ``key_prefix`` (a config file's ``"FILE: detection"``) the message names

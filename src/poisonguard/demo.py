@@ -75,19 +75,31 @@ def build_demo(root: Path, *, random_state: int = 7) -> tuple[Path, Path]:
             )
         )
 
-    flips = plant(rest.iloc[parts[0]], label=LABEL, kind="random_flip", rate=0.1,
-                  reference=seed, random_state=random_state)
+    flips = plant(
+        rest.iloc[parts[0]],
+        label=LABEL,
+        kind="random_flip",
+        rate=0.1,
+        reference=seed,
+        random_state=random_state,
+    )
     atomic_write_bytes(landing / BATCHES[0].file, parquet_bytes(flips.frame))
     record(BATCHES[0].file, flips.frame, flips.is_poison, "random_flip")
 
-    outliers = plant(rest.iloc[parts[1]], label=LABEL, kind="far_outlier", rate=0.1,
-                     reference=seed, random_state=random_state)
+    outliers = plant(
+        rest.iloc[parts[1]],
+        label=LABEL,
+        kind="far_outlier",
+        rate=0.1,
+        reference=seed,
+        random_state=random_state,
+    )
     atomic_write_bytes(landing / BATCHES[1].file, parquet_bytes(outliers.frame))
     record(BATCHES[1].file, outliers.frame, outliers.is_poison, "far_outlier")
 
     broken = rest.iloc[parts[2]].reset_index(drop=True).copy()
     bad = np.zeros(len(broken), dtype=bool)
-    bad[rng.choice(len(broken), int(round(0.05 * len(broken))), replace=False)] = True
+    bad[rng.choice(len(broken), round(0.05 * len(broken)), replace=False)] = True
     pixel_cols = [c for c in broken.columns if c.startswith("px")]
     for k, row in enumerate(np.nonzero(bad)[0]):
         col = pixel_cols[int(rng.integers(len(pixel_cols)))]

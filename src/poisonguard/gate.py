@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +113,13 @@ def check(store: Store, *, max_pending: timedelta | None = None, actor: str = "g
     store.audit(
         "gate",
         actor=actor,
-        detail={"safe": not reasons, "reasons": reasons, "rows": n_rows,
-                "files": len(files), "audit_head": manifest["audit_head"]},
+        detail={
+            "safe": not reasons,
+            "reasons": reasons,
+            "rows": n_rows,
+            "files": len(files),
+            "audit_head": manifest["audit_head"],
+        },
     )
     return GateReport(not reasons, tuple(reasons), files, n_rows, manifest)
 
@@ -151,7 +156,9 @@ def gate(
     if not report.ok:
         raise GateError(list(report.reasons))
     frames = [store.read(f) for f in report.files]
-    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if frames else pd.DataFrame()
+    frame = (
+        pd.concat([f for f in frames if len(f)], ignore_index=True) if frames else pd.DataFrame()
+    )
     if not provenance:
         frame = frame[[c for c in frame.columns if not str(c).startswith("pg_")]]
     return frame

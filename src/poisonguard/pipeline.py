@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from poisonguard.config import RESERVED_PREFIX, Config
 from poisonguard.errors import BatchError, ConfigError, StoreError
-from poisonguard.evidence import batch_report, batch_evidence
+from poisonguard.evidence import batch_evidence, batch_report
 from poisonguard.scan import Guard, ScanResult
 from poisonguard.store import (
     BatchRecord,
@@ -224,8 +224,10 @@ def detect_batch(
     decision = pd.DataFrame({"pg_row": rows["pg_row"].to_numpy()})
     if len(rows):
         guard = guard or fit_guard(config, store)
-        result: ScanResult = guard.scan(rows[data_columns(rows)].reset_index(drop=True),
-                                        source=Path(Staged.load(folder).source).name)
+        result: ScanResult = guard.scan(
+            rows[data_columns(rows)].reset_index(drop=True),
+            source=Path(Staged.load(folder).source).name,
+        )
         decision["quarantined"] = result.quarantined.to_numpy()
         decision["reason"] = result.reasons.to_numpy()
         evidence = batch_evidence(guard, rows[data_columns(rows)].reset_index(drop=True), result)

@@ -46,6 +46,10 @@ MAX_POINTS = 3000
 MAX_TOP_ROWS = 100
 MAX_DRIFT_FEATURES = 15
 N_BINS = 30
+MAX_EXPECTATIONS = 15
+MAX_LIST = 8
+MAX_ABS = 1e150
+"""Numbers beyond this magnitude are treated as missing: no plot can place them."""
 
 # Colour-blind-safe pairs: blue for the batch, orange for what was quarantined,
 # grey for the trusted reference.
@@ -112,6 +116,8 @@ td.text { max-width: 420px; overflow-wrap: break-word; }
 td.reason { min-width: 16em; }
 td code, .kw code { font: 12px ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
   background: #f1f3f5; padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
+details { margin-top: 10px; }
+summary { cursor: pointer; color: #3a6ea5; font-size: 13px; margin-bottom: 8px; }
 .two { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 22px;
   align-items: start; }
 footer { color: #616e7c; font-size: 12px; text-align: center; margin-top: 26px; }
@@ -137,14 +143,14 @@ def _seq(value: Any) -> list[Any]:
 
 
 def _number(value: Any) -> float | None:
-    """A finite float, or None for anything missing, non-numeric or non-finite."""
+    """A finite float, or None for anything missing, non-numeric, non-finite or absurdly large."""
     if isinstance(value, bool) or value is None:
         return None
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return out if math.isfinite(out) else None
+    return out if math.isfinite(out) and abs(out) <= MAX_ABS else None
 
 
 def _count(value: Any) -> int | None:
@@ -196,6 +202,10 @@ def _fmt_p(value: Any) -> str:
     return f"{number:.1e}" if number < 1e-3 else f"{number:.3f}"
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _fmt_pct(share: float) -> str:
     return f"{100 * share:.1f}%"
 
@@ -218,8 +228,19 @@ def _fmt_value(value: Any) -> str:
     return str(value)
 
 
+def _widen(lo: float, hi: float) -> tuple[float, float]:
+    """``(lo, hi)``, widened when it is empty or finer than floats can split into bins."""
+    size = max(1.0, abs(lo), abs(hi))
+    if hi - lo > size * 1e-9:
+        return lo, hi
+    pad = 0.5 if size == 1.0 else size * 0.01
+    return lo - pad, hi + pad
+
+
 def _nice_step(span: float, target: int) -> float:
     raw = span / max(target, 1)
+    if not (math.isfinite(raw) and raw > 1e-300):
+        return span if span > 0 else 1.0
     magnitude = 10 ** math.floor(math.log10(raw))
     for m in (1.0, 2.0, 2.5, 5.0, 10.0):
         if m * magnitude >= raw * (1 - 1e-9):
@@ -228,17 +249,14 @@ def _nice_step(span: float, target: int) -> float:
 
 
 def _ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """Round tick values inside [lo, hi]."""
+    """Round tick values inside [lo, hi] (both ends when no round step fits)."""
     if not hi > lo:
         return [lo]
     step = _nice_step(hi - lo, target)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= hi + step * 1e-9:
-        ticks.append(0.0 if abs(value) < step * 1e-9 else value)
-        value += step
-    return ticks
+    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    if not 0 <= last - first <= 4 * target:
+        return [lo, hi]
+    return [k * step for k in range(first, last + 1)]
 
 
 def _tick_label(value: float, ticks: Sequence[float]) -> str:
@@ -263,8 +281,7 @@ class _Scale:
     """A linear map from data to pixels."""
 
     def __init__(self, lo: float, hi: float, px_lo: float, px_hi: float) -> None:
-        if not hi > lo:
-            lo, hi = lo - 0.5, hi + 0.5
+        lo, hi = _widen(lo, hi)
         self.lo, self.hi, self.px_lo, self.px_hi = lo, hi, px_lo, px_hi
 
     def __call__(self, value: float) -> float:
@@ -382,10 +399,11 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
     if len(everything) == 0:
         return "", f"{_e(name)}: no scores."
     lo, hi = float(everything.min()), float(everything.max())
-    # A few far outliers would squash every other bar into the first bin; past a core
-    # range set by the calibration, the cut and most of the batch, they share one bar.
+    # A few far outliers (in the batch or the calibration) would squash every other bar
+    # into the first bin; past a core range set by most of the calibration, the cut and
+    # most of the batch, they share one bar.
     core = max(
-        float(calibration.max()) if len(calibration) else lo,
+        float(np.quantile(calibration, 0.99)) if len(calibration) else lo,
         cut if cut is not None else lo,
         float(np.quantile(scores, 0.9)) if n else lo,
     )
@@ -393,8 +411,7 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
     if core > lo and hi - lo > 2.5 * (core - lo):
         clip = lo + 1.25 * (core - lo)
         hi = clip
-    if not hi > lo:
-        lo, hi = lo - 0.5, hi + 0.5
+    lo, hi = _widen(lo, hi)
     edges = np.linspace(lo, hi, N_BINS + 1)
 
     def counts(values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -404,7 +421,7 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
 
     clean_hist, clean_over = counts(scores[~flags])
     quar_hist, quar_over = counts(scores[flags])
-    cal_hist, _ = counts(calibration)
+    cal_hist, cal_over = counts(calibration)
     # The calibration outline is scaled to the batch's size: what this batch would look
     # like if it were distributed like the trusted data.
     cal_scale = n / len(calibration) if len(calibration) and n else 0.0
@@ -420,6 +437,7 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
         float(stacked.max()) if len(stacked) else 0.0,
         float(cal_expected.max()) if len(cal_expected) else 0.0,
         float(clean_over + quar_over),
+        cal_over * cal_scale,
         1.0,
     )
     y_ticks = _ticks_to(y_max, 4)
@@ -464,6 +482,12 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
             parts.append(bar(x0, x1, 0, clean_over, "clean", hi, inf))
         if quar_over:
             parts.append(bar(x0, x1, clean_over, quar_over, "quarantined", hi, inf))
+        if cal_over and cal_scale:
+            cy = _f(y(cal_over * cal_scale))
+            parts.append(
+                f'<path class="calibration" d="M{_f(x0)} {_f(y(0))}V{cy}H{_f(x1)}V{_f(y(0))}" '
+                f'fill="none" stroke="{INK}" stroke-width="1.5" stroke-opacity=".75"/>'
+            )
         parts.append(
             f'<text x="{_f((x0 + x1) / 2)}" y="{_f(height - bottom + 18)}" '
             f'text-anchor="middle">&gt;{_e(_fmt_float(hi, 3))}</text>'
@@ -513,7 +537,10 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
         caption.append("no single-detector cut")
     if clip is not None:
         over = clean_over + quar_over
-        caption.append(f"{over:,} rows beyond {_fmt_float(hi)} share the last bar")
+        caption.append(
+            f"scores beyond {_fmt_float(hi)} share the last bar ({_plural(over, 'batch row')}, "
+            f"{_plural(cal_over, 'calibration score')})"
+        )
     dropped = int((~finite).sum())
     if dropped:
         caption.append(f"{dropped:,} rows without a finite score not shown")
@@ -557,8 +584,9 @@ def _scatter_svg(projection: Mapping[str, Any]) -> tuple[str, str]:
         return "", ""
     x_lo, y_lo = everything.min(axis=0)
     x_hi, y_hi = everything.max(axis=0)
-    pad_x = (x_hi - x_lo) * 0.04 or 0.5
-    pad_y = (y_hi - y_lo) * 0.04 or 0.5
+    x_lo, x_hi = _widen(float(x_lo), float(x_hi))
+    y_lo, y_hi = _widen(float(y_lo), float(y_hi))
+    pad_x, pad_y = (x_hi - x_lo) * 0.04, (y_hi - y_lo) * 0.04
     x_lo, x_hi, y_lo, y_hi = x_lo - pad_x, x_hi + pad_x, y_lo - pad_y, y_hi + pad_y
 
     width, height = 1000, 500
@@ -814,13 +842,32 @@ def _summary(report: Mapping[str, Any]) -> str:
         detail.append(f"{_fmt_int(counts.get('quarantined_by_detectors'))} by detectors")
     decision = _mapping(report.get("decision"))
     if decision.get("fdr") is not None or decision.get("threshold_p") is not None:
+        threshold = _number(decision.get("threshold_p"))
+        if threshold is None:
+            cut = ""
+        elif threshold > 0:
+            cut = f" (rows with combined p ≤ {_e(_fmt_p(threshold))} are flagged)"
+        else:
+            cut = " (no row's combined p-value passed the cut)"
         detail.append(
-            f"Benjamini–Hochberg at false-discovery rate {_e(_fmt_float(decision.get('fdr')))}"
-            f" (rows with combined p ≤ {_e(_fmt_p(decision.get('threshold_p')))} are flagged)"
+            f"Benjamini–Hochberg at false-discovery rate {_e(_fmt_float(decision.get('fdr')))}{cut}"
         )
     if detail:
         parts.append(f'<p class="note">{"; ".join(detail)}.</p>')
     return _section("summary", "Summary", "", "".join(parts))
+
+
+def _kwarg(value: Any) -> str:
+    """A keyword argument's value, with a long list cut short."""
+    if isinstance(value, list | tuple) and len(value) > MAX_LIST:
+        head = json.dumps(list(value[: MAX_LIST - 2]), default=str, ensure_ascii=False)
+        return f"{head[:-1]}, … {len(value) - MAX_LIST + 2:,} more]"
+    return _fmt_value(value)
+
+
+def _breakable(text: str) -> str:
+    """Escaped ``text`` that may wrap after an underscore (long expectation names)."""
+    return _e(text).replace("_", "_<wbr>")
 
 
 def _failed_expectations(report: Mapping[str, Any]) -> str:
@@ -832,32 +879,37 @@ def _failed_expectations(report: Mapping[str, Any]) -> str:
     rows = []
     for item in failed:
         kwargs = _mapping(item.get("kwargs"))
-        args = " ".join(f"<code>{_e(k)}={_e(_fmt_value(v))}</code>" for k, v in kwargs.items())
+        args = " ".join(f"<code>{_e(k)}={_e(_kwarg(v))}</code>" for k, v in kwargs.items())
+        column = item.get("column")
         rows.append(
             [
-                (f"<code>{_e(item.get('type', ''))}</code>", "text"),
-                (_e(item.get("column") if item.get("column") is not None else "—"), "text"),
+                (f"<code>{_breakable(str(item.get('type') or '—'))}</code>", "text"),
+                (_e(column) if column not in (None, "") else "—", "text"),
                 (args or "—", "text kw"),
                 (_fmt_int(item.get("unexpected_count")), "num"),
                 (_e(item.get("error") or ""), "text"),
             ]
         )
-    table = _table(
-        [
-            ("expectation", False),
-            ("column", False),
-            ("arguments", False),
-            ("unexpected rows", True),
-            ("error", False),
-        ],
-        rows,
-        scroll=True,
-    )
+    headers = [
+        ("expectation", False),
+        ("column", False),
+        ("arguments", False),
+        ("unexpected rows", True),
+        ("error", False),
+    ]
+    body = _table(headers, rows[:MAX_EXPECTATIONS], scroll=True)
+    if len(rows) > MAX_EXPECTATIONS:
+        # Native disclosure: the rest is one click away, with no script.
+        rest = len(rows) - MAX_EXPECTATIONS
+        body += (
+            f"<details><summary>Show the other {rest:,} failed expectations</summary>"
+            f"{_table(headers, rows[MAX_EXPECTATIONS:], scroll=True)}</details>"
+        )
     lead = (
         f"{len(failed):,} expectation{'s' if len(failed) != 1 else ''} of the suite "
         "failed on this batch."
     )
-    return _section("expectations", "Failed expectations", lead, table)
+    return _section("expectations", "Failed expectations", lead, body)
 
 
 def _detectors(report: Mapping[str, Any]) -> str | None:
@@ -995,7 +1047,10 @@ def _top_rows(report: Mapping[str, Any]) -> str | None:
             (str(rank), "num"),
             (_fmt_int(row.get("pg_row")), "num"),
             (_e(_fmt_float(row.get("suspicion"), 3)), "num"),
-            (_e(row.get("reason") or "—"), "text reason"),
+            (
+                "<br>".join(_e(part) for part in str(row.get("reason") or "—").split("; ")),
+                "text reason",
+            ),
         ]
         for column in columns:
             value = values.get(column)
@@ -1019,6 +1074,10 @@ def _top_rows(report: Mapping[str, Any]) -> str | None:
 
 
 # --------------------------------------------------------------------------- public API
+
+
+def _join_or(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def _check_report(report: Any, owner: str) -> Mapping[str, Any]:
@@ -1072,7 +1131,7 @@ def render_html(report: dict[str, Any]) -> str:
         )
         sections.append(
             '<section id="not-available"><h2>Not available</h2><p class="empty">'
-            f"This report holds no {_e(', '.join(missing))}{why}.</p></section>"
+            f"This report holds no {_e(_join_or(missing))}{why}.</p></section>"
         )
     return (
         "<!DOCTYPE html>\n"

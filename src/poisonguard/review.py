@@ -46,8 +46,14 @@ def pending(store: Store, now: datetime | None = None) -> list[Pending]:
             continue
         since = datetime.fromisoformat(rec.finished_at)
         out.append(
-            Pending(rec.batch_id, rec.source, held, int(done.get(rec.batch_id, 0)),
-                    rec.finished_at, (now - since).total_seconds())
+            Pending(
+                rec.batch_id,
+                rec.source,
+                held,
+                int(done.get(rec.batch_id, 0)),
+                rec.finished_at,
+                (now - since).total_seconds(),
+            )
         )
     return out
 
@@ -62,8 +68,9 @@ def held_rows(store: Store, batch_id: str) -> pd.DataFrame:
     reviews = store.reviews(batch_id).set_index("pg_row")
     rows["pg_review"] = rows["pg_row"].map(reviews["action"]).fillna("pending")
     rows["pg_reviewed_by"] = rows["pg_row"].map(reviews["actor"]).fillna("")
-    return rows.sort_values("pg_suspicion" if "pg_suspicion" in rows else "pg_row",
-                            ascending=False, na_position="first").reset_index(drop=True)
+    return rows.sort_values(
+        "pg_suspicion" if "pg_suspicion" in rows else "pg_row", ascending=False, na_position="first"
+    ).reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,11 @@ def review(
             todo.append(r)
     if todo:
         chosen = by_row.loc[todo].reset_index()
-        keep = [c for c in chosen.columns
-                if not str(c).startswith("pg_") or c in ("pg_batch", "pg_row", "pg_row_hash")]
+        keep = [
+            c
+            for c in chosen.columns
+            if not str(c).startswith("pg_") or c in ("pg_batch", "pg_row", "pg_row_hash")
+        ]
         store.commit_review(batch_id, action, chosen[keep], actor=by.strip(), note=note.strip())
     return ReviewResult(action, batch_id, tuple(todo), tuple(already))
 

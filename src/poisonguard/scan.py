@@ -137,7 +137,9 @@ class Guard:
         table = self.encoder_.transform(reference, source="reference")
         self.detector_names_ = self._active(settings)
         self.calibrations_ = self._calibrate(table, settings, rng)
-        self.detectors_ = {name: self._make(name, settings).fit(table) for name in self.detector_names_}
+        self.detectors_ = {
+            name: self._make(name, settings).fit(table) for name in self.detector_names_
+        }
         self.reference_ = table
         return self
 
@@ -177,7 +179,9 @@ class Guard:
         return {name: Calibration.fit(np.concatenate(s)) for name, s in cal_scores.items()}
 
     # ----------------------------------------------------------------- scan
-    def score(self, frame: pd.DataFrame, source: str = "batch") -> tuple[Table, dict[str, np.ndarray]]:
+    def score(
+        self, frame: pd.DataFrame, source: str = "batch"
+    ) -> tuple[Table, dict[str, np.ndarray]]:
         """Every active detector's raw scores on a batch."""
         table = self.encoder_.transform(frame, source=source)
         if self.label is not None and table.y is None:
@@ -200,7 +204,9 @@ class Guard:
 
 
 def _result(index: pd.Index, scores: Mapping[str, np.ndarray], decision: Decision) -> ScanResult:
-    score_frame = pd.DataFrame({name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}, index=index)
+    score_frame = pd.DataFrame(
+        {name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}, index=index
+    )
     score_frame["suspicion"] = decision.suspicion
     p_frame = pd.DataFrame(decision.p_values, index=index, columns=list(decision.detectors))
     p_frame["combined"] = decision.combined
@@ -243,7 +249,9 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
             fitted[name].append((fold, det))
     calibrations = {}
     for name, s in scores.items():
-        trimmed = np.sort(s)[: max(MIN_REFERENCE_ROWS, int(len(s) * (1 - SELF_REFERENCE_CONTAMINATION)))]
+        trimmed = np.sort(s)[
+            : max(MIN_REFERENCE_ROWS, int(len(s) * (1 - SELF_REFERENCE_CONTAMINATION)))
+        ]
         calibrations[name] = Calibration.fit(trimmed)
 
     def explain(name: str, rows: np.ndarray) -> list[str]:

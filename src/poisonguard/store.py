@@ -144,10 +144,7 @@ def read_batch(path: Path) -> pd.DataFrame:
     try:
         if path.stat().st_size == 0:
             raise BatchError(str(path), "the file is empty; expected a Parquet or CSV table")
-        if suffix == ".csv":
-            table = pacsv.read_csv(path)
-        else:
-            table = pq.read_table(path)
+        table = pacsv.read_csv(path) if suffix == ".csv" else pq.read_table(path)
     except BatchError:
         raise
     except (pa.ArrowException, OSError) as exc:
@@ -424,7 +421,10 @@ class Store:
         """
         n_clean = 0 if outcome.clean is None else len(outcome.clean)
         n_quar = 0 if outcome.quarantine is None else len(outcome.quarantine)
-        if outcome.rows_in is not None and n_clean + n_quar + outcome.rows_rejected != outcome.rows_in:
+        if (
+            outcome.rows_in is not None
+            and n_clean + n_quar + outcome.rows_rejected != outcome.rows_in
+        ):
             raise StoreError(
                 f"batch {outcome.batch_id}: {n_clean} clean + {n_quar} quarantined + "
                 f"{outcome.rows_rejected} rejected != {outcome.rows_in} rows in"
@@ -449,9 +449,7 @@ class Store:
             finished_at=finished,
         )
         with self.transaction() as db:
-            if db.execute(
-                "SELECT 1 FROM batches WHERE sha256 = ?", (outcome.sha256,)
-            ).fetchone():
+            if db.execute("SELECT 1 FROM batches WHERE sha256 = ?", (outcome.sha256,)).fetchone():
                 raise StoreError(f"batch {outcome.batch_id}: its content is already in the ledger")
             db.execute(
                 "INSERT INTO batches VALUES (:batch_id, :sha256, :source, :status, :rows_in, "
@@ -523,8 +521,11 @@ class Store:
             marker = self.staging_dir(name)
             written = self._write_files(name, (("clean", rows),))
         with self.transaction() as db:
-            moved = ("rows_clean", "rows_quarantined") if action == "release" else (
-                "rows_rejected", "rows_quarantined")
+            moved = (
+                ("rows_clean", "rows_quarantined")
+                if action == "release"
+                else ("rows_rejected", "rows_quarantined")
+            )
             db.execute(
                 f"UPDATE batches SET {moved[0]} = {moved[0]} + ?, {moved[1]} = {moved[1]} - ? "
                 "WHERE batch_id = ?",
@@ -543,12 +544,16 @@ class Store:
                     "INSERT OR IGNORE INTO blocklist VALUES (?, ?, ?, ?, ?)",
                     [
                         (h, batch_id, int(r), actor, at)
-                        for h, r in zip(rows["pg_row_hash"].tolist(), rows["pg_row"].tolist(),
-                                        strict=True)
+                        for h, r in zip(
+                            rows["pg_row_hash"].tolist(), rows["pg_row"].tolist(), strict=True
+                        )
                     ],
                 )
-            detail = {"rows": [int(r) for r in rows["pg_row"].tolist()], "note": note,
-                      "files": {p: h for p, h, _ in written}}
+            detail = {
+                "rows": [int(r) for r in rows["pg_row"].tolist()],
+                "note": note,
+                "files": {p: h for p, h, _ in written},
+            }
             self._append_audit(db, action, batch_id, actor, detail)
         if marker is not None:
             shutil.rmtree(marker, ignore_errors=True)
@@ -564,13 +569,18 @@ class Store:
 
     # -- audit chain ---------------------------------------------------------
     @staticmethod
-    def _entry_hash(prev: str, at: str, action: str, batch_id: str | None, actor: str,
-                    detail: str) -> str:
+    def _entry_hash(
+        prev: str, at: str, action: str, batch_id: str | None, actor: str, detail: str
+    ) -> str:
         payload = json.dumps([prev, at, action, batch_id, actor, detail], separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def _append_audit(
-        self, db: sqlite3.Connection, action: str, batch_id: str | None, actor: str,
+        self,
+        db: sqlite3.Connection,
+        action: str,
+        batch_id: str | None,
+        actor: str,
         detail: dict[str, Any],
     ) -> None:
         last = db.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -584,8 +594,14 @@ class Store:
             (at, action, batch_id, actor, text, prev, digest),
         )
 
-    def audit(self, action: str, *, actor: str, batch_id: str | None = None,
-              detail: dict[str, Any] | None = None) -> None:
+    def audit(
+        self,
+        action: str,
+        *,
+        actor: str,
+        batch_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         """Append one entry to the audit chain in its own transaction."""
         with self.transaction() as db:
             self._append_audit(db, action, batch_id, actor, detail or {})
@@ -602,7 +618,11 @@ class Store:
             if entry["prev_hash"] != prev:
                 return f"audit entry {entry['seq']} does not follow entry before it (prev_hash)"
             expected = self._entry_hash(
-                prev, entry["at"], entry["action"], entry["batch_id"], entry["actor"],
+                prev,
+                entry["at"],
+                entry["action"],
+                entry["batch_id"],
+                entry["actor"],
                 entry["detail"],
             )
             if entry["hash"] != expected:

@@ -38,9 +38,22 @@ REGISTRY: dict[str, type[Detector]] = {
     )
 }
 
-#: What a scan runs by default: one detector per kind of poison, chosen for
-#: catch at a low false-quarantine rate and for speed (see docs in each class).
-DEFAULT_DETECTORS: tuple[str, ...] = ("tail", "knn_distance", "knn_label")
+#: What a scan runs by default. Per-feature and whole-row outliers (``tail``,
+#: ``knn_distance``), label errors judged by trusted neighbours and by a model
+#: (``knn_label``, ``model_label``; they also catch trigger rows relabelled to a
+#: target, which is what a backdoor batch mostly is), and copy floods and
+#: conflicts (``duplicates``). ``knn_distance`` and ``knn_label`` share one
+#: neighbour search. Left out: ``backdoor`` (most of its catch is already made
+#: by the label detectors, and it costs a third of the suite's time),
+#: ``class_*`` (slower, and subsumed by ``knn_label`` for flips),
+#: ``batch_knn_label`` (depends on batch size and make-up).
+DEFAULT_DETECTORS: tuple[str, ...] = (
+    "tail",
+    "knn_distance",
+    "knn_label",
+    "model_label",
+    "duplicates",
+)
 
 __all__ = [
     "DEFAULT_DETECTORS",

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from poisonguard.detectors._kernels import _finite_within
 from poisonguard.detectors.base import Table
 from poisonguard.errors import BatchError, ConfigError, param_error
 
@@ -102,7 +103,7 @@ def features32(table: Table) -> np.ndarray:
     ndarray of shape (n_rows, n_features), float32
     """
     X = np.ascontiguousarray(table.X, dtype=np.float32)
-    if X.size and not (np.isfinite(X).all() and np.abs(X).max() <= _FEATURE_BOUND):
+    if X.size and not _finite_within(X, _FEATURE_BOUND):
         X = np.nan_to_num(X, nan=0.0, posinf=_FEATURE_BOUND, neginf=-_FEATURE_BOUND)
         X = np.clip(X, -_FEATURE_BOUND, _FEATURE_BOUND).astype(np.float32)
     return X
@@ -153,6 +154,35 @@ def label_surprise(p_given: np.ndarray, p_best: np.ndarray, unseen: np.ndarray) 
     s = np.minimum(np.nan_to_num(s, nan=_SEEN_CAP, posinf=_SEEN_CAP), _SEEN_CAP)
     s = np.maximum(s, 0.0)
     return np.where(unseen, UNSEEN_SCORE + np.clip(p_best, 0.0, 1.0), s)
+
+
+#: Ceiling of the tie-breaking jitter: far below any score difference that means anything.
+TIE_JITTER = 1e-9
+
+
+def tie_break(X: np.ndarray) -> np.ndarray:
+    """A deterministic pseudo-uniform value in ``[0, TIE_JITTER)`` per row, from its features.
+
+    Added to scores that are mostly exactly tied (e.g. 0 for every row with
+    no copies), it turns the conformal p-value of a tied row from 1 into a
+    uniform draw over the tie's range, which is what a randomised conformal
+    p-value does, while identical rows still get identical scores.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features)
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), float64
+    """
+    d = X.shape[1]
+    # Fixed pseudo-random weights: the fractional part of a large random
+    # projection is close to uniform and costs one matrix-vector product.
+    w = np.random.default_rng(0x5EED).uniform(1e3, 1e4, size=d)
+    with np.errstate(all="ignore"):
+        z = np.nan_to_num(X.astype(np.float64) @ w, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.mod(z, 1.0) * TIE_JITTER
 
 
 def subsample(n_rows: int, max_rows: int, labels: np.ndarray | None, seed: int, min_per_class: int):

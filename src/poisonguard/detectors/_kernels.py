@@ -27,7 +27,7 @@ _TILE = 16
 # distance and kept in buffers this many entries longer than asked for; the
 # survivors are then recomputed exactly. A query whose margin is too thin to
 # prove the exact order (near-ties within rounding) is rescanned exactly.
-_EXTRA = 4
+_EXTRA = 2
 # Bound on the float32 rounding error of the screen, in ulps per feature.
 _SLACK_ULPS = 8.0
 
@@ -114,68 +114,6 @@ def _finish(
             _insert(out_d, out_i, i, ex, j)
 
 
-@njit(cache=True)
-def _seed(
-    A: np.ndarray,
-    u: int,
-    j0: int,
-    m: int,
-    r_ids: np.ndarray,
-    qid: int,
-    lab: np.ndarray,
-    want: int,
-    scratch: np.ndarray,
-    kb: int,
-) -> float:
-    """A screen limit keeping the ``kb`` smallest eligible values of ``A[u]`` (inf if fewer).
-
-    Eligible: a real reference row, not excluded, and (unless ``want == -3``)
-    labelled ``want``. The limit is the next float above the ``kb``-th value,
-    so the strict screen ``a < limit`` still admits it and its ties.
-    """
-    cnt = 0
-    for jj in range(A.shape[1]):
-        j = j0 + jj
-        if j >= m or (qid >= 0 and r_ids[j] == qid):
-            continue
-        if want != -3 and lab[jj] != want:
-            continue
-        scratch[cnt] = A[u, jj]
-        cnt += 1
-    if cnt < kb:
-        return np.inf
-    return np.nextafter(np.float32(_kth_smallest(scratch, cnt, kb - 1)), np.float32(np.inf))
-
-
-@njit(cache=True)
-def _kth_smallest(a: np.ndarray, n: int, r: int) -> float:
-    """The value of rank ``r`` (0-based) among ``a[:n]``, partially reordering ``a`` (quickselect)."""
-    lo = 0
-    hi = n - 1
-    while lo < hi:
-        pivot = a[(lo + hi) // 2]
-        i = lo
-        j = hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                t = a[i]
-                a[i] = a[j]
-                a[j] = t
-                i += 1
-                j -= 1
-        if r <= j:
-            hi = j
-        elif r >= i:
-            lo = i
-        else:
-            return a[r]
-    return a[r]
-
-
 @njit(cache=True, parallel=True, fastmath=_FAST)
 def _knn_search(
     Q: np.ndarray,
@@ -232,7 +170,7 @@ def _knn_search(
     # get |r|^2 = inf and so never pass the screen.
     RT = np.zeros((nblk, dp, _BLOCK), dtype=np.float32)
     rr = np.full((nblk, _BLOCK), np.inf, dtype=np.float32)
-    rl = np.full((nblk, _BLOCK), -2, dtype=np.int64)
+    rl = np.full((nblk, _BLOCK), -2, dtype=np.int32)
     rmax = 0.0
     for j in range(m):
         b = j // _BLOCK
@@ -264,7 +202,6 @@ def _knn_search(
         bgi = np.full((_TILE, kb), -1, dtype=np.int64)
         bcd = np.full((_TILE, kcb), c_fill, dtype=np.float32)
         bci = np.full((_TILE, kcb), -1, dtype=np.int64)
-        scratch = np.empty(_BLOCK, dtype=np.float32)
         i0 = t * _TILE
         i_end = min(n, i0 + _TILE)
         for b in range(nblk):
@@ -310,26 +247,25 @@ def _knn_search(
                 for u in range(min(4, i_end - g0)):
                     i = g0 + u
                     w = i - i0
-                    ql = q_lab[i]
+                    ql = np.int32(q_lab[i])
                     qid = q_ids[i]
-                    cap_g = np.inf
-                    cap_c = np.inf
-                    if b == 0 and nblk > 1:
-                        # Seed the limits with the first block's own k-th
-                        # candidate, so it costs about k insertions, not k log(block).
-                        cap_g = _seed(A, u, j0, m, r_ids, qid, rl[0], -3, scratch, kb)
-                        if kc > 0:
-                            cap_c = _seed(A, u, j0, m, r_ids, qid, rl[0], ql, scratch, kcb)
-                    lim_g = min(bgd[w, kb - 1], cap_g)
-                    lim_c = min(bcd[w, kcb - 1], cap_c)
+                    inf32 = np.float32(np.inf)
+                    lim_g = bgd[w, kb - 1]
+                    lim_c = bcd[w, kcb - 1]
                     for c0 in range(0, _BLOCK, _CHUNK):
-                        # Branch-free screen of a chunk of candidates (vectorises); the
-                        # scalar path below runs only for the rare chunks with hits.
-                        hits = 0
-                        for jj in range(c0, c0 + _CHUNK):
-                            a = A[u, jj]
-                            hits += (a < lim_g) | ((a < lim_c) & (rlb[jj] == ql))
-                        if hits == 0:
+                        # Branch-free screen of a chunk (min-reductions vectorise);
+                        # the scalar path below runs only for chunks with a hit.
+                        mn = inf32
+                        mnc = inf32
+                        if kc > 0:
+                            for jj in range(c0, c0 + _CHUNK):
+                                a = A[u, jj]
+                                mn = min(mn, a)
+                                mnc = min(mnc, a if rlb[jj] == ql else inf32)
+                        else:
+                            for jj in range(c0, c0 + _CHUNK):
+                                mn = min(mn, A[u, jj])
+                        if not (mn < lim_g or mnc < lim_c):
                             continue
                         for jj in range(c0, c0 + _CHUNK):
                             a = A[u, jj]
@@ -342,10 +278,10 @@ def _knn_search(
                                 continue
                             if is_g:
                                 _insert(bgd, bgi, w, a, j)
-                                lim_g = min(bgd[w, kb - 1], cap_g)
+                                lim_g = bgd[w, kb - 1]
                             if is_c:
                                 _insert(bcd, bci, w, a, j)
-                                lim_c = min(bcd[w, kcb - 1], cap_c)
+                                lim_c = bcd[w, kcb - 1]
         for i in range(i0, i_end):
             qq = 0.0
             for f in range(d):
@@ -359,6 +295,63 @@ def _knn_search(
     return gd, gi, cd, ci
 
 
+# Grid cells per knot in the lookup accelerator of each column.
+_GRID_PER_KNOT = 2
+
+
+@njit(cache=True)
+def _tail_grid(
+    values: np.ndarray, starts: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A uniform lookup grid over each column's knots, so scoring needs almost no search.
+
+    Cell ``c`` of a column spanning ``[v0, v1]`` covers
+    ``[v0 + c * w, v0 + (c + 1) * w)`` and stores the last knot at or below its
+    left edge; the knot at or below any ``x`` in the cell then lies between
+    the cell's entry and the next one.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_knots_total,), float64
+    starts, counts : ndarray of shape (n_groups, d), int64
+
+    Returns
+    -------
+    grid : ndarray of shape (n_cells_total,), int64
+        Absolute knot positions.
+    offsets : ndarray of shape (n_groups, d), int64
+        Where each column's cells start in ``grid``; each column has
+        ``_GRID_PER_KNOT * count + 1`` entries.
+    scale : ndarray of shape (n_groups, d), float64
+        Cells per unit of ``x`` (0 for a single-knot column).
+    """
+    n_groups, d = starts.shape
+    offsets = np.zeros((n_groups, d), dtype=np.int64)
+    scale = np.zeros((n_groups, d))
+    total = 0
+    for g in range(n_groups):
+        for f in range(d):
+            offsets[g, f] = total
+            total += _GRID_PER_KNOT * counts[g, f] + 1
+    grid = np.zeros(total, dtype=np.int64)
+    for g in range(n_groups):
+        for f in range(d):
+            st = starts[g, f]
+            cnt = counts[g, f]
+            cells = _GRID_PER_KNOT * cnt
+            v0 = values[st]
+            span = values[st + cnt - 1] - v0
+            if span > 0:
+                scale[g, f] = cells / span
+            k = st
+            for c in range(cells + 1):
+                edge = v0 + span * (c / cells)
+                while k + 1 < st + cnt and values[k + 1] <= edge:
+                    k += 1
+                grid[offsets[g, f] + c] = k
+    return grid, offsets, scale
+
+
 @njit(cache=True, inline="always")
 def _tail_one(
     x: float,
@@ -370,30 +363,40 @@ def _tail_one(
     m: float,
     lo_scale: float,
     hi_scale: float,
-) -> float:
-    """``-log`` of the two-sided mid-rank tail probability of ``x`` against one column.
+    grid: np.ndarray,
+    goff: int,
+    gscale: float,
+) -> tuple[float, float]:
+    """Two-sided mid-rank tail probability of ``x`` against one column, and the excess beyond it.
 
     The column is summarised by ``count`` knots from ``values[start:]``: distinct
     reference values with how many reference values lie strictly below each
     (``below``) and equal to it (``equal``). Between knots the count below is
-    interpolated linearly, so the score is continuous. Beyond the extreme
-    knots the tail probability keeps shrinking exponentially with the
-    distance, at the rate the reference's own extreme rows set, so values far
-    outside the reference keep ranking by how far out they are.
+    interpolated linearly, so the probability is continuous. Beyond the
+    extreme knots it stays at its edge value and the distance past the edge,
+    in units of the tail's decay length (``lo_scale``/``hi_scale``), is
+    returned as the excess: the score is ``-log p + excess``, an exponential
+    tail at the rate the reference's own extreme rows set.
     """
-    lo = start
-    hi = start + count - 1
+    first = start
+    last = start + count - 1
     extra = 0.0
-    if x < values[lo]:
+    if x < values[first]:
         n_below = 0.0
         n_equal = 0.0
-        extra = (values[lo] - x) / lo_scale
-    elif x > values[hi]:
+        extra = (values[first] - x) / lo_scale
+    elif x > values[last]:
         n_below = m
         n_equal = 0.0
-        extra = (x - values[hi]) / hi_scale
+        extra = (x - values[last]) / hi_scale
     else:
-        # Largest knot <= x.
+        # Knot at or below x: between two grid entries, then a short bisection.
+        c = int((x - values[first]) * gscale)
+        c = min(max(c, 0), _GRID_PER_KNOT * count - 1)
+        lo = grid[goff + c]
+        hi = grid[goff + c + 1] + 1
+        if hi > last:
+            hi = last
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if values[mid] <= x:
@@ -414,9 +417,7 @@ def _tail_one(
     p_lo = (n_below + 0.5 * n_equal + 0.5) / (m + 1.0)
     p_hi = (m - n_below - 0.5 * n_equal + 0.5) / (m + 1.0)
     p = 2.0 * min(p_lo, p_hi)
-    if p > 1.0:
-        p = 1.0
-    return -np.log(p) + extra
+    return min(p, 1.0), extra
 
 
 @njit(cache=True, parallel=True)
@@ -431,9 +432,12 @@ def _tail_scores(
     sizes: np.ndarray,
     lo_scale: np.ndarray,
     hi_scale: np.ndarray,
+    grid: np.ndarray,
+    goffsets: np.ndarray,
+    gscale: np.ndarray,
     use_max: bool,
 ) -> np.ndarray:
-    """Per-row sum (or max) over features of the tail score of ``_tail_one``.
+    """Per-row sum (or max) over features of ``-log p + excess`` from ``_tail_one``.
 
     Parameters
     ----------
@@ -450,6 +454,8 @@ def _tail_scores(
         Reference rows in each group.
     lo_scale, hi_scale : ndarray of shape (n_groups, d), float64
         Positive decay lengths of the lower and upper tails beyond the knots.
+    grid, goffsets, gscale
+        The lookup grid from ``_tail_grid``.
     use_max : bool
         Combine features by max instead of sum.
 
@@ -461,9 +467,13 @@ def _tail_scores(
     out = np.empty(n)
     for i in prange(n):
         g = group[i]
-        acc = 0.0
+        # Sum of -log p as the log of a running product: one log per row, not
+        # per feature; rescaled before it could underflow.
+        prod = 1.0
+        logs = 0.0
+        best = 0.0
         for f in range(d):
-            s = _tail_one(
+            p, extra = _tail_one(
                 np.float64(X[i, f]),
                 values,
                 below,
@@ -473,12 +483,19 @@ def _tail_scores(
                 sizes[g],
                 lo_scale[g, f],
                 hi_scale[g, f],
+                grid,
+                goffsets[g, f],
+                gscale[g, f],
             )
             if use_max:
-                acc = max(acc, s)
+                best = max(best, extra - np.log(p))
             else:
-                acc += s
-        out[i] = acc
+                prod *= p
+                logs += extra
+                if prod < 1e-250:
+                    logs -= np.log(prod)
+                    prod = 1.0
+        out[i] = best if use_max else logs - np.log(prod)
     return out
 
 
@@ -494,14 +511,17 @@ def _tail_matrix(
     sizes: np.ndarray,
     lo_scale: np.ndarray,
     hi_scale: np.ndarray,
+    grid: np.ndarray,
+    goffsets: np.ndarray,
+    gscale: np.ndarray,
 ) -> np.ndarray:
-    """Every feature's tail score, ndarray of shape (n, d); arguments as ``_tail_scores``."""
+    """Every feature's ``-log p + excess``, ndarray of shape (n, d); arguments as ``_tail_scores``."""
     n, d = X.shape
     out = np.empty((n, d))
     for i in range(n):
         g = group[i]
         for f in range(d):
-            out[i, f] = _tail_one(
+            p, extra = _tail_one(
                 np.float64(X[i, f]),
                 values,
                 below,
@@ -511,7 +531,11 @@ def _tail_matrix(
                 sizes[g],
                 lo_scale[g, f],
                 hi_scale[g, f],
+                grid,
+                goffsets[g, f],
+                gscale[g, f],
             )
+            out[i, f] = extra - np.log(p)
     return out
 
 
@@ -534,7 +558,8 @@ def _hash_rows(X: np.ndarray, tol: float) -> np.ndarray:
 
     Parameters
     ----------
-    X : ndarray of shape (n, d), float64
+    X : ndarray of shape (n, d), float32 or float64
+        Values are hashed as float64.
     tol : float
         Grid step, >= 0.
 
@@ -545,7 +570,7 @@ def _hash_rows(X: np.ndarray, tol: float) -> np.ndarray:
     n, d = X.shape
     h = np.full(n, _SEED, dtype=np.uint64)
     for f in range(d):
-        col = np.ascontiguousarray(X[:, f]) + 0.0
+        col = X[:, f].astype(np.float64) + 0.0
         nan = np.isnan(col)
         if tol > 0.0:
             grid = np.floor(col / tol + 0.5)
@@ -561,3 +586,75 @@ def _hash_rows(X: np.ndarray, tol: float) -> np.ndarray:
         h = h * _MIX2
         h = h ^ (h >> np.uint64(29))
     return h
+
+
+@njit(cache=True, parallel=True)
+def _digitize(
+    X: np.ndarray,
+    edges: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    grid: np.ndarray,
+    goffsets: np.ndarray,
+    gscale: np.ndarray,
+) -> np.ndarray:
+    """Bin of every value against its feature's sorted edges (``searchsorted(..., 'right')``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    edges : ndarray of shape (n_edges_total,), float64
+        Sorted distinct edges of every feature, concatenated.
+    starts, counts : ndarray of shape (1, d), int64
+        Where feature ``f``'s edges start in ``edges`` and how many (>= 1).
+    grid, goffsets, gscale
+        The lookup grid of ``_tail_grid(edges, starts, counts)``.
+
+    Returns
+    -------
+    ndarray of shape (n, d), int32
+        Number of the feature's edges ``<=`` each value (0 below the first edge).
+    """
+    n, d = X.shape
+    out = np.empty((n, d), dtype=np.int32)
+    for i in prange(n):
+        for f in range(d):
+            x = np.float64(X[i, f])
+            first = starts[0, f]
+            cnt = counts[0, f]
+            last = first + cnt - 1
+            if x < edges[first]:
+                out[i, f] = 0
+                continue
+            if x >= edges[last]:
+                out[i, f] = cnt
+                continue
+            c = int((x - edges[first]) * gscale[0, f])
+            c = min(max(c, 0), _GRID_PER_KNOT * cnt - 1)
+            lo = grid[goffsets[0, f] + c]
+            hi = min(grid[goffsets[0, f] + c + 1] + 1, last)
+            # Last edge <= x lies in [lo, hi].
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if edges[mid] <= x:
+                    lo = mid
+                else:
+                    hi = mid
+            if edges[hi] <= x:
+                lo = hi
+            out[i, f] = lo - first + 1
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _finite_within(X: np.ndarray, bound: float) -> bool:
+    """Whether every value of ``X`` (shape (n, d)) is finite with ``|x| <= bound``, in one pass."""
+    n = X.shape[0]
+    bad = 0
+    for i in prange(n):
+        for f in range(X.shape[1]):
+            x = X[i, f]
+            # NaN fails every comparison, so it lands here too.
+            if not (-bound <= x <= bound):
+                bad += 1
+    return bad == 0

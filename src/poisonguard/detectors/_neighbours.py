@@ -12,15 +12,17 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from poisonguard.detectors._kernels import _knn_search
 
 _CACHE_SIZE = 4
-# (query key, reference key, k) -> (result, key of the query labels it used)
-_cache: OrderedDict[tuple[str, str, int], tuple[Neighbours, str]] = OrderedDict()
+# ("global" | "class", keys of the inputs..., k) -> (dist, index)
+_cache: OrderedDict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -71,6 +73,13 @@ def search(
 ) -> Neighbours:
     """Exact kNN of ``Q`` among ``R`` (and within each query's class when ``kc > 0``).
 
+    Class neighbours are found by running the kernel once per label on that
+    label's queries and reference rows: that costs ``sum_c n_c * m_c``, about
+    ``1 / n_classes`` of the global pass, where screening every class inside
+    the global pass (the kernel's ``kc`` mode) costs about a second pass. The
+    global and the class parts are memoised separately, so detectors asking
+    for either share them.
+
     Parameters
     ----------
     Q : ndarray of shape (n, d), float32, C-contiguous
@@ -80,11 +89,12 @@ def search(
     kc : int
         Same-class neighbours wanted (needs ``q_lab`` and ``r_lab``).
     q_lab, r_lab : ndarray of shape (n,) and (m,), int64, optional
+        Labels; a query label < 0 has no class neighbours.
     q_ids, r_ids : ndarray of shape (n,) and (m,), int64, optional
         Pairs with equal non-negative ids are skipped (leave-self-out).
     r_key : str, optional
-        A precomputed ``fingerprint`` of ``R`` and ``r_lab`` (saves hashing
-        the reference on every call).
+        A precomputed ``fingerprint(R, r_lab)`` (saves hashing the reference
+        on every call).
 
     Returns
     -------
@@ -93,43 +103,82 @@ def search(
     n, m = Q.shape[0], R.shape[0]
     if r_key is None:
         r_key = fingerprint(R, r_lab)
-    key = (fingerprint(Q, q_ids, r_ids), r_key, k)
-    lab_key = fingerprint(q_lab) if kc > 0 else ""
+    q_ids = np.full(n, -1, np.int64) if q_ids is None else np.ascontiguousarray(q_ids, np.int64)
+    r_ids = np.full(m, -1, np.int64) if r_ids is None else np.ascontiguousarray(r_ids, np.int64)
+    q_key = fingerprint(Q, q_ids, r_ids)
+    dist, index = _memo(("global", q_key, r_key, k), lambda: _global(Q, R, q_ids, r_ids, k))
+    if kc == 0 or q_lab is None or r_lab is None:
+        return Neighbours(dist, index, np.zeros((n, 0)), np.zeros((n, 0), dtype=np.int64))
+    ql = np.ascontiguousarray(q_lab, np.int64)
+    rl = np.ascontiguousarray(r_lab, np.int64)
+    cdist, cindex = _memo(
+        ("class", q_key, fingerprint(ql), r_key, kc),
+        lambda: _by_class(Q, R, q_ids, r_ids, ql, rl, kc),
+    )
+    return Neighbours(dist, index, cdist, cindex)
+
+
+def _memo(
+    key: tuple[object, ...], compute: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
     with _lock:
         hit = _cache.get(key)
-        # A search with class neighbours also answers any search asking for fewer.
-        if hit is not None and (
-            kc == 0 or (hit[0].class_dist.shape[1] >= kc and hit[1] == lab_key)
-        ):
+        if hit is not None:
             _cache.move_to_end(key)
-            return _trim(hit[0], kc)
-    neg_q = np.full(n, -1, dtype=np.int64)
-    neg_r = np.full(m, -1, dtype=np.int64)
-    gd, gi, cd, ci = _knn_search(
-        Q,
-        R,
-        neg_q if q_ids is None else np.ascontiguousarray(q_ids, dtype=np.int64),
-        neg_r if r_ids is None else np.ascontiguousarray(r_ids, dtype=np.int64),
-        neg_q if q_lab is None or kc == 0 else np.ascontiguousarray(q_lab, dtype=np.int64),
-        neg_r if r_lab is None or kc == 0 else np.ascontiguousarray(r_lab, dtype=np.int64),
-        k,
-        kc,
-    )
-    for a in (gd, gi, cd, ci):
+            return hit
+    result = compute()
+    for a in result:
         a.setflags(write=False)
-    result = Neighbours(gd, gi, cd, ci)
     with _lock:
-        _cache[key] = (result, lab_key)
+        _cache[key] = result
         _cache.move_to_end(key)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return result
 
 
-def _trim(nb: Neighbours, kc: int) -> Neighbours:
-    if nb.class_dist.shape[1] == kc:
-        return nb
-    return Neighbours(nb.dist, nb.index, nb.class_dist[:, :kc], nb.class_index[:, :kc])
+# Query tiles handed to a thread at a time: dynamic chunks keep both cores
+# busy when one of them is also serving another process.
+_CHUNK_TILES = 64
+
+
+def _global(
+    Q: np.ndarray, R: np.ndarray, q_ids: np.ndarray, r_ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    no_q = np.full(Q.shape[0], -1, np.int64)
+    no_r = np.full(R.shape[0], -1, np.int64)
+    old = numba.set_parallel_chunksize(_CHUNK_TILES)
+    try:
+        dist, index, _, _ = _knn_search(Q, R, q_ids, r_ids, no_q, no_r, k, 0)
+    finally:
+        numba.set_parallel_chunksize(old)
+    return dist, index
+
+
+def _by_class(
+    Q: np.ndarray,
+    R: np.ndarray,
+    q_ids: np.ndarray,
+    r_ids: np.ndarray,
+    q_lab: np.ndarray,
+    r_lab: np.ndarray,
+    kc: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    n = Q.shape[0]
+    dist = np.full((n, kc), np.inf)
+    index = np.full((n, kc), -1, dtype=np.int64)
+    for c in np.unique(q_lab[q_lab >= 0]):
+        qi = np.flatnonzero(q_lab == c)
+        # Increasing positions, so the kernel's ties-to-smaller-index carry over.
+        ri = np.flatnonzero(r_lab == c)
+        if len(ri) == 0:
+            continue
+        d, i = _global(
+            np.ascontiguousarray(Q[qi]), np.ascontiguousarray(R[ri]), q_ids[qi], r_ids[ri], kc
+        )
+        dist[qi] = d
+        index[qi] = np.where(i >= 0, ri[np.maximum(i, 0)], -1)
+    return dist, index
 
 
 def clear_cache() -> None:

@@ -7,7 +7,14 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from poisonguard.detectors._common import DetectorBase, class_prior, features32, labels_of
+from poisonguard.detectors._common import (
+    DetectorBase,
+    class_prior,
+    features32,
+    labels_of,
+    tie_break,
+)
+from poisonguard.detectors._kernels import _digitize, _tail_grid
 from poisonguard.detectors._stats import beta_binomial_surprise, binomial_surprise
 from poisonguard.detectors.base import Table
 
@@ -49,7 +56,11 @@ class BackdoorDetector(DetectorBase):
 
     so a cell must be both far more common than trusted rows make it and far
     more of one label than they make it. A row scores the highest such value
-    over its features' cells for its own label; most rows score 0. Combinations
+    over its features' cells for its own label, minus ``log`` of the number of
+    (cell, label) pairs examined (Bonferroni, so that clean batches score
+    about 0 whatever their size), floored at 0; most rows score 0 (plus a
+    deterministic jitter below ``1e-9`` from the row's hash, so tied rows get
+    uniform rather than unit conformal p-values). Combinations
     of features are not examined (a trigger on several features is caught on
     each of them). The score depends on the batch as a whole: a trigger seen
     on only a handful of rows cannot stand out.
@@ -100,6 +111,13 @@ class BackdoorDetector(DetectorBase):
                 b * self.n_slots_ + self.ref_y_, minlength=(len(edges) + 1) * self.n_slots_
             )
             self.bin_counts_.append(cnt.reshape(len(edges) + 1, self.n_slots_))
+        sizes = np.array([len(e) for e in self.edges_], dtype=np.int64)
+        self.edge_starts_ = (np.cumsum(sizes) - sizes).reshape(1, -1)
+        self.edge_counts_ = sizes.reshape(1, -1)
+        self.edges_flat_ = (
+            np.concatenate(self.edges_).astype(np.float64) if self.edges_ else np.zeros(0)
+        )
+        self.edge_grid_ = _tail_grid(self.edges_flat_, self.edge_starts_, self.edge_counts_)
         self.features_ = reference.features
         return self
 
@@ -145,6 +163,10 @@ class BackdoorDetector(DetectorBase):
         n, d = X.shape
         best = np.zeros(n)
         where: list[_Cell | None] = [None] * (0 if want is None else len(want))
+        n_tests = 0
+        all_bins = _digitize(
+            X, self.edges_flat_, self.edge_starts_, self.edge_counts_, *self.edge_grid_
+        )
         for f in range(d):
             col = X[:, f]
             # Cells of exact values: runs of equal values in the sorted column.
@@ -158,10 +180,16 @@ class BackdoorDetector(DetectorBase):
             hi = np.searchsorted(ref_col, values, side="right")
             q = n / (n + self.m_)
             promising = binomial_surprise(counts, counts + hi - lo, q) > _OVER_SCREEN
+            n_tests += len(values) * self.n_slots_
+            # Rows of over-represented exact values are this feature's evidence
+            # already; keeping them out of the bins stops a flood of copies from
+            # lending its label purity to honest rows that share a bin with it.
+            in_exact = np.zeros(n, dtype=bool)
             for v, c, a, b in zip(
                 values[promising], counts[promising], lo[promising], hi[promising], strict=True
             ):
                 rows = np.flatnonzero(col == v)
+                in_exact[rows] = True
                 lab = np.bincount(y[rows], minlength=self.n_slots_)
                 tr = np.bincount(self.ref_y_[self.order_[a:b, f]], minlength=self.n_slots_)
                 cell = self._cell_scores(np.array([c]), lab[None, :], tr[None, :], n)[0]
@@ -182,13 +210,15 @@ class BackdoorDetector(DetectorBase):
                     )
             # Cells of trusted-quantile bins.
             edges = self.edges_[f]
-            bins = np.searchsorted(edges, col, side="right")
+            bins = all_bins[:, f].astype(np.int64)
+            rest = ~in_exact
             lab = np.bincount(
-                bins * self.n_slots_ + y, minlength=(len(edges) + 1) * self.n_slots_
+                bins[rest] * self.n_slots_ + y[rest], minlength=(len(edges) + 1) * self.n_slots_
             ).reshape(len(edges) + 1, self.n_slots_)
             trusted = self.bin_counts_[f]
             cell = self._cell_scores(lab.sum(axis=1), lab, trusted, n)
-            s = cell[bins, y]
+            n_tests += int(np.sum(lab.sum(axis=1) >= self.min_support_)) * self.n_slots_
+            s = np.where(rest, cell[bins, y], 0.0)
             improved = np.flatnonzero(s > best)
             best = np.maximum(best, s)
             if want is not None and len(improved):
@@ -205,7 +235,10 @@ class BackdoorDetector(DetectorBase):
                         cell[b],
                         n,
                     )
-        return best, where
+        # Bonferroni over every (cell, label) examined: a clean batch's best
+        # cell then scores about 0 whatever the batch size, so batch rows and
+        # the smaller calibration folds stay comparable.
+        return np.maximum(best - np.log(max(n_tests, 1)), 0.0), where
 
     def _note(
         self,
@@ -248,7 +281,7 @@ class BackdoorDetector(DetectorBase):
         if batch.n_rows == 0:
             labels_of(batch, self.name, "batch")
             return np.zeros(0)
-        return self._scan(batch)[0]
+        return self._scan(batch)[0] + tie_break(features32(batch))
 
     def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         self._check_fitted("sorted_")
@@ -257,23 +290,22 @@ class BackdoorDetector(DetectorBase):
             return []
         order = np.argsort(rows, kind="stable")
         want = rows[order]
-        _, where = self._scan(batch, want)
+        final, where = self._scan(batch, want)
         out: list[str] = [""] * len(rows)
         for i, cell in zip(order, where, strict=True):
-            if cell is None or cell.score <= 0:
-                out[i] = "no feature value here is both rare among trusted rows and label-pure"
+            r = rows[i]
+            if cell is None or final[r] <= 0.0:
+                out[i] = (
+                    "no feature value here is both unusually common in this batch and label-pure"
+                )
                 continue
             name = self.features_[cell.feature]
-            r = rows[i]
             label = batch.label_of(cell.label) if cell.label < self.n_slots_ - 1 else "<unseen>"
-            if cell.exact:
-                raw = batch.raw[r, cell.feature]
-                what = f"{name} = {raw:.4g}"
-            else:
-                what = f"{name} in the range of {batch.raw[r, cell.feature]:.4g}"
+            raw = batch.raw[r, cell.feature]
+            where_text = "is shared by" if cell.exact else "falls in a bin shared by"
             out[i] = (
-                f"{what} is shared by {cell.count} batch rows ({cell.expected:.2g} expected "
-                f"from trusted rows), {100 * cell.share:.0f}% labelled {label} "
+                f"{name} = {raw:.4g} {where_text} {cell.count} batch rows ({cell.expected:.2g} "
+                f"expected from trusted rows), {100 * cell.share:.0f}% labelled {label} "
                 f"({100 * cell.share_expected:.0f}% expected)"
             )
         return out

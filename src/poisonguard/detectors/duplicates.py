@@ -7,7 +7,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from poisonguard.detectors._common import DetectorBase, features32
+from poisonguard.detectors._common import DetectorBase, features32, tie_break
 from poisonguard.detectors._kernels import _hash_rows
 from poisonguard.detectors._stats import poisson_surprise
 from poisonguard.detectors.base import Table
@@ -20,9 +20,11 @@ _LABEL_MIX = np.uint64(0xD6E8FEB86659FD93)
 
 def _row_keys(table: Table, tol: float) -> np.ndarray:
     """Hash of each row on the scaled axis, missing values kept distinct from the median."""
-    X = features32(table).astype(np.float64)
-    X = np.where(np.isnan(table.raw), np.nan, X)
-    return _hash_rows(np.ascontiguousarray(X), tol)
+    X = features32(table)
+    missing = np.isnan(table.raw)
+    if missing.any():
+        X = np.where(missing, np.float32(np.nan), X)
+    return _hash_rows(X, tol)
 
 
 def _pair_keys(keys: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -62,8 +64,9 @@ class DuplicatesDetector(DetectorBase):
       plus ``log1p`` of the rows that share its features but not its label,
       in the batch or among trusted rows.
 
-    Most rows score exactly 0 (ties). Label-free: conflicts need labels and
-    are skipped without them.
+    Most rows score 0 plus a deterministic jitter below ``1e-9`` drawn from the
+    row's hash, so tied rows get uniform rather than unit conformal p-values.
+    Label-free: conflicts need labels and are skipped without them.
 
     Parameters
     ----------
@@ -124,7 +127,7 @@ class DuplicatesDetector(DetectorBase):
         clash = twin - math.log(self.conflict_rate_)
         conflict = np.where(others > 0, clash + np.log1p(others), 0.0)
         return {
-            "score": flood + copy + conflict,
+            "score": flood + copy + conflict + tie_break(features32(batch)),
             "in_batch": in_batch,
             "trusted": trusted,
             "others": others,
@@ -156,7 +159,7 @@ class DuplicatesDetector(DetectorBase):
                 bits.append(f"copies {parts['trusted'][r]} trusted row(s)")
             if parts["others"][r] > 0 and batch.y is not None:
                 bits.append(
-                    f"{parts['others'][r]} row(s) with the same features carry another label "
+                    f"{parts['others'][r]} row(s) with the same features carry a label other "
                     f"than {batch.label_of(int(batch.y[r]))}"
                 )
             out.append("; ".join(bits) if bits else "no copies in this batch or the trusted set")

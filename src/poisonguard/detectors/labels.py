@@ -12,6 +12,7 @@ from typing import ClassVar, Self
 import numpy as np
 
 from poisonguard.detectors._common import (
+    UNSEEN_SCORE,
     DetectorBase,
     class_prior,
     features32,
@@ -19,7 +20,7 @@ from poisonguard.detectors._common import (
     labels_of,
     subsample,
 )
-from poisonguard.detectors._neighbours import fingerprint, search
+from poisonguard.detectors._neighbours import Neighbours, fingerprint, search
 from poisonguard.detectors.base import Table
 from poisonguard.errors import BatchError
 
@@ -41,7 +42,7 @@ def _vote(
     -------
     ndarray of shape (n_rows, n_classes), float64
     """
-    n, k = dist.shape
+    n = dist.shape[0]
     n_classes = len(prior)
     ok = (index >= 0) & np.isfinite(dist)
     d = np.where(ok, dist, 0.0)
@@ -51,10 +52,9 @@ def _vote(
         w = np.where(scale > 0, np.exp(-d / np.where(scale > 0, scale, 1.0)), 1.0)
     lab = np.where(ok, neighbour_labels[np.where(ok, index, 0)], -1)
     w = np.where(ok & (lab >= 0) & (lab < n_classes), w, 0.0)
-    votes = np.zeros((n, n_classes))
-    rows = np.repeat(np.arange(n), k)
-    np.add.at(votes, (rows, np.clip(lab, 0, n_classes - 1).ravel()), w.ravel())
-    votes += smoothing * prior[None, :]
+    cells = np.arange(n)[:, None] * n_classes + np.clip(lab, 0, n_classes - 1)
+    counted = np.bincount(cells.ravel(), weights=w.ravel(), minlength=n * n_classes)
+    votes = counted.astype(np.float64).reshape(n, n_classes) + smoothing * prior[None, :]
     return votes / votes.sum(axis=1, keepdims=True)
 
 
@@ -65,7 +65,50 @@ def _given(prob: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p, unseen
 
 
-def _knn_reason(batch: Table, r: int, y: int, lab: np.ndarray, prob: np.ndarray, where: str) -> str:
+def _margin(nb: Neighbours) -> np.ndarray:
+    """``log`` of how much farther the nearest same-label row is than the k nearest rows on average.
+
+    0 or less when the label is among the row's own neighbours; large for a
+    row sitting deep among rows of other labels. It extends the vote, which
+    saturates once all k neighbours disagree, so that a flipped row deep
+    inside another class outranks a trusted row on a class boundary.
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), float64; 0 where there is no same-label row.
+    """
+    ok = np.isfinite(nb.dist)
+    count = ok.sum(axis=1)
+    mean = np.sqrt(np.where(ok, nb.dist, 0.0)).sum(axis=1) / np.maximum(count, 1)
+    same = np.sqrt(nb.class_dist[:, 0]) if nb.class_dist.shape[1] else np.full(len(mean), np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = np.log(same / mean)
+    return np.where(np.isfinite(m) & (count > 0), np.maximum(m, 0.0), 0.0)
+
+
+def _label_scores(
+    nb: Neighbours, neighbour_labels: np.ndarray, y: np.ndarray, prior: np.ndarray, smoothing: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, vote probabilities (n_rows, n_classes) and margins of label agreement."""
+    prob = _vote(nb.dist, nb.index, neighbour_labels, prior, smoothing)
+    p, unseen = _given(prob, y)
+    margin = _margin(nb)
+    s = label_surprise(p, prob.max(axis=1), unseen)
+    return np.where(unseen, s, np.minimum(s + margin, UNSEEN_SCORE - 1.0)), prob, margin
+
+
+def _knn_reason(
+    batch: Table, r: int, y: int, lab: np.ndarray, prob: np.ndarray, where: str, margin: float
+) -> str:
+    text = _vote_reason(batch, r, y, lab, prob, where)
+    if margin > 0.05:
+        text += f"; the nearest one labelled {batch.label_of(y)} is {np.exp(margin):.3g}x farther"
+    return text
+
+
+def _vote_reason(
+    batch: Table, r: int, y: int, lab: np.ndarray, prob: np.ndarray, where: str
+) -> str:
     lab = lab[lab >= 0]
     k = len(lab)
     label = batch.label_of(y)
@@ -88,10 +131,15 @@ class KnnLabelDetector(DetectorBase):
     """How little a row's k nearest trusted rows support its label.
 
     Score: ``-log p(label)`` under a smoothed, distance-weighted vote of the
-    k nearest rows of a (stratified, deterministic) sample of the trusted set.
-    A row whose label disagrees with all its trusted neighbours scores above
-    every row they agree with. Labels the reference never had score above
-    every seen label.
+    k nearest rows of a (stratified, deterministic) sample of the trusted set,
+    plus ``max(0, log(d_label / d_k))``: how much farther the nearest trusted
+    row *with the row's label* is than its k nearest trusted rows on average.
+    The vote saturates once all k neighbours disagree; the second term keeps
+    ranking such rows by how deep among other labels they sit, which is what
+    separates flipped rows from honest boundary cases in calibration. A row
+    whose label disagrees with all its trusted neighbours scores above every
+    row they agree with. Labels the reference never had score above every
+    seen label.
 
     Parameters
     ----------
@@ -137,19 +185,27 @@ class KnnLabelDetector(DetectorBase):
         self.prior_ = class_prior(y, reference.n_classes)
         return self
 
-    def _prob(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        nb = search(features32(batch), self.R_, self.k_, r_lab=self.r_y_, r_key=self.r_key_)
-        prob = _vote(nb.dist, nb.index, self.r_y_, self.prior_, self.smoothing)
-        return prob, nb.index, nb.dist
+    def _scores(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        y = labels_of(batch, self.name, "batch")
+        nb = search(
+            features32(batch),
+            self.R_,
+            self.k_,
+            kc=1,
+            q_lab=y,
+            r_lab=self.r_y_,
+            r_key=self.r_key_,
+        )
+        s, prob, margin = _label_scores(nb, self.r_y_, y, self.prior_, self.smoothing)
+        lab = np.where(nb.index >= 0, self.r_y_[np.maximum(nb.index, 0)], -1)
+        return s, prob, margin, lab
 
     def score(self, batch: Table) -> np.ndarray:
         self._check_fitted("R_")
-        y = labels_of(batch, self.name, "batch")
+        labels_of(batch, self.name, "batch")
         if batch.n_rows == 0:
             return np.zeros(0)
-        prob, _, _ = self._prob(batch)
-        p, unseen = _given(prob, y)
-        return label_surprise(p, prob.max(axis=1), unseen)
+        return self._scores(batch)[0]
 
     def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         self._check_fitted("R_")
@@ -158,10 +214,12 @@ class KnnLabelDetector(DetectorBase):
             return []
         sub = batch.take(rows)
         y = labels_of(sub, self.name, "batch")
-        prob, index, _ = self._prob(sub)
+        _, prob, margin, lab = self._scores(sub)
         p, _ = _given(prob, y)
-        lab = np.where(index >= 0, self.r_y_[np.where(index >= 0, index, 0)], -1)
-        return [_knn_reason(sub, r, int(y[r]), lab[r], p, "trusted rows") for r in range(len(rows))]
+        return [
+            _knn_reason(sub, r, int(y[r]), lab[r], p, "trusted rows", float(margin[r]))
+            for r in range(len(rows))
+        ]
 
 
 class BatchKnnLabelDetector(DetectorBase):
@@ -208,7 +266,9 @@ class BatchKnnLabelDetector(DetectorBase):
         self.prior_ = class_prior(y, reference.n_classes)
         return self
 
-    def _prob(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _scores(
+        self, batch: Table
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         y = labels_of(batch, self.name, "batch")
         X = features32(batch)
         keep = subsample(batch.n_rows, self.max_batch_, y, self.seed_, self.k_ + 1)
@@ -218,22 +278,22 @@ class BatchKnnLabelDetector(DetectorBase):
             X,
             R,
             self.k_,
+            kc=1,
+            q_lab=y,
             r_lab=r_y,
             q_ids=np.arange(batch.n_rows, dtype=np.int64),
             r_ids=keep,
         )
-        prob = _vote(nb.dist, nb.index, r_y, self.prior_, self.smoothing)
-        lab = np.where(nb.index >= 0, r_y[np.where(nb.index >= 0, nb.index, 0)], -1)
-        return prob, lab, y
+        s, prob, margin = _label_scores(nb, r_y, y, self.prior_, self.smoothing)
+        lab = np.where(nb.index >= 0, r_y[np.maximum(nb.index, 0)], -1)
+        return s, prob, margin, lab, y
 
     def score(self, batch: Table) -> np.ndarray:
         self._check_fitted("prior_")
         labels_of(batch, self.name, "batch")
         if batch.n_rows == 0:
             return np.zeros(0)
-        prob, _, y = self._prob(batch)
-        p, unseen = _given(prob, y)
-        return label_surprise(p, prob.max(axis=1), unseen)
+        return self._scores(batch)[0]
 
     def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         self._check_fitted("prior_")
@@ -241,10 +301,11 @@ class BatchKnnLabelDetector(DetectorBase):
         if len(rows) == 0:
             return []
         # Neighbours come from the whole batch, so compute them there.
-        prob, lab, y = self._prob(batch)
+        _, prob, margin, lab, y = self._scores(batch)
         p, _ = _given(prob, y)
         return [
-            _knn_reason(batch, int(r), int(y[r]), lab[r], p, "rows of this batch") for r in rows
+            _knn_reason(batch, int(r), int(y[r]), lab[r], p, "rows of this batch", float(margin[r]))
+            for r in rows
         ]
 
 
@@ -315,8 +376,11 @@ class ModelLabelDetector(DetectorBase):
             import warnings
 
             from sklearn.exceptions import ConvergenceWarning
+            from threadpoolctl import threadpool_limits
 
-            with warnings.catch_warnings():
+            # One BLAS thread: these problems are small, and threaded BLAS
+            # stalls badly when another process holds one of few cores.
+            with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
                 # A not-quite-converged model still ranks labels well.
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 est.fit(X, yk)
@@ -333,8 +397,15 @@ class ModelLabelDetector(DetectorBase):
             return out
         X = features32(batch)
         est = self.model_
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            return self._fill(out, est, X)
+
+    @staticmethod
+    def _fill(out: np.ndarray, est: object, X: np.ndarray) -> np.ndarray:
         if hasattr(est, "coef_"):
-            z = est.decision_function(X)
+            z = est.decision_function(X)  # type: ignore[attr-defined]
             if z.ndim == 1:
                 # Binary: log sigmoid of either sign, computed without overflow.
                 lp = np.stack([-np.logaddexp(0.0, z), -np.logaddexp(0.0, -z)], axis=1)
@@ -342,8 +413,8 @@ class ModelLabelDetector(DetectorBase):
                 lp = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
         else:
             with np.errstate(divide="ignore"):
-                lp = np.log(np.maximum(est.predict_proba(X), 1e-300))
-        out[:, est.classes_.astype(np.int64)] = lp
+                lp = np.log(np.maximum(est.predict_proba(X), 1e-300))  # type: ignore[attr-defined]
+        out[:, est.classes_.astype(np.int64)] = lp  # type: ignore[attr-defined]
         return out
 
     def score(self, batch: Table) -> np.ndarray:

@@ -19,9 +19,10 @@ from poisonguard.detectors._common import (
     labels_of,
     subsample,
 )
-from poisonguard.detectors._kernels import _tail_matrix, _tail_scores
+from poisonguard.detectors._kernels import _tail_grid, _tail_matrix, _tail_scores
 from poisonguard.detectors._neighbours import Neighbours, fingerprint, search
 from poisonguard.detectors.base import Table
+from poisonguard.errors import BatchError
 
 # ---------------------------------------------------------------------------
 # Per-feature tails
@@ -55,6 +56,7 @@ class _TailSummary:
         self.values = np.concatenate(values) if values else np.zeros(0)
         self.below = np.concatenate(below) if below else np.zeros(0)
         self.equal = np.concatenate(equal) if equal else np.zeros(0)
+        self.grid, self.goffsets, self.gscale = _tail_grid(self.values, self.starts, self.counts)
 
     def scores(self, X: np.ndarray, group: np.ndarray, use_max: bool) -> np.ndarray:
         return _tail_scores(
@@ -68,6 +70,9 @@ class _TailSummary:
             self.sizes,
             self.lo_scale,
             self.hi_scale,
+            self.grid,
+            self.goffsets,
+            self.gscale,
             use_max,
         )
 
@@ -83,6 +88,9 @@ class _TailSummary:
             self.sizes,
             self.lo_scale,
             self.hi_scale,
+            self.grid,
+            self.goffsets,
+            self.gscale,
         )
 
     def lowest(self, g: int, f: int) -> float:
@@ -141,15 +149,14 @@ def _fmt(v: float) -> str:
 class _TailBase(DetectorBase):
     _per_class: ClassVar[bool] = False
 
-    def __init__(self, *, combine: str = "sum", n_knots: int = 256, min_class_rows: int = 10):
+    def __init__(self, *, combine: str = "sum", n_knots: int = 256):
         self.combine = combine
         self.n_knots = n_knots
-        self.min_class_rows = min_class_rows
 
     def fit(self, reference: Table) -> Self:
         self._check_choice("combine", ("sum", "max"))
         n_knots = self._check_int("n_knots", 8)
-        min_rows = self._check_int("min_class_rows", 1)
+        min_rows = self._check_int("min_class_rows", 1) if self._per_class else 1
         X = features32(reference)
         if X.shape[0] == 0:
             raise self._empty_reference()
@@ -174,8 +181,6 @@ class _TailBase(DetectorBase):
         return self
 
     def _empty_reference(self) -> Exception:
-        from poisonguard.errors import BatchError
-
         return BatchError("reference", f"detector {self.name!r} needs at least one trusted row")
 
     def _groups(self, batch: Table) -> np.ndarray:
@@ -241,8 +246,6 @@ class TailDetector(_TailBase):
         How a row's per-feature scores are combined.
     n_knots : int
         Most knots kept per column (>= 8); more resolve the middle finer.
-    min_class_rows : int
-        Unused here (kept so the class variant shares the signature).
     """
 
     name: ClassVar[str] = "tail"
@@ -266,6 +269,10 @@ class ClassTailDetector(_TailBase):
     name: ClassVar[str] = "class_tail"
     needs_label: ClassVar[bool] = True
     _per_class: ClassVar[bool] = True
+
+    def __init__(self, *, combine: str = "sum", n_knots: int = 256, min_class_rows: int = 10):
+        super().__init__(combine=combine, n_knots=n_knots)
+        self.min_class_rows = min_class_rows
 
 
 # ---------------------------------------------------------------------------
@@ -305,8 +312,6 @@ class _KnnBase(DetectorBase):
         max_ref = self._check_int("max_reference", 2)
         seed = self._check_seed()
         if reference.n_rows < 2:
-            from poisonguard.errors import BatchError
-
             raise BatchError("reference", f"detector {self.name!r} needs at least 2 trusted rows")
         X = features32(reference)
         y = None
