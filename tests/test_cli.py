@@ -161,3 +161,25 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+def test_selftest_reports_every_attack_and_catches_far_outliers(demo_project, capsys):
+    from poisonguard.attacks import ATTACKS
+    from poisonguard.config import load_config
+    from poisonguard.selftest import selftest
+
+    cfg = str(demo_project / "poisonguard.toml")
+    assert main(["selftest", "--config", cfg, "--attacks", "far_outlier,random_flip"]) == 0
+    out = capsys.readouterr().out
+    assert "far_outlier" in out and "random_flip" in out and "poison-free batch" in out
+    table = selftest(load_config(cfg), attacks=ATTACKS).set_index("attack")
+    assert list(table.index) == ["none", *ATTACKS]
+    assert table.loc["far_outlier", "recall"] >= 0.9
+    assert table.loc["none", "quarantined"] <= 0.01 * table.loc["none", "rows"]
+
+
+def test_selftest_needs_a_label(demo_project, capsys):
+    path = demo_project / "poisonguard.toml"
+    path.write_text(path.read_text().replace('label = "digit"\n', ""))
+    assert main(["selftest", "--config", str(path)]) == 2
+    assert "needs dataset.label" in capsys.readouterr().err

@@ -107,3 +107,22 @@ def test_row_hashes_ignore_the_file_format():
     b = pd.DataFrame({"x": [1.0, 2.0], "s": ["a", "b"]})
     assert list(row_hashes(a)) == list(row_hashes(b))
     assert row_hashes(a)[0] != row_hashes(a)[1]
+
+
+def test_a_batch_whose_labels_shift_past_the_configured_level_is_held_whole(demo_project):
+    """With hold_label_shift set, a batch of one class is held for review, every row with the reason."""
+    path = demo_project / "poisonguard.toml"
+    path.write_text(
+        path.read_text().replace("[detection]\n", "[detection]\nhold_label_shift = 0.3\n")
+    )
+    config = load_config(path)
+    for f in config.landing.iterdir():
+        f.unlink()
+    trusted = pd.read_parquet(demo_project / "trusted.parquet")
+    ones = trusted[trusted["digit"] == 1].copy()
+    ones["row_id"] = ones["row_id"] + 100_000
+    ones.to_parquet(config.landing / "only-ones.parquet", index=False)
+    (rec,) = process_landing(config)
+    assert rec.rows_quarantined == rec.rows_in == len(ones)
+    held = Store(config.store).quarantine_frame(rec.batch_id)
+    assert held["pg_reason"].str.startswith("batch held for review: its label shares").all()

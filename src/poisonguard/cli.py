@@ -415,6 +415,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from poisonguard.attacks import ATTACKS
+    from poisonguard.selftest import selftest
+
+    config = _config(args)
+    attacks = tuple(a for a in args.attacks.split(",") if a) if args.attacks else ATTACKS
+    table = selftest(config, attacks=attacks, rate=args.rate, seeds=range(args.seeds))
+    _out(
+        f"planted at rate {args.rate:g} in {config.name}'s clean set "
+        f"({args.seeds} seed{'s' if args.seeds > 1 else ''}); fdr {config.detection.fdr:g}"
+    )
+    _out(_table(table.to_dict("records"), list(table.columns)))
+    none = table[table["attack"] == "none"].iloc[0]
+    _out(
+        f"\nclean rows quarantined in the poison-free batch: {none['quarantined']} of {none['rows']}"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -531,6 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--last", type=int, default=0, help="only the last N entries")
     sp.set_defaults(func=cmd_audit_log)
+
+    sp = command(
+        "selftest",
+        cmd_selftest,
+        "plant known attacks in the store's clean set and report what the gate catches",
+    )
+    sp.add_argument(
+        "--rate", type=float, default=0.1, help="share of the batch poisoned (default 0.1)"
+    )
+    sp.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds (default 1)")
+    sp.add_argument("--attacks", help="attack kinds separated by commas (default all)")
 
     sp = command(
         "gate",

@@ -63,7 +63,11 @@ class DetectionSettings:
         The reference is subsampled (deterministically) to at most this many rows.
     hold_label_shift : float
         Total-variation distance between the batch's and the reference's label
-        distributions past which the whole batch is held for review; 1 disables it.
+        distributions past which (when also significant) the whole batch is held
+        for review; 1 disables it.
+    hold_feature_drift : float
+        Share of features drifted (significant KS and PSI >= 0.1) past which the
+        whole batch is held for review; 1 disables it.
     random_state : int
         Seed for every random choice, so runs are repeatable.
     """
@@ -75,6 +79,7 @@ class DetectionSettings:
     folds: int = 5
     max_reference_rows: int = 20000
     hold_label_shift: float = 1.0
+    hold_feature_drift: float = 1.0
     random_state: int = 0
 
     def validated(
@@ -102,6 +107,8 @@ class DetectionSettings:
             raise bad("max_reference_rows", "an int >= 50", self.max_reference_rows)
         if not 0.0 < self.hold_label_shift <= 1.0:
             raise bad("hold_label_shift", "in (0, 1]", self.hold_label_shift)
+        if not 0.0 < self.hold_feature_drift <= 1.0:
+            raise bad("hold_feature_drift", "in (0, 1]", self.hold_feature_drift)
         return self
 
 
@@ -143,6 +150,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "folds": int,
         "max_reference_rows": int,
         "hold_label_shift": (float, int),
+        "hold_feature_drift": (float, int),
         "random_state": int,
     },
     "schedule": {"cron": str, "timezone": str},
@@ -215,6 +223,7 @@ def load_config(path: str | Path) -> Config:
         folds=det.get("folds", 5),
         max_reference_rows=det.get("max_reference_rows", 20000),
         hold_label_shift=float(det.get("hold_label_shift", 1.0)),
+        hold_feature_drift=float(det.get("hold_feature_drift", 1.0)),
         random_state=det.get("random_state", 0),
     )
     settings.validated(key_prefix=f"{path}: detection")

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from poisonguard.config import RESERVED_PREFIX, Config
+from poisonguard.detectors.drift import DriftReport, batch_drift
 from poisonguard.errors import BatchError, ConfigError, StoreError
 from poisonguard.evidence import batch_evidence, batch_report
 from poisonguard.scan import Guard, ScanResult
@@ -215,6 +216,45 @@ def fit_guard(config: Config, store: Store) -> Guard:
     ).fit(reference[data_columns(reference)])
 
 
+def hold_reason(drift: DriftReport, config: Config) -> str | None:
+    """Why the whole batch is held for review, when its drift passes the configured levels."""
+    settings = config.detection
+    tv, p = drift.label_tv, drift.label_p_value
+    if tv is not None and tv > settings.hold_label_shift and drift.label_drifted:
+        return (
+            f"batch held for review: its label shares are {tv:.2f} (total variation) from the "
+            f"trusted set's (chi-square p={p:.2g}), past hold_label_shift {settings.hold_label_shift}"
+        )
+    share = len(drift.drifted_features) / max(len(drift.features), 1)
+    if settings.hold_feature_drift < 1.0 and share > settings.hold_feature_drift:
+        return (
+            f"batch held for review: {len(drift.drifted_features)} of {len(drift.features)} "
+            f"features drifted from the trusted set, past hold_feature_drift "
+            f"{settings.hold_feature_drift}"
+        )
+    return None
+
+
+def drift_evidence(drift: DriftReport, top: int = 30) -> dict:
+    """Drift figures for the report: label shift, and the most drifted features first."""
+    order = np.argsort(-drift.ks_statistic)[:top]
+    return {
+        "label_tv": drift.label_tv,
+        "label_p": drift.label_p_value,
+        "features": [
+            {
+                "name": drift.features[i],
+                "statistic": float(drift.ks_statistic[i]),
+                "p_value": float(drift.ks_p_value[i]),
+                "psi": float(drift.psi[i]),
+            }
+            for i in order
+        ],
+        "drifted_features": list(drift.drifted_features),
+        "summary": drift.summary(),
+    }
+
+
 def detect_batch(
     staged: str | Path, config: Config, store: Store, guard: Guard | None = None
 ) -> Path:
@@ -224,13 +264,20 @@ def detect_batch(
     decision = pd.DataFrame({"pg_row": rows["pg_row"].to_numpy()})
     if len(rows):
         guard = guard or fit_guard(config, store)
-        result: ScanResult = guard.scan(
-            rows[data_columns(rows)].reset_index(drop=True),
-            source=Path(Staged.load(folder).source).name,
-        )
-        decision["quarantined"] = result.quarantined.to_numpy()
-        decision["reason"] = result.reasons.to_numpy()
-        evidence = batch_evidence(guard, rows[data_columns(rows)].reset_index(drop=True), result)
+        data = rows[data_columns(rows)].reset_index(drop=True)
+        result: ScanResult = guard.scan(data, source=Path(Staged.load(folder).source).name)
+        drift = batch_drift(guard.reference_, guard.encoder_.transform(data))
+        hold = hold_reason(drift, config)
+        quarantined = result.quarantined.to_numpy(dtype=bool)
+        reasons = result.reasons.to_numpy(dtype=object)
+        if hold:
+            reasons = np.array([f"{hold}; {r}" if r else hold for r in reasons], dtype=object)
+            quarantined = np.ones(len(rows), dtype=bool)
+        decision["quarantined"] = quarantined
+        decision["reason"] = reasons
+        evidence = batch_evidence(guard, data, result)
+        evidence["drift"] = drift_evidence(drift)
+        evidence["hold"] = hold
         atomic_write_bytes(folder / EVIDENCE, json.dumps(evidence).encode())
         for col in result.scores.columns:
             name = "pg_suspicion" if col == "suspicion" else f"pg_score_{col}"
