@@ -39,3 +39,24 @@ def test_flow_tasks_pass_paths_not_frames(demo_project, prefect_harness):
     assert isinstance(staged, str)
     assert isinstance(module.detect.fn(cfg, staged), str)
     assert isinstance(module.commit.fn(cfg, staged), dict)
+
+
+def test_pretraining_gate_subflow_inside_a_training_flow(demo_project, prefect_harness):
+    """A team's own flow calls the gate as a subflow: a manifest when safe, GateError when not."""
+    from prefect import flow
+
+    from poisonguard.errors import GateError
+    from poisonguard_flows.gate import pretraining_gate
+
+    cfg = str(demo_project / "poisonguard.toml")
+
+    @flow
+    def train(config_path: str) -> int:
+        manifest = pretraining_gate(config_path)
+        return manifest["rows"]
+
+    store = Store(load_config(cfg).store)
+    assert train(cfg) == sum(f.rows for f in store.files("clean"))
+    (store.root / "clean" / "sneaked-in.parquet").write_bytes(b"x")
+    with pytest.raises(GateError, match="sneaked-in.parquet: not written by poisonguard"):
+        train(cfg)

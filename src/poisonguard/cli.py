@@ -54,6 +54,22 @@ def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def _progress(label: str) -> Callable[[int, int, str], None] | None:
+    """A progress bar on stderr, when stderr is a terminal; None otherwise."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int, name: str) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        bar = "#" * filled + "-" * (width - filled)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{label} [{bar}] {done}/{total} {name[:40]:<40}{end}")
+        sys.stderr.flush()
+
+    return show
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -85,7 +101,7 @@ def _run(config: Config, local: bool) -> list[dict]:
     if local:
         from poisonguard.pipeline import process_landing
 
-        return [r.as_dict() for r in process_landing(config)]
+        return [r.as_dict() for r in process_landing(config, progress=_progress("batches"))]
     import poisonguard_flows
 
     poisonguard_flows.configure(config.store)
@@ -421,7 +437,13 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
     config = _config(args)
     attacks = tuple(a for a in args.attacks.split(",") if a) if args.attacks else ATTACKS
-    table = selftest(config, attacks=attacks, rate=args.rate, seeds=range(args.seeds))
+    table = selftest(
+        config,
+        attacks=attacks,
+        rate=args.rate,
+        seeds=range(args.seeds),
+        progress=_progress("selftest"),
+    )
     _out(
         f"planted at rate {args.rate:g} in {config.name}'s clean set "
         f"({args.seeds} seed{'s' if args.seeds > 1 else ''}); fdr {config.detection.fdr:g}"

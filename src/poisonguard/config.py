@@ -13,7 +13,7 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
 
     [detection]
     detectors = ["knn_label", "knn_distance", "tail"]
-    fdr = 0.05                     # false-discovery rate of the quarantine
+    fdr = 0.1                      # false-discovery rate of the quarantine
     calibration_rows = 2000
     folds = 5
     max_reference_rows = 20000
@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from poisonguard.errors import ConfigError
+
+#: Default false-discovery rate of the quarantine (see docs/decision.md).
+DEFAULT_FDR = 0.1
 
 #: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
 RESERVED_PREFIX = "pg_"
@@ -74,7 +77,7 @@ class DetectionSettings:
 
     detectors: tuple[str, ...] | None = None
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    fdr: float = 0.05
+    fdr: float = DEFAULT_FDR
     calibration_rows: int = 2000
     folds: int = 5
     max_reference_rows: int = 20000
@@ -218,7 +221,7 @@ def load_config(path: str | Path) -> Config:
     settings = DetectionSettings(
         detectors=tuple(detectors) if detectors is not None else None,
         params={k: dict(v) for k, v in params.items()},
-        fdr=float(det.get("fdr", 0.05)),
+        fdr=float(det.get("fdr", DEFAULT_FDR)),
         calibration_rows=det.get("calibration_rows", 2000),
         folds=det.get("folds", 5),
         max_reference_rows=det.get("max_reference_rows", 20000),
@@ -287,7 +290,7 @@ def render_config(
     landing: str = "landing",
     store: str = "store",
     features: list[str] | None = None,
-    fdr: float = 0.05,
+    fdr: float = DEFAULT_FDR,
     cron: str = "*/15 * * * *",
 ) -> str:
     """The text of a new config file, with comments, as ``poisonguard init`` writes it."""

@@ -71,8 +71,20 @@ class Calibration:
 
     @classmethod
     def fit(
-        cls, scores: np.ndarray, *, tail_fraction: float = 0.1, min_tail: int = 10
+        cls,
+        scores: np.ndarray,
+        *,
+        tail_fraction: float = 0.1,
+        min_tail: int = 10,
+        min_scale: float | None = None,
     ) -> Calibration:
+        """Sort the calibration scores and fit the tail above them.
+
+        ``min_scale`` is a floor on the tail's scale, for detectors whose scores
+        are surprises (``-log`` of a probability under a stated null): the
+        fitted tail then never decays faster than ``exp(-score / min_scale)``,
+        whatever few or tied calibration scores it was fitted to.
+        """
         s = np.sort(np.asarray(scores, dtype=np.float64))
         s = s[np.isfinite(s)]
         if s.size == 0:
@@ -82,27 +94,33 @@ class Calibration:
         threshold = float(s[s.size - n_tail - 1]) if n_tail > 0 else float(s[-1])
         excess = s[s.size - n_tail :] - threshold if n_tail > 0 else np.empty(0)
         xi, sigma = _fit_gpd(excess)
+        if min_scale is not None and sigma < min_scale:
+            sigma = float(min_scale)
         return cls(s, float(s[-1]), xi, sigma, threshold, n_tail / s.size)
 
     @property
     def n(self) -> int:
         return int(self.scores.size)
 
-    def p_values(self, x: np.ndarray) -> np.ndarray:
-        """Conformal p-values of new scores, continued along the fitted tail past the maximum."""
+    def log_p_values(self, x: np.ndarray) -> np.ndarray:
+        """Natural log of ``p_values(x)``, finite however far out in the tail ``x`` lies."""
         x = np.asarray(x, dtype=np.float64)
         n = self.n
         n_ge = n - np.searchsorted(self.scores, x, side="left")
-        p = (1.0 + n_ge) / (n + 1.0)
-        beyond = x > self.tail_start
-        if beyond.any() and self.sigma > 0:
-            # Survival of the fitted tail at x, relative to its value at the largest
-            # calibration score, scales the coarsest conformal p-value 1/(n+1).
-            ratio = _gpd_sf(x[beyond] - self.threshold, self.xi, self.sigma) / _gpd_sf(
-                np.array([self.tail_start - self.threshold]), self.xi, self.sigma
-            )
-            p[beyond] = np.clip(ratio, 0.0, 1.0) / (n + 1.0)
-        return np.maximum(p, P_FLOOR)
+        logp = np.log1p(n_ge) - np.log(n + 1.0)
+        above = x > self.threshold
+        if above.any() and self.sigma > 0:
+            # Peaks over threshold: the conformal p-value at the threshold times the
+            # fitted tail's survival beyond it. Continuous with the conformal p-value
+            # at the threshold, and finer than 1/(n+1) past the calibration maximum.
+            n_tail = n - np.searchsorted(self.scores, self.threshold, side="right")
+            at = np.log1p(n_tail) - np.log(n + 1.0)
+            logp[above] = at + _gpd_logsf(x[above] - self.threshold, self.xi, self.sigma)
+        return np.minimum(logp, 0.0)
+
+    def p_values(self, x: np.ndarray) -> np.ndarray:
+        """Conformal p-values of new scores, continued along the fitted tail past the maximum."""
+        return np.maximum(np.exp(self.log_p_values(x)), P_FLOOR)
 
 
 def _fit_gpd(excess: np.ndarray) -> tuple[float, float]:
@@ -132,13 +150,11 @@ def _fit_gpd(excess: np.ndarray) -> tuple[float, float]:
     return xi, sigma
 
 
-def _gpd_sf(y: np.ndarray, xi: float, sigma: float) -> np.ndarray:
+def _gpd_logsf(y: np.ndarray, xi: float, sigma: float) -> np.ndarray:
     y = np.maximum(y, 0.0)
     if abs(xi) < 1e-9:
-        return np.exp(-y / sigma)
-    base = np.maximum(1.0 + xi * y / sigma, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.power(base, -1.0 / xi)
+        return -y / sigma
+    return -np.log1p(xi * y / sigma) / xi
 
 
 def cauchy_combine(p: np.ndarray) -> np.ndarray:
@@ -158,23 +174,63 @@ def cauchy_combine(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] == 0:
         raise ValueError("cauchy_combine needs a 2-D array with at least one column")
+    with np.errstate(divide="ignore"):
+        logp = np.log(np.clip(p, 0.0, 1.0))
+    return np.clip(np.exp(log_cauchy_combine(logp)), P_FLOOR, 1.0)
+
+
+def log_cauchy_combine(logp: np.ndarray) -> np.ndarray:
+    """``cauchy_combine`` on natural-log p-values, returning the log of the combined p-value.
+
+    Works in log space throughout, so rows whose p-values underflow stay ordered
+    (the suspicion score and Benjamini-Hochberg need that order).
+
+    Parameters
+    ----------
+    logp : ndarray of shape (n_rows, n_tests)
+
+    Returns
+    -------
+    ndarray of shape (n_rows,)
+    """
+    logp = np.asarray(logp, dtype=np.float64)
+    if logp.ndim != 2 or logp.shape[1] == 0:
+        raise ValueError("log_cauchy_combine needs a 2-D array with at least one column")
+    k = logp.shape[1]
     # p-values above 0.5 enter as 0.5. Untruncated, a p of 1 (a score below every
     # calibration score, e.g. an exact copy of a trusted row for a distance detector)
     # contributes tan(-pi/2) ~ -1.6e16 and makes the row immune to every other
     # detector. The combination's small-p tail, where Benjamini-Hochberg cuts, is
     # unchanged (simulated with independent uniform p-values: P(p <= a) / a within 5%
-    # of 1 for a <= 1e-3 and 2 to 8 detectors; up to 1.2 at a = 0.05).
-    p = np.clip(p, P_FLOOR, TRUNCATE_AT)
-    # tan((0.5 - p) pi) overflows in precision near p ~ 0; 1/(p pi) is its limit.
-    with np.errstate(divide="ignore", over="ignore"):
-        t = np.where(p < 1e-15, 1.0 / (p * np.pi), np.tan((0.5 - p) * np.pi))
-        stat = t.mean(axis=1)
-        out = np.where(stat > 1e15, 1.0 / (stat * np.pi), 0.5 - np.arctan(stat) / np.pi)
-    return np.clip(out, P_FLOOR, 1.0)
+    # of 1 for a <= 1e-3 and 2 to 8 detectors; up to 1.2 at a = 0.05). With the
+    # truncation every tangent is >= 0, so their mean can be summed in log space.
+    logp = np.clip(np.nan_to_num(logp, nan=0.0), -np.inf, np.log(TRUNCATE_AT))
+    p = np.exp(logp)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        # tan((0.5 - p) pi) loses precision near p ~ 0; 1/(p pi) is its limit.
+        log_t = np.where(
+            logp < np.log(1e-15),
+            -logp - np.log(np.pi),
+            np.log(np.tan((0.5 - p) * np.pi)),
+        )
+        top = np.max(log_t, axis=1)
+        safe = np.where(np.isfinite(top), top, 0.0)
+        log_stat = safe + np.log(np.sum(np.exp(log_t - safe[:, None]), axis=1)) - np.log(k)
+        log_stat = np.where(np.isneginf(top), -np.inf, log_stat)
+        stat = np.exp(np.minimum(log_stat, 700.0))
+        out = np.where(
+            log_stat > np.log(1e15),
+            -log_stat - np.log(np.pi),
+            np.log(0.5 - np.arctan(stat) / np.pi),
+        )
+    return np.minimum(out, 0.0)
 
 
-def benjamini_hochberg(p: np.ndarray, fdr: float) -> np.ndarray:
+def benjamini_hochberg(p: np.ndarray, fdr: float, *, log: bool = False) -> np.ndarray:
     """Rows rejected by the Benjamini-Hochberg step-up procedure at level ``fdr``.
+
+    With ``log=True``, ``p`` holds natural-log p-values (ordered even where the
+    p-values themselves would underflow).
 
     Returns
     -------
@@ -186,7 +242,8 @@ def benjamini_hochberg(p: np.ndarray, fdr: float) -> np.ndarray:
     if n == 0:
         return out
     order = np.argsort(p, kind="stable")
-    passed = p[order] <= fdr * np.arange(1, n + 1) / n
+    cut = fdr * np.arange(1, n + 1) / n
+    passed = p[order] <= (np.log(cut) if log else cut)
     if passed.any():
         k = int(np.nonzero(passed)[0].max())
         out[order[: k + 1]] = True
@@ -257,11 +314,13 @@ def decide(
     if not names:
         raise ValueError("decide() needs the scores of at least one detector")
     n = len(next(iter(scores.values())))
-    p = np.empty((n, len(names)))
+    logp = np.empty((n, len(names)))
     for j, name in enumerate(names):
-        p[:, j] = calibrations[name].p_values(scores[name])
-    combined = cauchy_combine(p) if n else np.empty(0)
-    quarantined = benjamini_hochberg(combined, fdr)
+        logp[:, j] = calibrations[name].log_p_values(scores[name])
+    p = np.maximum(np.exp(logp), P_FLOOR)
+    log_combined = log_cauchy_combine(logp) if n else np.empty(0)
+    combined = np.maximum(np.exp(log_combined), P_FLOOR)
+    quarantined = benjamini_hochberg(log_combined, fdr, log=True)
     threshold = float(combined[quarantined].max()) if quarantined.any() else 0.0
 
     reasons = [""] * n
@@ -273,7 +332,7 @@ def decide(
         parts: dict[int, list[str]] = {int(r): [] for r in rows}
         for j, name in enumerate(names):
             pj = p[rows, j]
-            strongest = np.argmin(p[rows], axis=1) == j
+            strongest = np.argmin(logp[rows], axis=1) == j
             hit = rows[(pj <= cut) | strongest]
             if hit.size == 0:
                 continue
@@ -286,5 +345,6 @@ def decide(
     for r, why in (forced or {}).items():
         quarantined[r] = True
         reasons[r] = f"{why}; {reasons[r]}" if reasons[r] else why
-    suspicion = -np.log10(combined) if n else np.empty(0)
+    # From the log, so rows far in the tail stay ordered instead of tying at P_FLOOR.
+    suspicion = -log_combined / np.log(10.0) if n else np.empty(0)
     return Decision(quarantined, p, combined, suspicion, tuple(reasons), names, threshold)

@@ -75,27 +75,18 @@ def build_demo(root: Path, *, random_state: int = 7) -> tuple[Path, Path]:
             )
         )
 
-    flips = plant(
-        rest.iloc[parts[0]],
-        label=LABEL,
-        kind="random_flip",
-        rate=0.1,
-        reference=seed,
-        random_state=random_state,
-    )
-    atomic_write_bytes(landing / BATCHES[0].file, parquet_bytes(flips.frame))
-    record(BATCHES[0].file, flips.frame, flips.is_poison, "random_flip")
-
-    outliers = plant(
-        rest.iloc[parts[1]],
-        label=LABEL,
-        kind="far_outlier",
-        rate=0.1,
-        reference=seed,
-        random_state=random_state,
-    )
-    atomic_write_bytes(landing / BATCHES[1].file, parquet_bytes(outliers.frame))
-    record(BATCHES[1].file, outliers.frame, outliers.is_poison, "far_outlier")
+    for part, kind in ((0, "random_flip"), (1, "far_outlier")):
+        name = BATCHES[part].file
+        attack = plant(
+            rest.iloc[parts[part]],
+            label=LABEL,
+            kind=kind,
+            rate=0.1,
+            reference=seed,
+            random_state=random_state,
+        )
+        atomic_write_bytes(landing / name, parquet_bytes(attack.frame))
+        record(name, attack.frame, attack.is_poison, kind)
 
     broken = rest.iloc[parts[2]].reset_index(drop=True).copy()
     bad = np.zeros(len(broken), dtype=bool)

@@ -13,7 +13,7 @@ pass paths, never frames, to the next (flows/ingest.py)::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,15 +407,28 @@ def exclusive(store: Store) -> Iterator[None]:
         yield
 
 
-def process_landing(config: Config, store: Store | None = None) -> list[BatchRecord]:
-    """Process every new batch in the landing folder once, in name order, without Prefect."""
+Progress = Callable[[int, int, str], None]
+
+
+def process_landing(
+    config: Config, store: Store | None = None, progress: Progress | None = None
+) -> list[BatchRecord]:
+    """Process every new batch in the landing folder once, in name order, without Prefect.
+
+    ``progress(done, total, name)`` is called before each batch and once at the end.
+    """
     store = store or Store(config.store)
     records: list[BatchRecord] = []
     with exclusive(store):
-        for path in find_new_batches(config, store):
+        paths = find_new_batches(config, store)
+        for i, path in enumerate(paths):
+            if progress:
+                progress(i, len(paths), path.name)
             record = process_batch(path, config, store)
             if record is not None:
                 records.append(record)
+        if progress:
+            progress(len(paths), len(paths), "done")
     return records
 
 

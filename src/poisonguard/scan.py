@@ -30,11 +30,18 @@ SELF_REFERENCE_CONTAMINATION = 0.1
 MIN_REFERENCE_ROWS = 30
 
 
-def default_detectors() -> tuple[str, ...]:
+def default_detectors(labelled: bool = True) -> tuple[str, ...]:
+    """The registry's default suite, for a scan with or without a label column."""
     from poisonguard import detectors
 
-    names = getattr(detectors, "DEFAULT_DETECTORS", None) or tuple(REGISTRY)
+    attr = "DEFAULT_DETECTORS" if labelled else "DEFAULT_LABEL_FREE_DETECTORS"
+    names = getattr(detectors, attr, None) or tuple(REGISTRY)
     return tuple(names)
+
+
+def _tail_scale(name: str) -> float | None:
+    """The detector's floor on its calibration tail's scale (see ``Calibration.fit``)."""
+    return getattr(REGISTRY[name], "tail_scale", None)
 
 
 def infer_features(
@@ -144,7 +151,11 @@ class Guard:
         return self
 
     def _active(self, settings: DetectionSettings) -> tuple[str, ...]:
-        names = settings.detectors if settings.detectors is not None else default_detectors()
+        names = (
+            settings.detectors
+            if settings.detectors is not None
+            else default_detectors(labelled=self.label is not None)
+        )
         for name in names:
             if name not in REGISTRY:
                 raise param_error("detectors", "Guard", f"names from {sorted(REGISTRY)}", name)
@@ -176,7 +187,10 @@ class Guard:
             for name in self.detector_names_:
                 det = self._make(name, settings).fit(fit_on)
                 cal_scores[name].append(det.score(held))
-        return {name: Calibration.fit(np.concatenate(s)) for name, s in cal_scores.items()}
+        return {
+            name: Calibration.fit(np.concatenate(s), min_scale=_tail_scale(name))
+            for name, s in cal_scores.items()
+        }
 
     # ----------------------------------------------------------------- scan
     def score(
@@ -252,7 +266,7 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
         trimmed = np.sort(s)[
             : max(MIN_REFERENCE_ROWS, int(len(s) * (1 - SELF_REFERENCE_CONTAMINATION)))
         ]
-        calibrations[name] = Calibration.fit(trimmed)
+        calibrations[name] = Calibration.fit(trimmed, min_scale=_tail_scale(name))
 
     def explain(name: str, rows: np.ndarray) -> list[str]:
         out: dict[int, str] = {}

@@ -9,7 +9,7 @@ clean rows the gate holds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ def selftest(
     rate: float = 0.1,
     seeds: Sequence[int] = (0,),
     reference_share: float = 0.6,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> pd.DataFrame:
     """What the configured gate catches of each attack kind planted in the store's clean set.
 
@@ -58,6 +59,7 @@ def selftest(
     clean = clean[data_columns(clean)]
     features = list(config.features) or None
     rows = []
+    total, done = len(seeds) * (len(attacks) + 1), 0
     for seed in seeds:
         order = np.random.default_rng(seed).permutation(len(clean))
         cut = int(reference_share * len(clean))
@@ -70,6 +72,9 @@ def selftest(
             settings=config.detection,
         ).fit(reference)
         for kind in ("none", *attacks):
+            if progress:
+                progress(done, total, f"seed {seed}: {kind}")
+            done += 1
             if kind == "none":
                 frame, poison = batch, np.zeros(len(batch), dtype=bool)
             else:

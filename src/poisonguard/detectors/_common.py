@@ -28,6 +28,10 @@ class DetectorBase:
 
     name: ClassVar[str]
     needs_label: ClassVar[bool]
+    #: Scores in nats of surprise (``-log`` of a probability under a stated null)
+    #: set this to 1: the decision's tail past the calibration maximum then never
+    #: decays faster than ``exp(-score)``. None: the tail is fitted alone.
+    tail_scale: ClassVar[float | None] = None
 
     @classmethod
     def _param_names(cls) -> list[str]:

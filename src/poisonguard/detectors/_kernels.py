@@ -658,3 +658,64 @@ def _finite_within(X: np.ndarray, bound: float) -> bool:
             if not (-bound <= x <= bound):
                 bad += 1
     return bad == 0
+
+
+@njit(cache=True, parallel=True)
+def _segment_residuals(
+    d_own: np.ndarray,
+    i_own: np.ndarray,
+    d_other: np.ndarray,
+    i_other: np.ndarray,
+    pair_sq: np.ndarray,
+) -> np.ndarray:
+    """Smallest squared distance from each row to a segment joining two of its neighbours.
+
+    The segment runs from a reference row ``a`` (one of the row's ``own``
+    neighbours) to a reference row ``b`` (one of its ``other`` neighbours).
+    Only distances are needed: with ``u = |x - a|^2``, ``v = |x - b|^2`` and
+    ``w = |a - b|^2``, the projection of ``x`` on the line is at
+    ``t = (u + w - v) / (2 w)`` along it, and the squared distance to the
+    segment is ``u - t^2 w`` for ``t`` in [0, 1] and ``u`` or ``v`` beyond.
+
+    Parameters
+    ----------
+    d_own, d_other : ndarray of shape (n, ka) and (n, kb), float64
+        Squared distances to the neighbours (``inf`` where missing).
+    i_own, i_other : ndarray of shape (n, ka) and (n, kb), int64
+        Their reference positions (-1 where missing).
+    pair_sq : ndarray of shape (m, m)
+        Squared distances between reference rows.
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+        ``inf`` for a row with no complete pair.
+    """
+    n = d_own.shape[0]
+    out = np.empty(n)
+    for i in prange(n):
+        best = np.inf
+        for p in range(d_own.shape[1]):
+            a = i_own[i, p]
+            u = d_own[i, p]
+            if a < 0 or not np.isfinite(u):
+                continue
+            for q in range(d_other.shape[1]):
+                b = i_other[i, q]
+                v = d_other[i, q]
+                if b < 0 or b == a or not np.isfinite(v):
+                    continue
+                w = np.float64(pair_sq[a, b])
+                if w <= 0.0:
+                    r = min(u, v)
+                else:
+                    t = (u + w - v) / (2.0 * w)
+                    if t <= 0.0:
+                        r = u
+                    elif t >= 1.0:
+                        r = v
+                    else:
+                        r = max(u - t * t * w, 0.0)
+                best = min(best, r)
+        out[i] = best
+    return out

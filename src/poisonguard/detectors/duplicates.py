@@ -7,7 +7,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from poisonguard.detectors._common import DetectorBase, features32, tie_break
+from poisonguard.detectors._common import DetectorBase, features32
 from poisonguard.detectors._kernels import _hash_rows
 from poisonguard.detectors._stats import poisson_surprise
 from poisonguard.detectors.base import Table
@@ -64,9 +64,14 @@ class DuplicatesDetector(DetectorBase):
       plus ``log1p`` of the rows that share its features but not its label,
       in the batch or among trusted rows.
 
-    Most rows score 0 plus a deterministic jitter below ``1e-9`` drawn from the
-    row's hash, so tied rows get uniform rather than unit conformal p-values.
-    Label-free: conflicts need labels and are skipped without them.
+    Most rows score exactly 0: no evidence either way, so their conformal
+    p-value is 1 and they add nothing to the combination. Every part is a
+    surprise (``-log`` of a probability under its null), so the score is in
+    nats and the decision's tail beyond the calibration maximum decays no
+    faster than ``exp(-score)`` (``tail_scale = 1``): a flood far larger than
+    any the trusted rows showed gets the small p-value its Poisson tail says,
+    not just the coarsest conformal one. Label-free: conflicts need labels and
+    are skipped without them.
 
     Parameters
     ----------
@@ -76,6 +81,7 @@ class DuplicatesDetector(DetectorBase):
 
     name: ClassVar[str] = "duplicates"
     needs_label: ClassVar[bool] = False
+    tail_scale: ClassVar[float | None] = 1.0
 
     def __init__(self, *, tolerance: float = 1e-3):
         self.tolerance = tolerance
@@ -127,7 +133,7 @@ class DuplicatesDetector(DetectorBase):
         clash = twin - math.log(self.conflict_rate_)
         conflict = np.where(others > 0, clash + np.log1p(others), 0.0)
         return {
-            "score": flood + copy + conflict + tie_break(features32(batch)),
+            "score": flood + copy + conflict,
             "in_batch": in_batch,
             "trusted": trusted,
             "others": others,

@@ -20,6 +20,7 @@ from poisonguard.detectors._common import (
     labels_of,
     subsample,
 )
+from poisonguard.detectors._kernels import _segment_residuals
 from poisonguard.detectors._neighbours import Neighbours, fingerprint, search
 from poisonguard.detectors.base import Table
 from poisonguard.errors import BatchError
@@ -127,29 +128,79 @@ def _vote_reason(
     )
 
 
-class KnnLabelDetector(DetectorBase):
-    """How little a row's k nearest trusted rows support its label.
+def _trust_ratio(
+    nb: Neighbours, neighbour_labels: np.ndarray, y: np.ndarray, n_close: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``log(d_own / d_other)``: how much farther a row's label is than the labels around it.
 
-    Score: ``-log p(label)`` under a smoothed, distance-weighted vote of the
-    k nearest rows of a (stratified, deterministic) sample of the trusted set,
-    plus ``max(0, log(d_label / d_k))``: how much farther the nearest trusted
-    row *with the row's label* is than its k nearest trusted rows on average.
-    The vote saturates once all k neighbours disagree; the second term keeps
-    ranking such rows by how deep among other labels they sit, which is what
-    separates flipped rows from honest boundary cases in calibration. A row
-    whose label disagrees with all its trusted neighbours scores above every
-    row they agree with. Labels the reference never had score above every
-    seen label.
+    ``d_own`` is the mean distance to the row's ``n_close`` nearest reference
+    rows carrying its label (``nb.class_dist``); ``d_other`` the same for the
+    nearest rows carrying any other label, taken from the global neighbour
+    list and, where it holds fewer than ``n_close`` of them, completed with
+    its farthest distance (a lower bound on the missing ones, reached only by
+    rows whose neighbourhood is mostly their own label, which score below 0
+    anyway). Unbounded above: a row deep inside another label's region lands
+    beyond every calibration score instead of saturating, as a vote does.
+
+    Returns
+    -------
+    score, d_own, d_other : ndarray of shape (n_rows,), float64
+        ``score`` is 0 where a distance is undefined (no trusted row of the label).
+    """
+    n = nb.dist.shape[0]
+    own_d = nb.class_dist[:, :n_close]
+    ok_own = np.isfinite(own_d)
+    count_own = ok_own.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_own = np.sqrt(np.where(ok_own, own_d, 0.0)).sum(axis=1) / np.maximum(count_own, 1)
+    ok = np.isfinite(nb.dist) & (nb.index >= 0)
+    lab = np.where(ok, neighbour_labels[np.maximum(nb.index, 0)], -1)
+    other = ok & (lab != y[:, None])
+    # The first n_close other-label entries of each (ascending) neighbour list.
+    rank = np.cumsum(other, axis=1)
+    take = other & (rank <= n_close)
+    root = np.sqrt(np.where(ok, nb.dist, 0.0))
+    found = take.sum(axis=1)
+    last = np.where(ok.any(axis=1), root[np.arange(n), np.maximum(ok.sum(axis=1) - 1, 0)], 0.0)
+    total = np.where(take, root, 0.0).sum(axis=1) + (n_close - found) * last
+    d_other = total / n_close
+    # Distances are floored far below any spread that matters, so exact
+    # copies stay finite: a copy of a trusted row with another label scores
+    # about +28, one with its own label about -28.
+    tiny = 1e-12
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.log((d_own + tiny) / (d_other + tiny))
+    score = np.where((count_own > 0) & np.isfinite(score), score, 0.0)
+    return score, d_own, d_other
+
+
+class KnnLabelDetector(DetectorBase):
+    """How much farther a row's label lies than the other labels, among trusted rows.
+
+    Score: ``log(d_own / d_other)``, with ``d_own`` the mean distance to the
+    ``n_close`` nearest trusted rows of the row's label and ``d_other`` the
+    same for the nearest trusted rows of any other label (a trust-score
+    ratio). About 0 on a class boundary, negative inside the row's own class,
+    and growing without bound the deeper the row sits inside another class, so
+    flipped rows land beyond every trusted calibration score rather than tying
+    with honest boundary rows, as a saturating neighbour vote would. Trusted
+    rows come from a stratified, deterministic sample of the reference, so a
+    cluster of flipped batch rows cannot vouch for itself. Labels the
+    reference never had score above every seen label.
 
     Parameters
     ----------
     n_neighbors : int
-        k (>= 1).
+        Global neighbours searched (>= 1); other-label distances come from
+        them. Same value, seed and ``max_reference`` as ``knn_distance``
+        means both share one neighbour search.
+    n_close : int
+        Rows averaged on each side of the ratio (in [1, n_neighbors]).
     max_reference : int
-        Most trusted rows searched (>= 2). Same value, seed and k as
-        ``knn_distance`` means both share one neighbour search.
+        Most trusted rows searched (>= 2).
     smoothing : float
-        Pseudo-votes spread over classes by their trusted frequency (> 0).
+        Pseudo-votes spread over classes by their trusted frequency (> 0);
+        used by the neighbour vote that reasons quote.
     random_state : int
     """
 
@@ -160,17 +211,20 @@ class KnnLabelDetector(DetectorBase):
         self,
         *,
         n_neighbors: int = 10,
+        n_close: int = 5,
         max_reference: int = 2048,
         smoothing: float = 1.0,
         random_state: int = 0,
     ):
         self.n_neighbors = n_neighbors
+        self.n_close = n_close
         self.max_reference = max_reference
         self.smoothing = smoothing
         self.random_state = random_state
 
     def fit(self, reference: Table) -> Self:
         k = self._check_int("n_neighbors", 1)
+        n_close = self._check_int("n_close", 1, k)
         max_ref = self._check_int("max_reference", 2)
         self._check_real("smoothing", 0.0, low_open=True)
         seed = self._check_seed()
@@ -182,23 +236,32 @@ class KnnLabelDetector(DetectorBase):
         self.r_y_ = np.ascontiguousarray(y[keep])
         self.r_key_ = fingerprint(self.R_, self.r_y_)
         self.k_ = min(k, len(keep))
+        self.n_close_ = min(n_close, self.k_)
+        self.n_classes_ = reference.n_classes
         self.prior_ = class_prior(y, reference.n_classes)
         return self
 
-    def _scores(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _scores(
+        self, batch: Table
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         y = labels_of(batch, self.name, "batch")
         nb = search(
             features32(batch),
             self.R_,
             self.k_,
-            kc=1,
+            kc=self.n_close_,
             q_lab=y,
             r_lab=self.r_y_,
             r_key=self.r_key_,
         )
-        s, prob, margin = _label_scores(nb, self.r_y_, y, self.prior_, self.smoothing)
+        ratio, d_own, d_other = _trust_ratio(nb, self.r_y_, y, self.n_close_)
+        prob = _vote(nb.dist, nb.index, self.r_y_, self.prior_, self.smoothing)
+        p, unseen = _given(prob, y)
+        # Seen labels with no trusted row in the sample rank with the unseen ones.
+        unseen = unseen | ~np.isfinite(nb.class_dist[:, 0])
+        s = np.where(unseen, label_surprise(p, prob.max(axis=1), unseen), ratio)
         lab = np.where(nb.index >= 0, self.r_y_[np.maximum(nb.index, 0)], -1)
-        return s, prob, margin, lab
+        return s, prob, lab, d_own, d_other
 
     def score(self, batch: Table) -> np.ndarray:
         self._check_fitted("R_")
@@ -214,12 +277,18 @@ class KnnLabelDetector(DetectorBase):
             return []
         sub = batch.take(rows)
         y = labels_of(sub, self.name, "batch")
-        _, prob, margin, lab = self._scores(sub)
+        _, prob, lab, d_own, d_other = self._scores(sub)
         p, _ = _given(prob, y)
-        return [
-            _knn_reason(sub, r, int(y[r]), lab[r], p, "trusted rows", float(margin[r]))
-            for r in range(len(rows))
-        ]
+        out = []
+        for r in range(len(rows)):
+            text = _vote_reason(sub, r, int(y[r]), lab[r], p, "trusted rows")
+            if np.isfinite(d_own[r]) and d_other[r] > 0 and d_own[r] > d_other[r]:
+                text += (
+                    f"; trusted rows labelled {sub.label_of(int(y[r]))} are "
+                    f"{d_own[r] / d_other[r]:.3g}x farther than those of other labels"
+                )
+            out.append(text)
+        return out
 
 
 class BatchKnnLabelDetector(DetectorBase):
@@ -452,4 +521,122 @@ class ModelLabelDetector(DetectorBase):
                     f"model gives label {label} probability {prob[r, y[r]]:.2g} "
                     f"(most likely {sub.label_of(best)}, {prob[r, best]:.2f})"
                 )
+        return out
+
+
+class InterpolationDetector(DetectorBase):
+    """Rows lying on the segment between a trusted row of their label and one of another label.
+
+    Boundary poison is often built from the trusted data itself: a point
+    part of the way from a row ``a`` towards a nearby row ``b`` of another
+    class, labelled as ``a`` (mixup- or SMOTE-style synthesis), which drags
+    ``a``'s region into ``b``'s. Honest rows almost never sit exactly on such
+    a segment. Score: ``log(d_k / r)``, with ``r`` the smallest distance from
+    the row to a segment joining one of its ``n_close`` nearest trusted rows
+    of its label to one of its ``n_neighbors`` nearest trusted rows of another
+    label, and ``d_k`` the row's mean distance to its ``n_neighbors`` nearest
+    trusted rows (so the score is scale-free). Uses the same neighbour search
+    as ``knn_label`` with the same settings.
+
+    Parameters
+    ----------
+    n_neighbors : int
+        Global neighbours searched (>= 1); the other-label ends come from them.
+    n_close : int
+        Nearest trusted rows of the row's own label tried as the other end
+        (in [1, n_neighbors]).
+    max_reference : int
+        Most trusted rows searched (>= 2); the fitted detector holds their
+        pairwise distances (``8 * max_reference^2`` bytes).
+    random_state : int
+    """
+
+    name: ClassVar[str] = "interpolation"
+    needs_label: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 10,
+        n_close: int = 5,
+        max_reference: int = 2048,
+        random_state: int = 0,
+    ):
+        self.n_neighbors = n_neighbors
+        self.n_close = n_close
+        self.max_reference = max_reference
+        self.random_state = random_state
+
+    def fit(self, reference: Table) -> Self:
+        k = self._check_int("n_neighbors", 1)
+        n_close = self._check_int("n_close", 1, k)
+        max_ref = self._check_int("max_reference", 2)
+        seed = self._check_seed()
+        y = labels_of(reference, self.name, "reference")
+        if reference.n_rows < 1:
+            raise BatchError("reference", f"detector {self.name!r} needs at least 1 trusted row")
+        keep = subsample(reference.n_rows, max_ref, y, seed, k + 1)
+        self.R_ = np.ascontiguousarray(features32(reference)[keep])
+        self.r_y_ = np.ascontiguousarray(y[keep])
+        self.r_key_ = fingerprint(self.R_, self.r_y_)
+        self.k_ = min(k, len(keep))
+        self.n_close_ = min(n_close, self.k_)
+        R64 = self.R_.astype(np.float64)
+        sq = np.einsum("ij,ij->i", R64, R64)
+        self.pair_sq_ = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (R64 @ R64.T), 0.0)
+        return self
+
+    def _parts(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        y = labels_of(batch, self.name, "batch")
+        nb = search(
+            features32(batch),
+            self.R_,
+            self.k_,
+            kc=self.n_close_,
+            q_lab=y,
+            r_lab=self.r_y_,
+            r_key=self.r_key_,
+        )
+        ok = (nb.index >= 0) & np.isfinite(nb.dist)
+        lab = np.where(ok, self.r_y_[np.maximum(nb.index, 0)], -1)
+        other = ok & (lab != y[:, None])
+        d_other = np.ascontiguousarray(np.where(other, nb.dist, np.inf))
+        i_other = np.ascontiguousarray(np.where(other, nb.index, -1))
+        resid = _segment_residuals(
+            np.ascontiguousarray(nb.class_dist, dtype=np.float64),
+            np.ascontiguousarray(nb.class_index, dtype=np.int64),
+            d_other,
+            i_other,
+            self.pair_sq_,
+        )
+        count = ok.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spread = np.sqrt(np.where(ok, nb.dist, 0.0)).sum(axis=1) / np.maximum(count, 1)
+            r = np.sqrt(resid)
+            score = np.log((spread + 1e-12) / (r + 1e-6 * spread + 1e-12))
+        score = np.where(np.isfinite(score) & (count > 0), score, 0.0)
+        return score, r, spread
+
+    def score(self, batch: Table) -> np.ndarray:
+        self._check_fitted("R_")
+        labels_of(batch, self.name, "batch")
+        if batch.n_rows == 0:
+            return np.zeros(0)
+        return self._parts(batch)[0]
+
+    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
+        self._check_fitted("R_")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        _, r, spread = self._parts(batch.take(rows))
+        out = []
+        for i in range(len(rows)):
+            if np.isfinite(r[i]):
+                out.append(
+                    f"lies {r[i]:.3g} from the segment between a trusted row of its label and "
+                    f"one of another label ({spread[i]:.3g} to its nearest trusted rows)"
+                )
+            else:
+                out.append("no trusted rows of its label and another label nearby")
         return out
