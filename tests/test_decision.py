@@ -11,11 +11,40 @@ from poisonguard.decision import Calibration, benjamini_hochberg, cauchy_combine
 from poisonguard.errors import ConfigError
 
 
-def test_p_values_inside_the_calibration_range_are_exactly_conformal():
-    """Inside the calibration range, p = (1 + #{cal >= s}) / (n + 1)."""
+def test_p_values_below_the_tail_threshold_are_exactly_conformal():
+    """Up to the tail threshold (the top 10% of calibration scores), p = (1 + #{cal >= s}) / (n + 1)."""
     cal = Calibration.fit(np.arange(1.0, 101.0))
-    p = cal.p_values(np.array([0.5, 1.0, 50.0, 100.0]))
-    assert p == pytest.approx([101 / 101, 101 / 101, 52 / 101, 2 / 101])
+    assert cal.threshold == 90.0
+    p = cal.p_values(np.array([0.5, 1.0, 50.0, 90.0]))
+    assert p == pytest.approx([101 / 101, 101 / 101, 52 / 101, 12 / 101])
+
+
+def test_p_values_above_the_tail_threshold_follow_the_fitted_tail():
+    """Above the threshold the p-value is the conformal one at the threshold times the tail's
+    survival: continuous there, decreasing, and past the maximum below 1/(n+1) when the tail
+    is steep enough."""
+    rng = np.random.default_rng(3)
+    cal = Calibration.fit(rng.exponential(size=500))
+    at = cal.p_values(np.array([cal.threshold]))[0]
+    xs = np.linspace(cal.threshold + 1e-9, cal.tail_start + 5, 50)
+    p = cal.p_values(xs)
+    assert p[0] == pytest.approx(at, rel=1e-6)
+    assert np.all(np.diff(p) < 0)
+    assert p[-1] < 1 / 501
+
+
+def test_a_surprise_scale_floors_the_tail():
+    """With min_scale=1 a tied calibration still gives exp(-score) / (n + 1) beyond it."""
+    cal = Calibration.fit(np.zeros(99), min_scale=1.0)
+    p = cal.p_values(np.array([0.0, 2.0, 20.0]))
+    assert p == pytest.approx([1.0, np.exp(-2.0) / 100, np.exp(-20.0) / 100])
+
+
+def test_log_p_values_stay_ordered_where_p_values_underflow():
+    """Far in the tail, log p keeps decreasing after p itself hits the floor."""
+    cal = Calibration.fit(np.zeros(99), min_scale=1.0)
+    logp = cal.log_p_values(np.array([800.0, 900.0]))
+    assert logp[1] < logp[0] < -700
 
 
 def test_p_values_past_every_calibration_score_keep_falling():

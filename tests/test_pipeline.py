@@ -126,3 +126,20 @@ def test_a_batch_whose_labels_shift_past_the_configured_level_is_held_whole(demo
     assert rec.rows_quarantined == rec.rows_in == len(ones)
     held = Store(config.store).quarantine_frame(rec.batch_id)
     assert held["pg_reason"].str.startswith("batch held for review: its label shares").all()
+
+
+def test_a_csv_text_column_of_digits_stays_text(tmp_path):
+    """Zip codes in a CSV keep their leading zeros and pass a suite that expects strings."""
+    from poisonguard.initialize import init_dataset
+
+    trusted = pd.DataFrame(
+        {"zip": [f"0{2100 + i}" for i in range(60)], "x": np.arange(60.0), "y": np.arange(60) % 2}
+    )
+    trusted.to_parquet(tmp_path / "trusted.parquet", index=False)
+    init_dataset(tmp_path / "trusted.parquet", label="y", directory=tmp_path, name="zips")
+    config = load_config(tmp_path / "poisonguard.toml")
+    trusted.head(20).to_csv(config.landing / "zips.csv", index=False)
+    (rec,) = process_landing(config)
+    assert rec.status == "committed", rec.reason
+    clean = Store(config.store).clean_frame()
+    assert "02100" in set(clean["zip"])

@@ -26,18 +26,21 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _table(rows: list[dict], columns: Sequence[str]) -> str:
-    """A plain fixed-width table."""
+    """A plain fixed-width table: numbers right-aligned, text left-aligned."""
     cells = [[str(c) for c in columns]] + [
         ["" if r.get(c) is None else _fmt(r.get(c)) for c in columns] for r in rows
+    ]
+    numeric = [
+        all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows) for c in columns
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = []
     for k, row in enumerate(cells):
         lines.append(
             "  ".join(
-                v.ljust(w) if i == 0 else v.rjust(w)
-                for i, (v, w) in enumerate(zip(row, widths, strict=True))
-            )
+                v.rjust(w) if num else v.ljust(w)
+                for v, w, num in zip(row, widths, numeric, strict=True)
+            ).rstrip()
         )
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -609,6 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    # Great Expectations announces its temporary folders at INFO; people running a gate need not.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -119,7 +119,7 @@ def validate_batch(path: str | Path, config: Config, store: Store) -> Path | Non
         The staging folder: passing rows in ``rows.parquet``, rows that broke
         row-level expectations (with reasons) in ``held.parquet``.
     """
-    from poisonguard.validation import load_suite, validate
+    from poisonguard.validation import load_suite, string_columns, validate
 
     path = Path(path)
     started = now()
@@ -130,7 +130,8 @@ def validate_batch(path: str | Path, config: Config, store: Store) -> Path | Non
     rows_in: int | None = None
     report = None
     try:
-        frame = read_batch(path)
+        suite = load_suite(config.expectations)
+        frame = read_batch(path, strings=string_columns(suite))
         rows_in = len(frame)
         reserved = [c for c in frame.columns if str(c).startswith(RESERVED_PREFIX)]
         if reserved:
@@ -140,7 +141,7 @@ def validate_batch(path: str | Path, config: Config, store: Store) -> Path | Non
                 "which poisonguard reserves for its own bookkeeping",
                 column=reserved[0],
             )
-        report = validate(frame, load_suite(config.expectations), source=path.name)
+        report = validate(frame, suite, source=path.name)
         report.raise_if_rejected(rows=rows_in)
     except BatchError as exc:
         rejected = Outcome(

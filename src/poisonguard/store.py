@@ -129,8 +129,11 @@ def sha256_file(path: Path) -> str:
 # --------------------------------------------------------------------------- reading batches
 
 
-def read_batch(path: Path) -> pd.DataFrame:
+def read_batch(path: Path, strings: list[str] | None = None) -> pd.DataFrame:
     """Read a landed batch (Parquet or CSV) with pyarrow.
+
+    ``strings`` names columns a CSV reader must keep as text (CSV has no types:
+    a column of zip codes would otherwise arrive as integers).
 
     Raises
     ------
@@ -144,7 +147,11 @@ def read_batch(path: Path) -> pd.DataFrame:
     try:
         if path.stat().st_size == 0:
             raise BatchError(str(path), "the file is empty; expected a Parquet or CSV table")
-        table = pacsv.read_csv(path) if suffix == ".csv" else pq.read_table(path)
+        if suffix == ".csv":
+            types = {c: pa.string() for c in strings or []}
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
+        else:
+            table = pq.read_table(path)
     except BatchError:
         raise
     except (pa.ArrowException, OSError) as exc:

@@ -434,6 +434,19 @@ def _observed_family(series: pd.Series) -> str | None:
     return "other"
 
 
+def string_columns(suite: dict) -> list[str]:
+    """Columns the suite expects to hold text, so a CSV reader keeps ``"02139"`` a string."""
+    out = []
+    for exp in suite.get("expectations", []):
+        kwargs = exp.get("kwargs", {})
+        if exp.get("type") not in _TYPE_EXPECTATIONS or "column" not in kwargs:
+            continue
+        names = kwargs.get("type_list") or [kwargs.get("type_")]
+        if any(n is not None and _family_of_type_name(str(n)) == "string" for n in names):
+            out.append(str(kwargs["column"]))
+    return out
+
+
 def _family_of_type_name(name: str) -> str | None:
     """The family a Great Expectations type name stands for; None for other names."""
     low = name.strip().lower().removeprefix("numpy.").removeprefix("np.")
