@@ -325,7 +325,7 @@ def scan(
         features = features or list(config.features) or None
         settings = config.detection
     else:
-        settings = config or DetectionSettings()
+        settings = (config or DetectionSettings()).validated("scan()")
     guard = Guard(label=label, features=features, id_column=id_column, settings=settings)
     if reference is None:
         return _self_scan(frame, guard)

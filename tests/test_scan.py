@@ -1,0 +1,74 @@
+"""The Python API: poisonguard.scan() and Guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import poisonguard
+from poisonguard.attacks import plant
+from poisonguard.demo import LABEL, digits_frame
+from poisonguard.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def split():
+    frame = digits_frame().drop(columns=["row_id"])
+    order = np.random.default_rng(0).permutation(len(frame))
+    reference = frame.iloc[order[:800]].reset_index(drop=True)
+    batch = frame.iloc[order[800:1100]].reset_index(drop=True)
+    return reference, batch
+
+
+def test_results_align_to_the_frames_own_index(split):
+    """quarantined, scores and reasons carry the scanned frame's index, whatever it is."""
+    reference, batch = split
+    attack = plant(
+        batch, label=LABEL, kind="random_flip", rate=0.1, reference=reference, random_state=1
+    )
+    frame = attack.frame.set_axis([f"r{i}" for i in range(len(attack.frame))])
+    result = poisonguard.scan(frame, label=LABEL, reference=reference)
+    for part in (result.quarantined, result.scores, result.reasons, result.p_values):
+        assert part.index.equals(frame.index)
+    assert result.quarantined.dtype == bool
+    assert "suspicion" in result.scores.columns
+    held = result.quarantined.to_numpy()
+    assert (result.reasons[held].str.len() > 0).all()
+    assert (result.reasons[~held] == "").all()
+    caught = (held & attack.is_poison).sum()
+    assert caught >= 0.8 * attack.is_poison.sum()
+    assert (held & ~attack.is_poison).sum() <= 0.05 * (~attack.is_poison).sum()
+
+
+def test_without_a_label_only_label_free_detectors_run(split):
+    reference, batch = split
+    result = poisonguard.scan(
+        batch.drop(columns=[LABEL]), label=None, reference=reference.drop(columns=[LABEL])
+    )
+    ran = set(result.scores.columns) - {"suspicion"}
+    assert ran and not any("label" in name for name in ran)
+
+
+def test_bad_parameters_get_the_house_message(split):
+    reference, batch = split
+    with pytest.raises(
+        ConfigError,
+        match=r"The 'fdr' parameter of scan\(\) must be in \(0, 1\)\. Got 2\.0 instead\.",
+    ):
+        poisonguard.scan(
+            batch, label=LABEL, reference=reference, config=poisonguard.DetectionSettings(fdr=2.0)
+        )
+    with pytest.raises(ConfigError, match=r"'label' parameter of scan\(\) must be a column"):
+        poisonguard.scan(batch, label="colour", reference=reference)
+    with pytest.raises(ConfigError, match="needs at least 30 trusted rows"):
+        poisonguard.scan(batch, label=LABEL, reference=reference.head(10))
+
+
+def test_a_fitted_guard_judges_many_batches_the_same_way(split):
+    reference, batch = split
+    guard = poisonguard.Guard(label=LABEL).fit(reference)
+    first = guard.scan(batch)
+    again = guard.scan(batch)
+    pd.testing.assert_frame_equal(first.scores, again.scores)
+    assert first.quarantined.equals(again.quarantined)
