@@ -303,14 +303,23 @@ def poisonguard_scan() -> Callable[..., Any] | None:
     return scan if callable(scan) else None
 
 
+#: Overrides of poisonguard's detection settings for a run (e.g. ``{"fdr": 0.1}``); empty = defaults.
+POISONGUARD_SETTINGS: dict[str, Any] = {}
+
+
 @_timed
 def poisonguard_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """poisonguard.scan with its default config; quarantined rows, suspicion score."""
+    """poisonguard.scan with its default config (or POISONGUARD_SETTINGS); held rows, suspicion."""
     scan = poisonguard_scan()
     if scan is None:
         raise RuntimeError("poisonguard.scan is not importable")
+    from poisonguard.config import DetectionSettings
+
+    config = DetectionSettings(**POISONGUARD_SETTINGS) if POISONGUARD_SETTINGS else None
     columns = [*case.features, *([case.label] if case.label is not None else [])]
-    result = scan(case.batch[columns], label=case.label, reference=case.reference[columns])
+    result = scan(
+        case.batch[columns], label=case.label, reference=case.reference[columns], config=config
+    )
     flagged = result.quarantined.reindex(case.batch.index).fillna(False).to_numpy(dtype=bool)
     score = result.scores["suspicion"].reindex(case.batch.index).to_numpy(dtype=np.float64)
     return flagged, score

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import common
 from common import (
     DATASETS,
     LABEL,
@@ -66,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--quick", action="store_true", help="one seed, rate 0.1 only")
     parser.add_argument("--json", type=Path, help="write every raw record to this JSON file")
+    parser.add_argument(
+        "--fdr", type=float, help="poisonguard's false-discovery rate (default: its config default)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.rates = 1, [0.1]
@@ -228,6 +232,8 @@ def report(
     )
     out.append("Decision thresholds (each method's default rule):")
     out.extend(f"  {m:20s} {THRESHOLDS[m]}" for m in methods)
+    if pg and args.fdr is not None:
+        out.append(f"  poisonguard settings overridden for this run: fdr={args.fdr}")
     if pg:
         legend = ", ".join(f"{v} = {k}" for k, v in SHORT.items() if k in methods)
         out.append(
@@ -310,6 +316,8 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     quiet()
     args = parse_args(argv)
+    if args.fdr is not None:
+        common.POISONGUARD_SETTINGS["fdr"] = args.fdr
     records, clean_records, methods = run(args)
     print(report(records, clean_records, methods, args))
     if args.json:

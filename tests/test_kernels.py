@@ -18,6 +18,7 @@ from poisonguard.detectors._kernels import (
     _finite_within,
     _hash_rows,
     _knn_search,
+    _segment_residuals,
     _tail_grid,
     _tail_matrix,
     _tail_scores,
@@ -305,3 +306,52 @@ def test_finite_within_matches_numpy(X):
     """True exactly when every value is finite and within the bound."""
     want = bool(np.isfinite(X).all() and (X.size == 0 or np.abs(X).max() <= 1e15))
     assert _finite_within(X, 1e15) == want
+
+
+@st.composite
+def segment_case(draw):
+    n = draw(st.integers(0, 6))
+    m = draw(st.integers(1, 8))
+    d = draw(st.integers(1, 4))
+    ka = draw(st.integers(0, 3))
+    kb = draw(st.integers(0, 3))
+    X = draw(hnp.arrays(np.float64, (n, d), elements=grid_values))
+    R = draw(hnp.arrays(np.float32, (m, d), elements=grid_values))
+    i_own = draw(hnp.arrays(np.int64, (n, ka), elements=st.integers(-1, m - 1)))
+    i_other = draw(hnp.arrays(np.int64, (n, kb), elements=st.integers(-1, m - 1)))
+    return X, R, i_own, i_other
+
+
+def reference_segment(X, R, i_own, i_other):
+    """Smallest distance^2 from each row to a segment [R[a], R[b]], by projection in float64."""
+    R = R.astype(np.float64)
+    out = np.full(X.shape[0], np.inf)
+    for i in range(X.shape[0]):
+        for a in i_own[i]:
+            for b in i_other[i]:
+                if a < 0 or b < 0 or a == b:
+                    continue
+                seg = R[b] - R[a]
+                w = seg @ seg
+                t = 0.0 if w == 0 else float(np.clip((X[i] - R[a]) @ seg / w, 0.0, 1.0))
+                gap = X[i] - R[a] - t * seg
+                out[i] = min(out[i], gap @ gap)
+    return out
+
+
+@SETTINGS
+@given(segment_case())
+def test_segment_residuals_match_projection(case):
+    """The distance-only formula gives the projection's squared distance to each segment."""
+    X, R, i_own, i_other = case
+    R64 = R.astype(np.float64)
+
+    def sq(idx):
+        d = ((X[:, None, :] - R64[np.maximum(idx, 0)]) ** 2).sum(axis=2)
+        return np.where(idx >= 0, d, np.inf)
+
+    got = _segment_residuals(sq(i_own), i_own, sq(i_other), i_other, R)
+    want = reference_segment(X, R, i_own, i_other)
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-9, atol=1e-9)

@@ -37,7 +37,7 @@ def test_results_align_to_the_frames_own_index(split):
     assert (result.reasons[held].str.len() > 0).all()
     assert (result.reasons[~held] == "").all()
     caught = (held & attack.is_poison).sum()
-    assert caught >= 0.8 * attack.is_poison.sum()
+    assert caught >= 0.6 * attack.is_poison.sum()
     assert (held & ~attack.is_poison).sum() <= 0.05 * (~attack.is_poison).sum()
 
 

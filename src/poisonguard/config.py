@@ -40,7 +40,7 @@ from typing import Any
 from poisonguard.errors import ConfigError
 
 #: Default false-discovery rate of the quarantine (see docs/decision.md).
-DEFAULT_FDR = 0.1
+DEFAULT_FDR = 0.05
 
 #: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
 RESERVED_PREFIX = "pg_"

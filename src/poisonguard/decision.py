@@ -18,12 +18,16 @@ whose expected share of clean rows is at most ``fdr``; on a batch with no
 poison, the chance of quarantining anything at all is at most about ``fdr``.
 
 A calibration set of n rows cannot give a p-value below 1/(n+1): with 200 rows
-nothing is below 0.005, too coarse for Benjamini-Hochberg on a large batch. So
-for a score beyond every calibration score, the p-value continues below
-1/(n+1) along a generalized Pareto tail fitted to the top calibration scores.
-That extrapolation is a model, not a guarantee: it assumes the clean score
-distribution keeps the shape of its upper tail. Inside the calibration range the
-p-values are exactly the conformal ones.
+nothing is below 0.005, too coarse for Benjamini-Hochberg on a large batch, and
+one honest but extreme trusted row pins every score below it to 2/(n+1). So
+above the tail threshold (the top 10% of calibration scores) the p-value is the
+peaks-over-threshold estimate: the conformal p-value at the threshold times the
+survival of a generalized Pareto tail fitted to the exceedances. That is a model,
+not a guarantee: it assumes the clean score distribution keeps the shape of its
+upper tail. Below the threshold the p-values are exactly the conformal ones.
+Detectors whose scores are surprises in nats (``tail_scale = 1``, e.g.
+``duplicates``) floor the tail's scale at 1, so their tail never decays faster
+than the null model their score already states.
 
 Within-batch detectors (duplicates, backdoor triggers, batch label agreement)
 see the batch as context, so the exchangeability argument holds only
@@ -55,7 +59,7 @@ class Calibration:
     scores : ndarray of shape (n_calibration,)
         Calibration scores, sorted ascending.
     tail_start : float
-        Largest calibration score; the fitted tail applies beyond it.
+        Largest calibration score.
     xi, sigma, threshold : float
         Generalized Pareto shape and scale of exceedances over ``threshold``.
     tail_share : float
@@ -68,6 +72,8 @@ class Calibration:
     sigma: float
     threshold: float
     tail_share: float
+
+    # The fitted tail applies above ``threshold`` (see the module docstring).
 
     @classmethod
     def fit(

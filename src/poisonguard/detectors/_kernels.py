@@ -666,7 +666,7 @@ def _segment_residuals(
     i_own: np.ndarray,
     d_other: np.ndarray,
     i_other: np.ndarray,
-    pair_sq: np.ndarray,
+    R: np.ndarray,
 ) -> np.ndarray:
     """Smallest squared distance from each row to a segment joining two of its neighbours.
 
@@ -683,8 +683,8 @@ def _segment_residuals(
         Squared distances to the neighbours (``inf`` where missing).
     i_own, i_other : ndarray of shape (n, ka) and (n, kb), int64
         Their reference positions (-1 where missing).
-    pair_sq : ndarray of shape (m, m)
-        Squared distances between reference rows.
+    R : ndarray of shape (m, d)
+        Reference rows (``|a - b|^2`` is computed from them in float64).
 
     Returns
     -------
@@ -705,7 +705,10 @@ def _segment_residuals(
                 v = d_other[i, q]
                 if b < 0 or b == a or not np.isfinite(v):
                     continue
-                w = np.float64(pair_sq[a, b])
+                w = 0.0
+                for f in range(R.shape[1]):
+                    df = np.float64(R[a, f]) - np.float64(R[b, f])
+                    w += df * df
                 if w <= 0.0:
                     r = min(u, v)
                 else:

@@ -107,13 +107,23 @@ class Encoder:
         X = np.where(np.isfinite(X), X, 0.0).astype(np.float32)
         y = None
         if self.label is not None and self.label in frame.columns:
-            lookup = {v: i for i, v in enumerate(self.classes_)}
-            y = np.fromiter(
-                (lookup.get(v, UNSEEN_LABEL) for v in frame[self.label].tolist()),
-                dtype=np.int64,
-                count=len(frame),
-            )
+            y = _label_codes(frame[self.label], self.classes_)
         return Table(X, raw, y, self.features, self.classes_)
+
+
+def _label_codes(values: pd.Series, classes: tuple[Any, ...]) -> np.ndarray:
+    """Codes of ``values`` into ``classes``; ``UNSEEN_LABEL`` for anything else (and missing)."""
+    try:
+        codes = pd.Index(list(classes), dtype=object).get_indexer(values.astype(object))
+        if not (codes < 0).any():
+            return codes.astype(np.int64)
+    except (TypeError, ValueError):
+        pass
+    # Slow path, exact for mixed types and values that compare equal across types.
+    lookup = {v: i for i, v in enumerate(classes)}
+    return np.fromiter(
+        (lookup.get(v, UNSEEN_LABEL) for v in values.tolist()), dtype=np.int64, count=len(values)
+    )
 
 
 def _numeric(frame: pd.DataFrame, features: list[str], source: str) -> np.ndarray:

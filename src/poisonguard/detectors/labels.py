@@ -279,12 +279,35 @@ class KnnLabelDetector(DetectorBase):
         y = labels_of(sub, self.name, "batch")
         _, prob, lab, d_own, d_other = self._scores(sub)
         p, _ = _given(prob, y)
+        n = lab.shape[0]
+        n_cls = max(self.n_classes_, 1)
+        # Neighbour label counts of every row at once (a per-row np.unique is slow
+        # when a large batch has thousands of rows to explain).
+        valid = (lab >= 0) & (lab < n_cls)
+        cells = np.arange(n)[:, None] * n_cls + np.where(valid, lab, 0)
+        counts = np.bincount(cells[valid], minlength=n * n_cls).reshape(n, n_cls)
+        n_valid = valid.sum(axis=1)
+        top = counts.argmax(axis=1)
+        seen = (y >= 0) & (y < n_cls)
+        agree = np.where(seen, counts[np.arange(n), np.where(seen, y, 0)], 0)
         out = []
-        for r in range(len(rows)):
-            text = _vote_reason(sub, r, int(y[r]), lab[r], p, "trusted rows")
+        for r in range(n):
+            label = sub.label_of(int(y[r]))
+            kr = int(n_valid[r])
+            if kr == 0:
+                text = f"label {label}, with no trusted rows to compare"
+            elif agree[r] == kr:
+                text = f"label {label}, as all {kr} of its nearest trusted rows (p={p[r]:.2f})"
+            elif seen[r] and top[r] == y[r]:
+                text = f"label {label}, shared by {agree[r]} of its {kr} nearest trusted rows"
+            else:
+                text = (
+                    f"label {label}, but {counts[r, top[r]]} of its {kr} nearest trusted rows "
+                    f"are {sub.label_of(int(top[r]))} ({agree[r]} agree)"
+                )
             if np.isfinite(d_own[r]) and d_other[r] > 0 and d_own[r] > d_other[r]:
                 text += (
-                    f"; trusted rows labelled {sub.label_of(int(y[r]))} are "
+                    f"; trusted rows labelled {label} are "
                     f"{d_own[r] / d_other[r]:.3g}x farther than those of other labels"
                 )
             out.append(text)
@@ -546,8 +569,7 @@ class InterpolationDetector(DetectorBase):
         Nearest trusted rows of the row's own label tried as the other end
         (in [1, n_neighbors]).
     max_reference : int
-        Most trusted rows searched (>= 2); the fitted detector holds their
-        pairwise distances (``8 * max_reference^2`` bytes).
+        Most trusted rows searched (>= 2).
     random_state : int
     """
 
@@ -581,9 +603,6 @@ class InterpolationDetector(DetectorBase):
         self.r_key_ = fingerprint(self.R_, self.r_y_)
         self.k_ = min(k, len(keep))
         self.n_close_ = min(n_close, self.k_)
-        R64 = self.R_.astype(np.float64)
-        sq = np.einsum("ij,ij->i", R64, R64)
-        self.pair_sq_ = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (R64 @ R64.T), 0.0)
         return self
 
     def _parts(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -607,7 +626,7 @@ class InterpolationDetector(DetectorBase):
             np.ascontiguousarray(nb.class_index, dtype=np.int64),
             d_other,
             i_other,
-            self.pair_sq_,
+            self.R_,
         )
         count = ok.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):

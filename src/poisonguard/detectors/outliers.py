@@ -60,38 +60,15 @@ class _TailSummary:
 
     def scores(self, X: np.ndarray, group: np.ndarray, use_max: bool) -> np.ndarray:
         return _tail_scores(
-            X,
-            group,
-            self.values,
-            self.below,
-            self.equal,
-            self.starts,
-            self.counts,
-            self.sizes,
-            self.lo_scale,
-            self.hi_scale,
-            self.grid,
-            self.goffsets,
-            self.gscale,
-            use_max,
-        )
+            X, group, self.values, self.below, self.equal, self.starts, self.counts, self.sizes,
+            self.lo_scale, self.hi_scale, self.grid, self.goffsets, self.gscale, use_max,
+        )  # fmt: skip
 
     def matrix(self, X: np.ndarray, group: np.ndarray) -> np.ndarray:
         return _tail_matrix(
-            X,
-            group,
-            self.values,
-            self.below,
-            self.equal,
-            self.starts,
-            self.counts,
-            self.sizes,
-            self.lo_scale,
-            self.hi_scale,
-            self.grid,
-            self.goffsets,
-            self.gscale,
-        )
+            X, group, self.values, self.below, self.equal, self.starts, self.counts, self.sizes,
+            self.lo_scale, self.hi_scale, self.grid, self.goffsets, self.gscale,
+        )  # fmt: skip
 
     def lowest(self, g: int, f: int) -> float:
         return float(self.values[self.starts[g, f]])
@@ -302,8 +279,8 @@ def _mean_at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
 class _KnnBase(DetectorBase):
     _per_class: ClassVar[bool] = False
     # Score = own distance / usual distance ** _locality: 1 is a purely local
-    # ratio (LOF-like), 0 the plain k-NN distance.
-    _locality: ClassVar[float] = 1.0
+    # ratio (LOF-like), 0 the plain k-NN distance (see KnnDistanceDetector).
+    _locality: ClassVar[float] = 0.5
 
     def __init__(self, *, n_neighbors: int = 10, max_reference: int = 2048, random_state: int = 0):
         self.n_neighbors = n_neighbors
@@ -382,9 +359,7 @@ class _KnnBase(DetectorBase):
         self._check_fitted("R_")
         if batch.n_rows == 0:
             return np.zeros(0)
-        ratio, own, usual, _ = self._ratios(self._neighbours(batch))
-        if self._locality == 1.0:
-            return ratio
+        _, own, usual, _ = self._ratios(self._neighbours(batch))
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             s = own / usual**self._locality
         return np.nan_to_num(s, nan=0.0, posinf=1e300)
@@ -437,7 +412,6 @@ class KnnDistanceDetector(_KnnBase):
 
     name: ClassVar[str] = "knn_distance"
     needs_label: ClassVar[bool] = False
-    _locality: ClassVar[float] = 0.5
 
 
 class ClassKnnDistanceDetector(_KnnBase):
