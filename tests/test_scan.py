@@ -72,3 +72,15 @@ def test_a_fitted_guard_judges_many_batches_the_same_way(split):
     again = guard.scan(batch)
     pd.testing.assert_frame_equal(first.scores, again.scores)
     assert first.quarantined.equals(again.quarantined)
+
+
+def test_with_no_reference_the_batch_judges_itself_and_explains(split):
+    """Without trusted rows, far outliers still stand out, each held row with a reason."""
+    reference, batch = split
+    attack = plant(
+        batch, label=LABEL, kind="far_outlier", rate=0.05, reference=reference, random_state=2
+    )
+    result = poisonguard.scan(attack.frame, label=LABEL)
+    held = result.quarantined.to_numpy()
+    assert (held & attack.is_poison).sum() >= 0.8 * attack.is_poison.sum()
+    assert (result.reasons[held].str.len() > 0).all()

@@ -268,16 +268,20 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
         ]
         calibrations[name] = Calibration.fit(trimmed, min_scale=_tail_scale(name))
 
+    # Each row was scored by the detectors fitted without its fold, at its place in that fold.
+    fold_of = np.empty(table.n_rows, dtype=np.int64)
+    place_in_fold = np.empty(table.n_rows, dtype=np.int64)
+    for f, fold in enumerate(folds):
+        fold_of[fold] = f
+        place_in_fold[fold] = np.arange(fold.size)
+
     def explain(name: str, rows: np.ndarray) -> list[str]:
         out: dict[int, str] = {}
-        for fold, det in fitted[name]:
-            mine = rows[np.isin(rows, fold)]
+        for f, (fold, det) in enumerate(fitted[name]):
+            mine = rows[fold_of[rows] == f]
             if mine.size:
-                sub = table.take(fold)
-                pos = np.searchsorted(np.sort(fold), mine)
-                order = np.argsort(fold)
-                local = order[pos]
-                out.update(zip(mine.tolist(), det.explain(sub, local), strict=True))
+                said = det.explain(table.take(fold), place_in_fold[mine])
+                out.update(zip(mine.tolist(), said, strict=True))
         return [out[int(r)] for r in rows]
 
     decision = decide(scores, calibrations, fdr=settings.fdr, explain=explain)
