@@ -174,7 +174,51 @@ def _trust_ratio(
     return score, d_own, d_other
 
 
-class KnnLabelDetector(DetectorBase):
+class _TrustedNeighbours(DetectorBase):
+    """What ``knn_label`` and ``interpolation`` share: a sample of trusted rows and its search.
+
+    Subclasses have ``n_neighbors``, ``n_close``, ``max_reference`` and ``random_state``.
+    With the same values both use one neighbour search (``search`` caches by content).
+    """
+
+    n_neighbors: int
+    n_close: int
+    max_reference: int
+    random_state: int
+
+    def _fit_sample(self, reference: Table) -> np.ndarray:
+        """Check the shared parameters, keep the trusted sample; the reference's labels."""
+        k = self._check_int("n_neighbors", 1)
+        n_close = self._check_int("n_close", 1, k)
+        max_ref = self._check_int("max_reference", 2)
+        seed = self._check_seed()
+        y = labels_of(reference, self.name, "reference")
+        if reference.n_rows < 1:
+            raise BatchError("reference", f"detector {self.name!r} needs at least 1 trusted row")
+        keep = subsample(reference.n_rows, max_ref, y, seed, k + 1)
+        self.R_ = np.ascontiguousarray(features32(reference)[keep])
+        self.r_y_ = np.ascontiguousarray(y[keep])
+        self.r_key_ = fingerprint(self.R_, self.r_y_)
+        self.k_ = min(k, len(keep))
+        self.n_close_ = min(n_close, self.k_)
+        return y
+
+    def _search(self, batch: Table) -> tuple[np.ndarray, Neighbours]:
+        """The batch's labels, and its nearest trusted rows overall and of its own label."""
+        y = labels_of(batch, self.name, "batch")
+        nb = search(
+            features32(batch),
+            self.R_,
+            self.k_,
+            kc=self.n_close_,
+            q_lab=y,
+            r_lab=self.r_y_,
+            r_key=self.r_key_,
+        )
+        return y, nb
+
+
+class KnnLabelDetector(_TrustedNeighbours):
     """How much farther a row's label lies than the other labels, among trusted rows.
 
     Score: ``log(d_own / d_other)``, with ``d_own`` the mean distance to the
@@ -223,20 +267,8 @@ class KnnLabelDetector(DetectorBase):
         self.random_state = random_state
 
     def fit(self, reference: Table) -> Self:
-        k = self._check_int("n_neighbors", 1)
-        n_close = self._check_int("n_close", 1, k)
-        max_ref = self._check_int("max_reference", 2)
         self._check_real("smoothing", 0.0, low_open=True)
-        seed = self._check_seed()
-        y = labels_of(reference, self.name, "reference")
-        if reference.n_rows < 1:
-            raise BatchError("reference", f"detector {self.name!r} needs at least 1 trusted row")
-        keep = subsample(reference.n_rows, max_ref, y, seed, k + 1)
-        self.R_ = np.ascontiguousarray(features32(reference)[keep])
-        self.r_y_ = np.ascontiguousarray(y[keep])
-        self.r_key_ = fingerprint(self.R_, self.r_y_)
-        self.k_ = min(k, len(keep))
-        self.n_close_ = min(n_close, self.k_)
+        y = self._fit_sample(reference)
         self.n_classes_ = reference.n_classes
         self.prior_ = class_prior(y, reference.n_classes)
         return self
@@ -244,16 +276,7 @@ class KnnLabelDetector(DetectorBase):
     def _scores(
         self, batch: Table
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        y = labels_of(batch, self.name, "batch")
-        nb = search(
-            features32(batch),
-            self.R_,
-            self.k_,
-            kc=self.n_close_,
-            q_lab=y,
-            r_lab=self.r_y_,
-            r_key=self.r_key_,
-        )
+        y, nb = self._search(batch)
         ratio, d_own, d_other = _trust_ratio(nb, self.r_y_, y, self.n_close_)
         prob = _vote(nb.dist, nb.index, self.r_y_, self.prior_, self.smoothing)
         p, unseen = _given(prob, y)
@@ -547,7 +570,7 @@ class ModelLabelDetector(DetectorBase):
         return out
 
 
-class InterpolationDetector(DetectorBase):
+class InterpolationDetector(_TrustedNeighbours):
     """Rows lying on the segment between a trusted row of their label and one of another label.
 
     Boundary poison is often built from the trusted data itself: a point
@@ -590,32 +613,11 @@ class InterpolationDetector(DetectorBase):
         self.random_state = random_state
 
     def fit(self, reference: Table) -> Self:
-        k = self._check_int("n_neighbors", 1)
-        n_close = self._check_int("n_close", 1, k)
-        max_ref = self._check_int("max_reference", 2)
-        seed = self._check_seed()
-        y = labels_of(reference, self.name, "reference")
-        if reference.n_rows < 1:
-            raise BatchError("reference", f"detector {self.name!r} needs at least 1 trusted row")
-        keep = subsample(reference.n_rows, max_ref, y, seed, k + 1)
-        self.R_ = np.ascontiguousarray(features32(reference)[keep])
-        self.r_y_ = np.ascontiguousarray(y[keep])
-        self.r_key_ = fingerprint(self.R_, self.r_y_)
-        self.k_ = min(k, len(keep))
-        self.n_close_ = min(n_close, self.k_)
+        self._fit_sample(reference)
         return self
 
     def _parts(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        y = labels_of(batch, self.name, "batch")
-        nb = search(
-            features32(batch),
-            self.R_,
-            self.k_,
-            kc=self.n_close_,
-            q_lab=y,
-            r_lab=self.r_y_,
-            r_key=self.r_key_,
-        )
+        y, nb = self._search(batch)
         ok = (nb.index >= 0) & np.isfinite(nb.dist)
         lab = np.where(ok, self.r_y_[np.maximum(nb.index, 0)], -1)
         other = ok & (lab != y[:, None])
