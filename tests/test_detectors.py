@@ -69,6 +69,11 @@ def test_detector_contract(name, tables):
     reasons = det.explain(batch, rows)
     assert len(reasons) == 3 and all(isinstance(r, str) and r for r in reasons)
     assert det.score(batch.take(np.arange(0))).shape == (0,)
+    assert det.explain(batch, np.arange(0)) == []
+    with pytest.raises(ConfigError, match="is not fitted yet"):
+        cls().score(batch)
+    with pytest.raises(ConfigError, match="is not fitted yet"):
+        cls().explain(batch, rows)
 
     unlabelled_ref = reference.take(np.arange(reference.n_rows))
     object.__setattr__(unlabelled_ref, "y", None)

@@ -46,6 +46,32 @@ class DetectorBase:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    #: The attribute ``fit`` sets; until it exists the detector is not fitted.
+    _fitted_attr: ClassVar[str]
+
+    def score(self, batch: Table) -> np.ndarray:
+        """Scores of ``batch``'s rows, ndarray of shape (n_rows,); see ``Detector``."""
+        self._check_fitted(self._fitted_attr)
+        if self.needs_label:
+            labels_of(batch, self.name, "batch")
+        if batch.n_rows == 0:
+            return np.zeros(0)
+        return self._score(batch)
+
+    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
+        """One sentence per row in ``rows`` (positions in ``batch``); see ``Detector``."""
+        self._check_fitted(self._fitted_attr)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        return self._explain(batch, rows)
+
+    def _score(self, batch: Table) -> np.ndarray:
+        raise NotImplementedError
+
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
+        raise NotImplementedError
+
     # -- validation helpers, used by ``fit`` only --------------------------------
 
     def _owner(self) -> str:

@@ -276,18 +276,12 @@ class BackdoorDetector(DetectorBase):
                 score=float(cell[label]),
             )
 
-    def score(self, batch: Table) -> np.ndarray:
-        self._check_fitted("sorted_")
-        if batch.n_rows == 0:
-            labels_of(batch, self.name, "batch")
-            return np.zeros(0)
+    _fitted_attr: ClassVar[str] = "sorted_"
+
+    def _score(self, batch: Table) -> np.ndarray:
         return self._scan(batch)[0] + tie_break(features32(batch))
 
-    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        self._check_fitted("sorted_")
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return []
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         order = np.argsort(rows, kind="stable")
         want = rows[order]
         final, where = self._scan(batch, want)

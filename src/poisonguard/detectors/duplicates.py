@@ -140,17 +140,12 @@ class DuplicatesDetector(DetectorBase):
             "expected": lam + 1.0,
         }
 
-    def score(self, batch: Table) -> np.ndarray:
-        self._check_fitted("keys_")
-        if batch.n_rows == 0:
-            return np.zeros(0)
+    _fitted_attr: ClassVar[str] = "keys_"
+
+    def _score(self, batch: Table) -> np.ndarray:
         return self._parts(batch)["score"]
 
-    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        self._check_fitted("keys_")
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return []
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         parts = self._parts(batch)
         what = "identical" if self.tol_ == 0 else "near-identical"
         out = []

@@ -286,18 +286,12 @@ class KnnLabelDetector(_TrustedNeighbours):
         lab = np.where(nb.index >= 0, self.r_y_[np.maximum(nb.index, 0)], -1)
         return s, prob, lab, d_own, d_other
 
-    def score(self, batch: Table) -> np.ndarray:
-        self._check_fitted("R_")
-        labels_of(batch, self.name, "batch")
-        if batch.n_rows == 0:
-            return np.zeros(0)
+    _fitted_attr: ClassVar[str] = "R_"
+
+    def _score(self, batch: Table) -> np.ndarray:
         return self._scores(batch)[0]
 
-    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        self._check_fitted("R_")
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return []
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         sub = batch.take(rows)
         y = labels_of(sub, self.name, "batch")
         _, prob, lab, d_own, d_other = self._scores(sub)
@@ -403,18 +397,12 @@ class BatchKnnLabelDetector(DetectorBase):
         lab = np.where(nb.index >= 0, r_y[np.maximum(nb.index, 0)], -1)
         return s, prob, margin, lab, y
 
-    def score(self, batch: Table) -> np.ndarray:
-        self._check_fitted("prior_")
-        labels_of(batch, self.name, "batch")
-        if batch.n_rows == 0:
-            return np.zeros(0)
+    _fitted_attr: ClassVar[str] = "prior_"
+
+    def _score(self, batch: Table) -> np.ndarray:
         return self._scores(batch)[0]
 
-    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        self._check_fitted("prior_")
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return []
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         # Neighbours come from the whole batch, so compute them there.
         _, prob, margin, lab, y = self._scores(batch)
         p, _ = _given(prob, y)
@@ -532,22 +520,17 @@ class ModelLabelDetector(DetectorBase):
         out[:, est.classes_.astype(np.int64)] = lp  # type: ignore[attr-defined]
         return out
 
-    def score(self, batch: Table) -> np.ndarray:
-        self._check_fitted("present_")
+    _fitted_attr: ClassVar[str] = "present_"
+
+    def _score(self, batch: Table) -> np.ndarray:
         y = labels_of(batch, self.name, "batch")
-        if batch.n_rows == 0:
-            return np.zeros(0)
         lp = self._log_prob(batch)
         unseen = (y < 0) | (y >= self.n_classes_)
         given = lp[np.arange(len(y)), np.where(unseen, 0, y)]
         unseen |= ~np.isfinite(given)
         return label_surprise(np.exp(given), np.exp(lp.max(axis=1)), unseen)
 
-    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        self._check_fitted("present_")
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return []
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         sub = batch.take(rows)
         y = labels_of(sub, self.name, "batch")
         prob = np.exp(self._log_prob(sub))
@@ -638,18 +621,12 @@ class InterpolationDetector(_TrustedNeighbours):
         score = np.where(np.isfinite(score) & (count > 0), score, 0.0)
         return score, r, spread
 
-    def score(self, batch: Table) -> np.ndarray:
-        self._check_fitted("R_")
-        labels_of(batch, self.name, "batch")
-        if batch.n_rows == 0:
-            return np.zeros(0)
+    _fitted_attr: ClassVar[str] = "R_"
+
+    def _score(self, batch: Table) -> np.ndarray:
         return self._parts(batch)[0]
 
-    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        self._check_fitted("R_")
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return []
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         _, r, spread = self._parts(batch.take(rows))
         out = []
         for i in range(len(rows)):

@@ -169,14 +169,13 @@ class _TailBase(DetectorBase):
         ok = (y >= 0) & (y < len(self.class_group_))
         return np.where(ok, self.class_group_[np.where(ok, y, 0)], global_group).astype(np.int64)
 
-    def score(self, batch: Table) -> np.ndarray:
-        self._check_fitted("summary_")
+    _fitted_attr: ClassVar[str] = "summary_"
+
+    def _score(self, batch: Table) -> np.ndarray:
         X = features32(batch)
         return self.summary_.scores(X, self._groups(batch), self.combine == "max")
 
-    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        self._check_fitted("summary_")
-        rows = np.asarray(rows, dtype=np.int64)
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         sub = batch.take(rows)
         X = features32(sub)
         groups = self._groups(sub)
@@ -355,20 +354,15 @@ class _KnnBase(DetectorBase):
         ratio = own / usual
         return np.nan_to_num(ratio, nan=0.0, posinf=1e300), own, usual, used_class
 
-    def score(self, batch: Table) -> np.ndarray:
-        self._check_fitted("R_")
-        if batch.n_rows == 0:
-            return np.zeros(0)
+    _fitted_attr: ClassVar[str] = "R_"
+
+    def _score(self, batch: Table) -> np.ndarray:
         _, own, usual, _ = self._ratios(self._neighbours(batch))
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             s = own / usual**self._locality
         return np.nan_to_num(s, nan=0.0, posinf=1e300)
 
-    def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        self._check_fitted("R_")
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return []
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         sub = batch.take(rows)
         ratio, own, usual, used_class = self._ratios(self._neighbours(sub))
         out = []
