@@ -278,7 +278,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_review_list(args: argparse.Namespace) -> int:
-    from poisonguard.gate import _human
+    from poisonguard.gate import human_age
     from poisonguard.review import pending
     from poisonguard.store import Store
 
@@ -289,7 +289,7 @@ def cmd_review_list(args: argparse.Namespace) -> int:
             "source": Path(p.source).name,
             "awaiting": p.pending - p.reviewed,
             "reviewed": p.reviewed,
-            "age": _human(p.age_seconds),
+            "age": human_age(p.age_seconds),
             "since": p.since,
         }
         for p in pending(store)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard.detectors import Table
 from poisonguard.scan import Guard, ScanResult
 
 MAX_POINTS = 3000
@@ -39,11 +40,14 @@ def detector_cut(guard: Guard, name: str, candidates: np.ndarray, p_cut: float) 
     return float(passing.min()) if passing.size else None
 
 
-def batch_evidence(guard: Guard, frame: pd.DataFrame, result: ScanResult) -> dict[str, Any]:
-    """Per-detector scores with calibration and decision lines, a 2-D projection, class balance."""
+def batch_evidence(guard: Guard, batch: Table, result: ScanResult) -> dict[str, Any]:
+    """Per-detector scores with calibration and decision lines, a 2-D projection, class balance.
+
+    ``batch`` is the scanned frame as ``guard.encoder_`` encodes it.
+    """
     from sklearn.decomposition import PCA
 
-    n = len(frame)
+    n = batch.n_rows
     names = [c for c in result.scores.columns if c != "suspicion"]
     fdr = guard.settings_.fdr
     threshold = result.threshold
@@ -67,7 +71,6 @@ def batch_evidence(guard: Guard, frame: pd.DataFrame, result: ScanResult) -> dic
         "detectors": detectors,
     }
     reference = guard.reference_
-    batch = guard.encoder_.transform(frame)
     if reference.X.shape[1] >= 2 and reference.n_rows >= 3:
         keep = _sample(reference.n_rows, MAX_POINTS)
         pca = PCA(n_components=2, random_state=0).fit(reference.X[keep])

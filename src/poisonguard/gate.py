@@ -41,7 +41,7 @@ def parse_age(text: str) -> timedelta:
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def _human(seconds: float) -> str:
+def human_age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
@@ -93,7 +93,7 @@ def check(store: Store, *, max_pending: timedelta | None = None, actor: str = "g
             if p.pending - p.reviewed > 0 and p.age_seconds > max_pending.total_seconds():
                 reasons.append(
                     f"batch {p.batch_id}: {p.pending - p.reviewed} rows awaiting review for "
-                    f"{_human(p.age_seconds)} (allowed {_human(max_pending.total_seconds())})"
+                    f"{human_age(p.age_seconds)} (allowed {human_age(max_pending.total_seconds())})"
                 )
 
     n_rows = sum(f.rows for f in files)

@@ -106,7 +106,9 @@ def find_new_batches(config: Config, store: Store) -> list[Path]:
     return [p for p in find_batches(config.landing) if store.batch_by_sha(sha256_file(p)) is None]
 
 
-def validate_batch(path: str | Path, config: Config, store: Store) -> Path | None:
+def validate_batch(
+    path: str | Path, config: Config, store: Store, sha256: str | None = None
+) -> Path | None:
     """Read and validate one landed file; stage its rows for detection.
 
     A file that cannot be read, or fails a schema-level expectation, is rejected
@@ -123,7 +125,7 @@ def validate_batch(path: str | Path, config: Config, store: Store) -> Path | Non
 
     path = Path(path)
     started = now()
-    sha = sha256_file(path)
+    sha = sha256 or sha256_file(path)
     if store.batch_by_sha(sha) is not None:
         return None
     batch_id = batch_id_for(path, sha)
@@ -267,7 +269,8 @@ def detect_batch(
         guard = guard or fit_guard(config, store)
         data = rows[data_columns(rows)].reset_index(drop=True)
         result: ScanResult = guard.scan(data, source=Path(Staged.load(folder).source).name)
-        drift = batch_drift(guard.reference_, guard.encoder_.transform(data))
+        table = guard.encoder_.transform(data)
+        drift = batch_drift(guard.reference_, table)
         hold = hold_reason(drift, config)
         quarantined = result.quarantined.to_numpy(dtype=bool)
         reasons = result.reasons.to_numpy(dtype=object)
@@ -276,7 +279,7 @@ def detect_batch(
             quarantined = np.ones(len(rows), dtype=bool)
         decision["quarantined"] = quarantined
         decision["reason"] = reasons
-        evidence = batch_evidence(guard, data, result)
+        evidence = batch_evidence(guard, table, result)
         evidence["drift"] = drift_evidence(drift)
         evidence["hold"] = hold
         atomic_write_bytes(folder / EVIDENCE, json.dumps(evidence).encode())
@@ -386,7 +389,7 @@ def process_batch(path: str | Path, config: Config, store: Store) -> BatchRecord
     sha = sha256_file(path)
     if store.batch_by_sha(sha) is not None:
         return None
-    staged = validate_batch(path, config, store)
+    staged = validate_batch(path, config, store, sha256=sha)
     if staged is None:
         return store.batch_by_sha(sha)
     detect_batch(staged, config, store)
