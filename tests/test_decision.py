@@ -40,6 +40,33 @@ def test_a_surprise_scale_floors_the_tail():
     assert p == pytest.approx([1.0, np.exp(-2.0) / 100, np.exp(-20.0) / 100])
 
 
+def test_a_fixed_shape_fits_an_exponential_tail_by_its_mean_exceedance():
+    """shape=0 keeps the tail exponential whatever the exceedances suggest; its scale is their mean.
+
+    A heavy-looking tail (one extreme calibration row among Gaussian ones) would make the
+    estimated shape positive and the p-values of far rows much larger.
+    """
+    rng = np.random.default_rng(5)
+    scores = np.r_[rng.normal(size=199), 9.0]
+    fitted = Calibration.fit(scores)
+    fixed = Calibration.fit(scores, shape=0.0)
+    n_tail = round(fixed.tail_share * fixed.n)
+    excess = fixed.scores[-n_tail:]
+    assert fitted.xi > 0.0
+    assert fixed.xi == 0.0
+    assert fixed.sigma == pytest.approx(np.mean(excess - fixed.threshold))
+    far = np.array([12.0])
+    assert fixed.p_values(far)[0] < fitted.p_values(far)[0] / 10
+    # Below the tail threshold nothing changes.
+    assert fixed.p_values(np.array([0.0])) == pytest.approx(fitted.p_values(np.array([0.0])))
+
+
+def test_a_scale_floor_still_applies_to_a_fixed_shape():
+    """model_label's tail: exponential, never steeper than exp(-score)."""
+    cal = Calibration.fit(np.linspace(0.0, 0.1, 100), shape=0.0, min_scale=1.0)
+    assert (cal.xi, cal.sigma) == (0.0, 1.0)
+
+
 def test_log_p_values_stay_ordered_where_p_values_underflow():
     """Far in the tail, log p keeps decreasing after p itself hits the floor."""
     cal = Calibration.fit(np.zeros(99), min_scale=1.0)

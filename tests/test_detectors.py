@@ -315,6 +315,21 @@ def test_label_conflicts_are_flagged_within_batch_and_against_trusted(tables):
     assert "carry a label other than" in det.explain(with_rows(batch, X=X, y=y), np.array([2]))[0]
 
 
+def test_copies_surprise_more_where_the_trusted_rows_never_repeat(tables):
+    """Four copies of a row: strong evidence in real-valued data with no repeats, weak in data
+    whose trusted rows repeat all the time (the expected count comes from the trusted set)."""
+    reference, batch = tables
+    X = batch.X.copy()
+    X[1:4] = X[0]
+    four = with_rows(batch, X=X)
+    unique_ref = REGISTRY["duplicates"]().fit(reference).score(four)[0]
+    repeats = reference.X.copy()
+    repeats[1::2] = repeats[0::2][: repeats[1::2].shape[0]]  # every trusted row has a twin
+    repeat_ref = REGISTRY["duplicates"]().fit(with_rows(reference, X=repeats)).score(four)[0]
+    assert unique_ref > 10.0  # nats: below 1 chance in 20,000
+    assert repeat_ref < unique_ref / 2
+
+
 def test_rows_without_copies_score_exactly_zero_for_duplicates(tables):
     """No copies is no evidence: such rows score 0, so their p-value is 1 and adds nothing."""
     reference, batch = tables

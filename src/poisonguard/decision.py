@@ -83,6 +83,7 @@ class Calibration:
         tail_fraction: float = 0.1,
         min_tail: int = 10,
         min_scale: float | None = None,
+        shape: float | None = None,
     ) -> Calibration:
         """Sort the calibration scores and fit the tail above them.
 
@@ -90,6 +91,12 @@ class Calibration:
         are surprises (``-log`` of a probability under a stated null): the
         fitted tail then never decays faster than ``exp(-score / min_scale)``,
         whatever few or tied calibration scores it was fitted to.
+
+        ``shape`` fixes the generalized Pareto shape instead of estimating it
+        (0: an exponential tail, whose scale is then the mean exceedance). From
+        the few tens of exceedances a small trusted set gives, the estimated
+        shape swings widely; one ambiguous trusted row can make the fitted tail
+        heavy enough that no batch row ever reaches Benjamini-Hochberg's cut.
         """
         s = np.sort(np.asarray(scores, dtype=np.float64))
         s = s[np.isfinite(s)]
@@ -99,7 +106,7 @@ class Calibration:
         n_tail = min(n_tail, s.size - 1) if s.size > 1 else 0
         threshold = float(s[s.size - n_tail - 1]) if n_tail > 0 else float(s[-1])
         excess = s[s.size - n_tail :] - threshold if n_tail > 0 else np.empty(0)
-        xi, sigma = _fit_gpd(excess)
+        xi, sigma = _fit_gpd(excess) if shape is None else _fit_gpd_fixed(excess, shape)
         if min_scale is not None and sigma < min_scale:
             sigma = float(min_scale)
         return cls(s, float(s[-1]), xi, sigma, threshold, n_tail / s.size)
@@ -154,6 +161,17 @@ def _fit_gpd(excess: np.ndarray) -> tuple[float, float]:
     xi = float(np.clip(-k, 0.0, 0.5))
     sigma = float(sigma if sigma > 0 else a0)
     return xi, sigma
+
+
+def _fit_gpd_fixed(excess: np.ndarray, xi: float) -> tuple[float, float]:
+    """The scale of a generalized Pareto with known shape ``xi`` (< 1), by the mean exceedance.
+
+    The mean of a GPD(xi, sigma) is ``sigma / (1 - xi)``; for ``xi = 0`` this is
+    the maximum-likelihood estimate of the exponential's scale.
+    """
+    if excess.size == 0 or not np.any(excess > 0):
+        return float(xi), 0.0
+    return float(xi), float(np.mean(excess) * (1.0 - xi))
 
 
 def _gpd_logsf(y: np.ndarray, xi: float, sigma: float) -> np.ndarray:

@@ -39,9 +39,14 @@ def default_detectors(labelled: bool = True) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _tail_scale(name: str) -> float | None:
-    """The detector's floor on its calibration tail's scale (see ``Calibration.fit``)."""
-    return getattr(REGISTRY[name], "tail_scale", None)
+def calibrate(name: str, scores: np.ndarray) -> Calibration:
+    """Fit a detector's calibration with the tail model it declares (see ``Calibration.fit``)."""
+    cls = REGISTRY[name]
+    return Calibration.fit(
+        scores,
+        min_scale=getattr(cls, "tail_scale", None),
+        shape=getattr(cls, "tail_shape", None),
+    )
 
 
 def infer_features(
@@ -187,10 +192,7 @@ class Guard:
             for name in self.detector_names_:
                 det = self._make(name, settings).fit(fit_on)
                 cal_scores[name].append(det.score(held))
-        return {
-            name: Calibration.fit(np.concatenate(s), min_scale=_tail_scale(name))
-            for name, s in cal_scores.items()
-        }
+        return {name: calibrate(name, np.concatenate(s)) for name, s in cal_scores.items()}
 
     # ----------------------------------------------------------------- scan
     def score(
@@ -266,7 +268,7 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
         trimmed = np.sort(s)[
             : max(MIN_REFERENCE_ROWS, int(len(s) * (1 - SELF_REFERENCE_CONTAMINATION)))
         ]
-        calibrations[name] = Calibration.fit(trimmed, min_scale=_tail_scale(name))
+        calibrations[name] = calibrate(name, trimmed)
 
     # Each row was scored by the detectors fitted without its fold, at its place in that fold.
     fold_of = np.empty(table.n_rows, dtype=np.int64)

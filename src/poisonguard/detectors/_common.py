@@ -32,6 +32,10 @@ class DetectorBase:
     #: set this to 1: the decision's tail past the calibration maximum then never
     #: decays faster than ``exp(-score)``. None: the tail is fitted alone.
     tail_scale: ClassVar[float | None] = None
+    #: Scores on a log scale whose tail is taken as exponential set this to 0:
+    #: the decision then fixes the generalized Pareto shape at 0 and fits only
+    #: the scale. None: the shape is estimated from the calibration scores.
+    tail_shape: ClassVar[float | None] = None
 
     @classmethod
     def _param_names(cls) -> list[str]:

@@ -12,9 +12,6 @@ from poisonguard.detectors._kernels import _hash_rows
 from poisonguard.detectors._stats import poisson_surprise
 from poisonguard.detectors.base import Table
 
-# Pseudo-count of trusted copies every row is assumed to have: a row the
-# trusted set never showed may still recur by chance at about this rate.
-_PSEUDO_COPIES = 0.5
 _LABEL_MIX = np.uint64(0xD6E8FEB86659FD93)
 
 
@@ -52,10 +49,13 @@ class DuplicatesDetector(DetectorBase):
     grid of step ``tolerance`` (0: bit-identical). A row scores the sum of
 
     * flood: ``-log P(N >= copies)`` with N the number of other batch rows
-      expected to share its group, ``Poisson((n_batch - 1) * (c + 0.5) / m)``
-      for a row with c copies among m trusted rows, so a pair in a large
-      batch scores about 0 while fifty copies score in the hundreds, and the
-      score does not grow with the batch size for ordinary repeats;
+      expected to share its group, ``Poisson((n_batch - 1) * (c + m q) / (m + 1))``
+      for a row with c copies among m trusted rows, where q is how often two
+      trusted rows coincide (half a pair added, so data with no repeats gets
+      a small q, and data full of natural repeats a large one). A few copies
+      of a row in a table of real-valued measurements are then surprising,
+      while fifty copies score in the hundreds, and the score does not grow
+      with the batch size for ordinary repeats;
     * trusted copy: half the twin surprise ``-log`` (how often a trusted row
       has a copy elsewhere in the trusted set), when the row copies a trusted
       row (harmless but redundant);
@@ -94,6 +94,11 @@ class DuplicatesDetector(DetectorBase):
         self.m_ = m
         self.keys_, inverse, self.counts_ = _counted(keys)
         copies = self.counts_[inverse] if m else np.zeros(0, np.int64)
+        # How often two trusted rows coincide, half a pair added for the sets
+        # that show none: m times this is how many copies a row the trusted set
+        # has never seen is expected to have among m rows.
+        pairs_equal = float(np.sum(self.counts_ * (self.counts_ - 1) / 2.0))
+        self.pair_rate_ = (pairs_equal + 0.5) / (m * (m - 1) / 2.0 + 1.0)
         # How often a trusted row has a copy elsewhere in the trusted set.
         self.copy_rate_ = (float(np.sum(copies >= 2)) + 0.5) / (m + 1.0)
         self.labelled_ = reference.y is not None
@@ -117,7 +122,8 @@ class DuplicatesDetector(DetectorBase):
         _, inverse, counts = _counted(keys)
         in_batch = counts[inverse]
         trusted = _lookup(self.keys_, self.counts_, keys)
-        lam = max(n - 1, 1) * (trusted + _PSEUDO_COPIES) / (self.m_ + 1.0)
+        unseen_copies = self.m_ * self.pair_rate_
+        lam = max(n - 1, 1) * (trusted + unseen_copies) / (self.m_ + 1.0)
         flood = poisson_surprise(in_batch - 1, lam)
         twin = -math.log(self.copy_rate_)
         # A copy of a trusted row adds nothing to training (mildly suspicious);

@@ -250,6 +250,9 @@ class KnnLabelDetector(_TrustedNeighbours):
 
     name: ClassVar[str] = "knn_label"
     needs_label: ClassVar[bool] = True
+    # A log distance ratio: an exponential tail here is a power-law tail of the
+    # ratio itself (docs/decision.md, "The tail").
+    tail_shape: ClassVar[float | None] = 0.0
 
     def __init__(
         self,
@@ -435,6 +438,11 @@ class ModelLabelDetector(DetectorBase):
 
     name: ClassVar[str] = "model_label"
     needs_label: ClassVar[bool] = True
+    # -log p(label) is a surprise in nats: for a calibrated K-class model,
+    # P(-log p(label) >= s) <= K exp(-s). So the tail is exponential, never
+    # steeper than scale 1; an over-confident model's wider tail is fitted.
+    tail_shape: ClassVar[float | None] = 0.0
+    tail_scale: ClassVar[float | None] = 1.0
 
     def __init__(
         self,
@@ -581,6 +589,8 @@ class InterpolationDetector(_TrustedNeighbours):
 
     name: ClassVar[str] = "interpolation"
     needs_label: ClassVar[bool] = True
+    # A log distance ratio, like knn_label's: an exponential tail.
+    tail_shape: ClassVar[float | None] = 0.0
 
     def __init__(
         self,
