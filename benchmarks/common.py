@@ -188,7 +188,7 @@ class Case:
     cache: dict[str, Verdict] = field(default_factory=dict)
 
 
-def _timed(fn: Callable[[Case], tuple[np.ndarray, np.ndarray]]) -> Callable[[Case], Verdict]:
+def timed(fn: Callable[[Case], tuple[np.ndarray, np.ndarray]]) -> Callable[[Case], Verdict]:
     def run(case: Case) -> Verdict:
         start = time.perf_counter()
         flagged, score = fn(case)
@@ -213,7 +213,7 @@ def lr_model() -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
 
 
-@_timed
+@timed
 def cleanlab_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """cleanlab find_label_issues on 5-fold out-of-fold LR pred_probs over reference + batch."""
     from cleanlab.filter import find_label_issues
@@ -233,7 +233,7 @@ def cleanlab_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     return issues[tail], 1.0 - quality[tail]
 
 
-@_timed
+@timed
 def knn_label_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """Share of the 10 nearest trusted rows whose label differs; flagged above one half."""
     from sklearn.neighbors import NearestNeighbors
@@ -252,7 +252,7 @@ def knn_label_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     return disagree > 0.5, disagree
 
 
-@_timed
+@timed
 def iforest_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """sklearn IsolationForest, contamination="auto", fitted on the reference."""
     from sklearn.ensemble import IsolationForest
@@ -265,7 +265,7 @@ def iforest_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     return normality - model.offset_ < 0, -normality
 
 
-@_timed
+@timed
 def ecod_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """PyOD ECOD, default contamination=0.1, fitted on the reference."""
     from pyod.models.ecod import ECOD
@@ -307,7 +307,7 @@ def poisonguard_scan() -> Callable[..., Any] | None:
 POISONGUARD_SETTINGS: dict[str, Any] = {}
 
 
-@_timed
+@timed
 def poisonguard_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """poisonguard.scan with its default config (or POISONGUARD_SETTINGS); held rows, suspicion."""
     scan = poisonguard_scan()

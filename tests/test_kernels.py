@@ -76,6 +76,21 @@ def test_knn_matches_brute_force(case):
 
 
 @SETTINGS
+@given(knn_case())
+def test_search_reads_class_neighbours_off_the_global_list_exactly(case):
+    """search() takes class neighbours from the global list where it holds enough of them and
+    searches per class for the rest; either way they equal a brute-force sort."""
+    from poisonguard.detectors._neighbours import clear_cache, search
+
+    Q, R, k, kc, q_lab, r_lab = case
+    clear_cache()
+    nb = search(Q, R, k, kc=kc, q_lab=q_lab, r_lab=r_lab)
+    want_cd, want_ci = reference_knn(Q, R, kc, q_lab[:, None] == r_lab[None, :])
+    np.testing.assert_array_equal(nb.class_dist, want_cd)
+    np.testing.assert_array_equal(nb.class_index, want_ci)
+
+
+@SETTINGS
 @given(
     hnp.arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(1, 5)), elements=grid_values),
     st.integers(1, 14),

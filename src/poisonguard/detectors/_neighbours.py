@@ -20,6 +20,11 @@ import numpy as np
 
 from poisonguard.detectors._kernels import _knn_search
 
+#: Trusted rows the kNN detectors search by default (a stratified sample past
+#: this size). The search costs batch rows x this x features, so it sets the
+#: speed of the suite; benchmarks/RESULTS.md has the quality it keeps.
+SAMPLE_ROWS = 1024
+
 _CACHE_SIZE = 4
 # ("global" | "class", keys of the inputs..., k) -> (dist, index)
 _cache: OrderedDict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -112,10 +117,47 @@ def search(
     ql = np.ascontiguousarray(q_lab, np.int64)
     rl = np.ascontiguousarray(r_lab, np.int64)
     cdist, cindex = _memo(
-        ("class", q_key, fingerprint(ql), r_key, kc),
-        lambda: _by_class(Q, R, q_ids, r_ids, ql, rl, kc),
+        ("class", q_key, fingerprint(ql), r_key, k, kc),
+        lambda: _class_from_global(Q, R, q_ids, r_ids, ql, rl, kc, dist, index),
     )
     return Neighbours(dist, index, cdist, cindex)
+
+
+def _class_from_global(
+    Q: np.ndarray,
+    R: np.ndarray,
+    q_ids: np.ndarray,
+    r_ids: np.ndarray,
+    q_lab: np.ndarray,
+    r_lab: np.ndarray,
+    kc: int,
+    dist: np.ndarray,
+    index: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class neighbours, read off the global list wherever it already holds ``kc`` of them.
+
+    The global list is the exact top-k in (distance, index) order, so when at
+    least ``kc`` of its rows carry the query's label, the first ``kc`` of those
+    are exactly its ``kc`` nearest rows of that label: no closer one can be
+    missing from the list. Only the other queries (for honest data, the few
+    whose label most of their neighbours do not share) are searched per class.
+    """
+    if kc > index.shape[1]:
+        return _by_class(Q, R, q_ids, r_ids, q_lab, r_lab, kc)
+    lab = np.where(index >= 0, r_lab[np.maximum(index, 0)], -2)
+    same = (lab == q_lab[:, None]) & (q_lab[:, None] >= 0)
+    enough = same.sum(axis=1) >= kc
+    # Stable sort of "not same" puts each row's same-label entries first, in list order.
+    first = np.argsort(~same, axis=1, kind="stable")[:, :kc]
+    cdist = np.where(enough[:, None], np.take_along_axis(dist, first, axis=1), np.inf)
+    cindex = np.where(enough[:, None], np.take_along_axis(index, first, axis=1), -1)
+    rest = np.flatnonzero(~enough)
+    if rest.size:
+        d, i = _by_class(
+            np.ascontiguousarray(Q[rest]), R, q_ids[rest], r_ids, q_lab[rest], r_lab, kc
+        )
+        cdist[rest], cindex[rest] = d, i
+    return np.ascontiguousarray(cdist), np.ascontiguousarray(cindex)
 
 
 def _memo(

@@ -21,7 +21,7 @@ from poisonguard.detectors._common import (
     subsample,
 )
 from poisonguard.detectors._kernels import _segment_residuals
-from poisonguard.detectors._neighbours import Neighbours, fingerprint, search
+from poisonguard.detectors._neighbours import SAMPLE_ROWS, Neighbours, fingerprint, search
 from poisonguard.detectors.base import Table
 from poisonguard.errors import BatchError
 
@@ -259,7 +259,7 @@ class KnnLabelDetector(_TrustedNeighbours):
         *,
         n_neighbors: int = 10,
         n_close: int = 5,
-        max_reference: int = 2048,
+        max_reference: int = SAMPLE_ROWS,
         smoothing: float = 1.0,
         random_state: int = 0,
     ):
@@ -450,7 +450,7 @@ class ModelLabelDetector(DetectorBase):
         model: str = "logistic",
         C: float = 1.0,
         max_iter: int = 200,
-        max_reference: int = 20000,
+        max_reference: int = 8192,
         random_state: int = 0,
     ):
         self.model = model
@@ -597,7 +597,7 @@ class InterpolationDetector(_TrustedNeighbours):
         *,
         n_neighbors: int = 10,
         n_close: int = 5,
-        max_reference: int = 2048,
+        max_reference: int = SAMPLE_ROWS,
         random_state: int = 0,
     ):
         self.n_neighbors = n_neighbors

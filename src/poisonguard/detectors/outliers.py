@@ -20,7 +20,7 @@ from poisonguard.detectors._common import (
     subsample,
 )
 from poisonguard.detectors._kernels import _tail_grid, _tail_matrix, _tail_scores
-from poisonguard.detectors._neighbours import Neighbours, fingerprint, search
+from poisonguard.detectors._neighbours import SAMPLE_ROWS, Neighbours, fingerprint, search
 from poisonguard.detectors.base import Table
 from poisonguard.errors import BatchError
 
@@ -281,7 +281,9 @@ class _KnnBase(DetectorBase):
     # ratio (LOF-like), 0 the plain k-NN distance (see KnnDistanceDetector).
     _locality: ClassVar[float] = 0.5
 
-    def __init__(self, *, n_neighbors: int = 10, max_reference: int = 2048, random_state: int = 0):
+    def __init__(
+        self, *, n_neighbors: int = 10, max_reference: int = SAMPLE_ROWS, random_state: int = 0
+    ):
         self.n_neighbors = n_neighbors
         self.max_reference = max_reference
         self.random_state = random_state
