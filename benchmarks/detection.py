@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             "records": _no_nan(records),
             "clean_records": _no_nan(clean_records),
         }
-        args.json.write_text(json.dumps(payload, indent=1, default=_jsonable))
+        args.json.write_text(json.dumps(payload, separators=(",", ":"), default=_jsonable))
         print(f"raw records written to {args.json}")
     return 0
 

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {m: SETTINGS[m] for m in methods},
             "records": records,
         }
-        args.json.write_text(json.dumps(payload, indent=1))
+        args.json.write_text(json.dumps(payload, separators=(",", ":")))
         print(f"raw records written to {args.json}")
     return 0
 

@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         config = vars(args) | {"json": str(args.json)}
-        args.json.write_text(json.dumps({"config": config, "results": results}, indent=1))
+        args.json.write_text(
+            json.dumps({"config": config, "results": results}, separators=(",", ":"))
+        )
         print(f"raw figures written to {args.json}")
     return 0
 

@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poisonguard.decision import Calibration, benjamini_hochberg, cauchy_combine, decide
+from poisonguard.decision import (
+    Calibration,
+    benjamini_hochberg,
+    cauchy_combine,
+    decide,
+    log_cauchy_combine,
+)
 from poisonguard.errors import ConfigError
 
 
@@ -117,6 +123,35 @@ def test_cauchy_combination_is_near_uniform_in_its_small_tail():
     for a in (0.001, 0.01):
         assert abs((out <= a).mean() - a) < 0.15 * a
     assert (out <= 0.05).mean() < 1.25 * 0.05
+
+
+@given(st.floats(1e-12, 0.5), st.floats(0.05, 0.95))
+def test_weights_set_each_detectors_share_of_the_combination(p, w):
+    """With every other test at 0.5 (tangent 0), a small p with weight w combines to about p / w;
+    all the weight on one test returns its p; equal weights are the unweighted combination."""
+    logp = np.log(np.array([[p, 0.5, 0.5]]))
+    alone = np.exp(log_cauchy_combine(logp, [1.0, 0.0, 0.0]))[0]
+    assert alone == pytest.approx(p, rel=1e-6)
+    shared = np.exp(log_cauchy_combine(logp, [w, (1 - w) / 2, (1 - w) / 2]))[0]
+    if p < 1e-4:
+        assert shared == pytest.approx(p / w, rel=1e-3)
+    assert shared >= alone * (1 - 1e-9)
+    rng = np.random.default_rng(0)
+    many = np.log(rng.random((50, 3)))
+    np.testing.assert_allclose(log_cauchy_combine(many, [2.0, 2.0, 2.0]), log_cauchy_combine(many))
+
+
+def test_decide_gives_a_half_weight_detector_half_the_share():
+    """A row only detector b flags: halving b's weight cuts its share from 1/2 to 1/3, so the
+    row's combined p-value grows by half."""
+    cal = {"a": Calibration.fit(np.arange(200.0)), "b": Calibration.fit(np.arange(200.0))}
+    scores = {"a": np.full(50, 100.0), "b": np.full(50, 100.0)}
+    scores["b"][0] = 260.0
+    equal = decide(scores, cal, fdr=0.05)
+    half = decide(scores, cal, fdr=0.05, weights={"a": 1.0, "b": 0.5})
+    assert half.combined[0] == pytest.approx(equal.combined[0] * 1.5, rel=0.05)
+    with pytest.raises(ValueError, match="weights"):
+        decide(scores, cal, fdr=0.05, weights={"a": -1.0, "b": 1.0})
 
 
 def test_a_detector_that_finds_a_row_ordinary_does_not_veto_the_others():

@@ -203,7 +203,9 @@ def cauchy_combine(p: np.ndarray) -> np.ndarray:
     return np.clip(np.exp(log_cauchy_combine(logp)), P_FLOOR, 1.0)
 
 
-def log_cauchy_combine(logp: np.ndarray) -> np.ndarray:
+def log_cauchy_combine(
+    logp: np.ndarray, weights: np.ndarray | list[float] | None = None
+) -> np.ndarray:
     """``cauchy_combine`` on natural-log p-values, returning the log of the combined p-value.
 
     Works in log space throughout, so rows whose p-values underflow stay ordered
@@ -212,6 +214,11 @@ def log_cauchy_combine(logp: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     logp : ndarray of shape (n_rows, n_tests)
+    weights : ndarray of shape (n_tests,), optional
+        Non-negative weights of the tests, normalised to sum to 1 (default
+        equal). Any weights fixed before seeing the batch keep the combination
+        valid; a test with weight ``w`` alone needs ``p <= w * a`` to bring the
+        combined p-value to ``a``.
 
     Returns
     -------
@@ -221,6 +228,7 @@ def log_cauchy_combine(logp: np.ndarray) -> np.ndarray:
     if logp.ndim != 2 or logp.shape[1] == 0:
         raise ValueError("log_cauchy_combine needs a 2-D array with at least one column")
     k = logp.shape[1]
+    w = np.full(k, 1.0 / k) if weights is None else _normalised(weights, k)
     # p-values above 0.5 enter as 0.5. Untruncated, a p of 1 (a score below every
     # calibration score, e.g. an exact copy of a trusted row for a distance detector)
     # contributes tan(-pi/2) ~ -1.6e16 and makes the row immune to every other
@@ -239,7 +247,7 @@ def log_cauchy_combine(logp: np.ndarray) -> np.ndarray:
         )
         top = np.max(log_t, axis=1)
         safe = np.where(np.isfinite(top), top, 0.0)
-        log_stat = safe + np.log(np.sum(np.exp(log_t - safe[:, None]), axis=1)) - np.log(k)
+        log_stat = safe + np.log(np.sum(w * np.exp(log_t - safe[:, None]), axis=1))
         log_stat = np.where(np.isneginf(top), -np.inf, log_stat)
         stat = np.exp(np.minimum(log_stat, 700.0))
         out = np.where(
@@ -248,6 +256,13 @@ def log_cauchy_combine(logp: np.ndarray) -> np.ndarray:
             np.log(0.5 - np.arctan(stat) / np.pi),
         )
     return np.minimum(out, 0.0)
+
+
+def _normalised(weights: np.ndarray | list[float], k: int) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be {k} finite non-negative numbers, not all 0; got {w}")
+    return w / w.sum()
 
 
 def benjamini_hochberg(p: np.ndarray, fdr: float, *, log: bool = False) -> np.ndarray:
@@ -313,6 +328,7 @@ def decide(
     fdr: float = 0.05,
     explain: Explainer | None = None,
     forced: Mapping[int, str] | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> Decision:
     """Turn every detector's scores on a batch into one partition of its rows.
 
@@ -327,6 +343,8 @@ def decide(
         row a sentence from each detector that flagged it.
     forced : mapping of row position to reason, optional
         Rows quarantined whatever their scores (e.g. the whole batch held for drift).
+    weights : mapping of detector name to weight, optional
+        Each detector's share of the combination (default equal; missing names 1).
 
     Returns
     -------
@@ -342,7 +360,8 @@ def decide(
     for j, name in enumerate(names):
         logp[:, j] = calibrations[name].log_p_values(scores[name])
     p = np.maximum(np.exp(logp), P_FLOOR)
-    log_combined = log_cauchy_combine(logp) if n else np.empty(0)
+    w = _normalised([(weights or {}).get(name, 1.0) for name in names], len(names))
+    log_combined = log_cauchy_combine(logp, w) if n else np.empty(0)
     combined = np.maximum(np.exp(log_combined), P_FLOOR)
     quarantined = benjamini_hochberg(log_combined, fdr, log=True)
     threshold = float(combined[quarantined].max()) if quarantined.any() else 0.0
@@ -351,13 +370,13 @@ def decide(
     rows = np.nonzero(quarantined)[0]
     if rows.size:
         # A detector "flagged" a row when its own p-value alone would pass the
-        # batch's threshold after the Bonferroni share; the strongest one always counts.
-        cut = max(threshold / len(names), 0.0)
+        # batch's threshold after its share of the combination; the strongest one
+        # always counts.
         parts: dict[int, list[str]] = {int(r): [] for r in rows}
         for j, name in enumerate(names):
             pj = p[rows, j]
             strongest = np.argmin(logp[rows], axis=1) == j
-            hit = rows[(pj <= cut) | strongest]
+            hit = rows[(pj <= threshold * w[j]) | strongest]
             if hit.size == 0:
                 continue
             sentences = explain(name, hit) if explain else [""] * hit.size

@@ -39,6 +39,11 @@ def default_detectors(labelled: bool = True) -> tuple[str, ...]:
     return tuple(names)
 
 
+def weights(names: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """Each detector's share of the combination, as its class declares it."""
+    return {name: float(getattr(REGISTRY[name], "weight", 1.0)) for name in names}
+
+
 def calibrate(name: str, scores: np.ndarray) -> Calibration:
     """Fit a detector's calibration with the tail model it declares (see ``Calibration.fit``)."""
     cls = REGISTRY[name]
@@ -215,6 +220,7 @@ class Guard:
             fdr=self.settings_.fdr,
             explain=lambda name, rows: self.detectors_[name].explain(table, rows),
             forced=forced,
+            weights=weights(tuple(scores)),
         )
         return _result(frame.index, scores, decision)
 
@@ -286,7 +292,9 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
                 out.update(zip(mine.tolist(), said, strict=True))
         return [out[int(r)] for r in rows]
 
-    decision = decide(scores, calibrations, fdr=settings.fdr, explain=explain)
+    decision = decide(
+        scores, calibrations, fdr=settings.fdr, explain=explain, weights=weights(names)
+    )
     return _result(frame.index, scores, decision)
 
 

@@ -45,21 +45,22 @@ REGISTRY: dict[str, type[Detector]] = {
 #: the deeper a row sits among another label) and by a model (``model_label``);
 #: rows interpolated between trusted rows of two labels (``interpolation``);
 #: whole-row outliers (``knn_distance``); copy floods and conflicts
-#: (``duplicates``). ``knn_label``, ``interpolation`` and ``knn_distance`` share
-#: one neighbour search. Every extra detector costs about a factor in the
-#: Cauchy combination when it alone fires, so the suite is kept to detectors
-#: that each catch something the others miss (measured on the detection
-#: benchmark). Left out: ``tail`` (far outliers are already caught by
-#: ``knn_distance`` and the label detectors, and on labelled benchmarks it
-#: lowered mean F1), ``backdoor`` (most of its catch is made by the label
-#: detectors, and it costs a third of the suite's time), ``class_*`` (slower,
-#: subsumed), ``batch_knn_label`` (depends on batch size and make-up).
+#: (``duplicates``); backdoor triggers (``backdoor``). ``knn_label``,
+#: ``interpolation`` and ``knn_distance`` share one neighbour search. Every
+#: detector costs its share of the Cauchy combination when it alone fires, so
+#: the suite is kept to detectors that each catch something the others miss
+#: (measured on the detection benchmark); ``duplicates`` and ``backdoor``,
+#: whose evidence is extreme when real, take half a share each. Left out:
+#: ``tail`` (far outliers are already caught by ``knn_distance`` and the label
+#: detectors, and on labelled benchmarks it lowered mean F1), ``class_*``
+#: (slower, subsumed), ``batch_knn_label`` (depends on batch size and make-up).
 DEFAULT_DETECTORS: tuple[str, ...] = (
     "knn_label",
     "model_label",
     "interpolation",
     "knn_distance",
     "duplicates",
+    "backdoor",
 )
 
 #: What a scan without a label column runs by default: with no label

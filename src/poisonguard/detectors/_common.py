@@ -36,6 +36,9 @@ class DetectorBase:
     #: the decision then fixes the generalized Pareto shape at 0 and fits only
     #: the scale. None: the shape is estimated from the calibration scores.
     tail_shape: ClassVar[float | None] = None
+    #: The detector's share of each row's combined p-value, relative to the
+    #: other active detectors (the Cauchy combination's weights, normalised).
+    weight: ClassVar[float] = 1.0
 
     @classmethod
     def _param_names(cls) -> list[str]:

@@ -77,6 +77,9 @@ class BackdoorDetector(DetectorBase):
 
     name: ClassVar[str] = "backdoor"
     needs_label: ClassVar[bool] = True
+    # Like duplicates: a real trigger cell is surprising by tens of nats, so half a
+    # share of the combination is enough.
+    weight: ClassVar[float] = 0.5
 
     def __init__(self, *, min_support: int = 5, n_bins: int = 64, smoothing: float = 10.0):
         self.min_support = min_support

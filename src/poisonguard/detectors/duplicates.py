@@ -82,6 +82,9 @@ class DuplicatesDetector(DetectorBase):
     name: ClassVar[str] = "duplicates"
     needs_label: ClassVar[bool] = False
     tail_scale: ClassVar[float | None] = 1.0
+    # When a flood is real its surprise runs to tens or hundreds of nats, so half
+    # a share of the combination costs it little and leaves more to the others.
+    weight: ClassVar[float] = 0.5
 
     def __init__(self, *, tolerance: float = 1e-3):
         self.tolerance = tolerance
