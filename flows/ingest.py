@@ -28,16 +28,23 @@ from poisonguard.store import Store
 
 
 @task(cache_policy=NO_CACHE)
-def find_new(config_path: str) -> list[str]:
+def find_new(config_path: str) -> list[tuple[str, str]]:
+    """New landed files, each with the SHA-256 it was found under (hashed once per run)."""
     config = load_config(config_path)
-    return [str(p) for p in find_new_batches(config, Store(config.store))]
+    return [(str(p), sha) for p, sha in find_new_batches(config, Store(config.store))]
 
 
 @task(cache_policy=NO_CACHE, task_run_name="validate {batch_path}")
-def validate(config_path: str, batch_path: str) -> str | None:
+def validate(config_path: str, batch_path: str, sha256: str) -> dict:
+    """``{"staged": folder}`` for rows to score, or ``{"record": ...}`` for a file rejected
+    whole (its ledger record; None if the ledger holds none)."""
     config = load_config(config_path)
-    staged = validate_batch(batch_path, config, Store(config.store))
-    return None if staged is None else str(staged)
+    store = Store(config.store)
+    staged = validate_batch(batch_path, config, store, sha256=sha256)
+    if staged is not None:
+        return {"staged": str(staged)}
+    record = store.batch_by_sha(sha256)
+    return {"record": None if record is None else record.as_dict()}
 
 
 @task(cache_policy=NO_CACHE)
@@ -74,14 +81,14 @@ def ingest(config_path: str) -> list[dict]:
     store = Store(config.store)
     outcomes: list[dict] = []
     with exclusive(store):
-        for batch_path in find_new(config_path):
-            staged = validate(config_path, batch_path)
-            if staged is None:
-                record = store.batch_by_sha_of(Path(batch_path))
-                if record is not None:
-                    outcomes.append(record.as_dict())
-                    publish(config_path, record.batch_id)
+        for batch_path, sha in find_new(config_path):
+            step = validate(config_path, batch_path, sha)
+            if "staged" not in step:
+                if step["record"] is not None:
+                    outcomes.append(step["record"])
+                    publish(config_path, step["record"]["batch_id"])
                 continue
+            staged = step["staged"]
             detect(config_path, staged)
             outcome = commit(config_path, staged)
             publish(config_path, outcome["batch_id"])

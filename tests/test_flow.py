@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from poisonguard.config import load_config
@@ -29,16 +31,25 @@ def test_ingest_flow_takes_the_landing_zone_through_the_gate(demo_project, prefe
 
 
 def test_flow_tasks_pass_paths_not_frames(demo_project, prefect_harness):
-    """Each task's result is a path, a list of paths or a plain dict: nothing large is serialised."""
+    """Each task's result is a path, (path, hash) pairs or a plain dict: nothing large is
+    serialised, and a landed file is hashed once, when it is found."""
+    from poisonguard.store import sha256_file
     from poisonguard_flows import ingest as module
 
     cfg = str(demo_project / "poisonguard.toml")
     found = module.find_new.fn(cfg)
-    assert found and all(isinstance(p, str) for p in found)
-    staged = module.validate.fn(cfg, found[0])
+    assert found and all(isinstance(p, str) and isinstance(h, str) for p, h in found)
+    assert all(sha256_file(Path(p)) == h for p, h in found)
+    path, sha = next((p, h) for p, h in found if not p.endswith(".csv"))
+    step = module.validate.fn(cfg, path, sha)
+    staged = step["staged"]
     assert isinstance(staged, str)
     assert isinstance(module.detect.fn(cfg, staged), str)
     assert isinstance(module.commit.fn(cfg, staged), dict)
+    # The demo's wrong-schema file is rejected whole; its ledger record comes back.
+    (bad,) = [(p, h) for p, h in found if "wrong-schema" in p]
+    step = module.validate.fn(cfg, *bad)
+    assert "staged" not in step and step["record"]["status"] == "rejected"
 
 
 def test_pretraining_gate_subflow_inside_a_training_flow(demo_project, prefect_harness):

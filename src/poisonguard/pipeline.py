@@ -101,9 +101,10 @@ def _jsonable(value: object) -> list[dict]:
     return list(json.loads(json.dumps(value, default=str)))
 
 
-def find_new_batches(config: Config, store: Store) -> list[Path]:
-    """Batch files in the landing folder whose content the ledger has not seen."""
-    return [p for p in find_batches(config.landing) if store.batch_by_sha(sha256_file(p)) is None]
+def find_new_batches(config: Config, store: Store) -> list[tuple[Path, str]]:
+    """Batch files in the landing folder whose content the ledger has not seen, with their SHA-256."""
+    hashed = [(p, sha256_file(p)) for p in find_batches(config.landing)]
+    return [(p, sha) for p, sha in hashed if store.batch_by_sha(sha) is None]
 
 
 def validate_batch(
@@ -383,10 +384,12 @@ def write_batch_report(
     return html_path, json_path
 
 
-def process_batch(path: str | Path, config: Config, store: Store) -> BatchRecord | None:
+def process_batch(
+    path: str | Path, config: Config, store: Store, sha256: str | None = None
+) -> BatchRecord | None:
     """All steps for one file, in-process. None when its content was seen before."""
     path = Path(path)
-    sha = sha256_file(path)
+    sha = sha256 or sha256_file(path)
     if store.batch_by_sha(sha) is not None:
         return None
     staged = validate_batch(path, config, store, sha256=sha)
@@ -424,15 +427,15 @@ def process_landing(
     store = store or Store(config.store)
     records: list[BatchRecord] = []
     with exclusive(store):
-        paths = find_new_batches(config, store)
-        for i, path in enumerate(paths):
+        new = find_new_batches(config, store)
+        for i, (path, sha) in enumerate(new):
             if progress:
-                progress(i, len(paths), path.name)
-            record = process_batch(path, config, store)
+                progress(i, len(new), path.name)
+            record = process_batch(path, config, store, sha256=sha)
             if record is not None:
                 records.append(record)
         if progress:
-            progress(len(paths), len(paths), "done")
+            progress(len(new), len(new), "done")
     return records
 
 

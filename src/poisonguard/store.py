@@ -312,10 +312,6 @@ class Store:
             row = db.execute("SELECT * FROM batches WHERE sha256 = ?", (sha256,)).fetchone()
         return BatchRecord(**dict(row)) if row else None
 
-    def batch_by_sha_of(self, path: Path) -> BatchRecord | None:
-        """The ledger's record of a file's content, if it has one."""
-        return self.batch_by_sha(sha256_file(path))
-
     def batch(self, batch_id: str) -> BatchRecord | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
