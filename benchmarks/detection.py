@@ -150,6 +150,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, 
                         random_state=attack_seed(seed, attack, rate),
                     )
                     acc_poisoned = accuracy(planted.frame)
+                    # A perfect gate removes exactly the poison: the ceiling of recovery,
+                    # below 1 because the poison took the place of clean rows.
+                    acc_perfect = accuracy(planted.frame[~planted.is_poison])
                     case = Case(reference, planted.frame, feats, LABEL, seed)
                     for name, verdict in runner.verdicts(case).items():
                         acc_gated = accuracy(planted.frame[~verdict.flagged])
@@ -166,7 +169,11 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, 
                                 "acc_clean": acc_clean,
                                 "acc_poisoned": acc_poisoned,
                                 "acc_gated": acc_gated,
+                                "acc_perfect": acc_perfect,
                                 "recovered": recovered_share(acc_clean, acc_poisoned, acc_gated),
+                                "recovered_perfect": recovered_share(
+                                    acc_clean, acc_poisoned, acc_perfect
+                                ),
                             }
                         )
                     progress(
@@ -262,24 +269,29 @@ def report(
         grid = by_method(frame, "attack", value, methods)
         out.append(metric_table(title, grid, methods, compare))
     base = frame.drop_duplicates(["dataset", "seed", "attack", "rate"])
-    acc = base.groupby("attack", observed=True)[["acc_clean", "acc_poisoned"]].mean()
-    damaged = (
-        base.assign(d=(base["acc_clean"] - base["acc_poisoned"]) >= MIN_DAMAGE)
-        .groupby("attack", observed=True)["d"]
-        .sum()
-    )
+    base = base.assign(damaged=(base["acc_clean"] - base["acc_poisoned"]) >= MIN_DAMAGE)
+    by_attack = base.groupby("attack", observed=True)
+    acc = by_attack[["acc_clean", "acc_poisoned", "acc_perfect"]].mean()
+    perfect = base[base["damaged"]].groupby("attack", observed=True)["recovered_perfect"].mean()
+    perfect_all = base.loc[base["damaged"], "recovered_perfect"].mean()
     out.append(
         table(
-            "Retraining accuracy without a gate (LR on standardized reference + batch, test split)",
-            ["attack", "clean", "poisoned", "cases damaged"],
+            "Retraining accuracy without a gate and with a perfect one (removes exactly the "
+            "poison), LR on standardized reference + batch, test split",
+            ["attack", "clean", "poisoned", "perfect gate", "cases damaged", "perfect recovers"],
             [
-                [
-                    str(k),
-                    fmt(v["acc_clean"]),
-                    fmt(v["acc_poisoned"]),
-                    f"{damaged[k]}/{len(base[base['attack'] == k])}",
-                ]
-                for k, v in acc.iterrows()
+                *(
+                    [
+                        str(k),
+                        fmt(v["acc_clean"]),
+                        fmt(v["acc_poisoned"]),
+                        fmt(v["acc_perfect"]),
+                        f"{by_attack['damaged'].sum()[k]}/{by_attack.size()[k]}",
+                        fmt(perfect.get(k, float("nan"))),
+                    ]
+                    for k, v in acc.iterrows()
+                ),
+                ["mean", "", "", "", f"{int(base['damaged'].sum())}/{len(base)}", fmt(perfect_all)],
             ],
         )
     )

@@ -23,6 +23,15 @@ from poisonguard.detectors.base import Table
 _OVER_SCREEN = 3.0
 
 
+def _sorted_quantiles(col: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """``np.quantile(col, qs)`` (linear interpolation) of an already sorted column."""
+    at = qs * (len(col) - 1)
+    lo = np.floor(at).astype(np.int64)
+    hi = np.minimum(lo + 1, len(col) - 1)
+    low = col[lo].astype(np.float64)
+    return low + (col[hi].astype(np.float64) - low) * (at - lo)
+
+
 @dataclass(frozen=True)
 class _Cell:
     """A suspicious (feature, value or bin, label) cell, for reasons."""
@@ -99,19 +108,27 @@ class BackdoorDetector(DetectorBase):
         self.prior_ = np.append(prior, 1.0 / (self.m_ + 1.0))
         self.prior_ /= self.prior_.sum()
         self.ref_y_ = self._slots(y)
-        self.sorted_ = np.sort(X, axis=0)
-        self.order_ = np.argsort(X, axis=0, kind="stable")
+        # Feature-major (one contiguous row per feature): every step reads one feature.
+        XT = np.ascontiguousarray(X.T)
+        order = np.argsort(XT, axis=1)
+        self.sorted_ = np.take_along_axis(XT, order, axis=1)
+        # Trusted labels in each feature's sorted order: the labels of a run of equal values.
+        self.sorted_y_ = self.ref_y_[order]
         qs = np.linspace(0.0, 1.0, n_bins + 1)
         self.edges_ = []
         self.bin_counts_ = []
         for f in range(X.shape[1]):
-            col = self.sorted_[:, f]
-            edges = np.unique(np.quantile(col, qs)) if len(col) else np.zeros(0, np.float32)
+            col = self.sorted_[f]
+            edges = np.unique(_sorted_quantiles(col, qs)) if len(col) else np.zeros(0, np.float32)
             edges = edges.astype(np.float32)
             self.edges_.append(edges)
-            b = np.searchsorted(edges, X[:, f], side="right")
+            # Bin k holds the values with k edges at or below them: in the sorted
+            # column, a run between consecutive edge positions.
+            pos = np.searchsorted(col, edges, side="left")
+            runs = np.diff(np.concatenate([[0], pos, [len(col)]]))
+            b = np.repeat(np.arange(len(edges) + 1), runs)
             cnt = np.bincount(
-                b * self.n_slots_ + self.ref_y_, minlength=(len(edges) + 1) * self.n_slots_
+                b * self.n_slots_ + self.sorted_y_[f], minlength=(len(edges) + 1) * self.n_slots_
             )
             self.bin_counts_.append(cnt.reshape(len(edges) + 1, self.n_slots_))
         sizes = np.array([len(e) for e in self.edges_], dtype=np.int64)
@@ -178,7 +195,7 @@ class BackdoorDetector(DetectorBase):
             lengths = np.diff(np.append(starts, n))
             big = lengths >= self.min_support_
             values, counts = sc[starts[big]], lengths[big]
-            ref_col = self.sorted_[:, f]
+            ref_col = self.sorted_[f]
             lo = np.searchsorted(ref_col, values, side="left")
             hi = np.searchsorted(ref_col, values, side="right")
             q = n / (n + self.m_)
@@ -194,7 +211,7 @@ class BackdoorDetector(DetectorBase):
                 rows = np.flatnonzero(col == v)
                 in_exact[rows] = True
                 lab = np.bincount(y[rows], minlength=self.n_slots_)
-                tr = np.bincount(self.ref_y_[self.order_[a:b, f]], minlength=self.n_slots_)
+                tr = np.bincount(self.sorted_y_[f, a:b], minlength=self.n_slots_)
                 cell = self._cell_scores(np.array([c]), lab[None, :], tr[None, :], n)[0]
                 s = cell[y[rows]]
                 improved = s > best[rows]
