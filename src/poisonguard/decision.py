@@ -11,8 +11,9 @@ share of calibration scores at least as high::
 
 If a clean batch row and the calibration rows are exchangeable (drawn from the
 same distribution as the trusted set) this p-value is valid: P(p <= a) <= a.
-Per-row p-values of several detectors are merged with the Cauchy combination
-(valid under arbitrary dependence up to a small, known inflation for small p),
+Per-row p-values of several detectors are merged with the weighted Cauchy
+combination (each detector declares its share; valid for any weights fixed in
+advance, under arbitrary dependence up to a small, known inflation for small p),
 and Benjamini-Hochberg at level ``fdr`` over the batch's rows quarantines a set
 whose expected share of clean rows is at most ``fdr``; on a batch with no
 poison, the chance of quarantining anything at all is at most about ``fdr``.
@@ -22,9 +23,11 @@ nothing is below 0.005, too coarse for Benjamini-Hochberg on a large batch, and
 one honest but extreme trusted row pins every score below it to 2/(n+1). So
 above the tail threshold (the top 10% of calibration scores) the p-value is the
 peaks-over-threshold estimate: the conformal p-value at the threshold times the
-survival of a generalized Pareto tail fitted to the exceedances. That is a model,
-not a guarantee: it assumes the clean score distribution keeps the shape of its
-upper tail. Below the threshold the p-values are exactly the conformal ones.
+survival of a generalized Pareto tail fitted to the exceedances (its shape
+estimated, or fixed at 0, an exponential tail, by detectors that declare it).
+That is a model, not a guarantee: it assumes the clean score distribution keeps
+the shape of its upper tail. Below the threshold the p-values are exactly the
+conformal ones.
 Detectors whose scores are surprises in nats (``tail_scale = 1``, e.g.
 ``duplicates``) floor the tail's scale at 1, so their tail never decays faster
 than the null model their score already states.

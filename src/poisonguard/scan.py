@@ -39,7 +39,7 @@ def default_detectors(labelled: bool = True) -> tuple[str, ...]:
     return tuple(names)
 
 
-def weights(names: tuple[str, ...] | list[str]) -> dict[str, float]:
+def detector_weights(names: tuple[str, ...] | list[str]) -> dict[str, float]:
     """Each detector's share of the combination, as its class declares it."""
     return {name: float(getattr(REGISTRY[name], "weight", 1.0)) for name in names}
 
@@ -220,7 +220,7 @@ class Guard:
             fdr=self.settings_.fdr,
             explain=lambda name, rows: self.detectors_[name].explain(table, rows),
             forced=forced,
-            weights=weights(tuple(scores)),
+            weights=detector_weights(tuple(scores)),
         )
         return _result(frame.index, scores, decision)
 
@@ -293,7 +293,7 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
         return [out[int(r)] for r in rows]
 
     decision = decide(
-        scores, calibrations, fdr=settings.fdr, explain=explain, weights=weights(names)
+        scores, calibrations, fdr=settings.fdr, explain=explain, weights=detector_weights(names)
     )
     return _result(frame.index, scores, decision)
 
