@@ -84,3 +84,19 @@ def test_with_no_reference_the_batch_judges_itself_and_explains(split):
     held = result.quarantined.to_numpy()
     assert (held & attack.is_poison).sum() >= 0.8 * attack.is_poison.sum()
     assert (result.reasons[held].str.len() > 0).all()
+
+
+@pytest.mark.parametrize("calibration_rows", [100, 400])
+def test_large_references_calibrate_by_a_split_small_ones_by_cross_fitting(split, calibration_rows):
+    """800 trusted rows: with 100 calibration rows the detectors are fitted once on the other
+    700 (split conformal); with 400 every row serves both roles by cross-fitting. Either way,
+    clean digits the guard never saw get p-values with P(p <= 0.2) close to 0.2."""
+    reference, batch = split
+    settings = poisonguard.DetectionSettings(calibration_rows=calibration_rows)
+    guard = poisonguard.Guard(label=LABEL, settings=settings).fit(reference)
+    assert guard.calibration_ == ("split" if calibration_rows == 100 else "cross-fitted")
+    result = guard.scan(batch)
+    for name in ("knn_label", "model_label", "knn_distance"):
+        share = float((result.p_values[name] <= 0.2).mean())
+        assert 0.08 <= share <= 0.35, (name, share)
+    assert result.quarantined.mean() <= 0.05

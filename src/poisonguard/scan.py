@@ -153,10 +153,7 @@ class Guard:
         self.encoder_ = Encoder.fit(reference, features, self.label)
         table = self.encoder_.transform(reference, source="reference")
         self.detector_names_ = self._active(settings)
-        self.calibrations_ = self._calibrate(table, settings, rng)
-        self.detectors_ = {
-            name: self._make(name, settings).fit(table) for name in self.detector_names_
-        }
+        self.detectors_, self.calibrations_ = self._calibrate(table, settings, rng)
         self.reference_ = table
         return self
 
@@ -185,19 +182,45 @@ class Guard:
 
     def _calibrate(
         self, table: Table, settings: DetectionSettings, rng: np.random.Generator
-    ) -> dict[str, Calibration]:
+    ) -> tuple[dict[str, Detector], dict[str, Calibration]]:
+        """The detectors that score batches, and their calibration on held-out trusted rows.
+
+        A reference of at least ``folds`` times ``calibration_rows`` rows is split:
+        the detectors are fitted once on the rows not held out, and those same
+        detectors score the held-out rows and every batch (split conformal, exactly
+        exchangeable, one fit). A smaller one is cross-fitted: each fold of the
+        held-out rows is scored by detectors fitted on all the other rows, and the
+        batch by detectors fitted on every row, so no trusted row is lost to a
+        small set.
+        """
         n = table.n_rows
         order = rng.permutation(n)
         cal = order[: min(n, settings.calibration_rows)]
         folds = np.array_split(cal, min(settings.folds, cal.size))
-        cal_scores: dict[str, list[np.ndarray]] = {name: [] for name in self.detector_names_}
+        names = self.detector_names_
+
+        def fit_all(rows: Table) -> dict[str, Detector]:
+            return {name: self._make(name, settings).fit(rows) for name in names}
+
+        cal_scores: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        split = n >= settings.folds * cal.size
+        if split:
+            fitted = fit_all(table.take(np.sort(order[cal.size :])))
         for fold in folds:
-            rest = np.setdiff1d(np.arange(n), fold, assume_unique=True)
-            fit_on, held = table.take(rest), table.take(fold)
-            for name in self.detector_names_:
-                det = self._make(name, settings).fit(fit_on)
-                cal_scores[name].append(det.score(held))
-        return {name: calibrate(name, np.concatenate(s)) for name, s in cal_scores.items()}
+            # Within-batch detectors see each fold as a batch of its own size.
+            held = table.take(fold)
+            scorers = (
+                fitted
+                if split
+                else fit_all(table.take(np.setdiff1d(np.arange(n), fold, assume_unique=True)))
+            )
+            for name in names:
+                cal_scores[name].append(scorers[name].score(held))
+        if not split:
+            fitted = fit_all(table)
+        self.calibration_ = "split" if split else "cross-fitted"
+        calibrations = {name: calibrate(name, np.concatenate(s)) for name, s in cal_scores.items()}
+        return fitted, calibrations
 
     # ----------------------------------------------------------------- scan
     def score(
