@@ -28,6 +28,25 @@ def test_commit_writes_files_then_a_ledger_row_with_their_hashes(tmp_path):
     assert store.read(files["clean"]).equals(_frame(3))
 
 
+def test_clean_frame_reads_only_files_committed_since_the_last_call(tmp_path, monkeypatch):
+    """Batch after batch, the clean set is not re-read: one new file, one read; the rows are
+    those of every clean file in commit order, and a caller's edit does not reach the next."""
+    store = Store(tmp_path)
+    store.commit(Outcome("b1", "a" * 64, "f1", "committed", 3, clean=_frame(3)))
+    first = store.clean_frame()
+    first.loc[0, "x"] = -1.0  # the caller's copy only
+    reads = []
+    original = Store.read
+    monkeypatch.setattr(
+        Store, "read", lambda self, record: reads.append(record) or original(self, record)
+    )
+    store.commit(Outcome("b2", "b" * 64, "f2", "committed", 4, clean=_frame(4) + 10))
+    both = Store(tmp_path).clean_frame()
+    assert [r.batch_id for r in reads] == ["b2"]
+    want = pd.concat([_frame(3), _frame(4) + 10], ignore_index=True)
+    pd.testing.assert_frame_equal(both, want)
+
+
 def test_commit_refuses_an_outcome_that_loses_rows(tmp_path):
     """Conservation is checked before anything is written: 3 + 1 != 5 rows."""
     store = Store(tmp_path)

@@ -59,9 +59,12 @@ class DetectionSettings:
     fdr : float
         Target false-discovery rate of the quarantine, in (0, 1).
     calibration_rows : int
-        At most this many trusted rows are scored out-of-fold to calibrate p-values.
+        At most this many trusted rows are held out and scored to calibrate p-values.
     folds : int
-        Cross-fitting folds used to score the calibration rows.
+        Folds the calibration rows are scored in. A trusted set of at least
+        ``folds * calibration_rows`` rows is split (detectors fitted once on the
+        rest); a smaller one is cross-fitted (each fold scored by detectors fitted
+        on every other trusted row).
     max_reference_rows : int
         The reference is subsampled (deterministically) to at most this many rows.
     hold_label_shift : float

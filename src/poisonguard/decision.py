@@ -2,10 +2,10 @@
 
 The guarantee, and when it holds
 --------------------------------
-Each detector scores trusted *calibration* rows out-of-fold (by copies fitted on
-the other folds of the trusted set) and the batch's rows (by a copy fitted on
-all of it). A row's p-value for that detector is its conformal p-value, the
-share of calibration scores at least as high::
+Each detector scores trusted *calibration* rows it was not fitted on, and the
+batch's rows (``Guard`` fits it once on the other trusted rows when the trusted
+set is large, and cross-fits smaller ones). A row's p-value for that detector is
+its conformal p-value, the share of calibration scores at least as high::
 
     p = (1 + #{calibration score >= s}) / (n_calibration + 1)
 

@@ -126,7 +126,7 @@ class Guard:
 
     # ------------------------------------------------------------------ fit
     def fit(self, reference: pd.DataFrame) -> Self:
-        """Fit every detector on the trusted rows and calibrate its scores out-of-fold."""
+        """Fit every detector on the trusted rows and calibrate its scores on held-out ones."""
         settings = (self.settings or DetectionSettings()).validated("Guard")
         if self.label is not None and self.label not in reference.columns:
             raise ConfigError(

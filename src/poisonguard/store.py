@@ -97,6 +97,8 @@ GENESIS = "0" * 64
 #: the first) it reaches that point.
 CRASH_ENV = "POISONGUARD_CRASH_AT"
 _crash_counts: dict[str, int] = {}
+# Store root -> (the clean files read so far, their rows): see Store.clean_frame.
+_clean_frames: dict[str, tuple[tuple[FileRecord, ...], pd.DataFrame]] = {}
 
 
 def crash_point(name: str) -> None:
@@ -363,12 +365,25 @@ class Store:
         return out
 
     def clean_frame(self) -> pd.DataFrame:
-        """The whole clean training set, in the order it was committed."""
-        frames = [self.read(f) for f in self.files("clean")]
-        frames = [f for f in frames if len(f)]
-        if not frames:
-            return pd.DataFrame()
-        return pd.concat(frames, ignore_index=True)
+        """The whole clean training set, in the order it was committed.
+
+        Committed files never change, so the frame is kept for the process and a
+        later call reads only the files committed since (a flow judging batch after
+        batch re-reads nothing). Callers get a shallow copy: pandas' copy-on-write
+        keeps their changes out of the kept frame. The gate, not this, checks the
+        files' hashes.
+        """
+        files = tuple(self.files("clean"))
+        key = str(self.root.resolve())
+        known, frame = _clean_frames.get(key, ((), pd.DataFrame()))
+        if files[: len(known)] != known:
+            known, frame = (), pd.DataFrame()
+        frames = [f for f in (self.read(r) for r in files[len(known) :]) if len(f)]
+        if frames:
+            frame = pd.concat([frame, *frames] if len(frame) else frames, ignore_index=True)
+        _clean_frames[key] = (files, frame)
+        # A new object sharing the kept data: copy-on-write copies it if the caller writes.
+        return frame.copy(deep=False)
 
     # -- writing -------------------------------------------------------------
     def recover(self) -> list[Path]:
