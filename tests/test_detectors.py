@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from poisonguard.detectors import DEFAULT_DETECTORS, REGISTRY, UNSEEN_LABEL, Detector, Encoder
@@ -457,3 +459,20 @@ def test_knn_label_ratio_grows_with_depth_inside_another_label(tables):
     s = REGISTRY["knn_label"]().fit(reference).score(with_rows(batch, X=X, y=y))
     assert np.all(np.diff(s[:6]) > 0)
     assert s[5] > 1.0
+
+
+@given(
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=200),
+    st.integers(1, 80),
+)
+def test_backdoor_bin_edges_are_numpys_quantiles_of_the_sorted_column(values, n_bins):
+    """backdoor reads its quantile edges straight off each sorted trusted column (up to
+    numpy's float32 interpolation, within a millionth of the column's range)."""
+    from poisonguard.detectors.backdoor import _sorted_quantiles
+
+    col = np.sort(np.array(values, dtype=np.float32))
+    qs = np.linspace(0.0, 1.0, n_bins + 1)
+    spread = float(col[-1]) - float(col[0])
+    np.testing.assert_allclose(
+        _sorted_quantiles(col, qs), np.quantile(col, qs), rtol=0, atol=1e-6 * spread + 1e-9
+    )

@@ -184,26 +184,25 @@ def _gpd_logsf(y: np.ndarray, xi: float, sigma: float) -> np.ndarray:
     return -np.log1p(xi * y / sigma) / xi
 
 
-def cauchy_combine(p: np.ndarray) -> np.ndarray:
-    """Combine each row's p-values (columns) with the equal-weight Cauchy combination.
+def cauchy_combine(p: np.ndarray, weights: np.ndarray | list[float] | None = None) -> np.ndarray:
+    """Combine each row's p-values (columns) with the Cauchy combination.
 
     Inputs above ``TRUNCATE_AT`` count as ``TRUNCATE_AT``, so one detector that finds a
-    row perfectly ordinary cannot veto the others.
+    row perfectly ordinary cannot veto the others. ``log_cauchy_combine`` on plain
+    p-values; see it for ``weights``.
 
     Parameters
     ----------
     p : ndarray of shape (n_rows, n_tests)
+    weights : ndarray of shape (n_tests,), optional
 
     Returns
     -------
     ndarray of shape (n_rows,)
     """
-    p = np.asarray(p, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] == 0:
-        raise ValueError("cauchy_combine needs a 2-D array with at least one column")
     with np.errstate(divide="ignore"):
-        logp = np.log(np.clip(p, 0.0, 1.0))
-    return np.clip(np.exp(log_cauchy_combine(logp)), P_FLOOR, 1.0)
+        logp = np.log(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0))
+    return np.clip(np.exp(log_cauchy_combine(logp, weights)), P_FLOOR, 1.0)
 
 
 def log_cauchy_combine(
@@ -229,7 +228,7 @@ def log_cauchy_combine(
     """
     logp = np.asarray(logp, dtype=np.float64)
     if logp.ndim != 2 or logp.shape[1] == 0:
-        raise ValueError("log_cauchy_combine needs a 2-D array with at least one column")
+        raise ValueError("the Cauchy combination needs a 2-D array with at least one column")
     k = logp.shape[1]
     w = np.full(k, 1.0 / k) if weights is None else _normalised(weights, k)
     # p-values above 0.5 enter as 0.5. Untruncated, a p of 1 (a score below every

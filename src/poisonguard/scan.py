@@ -202,23 +202,24 @@ class Guard:
         def fit_all(rows: Table) -> dict[str, Detector]:
             return {name: self._make(name, settings).fit(rows) for name in names}
 
-        cal_scores: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        split = n >= settings.folds * cal.size
-        if split:
+        if n >= settings.folds * cal.size:
+            self.calibration_ = "split"
             fitted = fit_all(table.take(np.sort(order[cal.size :])))
-        for fold in folds:
-            # Within-batch detectors see each fold as a batch of its own size.
-            held = table.take(fold)
-            scorers = (
-                fitted
-                if split
-                else fit_all(table.take(np.setdiff1d(np.arange(n), fold, assume_unique=True)))
-            )
-            for name in names:
-                cal_scores[name].append(scorers[name].score(held))
-        if not split:
+            scorers = [fitted] * len(folds)
+        else:
+            self.calibration_ = "cross-fitted"
+            scorers = [
+                fit_all(table.take(np.setdiff1d(np.arange(n), fold, assume_unique=True)))
+                for fold in folds
+            ]
             fitted = fit_all(table)
-        self.calibration_ = "split" if split else "cross-fitted"
+        # Fold by fold, so detectors sharing a neighbour search share it here too;
+        # within-batch detectors see each fold as a batch of its own size.
+        cal_scores: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for scorer, fold in zip(scorers, folds, strict=True):
+            held = table.take(fold)
+            for name in names:
+                cal_scores[name].append(scorer[name].score(held))
         calibrations = {name: calibrate(name, np.concatenate(s)) for name, s in cal_scores.items()}
         return fitted, calibrations
 
