@@ -14,14 +14,18 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from poisonguard.detectors._kernels import (
+    _class_from_list,
     _digitize,
     _finite_within,
     _hash_rows,
     _knn_search,
+    _neighbour_vote,
+    _other_label_ends,
     _segment_residuals,
     _tail_grid,
     _tail_matrix,
     _tail_scores,
+    _trust_ratio,
 )
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -370,3 +374,142 @@ def test_segment_residuals_match_projection(case):
     assert np.array_equal(np.isinf(got), np.isinf(want))
     finite = np.isfinite(want)
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------ reading neighbour lists
+
+# Squared distances on a coarse grid (so ties and exact zeros are common); inf marks a missing
+# neighbour, whose index is -1.
+list_distances = st.sampled_from([0.0, 0.0625, 0.25, 1.0, 1.25, 2.0, 4.0, np.inf])
+
+
+@st.composite
+def neighbour_lists(draw):
+    """Ascending neighbour lists of n rows among m reference rows, with labels.
+
+    Row labels run from -1 to n_classes (both unseen), reference labels from -1 to n_classes
+    too; some rows hold fewer neighbours than k, or none."""
+    n = draw(st.integers(0, 8))
+    k = draw(st.integers(1, 6))
+    m = draw(st.integers(1, 8))
+    n_classes = draw(st.integers(1, 4))
+    dist = np.sort(draw(hnp.arrays(np.float64, (n, k), elements=list_distances)), axis=1)
+    index = draw(hnp.arrays(np.int64, (n, k), elements=st.integers(0, m - 1)))
+    index[np.isinf(dist)] = -1
+    labels = draw(hnp.arrays(np.int64, m, elements=st.integers(-1, n_classes)))
+    y = draw(hnp.arrays(np.int64, n, elements=st.integers(-1, n_classes)))
+    return dist, index, labels, y, n_classes
+
+
+def reference_class_from_list(dist, index, q_lab, r_lab, kc):
+    """The first kc same-label entries of each list by a stable sort, padded with inf / -1."""
+    lab = np.where(index >= 0, r_lab[np.maximum(index, 0)], -2)
+    same = (lab == q_lab[:, None]) & (q_lab[:, None] >= 0)
+    # Stable sort of "not same" puts each row's same-label entries first, in list order.
+    first = np.argsort(~same, axis=1, kind="stable")[:, :kc]
+    held = np.arange(first.shape[1])[None, :] < same.sum(axis=1, keepdims=True)
+    cdist = np.full((len(q_lab), kc), np.inf)
+    cindex = np.full((len(q_lab), kc), -1, dtype=np.int64)
+    cdist[:, : first.shape[1]] = np.where(held, np.take_along_axis(dist, first, axis=1), np.inf)
+    cindex[:, : first.shape[1]] = np.where(held, np.take_along_axis(index, first, axis=1), -1)
+    return cdist, cindex
+
+
+@SETTINGS
+@given(neighbour_lists(), st.integers(0, 7))
+def test_class_from_list_matches_stable_sort(case, kc):
+    """Each row gets the entries of its list carrying its label, in list order, up to kc;
+    unseen labels and missing neighbours match nothing."""
+    dist, index, labels, y, _ = case
+    got_d, got_i = _class_from_list(dist, index, y, labels, kc)
+    want_d, want_i = reference_class_from_list(dist, index, y, labels, kc)
+    np.testing.assert_array_equal(got_d, want_d)
+    np.testing.assert_array_equal(got_i, want_i)
+
+
+def reference_vote(dist, index, neighbour_labels, prior, smoothing):
+    """Distance-weighted label counts by bincount, plus smoothing pseudo-votes, normalised."""
+    n = dist.shape[0]
+    n_classes = len(prior)
+    ok = (index >= 0) & np.isfinite(dist)
+    d = np.where(ok, dist, 0.0)
+    cnt = np.maximum(ok.sum(axis=1, keepdims=True), 1)
+    scale = d.sum(axis=1, keepdims=True) / cnt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(scale > 0, np.exp(-d / np.where(scale > 0, scale, 1.0)), 1.0)
+    lab = np.where(ok, neighbour_labels[np.where(ok, index, 0)], -1)
+    w = np.where(ok & (lab >= 0) & (lab < n_classes), w, 0.0)
+    cells = np.arange(n)[:, None] * n_classes + np.clip(lab, 0, n_classes - 1)
+    counted = np.bincount(cells.ravel(), weights=w.ravel(), minlength=n * n_classes)
+    votes = counted.astype(np.float64).reshape(n, n_classes) + smoothing * prior[None, :]
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+@SETTINGS
+@given(neighbour_lists(), st.sampled_from([0.5, 1.0, 3.0]))
+def test_neighbour_vote_matches_bincount(case, smoothing):
+    """The vote equals weighted bincounts; neighbours missing or labelled outside the classes
+    do not vote, and all-zero distances weigh every neighbour equally."""
+    dist, index, labels, _, n_classes = case
+    prior = np.arange(1.0, n_classes + 1.0) / (n_classes * (n_classes + 1) / 2)
+    got = _neighbour_vote(dist, index, labels, prior, smoothing)
+    assert got.shape == (dist.shape[0], n_classes)
+    np.testing.assert_allclose(
+        got, reference_vote(dist, index, labels, prior, smoothing), rtol=1e-12
+    )
+
+
+def reference_trust_ratio(dist, index, class_dist, neighbour_labels, y, n_close):
+    """log(d_own / d_other) by masks and cumulative sums over the whole lists."""
+    n = dist.shape[0]
+    ok_own = np.isfinite(class_dist)
+    count_own = ok_own.sum(axis=1)
+    d_own = np.sqrt(np.where(ok_own, class_dist, 0.0)).sum(axis=1) / np.maximum(count_own, 1)
+    ok = np.isfinite(dist) & (index >= 0)
+    lab = np.where(ok, neighbour_labels[np.maximum(index, 0)], -1)
+    other = ok & (lab != y[:, None])
+    take = other & (np.cumsum(other, axis=1) <= n_close)
+    root = np.sqrt(np.where(ok, dist, 0.0))
+    found = take.sum(axis=1)
+    last = np.where(ok.any(axis=1), root[np.arange(n), np.maximum(ok.sum(axis=1) - 1, 0)], 0.0)
+    d_other = (np.where(take, root, 0.0).sum(axis=1) + (n_close - found) * last) / n_close
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.log((d_own + 1e-12) / (d_other + 1e-12))
+    score = np.where((count_own > 0) & np.isfinite(score), score, 0.0)
+    return score, d_own, d_other
+
+
+@SETTINGS
+@given(neighbour_lists(), st.data())
+def test_trust_ratio_matches_masked_sums(case, data):
+    """d_own averages the finite own-label distances; d_other the first n_close other-label
+    ones, completed with the list's farthest; the score is 0 without an own-label row."""
+    dist, index, labels, y, _ = case
+    n, k = dist.shape
+    n_close = data.draw(st.integers(1, k))
+    class_dist = np.sort(
+        data.draw(hnp.arrays(np.float64, (n, n_close), elements=list_distances)), axis=1
+    )
+    got = _trust_ratio(dist, index, class_dist, labels, y, n_close)
+    want = reference_trust_ratio(dist, index, class_dist, labels, y, n_close)
+    # Sums of square roots are rounded in a different order: equal to the last bits, and the
+    # score, a log ratio, to as many bits absolutely where it is near 0.
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12)
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-12)
+
+
+@SETTINGS
+@given(neighbour_lists())
+def test_other_label_ends_match_masks(case):
+    """Present neighbours of another label keep their index, the rest get -1; the spread is
+    the mean root distance over the present neighbours, 0 for none."""
+    dist, index, labels, y, _ = case
+    ok = (index >= 0) & np.isfinite(dist)
+    lab = np.where(ok, labels[np.maximum(index, 0)], -1)
+    other = ok & (lab != y[:, None])
+    count = ok.sum(axis=1)
+    spread = np.sqrt(np.where(ok, dist, 0.0)).sum(axis=1) / np.maximum(count, 1)
+    got_i, got_spread = _other_label_ends(dist, index, labels, y)
+    np.testing.assert_array_equal(got_i, np.where(other, index, -1))
+    np.testing.assert_allclose(got_spread, spread, rtol=1e-12)

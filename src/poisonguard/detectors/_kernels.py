@@ -722,3 +722,210 @@ def _segment_residuals(
                 best = min(best, r)
         out[i] = best
     return out
+
+
+# ---------------------------------------------------------------------------
+# Reading neighbour lists: class neighbours, label votes, trust ratios, segment ends
+# ---------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _class_from_list(
+    dist: np.ndarray, index: np.ndarray, q_lab: np.ndarray, r_lab: np.ndarray, kc: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``kc`` entries of each row's neighbour list whose reference row carries its label.
+
+    Parameters
+    ----------
+    dist, index : ndarray of shape (n, k), float64 and int64
+        Neighbour lists (``index`` -1 where missing).
+    q_lab, r_lab : ndarray of shape (n,) and (m,), int64
+        Labels; a row label < 0 matches nothing.
+    kc : int
+
+    Returns
+    -------
+    class_dist : ndarray of shape (n, kc), float64
+    class_index : ndarray of shape (n, kc), int64
+        Those entries in list order; ``inf`` and -1 past the ones the list holds.
+    """
+    n, k = index.shape
+    class_dist = np.full((n, kc), np.inf)
+    class_index = np.full((n, kc), -1, dtype=np.int64)
+    for i in range(n):
+        ql = q_lab[i]
+        found = 0
+        for p in range(k):
+            if found == kc:
+                break
+            j = index[i, p]
+            if ql >= 0 and j >= 0 and r_lab[j] == ql:
+                class_dist[i, found] = dist[i, p]
+                class_index[i, found] = j
+                found += 1
+    return class_dist, class_index
+
+
+@njit(cache=True)
+def _neighbour_vote(
+    dist: np.ndarray, index: np.ndarray, labels: np.ndarray, prior: np.ndarray, smoothing: float
+) -> np.ndarray:
+    """Smoothed, distance-weighted label distribution of each row's neighbours.
+
+    Weights are ``exp(-d^2 / mean d^2)`` over a row's own neighbours: scale-free,
+    continuous in the distances, and equal when all neighbours are equally
+    near. ``smoothing`` pseudo-votes are spread by ``prior``.
+
+    Parameters
+    ----------
+    dist, index : ndarray of shape (n, k), float64 and int64
+        Squared distances and reference rows of the neighbours (``inf`` / -1 where missing).
+    labels : ndarray of shape (m,), int64
+        Labels of the reference rows; labels outside ``[0, n_classes)`` do not vote.
+    prior : ndarray of shape (n_classes,), float64
+    smoothing : float
+
+    Returns
+    -------
+    ndarray of shape (n, n_classes), float64
+    """
+    n, k = dist.shape
+    n_classes = prior.shape[0]
+    prob = np.zeros((n, n_classes))
+    for i in range(n):
+        total = 0.0
+        count = 0
+        for p in range(k):
+            if index[i, p] >= 0 and np.isfinite(dist[i, p]):
+                total += dist[i, p]
+                count += 1
+        scale = total / max(count, 1)
+        for p in range(k):
+            j = index[i, p]
+            if j < 0 or not np.isfinite(dist[i, p]):
+                continue
+            c = labels[j]
+            if 0 <= c < n_classes:
+                prob[i, c] += np.exp(-dist[i, p] / scale) if scale > 0 else 1.0
+        votes = 0.0
+        for c in range(n_classes):
+            prob[i, c] += smoothing * prior[c]
+            votes += prob[i, c]
+        for c in range(n_classes):
+            prob[i, c] /= votes
+    return prob
+
+
+@njit(cache=True)
+def _trust_ratio(
+    dist: np.ndarray,
+    index: np.ndarray,
+    class_dist: np.ndarray,
+    labels: np.ndarray,
+    y: np.ndarray,
+    n_close: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``log(d_own / d_other)``: how much farther a row's label is than the labels around it.
+
+    ``d_own`` is the mean distance to the row's ``n_close`` nearest reference
+    rows carrying its label (``class_dist``); ``d_other`` the same for the
+    nearest rows carrying any other label, taken from the global neighbour
+    list and, where it holds fewer than ``n_close`` of them, completed with
+    its farthest distance (a lower bound on the missing ones, reached only by
+    rows whose neighbourhood is mostly their own label, which score below 0
+    anyway). Unbounded above: a row deep inside another label's region lands
+    beyond every calibration score instead of saturating, as a vote does.
+
+    Parameters
+    ----------
+    dist, index : ndarray of shape (n, k), float64 and int64
+        The global neighbour lists, ascending (``inf`` / -1 where missing).
+    class_dist : ndarray of shape (n, n_close), float64
+        Squared distances to the nearest reference rows of the row's label (``inf`` where missing).
+    labels : ndarray of shape (m,), int64
+        Labels of the reference rows.
+    y : ndarray of shape (n,), int64
+        The rows' labels.
+    n_close : int
+
+    Returns
+    -------
+    score, d_own, d_other : ndarray of shape (n,), float64
+        ``score`` is 0 where a distance is undefined (no trusted row of the label).
+    """
+    n, k = dist.shape
+    score = np.empty(n)
+    d_own = np.empty(n)
+    d_other = np.empty(n)
+    # Distances are floored far below any spread that matters, so exact
+    # copies stay finite: a copy of a trusted row with another label scores
+    # about +28, one with its own label about -28.
+    tiny = 1e-12
+    for i in range(n):
+        own = 0.0
+        count_own = 0
+        for p in range(class_dist.shape[1]):
+            if np.isfinite(class_dist[i, p]):
+                own += np.sqrt(class_dist[i, p])
+                count_own += 1
+        d_own[i] = own / max(count_own, 1)
+        # The first n_close other-label entries of the (ascending) list.
+        other = 0.0
+        found = 0
+        count = 0
+        for p in range(k):
+            j = index[i, p]
+            if j < 0 or not np.isfinite(dist[i, p]):
+                continue
+            count += 1
+            if found < n_close and labels[j] != y[i]:
+                other += np.sqrt(dist[i, p])
+                found += 1
+        last = 0.0
+        if count > 0 and index[i, count - 1] >= 0 and np.isfinite(dist[i, count - 1]):
+            last = np.sqrt(dist[i, count - 1])
+        d_other[i] = (other + (n_close - found) * last) / n_close
+        s = np.log((d_own[i] + tiny) / (d_other[i] + tiny))
+        score[i] = s if count_own > 0 and np.isfinite(s) else 0.0
+    return score, d_own, d_other
+
+
+@njit(cache=True)
+def _other_label_ends(
+    dist: np.ndarray, index: np.ndarray, labels: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which of each row's neighbours carry another label, and its mean distance to all of them.
+
+    Parameters
+    ----------
+    dist, index : ndarray of shape (n, k), float64 and int64
+        Squared distances and reference rows of the neighbours (``inf`` / -1 where missing).
+    labels : ndarray of shape (m,), int64
+        Labels of the reference rows.
+    y : ndarray of shape (n,), int64
+        The rows' labels.
+
+    Returns
+    -------
+    i_other : ndarray of shape (n, k), int64
+        ``index`` where the neighbour is present and its label differs from the row's, -1 elsewhere.
+    spread : ndarray of shape (n,), float64
+        Mean (unsquared) distance to the neighbours present; 0 for none.
+    """
+    n, k = dist.shape
+    i_other = np.empty((n, k), dtype=np.int64)
+    spread = np.empty(n)
+    for i in range(n):
+        total = 0.0
+        count = 0
+        for p in range(k):
+            j = index[i, p]
+            i_other[i, p] = -1
+            if j < 0 or not np.isfinite(dist[i, p]):
+                continue
+            total += np.sqrt(dist[i, p])
+            count += 1
+            if labels[j] != y[i]:
+                i_other[i, p] = j
+        spread[i] = total / max(count, 1)
+    return i_other, spread

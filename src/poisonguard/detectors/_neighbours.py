@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from poisonguard.detectors._kernels import _knn_search
+from poisonguard.detectors._kernels import _class_from_list, _knn_search
 
 #: Trusted rows the kNN detectors search by default (a stratified sample past
 #: this size). The search costs batch rows x this x features, so it sets the
@@ -144,20 +144,15 @@ def _class_from_global(
     """
     if kc > index.shape[1]:
         return _by_class(Q, R, q_ids, r_ids, q_lab, r_lab, kc)
-    lab = np.where(index >= 0, r_lab[np.maximum(index, 0)], -2)
-    same = (lab == q_lab[:, None]) & (q_lab[:, None] >= 0)
-    enough = same.sum(axis=1) >= kc
-    # Stable sort of "not same" puts each row's same-label entries first, in list order.
-    first = np.argsort(~same, axis=1, kind="stable")[:, :kc]
-    cdist = np.where(enough[:, None], np.take_along_axis(dist, first, axis=1), np.inf)
-    cindex = np.where(enough[:, None], np.take_along_axis(index, first, axis=1), -1)
-    rest = np.flatnonzero(~enough)
+    cdist, cindex = _class_from_list(dist, index, q_lab, r_lab, kc)
+    # A list holding fewer than kc rows of the label leaves the last slot empty.
+    rest = np.flatnonzero(cindex[:, kc - 1] < 0)
     if rest.size:
         d, i = _by_class(
             np.ascontiguousarray(Q[rest]), R, q_ids[rest], r_ids, q_lab[rest], r_lab, kc
         )
         cdist[rest], cindex[rest] = d, i
-    return np.ascontiguousarray(cdist), np.ascontiguousarray(cindex)
+    return cdist, cindex
 
 
 def _memo(

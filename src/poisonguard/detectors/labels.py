@@ -20,43 +20,15 @@ from poisonguard.detectors._common import (
     labels_of,
     subsample,
 )
-from poisonguard.detectors._kernels import _segment_residuals
+from poisonguard.detectors._kernels import (
+    _neighbour_vote,
+    _other_label_ends,
+    _segment_residuals,
+    _trust_ratio,
+)
 from poisonguard.detectors._neighbours import SAMPLE_ROWS, Neighbours, fingerprint, search
 from poisonguard.detectors.base import Table
 from poisonguard.errors import BatchError
-
-
-def _vote(
-    dist: np.ndarray,
-    index: np.ndarray,
-    neighbour_labels: np.ndarray,
-    prior: np.ndarray,
-    smoothing: float,
-) -> np.ndarray:
-    """Smoothed, distance-weighted label distribution of each row's neighbours.
-
-    Weights are ``exp(-d^2 / mean d^2)`` over a row's own neighbours: scale-free,
-    continuous in the distances, and equal when all neighbours are equally
-    near. ``smoothing`` pseudo-votes are spread by ``prior``.
-
-    Returns
-    -------
-    ndarray of shape (n_rows, n_classes), float64
-    """
-    n = dist.shape[0]
-    n_classes = len(prior)
-    ok = (index >= 0) & np.isfinite(dist)
-    d = np.where(ok, dist, 0.0)
-    cnt = np.maximum(ok.sum(axis=1, keepdims=True), 1)
-    scale = d.sum(axis=1, keepdims=True) / cnt
-    with np.errstate(invalid="ignore", divide="ignore"):
-        w = np.where(scale > 0, np.exp(-d / np.where(scale > 0, scale, 1.0)), 1.0)
-    lab = np.where(ok, neighbour_labels[np.where(ok, index, 0)], -1)
-    w = np.where(ok & (lab >= 0) & (lab < n_classes), w, 0.0)
-    cells = np.arange(n)[:, None] * n_classes + np.clip(lab, 0, n_classes - 1)
-    counted = np.bincount(cells.ravel(), weights=w.ravel(), minlength=n * n_classes)
-    votes = counted.astype(np.float64).reshape(n, n_classes) + smoothing * prior[None, :]
-    return votes / votes.sum(axis=1, keepdims=True)
 
 
 def _given(prob: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +63,7 @@ def _label_scores(
     nb: Neighbours, neighbour_labels: np.ndarray, y: np.ndarray, prior: np.ndarray, smoothing: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores, vote probabilities (n_rows, n_classes) and margins of label agreement."""
-    prob = _vote(nb.dist, nb.index, neighbour_labels, prior, smoothing)
+    prob = _neighbour_vote(nb.dist, nb.index, neighbour_labels, prior, smoothing)
     p, unseen = _given(prob, y)
     margin = _margin(nb)
     s = label_surprise(p, prob.max(axis=1), unseen)
@@ -126,52 +98,6 @@ def _vote_reason(
         f"label {label}, but {int(counts.max())} of its {k} nearest {where} are "
         f"{batch.label_of(top)} ({agree} agree)"
     )
-
-
-def _trust_ratio(
-    nb: Neighbours, neighbour_labels: np.ndarray, y: np.ndarray, n_close: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``log(d_own / d_other)``: how much farther a row's label is than the labels around it.
-
-    ``d_own`` is the mean distance to the row's ``n_close`` nearest reference
-    rows carrying its label (``nb.class_dist``); ``d_other`` the same for the
-    nearest rows carrying any other label, taken from the global neighbour
-    list and, where it holds fewer than ``n_close`` of them, completed with
-    its farthest distance (a lower bound on the missing ones, reached only by
-    rows whose neighbourhood is mostly their own label, which score below 0
-    anyway). Unbounded above: a row deep inside another label's region lands
-    beyond every calibration score instead of saturating, as a vote does.
-
-    Returns
-    -------
-    score, d_own, d_other : ndarray of shape (n_rows,), float64
-        ``score`` is 0 where a distance is undefined (no trusted row of the label).
-    """
-    n = nb.dist.shape[0]
-    own_d = nb.class_dist[:, :n_close]
-    ok_own = np.isfinite(own_d)
-    count_own = ok_own.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d_own = np.sqrt(np.where(ok_own, own_d, 0.0)).sum(axis=1) / np.maximum(count_own, 1)
-    ok = np.isfinite(nb.dist) & (nb.index >= 0)
-    lab = np.where(ok, neighbour_labels[np.maximum(nb.index, 0)], -1)
-    other = ok & (lab != y[:, None])
-    # The first n_close other-label entries of each (ascending) neighbour list.
-    rank = np.cumsum(other, axis=1)
-    take = other & (rank <= n_close)
-    root = np.sqrt(np.where(ok, nb.dist, 0.0))
-    found = take.sum(axis=1)
-    last = np.where(ok.any(axis=1), root[np.arange(n), np.maximum(ok.sum(axis=1) - 1, 0)], 0.0)
-    total = np.where(take, root, 0.0).sum(axis=1) + (n_close - found) * last
-    d_other = total / n_close
-    # Distances are floored far below any spread that matters, so exact
-    # copies stay finite: a copy of a trusted row with another label scores
-    # about +28, one with its own label about -28.
-    tiny = 1e-12
-    with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.log((d_own + tiny) / (d_other + tiny))
-    score = np.where((count_own > 0) & np.isfinite(score), score, 0.0)
-    return score, d_own, d_other
 
 
 class _TrustedNeighbours(DetectorBase):
@@ -276,29 +202,31 @@ class KnnLabelDetector(_TrustedNeighbours):
         self.prior_ = class_prior(y, reference.n_classes)
         return self
 
-    def _scores(
-        self, batch: Table
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        y, nb = self._search(batch)
-        ratio, d_own, d_other = _trust_ratio(nb, self.r_y_, y, self.n_close_)
-        prob = _vote(nb.dist, nb.index, self.r_y_, self.prior_, self.smoothing)
-        p, unseen = _given(prob, y)
-        # Seen labels with no trusted row in the sample rank with the unseen ones.
-        unseen = unseen | ~np.isfinite(nb.class_dist[:, 0])
-        s = np.where(unseen, label_surprise(p, prob.max(axis=1), unseen), ratio)
-        lab = np.where(nb.index >= 0, self.r_y_[np.maximum(nb.index, 0)], -1)
-        return s, prob, lab, d_own, d_other
-
     _fitted_attr: ClassVar[str] = "R_"
 
     def _score(self, batch: Table) -> np.ndarray:
-        return self._scores(batch)[0]
+        y, nb = self._search(batch)
+        s, _, _ = _trust_ratio(nb.dist, nb.index, nb.class_dist, self.r_y_, y, self.n_close_)
+        # Seen labels with no trusted row in the sample rank with the unseen ones, by
+        # the neighbour vote; no other row needs the vote.
+        unseen = (y < 0) | (y >= self.n_classes_) | ~np.isfinite(nb.class_dist[:, 0])
+        rows = np.flatnonzero(unseen)
+        prob = _neighbour_vote(
+            nb.dist[rows], nb.index[rows], self.r_y_, self.prior_, self.smoothing
+        )
+        p, _ = _given(prob, y[rows])
+        s[rows] = label_surprise(p, prob.max(axis=1), unseen[rows])
+        return s
 
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         sub = batch.take(rows)
-        y = labels_of(sub, self.name, "batch")
-        _, prob, lab, d_own, d_other = self._scores(sub)
+        y, nb = self._search(sub)
+        _, d_own, d_other = _trust_ratio(
+            nb.dist, nb.index, nb.class_dist, self.r_y_, y, self.n_close_
+        )
+        prob = _neighbour_vote(nb.dist, nb.index, self.r_y_, self.prior_, self.smoothing)
         p, _ = _given(prob, y)
+        lab = np.where(nb.index >= 0, self.r_y_[np.maximum(nb.index, 0)], -1)
         n = lab.shape[0]
         n_cls = max(self.n_classes_, 1)
         # Neighbour label counts of every row at once (a per-row np.unique is slow
@@ -611,24 +539,14 @@ class InterpolationDetector(_TrustedNeighbours):
 
     def _parts(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         y, nb = self._search(batch)
-        ok = (nb.index >= 0) & np.isfinite(nb.dist)
-        lab = np.where(ok, self.r_y_[np.maximum(nb.index, 0)], -1)
-        other = ok & (lab != y[:, None])
-        d_other = np.ascontiguousarray(np.where(other, nb.dist, np.inf))
-        i_other = np.ascontiguousarray(np.where(other, nb.index, -1))
-        resid = _segment_residuals(
-            np.ascontiguousarray(nb.class_dist, dtype=np.float64),
-            np.ascontiguousarray(nb.class_index, dtype=np.int64),
-            d_other,
-            i_other,
-            self.R_,
-        )
-        count = ok.sum(axis=1)
+        i_other, spread = _other_label_ends(nb.dist, nb.index, self.r_y_, y)
+        # _segment_residuals skips ends whose index is -1: i_other alone leaves out the row's label.
+        resid = _segment_residuals(nb.class_dist, nb.class_index, nb.dist, i_other, self.R_)
+        r = np.sqrt(resid)
+        # A row without neighbours has no segment either: r is inf, the score -inf, then 0.
         with np.errstate(invalid="ignore", divide="ignore"):
-            spread = np.sqrt(np.where(ok, nb.dist, 0.0)).sum(axis=1) / np.maximum(count, 1)
-            r = np.sqrt(resid)
             score = np.log((spread + 1e-12) / (r + 1e-6 * spread + 1e-12))
-        score = np.where(np.isfinite(score) & (count > 0), score, 0.0)
+        score = np.where(np.isfinite(score), score, 0.0)
         return score, r, spread
 
     _fitted_attr: ClassVar[str] = "R_"
