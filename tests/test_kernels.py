@@ -64,19 +64,13 @@ def reference_knn(Q, R, k, allowed):
 @SETTINGS
 @given(knn_case())
 def test_knn_matches_brute_force(case):
-    """Global and same-class neighbours equal a brute-force sort, ties to the smaller index."""
-    Q, R, k, kc, q_lab, r_lab = case
+    """Neighbours equal a brute-force sort, ties to the smaller index."""
+    Q, R, k, _, _, _ = case
     n, m = Q.shape[0], R.shape[0]
-    none_q, none_r = np.full(n, -1, np.int64), np.full(m, -1, np.int64)
-    gd, gi, cd, ci = _knn_search(Q, R, none_q, none_r, q_lab, r_lab, k, kc)
+    gd, gi = _knn_search(Q, R, np.full(n, -1, np.int64), np.full(m, -1, np.int64), k)
     want_d, want_i = reference_knn(Q, R, k, np.ones((n, m), bool))
     np.testing.assert_array_equal(gd, want_d)
     np.testing.assert_array_equal(gi, want_i)
-    same = q_lab[:, None] == r_lab[None, :]
-    want_cd, want_ci = reference_knn(Q, R, kc, same)
-    assert cd.shape == (n, kc) and ci.shape == (n, kc)
-    np.testing.assert_array_equal(cd, want_cd)
-    np.testing.assert_array_equal(ci, want_ci)
 
 
 @SETTINGS
@@ -103,12 +97,10 @@ def test_knn_leaves_self_out(X, k):
     """With equal ids on both sides a row is never its own neighbour, but its duplicates are."""
     n = X.shape[0]
     ids = np.arange(n, dtype=np.int64)
-    lab = np.zeros(n, np.int64)
-    gd, gi, _, ci = _knn_search(X, X, ids, ids, lab, lab, k, k)
+    gd, gi = _knn_search(X, X, ids, ids, k)
     want_d, want_i = reference_knn(X, X, k, ~np.eye(n, dtype=bool))
     np.testing.assert_array_equal(gd, want_d)
     np.testing.assert_array_equal(gi, want_i)
-    np.testing.assert_array_equal(ci, want_i)
     assert not np.any(gi == ids[:, None])
 
 
@@ -126,7 +118,7 @@ def test_knn_continuous_values_match_float64(seed, n, m, d, k):
     Q = (rng.standard_normal((n, d)) * rng.uniform(0.1, 50)).astype(np.float32)
     R = (rng.standard_normal((m, d)) * rng.uniform(0.1, 50) + 1.0).astype(np.float32)
     neg_q, neg_r = np.full(n, -1, np.int64), np.full(m, -1, np.int64)
-    gd, gi, _, _ = _knn_search(Q, R, neg_q, neg_r, neg_q, neg_r, k, 0)
+    gd, gi = _knn_search(Q, R, neg_q, neg_r, k)
     want_d, _ = reference_knn(Q, R, k, np.ones((n, m), bool))
     np.testing.assert_allclose(gd, want_d, rtol=1e-12)
     got = gi[gi >= 0]
@@ -141,7 +133,7 @@ def test_knn_many_reference_rows_span_blocks():
     R = rng.integers(-3, 4, size=(700, 3)).astype(np.float32)
     Q = rng.integers(-3, 4, size=(21, 3)).astype(np.float32)
     neg_q, neg_r = np.full(21, -1, np.int64), np.full(700, -1, np.int64)
-    gd, gi, _, _ = _knn_search(Q, R, neg_q, neg_r, neg_q, neg_r, 5, 0)
+    gd, gi = _knn_search(Q, R, neg_q, neg_r, 5)
     want_d, want_i = reference_knn(Q, R, 5, np.ones((21, 700), bool))
     np.testing.assert_array_equal(gd, want_d)
     np.testing.assert_array_equal(gi, want_i)

@@ -17,11 +17,11 @@ from numba import njit, prange
 _FAST = {"contract", "reassoc", "nsz", "arcp", "afn"}
 
 # Reference rows handled per block: 256 rows x 32 features of float32 is 32 KiB,
-# so a block stays in L1/L2 while the queries of a tile stream past it.
+# so a block stays in L1/L2 while four queries go through it.
 _BLOCK = 256
-# Candidates screened together before the scalar path looks at them one by one.
+# Screened values whose minimum is checked before the scalar path looks at them one by one.
 _CHUNK = 8
-# Query rows per parallel task (a multiple of 4: queries go through a block in fours).
+# Query rows per parallel task (a multiple of 4: queries go through the reference in fours).
 _TILE = 16
 # Candidates are screened with the cheap float32 dot-product form of the
 # distance and kept in buffers this many entries longer than asked for; the
@@ -72,9 +72,6 @@ def _finish(
     out_i: np.ndarray,
     q_ids: np.ndarray,
     r_ids: np.ndarray,
-    q_lab: np.ndarray,
-    r_lab: np.ndarray,
-    same_class: bool,
 ) -> None:
     """Turn one query's screened candidates into its exact top-k, rescanning if unproven."""
     kb = buf_d.shape[1]
@@ -103,11 +100,8 @@ def _finish(
         out_d[i, p] = np.inf
         out_i[i, p] = -1
     qid = q_ids[i]
-    ql = q_lab[i]
     for j in range(R.shape[0]):
         if qid >= 0 and r_ids[j] == qid:
-            continue
-        if same_class and r_lab[j] != ql:
             continue
         ex = _exact_sq(Q, i, R, j)
         if ex < out_d[i, k - 1]:
@@ -116,24 +110,23 @@ def _finish(
 
 @njit(cache=True, parallel=True, fastmath=_FAST)
 def _knn_search(
-    Q: np.ndarray,
-    R: np.ndarray,
-    q_ids: np.ndarray,
-    r_ids: np.ndarray,
-    q_lab: np.ndarray,
-    r_lab: np.ndarray,
-    k: int,
-    kc: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Exact k nearest reference rows of every query row, globally and within its class.
+    Q: np.ndarray, R: np.ndarray, q_ids: np.ndarray, r_ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest reference rows of every query row.
 
-    One pass over the reference gives both lists. Distances are screened
-    block-wise with float32 dot products (``|r|^2 - 2 q.r``); the survivors are
+    Distances are screened with float32 dot products (``|r|^2 - 2 q.r``), four
+    queries against one block of the reference at a time; the survivors are
     recomputed in float64, and a query whose screen margin cannot prove the
     order is rescanned exactly. The result is therefore the exact top-k by
     squared Euclidean distance, ties broken by the smaller reference index.
-    No query x reference matrix is ever held: memory is O(n * (k + kc)) plus
-    one block of the reference per thread.
+    No query x reference matrix is ever held: memory is O(n * k) plus one row
+    of screened values per query in flight.
+
+    Before screening, each query's limit starts at a bound on its (k + extra)-th
+    smallest screened value: split its values into chunks of ``_CHUNK``, the
+    chunks into that many groups, and take the largest of the groups' minima
+    (that many distinct rows lie at or below it). Without it, a limit that
+    starts at infinity lets most early candidates into the buffer one by one.
 
     Parameters
     ----------
@@ -145,11 +138,8 @@ def _knn_search(
         Pair ``(i, j)`` is skipped when ``q_ids[i] >= 0`` and
         ``q_ids[i] == r_ids[j]``; pass ``arange`` for both to leave each row
         out of its own neighbours, ``-1`` everywhere to skip nothing.
-    q_lab, r_lab : ndarray of shape (n,) and (m,), int64
-        Labels; a query's class neighbours are reference rows with its label.
-        A query label of -1 matches nothing.
-    k, kc : int
-        Number of global (>= 1) and of same-class (>= 0) neighbours.
+    k : int
+        Number of neighbours (>= 1).
 
     Returns
     -------
@@ -157,20 +147,17 @@ def _knn_search(
         Squared distances, ascending; ``inf`` where fewer than ``k`` rows exist.
     index : ndarray of shape (n, k), int64
         Reference row of each distance; -1 where ``dist`` is ``inf``.
-    class_dist : ndarray of shape (n, kc), float64
-    class_index : ndarray of shape (n, kc), int64
-        The same, among reference rows with the query's label.
     """
     n, d = Q.shape
     m = R.shape[0]
     dp = ((d + 3) // 4) * 4
     nblk = (m + _BLOCK - 1) // _BLOCK
+    n_chunks = nblk * (_BLOCK // _CHUNK)
     # Blocks of the reference, transposed and zero-padded, so the innermost
     # loop runs over contiguous reference rows and vectorises. Padding rows
     # get |r|^2 = inf and so never pass the screen.
     RT = np.zeros((nblk, dp, _BLOCK), dtype=np.float32)
     rr = np.full((nblk, _BLOCK), np.inf, dtype=np.float32)
-    rl = np.full((nblk, _BLOCK), -2, dtype=np.int32)
     rmax = 0.0
     for j in range(m):
         b = j // _BLOCK
@@ -181,43 +168,36 @@ def _knn_search(
             RT[b, f, jj] = v
             s += v * v
         rr[b, jj] = s
-        rl[b, jj] = r_lab[j]
         rmax = max(rmax, np.float64(s))
     gd = np.full((n, k), np.inf)
     gi = np.full((n, k), -1, dtype=np.int64)
-    cd = np.full((n, kc), np.inf)
-    ci = np.full((n, kc), -1, dtype=np.int64)
     kb = k + _EXTRA
-    # Without class neighbours the class buffer is one slot of -inf, which no
-    # candidate passes.
-    kcb = kc + _EXTRA if kc > 0 else 1
-    c_fill = np.inf if kc > 0 else -np.inf
     eps = _SLACK_ULPS * 6.0e-8 * dp
     m2 = np.float32(-2.0)
+    inf32 = np.float32(np.inf)
     ntile = (n + _TILE - 1) // _TILE
     for t in prange(ntile):
-        A = np.empty((4, _BLOCK), dtype=np.float32)
+        A = np.empty((4, nblk * _BLOCK), dtype=np.float32)
+        low = np.empty(n_chunks, dtype=np.float32)
         qs = np.zeros((4, dp), dtype=np.float32)
-        bgd = np.full((_TILE, kb), np.inf, dtype=np.float32)
-        bgi = np.full((_TILE, kb), -1, dtype=np.int64)
-        bcd = np.full((_TILE, kcb), c_fill, dtype=np.float32)
-        bci = np.full((_TILE, kcb), -1, dtype=np.int64)
+        bd = np.full((_TILE, kb), np.inf, dtype=np.float32)
+        bi = np.full((_TILE, kb), -1, dtype=np.int64)
         i0 = t * _TILE
         i_end = min(n, i0 + _TILE)
-        for b in range(nblk):
-            rb = RT[b]
-            rrb = rr[b]
-            rlb = rl[b]
-            j0 = b * _BLOCK
-            for g0 in range(i0, i_end, 4):
-                # Four queries share every load of the block; a short last
-                # group repeats its last query and ignores the copies.
+        for g0 in range(i0, i_end, 4):
+            # Four queries share every load of the reference; a short last
+            # group repeats its last query and ignores the copies.
+            for u in range(4):
+                iu = min(g0 + u, i_end - 1)
+                for f in range(d):
+                    qs[u, f] = m2 * Q[iu, f]
+            for b in range(nblk):
+                rb = RT[b]
+                rrb = rr[b]
+                j0 = b * _BLOCK
                 for u in range(4):
-                    iu = min(g0 + u, i_end - 1)
-                    for f in range(d):
-                        qs[u, f] = m2 * Q[iu, f]
                     for jj in range(_BLOCK):
-                        A[u, jj] = rrb[jj]
+                        A[u, j0 + jj] = rrb[jj]
                 for f in range(0, dp, 4):
                     p00 = qs[0, f]
                     p01 = qs[0, f + 1]
@@ -240,59 +220,48 @@ def _knn_search(
                         x1 = rb[f + 1, jj]
                         x2 = rb[f + 2, jj]
                         x3 = rb[f + 3, jj]
-                        A[0, jj] += p00 * x0 + p01 * x1 + p02 * x2 + p03 * x3
-                        A[1, jj] += p10 * x0 + p11 * x1 + p12 * x2 + p13 * x3
-                        A[2, jj] += p20 * x0 + p21 * x1 + p22 * x2 + p23 * x3
-                        A[3, jj] += p30 * x0 + p31 * x1 + p32 * x2 + p33 * x3
-                for u in range(min(4, i_end - g0)):
-                    i = g0 + u
-                    w = i - i0
-                    ql = np.int32(q_lab[i])
-                    qid = q_ids[i]
-                    inf32 = np.float32(np.inf)
-                    lim_g = bgd[w, kb - 1]
-                    lim_c = bcd[w, kcb - 1]
-                    for c0 in range(0, _BLOCK, _CHUNK):
-                        # Branch-free screen of a chunk (min-reductions vectorise);
-                        # the scalar path below runs only for chunks with a hit.
+                        A[0, j0 + jj] += p00 * x0 + p01 * x1 + p02 * x2 + p03 * x3
+                        A[1, j0 + jj] += p10 * x0 + p11 * x1 + p12 * x2 + p13 * x3
+                        A[2, j0 + jj] += p20 * x0 + p21 * x1 + p22 * x2 + p23 * x3
+                        A[3, j0 + jj] += p30 * x0 + p31 * x1 + p32 * x2 + p33 * x3
+            for u in range(min(4, i_end - g0)):
+                i = g0 + u
+                w = i - i0
+                qid = q_ids[i]
+                for c in range(n_chunks):
+                    mn = inf32
+                    for jj in range(c * _CHUNK, (c + 1) * _CHUNK):
+                        mn = min(mn, A[u, jj])
+                    low[c] = mn
+                lim = inf32
+                # The bound counts rows; a query that must skip one of them gets none.
+                if qid < 0 and n_chunks >= kb:
+                    top = -inf32
+                    for g in range(kb):
                         mn = inf32
-                        mnc = inf32
-                        if kc > 0:
-                            for jj in range(c0, c0 + _CHUNK):
-                                a = A[u, jj]
-                                mn = min(mn, a)
-                                mnc = min(mnc, a if rlb[jj] == ql else inf32)
-                        else:
-                            for jj in range(c0, c0 + _CHUNK):
-                                mn = min(mn, A[u, jj])
-                        if not (mn < lim_g or mnc < lim_c):
+                        for c in range(g * n_chunks // kb, (g + 1) * n_chunks // kb):
+                            mn = min(mn, low[c])
+                        top = max(top, mn)
+                    if top < inf32:
+                        lim = np.nextafter(top, inf32)
+                for c in range(n_chunks):
+                    if not (low[c] < lim):
+                        continue
+                    for jj in range(c * _CHUNK, (c + 1) * _CHUNK):
+                        a = A[u, jj]
+                        if not (a < lim):
                             continue
-                        for jj in range(c0, c0 + _CHUNK):
-                            a = A[u, jj]
-                            is_g = a < lim_g
-                            is_c = a < lim_c and rlb[jj] == ql
-                            if not (is_g or is_c):
-                                continue
-                            j = j0 + jj
-                            if qid >= 0 and r_ids[j] == qid:
-                                continue
-                            if is_g:
-                                _insert(bgd, bgi, w, a, j)
-                                lim_g = bgd[w, kb - 1]
-                            if is_c:
-                                _insert(bcd, bci, w, a, j)
-                                lim_c = bcd[w, kcb - 1]
+                        if qid >= 0 and r_ids[jj] == qid:
+                            continue
+                        _insert(bd, bi, w, a, jj)
+                        lim = min(lim, bd[w, kb - 1])
         for i in range(i0, i_end):
             qq = 0.0
             for f in range(d):
                 qq += np.float64(Q[i, f]) * np.float64(Q[i, f])
             slack = eps * (qq + rmax) + 1e-30
-            _finish(Q, R, i, bgd, bgi, i - i0, qq, slack, gd, gi, q_ids, r_ids, q_lab, r_lab, False)
-            if kc > 0:
-                _finish(
-                    Q, R, i, bcd, bci, i - i0, qq, slack, cd, ci, q_ids, r_ids, q_lab, r_lab, True
-                )
-    return gd, gi, cd, ci
+            _finish(Q, R, i, bd, bi, i - i0, qq, slack, gd, gi, q_ids, r_ids)
+    return gd, gi
 
 
 # Grid cells per knot in the lookup accelerator of each column.

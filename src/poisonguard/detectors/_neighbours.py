@@ -78,12 +78,11 @@ def search(
 ) -> Neighbours:
     """Exact kNN of ``Q`` among ``R`` (and within each query's class when ``kc > 0``).
 
-    Class neighbours are found by running the kernel once per label on that
-    label's queries and reference rows: that costs ``sum_c n_c * m_c``, about
-    ``1 / n_classes`` of the global pass, where screening every class inside
-    the global pass (the kernel's ``kc`` mode) costs about a second pass. The
-    global and the class parts are memoised separately, so detectors asking
-    for either share them.
+    Class neighbours are read off the global list wherever it holds ``kc`` rows
+    of the query's label; the other queries are searched once per label among
+    that label's reference rows (``_class_from_global``). The global and the
+    class parts are memoised separately, so detectors asking for either share
+    them.
 
     Parameters
     ----------
@@ -182,11 +181,9 @@ _CHUNK_TILES = 64
 def _global(
     Q: np.ndarray, R: np.ndarray, q_ids: np.ndarray, r_ids: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    no_q = np.full(Q.shape[0], -1, np.int64)
-    no_r = np.full(R.shape[0], -1, np.int64)
     old = numba.set_parallel_chunksize(_CHUNK_TILES)
     try:
-        dist, index, _, _ = _knn_search(Q, R, q_ids, r_ids, no_q, no_r, k, 0)
+        dist, index = _knn_search(Q, R, q_ids, r_ids, k)
     finally:
         numba.set_parallel_chunksize(old)
     return dist, index
