@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from poisonguard.detectors._kernels import _finite_within
 from poisonguard.detectors.base import Table
 from poisonguard.errors import BatchError, ConfigError, param_error
 
@@ -18,9 +17,6 @@ from poisonguard.errors import BatchError, ConfigError, param_error
 UNSEEN_SCORE = 1.0e6
 # Seen labels' -log p scores are capped here so UNSEEN_SCORE stays on top.
 _SEEN_CAP = 1.0e5
-# Features are float32 on the scaled axis; this bound keeps squared
-# distances finite in float32 (32 features * (1e15)^2 < 3.4e38).
-_FEATURE_BOUND = 1.0e15
 
 
 class DetectorBase:
@@ -133,17 +129,8 @@ class DetectorBase:
 
 
 def features32(table: Table) -> np.ndarray:
-    """``table.X`` as C-contiguous float32 with every value finite and bounded.
-
-    Returns
-    -------
-    ndarray of shape (n_rows, n_features), float32
-    """
-    X = np.ascontiguousarray(table.X, dtype=np.float32)
-    if X.size and not _finite_within(X, _FEATURE_BOUND):
-        X = np.nan_to_num(X, nan=0.0, posinf=_FEATURE_BOUND, neginf=-_FEATURE_BOUND)
-        X = np.clip(X, -_FEATURE_BOUND, _FEATURE_BOUND).astype(np.float32)
-    return X
+    """``table.x32``: the features as C-contiguous, finite, bounded float32 (made once per table)."""
+    return table.x32
 
 
 def labels_of(table: Table, who: str, source: str) -> np.ndarray:

@@ -9,7 +9,6 @@ costs one pass over the batch, not two.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import numba
 import numpy as np
 
 from poisonguard.detectors._kernels import _class_from_list, _knn_search
+from poisonguard.detectors.base import fingerprint
 
 #: Trusted rows the kNN detectors search by default (a stratified sample past
 #: this size). The search costs batch rows x this x features, so it sets the
@@ -51,19 +51,6 @@ class Neighbours:
     class_index: np.ndarray
 
 
-def fingerprint(*arrays: np.ndarray | None) -> str:
-    """A digest of the shapes, dtypes and bytes of the arrays (None allowed)."""
-    h = hashlib.sha1(usedforsecurity=False)
-    for a in arrays:
-        if a is None:
-            h.update(b"none")
-            continue
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.data)
-    return h.hexdigest()
-
-
 def search(
     Q: np.ndarray,
     R: np.ndarray,
@@ -75,6 +62,7 @@ def search(
     q_ids: np.ndarray | None = None,
     r_ids: np.ndarray | None = None,
     r_key: str | None = None,
+    q_key: str | None = None,
 ) -> Neighbours:
     """Exact kNN of ``Q`` among ``R`` (and within each query's class when ``kc > 0``).
 
@@ -99,6 +87,9 @@ def search(
     r_key : str, optional
         A precomputed ``fingerprint(R, r_lab)`` (saves hashing the reference
         on every call).
+    q_key : str, optional
+        A precomputed ``fingerprint(Q)``, such as ``Table.key`` (saves hashing
+        the batch once per detector).
 
     Returns
     -------
@@ -107,9 +98,9 @@ def search(
     n, m = Q.shape[0], R.shape[0]
     if r_key is None:
         r_key = fingerprint(R, r_lab)
+    q_key = (q_key or fingerprint(Q)) + fingerprint(q_ids, r_ids)
     q_ids = np.full(n, -1, np.int64) if q_ids is None else np.ascontiguousarray(q_ids, np.int64)
     r_ids = np.full(m, -1, np.int64) if r_ids is None else np.ascontiguousarray(r_ids, np.int64)
-    q_key = fingerprint(Q, q_ids, r_ids)
     dist, index = _memo(("global", q_key, r_key, k), lambda: _global(Q, R, q_ids, r_ids, k))
     if kc == 0 or q_lab is None or r_lab is None:
         return Neighbours(dist, index, np.zeros((n, 0)), np.zeros((n, 0), dtype=np.int64))

@@ -18,16 +18,35 @@ scan has no label column.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
+from poisonguard.detectors._kernels import _finite_within
 from poisonguard.errors import BatchError
 
 #: Label code given to a label value the trusted reference never contained.
 UNSEEN_LABEL = -1
+# Features are float32 on the scaled axis; this bound keeps squared
+# distances finite in float32 (32 features * (1e15)^2 < 3.4e38).
+_FEATURE_BOUND = 1.0e15
+
+
+def fingerprint(*arrays: np.ndarray | None) -> str:
+    """A digest of the shapes, dtypes and bytes of the arrays (None allowed)."""
+    h = hashlib.sha1(usedforsecurity=False)
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.data)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +88,25 @@ class Table:
     def label_of(self, code: int) -> Any:
         """The label value behind a code, for reasons."""
         return "<unseen>" if code == UNSEEN_LABEL else self.classes[code]
+
+    @cached_property
+    def x32(self) -> np.ndarray:
+        """``X`` as C-contiguous float32 with every value finite and bounded (made once).
+
+        Returns
+        -------
+        ndarray of shape (n_rows, n_features), float32
+        """
+        X = np.ascontiguousarray(self.X, dtype=np.float32)
+        if X.size and not _finite_within(X, _FEATURE_BOUND):
+            X = np.nan_to_num(X, nan=0.0, posinf=_FEATURE_BOUND, neginf=-_FEATURE_BOUND)
+            X = np.clip(X, -_FEATURE_BOUND, _FEATURE_BOUND).astype(np.float32)
+        return X
+
+    @cached_property
+    def key(self) -> str:
+        """``fingerprint(x32)``, hashed once: the neighbour search memoises on it."""
+        return fingerprint(self.x32)
 
     def take(self, rows: np.ndarray) -> Table:
         """The sub-table of the given row positions (used for cross-fitting)."""

@@ -26,8 +26,8 @@ from poisonguard.detectors._kernels import (
     _segment_residuals,
     _trust_ratio,
 )
-from poisonguard.detectors._neighbours import SAMPLE_ROWS, Neighbours, fingerprint, search
-from poisonguard.detectors.base import Table
+from poisonguard.detectors._neighbours import SAMPLE_ROWS, Neighbours, search
+from poisonguard.detectors.base import Table, fingerprint
 from poisonguard.errors import BatchError
 
 
@@ -140,6 +140,7 @@ class _TrustedNeighbours(DetectorBase):
             q_lab=y,
             r_lab=self.r_y_,
             r_key=self.r_key_,
+            q_key=batch.key,
         )
         return y, nb
 
@@ -323,6 +324,7 @@ class BatchKnnLabelDetector(DetectorBase):
             r_lab=r_y,
             q_ids=np.arange(batch.n_rows, dtype=np.int64),
             r_ids=keep,
+            q_key=batch.key,
         )
         s, prob, margin = _label_scores(nb, r_y, y, self.prior_, self.smoothing)
         lab = np.where(nb.index >= 0, r_y[np.maximum(nb.index, 0)], -1)

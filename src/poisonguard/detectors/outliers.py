@@ -20,8 +20,8 @@ from poisonguard.detectors._common import (
     subsample,
 )
 from poisonguard.detectors._kernels import _tail_grid, _tail_matrix, _tail_scores
-from poisonguard.detectors._neighbours import SAMPLE_ROWS, Neighbours, fingerprint, search
-from poisonguard.detectors.base import Table
+from poisonguard.detectors._neighbours import SAMPLE_ROWS, Neighbours, search
+from poisonguard.detectors.base import Table, fingerprint
 from poisonguard.errors import BatchError
 
 # ---------------------------------------------------------------------------
@@ -335,10 +335,10 @@ class _KnnBase(DetectorBase):
 
     def _neighbours(self, batch: Table) -> Neighbours:
         X = features32(batch)
-        if not self._per_class:
-            return search(X, self.R_, self.k_, r_lab=self.r_y_, r_key=self.r_key_)
-        y = labels_of(batch, self.name, "batch")
-        return search(X, self.R_, self.k_, kc=self.k_, q_lab=y, r_lab=self.r_y_, r_key=self.r_key_)
+        kc, y = (self.k_, labels_of(batch, self.name, "batch")) if self._per_class else (0, None)
+        return search(
+            X, self.R_, self.k_, kc=kc, q_lab=y, r_lab=self.r_y_, r_key=self.r_key_, q_key=batch.key
+        )
 
     def _ratios(self, nb: Neighbours) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Score, own distance, usual distance and whether the class was used, per row."""
