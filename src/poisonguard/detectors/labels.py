@@ -7,7 +7,8 @@ batch, ``model_label`` a classifier fitted on the trusted rows.
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+import functools
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -345,6 +346,19 @@ class BatchKnnLabelDetector(DetectorBase):
         ]
 
 
+@functools.cache
+def _blas() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries (finding them takes ~10 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> Any:
+    """A context in which BLAS calls run on one thread."""
+    return _blas().limit(limits=1, user_api="blas")
+
+
 class ModelLabelDetector(DetectorBase):
     """How unlikely a classifier fitted on the trusted rows finds each row's label.
 
@@ -417,11 +431,10 @@ class ModelLabelDetector(DetectorBase):
             import warnings
 
             from sklearn.exceptions import ConvergenceWarning
-            from threadpoolctl import threadpool_limits
 
             # One BLAS thread: these problems are small, and threaded BLAS
             # stalls badly when another process holds one of few cores.
-            with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+            with warnings.catch_warnings(), _one_blas_thread():
                 # A not-quite-converged model still ranks labels well.
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 est.fit(X, yk)
@@ -437,11 +450,8 @@ class ModelLabelDetector(DetectorBase):
                 out[:, self.present_[0]] = 0.0
             return out
         X = features32(batch)
-        est = self.model_
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1, user_api="blas"):
-            return self._fill(out, est, X)
+        with _one_blas_thread():
+            return self._fill(out, self.model_, X)
 
     @staticmethod
     def _fill(out: np.ndarray, est: object, X: np.ndarray) -> np.ndarray:
