@@ -17,6 +17,7 @@ from poisonguard.detectors._kernels import (
     _class_from_list,
     _digitize,
     _finite_within,
+    _standardize,
     _hash_rows,
     _knn_search,
     _neighbour_vote,
@@ -317,6 +318,26 @@ def test_finite_within_matches_numpy(X):
     """True exactly when every value is finite and within the bound."""
     want = bool(np.isfinite(X).all() and (X.size == 0 or np.abs(X).max() <= 1e15))
     assert _finite_within(X, 1e15) == want
+
+
+@SETTINGS
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(0, 9), st.integers(1, 5)),
+        elements=st.floats(allow_nan=True, allow_infinity=True, width=64),
+    ),
+    st.floats(-1e3, 1e3),
+    st.floats(1e-300, 1e300),
+)
+def test_standardize_matches_numpy(raw, center, scale):
+    """Scaling to float32 equals numpy's, non-finite results (NaN, overflow) becoming 0."""
+    c = np.full(raw.shape[1], center)
+    s = np.full(raw.shape[1], scale)
+    with np.errstate(all="ignore"):
+        want = (raw - c) / s
+        want = np.where(np.isfinite(want), want, 0.0).astype(np.float32)
+    np.testing.assert_array_equal(_standardize(raw, c, s), want)
 
 
 @st.composite

@@ -630,6 +630,18 @@ def _finite_within(X: np.ndarray, bound: float) -> bool:
 
 
 @njit(cache=True, parallel=True)
+def _standardize(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(raw - center) / scale`` per column as float32, with non-finite results set to 0."""
+    n, d = raw.shape
+    out = np.empty((n, d), dtype=np.float32)
+    for i in prange(n):
+        for f in range(d):
+            v = (raw[i, f] - center[f]) / scale[f]
+            out[i, f] = v if np.isfinite(v) else 0.0
+    return out
+
+
+@njit(cache=True, parallel=True)
 def _segment_residuals(
     d_own: np.ndarray,
     i_own: np.ndarray,

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from poisonguard.detectors._kernels import _finite_within
+from poisonguard.detectors._kernels import _finite_within, _standardize
 from poisonguard.errors import BatchError
 
 #: Label code given to a label value the trusted reference never contained.
@@ -141,8 +141,7 @@ class Encoder:
 
     def transform(self, frame: pd.DataFrame, source: str = "batch") -> Table:
         raw = _numeric(frame, list(self.features), source)
-        X = (raw - self.center_) / self.scale_
-        X = np.where(np.isfinite(X), X, 0.0).astype(np.float32)
+        X = _standardize(raw, self.center_, self.scale_)
         y = None
         if self.label is not None and self.label in frame.columns:
             y = _label_codes(frame[self.label], self.classes_)
@@ -170,6 +169,8 @@ def _numeric(frame: pd.DataFrame, features: list[str], source: str) -> np.ndarra
         raise BatchError(
             source, f"missing feature column {missing[0]!r} (expected numeric)", column=missing[0]
         )
+    if all(pd.api.types.is_numeric_dtype(frame[c]) for c in features):
+        return frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
     out = np.empty((len(frame), len(features)), dtype=np.float64)
     for j, col in enumerate(features):
         try:
