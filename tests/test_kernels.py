@@ -19,6 +19,7 @@ from poisonguard.detectors._kernels import (
     _finite_within,
     _hash_rows,
     _knn_search,
+    _log_cauchy,
     _neighbour_vote,
     _other_label_ends,
     _segment_residuals,
@@ -526,3 +527,46 @@ def test_other_label_ends_match_masks(case):
     got_i, got_spread = _other_label_ends(dist, index, labels, y)
     np.testing.assert_array_equal(got_i, np.where(other, index, -1))
     np.testing.assert_allclose(got_spread, spread, rtol=1e-12)
+
+
+def reference_log_cauchy(logp, w, log_cap):
+    """The weighted Cauchy combination in numpy (what decision.log_cauchy_combine once ran)."""
+    logp = np.clip(np.nan_to_num(logp, nan=0.0), -np.inf, log_cap)
+    p = np.exp(logp)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        log_t = np.where(
+            logp < np.log(1e-15), -logp - np.log(np.pi), np.log(np.tan((0.5 - p) * np.pi))
+        )
+        top = np.max(log_t, axis=1)
+        safe = np.where(np.isfinite(top), top, 0.0)
+        log_stat = safe + np.log(np.sum(w * np.exp(log_t - safe[:, None]), axis=1))
+        log_stat = np.where(np.isneginf(top), -np.inf, log_stat)
+        stat = np.exp(np.minimum(log_stat, 700.0))
+        out = np.where(
+            log_stat > np.log(1e15),
+            -log_stat - np.log(np.pi),
+            np.log(0.5 - np.arctan(stat) / np.pi),
+        )
+    return np.minimum(out, 0.0)
+
+
+@SETTINGS
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(0, 8), st.integers(1, 6)),
+        elements=st.one_of(
+            st.floats(-800.0, 0.0),
+            st.floats(-1e-12, 0.0),
+            st.sampled_from([-np.inf, np.nan, 0.0, -1e300, np.log(1e-15)]),
+        ),
+    ),
+    st.data(),
+)
+def test_log_cauchy_matches_numpy(logp, data):
+    """The compiled combination equals the numpy one, tails, NaN and -inf included."""
+    k = logp.shape[1]
+    w = np.asarray(data.draw(st.lists(st.floats(0.01, 5.0), min_size=k, max_size=k)))
+    w = w / w.sum()
+    got = _log_cauchy(logp, w, float(np.log(0.5)))
+    np.testing.assert_allclose(got, reference_log_cauchy(logp, w, np.log(0.5)), rtol=1e-12)

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from poisonguard.detectors._kernels import _log_cauchy
 from poisonguard.errors import param_error
 
 #: The smallest p-value reported, so that logs stay finite.
@@ -238,26 +239,7 @@ def log_cauchy_combine(
     # unchanged (simulated with independent uniform p-values: P(p <= a) / a within 5%
     # of 1 for a <= 1e-3 and 2 to 8 detectors; up to 1.2 at a = 0.05). With the
     # truncation every tangent is >= 0, so their mean can be summed in log space.
-    logp = np.clip(np.nan_to_num(logp, nan=0.0), -np.inf, np.log(TRUNCATE_AT))
-    p = np.exp(logp)
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        # tan((0.5 - p) pi) loses precision near p ~ 0; 1/(p pi) is its limit.
-        log_t = np.where(
-            logp < np.log(1e-15),
-            -logp - np.log(np.pi),
-            np.log(np.tan((0.5 - p) * np.pi)),
-        )
-        top = np.max(log_t, axis=1)
-        safe = np.where(np.isfinite(top), top, 0.0)
-        log_stat = safe + np.log(np.sum(w * np.exp(log_t - safe[:, None]), axis=1))
-        log_stat = np.where(np.isneginf(top), -np.inf, log_stat)
-        stat = np.exp(np.minimum(log_stat, 700.0))
-        out = np.where(
-            log_stat > np.log(1e15),
-            -log_stat - np.log(np.pi),
-            np.log(0.5 - np.arctan(stat) / np.pi),
-        )
-    return np.minimum(out, 0.0)
+    return _log_cauchy(np.ascontiguousarray(logp), w, float(np.log(TRUNCATE_AT)))
 
 
 def _normalised(weights: np.ndarray | list[float], k: int) -> np.ndarray:

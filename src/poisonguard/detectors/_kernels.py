@@ -630,6 +630,48 @@ def _finite_within(X: np.ndarray, bound: float) -> bool:
 
 
 @njit(cache=True, parallel=True)
+def _log_cauchy(logp: np.ndarray, w: np.ndarray, log_cap: float) -> np.ndarray:
+    """Per row, the log of the weighted Cauchy combination of log p-values capped at ``log_cap``.
+
+    ``logp`` has shape (n, k) (NaN counts as 0, i.e. p = 1, and -inf as the
+    most negative float), ``w`` shape (k,) and sums to 1. Each p enters as ``tan((0.5 - p) pi)``, or its limit
+    ``1 / (p pi)`` for p < 1e-15, summed in log space so rows whose p-values
+    underflow stay ordered; the statistic ``T`` maps back to
+    ``0.5 - arctan(T) / pi``, or its limit ``1 / (T pi)`` for T > 1e15.
+    """
+    n, k = logp.shape
+    out = np.empty(n)
+    log_pi = np.log(np.pi)
+    tiny = np.log(1e-15)
+    huge = np.log(1e15)
+    lowest = np.finfo(np.float64).min
+    lt = np.empty((n, k))
+    for i in prange(n):
+        top = -np.inf
+        for j in range(k):
+            lp = logp[i, j]
+            lp = min(0.0 if np.isnan(lp) else max(lp, lowest), log_cap)
+            t = -lp - log_pi if lp < tiny else np.log(np.tan((0.5 - np.exp(lp)) * np.pi))
+            lt[i, j] = t
+            top = max(top, t)
+        if top == -np.inf:
+            stat = -np.inf
+        elif top == np.inf:
+            stat = np.inf
+        else:
+            acc = 0.0
+            for j in range(k):
+                acc += w[j] * np.exp(lt[i, j] - top)
+            stat = top + np.log(acc)
+        if stat > huge:
+            r = -stat - log_pi
+        else:
+            r = np.log(0.5 - np.arctan(np.exp(min(stat, 700.0))) / np.pi)
+        out[i] = min(r, 0.0)
+    return out
+
+
+@njit(cache=True, parallel=True)
 def _standardize(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``(raw - center) / scale`` per column as float32, with non-finite results set to 0."""
     n, d = raw.shape
