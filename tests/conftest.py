@@ -7,6 +7,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Speed is measured in benchmarks/, not asserted here: no per-example deadline (a first
+# example that loads a compiled kernel, or a busy shared machine, would fail it).
+settings.register_profile("poisonguard", deadline=None)
+settings.load_profile("poisonguard")
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="pg-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import gammaincinv
 
 from poisonguard.detectors._kernels import _log_cauchy
 from poisonguard.errors import param_error
@@ -88,6 +89,7 @@ class Calibration:
         min_tail: int = 10,
         min_scale: float | None = None,
         shape: float | None = None,
+        confidence: float | None = None,
     ) -> Calibration:
         """Sort the calibration scores and fit the tail above them.
 
@@ -101,6 +103,12 @@ class Calibration:
         the few tens of exceedances a small trusted set gives, the estimated
         shape swings widely; one ambiguous trusted row can make the fitted tail
         heavy enough that no batch row ever reaches Benjamini-Hochberg's cut.
+
+        ``confidence`` (with ``shape = 0``) replaces the exponential scale's
+        estimate by its upper confidence bound at that level: for ``m``
+        exceedances of an exponential tail, ``2 m mean / scale`` is chi-squared
+        with ``2 m`` degrees of freedom, so the bound is wide when a small
+        trusted set leaves few exceedances and tends to the estimate as they grow.
         """
         s = np.sort(np.asarray(scores, dtype=np.float64))
         s = s[np.isfinite(s)]
@@ -111,6 +119,8 @@ class Calibration:
         threshold = float(s[s.size - n_tail - 1]) if n_tail > 0 else float(s[-1])
         excess = s[s.size - n_tail :] - threshold if n_tail > 0 else np.empty(0)
         xi, sigma = _fit_gpd(excess) if shape is None else _fit_gpd_fixed(excess, shape)
+        if confidence is not None and shape == 0 and excess.size:
+            sigma *= excess.size / float(gammaincinv(excess.size, 1.0 - confidence))
         if min_scale is not None and sigma < min_scale:
             sigma = float(min_scale)
         return cls(s, float(s[-1]), xi, sigma, threshold, n_tail / s.size)

@@ -51,6 +51,7 @@ def calibrate(name: str, scores: np.ndarray) -> Calibration:
         scores,
         min_scale=getattr(cls, "tail_scale", None),
         shape=getattr(cls, "tail_shape", None),
+        confidence=getattr(cls, "tail_confidence", None),
     )
 
 

@@ -32,6 +32,10 @@ class DetectorBase:
     #: the decision then fixes the generalized Pareto shape at 0 and fits only
     #: the scale. None: the shape is estimated from the calibration scores.
     tail_shape: ClassVar[float | None] = None
+    #: With ``tail_shape = 0``, a confidence level in (0, 1): the tail's scale is
+    #: then this upper confidence bound of the exponential scale the calibration
+    #: exceedances estimate, not the estimate itself. None: the estimate.
+    tail_confidence: ClassVar[float | None] = None
     #: The detector's share of each row's combined p-value, relative to the
     #: other active detectors (the Cauchy combination's weights, normalised).
     weight: ClassVar[float] = 1.0
