@@ -483,9 +483,10 @@ class ModelLabelDetector(DetectorBase):
         sub = batch.take(rows)
         y = labels_of(sub, self.name, "batch")
         prob = np.exp(self._log_prob(sub))
+        top = prob.argmax(axis=1)
         out = []
         for r in range(len(rows)):
-            best = int(np.argmax(prob[r]))
+            best = int(top[r])
             label = sub.label_of(int(y[r]))
             if y[r] < 0 or y[r] >= self.n_classes_ or not prob[r, y[r]] > 0:
                 out.append(
