@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from poisonguard.detectors._kernels import (
+    _assign_cells,
+    _best_cells,
     _class_from_list,
-    _digitize,
+    _feature_major,
     _finite_within,
     _hash_rows,
     _knn_search,
@@ -28,6 +30,7 @@ from poisonguard.detectors._kernels import (
     _tail_matrix,
     _tail_scores,
     _trust_ratio,
+    _value_runs,
 )
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -288,23 +291,6 @@ def test_tail_grid_lookup_is_exact_on_skewed_columns(seed, m):
     M = _tail_matrix(X, np.zeros(len(X), np.int64), *args)[:, 0]
     want = [reference_tail(float(x), ref[:, 0].astype(float)) for x in X[:, 0]]
     np.testing.assert_allclose(M, want, rtol=1e-9)
-
-
-@SETTINGS
-@given(
-    hnp.arrays(np.float32, st.tuples(st.integers(0, 20), st.integers(1, 4)), elements=grid_values),
-    st.lists(st.lists(grid_values, max_size=6), min_size=4, max_size=4),
-)
-def test_digitize_matches_searchsorted_right(X, edge_lists):
-    """Bins equal NumPy's searchsorted(edges, x, side='right') feature by feature."""
-    d = X.shape[1]
-    edges = [np.unique(np.array([*e, 0.0], np.float64)) for e in edge_lists[:d]]
-    sizes = np.array([len(e) for e in edges], np.int64)
-    starts, counts = (np.cumsum(sizes) - sizes).reshape(1, -1), sizes.reshape(1, -1)
-    flat = np.concatenate(edges)
-    got = _digitize(X, flat, starts, counts, *_tail_grid(flat, starts, counts))
-    for f in range(d):
-        np.testing.assert_array_equal(got[:, f], np.searchsorted(edges[f], X[:, f], side="right"))
 
 
 @SETTINGS
@@ -570,3 +556,115 @@ def test_log_cauchy_matches_numpy(logp, data):
     w = w / w.sum()
     got = _log_cauchy(logp, w, float(np.log(0.5)))
     np.testing.assert_allclose(got, reference_log_cauchy(logp, w, np.log(0.5)), rtol=1e-12)
+
+
+# -------------------------------------------------------------- backdoor cells
+
+
+@SETTINGS
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(0, 40), st.integers(1, 4)),
+        elements=st.sampled_from([0.0, -0.0, 0.25, -1.5, 2.0, 3e-39, 1e15]),
+    ),
+    st.integers(1, 6),
+)
+def test_value_runs_match_unique_counts(X, min_support):
+    """Each feature's values seen at least min_support times, with their counts, as np.unique
+    finds them (-0.0 counted as 0.0)."""
+    XT = _feature_major(X)
+    np.testing.assert_array_equal(XT, X.T)
+    values, counts, n_runs = _value_runs(XT.view(np.uint32), min_support)
+    for f in range(X.shape[1]):
+        want_v, want_c = np.unique(X[:, f] + np.float32(0.0), return_counts=True)
+        keep = want_c >= min_support
+        got_v = values[f, : n_runs[f]].view(np.float32)
+        order = np.argsort(got_v)
+        np.testing.assert_array_equal(got_v[order], want_v[keep])
+        np.testing.assert_array_equal(counts[f, : n_runs[f]][order], want_c[keep])
+
+
+@st.composite
+def cells_case(draw):
+    n = draw(st.integers(0, 20))
+    d = draw(st.integers(1, 4))
+    X = draw(hnp.arrays(np.float32, (n, d), elements=grid_values))
+    y = draw(hnp.arrays(np.int64, n, elements=st.integers(0, 2)))
+    edges = [
+        np.unique(np.array(draw(st.lists(grid_values, max_size=6)), np.float64)) for _ in range(d)
+    ]
+    exact = [
+        np.unique(np.array(draw(st.lists(grid_values, max_size=3)), np.float32)) for _ in range(d)
+    ]
+    return X, y, edges, exact
+
+
+def reference_cells(X, y, edges, exact, n_slots):
+    """Cells numbered bins first (feature by feature), then exact values; label counts per cell."""
+    n, d = X.shape
+    bin_start = np.cumsum([0] + [len(e) + 1 for e in edges])
+    exact_start = bin_start[-1] + np.cumsum([0] + [len(v) for v in exact])
+    cell = np.zeros((d, n), np.int64)
+    for f in range(d):
+        for i in range(n):
+            hit = np.flatnonzero(exact[f] == X[i, f])
+            if len(hit):
+                cell[f, i] = exact_start[f] + hit[0]
+            else:
+                cell[f, i] = bin_start[f] + np.searchsorted(edges[f], X[i, f], side="right")
+    labels = np.zeros((exact_start[-1], n_slots), np.int64)
+    np.add.at(labels, (cell.ravel(), np.tile(y, d)), 1)
+    return cell, labels
+
+
+@SETTINGS
+@given(cells_case())
+def test_assign_cells_matches_searchsorted_and_exact_lookup(case):
+    """A value equal to one of its feature's exact values is in that cell, any other in its
+    searchsorted(edges, side='right') bin; each cell counts its rows' labels."""
+    X, y, edges, exact = case
+    d = X.shape[1]
+    sizes = np.array([len(e) for e in edges], np.int64)
+    n_exact = np.array([len(v) for v in exact], np.int64)
+    cell, labels = _assign_cells(
+        _feature_major(X),
+        y,
+        np.concatenate(edges),
+        np.cumsum(sizes) - sizes,
+        sizes,
+        np.concatenate(exact),
+        np.cumsum(n_exact) - n_exact,
+        n_exact,
+        3,
+    )
+    want_cell, want_labels = reference_cells(X, y, edges, exact, 3)
+    np.testing.assert_array_equal(cell, want_cell)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert cell.shape == (d, X.shape[0])
+
+
+@SETTINGS
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(0, 15),
+    st.integers(1, 4),
+    st.integers(1, 10),
+)
+def test_best_cells_is_the_first_strict_maximum(seed, n, d, n_cells):
+    """Each row's best positive cell score over its features, and the first feature's cell
+    reaching it (-1 with best 0 where nothing is positive)."""
+    rng = np.random.default_rng(seed)
+    cell = rng.integers(0, n_cells, size=(d, n)).astype(np.int32)
+    y = rng.integers(0, 2, size=n)
+    # Few distinct values, some negative: ties and non-positive rows are common.
+    scores = rng.integers(-1, 3, size=(n_cells, 2)).astype(np.float64)
+    best, which = _best_cells(cell, y, scores)
+    s = scores[cell, y[None, :]] if n else np.zeros((d, 0))
+    want = np.maximum(s.max(axis=0, initial=0.0), 0.0)
+    np.testing.assert_array_equal(best, want)
+    for i in range(n):
+        if want[i] > 0:
+            assert which[i] == cell[np.argmax(s[:, i]), i]
+        else:
+            assert which[i] == -1

@@ -558,64 +558,6 @@ def _hash_rows(X: np.ndarray, tol: float) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True)
-def _digitize(
-    X: np.ndarray,
-    edges: np.ndarray,
-    starts: np.ndarray,
-    counts: np.ndarray,
-    grid: np.ndarray,
-    goffsets: np.ndarray,
-    gscale: np.ndarray,
-) -> np.ndarray:
-    """Bin of every value against its feature's sorted edges (``searchsorted(..., 'right')``).
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, d)
-    edges : ndarray of shape (n_edges_total,), float64
-        Sorted distinct edges of every feature, concatenated.
-    starts, counts : ndarray of shape (1, d), int64
-        Where feature ``f``'s edges start in ``edges`` and how many (>= 1).
-    grid, goffsets, gscale
-        The lookup grid of ``_tail_grid(edges, starts, counts)``.
-
-    Returns
-    -------
-    ndarray of shape (n, d), int32
-        Number of the feature's edges ``<=`` each value (0 below the first edge).
-    """
-    n, d = X.shape
-    out = np.empty((n, d), dtype=np.int32)
-    for i in prange(n):
-        for f in range(d):
-            x = np.float64(X[i, f])
-            first = starts[0, f]
-            cnt = counts[0, f]
-            last = first + cnt - 1
-            if x < edges[first]:
-                out[i, f] = 0
-                continue
-            if x >= edges[last]:
-                out[i, f] = cnt
-                continue
-            c = int((x - edges[first]) * gscale[0, f])
-            c = min(max(c, 0), _GRID_PER_KNOT * cnt - 1)
-            lo = grid[goffsets[0, f] + c]
-            hi = min(grid[goffsets[0, f] + c + 1] + 1, last)
-            # Last edge <= x lies in [lo, hi].
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if edges[mid] <= x:
-                    lo = mid
-                else:
-                    hi = mid
-            if edges[hi] <= x:
-                lo = hi
-            out[i, f] = lo - first + 1
-    return out
-
-
-@njit(cache=True, parallel=True)
 def _finite_within(X: np.ndarray, bound: float) -> bool:
     """Whether every value of ``X`` (shape (n, d)) is finite with ``|x| <= bound``, in one pass."""
     n = X.shape[0]
@@ -952,3 +894,220 @@ def _other_label_ends(
                 i_other[i, p] = j
         spread[i] = total / max(count, 1)
     return i_other, spread
+
+
+# ------------------------------------------------------------ backdoor cells
+
+# Rows copied together by ``_feature_major``: 1024 rows of 32 float32 features
+# are 128 KiB read, written as one contiguous 4 KiB run per feature.
+_COPY_ROWS = 1024
+
+
+@njit(cache=True, parallel=True)
+def _feature_major(X: np.ndarray) -> np.ndarray:
+    """``X.T`` as a C-contiguous array, copied block by block (``np.ascontiguousarray(X.T)``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+
+    Returns
+    -------
+    ndarray of shape (d, n), float32
+    """
+    n, d = X.shape
+    XT = np.empty((d, n), dtype=np.float32)
+    for blk in prange((n + _COPY_ROWS - 1) // _COPY_ROWS):
+        i0 = blk * _COPY_ROWS
+        i1 = min(n, i0 + _COPY_ROWS)
+        for f in range(d):
+            for i in range(i0, i1):
+                XT[f, i] = X[i, f]
+    return XT
+
+
+# Grid cells per feature for the first guess of a value's bin: fine enough
+# that almost no cell holds an edge, so the guess is almost always right.
+_BIN_GUESSES = 4096
+# Fibonacci hashing of a 32-bit pattern: the top bits of its product with this
+# odd constant (< 2**31, so the product fits an int64 compiled and in Python).
+_FIB = 1640531527
+
+
+@njit(cache=True, parallel=True)
+def _value_runs(bits: np.ndarray, min_support: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The values each feature takes at least ``min_support`` times, by hashing.
+
+    Parameters
+    ----------
+    bits : ndarray of shape (d, n), uint32
+        Bit patterns of float32 values, one feature per row, no NaN; ``-0.0``
+        counts as ``0.0``.
+    min_support : int
+        Fewest occurrences of a value to report it (>= 1).
+
+    Returns
+    -------
+    values : ndarray of shape (d, n // min_support), uint32
+        Row ``f`` starts with the bit patterns of feature ``f``'s frequent values, in no order.
+    counts : ndarray of shape (d, n // min_support), int64
+        How often each occurs.
+    n_runs : ndarray of shape (d,), int64
+        How many of row ``f``'s entries are filled.
+    """
+    d, n = bits.shape
+    log_size = 1
+    while (1 << log_size) < 2 * n:
+        log_size += 1
+    size = 1 << log_size
+    cap = n // min_support
+    values = np.empty((d, cap), dtype=np.uint32)
+    counts = np.empty((d, cap), dtype=np.int64)
+    n_runs = np.zeros(d, dtype=np.int64)
+    for f in prange(d):
+        # Open addressing with linear probing, at most half full.
+        keys = np.empty(size, dtype=np.int64)
+        seen = np.zeros(size, dtype=np.int32)
+        frequent = np.empty(cap, dtype=np.int64)
+        r = 0
+        for i in range(n):
+            u = np.int64(bits[f, i])
+            if u == 0x80000000:
+                u = np.int64(0)
+            h = ((u * np.int64(_FIB)) & np.int64(0xFFFFFFFF)) >> np.int64(32 - log_size)
+            while seen[h] > 0 and keys[h] != u:
+                h = (h + 1) & (size - 1)
+            keys[h] = u
+            seen[h] += 1
+            if seen[h] == min_support:
+                frequent[r] = h
+                r += 1
+        for j in range(r):
+            values[f, j] = keys[frequent[j]]
+            counts[f, j] = seen[frequent[j]]
+        n_runs[f] = r
+    return values, counts, n_runs
+
+
+@njit(cache=True, parallel=True)
+def _assign_cells(
+    XT: np.ndarray,
+    y: np.ndarray,
+    edges: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    exact: np.ndarray,
+    exact_starts: np.ndarray,
+    exact_counts: np.ndarray,
+    n_slots: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cell of every value, and the label counts of every cell.
+
+    A value equal to one of its feature's ``exact`` values is in that value's
+    cell; any other is in the bin of its feature's edges it falls in (bin
+    ``k`` holds values with ``k`` edges at or below them). Cells are numbered
+    feature by feature, bins first (``counts[f] + 1`` per feature, starting at
+    ``starts[f] + f``), then every feature's exact values (starting at
+    ``len(edges) + d + exact_starts[f]``).
+
+    Parameters
+    ----------
+    XT : ndarray of shape (d, n), float32
+        Values, one feature per row.
+    y : ndarray of shape (n,), int64
+        Label slot of each column, in ``[0, n_slots)``.
+    edges : ndarray of shape (n_edges_total,), float64
+        Sorted distinct edges of every feature, concatenated.
+    starts, counts : ndarray of shape (d,), int64
+        Where feature ``f``'s edges start in ``edges`` and how many (>= 0).
+    exact : ndarray of shape (n_exact_total,), float32
+        Sorted distinct exact values of every feature, concatenated.
+    exact_starts, exact_counts : ndarray of shape (d,), int64
+        Where feature ``f``'s exact values start in ``exact`` and how many.
+    n_slots : int
+        Number of label slots.
+
+    Returns
+    -------
+    cell : ndarray of shape (d, n), int32
+    labels : ndarray of shape (n_cells, n_slots), int64
+        How many values of each label every cell holds.
+    """
+    d, n = XT.shape
+    n_bins = len(edges) + d
+    cell = np.empty((d, n), dtype=np.int32)
+    labels = np.zeros((n_bins + len(exact), n_slots), dtype=np.int64)
+    for f in prange(d):
+        first = starts[f]
+        cnt = counts[f]
+        # A uniform grid over the edges' span gives each value a first guess at
+        # its bin (the edges at or below the grid cell's left end); a short walk
+        # corrects it, so the guess only has to be close, not exact.
+        origin = edges[first] if cnt > 0 else 0.0
+        span = edges[first + cnt - 1] - origin if cnt > 0 else 0.0
+        scale = _BIN_GUESSES / span if span > 0.0 else 0.0
+        guess = np.empty(_BIN_GUESSES, dtype=np.int64)
+        k = 0
+        for g in range(_BIN_GUESSES):
+            while k < cnt and edges[first + k] <= origin + g * (span / _BIN_GUESSES):
+                k += 1
+            guess[g] = k
+        e0 = exact_starts[f]
+        ne = exact_counts[f]
+        for i in range(n):
+            x = XT[f, i]
+            c = -1
+            if ne > 0:
+                k = np.searchsorted(exact[e0 : e0 + ne], x)
+                if k < ne and exact[e0 + k] == x:
+                    c = n_bins + e0 + k
+            if c < 0:
+                t = min(max((x - origin) * scale, 0.0), _BIN_GUESSES - 1.0)
+                below = guess[int(t)]
+                while below > 0 and edges[first + below - 1] > x:
+                    below -= 1
+                while below < cnt and edges[first + below] <= x:
+                    below += 1
+                c = first + f + below
+            cell[f, i] = c
+            labels[c, y[i]] += 1
+    return cell, labels
+
+
+@njit(cache=True, parallel=True)
+def _best_cells(
+    cell: np.ndarray, y: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's highest positive score over its cells, and the first cell that gives it.
+
+    Parameters
+    ----------
+    cell : ndarray of shape (d, n), int32
+        Cell of every value.
+    y : ndarray of shape (n,), int64
+        Label slot of each column.
+    scores : ndarray of shape (n_cells, n_slots), float64
+        Score of every cell for every label.
+
+    Returns
+    -------
+    best : ndarray of shape (n,), float64
+        ``max(0, max_f scores[cell[f, i], y[i]])``.
+    which : ndarray of shape (n,), int64
+        The cell of the first feature reaching ``best``; -1 where ``best`` is 0.
+    """
+    d, n = cell.shape
+    best = np.zeros(n)
+    which = np.full(n, -1, dtype=np.int64)
+    for i in prange(n):
+        top = 0.0
+        at = -1
+        for f in range(d):
+            c = cell[f, i]
+            s = scores[c, y[i]]
+            if s > top:
+                top = s
+                at = c
+        best[i] = top
+        which[i] = at
+    return best, which

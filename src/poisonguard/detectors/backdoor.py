@@ -14,9 +14,14 @@ from poisonguard.detectors._common import (
     labels_of,
     tie_break,
 )
-from poisonguard.detectors._kernels import _digitize, _tail_grid
+from poisonguard.detectors._kernels import (
+    _assign_cells,
+    _best_cells,
+    _feature_major,
+    _value_runs,
+)
 from poisonguard.detectors._stats import beta_binomial_surprise, binomial_surprise
-from poisonguard.detectors.base import Table
+from poisonguard.detectors.base import Table, fingerprint
 
 # Cells not even this surprising (-log p) on the cheap bounds are left with
 # those bounds; only the rest get exact tails (saves time only).
@@ -32,19 +37,30 @@ def _sorted_quantiles(col: np.ndarray, qs: np.ndarray) -> np.ndarray:
     return low + (col[hi].astype(np.float64) - low) * (at - lo)
 
 
-@dataclass(frozen=True)
-class _Cell:
-    """A suspicious (feature, value or bin, label) cell, for reasons."""
+@dataclass(frozen=True, eq=False)
+class _Scan:
+    """One batch's scan: row scores and, for reasons, the cell behind each.
 
-    feature: int
-    exact: bool
-    value: float
-    label: int
-    count: int
-    expected: float
-    share: float
-    share_expected: float
-    score: float
+    Attributes
+    ----------
+    score : ndarray of shape (n_rows,), float64
+        Row scores before the tie-breaking jitter.
+    cell : ndarray of shape (n_rows,), int64
+        The cell that gave each row its score; -1 for rows with no evidence.
+    feature : ndarray of shape (n_cells,), int64
+        Each cell's feature.
+    exact : ndarray of shape (n_cells,), bool
+        Whether a cell is an exact value (else a bin).
+    labels, trusted : ndarray of shape (n_cells, n_slots), int64
+        Each cell's batch and trusted rows per label slot.
+    """
+
+    score: np.ndarray
+    cell: np.ndarray
+    feature: np.ndarray
+    exact: np.ndarray
+    labels: np.ndarray
+    trusted: np.ndarray
 
 
 class BackdoorDetector(DetectorBase):
@@ -89,6 +105,9 @@ class BackdoorDetector(DetectorBase):
     # Like duplicates: a real trigger cell is surprising by tens of nats, so half a
     # share of the combination is enough.
     weight: ClassVar[float] = 0.5
+    # (fingerprint of a batch, its scan): explaining rows of the batch just
+    # scored then costs no second scan.
+    _last_scan: tuple[str, _Scan] | None = None
 
     def __init__(self, *, min_support: int = 5, n_bins: int = 64, smoothing: float = 10.0):
         self.min_support = min_support
@@ -109,7 +128,7 @@ class BackdoorDetector(DetectorBase):
         self.prior_ /= self.prior_.sum()
         self.ref_y_ = self._slots(y)
         # Feature-major (one contiguous row per feature): every step reads one feature.
-        XT = np.ascontiguousarray(X.T)
+        XT = _feature_major(X)
         order = np.argsort(XT, axis=1)
         self.sorted_ = np.take_along_axis(XT, order, axis=1)
         # Trusted labels in each feature's sorted order: the labels of a run of equal values.
@@ -131,14 +150,13 @@ class BackdoorDetector(DetectorBase):
                 b * self.n_slots_ + self.sorted_y_[f], minlength=(len(edges) + 1) * self.n_slots_
             )
             self.bin_counts_.append(cnt.reshape(len(edges) + 1, self.n_slots_))
-        sizes = np.array([len(e) for e in self.edges_], dtype=np.int64)
-        self.edge_starts_ = (np.cumsum(sizes) - sizes).reshape(1, -1)
-        self.edge_counts_ = sizes.reshape(1, -1)
+        self.edge_counts_ = np.array([len(e) for e in self.edges_], dtype=np.int64)
+        self.edge_starts_ = np.cumsum(self.edge_counts_) - self.edge_counts_
         self.edges_flat_ = (
             np.concatenate(self.edges_).astype(np.float64) if self.edges_ else np.zeros(0)
         )
-        self.edge_grid_ = _tail_grid(self.edges_flat_, self.edge_starts_, self.edge_counts_)
         self.features_ = reference.features
+        self._last_scan = None
         return self
 
     def _slots(self, y: np.ndarray) -> np.ndarray:
@@ -174,152 +192,109 @@ class BackdoorDetector(DetectorBase):
             cell[hot] = np.minimum(over[hot[0]], exact)
         return cell
 
-    def _scan(
-        self, batch: Table, want: np.ndarray | None = None
-    ) -> tuple[np.ndarray, list[_Cell | None]]:
-        """Row scores, and for rows in ``want`` the cell that gave each its score."""
-        y = self._slots(labels_of(batch, self.name, "batch"))
-        X = features32(batch)
+    def _scan(self, X: np.ndarray, y: np.ndarray) -> _Scan:
+        """Row scores of the batch with features ``X`` and label slots ``y``, and their cells."""
         n, d = X.shape
-        best = np.zeros(n)
-        where: list[_Cell | None] = [None] * (0 if want is None else len(want))
-        n_tests = 0
-        all_bins = _digitize(
-            X, self.edges_flat_, self.edge_starts_, self.edge_counts_, *self.edge_grid_
-        )
+        # Feature-major (one contiguous row per feature): every kernel step reads one feature.
+        XT = _feature_major(X)
+        # Cells of exact values: values shared by at least min_support batch rows.
+        bits, run_counts, n_runs = _value_runs(XT.view(np.uint32), self.min_support_)
+        taken = np.arange(bits.shape[1]) < n_runs[:, None]
+        values, counts = bits[taken].view(np.float32), run_counts[taken]
+        feature = np.repeat(np.arange(d), n_runs)
+        lo = np.empty(len(values), dtype=np.int64)
+        hi = np.empty(len(values), dtype=np.int64)
+        ends = np.cumsum(n_runs)
         for f in range(d):
-            col = X[:, f]
-            # Cells of exact values: runs of equal values in the sorted column.
-            sc = np.sort(col)
-            starts = np.flatnonzero(np.concatenate([[True], sc[1:] != sc[:-1]]))
-            lengths = np.diff(np.append(starts, n))
-            big = lengths >= self.min_support_
-            values, counts = sc[starts[big]], lengths[big]
-            ref_col = self.sorted_[f]
-            lo = np.searchsorted(ref_col, values, side="left")
-            hi = np.searchsorted(ref_col, values, side="right")
-            q = n / (n + self.m_)
-            promising = binomial_surprise(counts, counts + hi - lo, q) > _OVER_SCREEN
-            n_tests += len(values) * self.n_slots_
-            # Rows of over-represented exact values are this feature's evidence
-            # already; keeping them out of the bins stops a flood of copies from
-            # lending its label purity to honest rows that share a bin with it.
-            in_exact = np.zeros(n, dtype=bool)
-            for v, c, a, b in zip(
-                values[promising], counts[promising], lo[promising], hi[promising], strict=True
-            ):
-                rows = np.flatnonzero(col == v)
-                in_exact[rows] = True
-                lab = np.bincount(y[rows], minlength=self.n_slots_)
-                tr = np.bincount(self.sorted_y_[f, a:b], minlength=self.n_slots_)
-                cell = self._cell_scores(np.array([c]), lab[None, :], tr[None, :], n)[0]
-                s = cell[y[rows]]
-                improved = s > best[rows]
-                best[rows] = np.maximum(best[rows], s)
-                if want is not None:
-                    self._note(
-                        where,
-                        want,
-                        rows[improved],
-                        y[rows[improved]],
-                        (f, True, float(v)),
-                        lab,
-                        tr,
-                        cell,
-                        n,
-                    )
-            # Cells of trusted-quantile bins.
-            edges = self.edges_[f]
-            bins = all_bins[:, f].astype(np.int64)
-            rest = ~in_exact
-            lab = np.bincount(
-                bins[rest] * self.n_slots_ + y[rest], minlength=(len(edges) + 1) * self.n_slots_
-            ).reshape(len(edges) + 1, self.n_slots_)
-            trusted = self.bin_counts_[f]
-            cell = self._cell_scores(lab.sum(axis=1), lab, trusted, n)
-            n_tests += int(np.sum(lab.sum(axis=1) >= self.min_support_)) * self.n_slots_
-            s = np.where(rest, cell[bins, y], 0.0)
-            improved = np.flatnonzero(s > best)
-            best = np.maximum(best, s)
-            if want is not None and len(improved):
-                for b in np.unique(bins[improved]):
-                    rows = improved[bins[improved] == b]
-                    self._note(
-                        where,
-                        want,
-                        rows,
-                        y[rows],
-                        (f, False, float(b)),
-                        lab[b],
-                        trusted[b],
-                        cell[b],
-                        n,
-                    )
+            part = slice(ends[f] - n_runs[f], ends[f])
+            lo[part] = np.searchsorted(self.sorted_[f], values[part], side="left")
+            hi[part] = np.searchsorted(self.sorted_[f], values[part], side="right")
+        q = n / (n + self.m_)
+        promising = binomial_surprise(counts, counts + hi - lo, q) > _OVER_SCREEN
+        order = np.lexsort((values[promising], feature[promising]))
+        exact = values[promising][order]
+        exact_feature = feature[promising][order]
+        exact_counts = np.bincount(exact_feature, minlength=d)
+        exact_trusted = np.zeros((len(exact), self.n_slots_), dtype=np.int64)
+        for j, (f, a, b) in enumerate(
+            zip(exact_feature, lo[promising][order], hi[promising][order], strict=True)
+        ):
+            exact_trusted[j] = np.bincount(self.sorted_y_[f, a:b], minlength=self.n_slots_)
+        # Rows of over-represented exact values are this feature's evidence
+        # already; keeping them out of the bins stops a flood of copies from
+        # lending its label purity to honest rows that share a bin with it.
+        cell, labels = _assign_cells(
+            XT,
+            y,
+            self.edges_flat_,
+            self.edge_starts_,
+            self.edge_counts_,
+            exact,
+            np.cumsum(exact_counts) - exact_counts,
+            exact_counts,
+            self.n_slots_,
+        )
+        # Cells are every feature's trusted-quantile bins, then the exact values.
+        n_bins = len(self.edges_flat_) + d
+        trusted = np.concatenate([*self.bin_counts_, exact_trusted])
+        count = labels.sum(axis=1)
+        scores = self._cell_scores(count, labels, trusted, n)
+        best, which = _best_cells(cell, y, scores)
         # Bonferroni over every (cell, label) examined: a clean batch's best
         # cell then scores about 0 whatever the batch size, so batch rows and
         # the smaller calibration folds stay comparable.
-        return np.maximum(best - np.log(max(n_tests, 1)), 0.0), where
+        n_tests = (len(values) + int(np.sum(count[:n_bins] >= self.min_support_))) * self.n_slots_
+        return _Scan(
+            score=np.maximum(best - np.log(max(n_tests, 1)), 0.0),
+            cell=which,
+            feature=np.concatenate([np.repeat(np.arange(d), self.edge_counts_ + 1), exact_feature]),
+            exact=np.arange(len(count)) >= n_bins,
+            labels=labels,
+            trusted=trusted,
+        )
 
-    def _note(
-        self,
-        where: list[_Cell | None],
-        want: np.ndarray,
-        rows: np.ndarray,
-        row_labels: np.ndarray,
-        cell_at: tuple[int, bool, float],
-        lab: np.ndarray,
-        tr: np.ndarray,
-        cell: np.ndarray,
-        n: int,
-    ) -> None:
-        """Record, for the wanted rows among ``rows``, the cell that now gives their score."""
-        if len(rows) == 0 or len(want) == 0:
-            return
-        f, exact, value = cell_at
-        pos = np.minimum(np.searchsorted(want, rows), len(want) - 1)
-        hit = want[pos] == rows
-        count = int(lab.sum())
-        for p, label in zip(pos[hit], row_labels[hit], strict=True):
-            label = int(label)
-            where[p] = _Cell(
-                feature=f,
-                exact=exact,
-                value=value,
-                label=label,
-                count=count,
-                expected=n * float(tr.sum()) / max(self.m_, 1),
-                share=float(lab[label]) / max(count, 1),
-                share_expected=float(
-                    (tr[label] + self.smoothing_ * self.prior_[label])
-                    / (tr.sum() + self.smoothing_)
-                ),
-                score=float(cell[label]),
-            )
+    def _scanned(self, batch: Table) -> tuple[np.ndarray, np.ndarray, _Scan]:
+        """Features and label slots of ``batch``, and its scan (the last one if it was this batch)."""
+        X = features32(batch)
+        y = self._slots(labels_of(batch, self.name, "batch"))
+        key = batch.key + fingerprint(y)
+        last = self._last_scan
+        if last is None or last[0] != key:
+            last = self._last_scan = (key, self._scan(X, y))
+        return X, y, last[1]
 
     _fitted_attr: ClassVar[str] = "sorted_"
 
     def _score(self, batch: Table) -> np.ndarray:
-        return self._scan(batch)[0] + tie_break(features32(batch))
+        X, _, scan = self._scanned(batch)
+        return scan.score + tie_break(X)
 
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        order = np.argsort(rows, kind="stable")
-        want = rows[order]
-        final, where = self._scan(batch, want)
-        out: list[str] = [""] * len(rows)
-        for i, cell in zip(order, where, strict=True):
-            r = rows[i]
-            if cell is None or final[r] <= 0.0:
-                out[i] = (
+        X, y, scan = self._scanned(batch)
+        out: list[str] = []
+        for r in rows:
+            c = scan.cell[r]
+            if c < 0 or scan.score[r] <= 0.0:
+                out.append(
                     "no feature value here is both unusually common in this batch and label-pure"
                 )
                 continue
-            name = self.features_[cell.feature]
-            label = batch.label_of(cell.label) if cell.label < self.n_slots_ - 1 else "<unseen>"
-            raw = batch.raw[r, cell.feature]
-            where_text = "is shared by" if cell.exact else "falls in a bin shared by"
-            out[i] = (
-                f"{name} = {raw:.4g} {where_text} {cell.count} batch rows ({cell.expected:.2g} "
-                f"expected from trusted rows), {100 * cell.share:.0f}% labelled {label} "
-                f"({100 * cell.share_expected:.0f}% expected)"
+            f = scan.feature[c]
+            label = int(y[r])
+            lab, tr = scan.labels[c], scan.trusted[c]
+            count = int(lab.sum())
+            expected = len(X) * float(tr.sum()) / max(self.m_, 1)
+            share = float(lab[label]) / max(count, 1)
+            share_expected = float(
+                (tr[label] + self.smoothing_ * self.prior_[label]) / (tr.sum() + self.smoothing_)
+            )
+            name = self.features_[f]
+            shown = batch.label_of(label) if label < self.n_slots_ - 1 else "<unseen>"
+            raw = batch.raw[r, f]
+            where_text = "is shared by" if scan.exact[c] else "falls in a bin shared by"
+            out.append(
+                f"{name} = {raw:.4g} {where_text} {count} batch rows ({expected:.2g} "
+                f"expected from trusted rows), {100 * share:.0f}% labelled {shown} "
+                f"({100 * share_expected:.0f}% expected)"
             )
         return out
