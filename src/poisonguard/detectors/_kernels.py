@@ -514,7 +514,11 @@ _SEED = np.uint64(0x9E3779B97F4A7C15)
 _NAN_CODE = np.uint64(0x7FF8DEADBEEF0001)
 
 
-@njit(cache=True)
+# Rows hashed together by one thread of ``_hash_rows``.
+_HASH_ROWS = 4096
+
+
+@njit(cache=True, parallel=True)
 def _hash_rows(X: np.ndarray, tol: float) -> np.ndarray:
     """A 64-bit hash of every row, equal for rows equal up to ``tol``.
 
@@ -538,22 +542,26 @@ def _hash_rows(X: np.ndarray, tol: float) -> np.ndarray:
     """
     n, d = X.shape
     h = np.full(n, _SEED, dtype=np.uint64)
-    for f in range(d):
-        col = X[:, f].astype(np.float64) + 0.0
-        nan = np.isnan(col)
-        if tol > 0.0:
-            grid = np.floor(col / tol + 0.5)
-            grid = np.minimum(np.maximum(grid, -4.0e18), 4.0e18)
-            grid[nan] = 0.0
-            code = grid.astype(np.int64).view(np.uint64)
-        else:
-            col[nan] = 0.0
-            code = col.view(np.uint64).copy()
-        code[nan] = _NAN_CODE
-        h = (h ^ code) * _MIX1
-        h = h ^ (h >> np.uint64(31))
-        h = h * _MIX2
-        h = h ^ (h >> np.uint64(29))
+    # Blocks of rows in parallel, whole columns of a block at a time.
+    for b in prange((n + _HASH_ROWS - 1) // _HASH_ROWS):
+        lo = b * _HASH_ROWS
+        hi = min(n, lo + _HASH_ROWS)
+        hb = h[lo:hi]
+        for f in range(d):
+            col = X[lo:hi, f].astype(np.float64) + 0.0
+            nan = np.isnan(col)
+            if tol > 0.0:
+                grid = np.floor(col / tol + 0.5)
+                grid = np.minimum(np.maximum(grid, -4.0e18), 4.0e18)
+                code = np.where(nan, 0.0, grid).astype(np.int64).view(np.uint64)
+            else:
+                code = np.where(nan, 0.0, col).view(np.uint64)
+            code = np.where(nan, _NAN_CODE, code)
+            hb = (hb ^ code) * _MIX1
+            hb = hb ^ (hb >> np.uint64(31))
+            hb = hb * _MIX2
+            hb = hb ^ (hb >> np.uint64(29))
+        h[lo:hi] = hb
     return h
 
 
