@@ -50,6 +50,12 @@ class Neighbours:
     class_dist: np.ndarray
     class_index: np.ndarray
 
+    def take(self, rows: np.ndarray) -> Neighbours:
+        """The neighbours of some query rows only."""
+        return Neighbours(
+            self.dist[rows], self.index[rows], self.class_dist[rows], self.class_index[rows]
+        )
+
 
 def search(
     Q: np.ndarray,

@@ -145,6 +145,16 @@ class _TrustedNeighbours(DetectorBase):
         )
         return y, nb
 
+    def _search_rows(self, batch: Table, rows: np.ndarray) -> tuple[np.ndarray, Neighbours]:
+        """``_search`` for some rows of ``batch``, read off the whole batch's search.
+
+        ``explain`` runs right after ``score`` on the same batch, whose search is
+        memoised: slicing it costs nothing, where searching the rows again would
+        repeat the search for every row a large batch quarantines.
+        """
+        y, nb = self._search(batch)
+        return y[rows], nb.take(rows)
+
 
 class KnnLabelDetector(_TrustedNeighbours):
     """How much farther a row's label lies than the other labels, among trusted rows.
@@ -221,8 +231,7 @@ class KnnLabelDetector(_TrustedNeighbours):
         return s
 
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        sub = batch.take(rows)
-        y, nb = self._search(sub)
+        y, nb = self._search_rows(batch, rows)
         _, d_own, d_other = _trust_ratio(
             nb.dist, nb.index, nb.class_dist, self.r_y_, y, self.n_close_
         )
@@ -242,7 +251,7 @@ class KnnLabelDetector(_TrustedNeighbours):
         agree = np.where(seen, counts[np.arange(n), np.where(seen, y, 0)], 0)
         out = []
         for r in range(n):
-            label = sub.label_of(int(y[r]))
+            label = batch.label_of(int(y[r]))
             kr = int(n_valid[r])
             if kr == 0:
                 text = f"label {label}, with no trusted rows to compare"
@@ -253,7 +262,7 @@ class KnnLabelDetector(_TrustedNeighbours):
             else:
                 text = (
                     f"label {label}, but {counts[r, top[r]]} of its {kr} nearest trusted rows "
-                    f"are {sub.label_of(int(top[r]))} ({agree[r]} agree)"
+                    f"are {batch.label_of(int(top[r]))} ({agree[r]} agree)"
                 )
             if np.isfinite(d_own[r]) and d_other[r] > 0 and d_own[r] > d_other[r]:
                 text += (
@@ -551,8 +560,7 @@ class InterpolationDetector(_TrustedNeighbours):
         self._fit_sample(reference)
         return self
 
-    def _parts(self, batch: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        y, nb = self._search(batch)
+    def _parts(self, y: np.ndarray, nb: Neighbours) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         i_other, spread = _other_label_ends(nb.dist, nb.index, self.r_y_, y)
         # _segment_residuals skips ends whose index is -1: i_other alone leaves out the row's label.
         resid = _segment_residuals(nb.class_dist, nb.class_index, nb.dist, i_other, self.R_)
@@ -566,10 +574,10 @@ class InterpolationDetector(_TrustedNeighbours):
     _fitted_attr: ClassVar[str] = "R_"
 
     def _score(self, batch: Table) -> np.ndarray:
-        return self._parts(batch)[0]
+        return self._parts(*self._search(batch))[0]
 
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        _, r, spread = self._parts(batch.take(rows))
+        _, r, spread = self._parts(*self._search_rows(batch, rows))
         out = []
         for i in range(len(rows)):
             if np.isfinite(r[i]):
