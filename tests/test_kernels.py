@@ -24,6 +24,7 @@ from poisonguard.detectors._kernels import (
     _log_cauchy,
     _neighbour_vote,
     _other_label_ends,
+    _rank_left,
     _segment_residuals,
     _standardize,
     _tail_grid,
@@ -668,3 +669,18 @@ def test_best_cells_is_the_first_strict_maximum(seed, n, d, n_cells):
             assert which[i] == cell[np.argmax(s[:, i]), i]
         else:
             assert which[i] == -1
+
+
+@SETTINGS
+@given(
+    hnp.arrays(np.float64, st.integers(0, 30), elements=grid_values),
+    hnp.arrays(
+        np.float64,
+        st.integers(0, 30),
+        elements=st.one_of(grid_values, st.sampled_from([np.nan, np.inf, -np.inf])),
+    ),
+)
+def test_rank_left_matches_searchsorted(a, x):
+    """Ranks equal numpy's searchsorted(side='left'), ties, infinities and NaN included."""
+    a = np.sort(a)
+    np.testing.assert_array_equal(_rank_left(a, x), np.searchsorted(a, x, side="left"))

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaincinv
 
-from poisonguard.detectors._kernels import _log_cauchy
+from poisonguard.detectors._kernels import _log_cauchy, _rank_left
 from poisonguard.errors import param_error
 
 #: The smallest p-value reported, so that logs stay finite.
@@ -133,7 +133,7 @@ class Calibration:
         """Natural log of ``p_values(x)``, finite however far out in the tail ``x`` lies."""
         x = np.asarray(x, dtype=np.float64)
         n = self.n
-        n_ge = n - np.searchsorted(self.scores, x, side="left")
+        n_ge = n - _rank_left(self.scores, x)
         logp = np.log1p(n_ge) - np.log(n + 1.0)
         above = x > self.threshold
         if above.any() and self.sigma > 0:
@@ -274,8 +274,11 @@ def benjamini_hochberg(p: np.ndarray, fdr: float, *, log: bool = False) -> np.nd
     out = np.zeros(n, dtype=bool)
     if n == 0:
         return out
-    order = np.argsort(p, kind="stable")
-    cut = fdr * np.arange(1, n + 1) / n
+    # Only rows with p <= fdr can pass (every cut is at most fdr), and they rank
+    # first, so sorting them alone gives the same ranks.
+    small = np.flatnonzero(p <= (np.log(fdr) if log else fdr))
+    order = small[np.argsort(p[small], kind="stable")]
+    cut = fdr * np.arange(1, order.size + 1) / n
     passed = p[order] <= (np.log(cut) if log else cut)
     if passed.any():
         k = int(np.nonzero(passed)[0].max())

@@ -622,6 +622,27 @@ def _log_cauchy(logp: np.ndarray, w: np.ndarray, log_cap: float) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True)
+def _rank_left(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(a, x, side="left")`` for a sorted ``a`` without NaN, in parallel."""
+    m = a.shape[0]
+    out = np.empty(x.shape[0], dtype=np.int64)
+    for i in prange(x.shape[0]):
+        v = x[i]
+        lo = 0
+        hi = m
+        if np.isnan(v):
+            lo = m
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if a[mid] < v:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[i] = lo
+    return out
+
+
+@njit(cache=True, parallel=True)
 def _standardize(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``(raw - center) / scale`` per column as float32, with non-finite results set to 0."""
     n, d = raw.shape
