@@ -23,7 +23,7 @@ from poisonguard.detectors.base import fingerprint
 #: Trusted rows the kNN detectors search by default (a stratified sample past
 #: this size). The search costs batch rows x this x features, so it sets the
 #: speed of the suite; benchmarks/RESULTS.md has the quality it keeps.
-SAMPLE_ROWS = 1024
+SAMPLE_ROWS = 768
 
 _CACHE_SIZE = 4
 # ("global" | "class", keys of the inputs..., k) -> (dist, index)
