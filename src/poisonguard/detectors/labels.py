@@ -249,25 +249,35 @@ class KnnLabelDetector(_TrustedNeighbours):
         top = counts.argmax(axis=1)
         seen = (y >= 0) & (y < n_cls)
         agree = np.where(seen, counts[np.arange(n), np.where(seen, y, 0)], 0)
+        most = counts[np.arange(n), top]
+        # Python scalars: indexing numpy arrays element by element is slow in this loop.
+        ratio = np.where(
+            np.isfinite(d_own) & (d_other > 0) & (d_own > d_other),
+            d_own / np.where(d_other > 0, d_other, 1.0),
+            0.0,
+        ).tolist()
+        yl, kl, al, tl, ml, sl, pl = (
+            a.tolist() for a in (y, n_valid, agree, top, most, seen & (top == y), p)
+        )
         out = []
         for r in range(n):
-            label = batch.label_of(int(y[r]))
-            kr = int(n_valid[r])
+            label = batch.label_of(yl[r])
+            kr = kl[r]
             if kr == 0:
                 text = f"label {label}, with no trusted rows to compare"
-            elif agree[r] == kr:
-                text = f"label {label}, as all {kr} of its nearest trusted rows (p={p[r]:.2f})"
-            elif seen[r] and top[r] == y[r]:
-                text = f"label {label}, shared by {agree[r]} of its {kr} nearest trusted rows"
+            elif al[r] == kr:
+                text = f"label {label}, as all {kr} of its nearest trusted rows (p={pl[r]:.2f})"
+            elif sl[r]:
+                text = f"label {label}, shared by {al[r]} of its {kr} nearest trusted rows"
             else:
                 text = (
-                    f"label {label}, but {counts[r, top[r]]} of its {kr} nearest trusted rows "
-                    f"are {batch.label_of(int(top[r]))} ({agree[r]} agree)"
+                    f"label {label}, but {ml[r]} of its {kr} nearest trusted rows "
+                    f"are {batch.label_of(tl[r])} ({al[r]} agree)"
                 )
-            if np.isfinite(d_own[r]) and d_other[r] > 0 and d_own[r] > d_other[r]:
+            if ratio[r] > 0:
                 text += (
                     f"; trusted rows labelled {label} are "
-                    f"{d_own[r] / d_other[r]:.3g}x farther than those of other labels"
+                    f"{ratio[r]:.3g}x farther than those of other labels"
                 )
             out.append(text)
         return out
@@ -492,22 +502,27 @@ class ModelLabelDetector(DetectorBase):
         sub = batch.take(rows)
         y = labels_of(sub, self.name, "batch")
         prob = np.exp(self._log_prob(sub))
+        n = len(rows)
         top = prob.argmax(axis=1)
+        unseen = (y < 0) | (y >= self.n_classes_)
+        given = prob[np.arange(n), np.where(unseen, 0, y)]
+        unseen |= ~(given > 0)
+        # Python scalars: indexing numpy arrays element by element is slow in this loop.
+        yl, tl, pt, pg, ul = (a.tolist() for a in (y, top, prob[np.arange(n), top], given, unseen))
         out = []
-        for r in range(len(rows)):
-            best = int(top[r])
-            label = sub.label_of(int(y[r]))
-            if y[r] < 0 or y[r] >= self.n_classes_ or not prob[r, y[r]] > 0:
+        for r in range(n):
+            label = sub.label_of(yl[r])
+            if ul[r]:
                 out.append(
                     f"label {label} was never seen by the model "
-                    f"(most likely {sub.label_of(best)}, {prob[r, best]:.2f})"
+                    f"(most likely {sub.label_of(tl[r])}, {pt[r]:.2f})"
                 )
-            elif best == y[r]:
-                out.append(f"model gives label {label} probability {prob[r, best]:.2f} (its top)")
+            elif tl[r] == yl[r]:
+                out.append(f"model gives label {label} probability {pt[r]:.2f} (its top)")
             else:
                 out.append(
-                    f"model gives label {label} probability {prob[r, y[r]]:.2g} "
-                    f"(most likely {sub.label_of(best)}, {prob[r, best]:.2f})"
+                    f"model gives label {label} probability {pg[r]:.2g} "
+                    f"(most likely {sub.label_of(tl[r])}, {pt[r]:.2f})"
                 )
         return out
 
