@@ -21,10 +21,11 @@ poison, the chance of quarantining anything at all is at most about ``fdr``.
 A calibration set of n rows cannot give a p-value below 1/(n+1): with 200 rows
 nothing is below 0.005, too coarse for Benjamini-Hochberg on a large batch, and
 one honest but extreme trusted row pins every score below it to 2/(n+1). So
-above the tail threshold (the top 10% of calibration scores) the p-value is the
-peaks-over-threshold estimate: the conformal p-value at the threshold times the
-survival of a generalized Pareto tail fitted to the exceedances (its shape
-estimated, or fixed at 0, an exponential tail, by detectors that declare it).
+above the tail threshold (the top 10% of calibration scores, and at least 20 of
+them) the p-value is the peaks-over-threshold estimate: the conformal p-value at
+the threshold times the survival of a generalized Pareto tail fitted to the
+exceedances (its shape estimated, or fixed at 0, an exponential tail, by
+detectors that declare it).
 That is a model, not a guarantee: it assumes the clean score distribution keeps
 the shape of its upper tail. Below the threshold the p-values are exactly the
 conformal ones.
@@ -86,7 +87,7 @@ class Calibration:
         scores: np.ndarray,
         *,
         tail_fraction: float = 0.1,
-        min_tail: int = 10,
+        min_tail: int = 20,
         min_scale: float | None = None,
         shape: float | None = None,
         confidence: float | None = None,
