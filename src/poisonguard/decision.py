@@ -371,15 +371,14 @@ def decide(
         # batch's threshold after its share of the combination; the strongest one
         # always counts.
         parts: dict[int, list[str]] = {int(r): [] for r in rows}
+        strongest = np.argmin(logp[rows], axis=1)
         for j, name in enumerate(names):
-            pj = p[rows, j]
-            strongest = np.argmin(logp[rows], axis=1) == j
-            hit = rows[(pj <= threshold * w[j]) | strongest]
+            hit = rows[(p[rows, j] <= threshold * w[j]) | (strongest == j)]
             if hit.size == 0:
                 continue
             sentences = explain(name, hit) if explain else [""] * hit.size
-            for r, s in zip(hit.tolist(), sentences, strict=True):
-                label = f"{name} (p={p[r, j]:.2g})"
+            for r, pr, s in zip(hit.tolist(), p[hit, j].tolist(), sentences, strict=True):
+                label = f"{name} (p={pr:.2g})"
                 parts[r].append(f"{label}: {s}" if s else label)
         for r, bits in parts.items():
             reasons[r] = "; ".join(bits)

@@ -175,6 +175,10 @@ class BackdoorDetector(DetectorBase):
         of the class prior. Without this, clean batches would score higher
         the larger they are.
         """
+        cell = np.zeros(label_counts.shape)
+        # Cells with fewer than min_support batch rows score 0: only the others are tested.
+        live = np.flatnonzero(count >= self.min_support_)
+        count, label_counts, trusted = count[live], label_counts[live], trusted[live]
         total_trusted = trusted.sum(axis=1)
         q = n / (n + self.m_)
         over = binomial_surprise(count, count + total_trusted, q)
@@ -182,14 +186,14 @@ class BackdoorDetector(DetectorBase):
         b = (total_trusted + self.smoothing_)[:, None] - a
         # Plain binomial purity is a cheap upper bound on the beta-binomial one;
         # only cells it cannot rule out get the exact (slower) tail.
-        cell = np.minimum(
+        scores = np.minimum(
             over[:, None], binomial_surprise(label_counts, count[:, None], a / (a + b))
         )
-        cell[count < self.min_support_] = 0.0
-        hot = np.nonzero(cell > _OVER_SCREEN)
+        hot = np.nonzero(scores > _OVER_SCREEN)
         if len(hot[0]):
             exact = beta_binomial_surprise(label_counts[hot], count[hot[0]], a[hot], b[hot])
-            cell[hot] = np.minimum(over[hot[0]], exact)
+            scores[hot] = np.minimum(over[hot[0]], exact)
+        cell[live] = scores
         return cell
 
     def _scan(self, X: np.ndarray, y: np.ndarray) -> _Scan:
