@@ -132,11 +132,6 @@ class DetectorBase:
             raise ConfigError(f"{self._owner()} is not fitted yet: call fit(reference) first.")
 
 
-def features32(table: Table) -> np.ndarray:
-    """``table.x32``: the features as C-contiguous, finite, bounded float32 (made once per table)."""
-    return table.x32
-
-
 def labels_of(table: Table, who: str, source: str) -> np.ndarray:
     """The label codes of ``table``; a table without labels is rejected for ``who``.
 

@@ -10,7 +10,6 @@ import numpy as np
 from poisonguard.detectors._common import (
     DetectorBase,
     class_prior,
-    features32,
     labels_of,
     tie_break,
 )
@@ -119,7 +118,7 @@ class BackdoorDetector(DetectorBase):
         n_bins = self._check_int("n_bins", 1)
         self.smoothing_ = self._check_real("smoothing", 0.0, low_open=True)
         y = labels_of(reference, self.name, "reference")
-        X = features32(reference)
+        X = reference.x32
         self.n_slots_ = reference.n_classes + 1  # last slot: labels the reference never had
         self.m_ = reference.n_rows
         prior = class_prior(y, reference.n_classes)
@@ -259,7 +258,7 @@ class BackdoorDetector(DetectorBase):
 
     def _scanned(self, batch: Table) -> tuple[np.ndarray, np.ndarray, _Scan]:
         """Features and label slots of ``batch``, and its scan (the last one if it was this batch)."""
-        X = features32(batch)
+        X = batch.x32
         y = self._slots(labels_of(batch, self.name, "batch"))
         key = batch.key + fingerprint(y)
         last = self._last_scan

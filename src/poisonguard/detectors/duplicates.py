@@ -7,7 +7,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from poisonguard.detectors._common import DetectorBase, features32
+from poisonguard.detectors._common import DetectorBase
 from poisonguard.detectors._kernels import _hash_rows
 from poisonguard.detectors._stats import poisson_surprise
 from poisonguard.detectors.base import Table
@@ -17,7 +17,7 @@ _LABEL_MIX = np.uint64(0xD6E8FEB86659FD93)
 
 def _row_keys(table: Table, tol: float) -> np.ndarray:
     """Hash of each row on the scaled axis, missing values kept distinct from the median."""
-    X = features32(table)
+    X = table.x32
     missing = np.isnan(table.raw)
     if missing.any():
         X = np.where(missing, np.float32(np.nan), X)

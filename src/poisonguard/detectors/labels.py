@@ -16,7 +16,6 @@ from poisonguard.detectors._common import (
     UNSEEN_SCORE,
     DetectorBase,
     class_prior,
-    features32,
     label_surprise,
     labels_of,
     subsample,
@@ -123,7 +122,7 @@ class _TrustedNeighbours(DetectorBase):
         if reference.n_rows < 1:
             raise BatchError("reference", f"detector {self.name!r} needs at least 1 trusted row")
         keep = subsample(reference.n_rows, max_ref, y, seed, k + 1)
-        self.R_ = np.ascontiguousarray(features32(reference)[keep])
+        self.R_ = np.ascontiguousarray(reference.x32[keep])
         self.r_y_ = np.ascontiguousarray(y[keep])
         self.r_key_ = fingerprint(self.R_, self.r_y_)
         self.k_ = min(k, len(keep))
@@ -134,7 +133,7 @@ class _TrustedNeighbours(DetectorBase):
         """The batch's labels, and its nearest trusted rows overall and of its own label."""
         y = labels_of(batch, self.name, "batch")
         nb = search(
-            features32(batch),
+            batch.x32,
             self.R_,
             self.k_,
             kc=self.n_close_,
@@ -331,7 +330,7 @@ class BatchKnnLabelDetector(DetectorBase):
         self, batch: Table
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         y = labels_of(batch, self.name, "batch")
-        X = features32(batch)
+        X = batch.x32
         keep = subsample(batch.n_rows, self.max_batch_, y, self.seed_, self.k_ + 1)
         R = np.ascontiguousarray(X[keep])
         r_y = np.ascontiguousarray(y[keep])
@@ -431,7 +430,7 @@ class ModelLabelDetector(DetectorBase):
         seed = self._check_seed()
         y = labels_of(reference, self.name, "reference")
         keep = subsample(reference.n_rows, max_ref, y, seed, 2)
-        X = features32(reference)[keep]
+        X = reference.x32[keep]
         yk = y[keep]
         self.n_classes_ = reference.n_classes
         present = np.unique(yk[(yk >= 0) & (yk < reference.n_classes)])
@@ -469,7 +468,7 @@ class ModelLabelDetector(DetectorBase):
             if len(self.present_) == 1:
                 out[:, self.present_[0]] = 0.0
             return out
-        X = features32(batch)
+        X = batch.x32
         with _one_blas_thread():
             return self._fill(out, self.model_, X)
 

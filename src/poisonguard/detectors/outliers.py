@@ -15,7 +15,6 @@ import numpy as np
 
 from poisonguard.detectors._common import (
     DetectorBase,
-    features32,
     labels_of,
     subsample,
 )
@@ -134,7 +133,7 @@ class _TailBase(DetectorBase):
         self._check_choice("combine", ("sum", "max"))
         n_knots = self._check_int("n_knots", 8)
         min_rows = self._check_int("min_class_rows", 1) if self._per_class else 1
-        X = features32(reference)
+        X = reference.x32
         if X.shape[0] == 0:
             raise self._empty_reference()
         columns: list[list[np.ndarray]] = []
@@ -172,12 +171,12 @@ class _TailBase(DetectorBase):
     _fitted_attr: ClassVar[str] = "summary_"
 
     def _score(self, batch: Table) -> np.ndarray:
-        X = features32(batch)
+        X = batch.x32
         return self.summary_.scores(X, self._groups(batch), self.combine == "max")
 
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         sub = batch.take(rows)
-        X = features32(sub)
+        X = sub.x32
         groups = self._groups(sub)
         M = self.summary_.matrix(X, groups)
         global_group = len(self.summary_.sizes) - 1
@@ -294,7 +293,7 @@ class _KnnBase(DetectorBase):
         seed = self._check_seed()
         if reference.n_rows < 2:
             raise BatchError("reference", f"detector {self.name!r} needs at least 2 trusted rows")
-        X = features32(reference)
+        X = reference.x32
         y = None
         if self._per_class:
             y = labels_of(reference, self.name, "reference")
@@ -334,7 +333,7 @@ class _KnnBase(DetectorBase):
         return self
 
     def _neighbours(self, batch: Table) -> Neighbours:
-        X = features32(batch)
+        X = batch.x32
         kc, y = (self.k_, labels_of(batch, self.name, "batch")) if self._per_class else (0, None)
         return search(
             X, self.R_, self.k_, kc=kc, q_lab=y, r_lab=self.r_y_, r_key=self.r_key_, q_key=batch.key
