@@ -375,6 +375,27 @@ def test_backdoor_trigger_rows_score_above_normal_rows():
     assert clean.startswith("no feature value here")
 
 
+def test_explanations_do_not_depend_on_which_batch_was_scored_last():
+    """backdoor keeps its last scan and the kNN detectors their last search, for explain; a
+    reason for a row is the same whether its batch, another batch or nothing was scored before."""
+    reference = blobs(2000, 1)
+    batch = blobs(600, 2)
+    batch.loc[:39, "x4"] = 2.5
+    batch.loc[:39, "label"] = "c"
+    enc = Encoder.fit(reference, FEATURES, "label")
+    ref = enc.transform(reference, "reference")
+    table, other = enc.transform(batch), enc.transform(blobs(600, 3))
+    rows = np.arange(0, 600, 7)
+    for name in ("backdoor", "knn_label", "interpolation"):
+        fresh = REGISTRY[name]().fit(ref).explain(table, rows)
+        det = REGISTRY[name]().fit(ref)
+        det.score(other)
+        assert det.explain(table, rows) == fresh
+        det.score(table)
+        assert det.explain(table, rows) == fresh
+        assert det.explain(other, rows) == REGISTRY[name]().fit(ref).explain(other, rows)
+
+
 def test_backdoor_scores_of_clean_batches_do_not_grow_with_batch_size():
     """Clean batches of 300 and of 20000 rows have similar backdoor score quantiles."""
     reference = blobs(2000, 1)
