@@ -16,7 +16,6 @@ from prefect import flow
 from poisonguard.config import load_config
 from poisonguard.errors import GateError
 from poisonguard.gate import check, parse_age
-from poisonguard.store import Store
 
 
 @flow(name="poisonguard-gate")
@@ -24,9 +23,7 @@ def pretraining_gate(config_path: str, max_pending: str | None = None) -> dict:
     """Check the training set; return its manifest, or raise GateError with every reason."""
     config = load_config(config_path)
     report = check(
-        Store(config.store),
-        max_pending=parse_age(max_pending) if max_pending else None,
-        actor="prefect-gate",
+        config, max_pending=parse_age(max_pending) if max_pending else None, actor="prefect-gate"
     )
     if not report.ok:
         raise GateError(list(report.reasons))

@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from poisonguard.config import load_config
+from poisonguard.landing import Entry
 from poisonguard.pipeline import (
     commit_batch,
     detect_batch,
@@ -28,46 +29,50 @@ from poisonguard.store import Store
 
 
 @task(cache_policy=NO_CACHE)
-def find_new(config_path: str) -> list[tuple[str, str]]:
-    """New landed files, each with the SHA-256 it was found under (hashed once per run)."""
+def find_new(config_path: str) -> dict:
+    """New landed files to take (name, size, time) and notices for the others."""
     config = load_config(config_path)
-    return [(str(p), sha) for p, sha in find_new_batches(config, Store(config.store))]
+    entries, notices = find_new_batches(config, Store.of(config))
+    return {
+        "entries": [[str(e.path), e.size, e.mtime_ns] for e in entries],
+        "notices": [n.as_dict() for n in notices],
+    }
 
 
-@task(cache_policy=NO_CACHE, task_run_name="validate {batch_path}")
-def validate(config_path: str, batch_path: str, sha256: str) -> dict:
-    """``{"staged": folder}`` for rows to score, or ``{"record": ...}`` for a file rejected
-    whole (its ledger record; None if the ledger holds none)."""
+@task(cache_policy=NO_CACHE, task_run_name="validate {name}")
+def validate(config_path: str, name: str, path: str, size: int, mtime_ns: int) -> dict:
+    """``{"staged": folder}`` for rows to score, ``{"record": ...}`` for a file rejected
+    whole, or ``{"notice": ...}`` for a file not taken."""
     config = load_config(config_path)
-    store = Store(config.store)
-    staged = validate_batch(batch_path, config, store, sha256=sha256)
-    if staged is not None:
-        return {"staged": str(staged)}
-    record = store.batch_by_sha(sha256)
-    return {"record": None if record is None else record.as_dict()}
+    intake = validate_batch(Entry(name, Path(path), size, mtime_ns), config, Store.of(config))
+    if intake.staged is not None:
+        return {"staged": str(intake.staged)}
+    if intake.record is not None:
+        return {"record": intake.record.as_dict()}
+    return {"notice": intake.notice.as_dict() if intake.notice else None}
 
 
 @task(cache_policy=NO_CACHE)
 def detect(config_path: str, staged: str) -> str:
     config = load_config(config_path)
-    return str(detect_batch(staged, config, Store(config.store)))
+    return str(detect_batch(staged, config, Store.of(config)))
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+@task(cache_policy=NO_CACHE)
 def commit(config_path: str, staged: str) -> dict:
     config = load_config(config_path)
-    return commit_batch(staged, config, Store(config.store)).as_dict()
+    return commit_batch(staged, config, Store.of(config)).as_dict()
 
 
 @task(cache_policy=NO_CACHE)
 def publish(config_path: str, batch_id: str) -> str | None:
     """Show the batch's report in the Prefect UI: a markdown summary and the HTML report's path."""
     config = load_config(config_path)
-    html_path, json_path = report_paths(Store(config.store), batch_id)
+    html_path, json_path = report_paths(Store.of(config), batch_id)
     if not json_path.exists():
         return None
     report = json.loads(json_path.read_text())
-    key = re.sub(r"[^a-z0-9-]+", "-", f"poisonguard-{batch_id}".lower()).strip("-")
+    key = re.sub(r"[^a-z0-9-]+", "-", f"poisonguard-{batch_id}".lower()).strip("-")[:100]
     create_markdown_artifact(
         markdown_summary(report, html_path), key=key, description=f"poisonguard batch {batch_id}"
     )
@@ -75,25 +80,33 @@ def publish(config_path: str, batch_id: str) -> str | None:
 
 
 @flow(name="poisonguard-ingest", log_prints=False)
-def ingest(config_path: str) -> list[dict]:
-    """Process every new batch file in the config's landing folder once."""
+def ingest(config_path: str) -> dict:
+    """Process every new batch file in the config's landing folder once.
+
+    Returns ``{"records": [...], "notices": [...]}``: the ledger record of each
+    batch taken, and a notice for each landing entry skipped or left waiting.
+    """
     config = load_config(config_path)
-    store = Store(config.store)
-    outcomes: list[dict] = []
+    store = Store.of(config)
+    records: list[dict] = []
     with exclusive(store):
-        for batch_path, sha in find_new(config_path):
-            step = validate(config_path, batch_path, sha)
-            if "staged" not in step:
-                if step["record"] is not None:
-                    outcomes.append(step["record"])
-                    publish(config_path, step["record"]["batch_id"])
+        found = find_new(config_path)
+        notices: list[dict] = list(found["notices"])
+        for path, size, mtime_ns in found["entries"]:
+            step = validate(config_path, Path(path).name, path, size, mtime_ns)
+            if "notice" in step:
+                if step["notice"] is not None:
+                    notices.append(step["notice"])
                 continue
-            staged = step["staged"]
-            detect(config_path, staged)
-            outcome = commit(config_path, staged)
+            if "record" in step:
+                records.append(step["record"])
+                publish(config_path, step["record"]["batch_id"])
+                continue
+            detect(config_path, step["staged"])
+            outcome = commit(config_path, step["staged"])
             publish(config_path, outcome["batch_id"])
-            outcomes.append(outcome)
-    return outcomes
+            records.append(outcome)
+    return {"records": records, "notices": notices}
 
 
 def serve(config_path: str) -> None:

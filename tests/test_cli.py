@@ -61,7 +61,9 @@ def test_init_refuses_to_overwrite_without_force(demo_project, capsys):
 
 def test_status_json_after_a_run_accounts_for_every_landed_row(demo_project, capsys):
     cfg = str(demo_project / "poisonguard.toml")
-    assert main(["run", "--local", "--config", cfg]) == 0
+    assert (
+        main(["run", "--local", "--config", cfg]) == 1
+    )  # the demo lands one batch of the wrong schema: rejected, so exit 1
     capsys.readouterr()
     assert main(["status", "--json", "--config", cfg]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -12,6 +12,7 @@ from poisonguard.decision import (
     benjamini_hochberg,
     cauchy_combine,
     decide,
+    decide_batch,
     log_cauchy_combine,
 )
 from poisonguard.errors import ConfigError
@@ -217,11 +218,52 @@ def test_decide_quarantines_only_rows_far_beyond_calibration_and_explains_them()
     assert np.all(out.suspicion[:10] > out.suspicion[10:].max())
 
 
-def test_decide_forced_rows_are_quarantined_with_their_reason():
+def test_decide_batch_gives_every_row_one_place_and_a_truthful_stage():
+    """Expectations, then the blocklist, then the detectors, then a batch hold: the first
+    reason that applies names the stage, every reason is kept, and the counts add up."""
     cal = {"a": Calibration.fit(np.arange(100.0))}
-    out = decide({"a": np.zeros(5)}, cal, fdr=0.05, forced={2: "batch held: label shift"})
-    assert out.quarantined.tolist() == [False, False, True, False, False]
-    assert out.reasons[2].startswith("batch held")
+    scored = np.array([0, 2, 3, 5])
+    found = decide({"a": np.array([0.0, 1e6, 1.0, 2.0])}, cal, fdr=0.05)
+    assert found.quarantined.tolist() == [False, True, False, False]
+    out = decide_batch(
+        6,
+        failed={1: "failed expectation: x is missing", 4: "failed expectation: y"},
+        blocked={4: "previously rejected", 5: "previously rejected"},
+        scored=scored,
+        detectors=found,
+        scores={"a": np.array([0.0, 1e6, 1.0, 2.0])},
+    )
+    assert out.stage.tolist() == ["", "expectations", "detectors", "", "expectations", "blocklist"]
+    assert out.reason[4] == "failed expectation: y; previously rejected"
+    assert out.held_by() == {"expectations": 2, "blocklist": 1, "detectors": 1, "batch_hold": 0}
+    assert np.isnan(out.suspicion[[1, 4]]).all() and np.isfinite(out.suspicion[scored]).all()
+    assert np.isnan(out.scores["a"][1]) and out.scores["a"][2] == 1e6
+
+    held = decide_batch(
+        3,
+        failed={0: "broken"},
+        scored=np.array([1, 2]),
+        detectors=decide({"a": np.zeros(2)}, cal, fdr=0.05),
+        scores={"a": np.zeros(2)},
+        batch_hold="batch held",
+    )
+    assert held.stage.tolist() == ["expectations", "batch_hold", "batch_hold"]
+    assert held.reason[0] == "broken; batch held" and held.quarantined.all()
+
+
+def test_decide_states_each_detectors_cut_as_its_share_of_the_threshold():
+    """A detector flags a row (and is named in its reason) exactly when its p-value passes
+    its weight times the batch's threshold; reports draw that same cut."""
+    cal = {"a": Calibration.fit(np.arange(1000.0)), "b": Calibration.fit(np.arange(1000.0))}
+    scores = {"a": np.array([5000.0, 10.0, 990.0]), "b": np.array([10.0, 10.0, 999.0])}
+    out = decide(scores, cal, fdr=0.2, weights={"a": 3.0, "b": 1.0})
+    assert out.p_cuts == pytest.approx((0.75 * out.threshold, 0.25 * out.threshold))
+    for r in np.flatnonzero(out.quarantined):
+        for j, name in enumerate(out.detectors):
+            if out.p_values[r, j] <= out.p_cuts[j]:
+                assert f"{name} (p=" in out.reasons[r]
+    none = decide({"a": np.zeros(4)}, {"a": cal["a"]}, fdr=0.1)
+    assert none.threshold == 0 and none.p_cuts == pytest.approx((0.1 / 4,))
 
 
 def test_decide_rejects_a_bad_fdr():

@@ -18,7 +18,9 @@ def test_ingest_flow_takes_the_landing_zone_through_the_gate(demo_project, prefe
     from poisonguard_flows.ingest import ingest
 
     config_path = str(demo_project / "poisonguard.toml")
-    outcomes = ingest(config_path)
+    done = ingest(config_path)
+    outcomes = done["records"]
+    assert done["notices"] == []
     assert sorted(o["status"] for o in outcomes) == ["committed"] * 4 + ["rejected"]
     for o in outcomes:
         assert o["rows_in"] == o["rows_clean"] + o["rows_quarantined"] + o["rows_rejected"]
@@ -26,29 +28,28 @@ def test_ingest_flow_takes_the_landing_zone_through_the_gate(demo_project, prefe
     score = evaluate_demo(demo_project, store)
     assert score.rows_accounted and score.recall >= 0.8 and score.clean_quarantined <= 0.05
     before = [r.as_dict() for r in store.batches()]
-    assert ingest(config_path) == []
+    assert ingest(config_path) == {"records": [], "notices": []}
     assert [r.as_dict() for r in store.batches()] == before
 
 
 def test_flow_tasks_pass_paths_not_frames(demo_project, prefect_harness):
-    """Each task's result is a path, (path, hash) pairs or a plain dict: nothing large is
-    serialised, and a landed file is hashed once, when it is found."""
-    from poisonguard.store import sha256_file
+    """Each task's result is a path, plain lists or a plain dict: nothing large is serialised."""
     from poisonguard_flows import ingest as module
 
     cfg = str(demo_project / "poisonguard.toml")
     found = module.find_new.fn(cfg)
-    assert found and all(isinstance(p, str) and isinstance(h, str) for p, h in found)
-    assert all(sha256_file(Path(p)) == h for p, h in found)
-    path, sha = next((p, h) for p, h in found if not p.endswith(".csv"))
-    step = module.validate.fn(cfg, path, sha)
+    entries = found["entries"]
+    assert entries and found["notices"] == []
+    assert all(isinstance(p, str) and isinstance(n, int) for p, n, _ in entries)
+    path, size, mtime = next(e for e in entries if not e[0].endswith(".csv"))
+    step = module.validate.fn(cfg, Path(path).name, path, size, mtime)
     staged = step["staged"]
     assert isinstance(staged, str)
     assert isinstance(module.detect.fn(cfg, staged), str)
     assert isinstance(module.commit.fn(cfg, staged), dict)
     # The demo's wrong-schema file is rejected whole; its ledger record comes back.
-    (bad,) = [(p, h) for p, h in found if "wrong-schema" in p]
-    step = module.validate.fn(cfg, *bad)
+    (bad,) = [e for e in entries if "wrong-schema" in e[0]]
+    step = module.validate.fn(cfg, Path(bad[0]).name, *bad)
     assert "staged" not in step and step["record"]["status"] == "rejected"
 
 

@@ -122,7 +122,7 @@ def test_killed_run_then_rerun_equals_uninterrupted(demo_project, uninterrupted,
     code, out = _run(demo_project, "--local", crash=crash)
     assert code == -signal.SIGKILL, out
     code, out = _run(demo_project, "--local")
-    assert code == 0, out
+    assert code == 1 and "batch-05-wrong-schema" in out, out  # the demo's rejected batch
     assert snapshot(demo_project) == uninterrupted
 
 
@@ -132,5 +132,5 @@ def test_killed_prefect_flow_then_rerun_equals_uninterrupted(demo_project, unint
     code, out = _run(demo_project, crash="after-clean-file:2")
     assert code == -signal.SIGKILL, out
     code, out = _run(demo_project)
-    assert code == 0, out
+    assert code == 1 and "batch-05-wrong-schema" in out, out
     assert snapshot(demo_project) == uninterrupted

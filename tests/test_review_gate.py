@@ -27,7 +27,7 @@ def test_the_whole_loop_through_the_cli(demo_project, capsys):
     cfg = str(demo_project / "poisonguard.toml")
     config = load_config(cfg)
     store = Store(config.store)
-    assert _cli(capsys, "run", "--local", "--config", cfg)[0] == 0
+    assert _cli(capsys, "run", "--local", "--config", cfg)[0] == 1  # one demo batch is rejected
 
     code, out, _ = _cli(capsys, "review", "list", "--config", cfg)
     assert code == 0

@@ -10,13 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from poisonguard import __version__
 from poisonguard.config import Config, load_config
-from poisonguard.errors import BatchError, ConfigError, GateError, PoisonguardError, ReviewError
+from poisonguard.errors import (
+    BatchError,
+    ConfigError,
+    GateError,
+    PoisonguardError,
+    ReviewError,
+    shown,
+)
 
 CONFIG_ENV = "POISONGUARD_CONFIG"
 
@@ -100,11 +108,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(config: Config, local: bool) -> list[dict]:
+def _run(config: Config, local: bool) -> dict:
+    """Process the landing folder once: ``{"records": [...], "notices": [...]}``."""
     if local:
         from poisonguard.pipeline import process_landing
 
-        return [r.as_dict() for r in process_landing(config, progress=_progress("batches"))]
+        run = process_landing(config, progress=_progress("batches"))
+        return {
+            "records": [r.as_dict() for r in run.records],
+            "notices": [n.as_dict() for n in run.notices],
+        }
     import poisonguard_flows
 
     poisonguard_flows.configure(config.store)
@@ -117,15 +130,26 @@ RUN_COLUMNS = ("batch_id", "status", "rows_in", "rows_clean", "rows_quarantined"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Exit 0 when every new batch was committed, 1 when any was rejected."""
     config = _config(args)
-    outcomes = _run(config, args.local)
-    if not outcomes:
+    done = _run(config, args.local)
+    records, notices = done["records"], done["notices"]
+    if not records and not notices:
         _out(f"no new batches in {config.landing}")
         return 0
-    _out(_table(outcomes, RUN_COLUMNS))
-    for o in outcomes:
-        if o["status"] == "rejected":
-            _out(f"rejected {o['batch_id']}: {o['reason']}")
+    if records:
+        _out(_table(records, RUN_COLUMNS))
+    for n in notices:
+        _out(f"{n['status']} {shown(n['file'])}: {n['reason']}")
+    rejected = [r for r in records if r["status"] == "rejected"]
+    for r in rejected:
+        _out(f"rejected {r['batch_id']}: {r['reason']}")
+    if rejected:
+        sys.stderr.write(
+            f"poisonguard: {len(rejected)} of {len(records)} batches rejected; "
+            f"kept under {config.store / 'rejected'}\n"
+        )
+        return 1
     return 0
 
 
@@ -155,8 +179,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from poisonguard.landing import read_batch
     from poisonguard.scan import scan
-    from poisonguard.store import atomic_write_bytes, parquet_bytes, read_batch
+    from poisonguard.store import atomic_write_bytes, parquet_bytes
 
     batch = read_batch(Path(args.batch))
     reference = read_batch(Path(args.reference)) if args.reference else None
@@ -205,11 +230,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from poisonguard.store import Store
 
     config = _config(args)
-    store = Store(config.store)
+    store = Store.of(config)
     records = [r.as_dict() for r in store.batches()]
     for r in records:
         r["file"] = r["source"]
-        r["source"] = Path(r["source"]).name
+        r["source"] = shown(r["source"], 48)
+    skipped = [s for s in store.landed().values() if s.outcome == "skipped"]
     totals = {
         k: sum((r[k] or 0) for r in records if r["status"] != "seed")
         for k in ("rows_in", "rows_clean", "rows_quarantined", "rows_rejected")
@@ -228,6 +254,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc = {
             "store": str(config.store),
             "batches": [{k: r[k] for k in keys} for r in records],
+            "skipped": [
+                {"file": s.name, "reason": s.reason, "sha256": s.sha256, "at": s.at}
+                for s in skipped
+            ],
             "totals": totals,
         }
         _out(json.dumps(doc, indent=2))
@@ -240,19 +270,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"\nlanded rows: {totals['rows_in']} = {totals['rows_clean']} clean + "
         f"{totals['rows_quarantined']} quarantined + {totals['rows_rejected']} rejected"
     )
+    if skipped:
+        _out(f"\nskipped landing entries ({len(skipped)}):")
+        for entry in skipped:
+            _out(f"  {shown(entry.name, 60)}: {entry.reason}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
-    from poisonguard.demo import BATCHES, LABEL, build_demo, evaluate_demo
+    from poisonguard.demo import BATCHES, DEMO_MARKER, LABEL, build_demo, evaluate_demo
     from poisonguard.initialize import init_dataset
     from poisonguard.store import Store
 
     root = Path(args.dir)
-    if root.exists():
-        shutil.rmtree(root)
+    marker = root / DEMO_MARKER
+    if root.exists() and any(root.iterdir()):
+        if not marker.is_file():
+            raise ConfigError(
+                f"{root} exists and was not made by `poisonguard demo`; "
+                "choose another --dir or empty it yourself"
+            )
+        shutil.rmtree(root)  # a demo folder this command made before
+    root.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by poisonguard demo; `poisonguard demo` replaces this folder\n")
     seed, _landing = build_demo(root)
     _out(f"demo data in {root}: trusted seed {seed.name}, landing batches:")
     for b in BATCHES:
@@ -264,7 +306,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     how = "in-process" if args.local else "with the Prefect flow poisonguard-ingest (no server)"
     _out(f"processing the landing zone {how} ...")
     _run(done.config, args.local)
-    score = evaluate_demo(root, Store(done.config.store))
+    score = evaluate_demo(root, Store.of(done.config))
     _out("")
     _out(_table(score.table.to_dict("records"), list(score.table.columns)))
     _out("")
@@ -279,21 +321,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_review_list(args: argparse.Namespace) -> int:
     from poisonguard.gate import human_age
-    from poisonguard.review import pending
+    from poisonguard.review import awaiting_review
     from poisonguard.store import Store
 
-    store = Store(_config(args).store)
+    store = Store.of(_config(args))
     rows = [
         {
             "batch_id": p.batch_id,
-            "source": Path(p.source).name,
-            "awaiting": p.pending - p.reviewed,
+            "source": shown(p.source, 48),
+            "awaiting": p.awaiting,
             "reviewed": p.reviewed,
             "age": human_age(p.age_seconds),
             "since": p.since,
         }
-        for p in pending(store)
-        if args.all or p.pending > p.reviewed
+        for p in awaiting_review(store)
+        if args.all or p.awaiting > 0
     ]
     if not rows:
         _out("nothing awaits review")
@@ -307,7 +349,7 @@ def cmd_review_show(args: argparse.Namespace) -> int:
     from poisonguard.store import Store
 
     config = _config(args)
-    rows = held_rows(Store(config.store), args.batch)
+    rows = held_rows(Store.of(config), args.batch)
     if rows.empty:
         _out(f"batch {args.batch} has no quarantined rows")
         return 0
@@ -344,8 +386,15 @@ def _review(args: argparse.Namespace, action: str) -> int:
             raise ConfigError(
                 f"--rows takes row numbers separated by commas. Got {args.rows!r} instead."
             ) from None
+    config = _config(args)
     done = review(
-        Store(_config(args).store), args.batch, action, by=args.by, note=args.note, rows=rows
+        Store.of(config),
+        args.batch,
+        action,
+        by=args.by,
+        note=args.note,
+        rows=rows,
+        id_column=config.id_column,
     )
     verb = {"release": "released", "reject": "rejected"}[action]
     _out(
@@ -366,7 +415,7 @@ def cmd_review_reject(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from poisonguard.store import Store
 
-    store = Store(_config(args).store)
+    store = Store.of(_config(args))
     broken = store.verify_audit()
     n = len(store.audit_log())
     if broken:
@@ -379,7 +428,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_log(args: argparse.Namespace) -> int:
     from poisonguard.store import Store
 
-    log = Store(_config(args).store).audit_log()
+    log = Store.of(_config(args)).audit_log()
     if args.json:
         _out(json.dumps(log, indent=2))
         return 0
@@ -398,11 +447,21 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from poisonguard.gate import check, parse_age
-    from poisonguard.store import Store, atomic_write_bytes
+    from poisonguard.store import atomic_write_bytes
 
     config = _config(args)
     max_pending = parse_age(args.max_pending) if args.max_pending else None
-    report = check(Store(config.store), max_pending=max_pending, actor=args.by)
+    previous = None
+    if args.previous:
+        try:
+            previous = json.loads(Path(args.previous).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"--previous {args.previous}: not a readable manifest ({exc})"
+            ) from exc
+        if not isinstance(previous, dict):
+            raise ConfigError(f"--previous {args.previous}: not a gate manifest")
+    report = check(config, max_pending=max_pending, actor=args.by, previous=previous)
     if args.manifest:
         atomic_write_bytes(
             Path(args.manifest), (json.dumps(report.manifest, indent=2) + "\n").encode()
@@ -525,7 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = command("demo", cmd_demo, "build the digits demo and run the gate on it", config=False)
-    sp.add_argument("--dir", default="data/demo", help="demo folder (replaced; default data/demo)")
+    sp.add_argument(
+        "--dir",
+        default="data/demo",
+        help="demo folder (default data/demo); replaced only if an earlier demo made it",
+    )
     sp.add_argument("--local", action="store_true", help="without Prefect")
 
     review = sub.add_parser(
@@ -599,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest", help="write the files and rows of the training set to this JSON file"
     )
     sp.add_argument("--by", default="gate", help="who asks (recorded in the audit log)")
+    sp.add_argument(
+        "--previous",
+        help="a manifest an earlier gate wrote: fail if its audit head is no longer in the chain",
+    )
 
     sp = command(
         "export",
@@ -624,6 +691,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, 2)
     except PoisonguardError as exc:
         return _fail(exc, 1)
+    except BrokenPipeError:
+        # `poisonguard status | head`: the reader left; say nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except sqlite3.Error as exc:
+        return _fail(PoisonguardError(f"the ledger could not be read or written ({exc})"), 1)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(PoisonguardError(f"{where}{exc.strerror or exc}"), 1)
     except KeyboardInterrupt:
         return 130
 

@@ -10,6 +10,8 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     id = "row_id"                  # optional
     features = []                  # empty: every numeric column but label and id
     expectations = "expectations/digits.json"
+    settle_seconds = 2.0           # a landed file is taken once unchanged this long
+    audit_key = "store.key"        # default: <store>.key beside the store folder
 
     [detection]
     detectors = ["knn_label", "knn_distance", "tail"]
@@ -41,6 +43,9 @@ from poisonguard.errors import ConfigError
 
 #: Default false-discovery rate of the quarantine (see docs/decision.md).
 DEFAULT_FDR = 0.05
+
+#: A landed file is taken once its size and time have not changed for this long.
+DEFAULT_SETTLE_SECONDS = 2.0
 
 #: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
 RESERVED_PREFIX = "pg_"
@@ -133,6 +138,8 @@ class Config:
     detection: DetectionSettings = DetectionSettings()
     cron: str | None = None
     timezone: str = "UTC"
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    audit_key: Path | None = None
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -147,6 +154,8 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "id": str,
         "features": list,
         "expectations": str,
+        "settle_seconds": (float, int),
+        "audit_key": str,
     },
     "detection": {
         "detectors": list,
@@ -211,6 +220,12 @@ def load_config(path: str | Path) -> Config:
                 f"{path}: dataset.{key} {ds[key]!r} uses the reserved prefix {RESERVED_PREFIX!r}"
             )
 
+    settle = float(ds.get("settle_seconds", DEFAULT_SETTLE_SECONDS))
+    if not 0.0 <= settle <= 3600.0:
+        raise ConfigError(
+            f"{path}: dataset.settle_seconds must be in [0, 3600]. Got {settle!r} instead."
+        )
+
     det = raw.get("detection", {})
     detectors = det.get("detectors")
     if detectors is not None:
@@ -253,6 +268,8 @@ def load_config(path: str | Path) -> Config:
         detection=settings,
         cron=cron,
         timezone=sched.get("timezone", "UTC"),
+        settle_seconds=settle,
+        audit_key=(base / ds["audit_key"]).resolve() if "audit_key" in ds else None,
     )
 
 

@@ -48,6 +48,7 @@ import numpy as np
 from scipy.special import gammaincinv
 
 from poisonguard.detectors._kernels import _log_cauchy, _rank_left
+from poisonguard.detectors.drift import DriftReport
 from poisonguard.errors import param_error
 
 #: The smallest p-value reported, so that logs stay finite.
@@ -305,6 +306,12 @@ class Decision:
     detectors : tuple of str
     threshold : float
         The largest combined p-value quarantined (0 when none is).
+    p_cuts : tuple of float
+        Per detector (``detectors`` order), the p-value at or below which that
+        detector alone flags a row of this batch: its share of the combination
+        times the batch's threshold (times the first Benjamini-Hochberg step,
+        ``fdr / n_rows``, when nothing was quarantined). Reasons name a detector
+        when its p-value passes its cut; reports draw the same line.
     """
 
     quarantined: np.ndarray
@@ -314,6 +321,7 @@ class Decision:
     reasons: tuple[str, ...]
     detectors: tuple[str, ...]
     threshold: float
+    p_cuts: tuple[float, ...]
 
 
 Explainer = Callable[[str, np.ndarray], list[str]]
@@ -325,7 +333,6 @@ def decide(
     *,
     fdr: float = 0.05,
     explain: Explainer | None = None,
-    forced: Mapping[int, str] | None = None,
     weights: Mapping[str, float] | None = None,
 ) -> Decision:
     """Turn every detector's scores on a batch into one partition of its rows.
@@ -339,8 +346,6 @@ def decide(
     explain : callable, optional
         ``explain(detector_name, rows) -> list[str]``; gives each quarantined
         row a sentence from each detector that flagged it.
-    forced : mapping of row position to reason, optional
-        Rows quarantined whatever their scores (e.g. the whole batch held for drift).
     weights : mapping of detector name to weight, optional
         Each detector's share of the combination (default equal; missing names 1).
 
@@ -363,17 +368,19 @@ def decide(
     combined = np.maximum(np.exp(log_combined), P_FLOOR)
     quarantined = benjamini_hochberg(log_combined, fdr, log=True)
     threshold = float(combined[quarantined].max()) if quarantined.any() else 0.0
+    # A detector "flags" a row when its own p-value alone would pass the batch's
+    # threshold after its share of the combination.
+    p_cuts = tuple(float(wj) * (threshold if threshold > 0 else fdr / max(n, 1)) for wj in w)
 
     reasons = [""] * n
     rows = np.nonzero(quarantined)[0]
     if rows.size:
-        # A detector "flagged" a row when its own p-value alone would pass the
-        # batch's threshold after its share of the combination; the strongest one
+        # Each quarantined row names the detectors that flagged it; the strongest one
         # always counts.
         parts: dict[int, list[str]] = {int(r): [] for r in rows}
         strongest = np.argmin(logp[rows], axis=1)
         for j, name in enumerate(names):
-            hit = rows[(p[rows, j] <= threshold * w[j]) | (strongest == j)]
+            hit = rows[(p[rows, j] <= p_cuts[j]) | (strongest == j)]
             if hit.size == 0:
                 continue
             sentences = explain(name, hit) if explain else [""] * hit.size
@@ -382,9 +389,139 @@ def decide(
                 parts[r].append(f"{label}: {s}" if s else label)
         for r, bits in parts.items():
             reasons[r] = "; ".join(bits)
-    for r, why in (forced or {}).items():
-        quarantined[r] = True
-        reasons[r] = f"{why}; {reasons[r]}" if reasons[r] else why
     # From the log, so rows far in the tail stay ordered instead of tying at P_FLOOR.
     suspicion = -log_combined / np.log(10.0) if n else np.empty(0)
-    return Decision(quarantined, p, combined, suspicion, tuple(reasons), names, threshold)
+    return Decision(quarantined, p, combined, suspicion, tuple(reasons), names, threshold, p_cuts)
+
+
+# ----------------------------------------------------------------------------- the batch
+
+#: Why a row is held, in the order its stage is chosen when several reasons apply:
+#: it broke an expectation; a reviewer rejected the same row before; the detectors
+#: flagged it; the whole batch was held for review.
+STAGES = ("expectations", "blocklist", "detectors", "batch_hold")
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    """Where every row of one batch goes, and why: the one place a row is held.
+
+    Attributes
+    ----------
+    stage : ndarray of shape (n_rows,), object
+        ``""`` for a row that joins the training set, else one of ``STAGES``:
+        the first reason, in that order, that holds the row.
+    reason : ndarray of shape (n_rows,), object
+        Every reason the row is held, joined by ``"; "``; empty for clean rows.
+    suspicion : ndarray of shape (n_rows,)
+        ``-log10`` of the combined p-value; NaN for rows no detector scored
+        (held by an expectation or the blocklist before scoring).
+    scores : dict of str to ndarray of shape (n_rows,)
+        Each detector's raw score, NaN for rows it did not score.
+    detectors : Decision or None
+        The detectors' decision over the scored rows (None when none was scored).
+    scored : ndarray of shape (n_scored,), int64
+        The row positions the detectors scored, in ``detectors`` order.
+    batch_hold : str or None
+        Why the whole batch was held for review, when it was.
+    """
+
+    stage: np.ndarray
+    reason: np.ndarray
+    suspicion: np.ndarray
+    scores: dict[str, np.ndarray]
+    detectors: Decision | None
+    scored: np.ndarray
+    batch_hold: str | None
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.stage.size)
+
+    @property
+    def quarantined(self) -> np.ndarray:
+        """ndarray of shape (n_rows,), bool: the rows held back."""
+        return self.stage != ""
+
+    def held_by(self) -> dict[str, int]:
+        """How many rows each stage holds (every stage named, zeros included)."""
+        return {s: int(np.count_nonzero(self.stage == s)) for s in STAGES}
+
+
+def decide_batch(
+    n_rows: int,
+    *,
+    failed: Mapping[int, str] | None = None,
+    blocked: Mapping[int, str] | None = None,
+    scored: np.ndarray | None = None,
+    detectors: Decision | None = None,
+    scores: Mapping[str, np.ndarray] | None = None,
+    batch_hold: str | None = None,
+) -> BatchDecision:
+    """Partition a batch's rows into clean and held, each held row with its stage and reasons.
+
+    Parameters
+    ----------
+    n_rows : int
+    failed : mapping of row position to reason, optional
+        Rows that broke a row-level expectation.
+    blocked : mapping of row position to reason, optional
+        Rows a reviewer rejected before (by content).
+    scored : ndarray of shape (n_scored,), optional
+        Row positions the detectors scored, in the order of ``detectors`` and ``scores``.
+    detectors : Decision, optional
+        The detectors' decision over the ``scored`` rows.
+    scores : mapping of detector name to ndarray of shape (n_scored,), optional
+    batch_hold : str, optional
+        Hold every row for review, with this reason.
+
+    Returns
+    -------
+    BatchDecision
+    """
+    stage = np.full(n_rows, "", dtype=object)
+    reasons: list[list[str]] = [[] for _ in range(n_rows)]
+
+    def hold(row: int, name: str, why: str) -> None:
+        if not stage[row]:
+            stage[row] = name
+        reasons[row].append(why)
+
+    for row, why in sorted((failed or {}).items()):
+        hold(row, "expectations", why)
+    for row, why in sorted((blocked or {}).items()):
+        hold(row, "blocklist", why)
+    positions = np.zeros(0, dtype=np.int64) if scored is None else np.asarray(scored, np.int64)
+    suspicion = np.full(n_rows, np.nan)
+    full_scores: dict[str, np.ndarray] = {}
+    if detectors is not None:
+        suspicion[positions] = detectors.suspicion
+        for name, s in (scores or {}).items():
+            full_scores[name] = np.full(n_rows, np.nan)
+            full_scores[name][positions] = s
+        for k in np.flatnonzero(detectors.quarantined).tolist():
+            hold(int(positions[k]), "detectors", detectors.reasons[k])
+    if batch_hold:
+        for row in range(n_rows):
+            hold(row, "batch_hold", batch_hold)
+    reason = np.array(["; ".join(r) for r in reasons], dtype=object)
+    return BatchDecision(stage, reason, suspicion, full_scores, detectors, positions, batch_hold)
+
+
+def batch_hold_reason(
+    drift: DriftReport, *, hold_label_shift: float, hold_feature_drift: float
+) -> str | None:
+    """Why the whole batch is held for review, when its drift passes the configured levels."""
+    tv, p = drift.label_tv, drift.label_p_value
+    if tv is not None and tv > hold_label_shift and drift.label_drifted:
+        return (
+            f"batch held for review: its label shares are {tv:.2f} (total variation) from the "
+            f"trusted set's (chi-square p={p:.2g}), past hold_label_shift {hold_label_shift}"
+        )
+    share = len(drift.drifted_features) / max(len(drift.features), 1)
+    if hold_feature_drift < 1.0 and share > hold_feature_drift:
+        return (
+            f"batch held for review: {len(drift.drifted_features)} of {len(drift.features)} "
+            f"features drifted from the trusted set, past hold_feature_drift {hold_feature_drift}"
+        )
+    return None

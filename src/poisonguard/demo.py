@@ -21,6 +21,8 @@ LABEL = "digit"
 ID = "row_id"
 TRUTH = "truth.parquet"
 SEED_FILE = "trusted.parquet"
+#: Marks a folder `poisonguard demo` made, so it only ever replaces its own.
+DEMO_MARKER = ".poisonguard-demo"
 
 
 def digits_frame() -> pd.DataFrame:

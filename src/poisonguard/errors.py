@@ -65,3 +65,13 @@ def param_error(name: str, owner: str, rule: str, value: Any) -> ConfigError:
     "The 'fdr' parameter of scan() must be in (0, 1). Got 1.5 instead."
     """
     return ConfigError(f"The {name!r} parameter of {owner} must be {rule}. Got {value!r} instead.")
+
+
+def shown(text: str, limit: int = 120) -> str:
+    """Untrusted text (a file name, a cell) as it may appear in a one-line message.
+
+    Control characters, newlines and non-ASCII are escaped, quotes too, and long
+    text is cut, so a hostile name can neither break a line nor flood a log.
+    """
+    out = text.encode("unicode_escape", "backslashreplace").decode("ascii").replace('"', '\\"')
+    return out if len(out) <= limit else out[: limit - 3] + "..."

@@ -7,13 +7,15 @@ and the most suspicious rows at commit time. ``poisonguard.report`` renders it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from poisonguard.decision import Decision
 from poisonguard.detectors import Table
-from poisonguard.scan import Guard, ScanResult
+from poisonguard.scan import Guard
 
 MAX_POINTS = 3000
 TOP_ROWS = 20
@@ -40,32 +42,32 @@ def detector_cut(guard: Guard, name: str, candidates: np.ndarray, p_cut: float) 
     return float(passing.min()) if passing.size else None
 
 
-def batch_evidence(guard: Guard, batch: Table, result: ScanResult) -> dict[str, Any]:
+def batch_evidence(
+    guard: Guard, batch: Table, decision: Decision, scores: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
     """Per-detector scores with calibration and decision lines, a 2-D projection, class balance.
 
-    ``batch`` is the scanned frame as ``guard.encoder_`` encodes it.
+    ``batch`` is the scanned frame as ``guard.encoder_`` encodes it; ``decision`` the
+    detectors' decision over it, whose per-detector cuts the report draws.
     """
     from sklearn.decomposition import PCA
 
     n = batch.n_rows
-    names = [c for c in result.scores.columns if c != "suspicion"]
     fdr = guard.settings_.fdr
-    threshold = result.threshold
-    # The single-detector cut: the batch's p-value cut shared among the detectors.
-    p_cut = (threshold if threshold > 0 else fdr / max(n, 1)) / max(len(names), 1)
-    quarantined = result.quarantined.to_numpy(dtype=bool)
+    quarantined = np.asarray(decision.quarantined, dtype=bool)
     detectors = []
-    for name in names:
-        scores = result.scores[name].to_numpy(dtype=np.float64)
+    for name, p_cut in zip(decision.detectors, decision.p_cuts, strict=True):
+        s = np.asarray(scores[name], dtype=np.float64)
         detectors.append(
             {
                 "name": name,
-                "scores": _finite(scores),
+                "scores": _finite(s),
                 "quarantined": quarantined.tolist(),
-                "cut": detector_cut(guard, name, scores, p_cut),
+                "cut": detector_cut(guard, name, s, p_cut),
                 "calibration": _finite(guard.calibrations_[name].scores),
             }
         )
+    threshold = decision.threshold
     evidence: dict[str, Any] = {
         "decision": {"fdr": fdr, "threshold_p": threshold},
         "detectors": detectors,
@@ -89,9 +91,6 @@ def batch_evidence(guard: Guard, batch: Table, result: ScanResult) -> dict[str, 
             "reference": (ref_counts / max(ref_counts.sum(), 1)).round(4).tolist(),
             "batch": (b_counts / max(b_counts.sum(), 1)).round(4).tolist(),
         }
-    drift = getattr(result, "drift", None)
-    if drift is not None:
-        evidence["drift"] = drift
     return evidence
 
 
@@ -117,9 +116,9 @@ def batch_report(
             "clean": record["rows_clean"],
             "quarantined": record["rows_quarantined"],
             "rejected": record["rows_rejected"],
-            "quarantined_by_expectations": detail.get("quarantined_by_expectations", 0),
-            "quarantined_by_detectors": detail.get("quarantined_by_detectors", 0),
+            **{f"quarantined_by_{k}": v for k, v in detail.get("quarantined_by", {}).items()},
         },
+        "hold": detail.get("batch_hold"),
         "failed_expectations": failed_expectations or [],
     }
     report.update(evidence or {})

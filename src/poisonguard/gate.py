@@ -1,33 +1,50 @@
 """The pre-training gate: is the training set safe to use, and exactly which rows is it?
 
-The gate checks, and refuses with every reason it finds:
+The gate passes only what it has verified. It refuses, with every reason it finds:
 
-* the audit chain is unbroken;
-* every clean file the ledger lists is there, with the SHA-256 and row count it
-  had when poisonguard wrote it, and no other file sits among them;
-* no batch has rows awaiting review for longer than the allowed age.
+* the store is missing, or its ledger, audit key or anchor is missing or unreadable;
+* the audit chain is broken: an entry altered, not keyed with the store's audit
+  key (a rewritten chain), or entries removed after the anchored head, the head
+  the gate last vouched for, or the head of a manifest it is given;
+* the audit key is readable by others;
+* the ledger disagrees with the audit entries that wrote it: a file's hash, a
+  batch's row counts, a review or the blocklist;
+* a file the ledger lists (clean, quarantined or rejected) is missing, or has
+  another SHA-256 or row count than when written; a file sits in ``clean/``,
+  ``quarantine/`` or ``rejected/`` that the ledger does not list; a batch's
+  clean or quarantined rows are not all in its files;
+* the training set is empty, mixes column sets, has other columns than the
+  expectation suite, or holds an id twice;
+* a batch has rows awaiting review for longer than the allowed age.
 
-Every gate decision is appended to the audit chain.
+Every decision is appended to the audit chain; a safe one records the head it
+vouched for (in the store's anchor and in the manifest).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonguard.config import Config
-from poisonguard.errors import ConfigError, GateError
-from poisonguard.review import pending
+from poisonguard.config import RESERVED_PREFIX, Config
+from poisonguard.errors import ConfigError, GateError, StoreError
+from poisonguard.review import awaiting_review
 from poisonguard.store import FileRecord, Store, now, sha256_file
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The kinds of file the ledger lists, each in its own folder.
+KINDS = ("clean", "quarantine", "rejected")
 
 
 def parse_age(text: str) -> timedelta:
@@ -59,18 +76,203 @@ class GateReport:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def check(store: Store, *, max_pending: timedelta | None = None, actor: str = "gate") -> GateReport:
-    """Run every check, record the decision in the audit chain, and return the verdict."""
+def check(
+    config: Config,
+    *,
+    max_pending: timedelta | None = None,
+    actor: str = "gate",
+    previous: dict[str, Any] | None = None,
+) -> GateReport:
+    """Run every check, record the decision in the audit chain, and return the verdict.
+
+    Parameters
+    ----------
+    config : Config
+    max_pending : timedelta, optional
+        Refuse when rows have waited longer than this for review.
+    actor : str
+        Who asks (recorded in the audit chain).
+    previous : dict, optional
+        A manifest this gate wrote before (for an earlier training run): its
+        audit head must still be in the chain.
+    """
+    try:
+        store = Store.of(config)
+    except StoreError as exc:
+        return GateReport(False, (str(exc),), (), 0, {"safe": False, "reasons": [str(exc)]})
+    with store.writing():
+        reasons = _reasons(store, config, max_pending, previous)
+        files = tuple(store.files("clean"))
+        n_rows = sum(f.rows or 0 for f in files)
+        head = _head_or_none(store)
+        manifest = {
+            "created_at": now(),
+            "config": str(config.path),
+            "store": str(store.root),
+            "safe": not reasons,
+            "reasons": reasons,
+            "rows": n_rows,
+            "audit_head": head,
+            "files": [
+                {"path": f.path, "batch_id": f.batch_id, "sha256": f.sha256, "rows": f.rows}
+                for f in files
+            ],
+        }
+        try:
+            store.audit(
+                "gate",
+                actor=actor,
+                detail={
+                    "safe": not reasons,
+                    "reasons": reasons,
+                    "rows": n_rows,
+                    "files": len(files),
+                    "audit_head": head,
+                },
+            )
+            if not reasons and head is not None:
+                store.vouch(head)
+        except StoreError as exc:
+            reasons.append(str(exc))
+            manifest.update(safe=False, reasons=reasons)
+    return GateReport(not reasons, tuple(reasons), files, n_rows, manifest)
+
+
+def _head_or_none(store: Store) -> dict[str, Any] | None:
+    try:
+        return store.head()
+    except StoreError:
+        return None
+
+
+def _reasons(
+    store: Store,
+    config: Config,
+    max_pending: timedelta | None,
+    previous: dict[str, Any] | None,
+) -> list[str]:
     reasons: list[str] = []
     broken = store.verify_audit()
     if broken:
         reasons.append(f"audit chain broken: {broken}")
+    if store.key_path.exists() and store.key_path.stat().st_mode & 0o077:
+        mode = oct(store.key_path.stat().st_mode & 0o777)
+        reasons.append(
+            f"the audit key {store.key_path} is readable by others (mode {mode}); "
+            f"run chmod 600 {store.key_path}"
+        )
+    if previous is not None:
+        reasons += _previous_head(store, previous)
+    if not broken:
+        reasons += _ledger_against_audit(store)
+    reasons += _files_against_ledger(store)
+    reasons += _training_set(store, config)
+    if max_pending is not None:
+        for p in awaiting_review(store):
+            if p.awaiting > 0 and p.age_seconds > max_pending.total_seconds():
+                reasons.append(
+                    f"batch {p.batch_id}: {p.awaiting} rows awaiting review for "
+                    f"{human_age(p.age_seconds)} (allowed {human_age(max_pending.total_seconds())})"
+                )
+    return reasons
 
-    files = tuple(store.files("clean"))
-    listed = {f.path for f in files}
-    for f in files:
+
+def _previous_head(store: Store, previous: dict[str, Any]) -> list[str]:
+    head = previous.get("audit_head")
+    if not isinstance(head, dict):
+        return ["the previous manifest names no audit head to check the chain against"]
+    chain = {int(e["seq"]): e["hash"] for e in store.audit_log()}
+    try:
+        seq, digest = int(head["seq"]), str(head["hash"])
+    except (KeyError, TypeError, ValueError):
+        return ["the previous manifest's audit head is malformed"]
+    if chain.get(seq) != digest:
+        return [
+            f"the audit head of the previous manifest (entry {seq}, {digest[:12]}...) is no "
+            "longer in the chain: the store was rolled back or rewritten since"
+        ]
+    return []
+
+
+def _ledger_against_audit(store: Store) -> list[str]:
+    """Replay the audit chain; the ledger's files, counts, reviews and blocklist must agree."""
+    files: dict[str, str] = {}
+    counts: dict[str, list[int]] = {}
+    status: dict[str, tuple[str, str]] = {}
+    reviewed: set[tuple[str, int, str]] = set()
+    blocked: set[str] = set()
+    for entry in store.audit_log():
+        if entry["action"] not in ("ingest", "release", "reject"):
+            continue
+        detail = json.loads(entry["detail"])
+        batch = entry["batch_id"]
+        files.update(detail.get("files") or {})
+        if entry["action"] == "ingest":
+            counts[batch] = [
+                detail.get("rows_clean", 0),
+                detail.get("rows_quarantined", 0),
+                detail.get("rows_rejected", 0),
+            ]
+            status[batch] = (detail.get("status"), detail.get("sha256"))
+        elif entry["action"] in ("release", "reject") and batch in counts:
+            rows = detail.get("rows") or []
+            counts[batch][0 if entry["action"] == "release" else 2] += len(rows)
+            counts[batch][1] -= len(rows)
+            reviewed.update((batch, int(r), entry["action"]) for r in rows)
+            blocked.update(detail.get("row_hashes") or [])
+    reasons = []
+    listed = {f.path: f.sha256 for f in store.files()}
+    for path in sorted(set(listed) | set(files)):
+        if path not in files:
+            reasons.append(f"{path}: in the ledger, but no audit entry wrote it")
+        elif path not in listed:
+            reasons.append(f"{path}: an audit entry wrote it, but the ledger no longer lists it")
+        elif listed[path] != files[path]:
+            reasons.append(
+                f"{path}: the ledger's SHA-256 ({listed[path][:12]}...) is not the one its audit "
+                f"entry recorded ({files[path][:12]}...): the ledger was edited"
+            )
+    for rec in store.batches():
+        want = counts.get(rec.batch_id)
+        have = [rec.rows_clean, rec.rows_quarantined, rec.rows_rejected]
+        if want is None:
+            reasons.append(f"batch {rec.batch_id}: in the ledger, but no audit entry ingested it")
+        elif have != want or (rec.status, rec.sha256) != status[rec.batch_id]:
+            reasons.append(
+                f"batch {rec.batch_id}: the ledger has {have[0]} clean, {have[1]} quarantined, "
+                f"{have[2]} rejected rows ({rec.status}), its audit entries {want[0]}, {want[1]}, "
+                f"{want[2]} ({status[rec.batch_id][0]}): the ledger was edited"
+            )
+    missing = set(counts) - {r.batch_id for r in store.batches()}
+    reasons += [
+        f"batch {b}: ingested in the audit chain, but gone from the ledger" for b in missing
+    ]
+    table = store.reviews()
+    have_reviews = {
+        (b, int(r), a)
+        for b, r, a in zip(table["batch_id"], table["pg_row"], table["action"], strict=True)
+    }
+    if have_reviews != reviewed:
+        reasons.append(
+            f"the ledger's reviews ({len(have_reviews)}) are not those the audit chain recorded "
+            f"({len(reviewed)}): the ledger was edited"
+        )
+    if store.blocklist() != blocked:
+        reasons.append(
+            "the blocklist is not the set of rows reviewers rejected in the audit chain: "
+            "the ledger was edited"
+        )
+    return reasons
+
+
+def _files_against_ledger(store: Store) -> list[str]:
+    """Every listed file is there as written; nothing else sits among them."""
+    reasons: list[str] = []
+    records = store.files()
+    rows_by_batch: dict[tuple[str, str], int] = defaultdict(int)
+    for f in records:
         path = store.root / f.path
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():
             reasons.append(f"{f.path}: listed in the ledger but missing from the store")
             continue
         digest = sha256_file(path)
@@ -80,48 +282,103 @@ def check(store: Store, *, max_pending: timedelta | None = None, actor: str = "g
                 f"ledger has {f.sha256[:12]}...)"
             )
             continue
+        if f.rows is None:
+            continue
         rows = pq.ParquetFile(path).metadata.num_rows
         if rows != f.rows:
             reasons.append(f"{f.path}: has {rows} rows, the ledger recorded {f.rows}")
-    for path in sorted((store.root / "clean").iterdir()):
-        rel = path.relative_to(store.root).as_posix()
-        if rel not in listed:
-            reasons.append(f"{rel}: not written by poisonguard (not in the ledger)")
+        rows_by_batch[(f.batch_id, f.kind)] += rows
+    listed = {f.path for f in records}
+    for kind in KINDS:
+        for path in sorted((store.root / kind).rglob("*")):
+            rel = path.relative_to(store.root).as_posix()
+            if path.is_dir() and not path.is_symlink():
+                continue
+            if rel not in listed:
+                reasons.append(f"{rel}: not written by poisonguard (not in the ledger)")
+    reviews = store.reviews()
+    n_reviewed = reviews.groupby("batch_id").size().to_dict() if len(reviews) else {}
+    for rec in store.batches():
+        if rec.status == "rejected":
+            continue
+        clean = rows_by_batch.get((rec.batch_id, "clean"), 0)
+        held = rows_by_batch.get((rec.batch_id, "quarantine"), 0)
+        want_held = rec.rows_quarantined + int(n_reviewed.get(rec.batch_id, 0))
+        if clean != rec.rows_clean or held != want_held:
+            reasons.append(
+                f"batch {rec.batch_id}: its files hold {clean} clean and {held} quarantined "
+                f"rows, the ledger counts {rec.rows_clean} and {want_held}"
+            )
+    return reasons
 
-    if max_pending is not None:
-        for p in pending(store):
-            if p.pending - p.reviewed > 0 and p.age_seconds > max_pending.total_seconds():
-                reasons.append(
-                    f"batch {p.batch_id}: {p.pending - p.reviewed} rows awaiting review for "
-                    f"{human_age(p.age_seconds)} (allowed {human_age(max_pending.total_seconds())})"
-                )
 
-    n_rows = sum(f.rows for f in files)
-    audit = store.audit_log()
-    manifest = {
-        "created_at": now(),
-        "store": str(store.root),
-        "safe": not reasons,
-        "reasons": reasons,
-        "rows": n_rows,
-        "audit_head": audit[-1]["hash"] if audit else None,
-        "files": [
-            {"path": f.path, "batch_id": f.batch_id, "sha256": f.sha256, "rows": f.rows}
-            for f in files
-        ],
-    }
-    store.audit(
-        "gate",
-        actor=actor,
-        detail={
-            "safe": not reasons,
-            "reasons": reasons,
-            "rows": n_rows,
-            "files": len(files),
-            "audit_head": manifest["audit_head"],
-        },
-    )
-    return GateReport(not reasons, tuple(reasons), files, n_rows, manifest)
+def _training_set(store: Store, config: Config) -> list[str]:
+    """One schema, the suite's columns, unique ids, and at least one row."""
+    reasons: list[str] = []
+    files = [f for f in store.files("clean") if (store.root / f.path).is_file()]
+    if not files or sum(f.rows or 0 for f in files) == 0:
+        return ["the training set is empty: no clean rows to train on"]
+    first: tuple[str, list[str]] | None = None
+    for f in files:
+        try:
+            names = pq.read_schema(store.root / f.path).names
+        except (OSError, ValueError) as exc:
+            reasons.append(f"{f.path}: not a readable Parquet file ({exc})")
+            continue
+        columns = [c for c in names if not c.startswith(RESERVED_PREFIX)]
+        if first is None:
+            first = (f.path, columns)
+        elif set(columns) != set(first[1]):
+            reasons.append(
+                f"{f.path} has columns {_few(columns)}, but {first[0]} has {_few(first[1])}: "
+                "the training set mixes two schemas"
+            )
+    expected = _suite_columns(config.expectations)
+    if first is not None and expected is not None and set(first[1]) != set(expected):
+        reasons.append(
+            f"the training set has columns {_few(first[1])}, but the expectation suite "
+            f"{config.expectations.name} expects {_few(expected)}"
+        )
+    if config.id_column is not None and first is not None and config.id_column in first[1]:
+        seen: Counter[str] = Counter()
+        where: dict[str, str] = {}
+        for f in files:
+            try:
+                ids = store.read(f, columns=[config.id_column])[config.id_column]
+            except (OSError, ValueError, KeyError):
+                continue
+            for value in ids.astype("string").tolist():
+                seen[value] += 1
+                where.setdefault(value, f.path)
+        twice = [v for v, k in seen.items() if k > 1]
+        if twice:
+            reasons.append(
+                f"{len(twice)} ids appear more than once in the training set, e.g. "
+                f"{config.id_column} = {twice[0]} (first in {where[twice[0]]}); ids must be unique"
+            )
+    return reasons
+
+
+def _few(columns: list[str], limit: int = 8) -> str:
+    shown = ", ".join(columns[:limit])
+    return f"[{shown}{', ...' if len(columns) > limit else ''}]"
+
+
+def _suite_columns(path: Path) -> list[str] | None:
+    """The column set a suite file expects exactly, or None when it expects none."""
+    try:
+        suite = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for exp in suite.get("expectations", []) if isinstance(suite, dict) else []:
+        kwargs = exp.get("kwargs", {}) if isinstance(exp, dict) else {}
+        if exp.get("type") == "expect_table_columns_to_match_ordered_list":
+            return [str(c) for c in kwargs.get("column_list") or []]
+        if exp.get("type") == "expect_table_columns_to_match_set" and kwargs.get(
+            "exact_match", True
+        ):
+            return [str(c) for c in kwargs.get("column_set") or []]
+    return None
 
 
 def gate(
@@ -151,14 +408,18 @@ def gate(
         config = load_config(config)
     if isinstance(max_pending, str):
         max_pending = parse_age(max_pending)
-    store = Store(config.store)
-    report = check(store, max_pending=max_pending)
+    report = check(config, max_pending=max_pending)
     if not report.ok:
         raise GateError(list(report.reasons))
-    frames = [store.read(f) for f in report.files]
-    frame = (
-        pd.concat([f for f in frames if len(f)], ignore_index=True) if frames else pd.DataFrame()
-    )
+    root = Path(report.manifest["store"])
+    frames = []
+    for f in report.files:
+        # The bytes read are the bytes checked: a file swapped after the check is refused.
+        data = (root / f.path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != f.sha256:
+            raise GateError([f"{f.path}: changed while the training set was read"])
+        frames.append(pq.read_table(pa.BufferReader(data)).to_pandas())
+    frame = pd.concat(frames, ignore_index=True)
     if not provenance:
-        frame = frame[[c for c in frame.columns if not str(c).startswith("pg_")]]
+        frame = frame[[c for c in frame.columns if not str(c).startswith(RESERVED_PREFIX)]]
     return frame

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from poisonguard.config import Config, load_config, render_config
 from poisonguard.errors import ConfigError
-from poisonguard.pipeline import seed_store
-from poisonguard.store import BatchRecord, Store, atomic_write_bytes, read_batch
+from poisonguard.landing import read_batch
+from poisonguard.pipeline import check_seed, seed_store
+from poisonguard.store import BatchRecord, Store, atomic_write_bytes
 
 CONFIG_NAME = "poisonguard.toml"
 
@@ -57,6 +58,10 @@ def init_dataset(
     if config_path.exists() and not force:
         raise ConfigError(f"{config_path} already exists; pass --force to overwrite it")
     suite = infer_suite(frame, label=label, id_column=id_column, name=name, margin=margin)
+    store_root = directory / "store"
+    if (store_root / "ledger.sqlite").exists():
+        # Refuse before writing anything: --force rewrites a config, never mixes two seeds.
+        check_seed(frame, str(sample), Store(store_root))
     suite_rel = f"expectations/{name}.json"
     directory.mkdir(parents=True, exist_ok=True)
     write_suite(suite, directory / suite_rel)
@@ -64,5 +69,5 @@ def init_dataset(
     text = render_config(name=name, label=label, id_column=id_column, expectations=suite_rel)
     atomic_write_bytes(config_path, text.encode())
     config = load_config(config_path)
-    record = seed_store(frame, str(sample), config, Store(config.store))
+    record = seed_store(frame, str(sample), config, Store.of(config, create=True))
     return Initialized(config, record, len(suite["expectations"]))

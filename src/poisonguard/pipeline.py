@@ -1,57 +1,73 @@
-"""A batch's way through the gate: read -> validate -> detect -> decide -> commit.
+"""A batch's way through the gate: land -> validate -> detect -> decide -> commit.
 
 Each step is a function of paths, so a Prefect task can wrap it in one line and
 pass paths, never frames, to the next (flows/ingest.py)::
 
-    staged = validate_batch(path, config, store)      # None when rejected or seen before
-    detect_batch(staged, config, store)               # writes decision.parquet beside it
-    record = commit_batch(staged, config, store)      # files, then the ledger row
+    entries, notices = find_new_batches(config, store)   # what landed, what was skipped
+    intake = validate_batch(entry, config, store)         # staged rows, a rejection or a skip
+    detect_batch(intake.staged, config, store)            # the one decision, beside the rows
+    record = commit_batch(intake.staged, config, store)   # files, then the ledger row
 
 ``process_landing`` runs the same steps in-process, without Prefect.
+
+Fault isolation: whatever a landed file holds, the worst it can do is get
+itself rejected (kept under ``rejected/`` with its reason) or skipped (with a
+reason the ledger keeps); the other batches go on. Only failures of the store
+itself (a full disk, a lost lock) stop a run, with nothing half-written.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from poisonguard.config import RESERVED_PREFIX, Config
-from poisonguard.detectors.drift import DriftReport, batch_drift
+from poisonguard.decision import BatchDecision, batch_hold_reason, decide_batch
+from poisonguard.detectors.drift import batch_drift
 from poisonguard.errors import BatchError, ConfigError, StoreError
 from poisonguard.evidence import batch_evidence, batch_report
-from poisonguard.scan import Guard, ScanResult
+from poisonguard.landing import (
+    Entry,
+    Unsettled,
+    batch_id_for,
+    batch_suffix,
+    read_batch,
+    safe_stem,
+    settled,
+    shown,
+    snapshot,
+    survey,
+)
+from poisonguard.scan import Guard
 from poisonguard.store import (
     BatchRecord,
     Outcome,
     Store,
     atomic_write_bytes,
     crash_point,
-    find_batches,
     now,
     parquet_bytes,
-    read_batch,
-    sha256_file,
+    read_parquet,
 )
 
 STAGED_ROWS = "rows.parquet"
-STAGED_HELD = "held.parquet"
+STAGED_PRIOR = "prior.parquet"
 STAGED_MANIFEST = "staged.json"
 DECISION = "decision.parquet"
+DECISION_META = "decision.json"
 EVIDENCE = "evidence.json"
 #: A row's reason lists at most this many failed expectations, then a count.
 MAX_LISTED = 3
-
-
-def batch_id_for(path: Path, sha256: str) -> str:
-    """A batch's id: its file name's stem and the start of its content hash."""
-    return f"{path.stem}-{sha256[:12]}"
 
 
 def row_hashes(frame: pd.DataFrame, columns: list[str] | None = None) -> np.ndarray:
@@ -88,12 +104,47 @@ class Staged:
     rows_in: int
     started_at: str
     failed_expectations: list[dict]
+    landed: tuple[str, int, int] | None
 
     @classmethod
     def load(cls, folder: str | Path) -> Staged:
         folder = Path(folder)
         data = json.loads((folder / STAGED_MANIFEST).read_text())
-        return cls(folder=folder, **data)
+        landed = data.pop("landed", None)
+        return cls(folder=folder, landed=tuple(landed) if landed else None, **data)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A landing entry that did not become a batch this run, and why."""
+
+    file: str
+    status: str  # "skipped" (remembered by the ledger) or "waiting" (looked at again next run)
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What taking one landed file led to: rows staged for scoring, a rejection, or a notice."""
+
+    staged: Path | None = None
+    record: BatchRecord | None = None
+    notice: Notice | None = None
+
+
+@dataclass
+class Run:
+    """What one pass over the landing folder did."""
+
+    records: list[BatchRecord] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> list[BatchRecord]:
+        return [r for r in self.records if r.status == "rejected"]
 
 
 def _jsonable(value: object) -> list[dict]:
@@ -101,107 +152,193 @@ def _jsonable(value: object) -> list[dict]:
     return list(json.loads(json.dumps(value, default=str)))
 
 
-def find_new_batches(config: Config, store: Store) -> list[tuple[Path, str]]:
-    """Batch files in the landing folder whose content the ledger has not seen, with their SHA-256."""
-    hashed = [(p, sha256_file(p)) for p in find_batches(config.landing)]
-    return [(p, sha) for p, sha in hashed if store.batch_by_sha(sha) is None]
+def find_new_batches(config: Config, store: Store) -> tuple[list[Entry], list[Notice]]:
+    """Landing entries to take this run, and notices for the others.
+
+    Entries the ledger remembers unchanged (same name, size and time) are passed
+    over silently; entries that are not batch files are remembered as skipped,
+    with their reason, and noticed once; files still being written wait.
+    """
+    entries = survey(config.landing)
+    known = store.landed()
+    fresh = [
+        e
+        for e in entries
+        if e.name not in known or (known[e.name].size, known[e.name].mtime_ns) != e.identity[1:]
+    ]
+    notices = []
+    for e in fresh:
+        if e.skip is not None and store.remember_skip(e.identity, e.skip):
+            notices.append(Notice(e.name, "skipped", e.skip))
+    batches = [e for e in fresh if e.skip is None]
+    ready, changing = settled(batches, config.settle_seconds)
+    for e in changing:
+        notices.append(Notice(e.name, "waiting", "still being written; taken on a later run"))
+    return ready, notices
 
 
-def validate_batch(
-    path: str | Path, config: Config, store: Store, sha256: str | None = None
-) -> Path | None:
-    """Read and validate one landed file; stage its rows for detection.
+def entry_for(path: str | Path) -> Entry:
+    """A file given by path (not found by ``survey``), as a landing entry."""
+    path = Path(path)
+    st = os.lstat(path)
+    return Entry(path.name, path, st.st_size, st.st_mtime_ns)
 
-    A file that cannot be read, or fails a schema-level expectation, is rejected
-    whole (kept under ``rejected/`` with its reason) and None is returned. So is
-    a file whose content the ledger already holds (nothing is done then).
+
+def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
+    """Take one landed file: copy and hash it, read it, validate it, stage its rows.
+
+    A file that cannot be read, fails a schema-level expectation or trips any
+    other error while being judged is rejected whole (kept under ``rejected/``
+    with its reason). Content the ledger already holds is skipped with a notice.
 
     Returns
     -------
-    Path or None
-        The staging folder: passing rows in ``rows.parquet``, rows that broke
-        row-level expectations (with reasons) in ``held.parquet``.
+    Intake
+        ``staged``: the staging folder (every row in ``rows.parquet``, rows held
+        before scoring in ``prior.parquet``); or ``record`` for a rejection; or
+        ``notice`` for a file not taken.
     """
-    from poisonguard.validation import load_suite, string_columns, validate
-
-    path = Path(path)
     started = now()
-    sha = sha256 or sha256_file(path)
-    if store.batch_by_sha(sha) is not None:
-        return None
-    batch_id = batch_id_for(path, sha)
-    rows_in: int | None = None
-    report = None
+    scratch = store.staging_dir(f"landing-{secrets.token_hex(6)}")
     try:
-        suite = load_suite(config.expectations)
-        frame = read_batch(path, strings=string_columns(suite))
+        copy, sha = snapshot(entry, scratch)
+    except Unsettled:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return Intake(notice=Notice(entry.name, "waiting", "changed while being read; taken later"))
+    except OSError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        reason = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        store.remember_skip(entry.identity, reason)
+        return Intake(notice=Notice(entry.name, "skipped", reason))
+    seen = store.batch_by_sha(sha)
+    if seen is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        reason = f"same content as batch {seen.batch_id} ({shown(seen.source)}), already processed"
+        store.remember_skip(entry.identity, reason, sha256=sha, batch_id=seen.batch_id)
+        return Intake(notice=Notice(entry.name, "skipped", reason))
+
+    batch_id = batch_id_for(entry.name, sha)
+    folder = store.staging_dir(batch_id)
+    landed = folder / copy.name
+    os.replace(copy, landed)
+    shutil.rmtree(scratch, ignore_errors=True)
+    rows_in: int | None = None
+    broken: list[dict] = []
+    try:
+        frame, report = _read_and_validate(landed, entry.name, config)
         rows_in = len(frame)
-        reserved = [c for c in frame.columns if str(c).startswith(RESERVED_PREFIX)]
-        if reserved:
-            raise BatchError(
-                path.name,
-                f"column {reserved[0]!r} uses the prefix {RESERVED_PREFIX!r}, "
-                "which poisonguard reserves for its own bookkeeping",
-                column=reserved[0],
-            )
-        report = validate(frame, suite, source=path.name)
+        broken = [o.__dict__ for o in report.outcomes if not o.success]
         report.raise_if_rejected(rows=rows_in)
-    except BatchError as exc:
-        rejected = Outcome(
+        prior = _held_before_scoring(frame, report.row_failures, config, store)
+    except (OSError, StoreError, MemoryError):
+        raise  # the store or the machine failed, not the batch: stop, retry next run
+    except Exception as exc:  # fail closed: whatever else goes wrong, the batch is not used
+        reason = (
+            str(exc)
+            if isinstance(exc, BatchError)
+            else f"{shown(entry.name)}: could not be judged ({type(exc).__name__}: "
+            f"{shown(str(exc).splitlines()[0] if str(exc) else '', 200)})"
+        )
+        outcome = Outcome(
             batch_id=batch_id,
             sha256=sha,
-            source=str(path),
+            source=entry.name,
             status="rejected",
             rows_in=rows_in,
             rows_rejected=rows_in or 0,
-            reason=str(exc),
+            reason=reason,
             started_at=started,
+            landed=entry.identity,
         )
-        broken = [] if report is None else [o.__dict__ for o in report.outcomes if not o.success]
-        write_batch_report(store, rejected, failed_expectations=_jsonable(broken))
-        store.reject(path, rejected)
-        return None
+        write_batch_report(store, outcome, failed_expectations=_jsonable(broken))
+        name = safe_stem(entry.name) + (batch_suffix(entry.name) or "")
+        record = store.reject(landed, name, outcome)
+        shutil.rmtree(folder, ignore_errors=True)
+        return Intake(record=record)
 
-    folder = store.staging_dir(batch_id)
-    frame = frame.reset_index(drop=True)
     frame["pg_batch"] = batch_id
     frame["pg_row"] = np.arange(len(frame), dtype=np.int64)
     frame["pg_row_hash"] = row_hashes(frame, data_columns(frame))
-    failed = np.zeros(len(frame), dtype=bool)
-    reasons = [""] * len(frame)
-    stages = [""] * len(frame)
-    for row, why in report.row_failures.items():
-        failed[row] = True
-        stages[row] = "expectations"
-        shown = "; ".join(why[:MAX_LISTED])
-        more = f" (+{len(why) - MAX_LISTED} more)" if len(why) > MAX_LISTED else ""
-        reasons[row] = f"failed expectation: {shown}{more}"
-    blocked = store.blocked(frame["pg_row_hash"].tolist())
-    for row, h in enumerate(frame["pg_row_hash"].tolist()):
-        if h in blocked:
-            at, actor = blocked[h]
-            note = f"previously rejected on {at[:10]} by {actor}"
-            reasons[row] = f"{note}; {reasons[row]}" if failed[row] else note
-            stages[row] = stages[row] or "blocklist"
-            failed[row] = True
-    held = frame[failed].copy()
-    rows_held = np.nonzero(failed)[0]
-    held["pg_stage"] = [stages[i] for i in rows_held]
-    held["pg_reason"] = [reasons[i] for i in rows_held]
-    atomic_write_bytes(folder / STAGED_ROWS, parquet_bytes(frame[~failed]))
-    atomic_write_bytes(folder / STAGED_HELD, parquet_bytes(held))
-    outcomes = [o.__dict__ for o in report.outcomes if not o.success]
+    atomic_write_bytes(folder / STAGED_ROWS, parquet_bytes(frame))
+    atomic_write_bytes(folder / STAGED_PRIOR, parquet_bytes(prior))
+    landed.unlink()
     manifest = {
         "batch_id": batch_id,
         "sha256": sha,
-        "source": str(path),
+        "source": entry.name,
         "rows_in": rows_in,
         "started_at": started,
-        "failed_expectations": _jsonable(outcomes),
+        "failed_expectations": _jsonable(broken),
+        "landed": list(entry.identity),
     }
     atomic_write_bytes(folder / STAGED_MANIFEST, json.dumps(manifest, indent=2).encode())
     crash_point("after-stage")
-    return folder
+    return Intake(staged=folder)
+
+
+def _read_and_validate(path: Path, name: str, config: Config) -> tuple[pd.DataFrame, Any]:
+    from poisonguard.validation import load_suite, string_columns, validate
+
+    suite = load_suite(config.expectations)
+    frame = read_batch(path, name=name, strings=string_columns(suite)).reset_index(drop=True)
+    reserved = [c for c in frame.columns if str(c).startswith(RESERVED_PREFIX)]
+    if reserved:
+        raise BatchError(
+            shown(name),
+            f"column {shown(str(reserved[0]))!r} uses the prefix {RESERVED_PREFIX!r}, "
+            "which poisonguard reserves for its own bookkeeping",
+            column=str(reserved[0]),
+        )
+    return frame, validate(frame, suite, source=shown(name))
+
+
+def _held_before_scoring(
+    frame: pd.DataFrame, failures: dict[int, tuple[str, ...]], config: Config, store: Store
+) -> pd.DataFrame:
+    """Rows held before any detector runs: broken expectations, known ids, the blocklist.
+
+    Returns a frame of ``pg_row``, ``pg_stage`` and ``pg_reason``, one row per held row
+    and stage.
+    """
+    held: list[tuple[int, str, str]] = []
+    for row, why in failures.items():
+        shown_ = "; ".join(why[:MAX_LISTED])
+        more = f" (+{len(why) - MAX_LISTED} more)" if len(why) > MAX_LISTED else ""
+        held.append((row, "expectations", f"failed expectation: {shown_}{more}"))
+    if config.id_column is not None and config.id_column in frame.columns:
+        trained = store.clean_frame()
+        if config.id_column in trained.columns:
+            owners = dict(
+                zip(
+                    trained[config.id_column].astype("string").tolist(),
+                    trained["pg_batch"].tolist(),
+                    strict=True,
+                )
+            )
+            ids = frame[config.id_column].astype("string").tolist()
+            for row, value in enumerate(ids):
+                if value in owners:
+                    held.append(
+                        (
+                            row,
+                            "expectations",
+                            f"{config.id_column} = {shown(str(value), 60)} is already in the "
+                            f"training set (batch {owners[value]}); ids must be unique",
+                        )
+                    )
+    hashes = row_hashes(frame, data_columns(frame))
+    blocked = store.blocked(hashes.tolist())
+    for row, h in enumerate(hashes.tolist()):
+        if h in blocked:
+            at, actor = blocked[h]
+            held.append((row, "blocklist", f"previously rejected on {at[:10]} by {actor}"))
+    return pd.DataFrame(
+        {
+            "pg_row": np.array([h[0] for h in held], dtype=np.int64),
+            "pg_stage": pd.Series([h[1] for h in held], dtype=object),
+            "pg_reason": pd.Series([h[2] for h in held], dtype=object),
+        }
+    )
 
 
 def fit_guard(config: Config, store: Store) -> Guard:
@@ -220,26 +357,7 @@ def fit_guard(config: Config, store: Store) -> Guard:
     ).fit(reference[data_columns(reference)])
 
 
-def hold_reason(drift: DriftReport, config: Config) -> str | None:
-    """Why the whole batch is held for review, when its drift passes the configured levels."""
-    settings = config.detection
-    tv, p = drift.label_tv, drift.label_p_value
-    if tv is not None and tv > settings.hold_label_shift and drift.label_drifted:
-        return (
-            f"batch held for review: its label shares are {tv:.2f} (total variation) from the "
-            f"trusted set's (chi-square p={p:.2g}), past hold_label_shift {settings.hold_label_shift}"
-        )
-    share = len(drift.drifted_features) / max(len(drift.features), 1)
-    if settings.hold_feature_drift < 1.0 and share > settings.hold_feature_drift:
-        return (
-            f"batch held for review: {len(drift.drifted_features)} of {len(drift.features)} "
-            f"features drifted from the trusted set, past hold_feature_drift "
-            f"{settings.hold_feature_drift}"
-        )
-    return None
-
-
-def drift_evidence(drift: DriftReport, top: int = 30) -> dict:
+def drift_evidence(drift: Any, top: int = 30) -> dict:
     """Drift figures for the report: label shift, and the most drifted features first."""
     order = np.argsort(-drift.ks_statistic)[:top]
     return {
@@ -262,61 +380,92 @@ def drift_evidence(drift: DriftReport, top: int = 30) -> dict:
 def detect_batch(
     staged: str | Path, config: Config, store: Store, guard: Guard | None = None
 ) -> Path:
-    """Score a staged batch's rows and decide; write ``decision.parquet`` beside them."""
+    """Score a staged batch's rows and make the batch's one decision; write it beside them."""
     folder = Path(staged)
-    rows = pq.read_table(folder / STAGED_ROWS).to_pandas()
-    decision = pd.DataFrame({"pg_row": rows["pg_row"].to_numpy()})
-    if len(rows):
+    meta = Staged.load(folder)
+    rows = read_parquet(folder / STAGED_ROWS)
+    prior = read_parquet(folder / STAGED_PRIOR)
+    stages = prior["pg_stage"].to_numpy(dtype=object)
+    held_rows = prior["pg_row"].to_numpy(dtype=np.int64)
+    reasons = prior["pg_reason"].to_numpy(dtype=object)
+    failed: dict[int, str] = {}
+    blocked: dict[int, str] = {}
+    for row, stage, why in zip(held_rows.tolist(), stages, reasons, strict=True):
+        into = failed if stage == "expectations" else blocked
+        into[row] = f"{into[row]}; {why}" if row in into else str(why)
+    scored = np.setdiff1d(np.arange(len(rows)), held_rows)
+    evidence: dict[str, Any] = {}
+    if scored.size:
         guard = guard or fit_guard(config, store)
-        data = rows[data_columns(rows)].reset_index(drop=True)
-        result: ScanResult = guard.scan(data, source=Path(Staged.load(folder).source).name)
-        table = guard.encoder_.transform(data)
+        data = rows.iloc[scored][data_columns(rows)].reset_index(drop=True)
+        table, scores, found = guard.judge(data, source=shown(meta.source))
         drift = batch_drift(guard.reference_, table)
-        hold = hold_reason(drift, config)
-        quarantined = result.quarantined.to_numpy(dtype=bool)
-        reasons = result.reasons.to_numpy(dtype=object)
-        if hold:
-            reasons = np.array([f"{hold}; {r}" if r else hold for r in reasons], dtype=object)
-            quarantined = np.ones(len(rows), dtype=bool)
-        decision["quarantined"] = quarantined
-        decision["reason"] = reasons
-        evidence = batch_evidence(guard, table, result)
+        hold = batch_hold_reason(
+            drift,
+            hold_label_shift=config.detection.hold_label_shift,
+            hold_feature_drift=config.detection.hold_feature_drift,
+        )
+        decision = decide_batch(
+            len(rows),
+            failed=failed,
+            blocked=blocked,
+            scored=scored,
+            detectors=found,
+            scores=scores,
+            batch_hold=hold,
+        )
+        evidence = batch_evidence(guard, table, found, scores)
         evidence["drift"] = drift_evidence(drift)
-        evidence["hold"] = hold
-        atomic_write_bytes(folder / EVIDENCE, json.dumps(evidence).encode())
-        for col in result.scores.columns:
-            name = "pg_suspicion" if col == "suspicion" else f"pg_score_{col}"
-            decision[name] = result.scores[col].to_numpy()
     else:
-        decision["quarantined"] = np.zeros(0, dtype=bool)
-        decision["reason"] = np.zeros(0, dtype=object)
-    atomic_write_bytes(folder / DECISION, parquet_bytes(decision))
+        decision = decide_batch(len(rows), failed=failed, blocked=blocked)
+    _write_decision(folder, rows, decision, config)
+    atomic_write_bytes(folder / EVIDENCE, json.dumps(evidence).encode())
     crash_point("after-detect")
     return folder / DECISION
+
+
+def _write_decision(
+    folder: Path, rows: pd.DataFrame, decision: BatchDecision, config: Config
+) -> None:
+    table = pd.DataFrame(
+        {
+            "pg_row": rows["pg_row"].to_numpy(),
+            "pg_stage": decision.stage,
+            "pg_reason": decision.reason,
+            "pg_suspicion": decision.suspicion,
+        }
+    )
+    for name, s in decision.scores.items():
+        table[f"pg_score_{name}"] = s
+    atomic_write_bytes(folder / DECISION, parquet_bytes(table))
+    found = decision.detectors
+    meta = {
+        "held_by": decision.held_by(),
+        "batch_hold": decision.batch_hold,
+        "fdr": config.detection.fdr,
+        "threshold_p": None if found is None else found.threshold,
+        "p_cuts": {} if found is None else dict(zip(found.detectors, found.p_cuts, strict=True)),
+    }
+    atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
 
 
 def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecord:
     """Partition a staged, decided batch into clean and quarantined rows and commit it."""
     meta = Staged.load(staged)
-    rows = pq.read_table(meta.folder / STAGED_ROWS).to_pandas()
-    held = pq.read_table(meta.folder / STAGED_HELD).to_pandas()
-    decision = pq.read_table(meta.folder / DECISION).to_pandas()
+    rows = read_parquet(meta.folder / STAGED_ROWS)
+    decision = read_parquet(meta.folder / DECISION)
+    decided = json.loads((meta.folder / DECISION_META).read_text())
     if not np.array_equal(decision["pg_row"].to_numpy(), rows["pg_row"].to_numpy()):
         raise StoreError(f"batch {meta.batch_id}: the decision does not match the staged rows")
-    flagged = decision["quarantined"].to_numpy(dtype=bool)
-    clean = rows[~flagged].reset_index(drop=True)
-    quarantined = rows[flagged].copy()
-    quarantined["pg_stage"] = "detectors"
-    quarantined["pg_reason"] = decision.loc[flagged, "reason"].to_numpy()
+    held = decision["pg_stage"].to_numpy(dtype=object) != ""
+    clean = rows[~held].reset_index(drop=True)
+    quarantine = rows[held].reset_index(drop=True)
     for col in decision.columns:
-        if col.startswith("pg_score_") or col == "pg_suspicion":
-            quarantined[col] = decision.loc[flagged, col].to_numpy()
-    quarantine = pd.concat([held, quarantined], ignore_index=True).sort_values("pg_row")
-    quarantine = quarantine.reset_index(drop=True)
+        if col != "pg_row":
+            quarantine[col] = decision.loc[held, col].to_numpy()
     detail = {
-        "quarantined_by_expectations": int((held["pg_stage"] == "expectations").sum()),
-        "quarantined_by_blocklist": int((held["pg_stage"] == "blocklist").sum()),
-        "quarantined_by_detectors": int(flagged.sum()),
+        "quarantined_by": decided["held_by"],
+        "batch_hold": decided["batch_hold"],
         "failed_expectations": [
             e["type"] + ":" + str(e["column"]) for e in meta.failed_expectations
         ],
@@ -331,16 +480,20 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         quarantine=quarantine,
         started_at=meta.started_at,
         detail=detail,
+        landed=meta.landed,
     )
     evidence_path = meta.folder / EVIDENCE
-    evidence = json.loads(evidence_path.read_text()) if evidence_path.exists() else None
+    evidence = json.loads(evidence_path.read_text()) if evidence_path.exists() else {}
+    evidence["decision"] = {"fdr": decided["fdr"], "threshold_p": decided["threshold_p"]}
     write_batch_report(
         store,
         outcome,
         failed_expectations=meta.failed_expectations,
         evidence=evidence,
     )
-    return store.commit(outcome)
+    record = store.commit(outcome)
+    shutil.rmtree(meta.folder, ignore_errors=True)
+    return record
 
 
 def report_paths(store: Store, batch_id: str) -> tuple[Path, Path]:
@@ -384,34 +537,33 @@ def write_batch_report(
     return html_path, json_path
 
 
-def process_batch(
-    path: str | Path, config: Config, store: Store, sha256: str | None = None
-) -> BatchRecord | None:
-    """All steps for one file, in-process. None when its content was seen before."""
-    path = Path(path)
-    sha = sha256 or sha256_file(path)
-    if store.batch_by_sha(sha) is not None:
-        return None
-    staged = validate_batch(path, config, store, sha256=sha)
-    if staged is None:
-        return store.batch_by_sha(sha)
-    detect_batch(staged, config, store)
-    return commit_batch(staged, config, store)
+def process_batch(entry: Entry | str | Path, config: Config, store: Store) -> Intake:
+    """All steps for one landed file, in-process."""
+    entry = entry if isinstance(entry, Entry) else entry_for(entry)
+    intake = validate_batch(entry, config, store)
+    if intake.staged is None:
+        return intake
+    detect_batch(intake.staged, config, store)
+    return Intake(record=commit_batch(intake.staged, config, store))
 
 
 @contextmanager
 def exclusive(store: Store) -> Iterator[None]:
-    """Hold the store's run lock, and clear what a killed run left behind."""
+    """Hold the store's run lock (one run at a time), after clearing what a dead run left."""
     import fcntl
 
     lock_path = store.root / ".run.lock"
-    with open(lock_path, "w") as lock:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise StoreError(f"another poisonguard run holds {lock_path}") from exc
-        store.recover()
+        with store.writing():
+            pass  # the outermost hold recovers what dead processes left
         yield
+    finally:
+        os.close(fd)
 
 
 Progress = Callable[[int, int, str], None]
@@ -419,37 +571,71 @@ Progress = Callable[[int, int, str], None]
 
 def process_landing(
     config: Config, store: Store | None = None, progress: Progress | None = None
-) -> list[BatchRecord]:
+) -> Run:
     """Process every new batch in the landing folder once, in name order, without Prefect.
 
     ``progress(done, total, name)`` is called before each batch and once at the end.
     """
-    store = store or Store(config.store)
-    records: list[BatchRecord] = []
+    store = store or Store.of(config)
+    run = Run()
     with exclusive(store):
-        new = find_new_batches(config, store)
-        for i, (path, sha) in enumerate(new):
+        entries, run.notices = find_new_batches(config, store)
+        for i, entry in enumerate(entries):
             if progress:
-                progress(i, len(new), path.name)
-            record = process_batch(path, config, store, sha256=sha)
-            if record is not None:
-                records.append(record)
+                progress(i, len(entries), entry.name)
+            intake = process_batch(entry, config, store)
+            if intake.record is not None:
+                run.records.append(intake.record)
+            if intake.notice is not None:
+                run.notices.append(intake.notice)
         if progress:
-            progress(len(new), len(new), "done")
-    return records
+            progress(len(entries), len(entries), "done")
+    return run
+
+
+def seed_sha256(sample: pd.DataFrame) -> str:
+    """The content hash a trusted sample is seeded under."""
+    import hashlib
+
+    return hashlib.sha256(parquet_bytes(sample)).hexdigest()
+
+
+def check_seed(sample: pd.DataFrame, source: str, store: Store) -> BatchRecord | None:
+    """The store's seed if it is this sample; None for a store with no seed yet.
+
+    Raises
+    ------
+    ConfigError
+        When the store was seeded with another sample: a store has one seed, so
+        that two training sets never mix.
+    """
+    sha = seed_sha256(sample)
+    seeds = [b for b in store.batches() if b.status == "seed"]
+    same = [b for b in seeds if b.sha256 == sha]
+    if same:
+        return same[0]
+    if seeds:
+        raise ConfigError(
+            f"{shown(source)}: the store {store.root} already holds a training set seeded from "
+            f"{shown(seeds[0].source)} ({seeds[0].rows_in} rows, batch {seeds[0].batch_id}); "
+            "a store has one seed: give the new sample its own store (dataset.store, or "
+            "another --dir), or remove the old store and its key"
+        )
+    return None
 
 
 def seed_store(sample: pd.DataFrame, source: str, config: Config, store: Store) -> BatchRecord:
-    """Make a trusted sample the first clean batch of a store (status ``seed``)."""
+    """Make a trusted sample the first clean batch of a store (status ``seed``).
+
+    Seeding again with the same sample changes nothing; with another sample it
+    is an error (see ``check_seed``).
+    """
     if config.label is not None and config.label not in sample.columns:
         raise ConfigError(f"{source}: the label column {config.label!r} is not in the sample")
-    data = parquet_bytes(sample)
-    import hashlib
-
-    sha = hashlib.sha256(data).hexdigest()
-    existing = store.batch_by_sha(sha)
+    existing = check_seed(sample, source, store)
     if existing is not None:
         return existing
+    sha = seed_sha256(sample)
     frame = sample.reset_index(drop=True).copy()
     batch_id = f"seed-{sha[:12]}"
     frame["pg_batch"] = batch_id

@@ -21,36 +21,43 @@ ACTIONS = ("release", "reject")
 
 
 @dataclass(frozen=True)
-class Pending:
-    """A batch with quarantined rows that no one has reviewed yet."""
+class Awaiting:
+    """A batch with quarantined rows, and how many of them still await review.
+
+    Attributes
+    ----------
+    awaiting : int
+        Rows held and not yet released or rejected (the ledger's quarantined
+        count, which reviews already decrease: never subtract ``reviewed`` again).
+    reviewed : int
+        Rows of the batch reviewers have released or rejected so far.
+    """
 
     batch_id: str
     source: str
-    pending: int
+    awaiting: int
     reviewed: int
     since: str
     age_seconds: float
 
 
-def pending(store: Store, now: datetime | None = None) -> list[Pending]:
-    """Batches with rows awaiting review, oldest first."""
+def awaiting_review(store: Store, now: datetime | None = None) -> list[Awaiting]:
+    """Batches that had rows quarantined, oldest first (``awaiting`` may be 0)."""
     now = now or datetime.now(UTC)
     reviews = store.reviews()
     done = reviews.groupby("batch_id").size().to_dict() if len(reviews) else {}
     out = []
     for rec in store.batches():
-        if rec.status != "committed":
-            continue
-        held = rec.rows_quarantined
-        if held <= 0:
+        reviewed = int(done.get(rec.batch_id, 0))
+        if rec.status != "committed" or rec.rows_quarantined + reviewed <= 0:
             continue
         since = datetime.fromisoformat(rec.finished_at)
         out.append(
-            Pending(
+            Awaiting(
                 rec.batch_id,
                 rec.source,
-                held,
-                int(done.get(rec.batch_id, 0)),
+                rec.rows_quarantined,
+                reviewed,
                 rec.finished_at,
                 (now - since).total_seconds(),
             )
@@ -89,14 +96,19 @@ def review(
     by: str,
     note: str,
     rows: list[int] | None = None,
+    id_column: str | None = None,
 ) -> ReviewResult:
     """Release or reject a batch's quarantined rows (all pending ones when ``rows`` is None).
+
+    The whole review runs under the store's write lock, so two reviewers of one
+    batch take turns: the second sees the first one's decisions.
 
     Raises
     ------
     ReviewError
-        For an unknown batch or row, an empty reviewer name or note, or a row
-        that was already given the other action.
+        For an unknown batch or row, an empty reviewer name or note, a row that
+        was already given the other action, or (with ``id_column``) the release
+        of a row whose id is already in the training set.
     """
     if action not in ACTIONS:
         raise param_error("action", "review()", f"one of {ACTIONS}", action)
@@ -104,41 +116,58 @@ def review(
         raise ReviewError("a review needs the reviewer's name (--by NAME)")
     if not note.strip():
         raise ReviewError("a review needs a note saying why (--note TEXT)")
-    held = held_rows(store, batch_id)
-    if held.empty:
-        raise ReviewError(f"batch {batch_id} has no quarantined rows")
-    by_row = held.set_index("pg_row")
-    wanted = list(by_row.index) if rows is None else list(dict.fromkeys(int(r) for r in rows))
-    unknown = [r for r in wanted if r not in by_row.index]
-    if unknown:
+    with store.writing():
+        held = held_rows(store, batch_id)
+        if held.empty:
+            raise ReviewError(f"batch {batch_id} has no quarantined rows")
+        by_row = held.set_index("pg_row")
+        wanted = list(by_row.index) if rows is None else list(dict.fromkeys(int(r) for r in rows))
+        unknown = [r for r in wanted if r not in by_row.index]
+        if unknown:
+            raise ReviewError(
+                f"batch {batch_id} has no quarantined row {unknown[0]} "
+                f"(held rows: {', '.join(map(str, sorted(by_row.index)[:20]))}"
+                f"{', ...' if len(by_row) > 20 else ''})"
+            )
+        reviews = store.reviews(batch_id).set_index("pg_row")
+        already, todo = [], []
+        for r in wanted:
+            if r in reviews.index:
+                prior = reviews.loc[r]
+                if prior["action"] == action:
+                    already.append(r)
+                elif rows is not None:
+                    raise ReviewError(
+                        f"row {r} of batch {batch_id} was already {_past(prior['action'])} "
+                        f"on {prior['at'][:10]} by {prior['actor']}; a row is reviewed once"
+                    )
+            else:
+                todo.append(r)
+        if todo and action == "release" and id_column is not None and id_column in by_row:
+            _check_new_ids(store, batch_id, by_row.loc[todo, id_column], id_column)
+        if todo:
+            chosen = by_row.loc[todo].reset_index()
+            keep = [
+                c
+                for c in chosen.columns
+                if not str(c).startswith("pg_") or c in ("pg_batch", "pg_row", "pg_row_hash")
+            ]
+            store.commit_review(batch_id, action, chosen[keep], actor=by.strip(), note=note.strip())
+        return ReviewResult(action, batch_id, tuple(todo), tuple(already))
+
+
+def _check_new_ids(store: Store, batch_id: str, ids: pd.Series, id_column: str) -> None:
+    trained = store.clean_frame()
+    if id_column not in trained.columns:
+        return
+    known = set(trained[id_column].astype("string").tolist())
+    taken = [(row, v) for row, v in ids.astype("string").items() if v in known]
+    if taken:
+        row, value = taken[0]
         raise ReviewError(
-            f"batch {batch_id} has no quarantined row {unknown[0]} "
-            f"(held rows: {', '.join(map(str, sorted(by_row.index)[:20]))}"
-            f"{', ...' if len(by_row) > 20 else ''})"
+            f"row {row} of batch {batch_id} cannot be released: {id_column} = {value} is "
+            f"already in the training set ({len(taken)} such rows); reject it instead"
         )
-    reviews = store.reviews(batch_id).set_index("pg_row")
-    already, todo = [], []
-    for r in wanted:
-        if r in reviews.index:
-            prior = reviews.loc[r]
-            if prior["action"] == action:
-                already.append(r)
-            elif rows is not None:
-                raise ReviewError(
-                    f"row {r} of batch {batch_id} was already {_past(prior['action'])} "
-                    f"on {prior['at'][:10]} by {prior['actor']}; a row is reviewed once"
-                )
-        else:
-            todo.append(r)
-    if todo:
-        chosen = by_row.loc[todo].reset_index()
-        keep = [
-            c
-            for c in chosen.columns
-            if not str(c).startswith("pg_") or c in ("pg_batch", "pg_row", "pg_row_hash")
-        ]
-        store.commit_review(batch_id, action, chosen[keep], actor=by.strip(), note=note.strip())
-    return ReviewResult(action, batch_id, tuple(todo), tuple(already))
 
 
 def _past(action: str) -> str:

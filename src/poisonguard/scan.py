@@ -234,19 +234,23 @@ class Guard:
             raise ConfigError(f"{source}: the label column {self.label!r} is missing")
         return table, {name: det.score(table) for name, det in self.detectors_.items()}
 
-    def scan(
-        self, frame: pd.DataFrame, source: str = "batch", forced: Mapping[int, str] | None = None
-    ) -> ScanResult:
-        """Score and decide: which rows of ``frame`` to quarantine, and why."""
+    def judge(
+        self, frame: pd.DataFrame, source: str = "batch"
+    ) -> tuple[Table, dict[str, np.ndarray], Decision]:
+        """Score a batch and decide over its rows: the table, raw scores and decision."""
         table, scores = self.score(frame, source)
         decision = decide(
             scores,
             self.calibrations_,
             fdr=self.settings_.fdr,
             explain=lambda name, rows: self.detectors_[name].explain(table, rows),
-            forced=forced,
             weights=detector_weights(tuple(scores)),
         )
+        return table, scores, decision
+
+    def scan(self, frame: pd.DataFrame, source: str = "batch") -> ScanResult:
+        """Score and decide: which rows of ``frame`` to quarantine, and why."""
+        _, scores, decision = self.judge(frame, source)
         return _result(frame.index, scores, decision)
 
 

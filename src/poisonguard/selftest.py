@@ -51,7 +51,7 @@ def selftest(
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise param_error("attacks", "selftest()", f"names from {list(ATTACKS)}", unknown[0])
-    clean = Store(config.store).clean_frame()
+    clean = Store.of(config).clean_frame()
     if len(clean) < MIN_ROWS:
         raise ConfigError(
             f"selftest needs at least {MIN_ROWS} clean rows in {config.store}; it has {len(clean)}"

@@ -1,29 +1,49 @@
-"""The store: the one module that touches the disk for batches and their outcomes.
+"""The store: the one module that touches the disk for a dataset's outcomes.
 
-Layout under the store root::
+Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
 
-    ledger.sqlite            batches, files, audit chain (standard-library sqlite3)
+    ledger.sqlite            batches, files, reviews, blocklist, landing memo, audit chain
+    anchor.json              the audit chain's head, keyed (see below)
     clean/<batch>.parquet    rows that joined the training set, one file per batch
     quarantine/<batch>.parquet  held rows, with scores and reasons
     rejected/<batch>/        the rejected file as it arrived, plus reason.json
     reports/                 per-batch reports
     staging/                 scratch space between flow tasks
 
-Every file is written to a temporary name, fsynced and renamed; the ledger row
-is committed last. A file the ledger does not list is an orphan of a killed run
-and ``recover()`` removes it, so a re-run ends with the same store as an
-uninterrupted run.
+and beside it ``<store>.key``: the audit key (32 random bytes, owner-only; its
+place can be set with ``dataset.audit_key``).
+
+Writes are atomic: every file goes to a temporary name, is fsynced and renamed;
+the ledger transaction that lists it commits last. A file the ledger does not
+list, left by a process that died mid-commit, is removed by ``recover()``.
+
+The audit chain is anchored outside the ledger: every entry carries the SHA-256
+of the one before and an HMAC of its own hash under the audit key, which never
+enters the ledger; ``anchor.json`` holds the latest head and the head the gate
+last vouched for, also under the key. Rewriting entries (even with the chain
+recomputed), truncating the chain or deleting the ledger is therefore detected
+by anyone holding the key (``verify_audit``), and the gate cross-checks the
+ledger's files, row counts and blocklist against the entries that wrote them.
+
+Every change to the store happens under one exclusive lock (``writing()``), so
+concurrent reviews, runs and gates serialise instead of interleaving.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,12 +52,14 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from poisonguard.errors import BatchError, StoreError
+from poisonguard.errors import StoreError
 
-BATCH_SUFFIXES = (".parquet", ".pq", ".csv")
+SCHEMA_VERSION = 2
+SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
+#: How long a writer waits for another process's lock before giving up.
+LOCK_WAIT = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -58,7 +80,7 @@ CREATE TABLE IF NOT EXISTS files (
     batch_id TEXT NOT NULL REFERENCES batches(batch_id),
     kind TEXT NOT NULL,
     sha256 TEXT NOT NULL,
-    rows INTEGER NOT NULL,
+    rows INTEGER,
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reviews (
@@ -77,6 +99,16 @@ CREATE TABLE IF NOT EXISTS blocklist (
     actor TEXT NOT NULL,
     at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS landed (
+    name TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,
+    batch_id TEXT,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
     at TEXT NOT NULL,
@@ -85,7 +117,8 @@ CREATE TABLE IF NOT EXISTS audit (
     actor TEXT NOT NULL,
     detail TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    mac TEXT NOT NULL
 );
 """
 
@@ -128,50 +161,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-# --------------------------------------------------------------------------- reading batches
-
-
-def read_batch(path: Path, strings: list[str] | None = None) -> pd.DataFrame:
-    """Read a landed batch (Parquet or CSV) with pyarrow.
-
-    ``strings`` names columns a CSV reader must keep as text (CSV has no types:
-    a column of zip codes would otherwise arrive as integers).
-
-    Raises
-    ------
-    BatchError
-        Naming the file, when it is empty, unreadable or of an unknown kind.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in BATCH_SUFFIXES:
-        raise BatchError(str(path), f"unknown file kind {suffix!r}; expected .parquet or .csv")
-    try:
-        if path.stat().st_size == 0:
-            raise BatchError(str(path), "the file is empty; expected a Parquet or CSV table")
-        if suffix == ".csv":
-            types = {c: pa.string() for c in strings or []}
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
-        else:
-            table = pq.read_table(path)
-    except BatchError:
-        raise
-    except (pa.ArrowException, OSError) as exc:
-        kind = "CSV" if suffix == ".csv" else "Parquet"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BatchError(str(path), f"not a readable {kind} file ({first})") from exc
-    return table.to_pandas()
-
-
-def find_batches(landing: Path) -> list[Path]:
-    """Batch files in the landing folder, sorted by name (the processing order)."""
-    if not landing.is_dir():
-        raise StoreError(f"landing folder {landing} does not exist")
-    return sorted(
-        p
-        for p in landing.iterdir()
-        if p.is_file() and p.suffix.lower() in BATCH_SUFFIXES and not p.name.startswith(".")
-    )
+def default_key_path(root: Path) -> Path:
+    """Where a store's audit key lives unless configured: ``<store>.key`` beside the store."""
+    root = Path(root)
+    return root.parent / f"{root.name}.key"
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -186,9 +179,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``data`` to ``path`` (mode 0600) so that readers see the old file or the whole new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -207,6 +201,11 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
     return bytes(sink.getvalue().to_pybytes())
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file poisonguard wrote (staging or store), as a frame."""
+    return pq.read_table(path, columns=columns).to_pandas()
 
 
 # --------------------------------------------------------------------------- records
@@ -234,13 +233,31 @@ class BatchRecord:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """A file the store wrote, with the hash and row count it had when written."""
+    """A file the store wrote, with the hash and row count it had when written.
+
+    ``rows`` is None for files that are not tables of rows (a rejected file's
+    original bytes, its reason).
+    """
 
     path: str
     batch_id: str
     kind: str
     sha256: str
-    rows: int
+    rows: int | None
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What the ledger remembers of one landing-folder name (see ``Store.landed``)."""
+
+    name: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    batch_id: str | None
+    outcome: str
+    reason: str | None
+    at: str
 
 
 @dataclass(frozen=True)
@@ -248,7 +265,8 @@ class Outcome:
     """Where one batch's rows go: the input to ``Store.commit``.
 
     ``clean`` and ``quarantine`` are frames (possibly empty); their row counts
-    plus ``rows_rejected`` must add up to ``rows_in``.
+    plus ``rows_rejected`` must add up to ``rows_in``. ``landed`` is the landing
+    entry (name, size, mtime_ns) the batch came from, remembered with it.
     """
 
     batch_id: str
@@ -262,44 +280,210 @@ class Outcome:
     reason: str | None = None
     started_at: str = ""
     detail: dict[str, Any] | None = None
+    landed: tuple[str, int, int] | None = None
+
+
+# --------------------------------------------------------------------------- locking
+
+
+class _ProcessLock:
+    """An exclusive lock on a file, re-entrant within the process (threads take turns)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mutex = threading.RLock()
+        self.depth = 0
+        self.fd: int | None = None
+
+    @contextlib.contextmanager
+    def held(self, wait: float, what: str) -> Iterator[bool]:
+        """Hold the lock; yields True when this is the outermost hold."""
+        deadline = time.monotonic() + wait
+        if not self.mutex.acquire(timeout=max(wait, 0.0)):
+            raise StoreError(f"{what} is busy in this process; gave up after {wait:.0f} s")
+        try:
+            if self.depth == 0:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            os.close(fd)
+                            raise StoreError(
+                                f"{what} is busy: another poisonguard process is changing it "
+                                f"(waited {wait:.0f} s); try again"
+                            ) from None
+                        time.sleep(0.05)
+                self.fd = fd
+            self.depth += 1
+            try:
+                yield self.depth == 1
+            finally:
+                self.depth -= 1
+                if self.depth == 0 and self.fd is not None:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                    os.close(self.fd)
+                    self.fd = None
+        finally:
+            self.mutex.release()
+
+
+_LOCKS: dict[str, _ProcessLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(path: Path) -> _ProcessLock:
+    key = str(path.resolve())
+    with _LOCKS_GUARD:
+        if key not in _LOCKS:
+            _LOCKS[key] = _ProcessLock(path)
+        return _LOCKS[key]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- the store
 
 
 class Store:
-    """A local store: Parquet files plus a SQLite ledger.
+    """A local store: Parquet files, a SQLite ledger and an audit key beside them.
 
     Parameters
     ----------
     root : path
-        The store's folder; created on first use.
+        The store's folder.
+    key_path : path, optional
+        The audit key file (default ``<root>.key`` beside the store).
+    create : bool
+        Create the store (folders, ledger, key) if it does not exist. Only
+        ``poisonguard init`` does; every other command opens an existing store,
+        so that a mistyped path is an error instead of an empty training set.
+
+    Raises
+    ------
+    StoreError
+        When the store does not exist (and ``create`` is False), its ledger is
+        missing or unreadable, or it was written by an incompatible version.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(
+        self, root: str | Path, *, key_path: str | Path | None = None, create: bool = False
+    ) -> None:
         self.root = Path(root)
-        for sub in ("clean", "quarantine", "rejected", "reports", "staging"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.key_path = Path(key_path) if key_path is not None else default_key_path(self.root)
         self.ledger_path = self.root / "ledger.sqlite"
+        self.anchor_path = self.root / "anchor.json"
+        self._key: bytes | None = None
+        self._appended = False
+        if not self.ledger_path.is_file():
+            if not create:
+                raise StoreError(self._missing_ledger())
+            self._create()
+        else:
+            for sub in SUBFOLDERS:
+                (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        self._check_schema()
+
+    @classmethod
+    def of(cls, config: Any, *, create: bool = False) -> Store:
+        """The store a ``Config`` names (its folder and audit key)."""
+        return cls(config.store, key_path=getattr(config, "audit_key", None), create=create)
+
+    def _missing_ledger(self) -> str:
+        if self.key_path.exists():
+            return (
+                f"the ledger {self.ledger_path} is missing, but the audit key {self.key_path} "
+                "shows a store was created there: it was deleted or moved"
+            )
+        return (
+            f"no poisonguard store at {self.root} (no ledger.sqlite): check dataset.store in "
+            "the config, or create the store with `poisonguard init`"
+        )
+
+    def _create(self) -> None:
+        if self.key_path.exists():
+            raise StoreError(
+                f"the audit key {self.key_path} already exists but the store {self.root} has no "
+                "ledger: the store was deleted or moved; remove the key only if you mean to "
+                "start a new store there"
+            )
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+        for sub in SUBFOLDERS:
+            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        os.chmod(self.ledger_path, 0o600)
+        self.key_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _check_schema(self) -> None:
+        try:
+            with self._connect() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.ledger_path}: not a readable poisonguard ledger ({exc})"
+            ) from exc
+        if version != SCHEMA_VERSION or "audit" not in tables:
+            raise StoreError(
+                f"{self.ledger_path}: ledger schema {version}, this poisonguard reads "
+                f"{SCHEMA_VERSION}; it was written by another version (create a new store "
+                "with `poisonguard init`)"
+            )
 
     # -- connection ----------------------------------------------------------
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.ledger_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
         try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
             yield db
         finally:
             db.close()
 
     @contextlib.contextmanager
+    def writing(self, wait: float = LOCK_WAIT) -> Iterator[None]:
+        """Hold the store's write lock (re-entrant); the outermost hold first recovers.
+
+        Raises
+        ------
+        StoreError
+            When another process holds the lock for longer than ``wait`` seconds.
+        """
+        lock = _lock_for(self.root / ".lock")
+        with lock.held(wait, f"the store {self.root}") as outermost:
+            if outermost:
+                self.recover()
+            yield
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction on the ledger; everything inside commits together."""
-        with self._connect() as db:
+        """One write transaction on the ledger, under the write lock; commits together.
+
+        When it appended to the audit chain, the anchor is moved to the new head
+        after the commit.
+        """
+        with self.writing(), self._connect() as db:
+            self._appended = False
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -307,6 +491,8 @@ class Store:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            if self._appended:
+                self._write_anchor(db)
 
     # -- reading -------------------------------------------------------------
     def batch_by_sha(self, sha256: str) -> BatchRecord | None:
@@ -329,12 +515,12 @@ class Store:
         if kind is not None:
             query, args = query + " WHERE kind = ?", (kind,)
         with self._connect() as db:
-            rows = db.execute(query + " ORDER BY created_at, path", args).fetchall()
+            rows = db.execute(query + " ORDER BY created_at, rowid", args).fetchall()
         return [FileRecord(**dict(r)) for r in rows]
 
-    def read(self, record: FileRecord) -> pd.DataFrame:
-        """A file the store wrote, as a frame."""
-        return pq.read_table(self.root / record.path).to_pandas()
+    def read(self, record: FileRecord, columns: list[str] | None = None) -> pd.DataFrame:
+        """A table the store wrote, as a frame."""
+        return read_parquet(self.root / record.path, columns)
 
     def quarantine_frame(self, batch_id: str) -> pd.DataFrame:
         """A batch's quarantined rows (empty when it has none)."""
@@ -364,6 +550,17 @@ class Store:
                     out[r[0]] = (r[1], r[2])
         return out
 
+    def blocklist(self) -> set[str]:
+        """Every row hash a reviewer rejected."""
+        with self._connect() as db:
+            return {r[0] for r in db.execute("SELECT row_hash FROM blocklist")}
+
+    def landed(self) -> dict[str, Landed]:
+        """What the ledger remembers of each landing-folder name, by name."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM landed ORDER BY at, name").fetchall()
+        return {r["name"]: Landed(**dict(r)) for r in rows}
+
     def clean_frame(self) -> pd.DataFrame:
         """The whole clean training set, in the order it was committed.
 
@@ -387,45 +584,59 @@ class Store:
 
     # -- writing -------------------------------------------------------------
     def recover(self) -> list[Path]:
-        """Remove what a killed run left behind, and nothing else.
+        """Remove what a process that died mid-commit left behind, and nothing else.
 
-        Every commit starts by creating ``staging/<batch>/`` and ends by removing
-        it after the ledger transaction. A staging folder that is still there
-        marks a batch whose commit may have been cut short: its files are removed
-        unless the ledger lists them. Temporary files of interrupted atomic writes
-        go too. Files nobody wrote through poisonguard are left for the gate to
-        report.
+        Every commit starts by creating ``staging/<name>/`` (holding its owner's
+        process id) and ends by removing it after the ledger transaction. A
+        staging folder whose owner is gone marks a commit that may have been cut
+        short: its files are removed unless the ledger lists them. Temporary files
+        of interrupted atomic writes go too. Files nobody wrote through
+        poisonguard are left for the gate to report.
 
         Returns
         -------
         list of Path
             The files and folders removed.
         """
+        removed: list[Path] = []
+        markers = []
+        for marker in sorted((self.root / "staging").iterdir()):
+            owner = _owner(marker)
+            if owner is not None and _pid_alive(owner):
+                continue  # a live process (this one included) is mid-way through it
+            markers.append(marker)
+        if not markers:
+            for sub in ("clean", "quarantine"):
+                for p in (self.root / sub).glob(".*.tmp"):
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+            return removed
         known = {f.path for f in self.files()}
         with self._connect() as db:
             batches = {r[0] for r in db.execute("SELECT batch_id FROM batches").fetchall()}
-        removed: list[Path] = []
-        for sub in ("clean", "quarantine", "rejected"):
+        for sub in ("clean", "quarantine"):
             for p in (self.root / sub).glob(".*.tmp"):
-                p.unlink()
+                p.unlink(missing_ok=True)
                 removed.append(p)
-        for marker in sorted((self.root / "staging").iterdir()):
-            batch_id = marker.name
+        for marker in markers:
+            name = marker.name
             for sub in ("clean", "quarantine"):
-                p = self.root / sub / f"{batch_id}.parquet"
+                p = self.root / sub / f"{name}.parquet"
                 if p.exists() and p.relative_to(self.root).as_posix() not in known:
                     p.unlink()
                     removed.append(p)
-            rejected = self.root / "rejected" / batch_id
-            if rejected.exists() and batch_id not in batches:
+            rejected = self.root / "rejected" / name
+            if rejected.exists() and name not in batches:
                 shutil.rmtree(rejected)
                 removed.append(rejected)
             shutil.rmtree(marker) if marker.is_dir() else marker.unlink()
         return removed
 
-    def staging_dir(self, batch_id: str) -> Path:
-        path = self.root / "staging" / batch_id
-        path.mkdir(parents=True, exist_ok=True)
+    def staging_dir(self, name: str) -> Path:
+        """``staging/<name>/``, marked as this process's (see ``recover``)."""
+        path = self.root / "staging" / name
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (path / ".owner").write_text(str(os.getpid()))
         return path
 
     def commit(self, outcome: Outcome) -> BatchRecord:
@@ -435,7 +646,7 @@ class Store:
         ------
         StoreError
             When the outcome does not account for every input row, or the batch
-            is already in the ledger under another id.
+            is already in the ledger.
         """
         n_clean = 0 if outcome.clean is None else len(outcome.clean)
         n_quar = 0 if outcome.quarantine is None else len(outcome.quarantine)
@@ -447,11 +658,34 @@ class Store:
                 f"batch {outcome.batch_id}: {n_clean} clean + {n_quar} quarantined + "
                 f"{outcome.rows_rejected} rejected != {outcome.rows_in} rows in"
             )
-        marker = self.staging_dir(outcome.batch_id)
-        written = self._write_files(
-            outcome.batch_id, (("clean", outcome.clean), ("quarantine", outcome.quarantine))
-        )
+        with self.writing():
+            if self.batch_by_sha(outcome.sha256) is not None:
+                raise StoreError(f"batch {outcome.batch_id}: its content is already in the ledger")
+            marker = self.staging_dir(outcome.batch_id)
+            with self._undone_on_error(marker):
+                written = self._write_files(
+                    outcome.batch_id, (("clean", outcome.clean), ("quarantine", outcome.quarantine))
+                )
+                return self._record(outcome, written, n_clean, n_quar, marker)
 
+    @contextlib.contextmanager
+    def _undone_on_error(self, marker: Path) -> Iterator[None]:
+        """On an error before the ledger commit, remove what this commit wrote (a full disk)."""
+        try:
+            yield
+        except BaseException:
+            (marker / ".owner").unlink(missing_ok=True)  # no live owner: recover() may take it
+            self.recover()
+            raise
+
+    def _record(
+        self,
+        outcome: Outcome,
+        written: list[tuple[str, str, int | None]],
+        n_clean: int,
+        n_quar: int,
+        marker: Path,
+    ) -> BatchRecord:
         finished = now()
         record = BatchRecord(
             batch_id=outcome.batch_id,
@@ -467,8 +701,6 @@ class Store:
             finished_at=finished,
         )
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM batches WHERE sha256 = ?", (outcome.sha256,)).fetchone():
-                raise StoreError(f"batch {outcome.batch_id}: its content is already in the ledger")
             db.execute(
                 "INSERT INTO batches VALUES (:batch_id, :sha256, :source, :status, :rows_in, "
                 ":rows_clean, :rows_quarantined, :rows_rejected, :reason, :started_at, "
@@ -476,9 +708,11 @@ class Store:
                 record.as_dict(),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
                 [(p, outcome.batch_id, p.split("/")[0], h, n, finished) for p, h, n in written],
             )
+            if outcome.landed is not None:
+                self._remember(db, outcome.landed, outcome.sha256, outcome.batch_id, "batch", None)
             detail = {
                 "source": outcome.source,
                 "sha256": outcome.sha256,
@@ -498,9 +732,9 @@ class Store:
 
     def _write_files(
         self, name: str, frames: tuple[tuple[str, pd.DataFrame | None], ...]
-    ) -> list[tuple[str, str, int]]:
+    ) -> list[tuple[str, str, int | None]]:
         """Write ``<kind>/<name>.parquet`` atomically for each frame; (path, sha256, rows) each."""
-        written: list[tuple[str, str, int]] = []
+        written: list[tuple[str, str, int | None]] = []
         for kind, frame in frames:
             if frame is None:
                 continue
@@ -510,6 +744,73 @@ class Store:
             written.append((rel, hashlib.sha256(data).hexdigest(), len(frame)))
             crash_point(f"after-{kind}-file")
         return written
+
+    def reject(self, landed_copy: Path, file_name: str, outcome: Outcome) -> BatchRecord:
+        """Keep a rejected batch's bytes as they arrived, with its reason, and record it.
+
+        ``landed_copy`` is the file to keep (moved, not copied, when it lies in
+        the store's staging area); ``file_name`` is the safe name to keep it under.
+        """
+        with self.writing():
+            if self.batch_by_sha(outcome.sha256) is not None:
+                raise StoreError(f"batch {outcome.batch_id}: its content is already in the ledger")
+            marker = self.staging_dir(outcome.batch_id)
+            with self._undone_on_error(marker):
+                return self._keep_rejected(landed_copy, file_name, outcome, marker)
+
+    def _keep_rejected(
+        self, landed_copy: Path, file_name: str, outcome: Outcome, marker: Path
+    ) -> BatchRecord:
+        folder = self.root / "rejected" / outcome.batch_id
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kept = folder / file_name
+        staging = (self.root / "staging").resolve()
+        if Path(landed_copy).resolve().is_relative_to(staging):
+            os.replace(landed_copy, kept)
+        else:
+            atomic_write_bytes(kept, Path(landed_copy).read_bytes())
+        reason = {"file": outcome.source, "reason": outcome.reason, "sha256": outcome.sha256}
+        text = (json.dumps(reason, indent=2) + "\n").encode()
+        atomic_write_bytes(folder / "reason.json", text)
+        written: list[tuple[str, str, int | None]] = [
+            (kept.relative_to(self.root).as_posix(), sha256_file(kept), None),
+            (f"rejected/{outcome.batch_id}/reason.json", hashlib.sha256(text).hexdigest(), None),
+        ]
+        return self._record(outcome, written, 0, 0, marker)
+
+    def remember_skip(
+        self,
+        landed: tuple[str, int, int],
+        reason: str,
+        sha256: str | None = None,
+        batch_id: str | None = None,
+    ) -> bool:
+        """Remember a landing entry that is not a batch (or repeats one), with the reason.
+
+        Returns True when this entry (name, size, time) was not remembered before.
+        """
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT size, mtime_ns FROM landed WHERE name = ?", (landed[0],)
+            ).fetchone()
+            if row is not None and (row[0], row[1]) == (landed[1], landed[2]):
+                return False
+            self._remember(db, landed, sha256, batch_id, "skipped", reason)
+            return True
+
+    @staticmethod
+    def _remember(
+        db: sqlite3.Connection,
+        landed: tuple[str, int, int],
+        sha256: str | None,
+        batch_id: str | None,
+        outcome: str,
+        reason: str | None,
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO landed VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*landed, sha256, batch_id, outcome, reason, now()),
+        )
 
     def commit_review(
         self,
@@ -523,22 +824,57 @@ class Store:
         """Record a reviewer's release or rejection of quarantined rows, atomically.
 
         Released rows are written as a new clean file (``clean/<batch>.release-<n>.parquet``)
-        exactly as the flow commits a batch: file first, then one ledger transaction
+        exactly as a batch is committed: file first, then one ledger transaction
         that lists the file, moves the row counts, records each row's review and
-        appends to the audit chain. Rejected rows' content hashes join the blocklist.
+        appends to the audit chain. Rejected rows' content hashes join the
+        blocklist. Callers hold ``writing()`` from reading the rows' state to here.
+
+        Raises
+        ------
+        StoreError
+            When one of the rows was reviewed meanwhile (nothing is written then).
         """
         if action not in ("release", "reject"):
             raise ValueError(f"unknown review action {action!r}")
         at = now()
-        n = len(rows)
-        written: list[tuple[str, str, int]] = []
-        marker = None
-        if action == "release":
-            seq = len([f for f in self.files("clean") if f.batch_id == batch_id])
-            name = f"{batch_id}.release-{seq}"
+        pg_rows = [int(r) for r in rows["pg_row"].tolist()]
+        with self.writing():
+            name = f"{batch_id}.{action}"
+            if action == "release":
+                taken = {f.path for f in self.files("clean")}
+                seq = 0
+                while f"clean/{batch_id}.release-{seq}.parquet" in taken:
+                    seq += 1
+                name = f"{batch_id}.release-{seq}"
             marker = self.staging_dir(name)
-            written = self._write_files(name, (("clean", rows),))
+            with self._undone_on_error(marker):
+                written = self._write_files(name, (("clean", rows),)) if action == "release" else []
+                self._record_review(batch_id, action, rows, pg_rows, written, actor, note, at)
+            shutil.rmtree(marker, ignore_errors=True)
+
+    def _record_review(
+        self,
+        batch_id: str,
+        action: str,
+        rows: pd.DataFrame,
+        pg_rows: list[int],
+        written: list[tuple[str, str, int | None]],
+        actor: str,
+        note: str,
+        at: str,
+    ) -> None:
+        n = len(pg_rows)
         with self.transaction() as db:
+            marks = ",".join("?" * len(pg_rows))
+            done = db.execute(
+                f"SELECT COUNT(*) FROM reviews WHERE batch_id = ? AND pg_row IN ({marks})",
+                (batch_id, *pg_rows),
+            ).fetchone()[0]
+            if done:
+                raise StoreError(
+                    f"batch {batch_id}: {done} of these rows were reviewed meanwhile; "
+                    "nothing was written, look again with `poisonguard review show`"
+                )
             moved = (
                 ("rows_clean", "rows_quarantined")
                 if action == "release"
@@ -555,37 +891,41 @@ class Store:
             )
             db.executemany(
                 "INSERT INTO reviews VALUES (?, ?, ?, ?, ?, ?)",
-                [(batch_id, int(r), action, actor, note, at) for r in rows["pg_row"].tolist()],
+                [(batch_id, r, action, actor, note, at) for r in pg_rows],
             )
+            hashes = [str(h) for h in rows["pg_row_hash"].tolist()]
             if action == "reject":
                 db.executemany(
                     "INSERT OR IGNORE INTO blocklist VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (h, batch_id, int(r), actor, at)
-                        for h, r in zip(
-                            rows["pg_row_hash"].tolist(), rows["pg_row"].tolist(), strict=True
-                        )
-                    ],
+                    [(h, batch_id, r, actor, at) for h, r in zip(hashes, pg_rows, strict=True)],
                 )
             detail = {
-                "rows": [int(r) for r in rows["pg_row"].tolist()],
+                "rows": pg_rows,
                 "note": note,
                 "files": {p: h for p, h, _ in written},
+                **({"row_hashes": hashes} if action == "reject" else {}),
             }
             self._append_audit(db, action, batch_id, actor, detail)
-        if marker is not None:
-            shutil.rmtree(marker, ignore_errors=True)
-
-    def reject(self, source: Path, outcome: Outcome) -> BatchRecord:
-        """Keep a rejected batch file as it arrived, with its reason, and record it."""
-        self.staging_dir(outcome.batch_id)
-        folder = self.root / "rejected" / outcome.batch_id
-        atomic_write_bytes(folder / source.name, source.read_bytes())
-        reason = {"source": str(source), "reason": outcome.reason, "sha256": outcome.sha256}
-        atomic_write_bytes(folder / "reason.json", (json.dumps(reason, indent=2) + "\n").encode())
-        return self.commit(outcome)
+            crash_point("review-before-ledger-commit")
 
     # -- audit chain ---------------------------------------------------------
+    def _audit_key(self) -> bytes:
+        if self._key is None:
+            try:
+                text = self.key_path.read_text().strip()
+            except FileNotFoundError:
+                raise StoreError(
+                    f"the audit key {self.key_path} is missing: the audit chain can be neither "
+                    "extended nor verified"
+                ) from None
+            if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+                raise StoreError(f"the audit key {self.key_path} is not a poisonguard key")
+            self._key = bytes.fromhex(text)
+        return self._key
+
+    def _mac(self, text: str) -> str:
+        return hmac.new(self._audit_key(), text.encode(), hashlib.sha256).hexdigest()
+
     @staticmethod
     def _entry_hash(
         prev: str, at: str, action: str, batch_id: str | None, actor: str, detail: str
@@ -607,10 +947,11 @@ class Store:
         text = json.dumps(detail, sort_keys=True, default=str)
         digest = self._entry_hash(prev, at, action, batch_id, actor, text)
         db.execute(
-            "INSERT INTO audit (at, action, batch_id, actor, detail, prev_hash, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (at, action, batch_id, actor, text, prev, digest),
+            "INSERT INTO audit (at, action, batch_id, actor, detail, prev_hash, hash, mac) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, action, batch_id, actor, text, prev, digest, self._mac(digest)),
         )
+        self._appended = True
 
     def audit(
         self,
@@ -629,12 +970,60 @@ class Store:
             rows = db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
         return [dict(r) for r in rows]
 
+    def head(self) -> dict[str, Any] | None:
+        """The audit chain's last entry as ``{"seq", "hash", "mac"}``; None when empty."""
+        with self._connect() as db:
+            row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return {"seq": int(row[0]), "hash": row[1], "mac": self._mac(f"{row[0]}:{row[1]}")}
+
+    def _read_anchor(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.anchor_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return {"broken": True}
+        return data if isinstance(data, dict) else {"broken": True}
+
+    def _write_anchor(self, db: sqlite3.Connection, vouched: dict[str, Any] | None = None) -> None:
+        row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        anchor = self._read_anchor()
+        anchor.pop("broken", None)
+        if row is not None:
+            anchor["head"] = {
+                "seq": int(row[0]),
+                "hash": row[1],
+                "mac": self._mac(f"{row[0]}:{row[1]}"),
+            }
+        if vouched is not None:
+            anchor["vouched"] = vouched
+        atomic_write_bytes(self.anchor_path, (json.dumps(anchor, indent=2) + "\n").encode())
+
+    def vouch(self, head: dict[str, Any]) -> None:
+        """Record in the anchor that the gate vouched for the chain up to ``head``."""
+        with self.writing(), self._connect() as db:
+            self._write_anchor(db, vouched=head)
+
     def verify_audit(self) -> str | None:
-        """Check the hash chain; return a description of the first broken entry, or None."""
+        """Check the chain, its keyed MACs and its anchor; the first problem, or None.
+
+        The chain must be unbroken from the first entry, every entry's MAC must
+        match the audit key, and the anchored head and the head the gate last
+        vouched for must both still be in it (so truncation and deletion are
+        errors, not an intact shorter chain).
+        """
+        try:
+            self._audit_key()
+        except StoreError as exc:
+            return str(exc)
         prev = GENESIS
-        for entry in self.audit_log():
+        by_seq: dict[int, str] = {}
+        log = self.audit_log()
+        for entry in log:
             if entry["prev_hash"] != prev:
-                return f"audit entry {entry['seq']} does not follow entry before it (prev_hash)"
+                return f"audit entry {entry['seq']} does not follow the entry before it (prev_hash)"
             expected = self._entry_hash(
                 prev,
                 entry["at"],
@@ -645,5 +1034,52 @@ class Store:
             )
             if entry["hash"] != expected:
                 return f"audit entry {entry['seq']} ({entry['action']}) was altered: hash mismatch"
+            if not hmac.compare_digest(entry["mac"] or "", self._mac(entry["hash"])):
+                return (
+                    f"audit entry {entry['seq']} ({entry['action']}) was not written with this "
+                    "store's audit key (MAC mismatch): the chain was rewritten"
+                )
+            by_seq[int(entry["seq"])] = entry["hash"]
             prev = entry["hash"]
+        if not log:
+            return f"the audit chain in {self.ledger_path} is empty; a store has at least its seed"
+        anchor = self._read_anchor()
+        if not anchor or anchor.get("broken"):
+            state = "missing" if not anchor else "unreadable"
+            return f"the audit anchor {self.anchor_path} is {state}"
+        for what in ("head", "vouched"):
+            mark = anchor.get(what)
+            if mark is None and what == "vouched":
+                continue
+            problem = self._check_mark(mark, by_seq, what)
+            if problem:
+                return problem
         return None
+
+    def _check_mark(self, mark: Any, by_seq: dict[int, str], what: str) -> str | None:
+        label = "anchored head" if what == "head" else "head the gate last vouched for"
+        try:
+            seq, digest, mac = int(mark["seq"]), str(mark["hash"]), str(mark["mac"])
+        except (TypeError, KeyError, ValueError):
+            return f"the audit anchor {self.anchor_path} has no valid {what}"
+        if not hmac.compare_digest(mac, self._mac(f"{seq}:{digest}")):
+            return f"the {label} in {self.anchor_path} was not written with this store's key"
+        if by_seq.get(seq) != digest:
+            have = max(by_seq) if by_seq else 0
+            return (
+                f"the {label} (entry {seq}, {digest[:12]}...) is not in the audit chain, which "
+                f"ends at entry {have}: entries were removed or rewritten"
+            )
+        return None
+
+
+def _owner(marker: Path) -> int | None:
+    try:
+        return int((marker / ".owner").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the OSError a full disk raises."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -1,0 +1,348 @@
+"""The landing folder: which entries are batches, when a file is whole, and reading it.
+
+Landed files are untrusted, names included. The rules:
+
+* Batches are regular files directly in the landing folder ending in ``.parquet``,
+  ``.pq``, ``.csv`` or ``.csv.gz``. Symbolic links are never followed; folders,
+  links, devices and files of other kinds are *skipped*, with a reason the ledger
+  keeps (``poisonguard status`` lists them).
+* A file still being written is not taken. Writers should land a file under a
+  name starting with ``.`` or ending in ``.part``/``.tmp`` and rename it when it
+  is whole (the rename is atomic); such names are ignored. For writers that
+  cannot, a file is taken only once its size and modification time have not
+  changed for ``settle_seconds``, and only if they do not change while it is read.
+* A taken file is copied into the store's staging area as it is hashed. The copy
+  is what is validated, scored and committed (or kept under ``rejected/``), so
+  a batch's SHA-256 is the hash of exactly the bytes that were judged.
+* Names reach messages and file names only through :func:`shown` (escaped and
+  bounded) and :func:`safe_stem` (a bounded set of characters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from poisonguard.errors import BatchError, StoreError, shown
+
+BATCH_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz")
+#: Names a writer uses while a file is incomplete; renamed when whole.
+IN_PROGRESS_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".inprogress")
+#: How a stem is shortened in a batch id and in file names the store writes.
+MAX_STEM = 64
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CHUNK = 1 << 20
+
+
+def batch_suffix(name: str) -> str | None:
+    """The batch kind a file name ends in (``".csv.gz"``, ``".parquet"``, ...), or None."""
+    low = name.lower()
+    return next((s for s in sorted(BATCH_SUFFIXES, key=len, reverse=True) if low.endswith(s)), None)
+
+
+def safe_stem(name: str) -> str:
+    """A file name's stem reduced to ``[A-Za-z0-9._-]``, at most ``MAX_STEM`` characters."""
+    suffix = batch_suffix(name)
+    stem = name[: -len(suffix)] if suffix else name
+    safe = _UNSAFE.sub("_", stem).strip("._-")[:MAX_STEM].strip("._-")
+    return safe or "batch"
+
+
+def batch_id_for(name: str, sha256: str) -> str:
+    """A batch's id: its file name's safe stem and the start of its content hash."""
+    return f"{safe_stem(name)}-{sha256[:12]}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of the landing folder, as ``survey`` found it.
+
+    Attributes
+    ----------
+    name : str
+        The entry's name, as on disk (untrusted text).
+    path : Path
+    size, mtime_ns : int
+        From ``lstat``: a batch is re-read only when these change.
+    skip : str or None
+        Why the entry is not a batch (a link, a folder, another kind of file);
+        None for a batch file.
+    """
+
+    name: str
+    path: Path
+    size: int
+    mtime_ns: int
+    skip: str | None = None
+
+    @property
+    def identity(self) -> tuple[str, int, int]:
+        return (self.name, self.size, self.mtime_ns)
+
+
+def _skip_reason(name: str, st: os.stat_result) -> str | None:
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link: poisonguard reads only regular files and never follows links"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder: batches are files directly in the landing folder"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a device, pipe or socket)"
+    if batch_suffix(name) is None:
+        return (
+            "not a batch file: poisonguard reads "
+            + ", ".join(BATCH_SUFFIXES[:-1])
+            + f" and {BATCH_SUFFIXES[-1]} files"
+        )
+    return None
+
+
+def in_progress(name: str) -> bool:
+    """True for names writers use while a file is incomplete (hidden, ``.part``, ``.tmp``)."""
+    return name.startswith(".") or name.lower().endswith(IN_PROGRESS_SUFFIXES)
+
+
+def survey(landing: Path) -> list[Entry]:
+    """Every entry of the landing folder but in-progress names, sorted by name.
+
+    Raises
+    ------
+    StoreError
+        When the landing folder does not exist or cannot be listed.
+    """
+    try:
+        names = sorted(os.listdir(landing))
+    except FileNotFoundError:
+        raise StoreError(f"landing folder {landing} does not exist") from None
+    except OSError as exc:
+        raise StoreError(f"landing folder {landing} cannot be listed: {exc.strerror}") from exc
+    entries = []
+    for name in names:
+        if in_progress(name):
+            continue
+        path = landing / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # gone between listing and looking: a rename in progress
+        entries.append(Entry(name, path, st.st_size, st.st_mtime_ns, _skip_reason(name, st)))
+    return entries
+
+
+def settled(
+    entries: list[Entry],
+    settle_seconds: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[list[Entry], list[Entry]]:
+    """Split batch files into those whole enough to take and those still changing.
+
+    A file is taken when its size and modification time have not changed for
+    ``settle_seconds``. Files modified more recently are looked at again after
+    waiting (once, at most ``settle_seconds``); those that changed meanwhile are
+    left for a later run.
+
+    Returns
+    -------
+    (ready, changing) : two lists of Entry
+    """
+    if settle_seconds <= 0 or not entries:
+        return list(entries), []
+    now = clock()
+    young = [e for e in entries if now - e.mtime_ns / 1e9 < settle_seconds]
+    if not young:
+        return list(entries), []
+    sleep(
+        max(0.0, min(settle_seconds, max(settle_seconds - (now - e.mtime_ns / 1e9) for e in young)))
+    )
+    changing = set()
+    for e in young:
+        try:
+            st = os.lstat(e.path)
+        except FileNotFoundError:
+            changing.add(e.name)
+            continue
+        if (st.st_size, st.st_mtime_ns) != (e.size, e.mtime_ns):
+            changing.add(e.name)
+    return [e for e in entries if e.name not in changing], [
+        e for e in entries if e.name in changing
+    ]
+
+
+class Unsettled(Exception):
+    """The file changed while it was read; it is left for a later run."""
+
+
+def snapshot(entry: Entry, folder: Path) -> tuple[Path, str]:
+    """Copy a landed file into ``folder`` while hashing it; the copy and its SHA-256.
+
+    The file is opened without following links and must keep the size and
+    modification time ``survey`` saw, before and after the copy.
+
+    Raises
+    ------
+    Unsettled
+        When the file changed (or vanished) since it was surveyed, or while read.
+    OSError
+        When it cannot be read (reported as a skip by the caller).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise Unsettled(entry.name) from exc
+    h = hashlib.sha256()
+    dest = folder / f"landed{batch_suffix(entry.name) or ''}"
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise Unsettled(entry.name)
+        if (before.st_size, before.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            raise Unsettled(entry.name)
+        copied = 0
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while chunk := os.read(fd, _CHUNK):
+                h.update(chunk)
+                os.write(out, chunk)
+                copied += len(chunk)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        after = os.fstat(fd)
+        if copied != before.st_size or (after.st_size, after.st_mtime_ns) != (
+            before.st_size,
+            before.st_mtime_ns,
+        ):
+            raise Unsettled(entry.name)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    return dest, h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _plain_type(t: pa.DataType) -> pa.DataType | None:
+    """The flat type a column is read as, or None when poisonguard cannot use it."""
+    if pa.types.is_dictionary(t):
+        return _plain_type(t.value_type)
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        return pa.float64() if pa.types.is_float16(t) else t
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_timestamp(t):
+        return t
+    if pa.types.is_date(t):
+        return pa.timestamp("ms")
+    if pa.types.is_decimal(t):
+        return pa.float64()
+    if pa.types.is_null(t):
+        return pa.float64()
+    return None
+
+
+_KIND_TEXT = "a flat column of numbers, text, booleans, dates or times"
+
+
+def _flatten(table: pa.Table, source: str) -> pa.Table:
+    """Dictionary, date and decimal columns as plain ones; nested or binary ones refused."""
+    columns = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        want = _plain_type(column.type)
+        if want is None:
+            what = (
+                "bytes that are not UTF-8 text" if pa.types.is_binary(column.type) else column.type
+            )
+            raise BatchError(
+                source,
+                f"column {shown(str(name))!r} holds {what}; expected {_KIND_TEXT}",
+                column=str(name),
+            )
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
+        if column.type != want:
+            try:
+                column = pc.cast(column, want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise BatchError(
+                    source,
+                    f"column {shown(str(name))!r} of type {column.type} cannot be read as {want} "
+                    f"({_first_line(exc)})",
+                    column=str(name),
+                ) from exc
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """An error's first line without quoted content (CSV errors quote the offending row)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"(Expected \d+ columns?, got \d+).*", r"\1", text)
+    return shown(text, limit)
+
+
+def read_batch(
+    path: Path, *, name: str | None = None, strings: list[str] | None = None
+) -> pd.DataFrame:
+    """Read a batch file (Parquet or CSV, plain or gzip) into a frame of flat columns.
+
+    Parameters
+    ----------
+    path : Path
+        The file to read (the staged copy of a landed file, or any path).
+    name : str, optional
+        The name to judge its kind by and show in messages (default ``path.name``).
+    strings : list of str, optional
+        Columns a CSV reader must keep as text (CSV has no types: a column of zip
+        codes would otherwise arrive as integers).
+
+    Raises
+    ------
+    BatchError
+        Naming the file (and the column, when there is one), when it is empty,
+        unreadable, of an unknown kind, has no rows, or holds a column poisonguard
+        cannot judge (nested, binary).
+    """
+    path = Path(path)
+    name = name if name is not None else path.name
+    source = shown(name)
+    suffix = batch_suffix(name)
+    if suffix is None:
+        raise BatchError(source, f"unknown file kind; expected one of {', '.join(BATCH_SUFFIXES)}")
+    kind = "Parquet" if suffix in (".parquet", ".pq") else "CSV"
+    try:
+        if path.stat().st_size == 0:
+            raise BatchError(source, f"the file is empty; expected a {kind} table with a header")
+        if kind == "CSV":
+            types = {c: pa.string() for c in strings or []}
+            table = pacsv.read_csv(
+                pa.input_stream(path, compression="gzip" if suffix == ".csv.gz" else None),
+                convert_options=pacsv.ConvertOptions(column_types=types),
+            )
+        else:
+            table = pq.read_table(path)
+        table = _flatten(table, source)
+        frame = table.to_pandas()
+    except BatchError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, OverflowError, TypeError) as exc:
+        raise BatchError(source, f"not a readable {kind} file ({_first_line(exc)})") from exc
+    if len(frame) == 0:
+        raise BatchError(source, "the file has a header but no rows; expected at least one row")
+    return frame
