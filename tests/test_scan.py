@@ -65,6 +65,41 @@ def test_bad_parameters_get_the_house_message(split):
         poisonguard.scan(batch, label=LABEL, reference=reference.head(10))
 
 
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        (
+            {"knn_label": {"n_neighbors": 0}},
+            r"^The 'n_neighbors' parameter of KnnLabelDetector must be an int >= 1\. "
+            r"Got 0 instead\.$",
+        ),
+        (
+            {"knn_label": {"n_neighbour": 10}},
+            r"^KnnLabelDetector has no parameter 'n_neighbour'; expected one of max_reference, "
+            r"n_close, n_neighbors, random_state, smoothing$",
+        ),
+        (
+            {"tail": {"combine": "mean"}},
+            r"^The 'combine' parameter of TailDetector must be one of \['sum', 'max'\]\. "
+            r"Got 'mean' instead\.$",
+        ),
+        ({"knn_lable": {}}, r"^The 'params' parameter of (Guard|scan\(\)) must be keyed by"),
+        ({"knn_label": 10}, r"^The 'params\.knn_label' parameter of (Guard|scan\(\)) must be a"),
+    ],
+)
+def test_detector_parameters_are_checked_before_anything_is_fitted(split, params, match):
+    """Guard(settings=...) and scan(config=DetectionSettings(...)) check detector parameters
+    up front, even for detectors the scan would not run, in the house template."""
+    reference, batch = split
+    settings = poisonguard.DetectionSettings(detectors=("knn_distance",), params=params)
+    with pytest.raises(ConfigError, match=match):
+        poisonguard.Guard(label=LABEL, settings=settings).fit(reference)
+    with pytest.raises(ConfigError, match=match):
+        poisonguard.scan(batch, label=LABEL, reference=reference, config=settings)
+    with pytest.raises(ConfigError, match=match):
+        poisonguard.scan(batch, label=LABEL, config=settings)
+
+
 def test_a_fitted_guard_judges_many_batches_the_same_way(split):
     reference, batch = split
     guard = poisonguard.Guard(label=LABEL).fit(reference)

@@ -94,14 +94,16 @@ class DetectionSettings:
         """Return self after checking every value, or raise ConfigError naming the bad one.
 
         With ``key_prefix`` (a config file's ``"FILE: detection"``) the message names
-        the config key; otherwise the parameter of ``owner``.
+        the config key; otherwise the parameter of ``owner`` (for a detector's
+        parameters, the parameter of its class). Detector parameters are checked
+        by the detector's own ``from_params``, the same check that builds it.
         """
+        from poisonguard.detectors import REGISTRY
         from poisonguard.errors import param_error
 
         def bad(name: str, rule: str, value: Any) -> ConfigError:
-            if key_prefix is not None:
-                return ConfigError(f"{key_prefix}.{name} must be {rule}. Got {value!r} instead.")
-            return param_error(name, owner, rule, value)
+            error = param_error(name, owner, rule, value)
+            return error if key_prefix is None else error.at_key(f"{key_prefix}.{name}")
 
         if not 0.0 < self.fdr < 1.0:
             raise bad("fdr", "in (0, 1)", self.fdr)
@@ -115,6 +117,13 @@ class DetectionSettings:
             raise bad("hold_label_shift", "in (0, 1]", self.hold_label_shift)
         if not 0.0 < self.hold_feature_drift <= 1.0:
             raise bad("hold_feature_drift", "in (0, 1]", self.hold_feature_drift)
+        for name, params in self.params.items():
+            if name not in REGISTRY:
+                raise bad("params", f"keyed by detector names from {sorted(REGISTRY)}", name)
+            if not isinstance(params, Mapping):
+                raise bad(f"params.{name}", "a mapping of parameter names to values", params)
+            key = None if key_prefix is None else f"{key_prefix}.params.{name}"
+            REGISTRY[name].from_params(params, key=key)
         return self
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -175,11 +175,7 @@ class Guard:
         return active
 
     def _make(self, name: str, settings: DetectionSettings) -> Detector:
-        params: Mapping[str, Any] = settings.params.get(name, {})
-        try:
-            return REGISTRY[name](**params)
-        except TypeError as exc:
-            raise ConfigError(f"Bad parameters for detector {name!r}: {exc}") from exc
+        return REGISTRY[name].from_params(settings.params.get(name, {}))
 
     def _calibrate(
         self, table: Table, settings: DetectionSettings, rng: np.random.Generator

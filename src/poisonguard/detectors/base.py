@@ -19,6 +19,7 @@ scan has no label column.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
@@ -190,8 +191,11 @@ def _numeric(frame: pd.DataFrame, features: list[str], source: str) -> np.ndarra
 class Detector(Protocol):
     """Scores rows against a trusted reference; higher = more suspicious.
 
-    ``__init__`` only stores keyword-only parameters. ``fit`` validates them and
-    learns; learnt state ends in ``_``. ``score`` returns a float64 array of
+    ``__init__`` only stores keyword-only parameters. ``from_params`` builds a
+    detector and checks its parameters without data (unknown names, then
+    values), so a config is judged when it loads; ``fit`` checks them again
+    (a detector built directly is checked too), then learns; learnt state ends
+    in ``_``. Checks that need the data stay in ``fit``. ``score`` returns a float64 array of
     shape ``(batch.n_rows,)`` with no NaN. ``explain`` returns one short
     sentence per requested row saying what this detector saw, e.g.
     ``"label 3, but 9 of its 10 nearest trusted rows are 5"``.
@@ -199,6 +203,9 @@ class Detector(Protocol):
 
     name: ClassVar[str]
     needs_label: ClassVar[bool]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], *, key: str | None = None) -> Self: ...
 
     def fit(self, reference: Table) -> Self: ...
 
