@@ -31,6 +31,7 @@ Relative paths are resolved against the folder holding the config file.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,9 @@ DEFAULT_FDR = 0.05
 
 #: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
 RESERVED_PREFIX = "pg_"
+
+# Columns of a suite listed in a message before "...".
+_MAX_COLUMNS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -179,8 +183,11 @@ def load_config(path: str | Path) -> Config:
     ------
     ConfigError
         For a missing or unparsable file, an unknown section or key, a value of
-        the wrong type or range, or a referenced file that does not exist. The
-        message names the file and the key.
+        the wrong type or range, a referenced file that does not exist, a
+        detector parameter that is unknown or out of range (checked by the
+        detector's ``from_params``), a label, id or feature that is not a column
+        of the suite (when the suite fixes its columns) or a feature that is the
+        label or the id. The message names the file and the key.
     """
     path = Path(path)
     if not path.is_file():
@@ -219,6 +226,12 @@ def load_config(path: str | Path) -> Config:
             raise ConfigError(
                 f"{path}: dataset.{key} {ds[key]!r} uses the reserved prefix {RESERVED_PREFIX!r}"
             )
+        if key in ds and ds[key] in features:
+            raise ConfigError(
+                f"{path}: dataset.features lists {ds[key]!r}, which is dataset.{key}; "
+                "features may not include the label or the id"
+            )
+    _check_suite_columns(path, ds, expectations)
 
     det = raw.get("detection", {})
     detectors = det.get("detectors")
@@ -281,6 +294,60 @@ def _check_key(path: Path, section: str, key: str, value: Any) -> None:
         raise ConfigError(
             f"{path}: {section}.{key} must be of type {names}. Got {value!r} instead."
         )
+
+
+def _check_suite_columns(path: Path, ds: Mapping[str, Any], suite_path: Path) -> None:
+    """``dataset.label``, ``dataset.id`` and ``dataset.features`` must be columns of the suite.
+
+    Only when the suite fixes its columns (an exact column set or an ordered
+    column list); the JSON is read directly, without Great Expectations.
+    """
+    try:
+        suite = json.loads(suite_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: dataset.expectations points to {suite_path}, which cannot be read ({exc})"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: dataset.expectations points to {suite_path}, which is not valid JSON "
+            f"({exc.msg}, line {exc.lineno})"
+        ) from None
+    columns = _suite_columns(suite)
+    if columns is None:
+        return
+    known = set(columns)
+    shown = ", ".join(columns[:_MAX_COLUMNS_SHOWN])
+    if len(columns) > _MAX_COLUMNS_SHOWN:
+        shown += f", ... ({len(columns)} in all)"
+    named = [(f"dataset.{key}", ds[key]) for key in ("label", "id") if key in ds]
+    named += [("dataset.features entry", f) for f in ds.get("features", [])]
+    for key, column in named:
+        if column not in known:
+            raise ConfigError(
+                f"{path}: {key} {column!r} is not a column of the suite "
+                f"{ds['expectations']}; its columns: {shown}"
+            )
+
+
+def _suite_columns(suite: Any) -> list[str] | None:
+    """The columns a suite's column-set expectation fixes; None when it fixes none."""
+    items = suite.get("expectations") if isinstance(suite, Mapping) else None
+    for item in items if isinstance(items, list) else []:
+        kind = item.get("type") if isinstance(item, Mapping) else None
+        kwargs = item.get("kwargs") if isinstance(item, Mapping) else None
+        if not isinstance(kwargs, Mapping):
+            continue
+        if kind == "expect_table_columns_to_match_ordered_list":
+            columns = kwargs.get("column_list")
+        # A column set with exact_match false allows other columns too (GX reads null as true).
+        elif kind == "expect_table_columns_to_match_set" and kwargs.get("exact_match") is not False:
+            columns = kwargs.get("column_set")
+        else:
+            continue
+        if isinstance(columns, list):
+            return [str(c) for c in columns]
+    return None
 
 
 def _check_detector_names(path: Path, key: str, names: list[Any]) -> None:
