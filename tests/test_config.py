@@ -167,3 +167,17 @@ def test_a_suite_that_is_not_json_fails_at_load(tmp_path):
         match=r"pg\.toml: dataset\.expectations points to .*suite\.json, which is not valid JSON",
     ):
         load_config(path)
+
+
+def test_the_schedule_time_zone_must_be_an_iana_name(tmp_path):
+    """A zone name Prefect would not accept fails at load; a real one is kept."""
+    cfg = load_config(_write(tmp_path, BASE + '[schedule]\ntimezone = "Europe/Berlin"\n'))
+    assert cfg.timezone == "Europe/Berlin"
+    assert load_config(_write(tmp_path, BASE)).timezone == "UTC"
+    for bad in ("Mars/Olympus", "utc", "", "../etc/passwd"):
+        with pytest.raises(
+            ConfigError,
+            match=r'^.*pg\.toml: schedule\.timezone must be an IANA time zone name such as "UTC" '
+            rf'or "Europe/Berlin"\. Got {re.escape(repr(bad))} instead\.$',
+        ):
+            load_config(_write(tmp_path, BASE + f'[schedule]\ntimezone = "{bad}"\n'))

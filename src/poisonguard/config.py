@@ -31,8 +31,10 @@ Relative paths are resolved against the folder holding the config file.
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -187,7 +189,8 @@ def load_config(path: str | Path) -> Config:
         detector parameter that is unknown or out of range (checked by the
         detector's ``from_params``), a label, id or feature that is not a column
         of the suite (when the suite fixes its columns) or a feature that is the
-        label or the id. The message names the file and the key.
+        label or the id, or a time zone that is not an IANA name. The message
+        names the file and the key.
     """
     path = Path(path)
     if not path.is_file():
@@ -263,6 +266,13 @@ def load_config(path: str | Path) -> Config:
             f"{path}: schedule.cron must have five fields (minute hour day month weekday). "
             f"Got {cron!r} instead."
         )
+    timezone = sched.get("timezone", "UTC")
+    # The names Prefect accepts for a schedule's timezone: the same zoneinfo list.
+    if timezone not in _time_zones():
+        raise ConfigError(
+            f'{path}: schedule.timezone must be an IANA time zone name such as "UTC" or '
+            f'"Europe/Berlin". Got {timezone!r} instead.'
+        )
     return Config(
         path=path.resolve(),
         name=ds.get("name", path.stem),
@@ -274,7 +284,7 @@ def load_config(path: str | Path) -> Config:
         expectations=expectations,
         detection=settings,
         cron=cron,
-        timezone=sched.get("timezone", "UTC"),
+        timezone=timezone,
     )
 
 
@@ -294,6 +304,11 @@ def _check_key(path: Path, section: str, key: str, value: Any) -> None:
         raise ConfigError(
             f"{path}: {section}.{key} must be of type {names}. Got {value!r} instead."
         )
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
 
 
 def _check_suite_columns(path: Path, ds: Mapping[str, Any], suite_path: Path) -> None:
