@@ -56,7 +56,9 @@ def init_dataset(
     config_path = directory / CONFIG_NAME
     if config_path.exists() and not force:
         raise ConfigError(f"{config_path} already exists; pass --force to overwrite it")
-    suite = infer_suite(frame, label=label, id_column=id_column, name=name, margin=margin)
+    suite = infer_suite(
+        frame, label=label, id_column=id_column, name=name, margin=margin, source=str(sample)
+    )
     suite_rel = f"expectations/{name}.json"
     directory.mkdir(parents=True, exist_ok=True)
     write_suite(suite, directory / suite_rel)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard.detectors.base import check_class_label
 from poisonguard.errors import BatchError, ConfigError, param_error
 
 __all__ = [
@@ -580,6 +581,7 @@ def infer_suite(
     id_column: str | None = None,
     name: str = "poisonguard",
     margin: float = 0.25,
+    source: str = "trusted sample",
 ) -> dict:
     """Infer an expectation suite from a trusted sample of rows.
 
@@ -616,6 +618,8 @@ def infer_suite(
         The suite's name.
     margin : float, default 0.25
         How far to widen numeric ranges, as a fraction of the observed range.
+    source : str, default "trusted sample"
+        The sample's file (or other name), for messages.
 
     Returns
     -------
@@ -626,7 +630,9 @@ def infer_suite(
     ------
     ConfigError
         When a parameter is invalid, or a column holds values of mixed or
-        unsupported types, or the id column has nulls or duplicates.
+        unsupported types, or the id column has nulls or duplicates, or the
+        label holds floats that are not whole numbers (a regression target; see
+        ``check_class_label``).
     """
     owner = "infer_suite()"
     if not isinstance(frame, pd.DataFrame):
@@ -651,6 +657,8 @@ def infer_suite(
         or margin < 0
     ):
         raise param_error("margin", owner, "a finite number >= 0", margin)
+    if label is not None:
+        check_class_label(frame[label], label=label, source=source)
 
     n_rows = len(frame)
     expectations = [

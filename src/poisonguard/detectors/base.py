@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from poisonguard.detectors._kernels import _finite_within, _standardize
-from poisonguard.errors import BatchError
+from poisonguard.errors import BatchError, ConfigError
 
 #: Label code given to a label value the trusted reference never contained.
 UNSEEN_LABEL = -1
@@ -147,6 +147,49 @@ class Encoder:
         if self.label is not None and self.label in frame.columns:
             y = _label_codes(frame[self.label], self.classes_)
         return Table(X, raw, y, self.features, self.classes_)
+
+
+def check_class_label(values: pd.Series, *, label: str, source: str) -> None:
+    """Refuse a label that looks like a regression target: floats not all whole numbers.
+
+    poisonguard judges class labels; a price or a temperature would otherwise be
+    taken as hundreds of classes with a row or two each. Whole-number floats
+    (1.0, 2.0: an int column read from a CSV with a missing cell) and strings,
+    ints and bools stay class labels.
+
+    Parameters
+    ----------
+    values : Series
+        The label column.
+    label : str
+        Its name, for the message.
+    source : str
+        The file (or other name) it comes from, for the message.
+
+    Raises
+    ------
+    ConfigError
+        One line naming ``source``, the label and how many distinct
+        non-integer values it holds.
+    """
+    values = values.dropna()
+    if pd.api.types.is_float_dtype(values.dtype):
+        x = values.to_numpy(dtype=np.float64)
+    elif pd.api.types.is_object_dtype(values.dtype) or isinstance(
+        values.dtype, pd.CategoricalDtype
+    ):
+        floats = [v for v in values.tolist() if isinstance(v, float | np.floating)]
+        x = np.asarray(floats, dtype=np.float64)
+    else:
+        return
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(x) & (x == np.round(x))
+    n = int(np.unique(x[~whole]).size)
+    if n:
+        raise ConfigError(
+            f"{source}: label {label!r} holds {n} distinct non-integer value{'s' * (n != 1)}, "
+            "so it looks like a regression target; poisonguard supports class labels only for now"
+        )
 
 
 def _label_codes(values: pd.Series, classes: tuple[Any, ...]) -> np.ndarray:
