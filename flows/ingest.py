@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.schedules import Cron
 
 from poisonguard.config import load_config
 from poisonguard.landing import Entry
@@ -110,11 +112,18 @@ def ingest(config_path: str) -> dict:
 
 
 def serve(config_path: str) -> None:
-    """Serve the ingest flow as a deployment on the config's cron schedule (blocks)."""
+    """Serve the ingest flow as a deployment on the config's cron schedule, in its time zone
+    (blocks)."""
+    ingest.serve(**deployment_options(config_path))
+
+
+def deployment_options(config_path: str) -> dict[str, Any]:
+    """What ``serve`` deploys the ingest flow with: its name, the config's cron schedule in
+    the config's ``schedule.timezone``, the config path as parameter, and tags."""
     config = load_config(config_path)
-    ingest.serve(
-        name=f"poisonguard-{config.name}",
-        cron=config.cron,
-        parameters={"config_path": str(Path(config_path).resolve())},
-        tags=["poisonguard"],
-    )
+    return {
+        "name": f"poisonguard-{config.name}",
+        "schedule": None if config.cron is None else Cron(config.cron, timezone=config.timezone),
+        "parameters": {"config_path": str(Path(config_path).resolve())},
+        "tags": ["poisonguard"],
+    }

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -156,6 +157,43 @@ def test_errors_are_one_line_with_exit_code_2_not_a_traceback(tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"poisonguard: error: {tmp_path / 'nope.toml'}: config file not found"
     ]
+
+
+def prices(n: int, seed: int) -> pd.DataFrame:
+    """Rows whose would-be label is a price: a regression target, not classes."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    price = np.round(50 + 10 * x[:, 0] + rng.normal(size=n), 2)
+    return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "price": price})
+
+
+def test_init_refuses_a_float_label_in_one_line(tmp_path, capsys):
+    """A label of non-integer floats stops init with exit 2 and one line naming the file."""
+    sample = tmp_path / "trusted.csv"
+    frame = prices(120, 0)
+    frame.to_csv(sample, index=False)
+    n = frame.loc[frame["price"] % 1 != 0, "price"].nunique()  # 52.0 would be a class
+    assert n > 100
+    code = main(["init", "--sample", str(sample), "--label", "price", "--dir", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"poisonguard: error: {sample}: label 'price' holds {n} distinct non-integer values, "
+        "so it looks like a regression target; poisonguard supports class labels only for now"
+    ]
+    assert not (tmp_path / "poisonguard.toml").exists()
+
+
+def test_init_keeps_whole_number_float_labels_as_classes(tmp_path):
+    """Labels read as floats only because a cell is missing (1.0, 2.0, NaN) are classes."""
+    frame = prices(120, 0)
+    frame["price"] = np.where(frame["a"] > 0, 1.0, 2.0)
+    frame.loc[7, "price"] = np.nan
+    sample = tmp_path / "trusted.csv"
+    frame.to_csv(sample, index=False)
+    assert main(["init", "--sample", str(sample), "--label", "price", "--dir", str(tmp_path)]) == 0
+    suite = json.loads((tmp_path / "expectations" / "trusted.json").read_text())
+    sets = [e for e in suite["expectations"] if e["type"] == "expect_column_values_to_be_in_set"]
+    assert [e["kwargs"]["value_set"] for e in sets] == [[1.0, 2.0]]
 
 
 @pytest.mark.parametrize("argv", [["frobnicate"], ["scan"], []])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,97 @@ def test_reserved_column_prefix_is_refused(tmp_path):
         load_config(
             _write(tmp_path, '[dataset]\nlabel = "pg_label"\nexpectations = "suite.json"\n')
         )
+
+
+COLUMNS = ["row_id", *(f"px{i:02d}" for i in range(10)), "digit"]
+
+
+def _with_suite(tmp_path: Path, dataset: str, expectations: list[dict]) -> Path:
+    (tmp_path / "expectations").mkdir(exist_ok=True)
+    suite = {"name": "digits", "expectations": expectations}
+    (tmp_path / "expectations" / "digits.json").write_text(json.dumps(suite))
+    path = tmp_path / "poisonguard.toml"
+    path.write_text(f'[dataset]\nexpectations = "expectations/digits.json"\n{dataset}')
+    return path
+
+
+COLUMN_SET = {
+    "type": "expect_table_columns_to_match_set",
+    "kwargs": {"column_set": COLUMNS, "exact_match": True},
+}
+ORDERED = {"type": "expect_table_columns_to_match_ordered_list", "kwargs": {"column_list": COLUMNS}}
+SHOWN = re.escape(
+    "its columns: row_id, px00, px01, px02, px03, px04, px05, px06, px07, px08, ... (12 in all)"
+)
+
+
+@pytest.mark.parametrize("rule", [COLUMN_SET, ORDERED])
+@pytest.mark.parametrize(
+    ("dataset", "match"),
+    [
+        ('label = "nolabel"\n', r"dataset\.label 'nolabel' is not a column"),
+        ('label = "digit"\nid = "noid"\n', r"dataset\.id 'noid' is not a column"),
+        (
+            'label = "digit"\nfeatures = ["px00", "px99"]\n',
+            r"dataset\.features entry 'px99' is not a column",
+        ),
+    ],
+)
+def test_dataset_columns_the_suite_lacks_fail_at_load(tmp_path, rule, dataset, match):
+    """label, id and features must be columns of a suite that fixes its columns; the message
+    names the file, the key, the suite as written and (some of) its columns."""
+    path = _with_suite(tmp_path, dataset, [rule])
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{re.escape(str(path))}: {match} of the suite expectations/digits\.json; "
+        rf"{SHOWN}$",
+    ):
+        load_config(path)
+
+
+def test_dataset_columns_are_not_checked_when_the_suite_does_not_fix_them(tmp_path):
+    """A suite without an exact column set (none, or exact_match false) skips the check."""
+    loose = {"type": "expect_table_columns_to_match_set", "kwargs": {"column_set": COLUMNS}}
+    loose["kwargs"]["exact_match"] = False
+    between = {"type": "expect_column_values_to_be_between", "kwargs": {"column": "px00"}}
+    for expectations in ([], [between], [loose]):
+        path = _with_suite(tmp_path, 'label = "extra"\nfeatures = ["other"]\n', expectations)
+        assert load_config(path).label == "extra"
+    path = _with_suite(tmp_path, 'label = "digit"\nid = "row_id"\n', [COLUMN_SET])
+    assert (load_config(path).label, load_config(path).id_column) == ("digit", "row_id")
+
+
+@pytest.mark.parametrize(("key", "column"), [("label", "digit"), ("id", "row_id")])
+def test_features_may_not_name_the_label_or_the_id(tmp_path, key, column):
+    dataset = f'label = "digit"\nid = "row_id"\nfeatures = ["px00", "{column}"]\n'
+    with pytest.raises(
+        ConfigError,
+        match=rf"dataset\.features lists '{column}', which is dataset\.{key}; features may not "
+        "include the label or the id",
+    ):
+        load_config(_with_suite(tmp_path, dataset, [COLUMN_SET]))
+
+
+def test_a_suite_that_is_not_json_fails_at_load(tmp_path):
+    (tmp_path / "suite.json").write_text('{"name": "s", "expectations": [')
+    path = tmp_path / "pg.toml"
+    path.write_text(BASE)
+    with pytest.raises(
+        ConfigError,
+        match=r"pg\.toml: dataset\.expectations points to .*suite\.json, which is not valid JSON",
+    ):
+        load_config(path)
+
+
+def test_the_schedule_time_zone_must_be_an_iana_name(tmp_path):
+    """A zone name Prefect would not accept fails at load; a real one is kept."""
+    cfg = load_config(_write(tmp_path, BASE + '[schedule]\ntimezone = "Europe/Berlin"\n'))
+    assert cfg.timezone == "Europe/Berlin"
+    assert load_config(_write(tmp_path, BASE)).timezone == "UTC"
+    for bad in ("Mars/Olympus", "utc", "", "../etc/passwd"):
+        with pytest.raises(
+            ConfigError,
+            match=r'^.*pg\.toml: schedule\.timezone must be an IANA time zone name such as "UTC" '
+            rf'or "Europe/Berlin"\. Got {re.escape(repr(bad))} instead\.$',
+        ):
+            load_config(_write(tmp_path, BASE + f'[schedule]\ntimezone = "{bad}"\n'))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
+from poisonguard.config import load_config
 from poisonguard.detectors import DEFAULT_DETECTORS, REGISTRY, UNSEEN_LABEL, Detector, Encoder
 from poisonguard.errors import BatchError, ConfigError
 
@@ -98,6 +102,49 @@ def test_detector_contract(name, tables):
         match=rf"^The '{param}' parameter of {cls.__name__} must be .* Got {value!r} instead\.$",
     ):
         bad.fit(reference)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_bad_and_unknown_detector_parameters_fail_when_the_config_loads(name, tmp_path):
+    """A value out of range and a misspelt name in [detection.params.NAME] fail at
+    load_config, naming the file and the key, before any data is read."""
+    (tmp_path / "suite.json").write_text('{"name": "s", "expectations": []}')
+    path = tmp_path / "pg.toml"
+    prefix = re.escape(f"{path}: detection.params.{name}.")
+    param, value = BAD_PARAMS[name]
+    known = ", ".join(sorted(REGISTRY[name]().get_params()))
+    cases = {
+        f"{param} = {json.dumps(value)}": (
+            rf"^{prefix}{param} must be .*\. Got {re.escape(repr(value))} instead\.$"
+        ),
+        "n_neighbour = 10": (
+            rf"^{prefix}n_neighbour: unknown parameter; expected one of {re.escape(known)}$"
+        ),
+    }
+    for line, match in cases.items():
+        path.write_text(
+            f'[dataset]\nexpectations = "suite.json"\n\n[detection.params.{name}]\n{line}\n'
+        )
+        with pytest.raises(ConfigError, match=match):
+            load_config(path)
+
+
+def test_detectors_are_built_with_their_parameters_checked():
+    """from_params refuses unknown names (listing the real ones) and bad values, with no data."""
+    with pytest.raises(
+        ConfigError,
+        match=r"^KnnLabelDetector has no parameter 'n_neighbour'; expected one of max_reference, "
+        r"n_close, n_neighbors, random_state, smoothing$",
+    ):
+        REGISTRY["knn_label"].from_params({"n_neighbour": 10})
+    with pytest.raises(
+        ConfigError,
+        match=r"^The 'n_close' parameter of InterpolationDetector must be an int in \[1, 4\]\. "
+        r"Got 5 instead\.$",
+    ):
+        REGISTRY["interpolation"].from_params({"n_neighbors": 4, "n_close": 5})
+    det = REGISTRY["knn_label"].from_params({"n_neighbors": 4, "n_close": 2})
+    assert det.get_params()["n_neighbors"] == 4 and det.get_params()["n_close"] == 2
 
 
 @pytest.mark.parametrize("name", ["knn_label", "batch_knn_label", "model_label"])

@@ -65,6 +65,64 @@ def test_bad_parameters_get_the_house_message(split):
         poisonguard.scan(batch, label=LABEL, reference=reference.head(10))
 
 
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        (
+            {"knn_label": {"n_neighbors": 0}},
+            r"^The 'n_neighbors' parameter of KnnLabelDetector must be an int >= 1\. "
+            r"Got 0 instead\.$",
+        ),
+        (
+            {"knn_label": {"n_neighbour": 10}},
+            r"^KnnLabelDetector has no parameter 'n_neighbour'; expected one of max_reference, "
+            r"n_close, n_neighbors, random_state, smoothing$",
+        ),
+        (
+            {"tail": {"combine": "mean"}},
+            r"^The 'combine' parameter of TailDetector must be one of \['sum', 'max'\]\. "
+            r"Got 'mean' instead\.$",
+        ),
+        ({"knn_lable": {}}, r"^The 'params' parameter of (Guard|scan\(\)) must be keyed by"),
+        ({"knn_label": 10}, r"^The 'params\.knn_label' parameter of (Guard|scan\(\)) must be a"),
+    ],
+)
+def test_detector_parameters_are_checked_before_anything_is_fitted(split, params, match):
+    """Guard(settings=...) and scan(config=DetectionSettings(...)) check detector parameters
+    up front, even for detectors the scan would not run, in the house template."""
+    reference, batch = split
+    settings = poisonguard.DetectionSettings(detectors=("knn_distance",), params=params)
+    with pytest.raises(ConfigError, match=match):
+        poisonguard.Guard(label=LABEL, settings=settings).fit(reference)
+    with pytest.raises(ConfigError, match=match):
+        poisonguard.scan(batch, label=LABEL, reference=reference, config=settings)
+    with pytest.raises(ConfigError, match=match):
+        poisonguard.scan(batch, label=LABEL, config=settings)
+
+
+def test_a_float_label_is_refused_as_a_regression_target(split):
+    """scan() refuses a label of non-integer floats, with or without a reference (one message,
+    naming where the label came from); whole-number floats, strings and bools stay classes."""
+    reference, batch = split
+    price = {"reference": reference.copy(), "batch": batch.copy()}
+    for frame in price.values():
+        frame[LABEL] = frame[LABEL] + np.linspace(0.01, 0.99, len(frame))
+    message = (
+        r"^{}: label 'digit' holds {} distinct non-integer values, so it looks like a "
+        r"regression target; poisonguard supports class labels only for now$"
+    )
+    n_ref, n_batch = (price[k][LABEL].nunique() for k in ("reference", "batch"))
+    with pytest.raises(ConfigError, match=message.format("reference", n_ref)):
+        poisonguard.scan(price["batch"], label=LABEL, reference=price["reference"])
+    with pytest.raises(ConfigError, match=message.format("batch", n_batch)):
+        poisonguard.scan(price["batch"], label=LABEL)
+
+    for cast in (lambda s: s.astype(float), lambda s: s.astype(str), lambda s: s > 4):
+        ref, bat = reference.copy(), batch.copy()
+        ref[LABEL], bat[LABEL] = cast(ref[LABEL]), cast(bat[LABEL])
+        assert len(poisonguard.scan(bat, label=LABEL, reference=ref).quarantined) == len(bat)
+
+
 def test_a_fitted_guard_judges_many_batches_the_same_way(split):
     reference, batch = split
     guard = poisonguard.Guard(label=LABEL).fit(reference)

@@ -536,6 +536,57 @@ def test_bad_rows_are_quarantined_by_position_with_reasons(
     assert counts[("expect_column_values_to_be_unique", "id")] == 2
 
 
+def people(n: int, seed: int) -> pd.DataFrame:
+    """Rows with a categorical ``sex`` (pandas category), a str ``city`` and unique names."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, n),
+            "sex": pd.Series(rng.choice(["F", "M"], n), dtype="category"),
+            "city": pd.Series(rng.choice(["Kyiv", "Oslo", "Rome"], n), dtype="str"),
+            "name": pd.Series([f"person {seed}-{i}" for i in range(n)], dtype="str"),
+            "label": rng.integers(0, 2, n),
+        }
+    )
+
+
+def test_categorical_string_columns_get_a_value_set_names_do_not() -> None:
+    """init infers the set of values of string columns that look categorical (category dtype
+    too), and none for a column of names (one row per value) or one with too few rows per value;
+    a batch row with an unseen value is quarantined with a reason naming column and value."""
+    suite = infer_suite(people(200, 0), label="label")
+    sets = {
+        e["kwargs"]["column"]: e["kwargs"]["value_set"]
+        for e in rules(suite, kind="expect_column_values_to_be_in_set")
+    }
+    assert sets == {"sex": ["F", "M"], "city": ["Kyiv", "Oslo", "Rome"], "label": [0, 1]}
+
+    batch = people(20, 1)
+    batch["sex"] = batch["sex"].cat.add_categories(["unknown"])
+    batch.loc[4, "sex"] = "unknown"
+    batch.loc[9, "city"] = "oslo"
+    report = validate(batch, suite, source=SOURCE)
+    assert not report.rejected
+    assert report.row_failures == {
+        4: ("sex = 'unknown' not in {'F', 'M'} (expect_column_values_to_be_in_set)",),
+        9: ("city = 'oslo' not in {'Kyiv', 'Oslo', 'Rome'} (expect_column_values_to_be_in_set)",),
+    }
+
+    # 3 values on 12 rows: 4 rows per value, too few to trust the sample saw every city.
+    few = infer_suite(people(12, 0), label="label")
+    with_set = {e["kwargs"]["column"] for e in rules(few, kind="expect_column_values_to_be_in_set")}
+    assert with_set == {"sex", "label"}
+
+
+def test_a_string_column_with_more_than_50_values_gets_no_value_set() -> None:
+    """Even when every value repeats, more than 50 distinct values (codes) get no set."""
+    codes = pd.Series([f"c{i % 51:02d}" for i in range(51 * 10)], dtype="str")
+    suite = infer_suite(pd.DataFrame({"code": codes, "x": np.arange(len(codes))}), label=None)
+    assert not rules(suite, "code", "expect_column_values_to_be_in_set")
+    fifty = pd.DataFrame({"code": codes[codes != "c50"], "x": 0})
+    assert rules(infer_suite(fifty, label=None), "code", "expect_column_values_to_be_in_set")
+
+
 def test_a_row_breaking_several_rules_lists_each_in_suite_order(
     batch: pd.DataFrame, suite: dict
 ) -> None:

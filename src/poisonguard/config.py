@@ -33,7 +33,10 @@ Relative paths are resolved against the folder holding the config file.
 
 from __future__ import annotations
 
+import functools
+import json
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,6 +52,9 @@ DEFAULT_SETTLE_SECONDS = 2.0
 
 #: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
 RESERVED_PREFIX = "pg_"
+
+# Columns of a suite listed in a message before "...".
+_MAX_COLUMNS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -99,14 +105,16 @@ class DetectionSettings:
         """Return self after checking every value, or raise ConfigError naming the bad one.
 
         With ``key_prefix`` (a config file's ``"FILE: detection"``) the message names
-        the config key; otherwise the parameter of ``owner``.
+        the config key; otherwise the parameter of ``owner`` (for a detector's
+        parameters, the parameter of its class). Detector parameters are checked
+        by the detector's own ``from_params``, the same check that builds it.
         """
+        from poisonguard.detectors import REGISTRY
         from poisonguard.errors import param_error
 
         def bad(name: str, rule: str, value: Any) -> ConfigError:
-            if key_prefix is not None:
-                return ConfigError(f"{key_prefix}.{name} must be {rule}. Got {value!r} instead.")
-            return param_error(name, owner, rule, value)
+            error = param_error(name, owner, rule, value)
+            return error if key_prefix is None else error.at_key(f"{key_prefix}.{name}")
 
         if not 0.0 < self.fdr < 1.0:
             raise bad("fdr", "in (0, 1)", self.fdr)
@@ -120,6 +128,13 @@ class DetectionSettings:
             raise bad("hold_label_shift", "in (0, 1]", self.hold_label_shift)
         if not 0.0 < self.hold_feature_drift <= 1.0:
             raise bad("hold_feature_drift", "in (0, 1]", self.hold_feature_drift)
+        for name, params in self.params.items():
+            if name not in REGISTRY:
+                raise bad("params", f"keyed by detector names from {sorted(REGISTRY)}", name)
+            if not isinstance(params, Mapping):
+                raise bad(f"params.{name}", "a mapping of parameter names to values", params)
+            key = None if key_prefix is None else f"{key_prefix}.params.{name}"
+            REGISTRY[name].from_params(params, key=key)
         return self
 
 
@@ -179,8 +194,12 @@ def load_config(path: str | Path) -> Config:
     ------
     ConfigError
         For a missing or unparsable file, an unknown section or key, a value of
-        the wrong type or range, or a referenced file that does not exist. The
-        message names the file and the key.
+        the wrong type or range, a referenced file that does not exist, a
+        detector parameter that is unknown or out of range (checked by the
+        detector's ``from_params``), a label, id or feature that is not a column
+        of the suite (when the suite fixes its columns) or a feature that is the
+        label or the id, or a time zone that is not an IANA name. The message
+        names the file and the key.
     """
     path = Path(path)
     if not path.is_file():
@@ -219,6 +238,12 @@ def load_config(path: str | Path) -> Config:
             raise ConfigError(
                 f"{path}: dataset.{key} {ds[key]!r} uses the reserved prefix {RESERVED_PREFIX!r}"
             )
+        if key in ds and ds[key] in features:
+            raise ConfigError(
+                f"{path}: dataset.features lists {ds[key]!r}, which is dataset.{key}; "
+                "features may not include the label or the id"
+            )
+    _check_suite_columns(path, ds, expectations)
 
     settle = float(ds.get("settle_seconds", DEFAULT_SETTLE_SECONDS))
     if not 0.0 <= settle <= 3600.0:
@@ -256,6 +281,13 @@ def load_config(path: str | Path) -> Config:
             f"{path}: schedule.cron must have five fields (minute hour day month weekday). "
             f"Got {cron!r} instead."
         )
+    timezone = sched.get("timezone", "UTC")
+    # The names Prefect accepts for a schedule's timezone: the same zoneinfo list.
+    if timezone not in _time_zones():
+        raise ConfigError(
+            f'{path}: schedule.timezone must be an IANA time zone name such as "UTC" or '
+            f'"Europe/Berlin". Got {timezone!r} instead.'
+        )
     return Config(
         path=path.resolve(),
         name=ds.get("name", path.stem),
@@ -267,7 +299,7 @@ def load_config(path: str | Path) -> Config:
         expectations=expectations,
         detection=settings,
         cron=cron,
-        timezone=sched.get("timezone", "UTC"),
+        timezone=timezone,
         settle_seconds=settle,
         audit_key=(base / ds["audit_key"]).resolve() if "audit_key" in ds else None,
     )
@@ -289,6 +321,65 @@ def _check_key(path: Path, section: str, key: str, value: Any) -> None:
         raise ConfigError(
             f"{path}: {section}.{key} must be of type {names}. Got {value!r} instead."
         )
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _check_suite_columns(path: Path, ds: Mapping[str, Any], suite_path: Path) -> None:
+    """``dataset.label``, ``dataset.id`` and ``dataset.features`` must be columns of the suite.
+
+    Only when the suite fixes its columns (an exact column set or an ordered
+    column list); the JSON is read directly, without Great Expectations.
+    """
+    try:
+        suite = json.loads(suite_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: dataset.expectations points to {suite_path}, which cannot be read ({exc})"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: dataset.expectations points to {suite_path}, which is not valid JSON "
+            f"({exc.msg}, line {exc.lineno})"
+        ) from None
+    columns = suite_columns(suite)
+    if columns is None:
+        return
+    known = set(columns)
+    shown = ", ".join(columns[:_MAX_COLUMNS_SHOWN])
+    if len(columns) > _MAX_COLUMNS_SHOWN:
+        shown += f", ... ({len(columns)} in all)"
+    named = [(f"dataset.{key}", ds[key]) for key in ("label", "id") if key in ds]
+    named += [("dataset.features entry", f) for f in ds.get("features", [])]
+    for key, column in named:
+        if column not in known:
+            raise ConfigError(
+                f"{path}: {key} {column!r} is not a column of the suite "
+                f"{ds['expectations']}; its columns: {shown}"
+            )
+
+
+def suite_columns(suite: Any) -> list[str] | None:
+    """The columns a suite's column-set expectation fixes; None when it fixes none."""
+    items = suite.get("expectations") if isinstance(suite, Mapping) else None
+    for item in items if isinstance(items, list) else []:
+        kind = item.get("type") if isinstance(item, Mapping) else None
+        kwargs = item.get("kwargs") if isinstance(item, Mapping) else None
+        if not isinstance(kwargs, Mapping):
+            continue
+        if kind == "expect_table_columns_to_match_ordered_list":
+            columns = kwargs.get("column_list")
+        # A column set with exact_match false allows other columns too (GX reads null as true).
+        elif kind == "expect_table_columns_to_match_set" and kwargs.get("exact_match") is not False:
+            columns = kwargs.get("column_set")
+        else:
+            continue
+        if isinstance(columns, list):
+            return [str(c) for c in columns]
+    return None
 
 
 def _check_detector_names(path: Path, key: str, names: list[Any]) -> None:

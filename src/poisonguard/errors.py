@@ -58,13 +58,42 @@ class GateError(PoisonguardError, RuntimeError):
         super().__init__("; ".join(self.reasons) if self.reasons else "gate failed")
 
 
-def param_error(name: str, owner: str, rule: str, value: Any) -> ConfigError:
+class ParamError(ConfigError):
+    """A parameter breaks its rule; built by :func:`param_error`.
+
+    ``param``, ``rule`` and ``value`` are kept so that a caller that knows the
+    parameter by another name (a config file's key) can say the same thing in
+    its own words with :meth:`at_key`.
+    """
+
+    def __init__(self, param: str, owner: str, rule: str, value: Any) -> None:
+        self.param = param
+        self.owner = owner
+        self.rule = rule
+        self.value = value
+        super().__init__(
+            f"The {param!r} parameter of {owner} must be {rule}. Got {value!r} instead."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.param, self.owner, self.rule, self.value))
+
+    def at_key(self, key: str) -> ConfigError:
+        """The same rule, naming ``key`` (e.g. ``"pg.toml: detection.fdr"``) instead.
+
+        >>> str(param_error("fdr", "scan()", "in (0, 1)", 1.5).at_key("pg.toml: detection.fdr"))
+        'pg.toml: detection.fdr must be in (0, 1). Got 1.5 instead.'
+        """
+        return ConfigError(f"{key} must be {self.rule}. Got {self.value!r} instead.")
+
+
+def param_error(name: str, owner: str, rule: str, value: Any) -> ParamError:
     """Build the one error message poisonguard uses for a bad parameter.
 
     >>> str(param_error("fdr", "scan()", "in (0, 1)", 1.5))
     "The 'fdr' parameter of scan() must be in (0, 1). Got 1.5 instead."
     """
-    return ConfigError(f"The {name!r} parameter of {owner} must be {rule}. Got {value!r} instead.")
+    return ParamError(name, owner, rule, value)
 
 
 def shown(text: str, limit: int = 120) -> str:

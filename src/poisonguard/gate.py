@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonguard.config import RESERVED_PREFIX, Config
+from poisonguard.config import RESERVED_PREFIX, Config, suite_columns
 from poisonguard.errors import ConfigError, GateError, StoreError
 from poisonguard.review import awaiting_review
 from poisonguard.store import FileRecord, Store, now, sha256_file
@@ -365,20 +365,11 @@ def _few(columns: list[str], limit: int = 8) -> str:
 
 
 def _suite_columns(path: Path) -> list[str] | None:
-    """The column set a suite file expects exactly, or None when it expects none."""
+    """The column set a suite file fixes, or None (``load_config`` has checked the file)."""
     try:
-        suite = json.loads(Path(path).read_text(encoding="utf-8"))
+        return suite_columns(json.loads(Path(path).read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return None
-    for exp in suite.get("expectations", []) if isinstance(suite, dict) else []:
-        kwargs = exp.get("kwargs", {}) if isinstance(exp, dict) else {}
-        if exp.get("type") == "expect_table_columns_to_match_ordered_list":
-            return [str(c) for c in kwargs.get("column_list") or []]
-        if exp.get("type") == "expect_table_columns_to_match_set" and kwargs.get(
-            "exact_match", True
-        ):
-            return [str(c) for c in kwargs.get("column_set") or []]
-    return None
 
 
 def gate(

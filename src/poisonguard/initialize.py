@@ -57,7 +57,9 @@ def init_dataset(
     config_path = directory / CONFIG_NAME
     if config_path.exists() and not force:
         raise ConfigError(f"{config_path} already exists; pass --force to overwrite it")
-    suite = infer_suite(frame, label=label, id_column=id_column, name=name, margin=margin)
+    suite = infer_suite(
+        frame, label=label, id_column=id_column, name=name, margin=margin, source=str(sample)
+    )
     store_root = directory / "store"
     if (store_root / "ledger.sqlite").exists():
         # Refuse before writing anything: --force rewrites a config, never mixes two seeds.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ import pandas as pd
 from poisonguard.config import RESERVED_PREFIX, Config, DetectionSettings, load_config
 from poisonguard.decision import Calibration, Decision, decide
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
+from poisonguard.detectors.base import check_class_label
 from poisonguard.errors import ConfigError, param_error
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
@@ -134,6 +135,8 @@ class Guard:
                 f"The label column {self.label!r} is not in the reference. "
                 f"Columns: {list(reference.columns)}"
             )
+        if self.label is not None:
+            check_class_label(reference[self.label], label=self.label, source="reference")
         if len(reference) < MIN_REFERENCE_ROWS:
             raise ConfigError(
                 f"The reference has {len(reference)} rows; poisonguard needs at least "
@@ -175,11 +178,7 @@ class Guard:
         return active
 
     def _make(self, name: str, settings: DetectionSettings) -> Detector:
-        params: Mapping[str, Any] = settings.params.get(name, {})
-        try:
-            return REGISTRY[name](**params)
-        except TypeError as exc:
-            raise ConfigError(f"Bad parameters for detector {name!r}: {exc}") from exc
+        return REGISTRY[name].from_params(settings.params.get(name, {}))
 
     def _calibrate(
         self, table: Table, settings: DetectionSettings, rng: np.random.Generator
@@ -278,6 +277,8 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
     These p-values are estimates, not conformal guarantees.
     """
     settings = (guard.settings or DetectionSettings()).validated("scan()")
+    if guard.label is not None:
+        check_class_label(frame[guard.label], label=guard.label, source="batch")
     features = list(guard.features or infer_features(frame, guard.label, guard.id_column))
     if len(frame) < MIN_REFERENCE_ROWS:
         raise ConfigError(

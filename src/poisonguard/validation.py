@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard.detectors.base import check_class_label
 from poisonguard.errors import BatchError, ConfigError, param_error
 
 __all__ = [
@@ -108,6 +109,12 @@ _OBJECT_KIND_FAMILY = {
     "datetime64": "datetime",
 }
 _MAX_SET_SHOWN = 10
+
+#: A string column of the trusted sample counts as categorical, and gets the set of
+#: values it holds, when it has at most this many distinct values ...
+MAX_CATEGORIES = 50
+#: ... seen on average on at least this many rows each (see ``infer_suite``).
+MIN_ROWS_PER_CATEGORY = 5
 
 
 @dataclass(frozen=True)
@@ -547,6 +554,18 @@ def _rule(kind: str, kwargs: dict, why: str) -> dict:
     return {"type": kind, "kwargs": kwargs, "meta": {"inferred": why}}
 
 
+def _category_rule(column: str, series: pd.Series) -> dict | None:
+    """The values of a string column that looks categorical, as a value set; else None."""
+    values = _label_values(series)
+    n_values = int(series.notna().sum())
+    if not values or len(values) > MAX_CATEGORIES:
+        return None
+    if n_values < MIN_ROWS_PER_CATEGORY * len(values):
+        return None
+    why = f"{len(values)} values seen in {n_values} trusted rows (a categorical string column)"
+    return _rule("expect_column_values_to_be_in_set", {"column": column, "value_set": values}, why)
+
+
 def _label_values(series: pd.Series) -> list:
     values = [v.item() if isinstance(v, np.generic) else v for v in series.dropna().unique()]
     try:
@@ -562,6 +581,7 @@ def infer_suite(
     id_column: str | None = None,
     name: str = "poisonguard",
     margin: float = 0.25,
+    source: str = "trusted sample",
 ) -> dict:
     """Infer an expectation suite from a trusted sample of rows.
 
@@ -570,7 +590,21 @@ def infer_suite(
     nulls in it; for numeric feature columns the observed range widened by
     ``margin`` x (max - min) on each side (int columns get int bounds, a constant
     column is widened by ``margin`` x max(\\|value\\|, 1)); for ``label`` the set of
-    values seen; for ``id_column`` uniqueness and not-null, and no range (ids grow).
+    values seen; for ``id_column`` uniqueness and not-null, and no range (ids grow);
+    for other string columns (pandas ``category`` columns of strings too) that look
+    categorical, the sorted set of values seen, so a typo or an unknown category in a
+    batch quarantines its row.
+
+    A string column looks categorical when it holds at most ``MAX_CATEGORIES`` (50)
+    distinct values, each seen on average on at least ``MIN_ROWS_PER_CATEGORY`` (5)
+    rows. Names, ids and free text hold about one row per value, so they fail the
+    second rule whatever the sample's size; a category seen several times per value
+    is likely complete in the sample, so a value the sample never showed is more
+    likely a typo or an injection than a rare honest category (with fewer rows per
+    value, honest rows of categories the sample missed would be quarantined). The
+    cap keeps value sets short enough to read in reasons and leaves
+    high-cardinality codes (postcodes, product codes), where new values are normal,
+    without a set.
 
     Parameters
     ----------
@@ -584,6 +618,8 @@ def infer_suite(
         The suite's name.
     margin : float, default 0.25
         How far to widen numeric ranges, as a fraction of the observed range.
+    source : str, default "trusted sample"
+        The sample's file (or other name), for messages.
 
     Returns
     -------
@@ -594,7 +630,9 @@ def infer_suite(
     ------
     ConfigError
         When a parameter is invalid, or a column holds values of mixed or
-        unsupported types, or the id column has nulls or duplicates.
+        unsupported types, or the id column has nulls or duplicates, or the
+        label holds floats that are not whole numbers (a regression target; see
+        ``check_class_label``).
     """
     owner = "infer_suite()"
     if not isinstance(frame, pd.DataFrame):
@@ -619,6 +657,8 @@ def infer_suite(
         or margin < 0
     ):
         raise param_error("margin", owner, "a finite number >= 0", margin)
+    if label is not None:
+        check_class_label(frame[label], label=label, source=source)
 
     n_rows = len(frame)
     expectations = [
@@ -674,6 +714,10 @@ def infer_suite(
             )
         elif family == "numeric":
             rule = _range_rule(column, series, float(margin))
+            if rule is not None:
+                expectations.append(rule)
+        elif family == "string":
+            rule = _category_rule(column, series)
             if rule is not None:
                 expectations.append(rule)
     return {

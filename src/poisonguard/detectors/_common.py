@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from poisonguard.detectors.base import Table
-from poisonguard.errors import BatchError, ConfigError, param_error
+from poisonguard.errors import BatchError, ConfigError, ParamError, param_error
 
 #: Scores at or above this are reserved for rows whose label the trusted
 #: reference never had: label detectors give them ``UNSEEN_SCORE + c`` with
@@ -45,6 +46,61 @@ class DetectorBase:
         sig = inspect.signature(cls.__init__)
         return [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], *, key: str | None = None) -> Self:
+        """The detector with ``params``, checked: unknown names first, then every value.
+
+        The one way configured detectors are built: config loading checks the
+        ``[detection.params.NAME]`` tables with it, and scans build their
+        detectors with it. Values that can only be judged against data are
+        left to ``fit``.
+
+        Parameters
+        ----------
+        params : mapping
+            Constructor keyword parameters.
+        key : str, optional
+            Where ``params`` were written, e.g. ``"pg.toml: detection.params.knn_label"``;
+            messages then name ``KEY.PARAM``. Otherwise they name the parameter of the class.
+
+        Raises
+        ------
+        ConfigError
+            Naming the first unknown parameter (and the known ones), or the first
+            value out of range.
+        """
+        known = sorted(cls._param_names())
+        for param in params:
+            if param not in known:
+                expected = ", ".join(known)
+                if key is not None:
+                    raise ConfigError(
+                        f"{key}.{param}: unknown parameter; expected one of {expected}"
+                    )
+                raise ConfigError(
+                    f"{cls.__name__} has no parameter {param!r}; expected one of {expected}"
+                )
+        detector = cls(**params)
+        try:
+            detector._validate_params()
+        except ParamError as exc:
+            if key is None:
+                raise
+            raise exc.at_key(f"{key}.{exc.param}") from None
+        return detector
+
+    def fit(self, reference: Table) -> Self:
+        """Check the parameters, then learn from the trusted ``reference``; see ``Detector``."""
+        self._validate_params()
+        return self._fit(reference)
+
+    def _validate_params(self) -> None:
+        """Check every constructor parameter that can be judged without data."""
+        raise NotImplementedError
+
+    def _fit(self, reference: Table) -> Self:
+        raise NotImplementedError
+
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters, as given."""
         return {name: getattr(self, name) for name in self._param_names()}
@@ -79,7 +135,7 @@ class DetectorBase:
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         raise NotImplementedError
 
-    # -- validation helpers, used by ``fit`` only --------------------------------
+    # -- validation helpers ------------------------------------------------------
 
     def _owner(self) -> str:
         return type(self).__name__

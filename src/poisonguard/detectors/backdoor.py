@@ -113,10 +113,15 @@ class BackdoorDetector(DetectorBase):
         self.n_bins = n_bins
         self.smoothing = smoothing
 
-    def fit(self, reference: Table) -> Self:
-        self.min_support_ = self._check_int("min_support", 2)
-        n_bins = self._check_int("n_bins", 1)
-        self.smoothing_ = self._check_real("smoothing", 0.0, low_open=True)
+    def _validate_params(self) -> None:
+        self._check_int("min_support", 2)
+        self._check_int("n_bins", 1)
+        self._check_real("smoothing", 0.0, low_open=True)
+
+    def _fit(self, reference: Table) -> Self:
+        self.min_support_ = int(self.min_support)
+        n_bins = int(self.n_bins)
+        self.smoothing_ = float(self.smoothing)
         y = labels_of(reference, self.name, "reference")
         X = reference.x32
         self.n_slots_ = reference.n_classes + 1  # last slot: labels the reference never had

@@ -19,6 +19,7 @@ scan has no label column.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from poisonguard.detectors._kernels import _finite_within, _standardize
-from poisonguard.errors import BatchError
+from poisonguard.errors import BatchError, ConfigError
 
 #: Label code given to a label value the trusted reference never contained.
 UNSEEN_LABEL = -1
@@ -148,6 +149,49 @@ class Encoder:
         return Table(X, raw, y, self.features, self.classes_)
 
 
+def check_class_label(values: pd.Series, *, label: str, source: str) -> None:
+    """Refuse a label that looks like a regression target: floats not all whole numbers.
+
+    poisonguard judges class labels; a price or a temperature would otherwise be
+    taken as hundreds of classes with a row or two each. Whole-number floats
+    (1.0, 2.0: an int column read from a CSV with a missing cell) and strings,
+    ints and bools stay class labels.
+
+    Parameters
+    ----------
+    values : Series
+        The label column.
+    label : str
+        Its name, for the message.
+    source : str
+        The file (or other name) it comes from, for the message.
+
+    Raises
+    ------
+    ConfigError
+        One line naming ``source``, the label and how many distinct
+        non-integer values it holds.
+    """
+    values = values.dropna()
+    if pd.api.types.is_float_dtype(values.dtype):
+        x = values.to_numpy(dtype=np.float64)
+    elif pd.api.types.is_object_dtype(values.dtype) or isinstance(
+        values.dtype, pd.CategoricalDtype
+    ):
+        floats = [v for v in values.tolist() if isinstance(v, float | np.floating)]
+        x = np.asarray(floats, dtype=np.float64)
+    else:
+        return
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(x) & (x == np.round(x))
+    n = int(np.unique(x[~whole]).size)
+    if n:
+        raise ConfigError(
+            f"{source}: label {label!r} holds {n} distinct non-integer value{'s' * (n != 1)}, "
+            "so it looks like a regression target; poisonguard supports class labels only for now"
+        )
+
+
 def _label_codes(values: pd.Series, classes: tuple[Any, ...]) -> np.ndarray:
     """Codes of ``values`` into ``classes``; ``UNSEEN_LABEL`` for anything else (and missing)."""
     try:
@@ -190,8 +234,11 @@ def _numeric(frame: pd.DataFrame, features: list[str], source: str) -> np.ndarra
 class Detector(Protocol):
     """Scores rows against a trusted reference; higher = more suspicious.
 
-    ``__init__`` only stores keyword-only parameters. ``fit`` validates them and
-    learns; learnt state ends in ``_``. ``score`` returns a float64 array of
+    ``__init__`` only stores keyword-only parameters. ``from_params`` builds a
+    detector and checks its parameters without data (unknown names, then
+    values), so a config is judged when it loads; ``fit`` checks them again
+    (a detector built directly is checked too), then learns; learnt state ends
+    in ``_``. Checks that need the data stay in ``fit``. ``score`` returns a float64 array of
     shape ``(batch.n_rows,)`` with no NaN. ``explain`` returns one short
     sentence per requested row saying what this detector saw, e.g.
     ``"label 3, but 9 of its 10 nearest trusted rows are 5"``.
@@ -199,6 +246,9 @@ class Detector(Protocol):
 
     name: ClassVar[str]
     needs_label: ClassVar[bool]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], *, key: str | None = None) -> Self: ...
 
     def fit(self, reference: Table) -> Self: ...
 

@@ -89,8 +89,11 @@ class DuplicatesDetector(DetectorBase):
     def __init__(self, *, tolerance: float = 1e-3):
         self.tolerance = tolerance
 
-    def fit(self, reference: Table) -> Self:
-        tol = self._check_real("tolerance", 0.0)
+    def _validate_params(self) -> None:
+        self._check_real("tolerance", 0.0)
+
+    def _fit(self, reference: Table) -> Self:
+        tol = float(self.tolerance)
         self.tol_ = tol
         keys = _row_keys(reference, tol)
         m = len(keys)

@@ -112,12 +112,16 @@ class _TrustedNeighbours(DetectorBase):
     max_reference: int
     random_state: int
 
-    def _fit_sample(self, reference: Table) -> np.ndarray:
-        """Check the shared parameters, keep the trusted sample; the reference's labels."""
+    def _validate_params(self) -> None:
         k = self._check_int("n_neighbors", 1)
-        n_close = self._check_int("n_close", 1, k)
-        max_ref = self._check_int("max_reference", 2)
-        seed = self._check_seed()
+        self._check_int("n_close", 1, k)
+        self._check_int("max_reference", 2)
+        self._check_seed()
+
+    def _fit_sample(self, reference: Table) -> np.ndarray:
+        """Keep the trusted sample; the reference's labels."""
+        k, n_close = int(self.n_neighbors), int(self.n_close)
+        max_ref, seed = int(self.max_reference), int(self.random_state)
         y = labels_of(reference, self.name, "reference")
         if reference.n_rows < 1:
             raise BatchError("reference", f"detector {self.name!r} needs at least 1 trusted row")
@@ -206,8 +210,11 @@ class KnnLabelDetector(_TrustedNeighbours):
         self.smoothing = smoothing
         self.random_state = random_state
 
-    def fit(self, reference: Table) -> Self:
+    def _validate_params(self) -> None:
+        super()._validate_params()
         self._check_real("smoothing", 0.0, low_open=True)
+
+    def _fit(self, reference: Table) -> Self:
         y = self._fit_sample(reference)
         self.n_classes_ = reference.n_classes
         self.prior_ = class_prior(y, reference.n_classes)
@@ -317,11 +324,16 @@ class BatchKnnLabelDetector(DetectorBase):
         self.smoothing = smoothing
         self.random_state = random_state
 
-    def fit(self, reference: Table) -> Self:
-        self.k_ = self._check_int("n_neighbors", 1)
-        self.max_batch_ = self._check_int("max_batch", 2)
+    def _validate_params(self) -> None:
+        self._check_int("n_neighbors", 1)
+        self._check_int("max_batch", 2)
         self._check_real("smoothing", 0.0, low_open=True)
-        self.seed_ = self._check_seed()
+        self._check_seed()
+
+    def _fit(self, reference: Table) -> Self:
+        self.k_ = int(self.n_neighbors)
+        self.max_batch_ = int(self.max_batch)
+        self.seed_ = int(self.random_state)
         y = labels_of(reference, self.name, "reference")
         self.prior_ = class_prior(y, reference.n_classes)
         return self
@@ -422,12 +434,16 @@ class ModelLabelDetector(DetectorBase):
         self.max_reference = max_reference
         self.random_state = random_state
 
-    def fit(self, reference: Table) -> Self:
-        kind = self._check_choice("model", ("logistic", "hist_gradient_boosting"))
-        C = self._check_real("C", 0.0, low_open=True)
-        max_iter = self._check_int("max_iter", 1)
-        max_ref = self._check_int("max_reference", 2)
-        seed = self._check_seed()
+    def _validate_params(self) -> None:
+        self._check_choice("model", ("logistic", "hist_gradient_boosting"))
+        self._check_real("C", 0.0, low_open=True)
+        self._check_int("max_iter", 1)
+        self._check_int("max_reference", 2)
+        self._check_seed()
+
+    def _fit(self, reference: Table) -> Self:
+        kind, C, max_iter = str(self.model), float(self.C), int(self.max_iter)
+        max_ref, seed = int(self.max_reference), int(self.random_state)
         y = labels_of(reference, self.name, "reference")
         keep = subsample(reference.n_rows, max_ref, y, seed, 2)
         X = reference.x32[keep]
@@ -570,7 +586,7 @@ class InterpolationDetector(_TrustedNeighbours):
         self.max_reference = max_reference
         self.random_state = random_state
 
-    def fit(self, reference: Table) -> Self:
+    def _fit(self, reference: Table) -> Self:
         self._fit_sample(reference)
         return self
 

@@ -129,10 +129,15 @@ class _TailBase(DetectorBase):
         self.combine = combine
         self.n_knots = n_knots
 
-    def fit(self, reference: Table) -> Self:
+    def _validate_params(self) -> None:
         self._check_choice("combine", ("sum", "max"))
-        n_knots = self._check_int("n_knots", 8)
-        min_rows = self._check_int("min_class_rows", 1) if self._per_class else 1
+        self._check_int("n_knots", 8)
+        if self._per_class:
+            self._check_int("min_class_rows", 1)
+
+    def _fit(self, reference: Table) -> Self:
+        n_knots = int(self.n_knots)
+        min_rows = int(getattr(self, "min_class_rows", 1))
         X = reference.x32
         if X.shape[0] == 0:
             raise self._empty_reference()
@@ -287,10 +292,13 @@ class _KnnBase(DetectorBase):
         self.max_reference = max_reference
         self.random_state = random_state
 
-    def fit(self, reference: Table) -> Self:
-        k = self._check_int("n_neighbors", 1)
-        max_ref = self._check_int("max_reference", 2)
-        seed = self._check_seed()
+    def _validate_params(self) -> None:
+        self._check_int("n_neighbors", 1)
+        self._check_int("max_reference", 2)
+        self._check_seed()
+
+    def _fit(self, reference: Table) -> Self:
+        k, max_ref, seed = int(self.n_neighbors), int(self.max_reference), int(self.random_state)
         if reference.n_rows < 2:
             raise BatchError("reference", f"detector {self.name!r} needs at least 2 trusted rows")
         X = reference.x32
