@@ -1,9 +1,12 @@
-"""A loopback Prefect server for ``poisonguard serve``.
+"""A loopback Prefect server for ``poisonguard run`` and ``poisonguard serve``.
 
-Prefect's temporary (ephemeral) API runs flows but does not schedule them
-("Cannot schedule flows on an ephemeral server"), so serving a cron schedule
-with no ``PREFECT_API_URL`` set starts ``prefect server start`` on 127.0.0.1,
-with its database under the store, for as long as the serve lasts.
+With no ``PREFECT_API_URL`` set, both start ``prefect server start`` on
+127.0.0.1, with its database under the store, for as long as they last:
+``serve`` because Prefect's temporary (ephemeral) API does not schedule
+("Cannot schedule flows on an ephemeral server"), ``run`` because a temporary
+API outlives a run that is killed (it is a plain child process). The server
+started here is tied to the process that started it: on Linux the kernel sends
+it SIGTERM when that process dies, however it dies (``PR_SET_PDEATHSIG``).
 This module does not import Prefect: it must run before Prefect reads its settings.
 """
 
@@ -27,17 +30,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the server's process, before it runs: SIGTERM when the process that started it dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def local_server(home: Path, timeout: float = 120.0) -> Iterator[str]:
+def local_server(home: Path, timeout: float = 120.0, *, services: bool = True) -> Iterator[str]:
     """Run a loopback Prefect server with its home in ``home``; yield its API URL.
 
-    Sets ``PREFECT_API_URL`` for this process while it lasts.
+    Sets ``PREFECT_API_URL`` for this process while it lasts. ``services=False``
+    leaves out the scheduler and other background services (a one-off run
+    needs none of them).
     """
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
+    home.chmod(0o700)
     log = open(home / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
         [
@@ -52,11 +68,13 @@ def local_server(home: Path, timeout: float = 120.0) -> Iterator[str]:
             str(port),
             "--no-ui",
             "--analytics-off",
+            *([] if services else ["--no-services"]),
         ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_die_with_parent,  # the CLI runs no other thread yet
     )
     try:
         deadline = time.monotonic() + timeout

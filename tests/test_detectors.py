@@ -307,6 +307,24 @@ def test_model_label_explains_with_probabilities(digits):
     assert "most likely" in reason
 
 
+def test_model_label_does_not_call_a_far_outliers_label_unseen(digits):
+    """A row pushed to the float32 limit (1e308 as read) keeps its (seen) label in the reason; its probability may
+    underflow, but the label is not 'never seen by the model'."""
+    reference, batch, _ = digits
+    far = batch.take(np.arange(3))
+    X = far.X.copy()
+    X[:, 20:40] = np.finfo(np.float32).max  # 1e308 read into float32 features
+    object.__setattr__(far, "X", X)
+    det = REGISTRY["model_label"]().fit(reference)
+    # Each row labelled with the class the model finds least likely for it.
+    object.__setattr__(far, "y", det._log_prob(far).argmin(axis=1).astype(np.int64))
+    reasons = det.explain(far, np.arange(3))
+    for reason in reasons:
+        assert "never seen" not in reason and reason.startswith("model gives label")
+    assert any("probability below 1e-300" in r for r in reasons), reasons
+    assert np.isfinite(det.score(far)).all()
+
+
 # ---------------------------------------------------------------- duplicates
 
 

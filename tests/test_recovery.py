@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,11 +127,35 @@ def test_killed_run_then_rerun_equals_uninterrupted(demo_project, uninterrupted,
     assert snapshot(demo_project) == uninterrupted
 
 
-def test_killed_prefect_flow_then_rerun_equals_uninterrupted(demo_project, uninterrupted, tmp_path):
-    """The same holds for the real Prefect flow in its own process (temporary local API)."""
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path / "prefect"))
+def _servers_of(home: Path) -> list[int]:
+    """Processes whose environment names this Prefect home (the servers a run started)."""
+    found = []
+    marker = f"PREFECT_HOME={home}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_killed_prefect_flow_then_rerun_equals_uninterrupted(
+    demo_project, uninterrupted, tmp_path, monkeypatch
+):
+    """The same holds for the real Prefect flow in its own process, and the loopback Prefect
+    server the killed run started does not outlive it."""
+    home = tmp_path / "prefect"
+    monkeypatch.setenv("PREFECT_HOME", str(home))
     code, out = _run(demo_project, crash="after-clean-file:2")
     assert code == -signal.SIGKILL, out
+    deadline = time.monotonic() + 30
+    while _servers_of(home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _servers_of(home) == []
     code, out = _run(demo_project)
     assert code == 1 and "batch-05-wrong-schema" in out, out
     assert snapshot(demo_project) == uninterrupted
+    assert _servers_of(home) == []

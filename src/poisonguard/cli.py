@@ -118,12 +118,20 @@ def _run(config: Config, local: bool) -> dict:
             "records": [r.as_dict() for r in run.records],
             "notices": [n.as_dict() for n in run.notices],
         }
+    import contextlib
+
     import poisonguard_flows
 
     poisonguard_flows.configure(config.store)
-    from poisonguard_flows.ingest import ingest
+    from poisonguard_flows.server import local_server
 
-    return ingest(str(config.path))
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("PREFECT_API_URL"):
+            # A loopback server that dies with this process (a temporary API would not).
+            stack.enter_context(local_server(Path(os.environ["PREFECT_HOME"]), services=False))
+        from poisonguard_flows.ingest import ingest
+
+        return ingest(str(config.path))
 
 
 RUN_COLUMNS = ("batch_id", "status", "rows_in", "rows_clean", "rows_quarantined", "rows_rejected")

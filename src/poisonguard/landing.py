@@ -297,6 +297,19 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     return shown(text, limit)
 
 
+def _csv_stream(path: Path, suffix: str) -> pa.NativeFile:
+    return pa.input_stream(path, compression="gzip" if suffix == ".csv.gz" else None)
+
+
+def _csv_header(path: Path, suffix: str) -> list[str | None]:
+    """A CSV file's column names, or an empty list when even they cannot be read."""
+    try:
+        with pacsv.open_csv(_csv_stream(path, suffix)) as reader:
+            return list(reader.schema.names)
+    except (pa.ArrowException, OSError):
+        return []
+
+
 def read_batch(
     path: Path, *, name: str | None = None, strings: list[str] | None = None
 ) -> pd.DataFrame:
@@ -332,8 +345,7 @@ def read_batch(
         if kind == "CSV":
             types = {c: pa.string() for c in strings or []}
             table = pacsv.read_csv(
-                pa.input_stream(path, compression="gzip" if suffix == ".csv.gz" else None),
-                convert_options=pacsv.ConvertOptions(column_types=types),
+                _csv_stream(path, suffix), convert_options=pacsv.ConvertOptions(column_types=types)
             )
         else:
             table = pq.read_table(path)
@@ -342,7 +354,12 @@ def read_batch(
     except BatchError:
         raise
     except (pa.ArrowException, OSError, ValueError, OverflowError, TypeError) as exc:
-        raise BatchError(source, f"not a readable {kind} file ({_first_line(exc)})") from exc
+        what = _first_line(exc)
+        at = re.search(r"In CSV column #(\d+)", str(exc))
+        column = _csv_header(path, suffix)[int(at.group(1))] if at else None
+        if column is not None:
+            what = what.replace(at.group(0), f"in column {shown(column)!r}")  # type: ignore[union-attr]
+        raise BatchError(source, f"not a readable {kind} file ({what})", column=column) from exc
     if len(frame) == 0:
         raise BatchError(source, "the file has a header but no rows; expected at least one row")
     return frame

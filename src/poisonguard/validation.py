@@ -109,6 +109,8 @@ _OBJECT_KIND_FAMILY = {
     "datetime64": "datetime",
 }
 _MAX_SET_SHOWN = 10
+#: A rejection's message names at most this many reasons, then how many more.
+MAX_REASONS = 5
 
 #: A string column of the trusted sample counts as categorical, and gets the set of
 #: values it holds, when it has at most this many distinct values ...
@@ -197,7 +199,11 @@ class ValidationReport:
             return
         prefix = f"{self.source}: "
         reasons = [e.removeprefix(prefix) for e in self.schema_errors]
-        raise BatchError(self.source, "; ".join(reasons), rows=rows)
+        # One line a person reads: the first few reasons, then how many more (a batch of
+        # 2,000 unexpected columns must not make a 100 kB message).
+        more = len(reasons) - MAX_REASONS
+        text = "; ".join(reasons[:MAX_REASONS]) + (f"; and {more} more" if more > 0 else "")
+        raise BatchError(self.source, text, rows=rows)
 
 
 # ----------------------------------------------------------------------------- GX runtime
@@ -994,4 +1000,24 @@ def validate(frame: pd.DataFrame, suite: dict, *, source: str) -> ValidationRepo
             to_run.append(spec)
     if to_run:
         _run_gx(run, frame.reset_index(drop=True), to_run, suite_name)
+    _check_finite(run, frame, wrong)
     return run.report()
+
+
+def _check_finite(run: _Run, frame: pd.DataFrame, wrong: set[str]) -> None:
+    """poisonguard's own row rule, whatever the suite says: numbers are finite.
+
+    An infinite cell has no place on any scale a detector compares (a range
+    expectation catches it only where the suite has one), so its row is held.
+    Missing cells (NaN) are the suite's business (``not_null``).
+    """
+    for column in frame.columns:
+        series = frame[column]
+        if column in wrong or not pd.api.types.is_float_dtype(series.dtype):
+            continue
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        for position in np.flatnonzero(np.isinf(values)).tolist():
+            run.failures.setdefault(position, []).append(
+                f"{column} = {values[position]:g} is not a finite number (poisonguard holds "
+                "rows with infinite values)"
+            )

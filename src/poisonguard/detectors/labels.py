@@ -516,12 +516,15 @@ class ModelLabelDetector(DetectorBase):
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         sub = batch.take(rows)
         y = labels_of(sub, self.name, "batch")
-        prob = np.exp(self._log_prob(sub))
+        lp = self._log_prob(sub)
+        prob = np.exp(lp)
         n = len(rows)
-        top = prob.argmax(axis=1)
+        top = lp.argmax(axis=1)
         unseen = (y < 0) | (y >= self.n_classes_)
+        # From the log: a far outlier's probability underflows to 0 without its label
+        # being unseen (-inf marks the classes the model never fitted).
+        unseen |= ~np.isfinite(lp[np.arange(n), np.where(unseen, 0, y)])
         given = prob[np.arange(n), np.where(unseen, 0, y)]
-        unseen |= ~(given > 0)
         # Python scalars: indexing numpy arrays element by element is slow in this loop.
         yl, tl, pt, pg, ul = (a.tolist() for a in (y, top, prob[np.arange(n), top], given, unseen))
         out = []
@@ -535,8 +538,9 @@ class ModelLabelDetector(DetectorBase):
             elif tl[r] == yl[r]:
                 out.append(f"model gives label {label} probability {pt[r]:.2f} (its top)")
             else:
+                p_given = f"{pg[r]:.2g}" if pg[r] > 0 else "below 1e-300"
                 out.append(
-                    f"model gives label {label} probability {pg[r]:.2g} "
+                    f"model gives label {label} probability {p_given} "
                     f"(most likely {sub.label_of(tl[r])}, {pt[r]:.2f})"
                 )
         return out
