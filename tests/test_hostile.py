@@ -318,6 +318,7 @@ CASES = [
     Case("spaces-and-quotes", write('it\'s a "batch" file.csv', csv_text(ordinary())), "committed"),
     Case("newline-in-name", write("two\nlines.csv", csv_text(ordinary())), "committed"),
     Case("dots-in-name", write("a..b....csv", csv_text(ordinary())), "committed"),
+    Case("backslash-in-name", write("C:\\batches\\jan.csv", csv_text(ordinary())), "committed"),
     Case("long-name", write("n" * 250 + ".csv", csv_text(ordinary())), "committed"),
     Case(
         "symlink-out",
@@ -513,4 +514,33 @@ def test_a_corrupt_ledger_stops_the_run_with_one_line(project, capsys):
         (config.store / leftover).unlink(missing_ok=True)
     code, _out, err = _run(capsys, project)
     assert code == 1 and len(err) == 1
-    assert "ledger.sqlite: not a readable poisonguard ledger" in err[0]
+    assert "ledger.sqlite: cannot be opened as a poisonguard ledger" in err[0]
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_nothing_half_written(project):
+    """Writes fail mid-run (the file-size limit stands in for a full disk): the run exits 1
+    with one line, no traceback; the next run, with room again, ends in a store the gate
+    passes, every row in one place."""
+    import resource
+    import subprocess
+    import sys
+
+    config = load_config(project / "poisonguard.toml")
+    for i in range(3):
+        rows = _rows(20_000, 100_000 * (i + 1), seed=i)
+        rows.to_parquet(config.landing / f"b{i}.parquet", index=False)
+
+    def small_files() -> None:  # the ledger fits; a batch's clean file does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+    cmd = [sys.executable, "-m", "poisonguard.cli", "run", "--local", "--config", str(config.path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "File too large" in lines[0] and "Traceback" not in proc.stderr
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    store = Store.of(config)
+    _conserved(store)
+    assert {f"b{i}.parquet" for i in range(3)} <= {b.source for b in store.batches()}
+    assert main(["gate", "--config", str(config.path)]) == 0

@@ -184,7 +184,7 @@ def test_a_deleted_ledger_is_named_when_its_key_remains(tmp_path):
 def test_a_corrupt_ledger_is_a_one_line_store_error(tmp_path):
     store = Store(tmp_path / "store", create=True)
     store.ledger_path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="not a readable poisonguard ledger") as caught:
+    with pytest.raises(StoreError, match="cannot be opened as a poisonguard ledger") as caught:
         Store(tmp_path / "store")
     assert "\n" not in str(caught.value)
 

@@ -185,6 +185,10 @@ class Unsettled(Exception):
     """The file changed while it was read; it is left for a later run."""
 
 
+class Unreadable(Exception):
+    """The landed file cannot be opened or read (its own fault, not the store's)."""
+
+
 def snapshot(entry: Entry, folder: Path) -> tuple[Path, str]:
     """Copy a landed file into ``folder`` while hashing it; the copy and its SHA-256.
 
@@ -195,14 +199,18 @@ def snapshot(entry: Entry, folder: Path) -> tuple[Path, str]:
     ------
     Unsettled
         When the file changed (or vanished) since it was surveyed, or while read.
+    Unreadable
+        When it cannot be opened or read.
     OSError
-        When it cannot be read (reported as a skip by the caller).
+        When the copy cannot be written (the store's disk, not the file).
     """
     folder.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError as exc:
         raise Unsettled(entry.name) from exc
+    except OSError as exc:
+        raise Unreadable(exc.strerror or type(exc).__name__) from exc
     h = hashlib.sha256()
     dest = folder / f"landed{batch_suffix(entry.name) or ''}"
     try:
@@ -214,7 +222,13 @@ def snapshot(entry: Entry, folder: Path) -> tuple[Path, str]:
         copied = 0
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            while chunk := os.read(fd, _CHUNK):
+            while True:
+                try:
+                    chunk = os.read(fd, _CHUNK)
+                except OSError as exc:
+                    raise Unreadable(exc.strerror or type(exc).__name__) from exc
+                if not chunk:
+                    break
                 h.update(chunk)
                 os.write(out, chunk)
                 copied += len(chunk)

@@ -38,6 +38,7 @@ from poisonguard.errors import BatchError, ConfigError, StoreError
 from poisonguard.evidence import batch_evidence, batch_report
 from poisonguard.landing import (
     Entry,
+    Unreadable,
     Unsettled,
     batch_id_for,
     batch_suffix,
@@ -205,9 +206,9 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
     except Unsettled:
         shutil.rmtree(scratch, ignore_errors=True)
         return Intake(notice=Notice(entry.name, "waiting", "changed while being read; taken later"))
-    except OSError as exc:
+    except Unreadable as exc:
         shutil.rmtree(scratch, ignore_errors=True)
-        reason = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        reason = f"cannot be read ({exc})"
         store.remember_skip(entry.identity, reason)
         return Intake(notice=Notice(entry.name, "skipped", reason))
     seen = store.batch_by_sha(sha)

@@ -439,7 +439,7 @@ class Store:
                 tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as exc:
             raise StoreError(
-                f"{self.ledger_path}: not a readable poisonguard ledger ({exc})"
+                f"{self.ledger_path}: cannot be opened as a poisonguard ledger ({exc})"
             ) from exc
         if version != SCHEMA_VERSION or "audit" not in tables:
             raise StoreError(
