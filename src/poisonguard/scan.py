@@ -59,16 +59,10 @@ def calibrate(name: str, scores: np.ndarray) -> Calibration:
 def infer_features(
     frame: pd.DataFrame, label: str | None, id_column: str | None = None
 ) -> list[str]:
-    """Every numeric (non-boolean) column but the label, the id and poisonguard's own."""
+    """Every column but the label, the id and poisonguard's own: numbers, booleans,
+    categories, dates and text alike (``poisonguard.columns`` decides what each is)."""
     skip = {label, id_column}
-    return [
-        c
-        for c in frame.columns
-        if c not in skip
-        and not str(c).startswith(RESERVED_PREFIX)
-        and pd.api.types.is_numeric_dtype(frame[c])
-        and not pd.api.types.is_bool_dtype(frame[c])
-    ]
+    return [c for c in frame.columns if c not in skip and not str(c).startswith(RESERVED_PREFIX)]
 
 
 @dataclass(frozen=True)
@@ -108,9 +102,11 @@ class Guard:
     label : str or None
         The label column; None runs only the label-free detectors.
     features : list of str, optional
-        Feature columns; default every numeric column but label and id.
+        Feature columns; default every column but label and id.
     id_column : str, optional
     settings : DetectionSettings, optional
+    columns : mapping of str to str, optional
+        Column kinds that override the inferred ones (``poisonguard.columns``).
     """
 
     def __init__(
@@ -120,11 +116,13 @@ class Guard:
         features: list[str] | tuple[str, ...] | None = None,
         id_column: str | None = None,
         settings: DetectionSettings | None = None,
+        columns: Mapping[str, str] | None = None,
     ) -> None:
         self.label = label
         self.features = features
         self.id_column = id_column
         self.settings = settings
+        self.columns = columns
 
     # ------------------------------------------------------------------ fit
     def fit(self, reference: pd.DataFrame) -> Self:
@@ -144,7 +142,7 @@ class Guard:
             )
         features = list(self.features or infer_features(reference, self.label, self.id_column))
         if not features:
-            raise ConfigError("No numeric feature columns to score in the reference.")
+            raise ConfigError("No feature columns to score in the reference.")
         rng = np.random.default_rng(settings.random_state)
         if len(reference) > settings.max_reference_rows:
             keep = np.sort(rng.choice(len(reference), settings.max_reference_rows, replace=False))
@@ -154,8 +152,13 @@ class Guard:
 
         self.settings_ = settings
         self.features_ = tuple(features)
-        self.encoder_ = Encoder.fit(reference, features, self.label)
+        self.encoder_ = Encoder.fit(reference, features, self.label, self.columns)
         table = self.encoder_.transform(reference, source="reference")
+        if table.X.shape[1] == 0:
+            raise ConfigError(
+                "No feature column to compare rows by: every feature is text or ignored "
+                f"({', '.join(map(str, features[:8]))})"
+            )
         self.detector_names_ = self._active(settings)
         self.detectors_, self.calibrations_ = self._calibrate(table, settings, rng)
         self.reference_ = table
@@ -284,7 +287,7 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
         raise ConfigError(
             f"scan() with no reference needs at least {MIN_REFERENCE_ROWS} rows; got {len(frame)}"
         )
-    encoder = Encoder.fit(frame, features, guard.label)
+    encoder = Encoder.fit(frame, features, guard.label, guard.columns)
     table = encoder.transform(frame)
     guard.features_ = tuple(features)
     guard.encoder_ = encoder

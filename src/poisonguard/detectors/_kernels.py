@@ -643,14 +643,24 @@ def _rank_left(a: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True)
-def _standardize(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``(raw - center) / scale`` per column as float32, with non-finite results set to 0."""
+def _standardize(
+    raw: np.ndarray, center: np.ndarray, scale: np.ndarray, bound: float
+) -> np.ndarray:
+    """``(raw - center) / scale`` per column as float32: missing (NaN) becomes 0, the
+    reference's mean; anything past ``bound`` (an infinite or overflowing value) is ``±bound``."""
     n, d = raw.shape
     out = np.empty((n, d), dtype=np.float32)
     for i in prange(n):
         for f in range(d):
             v = (raw[i, f] - center[f]) / scale[f]
-            out[i, f] = v if np.isfinite(v) else 0.0
+            if v != v:
+                out[i, f] = 0.0
+            elif v > bound:
+                out[i, f] = bound
+            elif v < -bound:
+                out[i, f] = -bound
+            else:
+                out[i, f] = v
     return out
 
 

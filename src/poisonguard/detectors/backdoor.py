@@ -296,12 +296,10 @@ class BackdoorDetector(DetectorBase):
             share_expected = float(
                 (tr[label] + self.smoothing_ * self.prior_[label]) / (tr.sum() + self.smoothing_)
             )
-            name = self.features_[f]
             shown = batch.label_of(label) if label < self.n_slots_ - 1 else "<unseen>"
-            raw = batch.raw[r, f]
             where_text = "is shared by" if scan.exact[c] else "falls in a bin shared by"
             out.append(
-                f"{name} = {raw:.4g} {where_text} {count} batch rows ({expected:.2g} "
+                f"{batch.describe(r, f)} {where_text} {count} batch rows ({expected:.2g} "
                 f"expected from trusted rows), {100 * share:.0f}% labelled {shown} "
                 f"({100 * share_expected:.0f}% expected)"
             )

@@ -50,6 +50,60 @@ def fingerprint(*arrays: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Term:
+    """What one column of ``Table.X`` stands for, in the user's terms.
+
+    Attributes
+    ----------
+    column : str
+        The input column it comes from (empty for ``novel``).
+    kind : {"number", "date", "category", "missing", "novel"}
+        ``number``/``date``: the column's value, scaled; ``category``: 1 when the
+        column holds ``value`` (one-hot); ``missing``: 1 when the cell is missing;
+        ``novel``: how many cells of the row hold what no trusted row does (a
+        category never seen, a missing cell where trusted rows have none).
+    value : object
+        The category of a ``category`` term (None stands for a missing cell).
+    """
+
+    column: str
+    kind: str
+    value: Any = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "category":
+            return f"{self.column}={'<missing>' if self.value is None else self.value}"
+        if self.kind == "missing":
+            return f"{self.column} (missing)"
+        if self.kind == "novel":
+            return "(values never seen)"
+        return self.column
+
+    def describe(self, raw: float) -> str:
+        """The row's value of this term as a person reads it: ``plan = 'basic'``, ``age = 41``."""
+        if self.kind == "category":
+            shown = "missing" if self.value is None else repr(self.value)
+            if self.value is None:
+                return f"{self.column} is missing" if raw > 0 else f"{self.column} is present"
+            return f"{self.column} = {shown}" if raw > 0 else f"{self.column} is not {shown}"
+        if self.kind == "missing":
+            return f"{self.column} is missing" if raw > 0 else f"{self.column} is present"
+        if self.kind == "novel":
+            n = round(raw)
+            return f"{n} value{'s' * (n != 1)} no trusted row shows"
+        if self.kind == "date" and np.isfinite(raw):
+            return f"{self.column} = {pd.Timestamp(raw, unit='D').date().isoformat()}"
+        return f"{self.column} = {_fmt_number(raw)}"
+
+
+def _fmt_number(value: float) -> str:
+    if not np.isfinite(value):
+        return "missing" if np.isnan(value) else str(value)
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+
+
 @dataclass(frozen=True, eq=False)
 class Table:
     """Rows as detectors see them.
@@ -57,19 +111,37 @@ class Table:
     Attributes
     ----------
     X : ndarray of shape (n_rows, n_features), float32
-        Features standardised with the reference's mean and standard deviation
-        (the reference is trusted, so it needs no robust estimate; on digits,
-        10-NN accuracy is 0.94 this way against 0.87 with median/IQR), missing
-        values replaced by the reference mean (0 after scaling).
+        One column per ``Term``: numbers and dates standardised with the
+        reference's mean and standard deviation (missing values at the mean, 0),
+        then a missing-indicator column for each number the trusted rows are
+        sometimes missing, a one-hot column per category, and a count of the
+        row's never-seen values. Indicators, one-hot and counts take the values
+        0 and 1 (counts step by 1), so a category mismatch, or a missing cell
+        where the other row has one, costs a squared distance of 2: what two
+        random values of a standardised number differ by on average. Neither
+        kind drowns the other.
     raw : ndarray of shape (n_rows, n_features), float64
-        The same features as they arrived (NaN kept), for reasons people read.
+        The same columns as they arrived, for reasons people read: numbers as
+        numbers (NaN kept), dates as days since 1970, indicators and counts as
+        they are in ``X``.
     y : ndarray of shape (n_rows,), int64, or None
         Label codes into ``classes``; ``UNSEEN_LABEL`` for a value the
         reference never had. None when the scan has no label.
     features : tuple of str
-        Feature names, in column order.
+        A name per column of ``X`` (``Term.name``).
     classes : tuple
         Label values of the reference, indexed by code.
+    terms : tuple of Term
+        What each column of ``X`` stands for (empty: every column is a number
+        named in ``features``).
+    codes : ndarray of shape (n_rows, n_categorical), int64
+        Each categorical (and boolean) column's value as an index into
+        ``categories``; -1 for a value the trusted rows never show.
+    categories : tuple of (str, tuple)
+        Per categorical column, its name and the trusted values (None for missing).
+    content : ndarray of shape (n_rows,), uint64, or None
+        A hash of the row's text columns (ids, names, free text), which are not
+        distances but still make two rows different.
     """
 
     X: np.ndarray
@@ -77,6 +149,10 @@ class Table:
     y: np.ndarray | None
     features: tuple[str, ...]
     classes: tuple[Any, ...] = field(default=())
+    terms: tuple[Term, ...] = field(default=())
+    codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    categories: tuple[tuple[str, tuple[Any, ...]], ...] = field(default=())
+    content: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -89,6 +165,13 @@ class Table:
     def label_of(self, code: int) -> Any:
         """The label value behind a code, for reasons."""
         return "<unseen>" if code == UNSEEN_LABEL else self.classes[code]
+
+    def describe(self, row: int, f: int) -> str:
+        """Column ``f`` of one row as a person reads it (``plan = 'basic'``, ``x = 3.5``)."""
+        raw = float(self.raw[row, f])
+        if self.terms:
+            return self.terms[f].describe(raw)
+        return f"{self.features[f]} = {_fmt_number(raw)}"
 
     @cached_property
     def x32(self) -> np.ndarray:
@@ -106,47 +189,204 @@ class Table:
 
     @cached_property
     def key(self) -> str:
-        """``fingerprint(x32)``, hashed once: the neighbour search memoises on it."""
-        return fingerprint(self.x32)
+        """``fingerprint(x32, content)``, hashed once: the neighbour search memoises on it."""
+        return fingerprint(self.x32, self.content)
 
     def take(self, rows: np.ndarray) -> Table:
         """The sub-table of the given row positions (used for cross-fitting)."""
         y = None if self.y is None else self.y[rows]
-        return Table(self.X[rows], self.raw[rows], y, self.features, self.classes)
+        return Table(
+            self.X[rows],
+            self.raw[rows],
+            y,
+            self.features,
+            self.classes,
+            self.terms,
+            self.codes[rows] if self.codes.shape[0] else self.codes,
+            self.categories,
+            None if self.content is None else self.content[rows],
+        )
+
+
+#: A one-hot, indicator or count column's step: a mismatch costs 1 + 1 = 2 in squared
+#: distance (one-hot) or sqrt(2)^2 = 2 (indicator, count), the mean squared difference
+#: of two independent values of a standardised number.
+_STEP = np.sqrt(2.0)
 
 
 @dataclass(frozen=True, eq=False)
 class Encoder:
-    """Turns frames into ``Table``s, with scaling and label codes learnt from the reference."""
+    """Turns frames into ``Table``s, with everything learnt from the trusted reference.
+
+    Attributes
+    ----------
+    features : tuple of str
+        The input columns used, in order.
+    kinds : dict of str to str
+        Each input column's kind (see ``poisonguard.columns``).
+    label : str or None
+    center_, scale_ : ndarray of shape (n_numbers,)
+        Mean and standard deviation of each number and date column.
+    numbers_ : tuple of str
+        The number and date columns, in ``X`` order.
+    indicated_ : tuple of str
+        Number columns the trusted rows are sometimes missing (an indicator each).
+    categories_ : tuple of (str, tuple)
+        Categorical and boolean columns and their trusted values.
+    texts_ : tuple of str
+        Text columns, hashed into ``Table.content``.
+    classes_ : tuple
+    """
 
     features: tuple[str, ...]
+    kinds: Mapping[str, str]
     label: str | None
     center_: np.ndarray
     scale_: np.ndarray
+    numbers_: tuple[str, ...]
+    indicated_: tuple[str, ...]
+    categories_: tuple[tuple[str, tuple[Any, ...]], ...]
+    texts_: tuple[str, ...]
     classes_: tuple[Any, ...]
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, features: list[str], label: str | None) -> Encoder:
-        raw = _numeric(frame, features, "reference")
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        features: list[str],
+        label: str | None,
+        kinds: Mapping[str, str] | None = None,
+    ) -> Encoder:
+        """Learn the columns' kinds, scales and categories from trusted rows.
+
+        ``kinds`` overrides the inferred kind of any column (``poisonguard.columns``).
+        """
+        from poisonguard.columns import infer_kinds
+
+        missing = [c for c in features if c not in frame.columns]
+        if missing:
+            raise BatchError(
+                "reference", f"missing feature column {missing[0]!r}", column=missing[0]
+            )
+        kind = infer_kinds(frame, list(features), kinds)
+        used = tuple(c for c in features if kind[c] != "ignore")
+        numbers = tuple(c for c in used if kind[c] in ("numeric", "date"))
+        raw = _numbers(frame, list(numbers), kind, "reference")
         with np.errstate(all="ignore"):
             center = np.nanmean(raw, axis=0) if len(raw) else np.zeros(raw.shape[1])
             scale = np.nanstd(raw, axis=0) if len(raw) else np.ones(raw.shape[1])
         center = np.where(np.isfinite(center), center, 0.0)
         # Constant features carry no distance: scale 1 keeps them at 0.
         scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        indicated = tuple(c for j, c in enumerate(numbers) if np.isnan(raw[:, j]).any())
+        categories = tuple(
+            (c, _category_values(frame[c])) for c in used if kind[c] in ("categorical", "boolean")
+        )
+        texts = tuple(c for c in used if kind[c] == "text")
         classes: tuple[Any, ...] = ()
         if label is not None:
             values = frame[label].dropna().unique().tolist()
             classes = tuple(sorted(values, key=lambda v: (str(type(v)), v)))
-        return cls(tuple(features), label, center, scale, classes)
+        return cls(
+            used, dict(kind), label, center, scale, numbers, indicated, categories, texts, classes
+        )
+
+    @cached_property
+    def terms(self) -> tuple[Term, ...]:
+        """What each column of the tables this encoder makes stands for."""
+        terms = [Term(c, "date" if self.kinds[c] == "date" else "number") for c in self.numbers_]
+        terms += [Term(c, "missing") for c in self.indicated_]
+        for column, values in self.categories_:
+            terms += [Term(column, "category", v) for v in values]
+        if len(self.numbers_) > len(self.indicated_) or self.categories_:
+            terms.append(Term("", "novel"))
+        return tuple(terms)
 
     def transform(self, frame: pd.DataFrame, source: str = "batch") -> Table:
-        raw = _numeric(frame, list(self.features), source)
-        X = _standardize(raw, self.center_, self.scale_)
+        raw_numbers = _numbers(frame, list(self.numbers_), self.kinds, source)
+        n = len(frame)
+        blocks = [_standardize(raw_numbers, self.center_, self.scale_, _FEATURE_BOUND)]
+        raws = [raw_numbers]
+        terms = self.terms
+        if len(terms) == len(self.numbers_):  # numbers only, each trusted-complete: done
+            X, raw = blocks[0], raw_numbers
+        else:
+            missing = np.isnan(raw_numbers)
+            indicated = [c in set(self.indicated_) for c in self.numbers_]
+            flags = missing[:, np.flatnonzero(indicated)].astype(np.float64)
+            raws.append(flags)
+            blocks.append((flags * _STEP).astype(np.float32))
+            # A missing number where trusted rows never miss one is a never-seen value.
+            novel = missing[:, ~np.asarray(indicated, dtype=bool)].sum(axis=1).astype(np.float64)
+            codes = self._codes(frame, source)
+            for (_, values), col_codes in zip(self.categories_, codes.T, strict=True):
+                onehot = np.zeros((n, len(values)), dtype=np.float32)
+                seen = col_codes >= 0
+                onehot[np.flatnonzero(seen), col_codes[seen]] = 1.0
+                novel += ~seen
+                blocks.append(onehot)
+                raws.append(onehot.astype(np.float64))
+            raws.append(novel[:, None])
+            blocks.append((novel * _STEP).astype(np.float32)[:, None])
+            X = np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
+            raw = np.hstack(raws)
         y = None
         if self.label is not None and self.label in frame.columns:
             y = _label_codes(frame[self.label], self.classes_)
-        return Table(X, raw, y, self.features, self.classes_)
+        return Table(
+            X,
+            raw,
+            y,
+            tuple(t.name for t in terms),
+            self.classes_,
+            terms,
+            self._codes(frame, source) if self.categories_ else np.zeros((n, 0), np.int64),
+            self.categories_,
+            _content(frame, self.texts_, source) if self.texts_ else None,
+        )
+
+    def _codes(self, frame: pd.DataFrame, source: str) -> np.ndarray:
+        """Categorical columns' codes into their trusted values; -1 for anything else."""
+        out = np.empty((len(frame), len(self.categories_)), dtype=np.int64)
+        for j, (column, values) in enumerate(self.categories_):
+            if column not in frame.columns:
+                raise BatchError(source, f"missing feature column {column!r}", column=column)
+            out[:, j] = _value_codes(frame[column], values)
+        return out
+
+
+def _category_values(series: pd.Series) -> tuple[Any, ...]:
+    """A categorical column's trusted values, sorted, with None last when some are missing."""
+    values = [v.item() if isinstance(v, np.generic) else v for v in series.dropna().unique()]
+    try:
+        values = sorted(values)
+    except TypeError:
+        values = sorted(values, key=repr)
+    return (*values, None) if series.isna().any() else tuple(values)
+
+
+def _value_codes(series: pd.Series, values: tuple[Any, ...]) -> np.ndarray:
+    """Codes of a column's cells into ``values`` (None matches a missing cell); -1 otherwise."""
+    known = [v for v in values if v is not None]
+    as_object = series.astype(object)
+    try:
+        codes = pd.Index(known, dtype=object).get_indexer(as_object)
+    except (TypeError, ValueError):
+        lookup = {v: i for i, v in enumerate(known)}
+        codes = np.fromiter((lookup.get(v, -1) for v in as_object.tolist()), np.int64, len(series))
+    codes = np.asarray(codes, dtype=np.int64)
+    if values and values[-1] is None:
+        codes[series.isna().to_numpy()] = len(values) - 1
+    return codes
+
+
+def _content(frame: pd.DataFrame, columns: tuple[str, ...], source: str) -> np.ndarray:
+    """One 64-bit hash per row of its text columns (missing cells hash alike)."""
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise BatchError(source, f"missing feature column {absent[0]!r}", column=absent[0])
+    text = frame[list(columns)].astype("string").fillna("\x00<NA>")
+    return pd.util.hash_pandas_object(text, index=False).to_numpy(dtype=np.uint64)
 
 
 def check_class_label(values: pd.Series, *, label: str, source: str) -> None:
@@ -207,24 +447,35 @@ def _label_codes(values: pd.Series, classes: tuple[Any, ...]) -> np.ndarray:
     )
 
 
-def _numeric(frame: pd.DataFrame, features: list[str], source: str) -> np.ndarray:
-    missing = [c for c in features if c not in frame.columns]
+def _numbers(
+    frame: pd.DataFrame, columns: list[str], kinds: Mapping[str, str], source: str
+) -> np.ndarray:
+    """Number and date columns as float64 (dates in days since 1970); NaN for missing."""
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise BatchError(
             source, f"missing feature column {missing[0]!r} (expected numeric)", column=missing[0]
         )
-    if all(pd.api.types.is_numeric_dtype(frame[c]) for c in features):
-        return frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
-    out = np.empty((len(frame), len(features)), dtype=np.float64)
-    for j, col in enumerate(features):
+    if all(pd.api.types.is_numeric_dtype(frame[c]) for c in columns) and not any(
+        kinds.get(c) == "date" for c in columns
+    ):
+        return frame[columns].to_numpy(dtype=np.float64, na_value=np.nan)
+    out = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for j, col in enumerate(columns):
         try:
-            out[:, j] = pd.to_numeric(frame[col], errors="raise").to_numpy(
-                dtype=np.float64, na_value=np.nan
-            )
-        except (TypeError, ValueError) as exc:
+            if kinds.get(col) == "date":
+                when = pd.to_datetime(frame[col], errors="raise", utc=True)
+                days = (when - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(days=1)
+                out[:, j] = days.to_numpy(dtype=np.float64, na_value=np.nan)
+            else:
+                out[:, j] = pd.to_numeric(frame[col], errors="raise").to_numpy(
+                    dtype=np.float64, na_value=np.nan
+                )
+        except (TypeError, ValueError, OverflowError) as exc:
+            expected = "dates" if kinds.get(col) == "date" else "numbers"
             raise BatchError(
                 source,
-                f"column {col!r} must be numeric, found {frame[col].dtype} ({exc})",
+                f"column {col!r} must hold {expected}, found {frame[col].dtype} ({exc})",
                 column=col,
             ) from exc
     return out

@@ -193,18 +193,21 @@ class _TailBase(DetectorBase):
             f = int(np.argmax(M[r]))
             g = int(groups[r])
             x = float(X[r, f])
-            raw = float(sub.raw[r, f])
-            name = self.features_[f]
+            what = sub.describe(r, f)
+            counted = bool(sub.terms) and sub.terms[f].kind in ("category", "missing", "novel")
             where = "trusted rows"
             if g != global_group and sub.y is not None:
                 where = f"trusted rows of class {sub.label_of(int(sub.y[r]))}"
-            if x > self.summary_.highest(g, f):
-                text = f"feature {name} = {_fmt(raw)}, above every one of the {where}"
+            p = math.exp(-float(M[r, f]))
+            if counted:  # a category, a missing cell, never-seen values: say how rare
+                rare = x > self.summary_.highest(g, f) or x < self.summary_.lowest(g, f)
+                text = f"{what}, {'like none' if rare else f'like {100 * p:.2g}%'} of the {where}"
+            elif x > self.summary_.highest(g, f):
+                text = f"feature {what}, above every one of the {where}"
             elif x < self.summary_.lowest(g, f):
-                text = f"feature {name} = {_fmt(raw)}, below every one of the {where}"
+                text = f"feature {what}, below every one of the {where}"
             else:
-                p = math.exp(-float(M[r, f]))
-                text = f"feature {name} = {_fmt(raw)}, in the outer {100 * p:.2g}% of {where}"
+                text = f"feature {what}, in the outer {100 * p:.2g}% of {where}"
             others = int(np.sum(M[r] >= 3.0)) - 1
             if others > 0:
                 text += f" (and {others} more unusual feature{'s' if others > 1 else ''})"
