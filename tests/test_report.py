@@ -41,7 +41,15 @@ from poisonguard.evidence import (
     loads,
     projection,
 )
-from poisonguard.pipeline import process_landing, report_paths
+from poisonguard.pipeline import (
+    EVIDENCE,
+    commit_batch,
+    detect_batch,
+    entry_for,
+    process_landing,
+    report_paths,
+    validate_batch,
+)
 from poisonguard.report import load_report, markdown_summary, render_html, write_report
 from poisonguard.review import review
 from poisonguard.store import Store
@@ -1056,6 +1064,30 @@ def test_a_batch_hold_is_counted_and_named_on_the_page(demo_project):
     page = report_paths(store, record.batch_id)[0].read_text(encoding="utf-8")
     assert "Held for review:</strong> batch held for review: its label shares" in page
     assert "Held for review: batch held for review" in markdown_summary(report, Path("x"))
+
+
+def test_a_batch_with_no_row_scored_keeps_no_stale_evidence(demo_project, rng):
+    """Every row broke an expectation, so no detector ran: detect leaves no evidence.json (not
+    even one an earlier run left), and the page says why it has no detector scores."""
+    config = load_config(demo_project / "poisonguard.toml")
+    frame = pd.read_parquet(config.landing / "batch-04-clean.parquet").head(20)
+    for f in config.landing.iterdir():
+        f.unlink()
+    frame["px03"] = 99.0
+    frame.to_parquet(config.landing / "all-broken.parquet", index=False)
+    store = Store.of(config)
+    staged = validate_batch(entry_for(config.landing / "all-broken.parquet"), config, store).staged
+    assert staged is not None
+    stale = sample_report(rng).evidence
+    assert stale is not None
+    (staged / EVIDENCE).write_text(dumps(stale))
+    detect_batch(staged, config, store)
+    assert not (staged / EVIDENCE).exists()
+    record = commit_batch(staged, config, store)
+    report = _assert_report_matches_the_ledger(store, record)
+    assert report.evidence is None and report.counts.held_by["expectations"] == 20
+    page = report_paths(store, record.batch_id)[0].read_text(encoding="utf-8")
+    assert "every row was held before the detectors scored it" in page
 
 
 def test_a_hostile_file_name_shows_as_text_on_its_report(demo_project):

@@ -400,6 +400,8 @@ def detect_batch(
     _write_decision(folder, rows, decision, config)
     if evidence is not None:
         atomic_write_bytes(folder / EVIDENCE, dumps(evidence).encode())
+    else:  # a re-run that scores nothing keeps no evidence of an earlier run
+        (folder / EVIDENCE).unlink(missing_ok=True)
     crash_point("after-detect")
     return folder / DECISION
 
