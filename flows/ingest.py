@@ -6,7 +6,6 @@ judged against the clean training set that the ones before it grew.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from poisonguard.pipeline import (
     report_paths,
     validate_batch,
 )
-from poisonguard.report import markdown_summary
+from poisonguard.report import load_report, markdown_summary
 from poisonguard.store import Store
 
 
@@ -73,7 +72,7 @@ def publish(config_path: str, batch_id: str) -> str | None:
     html_path, json_path = report_paths(Store.of(config), batch_id)
     if not json_path.exists():
         return None
-    report = json.loads(json_path.read_text())
+    report = load_report(json_path)
     key = re.sub(r"[^a-z0-9-]+", "-", f"poisonguard-{batch_id}".lower()).strip("-")[:100]
     create_markdown_artifact(
         markdown_summary(report, html_path), key=key, description=f"poisonguard batch {batch_id}"

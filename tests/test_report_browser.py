@@ -2,12 +2,20 @@
 
 Uses Debian's ``chromium`` and ``chromium-driver`` packages; Selenium is pointed at
 ``/usr/bin/chromedriver`` so Selenium Manager never tries to download a browser.
+
+``docs/report-screenshot.png`` is the demo's label-flip batch as the browser shows it; to
+refresh it from the current detectors, run this module with ``POISONGUARD_SCREENSHOT`` set
+to that path (the test only writes under its own tmp_path otherwise)::
+
+    POISONGUARD_SCREENSHOT=docs/report-screenshot.png .venv/bin/python -m pytest \\
+        tests/test_report_browser.py -k screenshot
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,14 +26,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+from poisonguard.config import load_config
+from poisonguard.pipeline import process_landing, report_paths
 from poisonguard.report import render_html, write_report
+from poisonguard.store import Store
 from test_report import SECTION_HEADINGS, hostile_report, sample_report
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "report-screenshot.png"
+#: Where the full-page screenshot of the demo's label-flip batch is also copied, when set.
+SCREENSHOT = os.environ.get("POISONGUARD_SCREENSHOT")
 WIDTH = 1280
 
 
@@ -123,6 +135,26 @@ def hostile_page(browser, tmp_path_factory) -> Loaded:
     return _load(browser, page)
 
 
+@pytest.fixture(scope="module")
+def demo_page(browser, demo_inputs, tmp_path_factory) -> tuple[Loaded, Any]:
+    """The report of the demo's label-flip batch, judged by the current detectors."""
+    from poisonguard.demo import LABEL
+    from poisonguard.initialize import init_dataset
+
+    root = tmp_path_factory.mktemp("demo-page") / "demo"
+    shutil.copytree(demo_inputs, root)
+    for f in (root / "landing").iterdir():
+        if f.name != "batch-01-label-flips.parquet":
+            f.unlink()
+    init_dataset(
+        root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
+    )
+    config = load_config(root / "poisonguard.toml")
+    (record,) = process_landing(config).records
+    html_path, _ = report_paths(Store.of(config), record.batch_id)
+    return _load(browser, html_path), record
+
+
 def _assert_offline(loaded: Loaded) -> None:
     others = [u for u in loaded.requests if u != loaded.url and not u.startswith("data:")]
     assert loaded.url in loaded.requests
@@ -186,11 +218,35 @@ def test_injected_markup_shows_as_text_and_never_runs(hostile_page):
     _assert_offline(hostile_page)
 
 
-def test_a_full_page_screenshot_is_saved(full_page, tmp_path):
-    """The whole page, at its full height, as a PNG under tmp_path and in docs/."""
-    driver = full_page.driver
-    driver.get(full_page.url)  # the browser is shared: another test may have moved it on
-    assert driver.title.endswith("batch-01-label-flips-3f9a1c2b7d4e")
+def test_the_demo_page_shows_the_ledgers_counts(demo_page):
+    """On screen, the label-flip batch's counts are the ledger's and its stages add up."""
+    loaded, record = demo_page
+    driver = loaded.driver
+    driver.get(loaded.url)  # the browser is shared: another test may have moved it on
+    shown = {
+        e.get_attribute("data-count"): int(e.text.replace(",", ""))
+        for e in driver.find_elements(By.CSS_SELECTOR, ".card [data-count]")
+    }
+    assert (shown["rows_in"], shown["clean"], shown["quarantined"], shown["rejected"]) == (
+        record.rows_in,
+        record.rows_clean,
+        record.rows_quarantined,
+        record.rows_rejected,
+    )
+    stages = [shown[k] for k in shown if k.startswith("held-")]
+    assert len(stages) == 4 and sum(stages) == record.rows_quarantined > 0
+    assert len(driver.find_elements(By.CSS_SELECTOR, "figure.histogram svg")) >= 4
+    _assert_quiet(loaded)
+    _assert_offline(loaded)
+
+
+def test_a_full_page_screenshot_is_saved(demo_page, tmp_path):
+    """The demo's label-flip batch, the whole page at its full height, as a PNG under tmp_path
+    (and where POISONGUARD_SCREENSHOT says, when set)."""
+    loaded, record = demo_page
+    driver = loaded.driver
+    driver.get(loaded.url)  # the browser is shared: another test may have moved it on
+    assert driver.title.endswith(record.batch_id)
     height = int(driver.execute_script("return Math.ceil(document.documentElement.scrollHeight)"))
     assert height > 1500
     driver.execute_cdp_cmd(
@@ -206,5 +262,5 @@ def test_a_full_page_screenshot_is_saved(full_page, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, tall = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, tall) == (WIDTH, height)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, SCREENSHOT)
+    if SCREENSHOT:
+        shutil.copyfile(shot, SCREENSHOT)

@@ -35,7 +35,7 @@ from poisonguard.config import RESERVED_PREFIX, Config
 from poisonguard.decision import BatchDecision, batch_hold_reason, decide_batch
 from poisonguard.detectors.drift import batch_drift
 from poisonguard.errors import BatchError, ConfigError, StoreError
-from poisonguard.evidence import batch_evidence, batch_report
+from poisonguard.evidence import Evidence, batch_evidence, build_report, dumps, loads
 from poisonguard.landing import (
     Entry,
     Unreadable,
@@ -358,26 +358,6 @@ def fit_guard(config: Config, store: Store) -> Guard:
     ).fit(reference[data_columns(reference)])
 
 
-def drift_evidence(drift: Any, top: int = 30) -> dict:
-    """Drift figures for the report: label shift, and the most drifted features first."""
-    order = np.argsort(-drift.ks_statistic)[:top]
-    return {
-        "label_tv": drift.label_tv,
-        "label_p": drift.label_p_value,
-        "features": [
-            {
-                "name": drift.features[i],
-                "statistic": float(drift.ks_statistic[i]),
-                "p_value": float(drift.ks_p_value[i]),
-                "psi": float(drift.psi[i]),
-            }
-            for i in order
-        ],
-        "drifted_features": list(drift.drifted_features),
-        "summary": drift.summary(),
-    }
-
-
 def detect_batch(
     staged: str | Path, config: Config, store: Store, guard: Guard | None = None
 ) -> Path:
@@ -395,7 +375,7 @@ def detect_batch(
         into = failed if stage == "expectations" else blocked
         into[row] = f"{into[row]}; {why}" if row in into else str(why)
     scored = np.setdiff1d(np.arange(len(rows)), held_rows)
-    evidence: dict[str, Any] = {}
+    evidence: Evidence | None = None
     if scored.size:
         guard = guard or fit_guard(config, store)
         data = rows.iloc[scored][data_columns(rows)].reset_index(drop=True)
@@ -415,12 +395,14 @@ def detect_batch(
             scores=scores,
             batch_hold=hold,
         )
-        evidence = batch_evidence(guard, table, found, scores)
-        evidence["drift"] = drift_evidence(drift)
+        evidence = batch_evidence(guard.reference_, table, guard.calibrations_, decision, drift)
     else:
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
     _write_decision(folder, rows, decision, config)
-    atomic_write_bytes(folder / EVIDENCE, json.dumps(evidence).encode())
+    if evidence is not None:
+        atomic_write_bytes(folder / EVIDENCE, dumps(evidence).encode())
+    else:  # a re-run that scores nothing keeps no evidence of an earlier run
+        (folder / EVIDENCE).unlink(missing_ok=True)
     crash_point("after-detect")
     return folder / DECISION
 
@@ -484,13 +466,19 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         landed=meta.landed,
     )
     evidence_path = meta.folder / EVIDENCE
-    evidence = json.loads(evidence_path.read_text()) if evidence_path.exists() else {}
-    evidence["decision"] = {"fdr": decided["fdr"], "threshold_p": decided["threshold_p"]}
     write_batch_report(
         store,
         outcome,
         failed_expectations=meta.failed_expectations,
-        evidence=evidence,
+        evidence=(
+            loads(Evidence, evidence_path.read_bytes(), source=str(evidence_path))
+            if evidence_path.exists()
+            else None
+        ),
+        held_by=decided["held_by"],
+        batch_hold=decided["batch_hold"],
+        fdr=None if decided["threshold_p"] is None else decided["fdr"],
+        threshold_p=decided["threshold_p"],
     )
     record = store.commit(outcome)
     shutil.rmtree(meta.folder, ignore_errors=True)
@@ -508,31 +496,36 @@ def write_batch_report(
     outcome: Outcome,
     *,
     failed_expectations: list[dict] | None = None,
-    evidence: dict | None = None,
+    evidence: Evidence | None = None,
+    held_by: dict[str, int] | None = None,
+    batch_hold: str | None = None,
+    fdr: float | None = None,
+    threshold_p: float | None = None,
 ) -> tuple[Path, Path]:
-    """Write a batch's HTML and JSON reports (before its ledger commit: a re-run rewrites them)."""
+    """Write a batch's HTML and JSON reports (before its ledger commit: a re-run rewrites them).
+
+    The counts are the outcome's, which the ledger records; ``held_by``, ``batch_hold``,
+    ``fdr`` and ``threshold_p`` are the batch decision's (``decision.json``).
+    """
     from poisonguard.report import write_report
 
-    n_clean = 0 if outcome.clean is None else len(outcome.clean)
-    n_quar = 0 if outcome.quarantine is None else len(outcome.quarantine)
-    record = {
-        "batch_id": outcome.batch_id,
-        "source": outcome.source,
-        "sha256": outcome.sha256,
-        "status": outcome.status,
-        "finished_at": now(),
-        "reason": outcome.reason,
-        "rows_in": outcome.rows_in,
-        "rows_clean": n_clean,
-        "rows_quarantined": n_quar,
-        "rows_rejected": outcome.rows_rejected,
-    }
-    report = batch_report(
-        record,
-        failed_expectations=failed_expectations,
-        evidence=evidence,
+    report = build_report(
+        batch_id=outcome.batch_id,
+        source=outcome.source,
+        sha256=outcome.sha256,
+        status=outcome.status,
+        created_at=now(),
+        rows_in=outcome.rows_in,
+        clean=outcome.clean,
         quarantine=outcome.quarantine,
-        detail=outcome.detail,
+        rejected=outcome.rows_rejected,
+        reason=outcome.reason,
+        held_by=held_by,
+        batch_hold=batch_hold,
+        fdr=fdr,
+        threshold_p=threshold_p,
+        failed_expectations=failed_expectations or [],
+        evidence=evidence,
     )
     json_path, html_path = write_report(report, store.root / "reports")
     return html_path, json_path

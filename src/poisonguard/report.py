@@ -1,26 +1,16 @@
 """A batch's report for the data steward: one self-contained HTML page, its JSON, a summary.
 
-The pipeline builds a plain, JSON-able ``report`` dict per batch; this module only
-presents it. Any key may be missing or empty (a rejected batch carries little more
-than its counts and reason), and every section copes with that.
+Three writers of one ``BatchReport`` (``poisonguard.evidence`` builds it, in one
+place): ``render_html``, ``write_report`` (the page and the JSON beside it, which
+``load_report`` reads back) and ``markdown_summary`` (the Prefect artifact). They
+present the report's figures and never recompute the decision's: the cuts, the
+counts and the held rows per stage are read off the dataclass.
 
 The page makes no network request and runs no script: plots are inline SVG drawn
 here, styles sit in one ``<style>`` block, a Content-Security-Policy forbids
 everything else, and every value taken from the data is HTML-escaped, because
-column names, labels and reasons come from files nobody has vetted yet.
-
-Report schema (every key optional)::
-
-    batch_id, source, sha256, status ("committed" | "rejected"), created_at, reason
-    counts: {rows_in, clean, quarantined, rejected,
-             quarantined_by_expectations, quarantined_by_detectors}
-    failed_expectations: [{type, column, kwargs, unexpected_count, error}]
-    decision: {fdr, threshold_p}
-    detectors: [{name, scores, quarantined, cut, calibration}]
-    projection: {reference: [[x, y]], batch: [[x, y]], quarantined: [bool]}
-    class_balance: {labels, reference, batch}
-    drift: {label_tv, label_p, features: [{name, statistic, p_value}]}
-    top_rows: [{pg_row, suspicion, reason, values: {column: value}}]
+file names, column names, cells, labels and reasons come from files nobody has
+vetted yet.
 """
 
 from __future__ import annotations
@@ -29,29 +19,39 @@ import html
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from poisonguard.decision import STAGES
 from poisonguard.errors import param_error
+from poisonguard.evidence import (
+    MAX_ABS,
+    BatchReport,
+    ClassBalance,
+    DetectorPanel,
+    Drift,
+    Projection,
+    dumps,
+    loads,
+    span,
+)
 from poisonguard.store import atomic_write_bytes
 
-__all__ = ["markdown_summary", "render_html", "write_report"]
+__all__ = ["load_report", "markdown_summary", "render_html", "write_report"]
 
-MAX_POINTS = 3000
-"""At most this many scatter points per group (trusted, batch clean, batch quarantined)."""
-
-MAX_TOP_ROWS = 100
-MAX_DRIFT_FEATURES = 15
-N_BINS = 30
 MAX_EXPECTATIONS = 15
 MAX_LIST = 8
-MAX_ABS = 1e150
-"""Numbers beyond this magnitude are treated as missing: no plot can place them."""
 
-# Colour-blind-safe pairs: blue for the batch, orange for what was quarantined,
+#: How each stage is named on the page and in the summary.
+STAGE_NAMES = {
+    "expectations": "expectations",
+    "blocklist": "blocklist",
+    "detectors": "detectors",
+    "batch_hold": "batch hold",
+}
+
+# Colour-blind-safe pairs: blue for the batch, orange for what was held,
 # grey for the trusted reference.
 TRUSTED = "#9aa3ad"
 BATCH = "#3a6ea5"
@@ -88,6 +88,10 @@ p.empty { color: #616e7c; font-style: italic; margin: 6px 0 0; }
 .callout { border-left: 4px solid #c0392b; background: #fdf1f0; padding: 10px 14px;
   margin: 0 0 14px; border-radius: 0 6px 6px 0; overflow-wrap: anywhere; }
 .callout strong { color: #9b2420; }
+.callout.hold { border-left-color: #b85a12; background: #fdf5ec; }
+.callout.hold strong { color: #8a4410; }
+h3.stages { margin: 14px 0 8px; }
+.card.stage .v { font-size: 20px; color: #b85a12; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 10px; }
 .card { border: 1px solid #e1e5ea; border-radius: 8px; padding: 10px 14px; background: #fafbfc; }
 .card .k { color: #616e7c; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
@@ -113,7 +117,7 @@ th { background: #f5f6f8; font-weight: 600; color: #3e4c59; white-space: nowrap;
 tbody tr:nth-child(even) td { background: #fbfcfd; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.text { max-width: 420px; overflow-wrap: break-word; }
-td.reason { min-width: 16em; }
+td.reason { min-width: 30em; }
 td code, .kw code { font: 12px ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
   background: #f1f3f5; padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
 details { margin-top: 10px; }
@@ -132,59 +136,18 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _seq(value: Any) -> list[Any]:
-    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
-        return []
-    return list(value)
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None for anything missing, non-numeric, non-finite or absurdly large."""
-    if isinstance(value, bool) or value is None:
+def _number(value: float | None) -> float | None:
+    """A float a plot can place, or None for a missing, non-finite or absurdly large one."""
+    if value is None or not math.isfinite(value) or abs(value) > MAX_ABS:
         return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return out if math.isfinite(out) and abs(out) <= MAX_ABS else None
+    return float(value)
 
 
-def _count(value: Any) -> int | None:
-    number = _number(value)
-    return None if number is None else round(number)
+def _fmt_int(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
 
 
-def _floats(values: Any) -> np.ndarray:
-    """A float array; entries that are not numbers become NaN."""
-    items = _seq(values)
-    out = np.full(len(items), np.nan)
-    for i, v in enumerate(items):
-        number = _number(v)
-        if number is not None:
-            out[i] = number
-    return out
-
-
-def _flags(values: Any, n: int) -> np.ndarray:
-    """A bool mask of length ``n``; missing or non-boolean entries are False."""
-    items = _seq(values)[:n]
-    out = np.zeros(n, dtype=bool)
-    out[: len(items)] = [
-        isinstance(v, bool | int | np.bool_ | np.integer) and bool(v) for v in items
-    ]
-    return out
-
-
-def _fmt_int(value: Any) -> str:
-    count = _count(value)
-    return "—" if count is None else f"{count:,}"
-
-
-def _fmt_float(value: Any, digits: int = 4) -> str:
+def _fmt_float(value: float | None, digits: int = 4) -> str:
     number = _number(value)
     if number is None:
         return "—"
@@ -193,7 +156,7 @@ def _fmt_float(value: Any, digits: int = 4) -> str:
     return f"{number:.{digits}g}" if abs(number) >= 1 else f"{number:.{digits - 1}f}"
 
 
-def _fmt_p(value: Any) -> str:
+def _fmt_p(value: float | None) -> str:
     number = _number(value)
     if number is None:
         return "—"
@@ -211,30 +174,21 @@ def _fmt_pct(share: float) -> str:
 
 
 def _fmt_value(value: Any) -> str:
-    """A cell value from a row, as plain text (escaped by the caller)."""
+    """A cell or argument value, as plain text (escaped by the caller)."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float | np.integer | np.floating):
+    if isinstance(value, int | float):
         number = float(value)
         if not math.isfinite(number):
             return str(number)
         if number.is_integer() and abs(number) < 1e15:
             return f"{int(number)}"
         return f"{number:.6g}"
-    if isinstance(value, Mapping | list | tuple):
+    if isinstance(value, dict | list | tuple):
         return json.dumps(value, default=str, ensure_ascii=False)
     return str(value)
-
-
-def _widen(lo: float, hi: float) -> tuple[float, float]:
-    """``(lo, hi)``, widened when it is empty or finer than floats can split into bins."""
-    size = max(1.0, abs(lo), abs(hi))
-    if hi - lo > size * 1e-9:
-        return lo, hi
-    pad = 0.5 if size == 1.0 else size * 0.01
-    return lo - pad, hi + pad
 
 
 def _nice_step(span: float, target: int) -> float:
@@ -281,7 +235,7 @@ class _Scale:
     """A linear map from data to pixels."""
 
     def __init__(self, lo: float, hi: float, px_lo: float, px_hi: float) -> None:
-        lo, hi = _widen(lo, hi)
+        lo, hi = span(lo, hi)
         self.lo, self.hi, self.px_lo, self.px_hi = lo, hi, px_lo, px_hi
 
     def __call__(self, value: float) -> float:
@@ -379,65 +333,37 @@ def _stroke(colour: str, dash: str = "") -> str:
 # --------------------------------------------------------------------------- plots
 
 
-def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
-    """One detector's histogram: batch scores stacked clean/quarantined, calibration outline, cut.
+def _histogram_svg(panel: DetectorPanel) -> tuple[str, str]:
+    """One detector's histogram: batch rows stacked kept/held, calibration outline, cut.
 
-    Each bar is a ``rect`` with ``data-count``, ``data-lo`` and ``data-hi``, so a test can
-    recount the data. Returns (svg, caption).
+    Each bar is a ``rect`` with ``data-count``, ``data-lo`` and ``data-hi`` (the
+    panel's own bins), so a test can check them against the report. Returns
+    (svg, caption).
     """
-    name = str(detector.get("name") or "detector")
-    raw = _floats(detector.get("scores"))
-    quarantined = _flags(detector.get("quarantined"), len(raw))
-    finite = np.isfinite(raw)
-    scores, flags = raw[finite], quarantined[finite]
-    calibration = _floats(detector.get("calibration"))
-    calibration = calibration[np.isfinite(calibration)]
-    cut = _number(detector.get("cut"))
-    n = len(scores)
-
-    everything = np.concatenate([scores, calibration, [cut] if cut is not None else []])
-    if len(everything) == 0:
-        return "", f"{_e(name)}: no scores."
-    lo, hi = float(everything.min()), float(everything.max())
-    # A few far outliers (in the batch or the calibration) would squash every other bar
-    # into the first bin; past a core range set by most of the calibration, the cut and
-    # most of the batch, they share one bar.
-    core = max(
-        float(np.quantile(calibration, 0.99)) if len(calibration) else lo,
-        cut if cut is not None else lo,
-        float(np.quantile(scores, 0.9)) if n else lo,
-    )
-    clip: float | None = None
-    if core > lo and hi - lo > 2.5 * (core - lo):
-        clip = lo + 1.25 * (core - lo)
-        hi = clip
-    lo, hi = _widen(lo, hi)
-    edges = np.linspace(lo, hi, N_BINS + 1)
-
-    def counts(values: np.ndarray) -> tuple[np.ndarray, int]:
-        inside = values <= hi if clip is not None else np.ones(len(values), dtype=bool)
-        hist, _ = np.histogram(values[inside], bins=edges)
-        return hist, int((~inside).sum())
-
-    clean_hist, clean_over = counts(scores[~flags])
-    quar_hist, quar_over = counts(scores[flags])
-    cal_hist, cal_over = counts(calibration)
+    name = panel.name
+    edges = list(panel.edges)
+    n_bins = len(edges) - 1
+    lo, hi = edges[0], edges[-1]
+    clean, held, cal = panel.clean, panel.held, panel.calibration
+    n_batch = sum(clean.counts) + clean.over + sum(held.counts) + held.over
+    n_cal = sum(cal.counts) + cal.over
+    overflow = bool(clean.over or held.over or cal.over)
     # The calibration outline is scaled to the batch's size: what this batch would look
     # like if it were distributed like the trusted data.
-    cal_scale = n / len(calibration) if len(calibration) and n else 0.0
-    cal_expected = cal_hist * cal_scale
+    cal_scale = n_batch / n_cal if n_cal and n_batch else 0.0
+    cut = _number(panel.cut)
 
     width, height = 560, 270
     left, right, top, bottom = 62, 20, 34, 54
-    over_w = 26 if clip is not None else 0
-    plot_right = width - right - (over_w + 10 if clip is not None else 0)
+    over_w = 26 if overflow else 0
+    plot_right = width - right - (over_w + 10 if overflow else 0)
     x = _Scale(lo, hi, left, plot_right)
-    stacked = clean_hist + quar_hist
+    stacked = [c + h for c, h in zip(clean.counts, held.counts, strict=True)]
     y_max = max(
-        float(stacked.max()) if len(stacked) else 0.0,
-        float(cal_expected.max()) if len(cal_expected) else 0.0,
-        float(clean_over + quar_over),
-        cal_over * cal_scale,
+        max(stacked, default=0),
+        max(cal.counts, default=0) * cal_scale,
+        clean.over + held.over,
+        cal.over * cal_scale,
         1.0,
     )
     y_ticks = _ticks_to(y_max, 4)
@@ -446,10 +372,8 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
     parts = [_svg_open(width, height, f"Histogram of {name} scores")]
     parts.append(_y_axis(y, left, plot_right, y_ticks, "rows"))
 
-    def bar(
-        x0: float, x1: float, y0: float, count: int, kind: str, lo_v: float, hi_v: float
-    ) -> str:
-        colour = QUARANTINED if kind == "quarantined" else BATCH
+    def bar(x0: float, x1: float, y0: int, count: int, kind: str, lo_v: float, hi_v: float) -> str:
+        colour = QUARANTINED if kind == "held" else BATCH
         top_px, base_px = y(y0 + count), y(y0)
         return (
             f'<rect class="bar bar-{kind}" data-count="{count}" data-lo="{float(lo_v)!r}" '
@@ -459,31 +383,22 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
             f"{count:,} {kind} rows</title></rect>"
         )
 
-    for i in range(N_BINS):
+    for i in range(n_bins):
         x0, x1 = x(edges[i]), x(edges[i + 1])
-        if clean_hist[i]:
-            parts.append(bar(x0, x1, 0, int(clean_hist[i]), "clean", edges[i], edges[i + 1]))
-        if quar_hist[i]:
-            parts.append(
-                bar(
-                    x0,
-                    x1,
-                    int(clean_hist[i]),
-                    int(quar_hist[i]),
-                    "quarantined",
-                    edges[i],
-                    edges[i + 1],
-                )
-            )
-    if clip is not None:
+        kept, flagged = clean.counts[i], held.counts[i]
+        if kept:
+            parts.append(bar(x0, x1, 0, kept, "clean", edges[i], edges[i + 1]))
+        if flagged:
+            parts.append(bar(x0, x1, kept, flagged, "held", edges[i], edges[i + 1]))
+    if overflow:
         x0, x1 = plot_right + 10, plot_right + 10 + over_w
         inf = float("inf")
-        if clean_over:
-            parts.append(bar(x0, x1, 0, clean_over, "clean", hi, inf))
-        if quar_over:
-            parts.append(bar(x0, x1, clean_over, quar_over, "quarantined", hi, inf))
-        if cal_over and cal_scale:
-            cy = _f(y(cal_over * cal_scale))
+        if clean.over:
+            parts.append(bar(x0, x1, 0, clean.over, "clean", hi, inf))
+        if held.over:
+            parts.append(bar(x0, x1, clean.over, held.over, "held", hi, inf))
+        if cal.over and cal_scale:
+            cy = _f(y(cal.over * cal_scale))
             parts.append(
                 f'<path class="calibration" d="M{_f(x0)} {_f(y(0))}V{cy}H{_f(x1)}V{_f(y(0))}" '
                 f'fill="none" stroke="{INK}" stroke-width="1.5" stroke-opacity=".75"/>'
@@ -496,28 +411,28 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
     if cal_scale:
         # A step outline over the bins, closed to the axis at both ends.
         points = [f"M{_f(x(edges[0]))} {_f(y(0))}"]
-        for i in range(N_BINS):
-            points.append(f"V{_f(y(float(cal_expected[i])))}H{_f(x(edges[i + 1]))}")
+        for i in range(n_bins):
+            points.append(f"V{_f(y(cal.counts[i] * cal_scale))}H{_f(x(edges[i + 1]))}")
         points.append(f"V{_f(y(0))}")
         parts.append(
             f'<path class="calibration" d="{"".join(points)}" fill="none" stroke="{INK}" '
             f'stroke-width="1.5" stroke-opacity=".75"/>'
         )
 
-    parts.append(_x_axis(x, height - bottom, _ticks(lo, hi, 6), f"{name} score"))
+    parts.append(_x_axis(x, height - bottom, _ticks(x.lo, x.hi, 6), f"{name} score"))
 
     if cut is not None and lo <= cut <= hi:
         cx = x(cut)
         anchor, dx = ("end", -4) if cx > (left + plot_right) / 2 else ("start", 4)
         parts.append(
-            f'<line class="cut" x1="{_f(cx)}" x2="{_f(cx)}" y1="{_f(top - 4)}" '
-            f'y2="{_f(height - bottom)}" stroke="#b3261e" stroke-width="1.5" '
-            f'stroke-dasharray="5 3"/>'
+            f'<line class="cut" data-cut="{cut!r}" x1="{_f(cx)}" x2="{_f(cx)}" '
+            f'y1="{_f(top - 4)}" y2="{_f(height - bottom)}" stroke="#b3261e" '
+            f'stroke-width="1.5" stroke-dasharray="5 3"/>'
             f'<text x="{_f(cx + dx)}" y="{_f(top + 8)}" text-anchor="{anchor}" '
             f'style="fill:#b3261e">cut {_e(_fmt_float(cut, 3))}</text>'
         )
 
-    legend = [(_box(BATCH), "batch, kept"), (_box(QUARANTINED), "batch, quarantined")]
+    legend = [(_box(BATCH), "batch, kept"), (_box(QUARANTINED), "batch, held")]
     if cal_scale:
         legend.append((_stroke(INK), "trusted calibration"))
     if cut is not None:
@@ -525,74 +440,51 @@ def _histogram_svg(detector: Mapping[str, Any]) -> tuple[str, str]:
     parts.append(_legend(legend, left, 14))
     parts.append("</svg>")
 
-    n_quar = int(flags.sum())
-    caption = [f"{n:,} batch rows, {n_quar:,} quarantined"]
-    if len(calibration):
-        caption.append(
-            f"{len(calibration):,} trusted calibration scores, outline scaled to the batch's size"
-        )
+    caption = [f"{n_batch:,} batch rows, {sum(held.counts) + held.over:,} held"]
+    if n_cal:
+        caption.append(f"{n_cal:,} trusted calibration scores, outline scaled to the batch's size")
     if cut is not None:
-        caption.append(f"this detector alone flags scores above {_fmt_float(cut)}")
+        caption.append(
+            f"this detector alone flags scores above {_fmt_float(cut)} (p ≤ {_fmt_p(panel.p_cut)})"
+        )
     else:
         caption.append("no single-detector cut")
-    if clip is not None:
-        over = clean_over + quar_over
+    if overflow:
         caption.append(
-            f"scores beyond {_fmt_float(hi)} share the last bar ({_plural(over, 'batch row')}, "
-            f"{_plural(cal_over, 'calibration score')})"
+            f"scores beyond {_fmt_float(hi)} share the last bar "
+            f"({_plural(clean.over + held.over, 'batch row')}, "
+            f"{_plural(cal.over, 'calibration score')})"
         )
-    dropped = int((~finite).sum())
+    dropped = clean.nonfinite + held.nonfinite
     if dropped:
-        caption.append(f"{dropped:,} rows without a finite score not shown")
+        caption.append(f"{_plural(dropped, 'batch row')} without a finite score not shown")
+    if cal.nonfinite:
+        caption.append(f"{_plural(cal.nonfinite, 'calibration score')} not finite, not shown")
     return "".join(parts), _e("; ".join(caption) + ".")
 
 
-def _points(values: Any) -> np.ndarray:
-    """An (n, 2) float array of coordinates; malformed pairs become NaN."""
-    items = _seq(values)
-    out = np.full((len(items), 2), np.nan)
-    for i, pair in enumerate(items):
-        coords = _seq(pair)
-        if len(coords) >= 2:
-            a, b = _number(coords[0]), _number(coords[1])
-            if a is not None and b is not None:
-                out[i] = (a, b)
-    return out
-
-
-def _thin(n: int, limit: int) -> np.ndarray:
-    """At most ``limit`` indices out of ``n``, evenly spread, the same every time."""
-    if n <= limit:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
-
-
-def _scatter_svg(projection: Mapping[str, Any]) -> tuple[str, str]:
-    reference = _points(projection.get("reference"))
-    batch = _points(projection.get("batch"))
-    flags = _flags(projection.get("quarantined"), len(batch))
-    reference = reference[np.isfinite(reference).all(axis=1)]
-    keep = np.isfinite(batch).all(axis=1)
-    batch, flags = batch[keep], flags[keep]
+def _scatter_svg(projection: Projection) -> tuple[str, str]:
     groups = [
-        ("trusted", reference),
-        ("batch-clean", batch[~flags]),
-        ("batch-quarantined", batch[flags]),
+        ("trusted", projection.reference, projection.n_reference),
+        ("batch-clean", projection.clean, projection.n_clean),
+        ("batch-held", projection.held, projection.n_held),
     ]
-    everything = np.concatenate([reference, batch]) if len(reference) + len(batch) else None
-    if everything is None or len(everything) == 0:
+    placed = [
+        (group, [(a, b) for a, b in points if _number(a) is not None and _number(b) is not None], n)
+        for group, points, n in groups
+    ]
+    everything = [p for _, points, _ in placed for p in points]
+    if not everything:
         return "", ""
-    x_lo, y_lo = everything.min(axis=0)
-    x_hi, y_hi = everything.max(axis=0)
-    x_lo, x_hi = _widen(float(x_lo), float(x_hi))
-    y_lo, y_hi = _widen(float(y_lo), float(y_hi))
+    x_lo, x_hi = span(min(a for a, _ in everything), max(a for a, _ in everything))
+    y_lo, y_hi = span(min(b for _, b in everything), max(b for _, b in everything))
     pad_x, pad_y = (x_hi - x_lo) * 0.04, (y_hi - y_lo) * 0.04
     x_lo, x_hi, y_lo, y_hi = x_lo - pad_x, x_hi + pad_x, y_lo - pad_y, y_hi + pad_y
 
     width, height = 1000, 500
     left, right, top, bottom = 62, 20, 36, 54
-    x = _Scale(float(x_lo), float(x_hi), left, width - right)
-    y = _Scale(float(y_lo), float(y_hi), height - bottom, top)
+    x = _Scale(x_lo, x_hi, left, width - right)
+    y = _Scale(y_lo, y_hi, height - bottom, top)
     x_ticks, y_ticks = _ticks(x.lo, x.hi, 7), _ticks(y.lo, y.hi, 5)
     parts = [
         _svg_open(width, height, "Trusted and batch rows on the first two principal components")
@@ -601,40 +493,34 @@ def _scatter_svg(projection: Mapping[str, Any]) -> tuple[str, str]:
     parts.append(_x_axis(x, height - bottom, x_ticks, "PC 1"))
 
     shown: list[str] = []
-    for group, coords in groups:
-        idx = _thin(len(coords), MAX_POINTS)
-        chosen = coords[idx]
-        if group == "batch-quarantined":
-            d = "".join(f"M{_f(x(a) - 3)} {_f(y(b) - 3)}l6 6m0-6l-6 6" for a, b in chosen)
+    for group, points, total in placed:
+        if group == "batch-held":
+            d = "".join(f"M{_f(x(a) - 3)} {_f(y(b) - 3)}l6 6m0-6l-6 6" for a, b in points)
             style = f'fill="none" stroke="{QUARANTINED}" stroke-width="1.8"'
         else:
             # A zero-length segment with a round cap is a dot: far lighter than circles.
-            d = "".join(f"M{_f(x(a))} {_f(y(b))}h0" for a, b in chosen)
+            d = "".join(f"M{_f(x(a))} {_f(y(b))}h0" for a, b in points)
             colour, size, alpha = (TRUSTED, 4, 0.55) if group == "trusted" else (BATCH, 4.5, 0.8)
             style = (
                 f'fill="none" stroke="{colour}" stroke-width="{size}" '
                 f'stroke-linecap="round" stroke-opacity="{alpha}"'
             )
-        if len(chosen):
+        if points:
             parts.append(
-                f'<path class="points {group}" data-points="{len(chosen)}" '
-                f'data-total="{len(coords)}" d="{d}" {style}/>'
+                f'<path class="points {group}" data-points="{len(points)}" '
+                f'data-total="{total}" d="{d}" {style}/>'
             )
-        label = {
-            "trusted": "trusted",
-            "batch-clean": "kept batch",
-            "batch-quarantined": "quarantined batch",
-        }[group]
-        if len(chosen) < len(coords):
-            shown.append(f"{len(chosen):,} of {len(coords):,} {label} rows")
+        label = {"trusted": "trusted", "batch-clean": "kept batch", "batch-held": "held batch"}
+        if len(points) < total:
+            shown.append(f"{len(points):,} of {total:,} {label[group]} rows")
         else:
-            shown.append(f"{len(coords):,} {label} rows")
+            shown.append(f"{total:,} {label[group]} rows")
     parts.append(
         _legend(
             [
                 (_dot(TRUSTED, 0.7), "trusted"),
                 (_dot(BATCH), "batch, kept"),
-                (_cross(QUARANTINED), "batch, quarantined"),
+                (_cross(QUARANTINED), "batch, held"),
             ],
             left,
             16,
@@ -649,19 +535,21 @@ def _scatter_svg(projection: Mapping[str, Any]) -> tuple[str, str]:
     return "".join(parts), _e(caption)
 
 
-def _balance_svg(labels: list[str], reference: np.ndarray, batch: np.ndarray) -> str:
+def _balance_svg(balance: ClassBalance) -> str:
+    labels = list(balance.labels)
+    pairs = [
+        (_number(r), _number(b)) for r, b in zip(balance.reference, balance.batch, strict=True)
+    ]
     n = len(labels)
     group_w = max(28.0, min(64.0, 540.0 / max(n, 1)))
     rotate = n > 12 or max((len(label) for label in labels), default=0) * 6.5 > group_w
     longest = min(max((len(label) for label in labels), default=1), 24)
     bottom = 50 + (int(longest * 5.2) if rotate else 0)
     left, right, top = 62, 20, 36
-    width = int(left + right + n * group_w)
-    width = max(width, 420)
+    width = max(int(left + right + n * group_w), 420)
     height = 260 + (bottom - 50)
-    shares = np.concatenate([reference, batch])
-    finite = shares[np.isfinite(shares)]
-    top_share = max(float(finite.max()) if len(finite) else 0.0, 0.01)
+    finite = [s for pair in pairs for s in pair if s is not None]
+    top_share = max(max(finite, default=0.0), 0.01)
     y_ticks = _ticks_to(top_share, 4)
     y = _Scale(0, y_ticks[-1], height - bottom, top)
     parts = [_svg_open(width, height, "Class balance, trusted against batch")]
@@ -677,19 +565,19 @@ def _balance_svg(labels: list[str], reference: np.ndarray, batch: np.ndarray) ->
     )
     base = y(0)
     bar_w = (group_w - 10) / 2
-    for i, label in enumerate(labels):
+    for i, (label, (reference, batch)) in enumerate(zip(labels, pairs, strict=True)):
         gx = left + i * group_w + 5
         for j, (share, colour, who) in enumerate(
-            ((reference[i], TRUSTED, "trusted"), (batch[i], BATCH, "batch"))
+            ((reference, TRUSTED, "trusted"), (batch, BATCH, "batch"))
         ):
-            if not math.isfinite(share):
+            if share is None:
                 continue
-            top_px = y(float(share))
+            top_px = y(share)
             parts.append(
-                f'<rect class="share share-{who}" data-share="{float(share)!r}" '
+                f'<rect class="share share-{who}" data-share="{share!r}" '
                 f'x="{_f(gx + j * bar_w)}" y="{_f(top_px)}" width="{_f(bar_w - 1)}" '
                 f'height="{_f(base - top_px)}" fill="{colour}"><title>{_e(label)}: '
-                f"{_e(who)} {_e(_fmt_pct(float(share)))}</title></rect>"
+                f"{_e(who)} {_e(_fmt_pct(share))}</title></rect>"
             )
         cx = gx + bar_w
         shown = label if len(label) <= 24 else label[:23] + "…"
@@ -714,15 +602,16 @@ def _balance_svg(labels: list[str], reference: np.ndarray, batch: np.ndarray) ->
     return "".join(parts)
 
 
-def _drift_svg(features: list[tuple[str, float | None, float | None]]) -> str:
+def _drift_svg(drift: Drift) -> str:
+    features = drift.features
     n = len(features)
     row_h = 24
-    label_w = min(max((len(name) for name, _, _ in features), default=4), 28) * 7 + 16
+    label_w = min(max((len(f.name) for f in features), default=4), 28) * 7 + 16
     left = max(label_w, 60)
     right, top, bottom = 80, 30, 50
     width = 620
     height = top + bottom + n * row_h
-    values = [s for _, s, _ in features if s is not None]
+    values = [s for s in (_number(f.statistic) for f in features) if s is not None]
     hi = max(max(values, default=0.0), 1e-9)
     x_ticks = _ticks_to(hi, 5)
     x = _Scale(0, x_ticks[-1], left, width - right)
@@ -732,19 +621,24 @@ def _drift_svg(features: list[tuple[str, float | None, float | None]]) -> str:
             f'<line x1="{_f(x(t))}" x2="{_f(x(t))}" y1="{top - 6}" '
             f'y2="{height - bottom}" stroke="{GRID}"/>'
         )
-    for i, (name, statistic, p_value) in enumerate(features):
+    for i, feature in enumerate(features):
         cy = top + i * row_h + row_h / 2
+        name = feature.name
         shown = name if len(name) <= 28 else name[:27] + "…"
         parts.append(f'<text x="{left - 8}" y="{_f(cy + 4)}" text-anchor="end">{_e(shown)}</text>')
+        statistic = _number(feature.statistic)
         if statistic is None:
             continue
         x1 = x(max(statistic, 0.0))
+        flag = " (drifted)" if feature.drifted else ""
         parts.append(
             f'<rect class="drift" data-statistic="{statistic!r}" x="{left}" '
             f'y="{_f(cy - 8)}" width="{_f(max(x1 - left, 0.5))}" height="16" rx="2" '
-            f'fill="{BATCH}" fill-opacity=".85"><title>{_e(name)}: statistic '
-            f"{_e(_fmt_float(statistic))}, p = {_e(_fmt_p(p_value))}</title></rect>"
-            f'<text x="{_f(x1 + 6)}" y="{_f(cy + 4)}">p = {_e(_fmt_p(p_value))}</text>'
+            f'fill="{QUARANTINED if feature.drifted else BATCH}" fill-opacity=".85">'
+            f"<title>{_e(name)}: statistic {_e(_fmt_float(statistic))}, "
+            f"p = {_e(_fmt_p(feature.p_value))}, PSI {_e(_fmt_float(feature.psi, 3))}"
+            f"{flag}</title></rect>"
+            f'<text x="{_f(x1 + 6)}" y="{_f(cy + 4)}">p = {_e(_fmt_p(feature.p_value))}</text>'
         )
     parts.append(_x_axis(x, height - bottom, x_ticks, "drift statistic (higher = more drift)"))
     parts.append("</svg>")
@@ -780,24 +674,25 @@ def _table(
     return f'<div class="scroll">{table}</div>' if scroll else table
 
 
-def _header(report: Mapping[str, Any]) -> str:
-    batch_id = report.get("batch_id")
-    status = str(report.get("status") or "unknown")
+def _header(report: BatchReport) -> str:
+    status = report.status
     badge = status if status in ("committed", "rejected") else "unknown"
     meta = []
-    for key, label in (("source", "source"), ("created_at", "created"), ("sha256", "sha256")):
-        value = report.get(key)
-        if value in (None, ""):
+    for label, value in (
+        ("source", report.source),
+        ("created", report.created_at),
+        ("sha256", report.sha256),
+    ):
+        if not value:
             continue
-        text = str(value)
-        if key == "sha256" and len(text) > 16:
+        if label == "sha256" and len(value) > 16:
             # The full hash is in the JSON beside the page and in the tooltip.
             meta.append(
-                f'<span title="{_e(text)}">{label}: <strong>{_e(text[:16])}…</strong></span>'
+                f'<span title="{_e(value)}">{label}: <strong>{_e(value[:16])}…</strong></span>'
             )
         else:
-            meta.append(f"<span>{label}: <strong>{_e(text)}</strong></span>")
-    title = f"Batch {_e(batch_id)}" if batch_id not in (None, "") else "Batch (no id)"
+            meta.append(f"<span>{label}: <strong>{_e(value)}</strong></span>")
+    title = f"Batch {_e(report.batch_id)}" if report.batch_id else "Batch (no id)"
     return (
         f'<header class="top"><h1>{title}</h1>'
         f'<span class="badge {badge}">{_e(status)}</span>'
@@ -805,55 +700,68 @@ def _header(report: Mapping[str, Any]) -> str:
     )
 
 
-def _summary(report: Mapping[str, Any]) -> str:
-    counts = _mapping(report.get("counts"))
-    rows_in = _count(counts.get("rows_in"))
-    parts = []
-    reason = report.get("reason")
-    if reason not in (None, ""):
-        parts.append(f'<div class="callout"><strong>Rejected:</strong> {_e(reason)}</div>')
+def _card(label: str, key: str, value: int | None, cls: str, note: str = "") -> str:
+    return (
+        f'<div class="card {cls}"><div class="k">{_e(label)}</div>'
+        f'<div class="v" data-count="{_e(key)}">{_fmt_int(value)}</div>'
+        + (f'<div class="s">{note}</div>' if note else "")
+        + "</div>"
+    )
 
-    def share(value: Any) -> str:
-        count = _count(value)
-        if count is None or not rows_in:
-            return ""
-        return f'<div class="s">{_fmt_pct(count / rows_in)} of rows in</div>'
+
+def _summary(report: BatchReport) -> str:
+    counts = report.counts
+    rows_in = counts.rows_in
+    parts = []
+    if report.reason:
+        parts.append(f'<div class="callout"><strong>Rejected:</strong> {_e(report.reason)}</div>')
+    if report.batch_hold:
+        parts.append(
+            '<div class="callout hold" id="batch-hold"><strong>Held for review:</strong> '
+            f"{_e(report.batch_hold)}</div>"
+        )
+
+    def share(count: int) -> str:
+        return f"{_fmt_pct(count / rows_in)} of rows in" if rows_in else ""
 
     cards = [
-        ("rows in", "rows_in", ""),
-        ("clean", "clean", "clean"),
-        ("quarantined", "quarantined", "quarantined"),
-        ("rejected", "rejected", "rejected"),
+        _card("rows in", "rows_in", rows_in, ""),
+        _card("clean", "clean", counts.clean, "clean", share(counts.clean)),
+        _card(
+            "quarantined",
+            "quarantined",
+            counts.quarantined,
+            "quarantined",
+            share(counts.quarantined),
+        ),
+        _card("rejected", "rejected", counts.rejected, "rejected", share(counts.rejected)),
     ]
-    html_cards = []
-    for label, key, cls in cards:
-        html_cards.append(
-            f'<div class="card {cls}"><div class="k">{label}</div>'
-            f'<div class="v" data-count="{_e(key)}">{_fmt_int(counts.get(key))}</div>'
-            f"{share(counts.get(key)) if key != 'rows_in' else ''}</div>"
-        )
-    parts.append(f'<div class="cards">{"".join(html_cards)}</div>')
-    detail = []
-    if counts.get("quarantined_by_expectations") is not None:
-        detail.append(
-            f"{_fmt_int(counts.get('quarantined_by_expectations'))} quarantined by expectations"
-        )
-    if counts.get("quarantined_by_detectors") is not None:
-        detail.append(f"{_fmt_int(counts.get('quarantined_by_detectors'))} by detectors")
-    decision = _mapping(report.get("decision"))
-    if decision.get("fdr") is not None or decision.get("threshold_p") is not None:
-        threshold = _number(decision.get("threshold_p"))
+    parts.append(f'<div class="cards">{"".join(cards)}</div>')
+    parts.append(
+        f'<p class="note">{_fmt_int(rows_in)} rows in = {counts.clean:,} clean + '
+        f"{counts.quarantined:,} quarantined + {counts.rejected:,} rejected."
+        + ("" if rows_in is not None else " The file could not be read, so its rows are unknown.")
+        + "</p>"
+    )
+    stages = [_card(STAGE_NAMES[s], f"held-{s}", counts.held_by[s], "stage") for s in STAGES]
+    parts.append(
+        f'<h3 class="stages">Quarantined by stage</h3><div class="cards">{"".join(stages)}</div>'
+        '<p class="note">Each held row counts once, at the first stage that held it '
+        "(expectations, then the blocklist of rows reviewers rejected before, the detectors, "
+        "the batch hold); its reason names every stage that would have held it.</p>"
+    )
+    if report.fdr is not None:
+        threshold = _number(report.threshold_p)
         if threshold is None:
             cut = ""
         elif threshold > 0:
             cut = f" (rows with combined p ≤ {_e(_fmt_p(threshold))} are flagged)"
         else:
             cut = " (no row's combined p-value passed the cut)"
-        detail.append(
-            f"Benjamini–Hochberg at false-discovery rate {_e(_fmt_float(decision.get('fdr')))}{cut}"
+        parts.append(
+            '<p class="note">Detectors: Benjamini–Hochberg at false-discovery rate '
+            f"{_e(_fmt_float(report.fdr))}{cut}.</p>"
         )
-    if detail:
-        parts.append(f'<p class="note">{"; ".join(detail)}.</p>')
     return _section("summary", "Summary", "", "".join(parts))
 
 
@@ -870,29 +778,29 @@ def _breakable(text: str) -> str:
     return _e(text).replace("_", "_<wbr>")
 
 
-def _failed_expectations(report: Mapping[str, Any]) -> str:
-    failed = [f for f in _seq(report.get("failed_expectations")) if isinstance(f, Mapping)]
+def _failed_expectations(report: BatchReport) -> str:
+    failed = report.failed_expectations
     if not failed:
         return _section(
             "expectations", "Failed expectations", "", '<p class="empty">No expectation failed.</p>'
         )
     rows = []
     for item in failed:
-        kwargs = _mapping(item.get("kwargs"))
-        args = " ".join(f"<code>{_e(k)}={_e(_kwarg(v))}</code>" for k, v in kwargs.items())
-        column = item.get("column")
+        args = " ".join(f"<code>{_e(k)}={_e(_kwarg(v))}</code>" for k, v in item.kwargs.items())
         rows.append(
             [
-                (f"<code>{_breakable(str(item.get('type') or '—'))}</code>", "text"),
-                (_e(column) if column not in (None, "") else "—", "text"),
+                (f"<code>{_breakable(item.type)}</code>", "text"),
+                (_e(item.column) if item.column else "—", "text"),
+                (_e(item.level), "text"),
                 (args or "—", "text kw"),
-                (_fmt_int(item.get("unexpected_count")), "num"),
-                (_e(item.get("error") or ""), "text"),
+                (_fmt_int(item.unexpected_count), "num"),
+                (_e(item.error or ""), "text"),
             ]
         )
     headers = [
         ("expectation", False),
         ("column", False),
+        ("level", False),
         ("arguments", False),
         ("unexpected rows", True),
         ("error", False),
@@ -907,42 +815,41 @@ def _failed_expectations(report: Mapping[str, Any]) -> str:
         )
     lead = (
         f"{len(failed):,} expectation{'s' if len(failed) != 1 else ''} of the suite "
-        "failed on this batch."
+        "failed on this batch. A schema-level one rejects the batch whole; a row-level one "
+        "holds the rows that break it."
     )
     return _section("expectations", "Failed expectations", lead, body)
 
 
-def _detectors(report: Mapping[str, Any]) -> str | None:
-    detectors = [d for d in _seq(report.get("detectors")) if isinstance(d, Mapping)]
-    if not detectors:
+def _detectors(panels: Sequence[DetectorPanel]) -> str | None:
+    if not panels:
         return None
     figures = []
-    for detector in detectors:
-        svg, caption = _histogram_svg(detector)
-        name = _e(detector.get("name") or "detector")
+    for panel in panels:
+        svg, caption = _histogram_svg(panel)
         figures.append(
-            f'<figure class="histogram"><h3>{name}</h3>{svg}'
+            f'<figure class="histogram"><h3>{_e(panel.name)}</h3>{svg}'
             f"<figcaption>{caption}</figcaption></figure>"
         )
     lead = (
-        "Each detector's scores for this batch (higher = more suspicious), against the "
-        "scores it gives trusted calibration rows. Bars in orange are rows the gate "
-        "quarantined; the dashed line is the score above which this detector alone "
-        "would flag a row."
+        "Each detector's scores for the batch's scored rows (higher = more suspicious), "
+        "against the scores it gives trusted calibration rows. Orange bars are rows the "
+        "batch decision held; the dashed line is the decision's own cut for this detector: "
+        "above it, this detector alone flags a row."
     )
     return _section(
         "detectors", "Detector scores", lead, f'<div class="figs">{"".join(figures)}</div>'
     )
 
 
-def _projection(report: Mapping[str, Any]) -> str | None:
-    svg, caption = _scatter_svg(_mapping(report.get("projection")))
+def _projection(projection: Projection | None) -> str | None:
+    svg, caption = _scatter_svg(projection) if projection is not None else ("", "")
     if not svg:
         return None
     lead = (
-        "Where the batch's rows sit relative to the trusted data. Quarantined rows far "
-        "from every trusted cloud are likely outliers; those inside a cloud were flagged "
-        "for their label or by an expectation."
+        "Where the batch's scored rows sit relative to the trusted data. Held rows far "
+        "from every trusted cloud are likely outliers; those inside a cloud were held "
+        "for their label, as a duplicate or trigger, or with the whole batch."
     )
     return _section(
         "projection",
@@ -952,72 +859,58 @@ def _projection(report: Mapping[str, Any]) -> str | None:
     )
 
 
-def _class_balance(report: Mapping[str, Any]) -> str | None:
-    balance = _mapping(report.get("class_balance"))
-    labels = [str(label) for label in _seq(balance.get("labels"))]
-    if not labels:
+def _class_balance(balance: ClassBalance | None) -> str | None:
+    if balance is None or not balance.labels:
         return None
-    reference = _floats(balance.get("reference"))
-    batch = _floats(balance.get("batch"))
-    n = len(labels)
-    reference = np.concatenate([reference[:n], np.full(max(n - len(reference), 0), np.nan)])
-    batch = np.concatenate([batch[:n], np.full(max(n - len(batch), 0), np.nan)])
-    svg = _balance_svg(labels, reference, batch)
     rows = []
-    for label, r, b in zip(labels, reference, batch, strict=True):
-        diff = b - r if math.isfinite(r) and math.isfinite(b) else math.nan
+    for label, r, b in zip(balance.labels, balance.reference, balance.batch, strict=True):
+        ref, bat = _number(r), _number(b)
         rows.append(
             [
                 (_e(label), "text"),
-                (_fmt_pct(r) if math.isfinite(r) else "—", "num"),
-                (_fmt_pct(b) if math.isfinite(b) else "—", "num"),
-                (f"{100 * diff:+.1f} pt" if math.isfinite(diff) else "—", "num"),
+                (_fmt_pct(ref) if ref is not None else "—", "num"),
+                (_fmt_pct(bat) if bat is not None else "—", "num"),
+                (
+                    f"{100 * (bat - ref):+.1f} pt" if ref is not None and bat is not None else "—",
+                    "num",
+                ),
             ]
         )
     table = _table(
         [("label", False), ("trusted", True), ("batch", True), ("change", True)], rows, scroll=True
     )
-    lead = "Share of each label among trusted rows and among this batch's rows."
-    body = f'<div class="two"><figure>{svg}</figure>{table}</div>'
+    lead = "Share of each label among trusted rows and among this batch's scored rows."
+    body = f'<div class="two"><figure>{_balance_svg(balance)}</figure>{table}</div>'
     return _section("class-balance", "Class balance", lead, body)
 
 
-def _drift(report: Mapping[str, Any]) -> str | None:
-    drift = _mapping(report.get("drift"))
-    features = []
-    for item in _seq(drift.get("features")):
-        if isinstance(item, Mapping):
-            features.append(
-                (
-                    str(item.get("name", "")),
-                    _number(item.get("statistic")),
-                    _number(item.get("p_value")),
-                )
-            )
-    label_tv, label_p = drift.get("label_tv"), drift.get("label_p")
-    if not features and label_tv is None and label_p is None:
+def _drift(drift: Drift | None) -> str | None:
+    if drift is None or (not drift.features and drift.label_tv is None and drift.label_p is None):
         return None
     cards = (
         '<div class="cards">'
         f'<div class="card"><div class="k">label TV distance</div>'
-        f'<div class="v">{_e(_fmt_float(label_tv, 3))}</div>'
+        f'<div class="v">{_e(_fmt_float(drift.label_tv, 3))}</div>'
         '<div class="s">0 = same label mix, 1 = disjoint</div></div>'
         f'<div class="card"><div class="k">label shift p-value</div>'
-        f'<div class="v">{_e(_fmt_p(label_p))}</div>'
+        f'<div class="v">{_e(_fmt_p(drift.label_p))}</div>'
         '<div class="s">small = mix differs from trusted</div></div>'
+        f'<div class="card"><div class="k">features drifted</div>'
+        f'<div class="v">{drift.n_drifted:,}</div>'
+        f'<div class="s">of {_plural(drift.n_features, "feature")}: significant and '
+        "material</div></div>"
         "</div>"
     )
     body = [cards]
-    if features:
-        shown = features[:MAX_DRIFT_FEATURES]
+    if drift.features:
         note = (
-            f"The {len(shown)} most drifted of {len(features):,} features."
-            if len(features) > len(shown)
+            f"The {len(drift.features)} most drifted of {drift.n_features:,} features."
+            if drift.n_features > len(drift.features)
             else "Features, most drifted first."
         )
         body.append(
-            f'<figure style="margin-top:16px">{_drift_svg(shown)}'
-            f"<figcaption>{_e(note)}</figcaption></figure>"
+            f'<figure style="margin-top:16px">{_drift_svg(drift)}'
+            f"<figcaption>{_e(note)} Drifted ones in orange.</figcaption></figure>"
         )
     lead = (
         "How far this batch's distribution moved from the trusted data: the label mix as "
@@ -1026,51 +919,44 @@ def _drift(report: Mapping[str, Any]) -> str | None:
     return _section("drift", "Drift", lead, "".join(body))
 
 
-def _top_rows(report: Mapping[str, Any]) -> str | None:
-    rows = [r for r in _seq(report.get("top_rows")) if isinstance(r, Mapping)]
+def _top_rows(report: BatchReport) -> str | None:
+    rows = report.top_rows
     if not rows:
         return None
-    shown = rows[:MAX_TOP_ROWS]
-    columns: list[str] = []
-    seen: set[str] = set()
-    for row in shown:
-        for column in _mapping(row.get("values")):
-            if column not in seen:
-                seen.add(column)
-                columns.append(column)
-    headers = [("#", True), ("row", True), ("suspicion", True), ("reason", False)]
-    headers += [(str(c), False) for c in columns]
+    columns = list(dict.fromkeys(c for row in rows for c in row.values))
+    headers = [
+        ("#", True),
+        ("row", True),
+        ("stage", False),
+        ("suspicion", True),
+        ("reason", False),
+    ]
+    headers += [(c, False) for c in columns]
     body = []
-    for rank, row in enumerate(shown, 1):
-        values = _mapping(row.get("values"))
+    for rank, row in enumerate(rows, 1):
         cells = [
             (str(rank), "num"),
-            (_fmt_int(row.get("pg_row")), "num"),
-            (_e(_fmt_float(row.get("suspicion"), 3)), "num"),
-            (
-                "<br>".join(_e(part) for part in str(row.get("reason") or "—").split("; ")),
-                "text reason",
-            ),
+            (f"{row.row:,}", "num"),
+            (_e(STAGE_NAMES.get(row.stage, row.stage)), "text"),
+            (_e(_fmt_float(row.suspicion, 3)), "num"),
+            ("<br>".join(_e(part) for part in (row.reason or "—").split("; ")), "text reason"),
         ]
         for column in columns:
-            value = values.get(column)
+            value = row.values.get(column)
             is_num = isinstance(value, int | float) and not isinstance(value, bool)
             cells.append(
-                (_e(_fmt_value(value)) if column in values else "", "num" if is_num else "text")
+                (_e(_fmt_value(value)) if column in row.values else "", "num" if is_num else "text")
             )
         body.append(cells)
+    held = report.counts.quarantined
     note = (
-        f"The {len(shown)} most suspicious of {len(rows):,} listed rows, most suspicious first."
-        if len(rows) > len(shown)
-        else "Most suspicious first."
-    )
+        f"The first {len(rows)} of {held:,} held rows" if held > len(rows) else "Every held row"
+    ) + ": those held by a rule (no suspicion) first, then the most suspicious."
     lead = (
-        f"{_e(note)} <em>row</em> is the row's position in the batch file; scroll "
-        "sideways for every column's value."
+        f"{_e(note)} <em>row</em> is the row's position in the batch file; long values are "
+        "cut short; scroll sideways for every column's value."
     )
-    return _section(
-        "top-rows", "Most suspicious rows", lead, _table(headers, body, scroll=True, cls="rows")
-    )
+    return _section("top-rows", "Held rows", lead, _table(headers, body, scroll=True, cls="rows"))
 
 
 # --------------------------------------------------------------------------- public API
@@ -1080,55 +966,53 @@ def _join_or(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
-def _check_report(report: Any, owner: str) -> Mapping[str, Any]:
-    if not isinstance(report, Mapping):
-        raise param_error("report", owner, "a dict", type(report).__name__)
+def _check_report(report: Any, owner: str) -> BatchReport:
+    if not isinstance(report, BatchReport):
+        raise param_error("report", owner, "a BatchReport", type(report).__name__)
     return report
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: BatchReport) -> str:
     """Render one batch's report as a self-contained HTML page.
 
     Parameters
     ----------
-    report : dict
-        The batch's report (schema in the module docstring); any key may be missing.
+    report : BatchReport
 
     Returns
     -------
     str
         A complete HTML document: inline CSS and SVG only, no script, no external
-        reference; every value from ``report`` is escaped.
+        reference; every text from ``report`` is escaped.
     """
-    report = dict(_check_report(report, "render_html()"))
-    batch_id = report.get("batch_id")
-    title = (
-        f"poisonguard report · {batch_id}" if batch_id not in (None, "") else ("poisonguard report")
-    )
+    report = _check_report(report, "render_html()")
+    evidence = report.evidence
+    title = f"poisonguard report · {report.batch_id}"
     sections = [_summary(report), _failed_expectations(report)]
     optional = [
-        _detectors(report),
-        _projection(report),
-        _class_balance(report),
-        _drift(report),
+        _detectors(evidence.detectors if evidence else ()),
+        _projection(evidence.projection if evidence else None),
+        _class_balance(evidence.class_balance if evidence else None),
+        _drift(evidence.drift if evidence else None),
         _top_rows(report),
     ]
     sections += [s for s in optional if s is not None]
     missing = [
         name
         for name, s in zip(
-            ("detector scores", "projection", "class balance", "drift", "suspicious rows"),
+            ("detector scores", "projection", "class balance", "drift", "held rows"),
             optional,
             strict=True,
         )
         if s is None
     ]
     if missing:
-        why = (
-            " (the batch was rejected before it was scored)"
-            if report.get("status") == "rejected"
-            else ""
-        )
+        if report.status == "rejected":
+            why = " (the batch was rejected before it was scored)"
+        elif evidence is None:
+            why = " (every row was held before the detectors scored it)"
+        else:
+            why = ""
         sections.append(
             '<section id="not-available"><h2>Not available</h2><p class="empty">'
             f"This report holds no {_e(_join_or(missing))}{why}.</p></section>"
@@ -1148,51 +1032,33 @@ def render_html(report: dict[str, Any]) -> str:
     )
 
 
-def _jsonable(value: Any) -> Any:
-    """A copy of ``value`` that ``json`` can write strictly: non-finite floats become None."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, str | int | bool):
-        return value
-    return str(value)
-
-
-def write_report(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
+def write_report(report: BatchReport, folder: Path) -> tuple[Path, Path]:
     """Write ``<batch_id>.json`` and ``<batch_id>.html`` into ``folder``, each atomically.
 
-    The page is rendered before anything is written, so a report that cannot be
+    Both are rendered before anything is written, so a report that cannot be
     rendered leaves no file behind.
 
     Parameters
     ----------
-    report : dict
-        The batch's report; its ``batch_id`` names the files.
+    report : BatchReport
+        Its ``batch_id`` names the files.
     folder : Path
         Where the files go; created if missing.
 
     Returns
     -------
     (Path, Path)
-        The JSON file and the HTML page.
+        The JSON file (``load_report`` reads it back) and the HTML page.
 
     Raises
     ------
     ConfigError
-        When ``batch_id`` is missing or is not a plain file name.
+        When ``batch_id`` is not a plain file name.
     """
-    report = dict(_check_report(report, "write_report()"))
-    batch_id = report.get("batch_id")
+    report = _check_report(report, "write_report()")
+    batch_id = report.batch_id
     if (
-        not isinstance(batch_id, str)
-        or batch_id in ("", ".", "..")
+        batch_id in ("", ".", "..")
         or Path(batch_id).name != batch_id
         or any(c in batch_id for c in "/\\\x00")
         or len(batch_id) > 200
@@ -1204,12 +1070,25 @@ def write_report(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
             batch_id,
         )
     page = render_html(report)
-    data = json.dumps(_jsonable(report), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    data = dumps(report)
     folder = Path(folder)
     json_path, html_path = folder / f"{batch_id}.json", folder / f"{batch_id}.html"
     atomic_write_bytes(json_path, (data + "\n").encode("utf-8"))
     atomic_write_bytes(html_path, page.encode("utf-8"))
     return json_path, html_path
+
+
+def load_report(path: str | Path) -> BatchReport:
+    """Read a report's JSON (``write_report``'s) back into a ``BatchReport``.
+
+    Raises
+    ------
+    StoreError
+        When the file is not a report: not JSON, or a field missing, unknown or
+        of the wrong type (the message names the file and the field).
+    """
+    path = Path(path)
+    return loads(BatchReport, path.read_bytes(), source=str(path))
 
 
 def _md(value: Any) -> str:
@@ -1232,50 +1111,53 @@ def _md_code(value: Any) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _top_reasons(report: Mapping[str, Any], limit: int = 5) -> list[tuple[str, int]]:
+def _top_reasons(report: BatchReport, limit: int = 5) -> list[tuple[str, int]]:
     reasons: Counter[str] = Counter()
-    for item in _seq(report.get("failed_expectations")):
-        if isinstance(item, Mapping):
-            what = str(item.get("type") or "expectation")
-            if item.get("column") not in (None, ""):
-                what += f" on {item.get('column')}"
-            reasons[what] += _count(item.get("unexpected_count")) or 0
-    for row in _seq(report.get("top_rows")):
-        if isinstance(row, Mapping) and row.get("reason") not in (None, ""):
-            reasons[str(row.get("reason"))] += 1
+    for item in report.failed_expectations:
+        what = item.type + (f" on {item.column}" if item.column else "")
+        reasons[what] += item.unexpected_count or 0
+    for row in report.top_rows:
+        if row.reason:
+            reasons[row.reason] += 1
     return [(r, c) for r, c in reasons.most_common() if c > 0][:limit]
 
 
-def markdown_summary(report: dict[str, Any], html_path: Path) -> str:
+def markdown_summary(report: BatchReport, html_path: Path) -> str:
     """A short markdown summary of one batch, for a Prefect markdown artifact.
 
     Parameters
     ----------
-    report : dict
-        The batch's report.
+    report : BatchReport
     html_path : Path
         Where its HTML page was written.
 
     Returns
     -------
     str
-        A heading line, a table of counts, the top reasons (failed expectations by
-        unexpected rows, then the reasons of the most suspicious rows) and the page's path.
+        A heading line; the rejection or batch-hold reason, if any; the counts
+        (rows in = clean + quarantined + rejected) and the quarantined rows by
+        stage; the top reasons (failed expectations by unexpected rows, then
+        the listed held rows' reasons) and the page's path.
     """
-    report = dict(_check_report(report, "markdown_summary()"))
-    counts = _mapping(report.get("counts"))
-    status = str(report.get("status") or "unknown")
-    lines = [f"**Batch {_md(report.get('batch_id') or '(no id)')}**: {_md(status)}"]
-    if report.get("source") not in (None, ""):
-        lines[0] += f" (source {_md(report.get('source'))})"
+    report = _check_report(report, "markdown_summary()")
+    counts = report.counts
+    lines = [f"**Batch {_md(report.batch_id or '(no id)')}**: {_md(report.status)}"]
+    if report.source:
+        lines[0] += f" (source {_md(report.source)})"
     lines.append("")
-    if report.get("reason") not in (None, ""):
-        lines += [f"Rejected: {_md(report.get('reason'))}", ""]
-    keys = ["rows_in", "clean", "quarantined", "rejected"]
+    if report.reason:
+        lines += [f"Rejected: {_md(report.reason)}", ""]
+    if report.batch_hold:
+        lines += [f"Held for review: {_md(report.batch_hold)}", ""]
     lines += [
-        "| " + " | ".join(k.replace("_", " ") for k in keys) + " |",
-        "|" + "---:|" * len(keys),
-        "| " + " | ".join(_fmt_int(counts.get(k)) for k in keys) + " |",
+        "| rows in | clean | quarantined | rejected |",
+        "|---:|---:|---:|---:|",
+        f"| {_fmt_int(counts.rows_in)} | {counts.clean:,} | {counts.quarantined:,} "
+        f"| {counts.rejected:,} |",
+        "",
+        "| quarantined by | " + " | ".join(STAGE_NAMES[s] for s in STAGES) + " |",
+        "|---|" + "---:|" * len(STAGES),
+        "| rows | " + " | ".join(f"{counts.held_by[s]:,}" for s in STAGES) + " |",
         "",
     ]
     reasons = _top_reasons(report)
