@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from poisonguard.cli import main
+from poisonguard.config import load_config
 from poisonguard.demo import LABEL
 
 
@@ -167,18 +168,35 @@ def prices(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "price": price})
 
 
-def test_init_refuses_a_float_label_in_one_line(tmp_path, capsys):
-    """A label of non-integer floats stops init with exit 2 and one line naming the file."""
+def test_init_takes_a_float_label_as_a_regression_target(tmp_path, capsys):
+    """A label of non-integer floats is a regression target: init writes task = "regression",
+    guards the label by its widened range (not a value set), and the store's gate passes."""
+    sample = tmp_path / "trusted.csv"
+    prices(120, 0).to_csv(sample, index=False)
+    assert main(["init", "--sample", str(sample), "--label", "price", "--dir", str(tmp_path)]) == 0
+    config = load_config(tmp_path / "poisonguard.toml")
+    assert config.task == "regression" and config.columns == {c: "numeric" for c in "abc"}
+    suite = json.loads((tmp_path / "expectations" / "trusted.json").read_text())
+    on_price = {e["type"] for e in suite["expectations"] if e["kwargs"].get("column") == "price"}
+    assert "expect_column_values_to_be_between" in on_price
+    assert "expect_column_values_to_be_in_set" not in on_price
+    assert main(["gate", "--config", str(tmp_path / "poisonguard.toml")]) == 0
+
+
+def test_init_refuses_classes_that_are_a_regression_target_in_one_line(tmp_path, capsys):
+    """Asked to take a price as classes (--task classification), init stops with exit 2 and
+    one line naming the file."""
     sample = tmp_path / "trusted.csv"
     frame = prices(120, 0)
     frame.to_csv(sample, index=False)
     n = frame.loc[frame["price"] % 1 != 0, "price"].nunique()  # 52.0 would be a class
     assert n > 100
-    code = main(["init", "--sample", str(sample), "--label", "price", "--dir", str(tmp_path)])
-    assert code == 2
+    argv = ["init", "--sample", str(sample), "--label", "price", "--dir", str(tmp_path)]
+    assert main([*argv, "--task", "classification"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"poisonguard: error: {sample}: label 'price' holds {n} distinct non-integer values, "
-        "so it looks like a regression target; poisonguard supports class labels only for now"
+        'so it is a regression target, not classes: set task = "regression" (or leave the '
+        "task out to infer it)"
     ]
     assert not (tmp_path / "poisonguard.toml").exists()
 

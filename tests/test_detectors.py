@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from poisonguard.config import load_config
-from poisonguard.detectors import DEFAULT_DETECTORS, REGISTRY, UNSEEN_LABEL, Detector, Encoder
+from poisonguard.detectors import (
+    DEFAULT_DETECTORS,
+    DEFAULT_REGRESSION_DETECTORS,
+    REGISTRY,
+    UNSEEN_LABEL,
+    Detector,
+    Encoder,
+)
 from poisonguard.errors import BatchError, ConfigError
 
 FEATURES = [f"x{i}" for i in range(6)]
@@ -30,6 +37,8 @@ BAD_PARAMS: dict[str, tuple[str, object]] = {
     "model_label": ("model", "svm"),
     "duplicates": ("tolerance", -1.0),
     "backdoor": ("min_support", 1),
+    "knn_residual": ("n_neighbors", 1),
+    "model_residual": ("max_iter", 0),
 }
 
 
@@ -44,6 +53,32 @@ def blobs(n: int, seed: int) -> pd.DataFrame:
     return frame
 
 
+def mixed(n: int, seed: int, task: str = "classification") -> pd.DataFrame:
+    """``blobs`` as a real table would carry them: a category tied to the class, a boolean,
+    a date, a free-text column, missing cells; with a numeric target for regression."""
+    frame = blobs(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    frame["plan"] = np.where(
+        rng.random(n) < 0.8, frame["label"].map({"a": "basic", "b": "pro", "c": "team"}), "basic"
+    )
+    frame["urban"] = rng.random(n) < 0.5
+    frame["since"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 900, n), unit="D")
+    frame["note"] = [f"customer {i}" for i in rng.integers(0, 10**9, n)]
+    frame.loc[rng.random(n) < 0.05, "x2"] = np.nan
+    if task == "regression":
+        frame["label"] = 3.0 * frame["x1"] - frame["x3"] + rng.normal(0, 0.5, n) + 50.0
+    return frame
+
+
+MIXED = [*FEATURES, "plan", "urban", "since", "note"]
+
+
+def _encoded(task: str) -> tuple:
+    ref, batch = mixed(600, 1, task), mixed(300, 2, task)
+    enc = Encoder.fit(ref, MIXED, "label", task=task)
+    return enc.transform(ref, "reference"), enc.transform(batch)
+
+
 @pytest.fixture(scope="module")
 def tables():
     ref, batch = blobs(600, 1), blobs(300, 2)
@@ -51,17 +86,37 @@ def tables():
     return enc.transform(ref, "reference"), enc.transform(batch)
 
 
+@pytest.fixture(scope="module")
+def mixed_tables():
+    """Mixed-type reference and batch tables with a class label."""
+    return _encoded("classification")
+
+
+@pytest.fixture(scope="module")
+def regression_tables():
+    """The same with a numeric target."""
+    return _encoded("regression")
+
+
 def test_every_detector_has_a_bad_parameter_case():
     """Adding a detector to the registry means adding it here too."""
     assert set(BAD_PARAMS) == set(REGISTRY)
-    assert set(DEFAULT_DETECTORS) <= set(REGISTRY)
+    assert set(DEFAULT_DETECTORS) | set(DEFAULT_REGRESSION_DETECTORS) <= set(REGISTRY)
+
+
+def test_the_mixed_tables_carry_every_column_kind(mixed_tables):
+    reference, _ = mixed_tables
+    kinds = {t.kind for t in reference.terms}
+    assert {"number", "date", "missing", "category", "novel"} <= kinds
+    assert reference.content is not None and reference.codes.shape[1] == 2
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_detector_contract(name, tables):
-    """fit returns self; scores are finite float64, one per row, deterministic; one reason per row."""
+def test_detector_contract(name, mixed_tables, regression_tables):
+    """fit returns self; scores are finite float64, one per row, deterministic; one reason
+    per row; on mixed tables of the detector's task."""
     cls = REGISTRY[name]
-    reference, batch = tables
+    reference, batch = regression_tables if cls.tasks == ("regression",) else mixed_tables
     assert cls.name == name
     det = cls()
     assert isinstance(det, Detector)
@@ -83,12 +138,15 @@ def test_detector_contract(name, tables):
 
     unlabelled_ref = reference.take(np.arange(reference.n_rows))
     object.__setattr__(unlabelled_ref, "y", None)
+    object.__setattr__(unlabelled_ref, "target", None)
     unlabelled = batch.take(np.arange(batch.n_rows))
     object.__setattr__(unlabelled, "y", None)
+    object.__setattr__(unlabelled, "target", None)
     if cls.needs_label:
-        with pytest.raises(BatchError, match="needs a label column"):
+        needs = "needs a (label column|regression target)"
+        with pytest.raises(BatchError, match=needs):
             cls().fit(unlabelled_ref)
-        with pytest.raises(BatchError, match="needs a label column"):
+        with pytest.raises(BatchError, match=needs):
             det.score(unlabelled)
     else:
         s0 = cls().fit(unlabelled_ref).score(unlabelled)

@@ -100,27 +100,32 @@ def test_detector_parameters_are_checked_before_anything_is_fitted(split, params
         poisonguard.scan(batch, label=LABEL, config=settings)
 
 
-def test_a_float_label_is_refused_as_a_regression_target(split):
-    """scan() refuses a label of non-integer floats, with or without a reference (one message,
-    naming where the label came from); whole-number floats, strings and bools stay classes."""
+def test_a_float_label_is_judged_as_a_regression_target(split):
+    """A label of non-integer floats is a regression target (the regression detectors run);
+    forced to be classes it is refused in one message naming where it came from;
+    whole-number floats, strings and bools stay classes."""
     reference, batch = split
     price = {"reference": reference.copy(), "batch": batch.copy()}
     for frame in price.values():
         frame[LABEL] = frame[LABEL] + np.linspace(0.01, 0.99, len(frame))
+    result = poisonguard.scan(price["batch"], label=LABEL, reference=price["reference"])
+    assert {"knn_residual", "model_residual"} <= set(result.scores.columns)
+    assert "knn_label" not in result.scores.columns
     message = (
-        r"^{}: label 'digit' holds {} distinct non-integer values, so it looks like a "
-        r"regression target; poisonguard supports class labels only for now$"
+        r"^{}: label 'digit' holds {} distinct non-integer values, so it is a regression "
+        r'target, not classes: set task = "regression" \(or leave the task out to infer it\)$'
     )
-    n_ref, n_batch = (price[k][LABEL].nunique() for k in ("reference", "batch"))
+    n_ref = price["reference"][LABEL].nunique()
     with pytest.raises(ConfigError, match=message.format("reference", n_ref)):
-        poisonguard.scan(price["batch"], label=LABEL, reference=price["reference"])
-    with pytest.raises(ConfigError, match=message.format("batch", n_batch)):
-        poisonguard.scan(price["batch"], label=LABEL)
+        poisonguard.scan(
+            price["batch"], label=LABEL, reference=price["reference"], task="classification"
+        )
 
     for cast in (lambda s: s.astype(float), lambda s: s.astype(str), lambda s: s > 4):
         ref, bat = reference.copy(), batch.copy()
         ref[LABEL], bat[LABEL] = cast(ref[LABEL]), cast(bat[LABEL])
-        assert len(poisonguard.scan(bat, label=LABEL, reference=ref).quarantined) == len(bat)
+        result = poisonguard.scan(bat, label=LABEL, reference=ref)
+        assert len(result.quarantined) == len(bat) and "knn_label" in result.scores.columns
 
 
 def test_a_fitted_guard_judges_many_batches_the_same_way(split):

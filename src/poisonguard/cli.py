@@ -95,6 +95,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         name=args.name,
         margin=args.margin,
         force=args.force,
+        task=args.task,
     )
     cfg = done.config
     _out(f"wrote {cfg.path}")
@@ -566,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="range margin, share of the observed range (default 0.25)",
     )
     sp.add_argument("--force", action="store_true", help="overwrite an existing config")
+    sp.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="what the label is (default: inferred from its values)",
+    )
 
     sp = command("run", cmd_run, "process the landing zone once")
     sp.add_argument(

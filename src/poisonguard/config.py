@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from poisonguard.columns import KINDS, TASKS
 from poisonguard.errors import ConfigError
 
 #: Default false-discovery rate of the quarantine (see docs/decision.md).
@@ -155,6 +156,8 @@ class Config:
     timezone: str = "UTC"
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
     audit_key: Path | None = None
+    task: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -171,6 +174,8 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "expectations": str,
         "settle_seconds": (float, int),
         "audit_key": str,
+        "task": str,
+        "columns": dict,
     },
     "detection": {
         "detectors": list,
@@ -245,6 +250,25 @@ def load_config(path: str | Path) -> Config:
             )
     _check_suite_columns(path, ds, expectations)
 
+    task = ds.get("task")
+    if task is not None and task not in TASKS:
+        raise ConfigError(
+            f"{path}: dataset.task must be one of {', '.join(TASKS)} (or left out to infer it "
+            f"from the label). Got {task!r} instead."
+        )
+    columns = dict(ds.get("columns", {}))
+    for column, kind in columns.items():
+        if kind not in KINDS:
+            raise ConfigError(
+                f"{path}: dataset.columns.{column} must be one of {', '.join(KINDS)}. "
+                f"Got {kind!r} instead."
+            )
+        for key in ("label", "id"):
+            if ds.get(key) == column:
+                raise ConfigError(
+                    f"{path}: dataset.columns.{column}: {column!r} is dataset.{key}, not a feature"
+                )
+
     settle = float(ds.get("settle_seconds", DEFAULT_SETTLE_SECONDS))
     if not 0.0 <= settle <= 3600.0:
         raise ConfigError(
@@ -302,6 +326,8 @@ def load_config(path: str | Path) -> Config:
         timezone=timezone,
         settle_seconds=settle,
         audit_key=(base / ds["audit_key"]).resolve() if "audit_key" in ds else None,
+        task=task,
+        columns=columns,
     )
 
 
@@ -354,6 +380,7 @@ def _check_suite_columns(path: Path, ds: Mapping[str, Any], suite_path: Path) ->
         shown += f", ... ({len(columns)} in all)"
     named = [(f"dataset.{key}", ds[key]) for key in ("label", "id") if key in ds]
     named += [("dataset.features entry", f) for f in ds.get("features", [])]
+    named += [("dataset.columns entry", c) for c in ds.get("columns", {})]
     for key, column in named:
         if column not in known:
             raise ConfigError(
@@ -403,6 +430,8 @@ def render_config(
     features: list[str] | None = None,
     fdr: float = DEFAULT_FDR,
     cron: str = "*/15 * * * *",
+    task: str | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> str:
     """The text of a new config file, with comments, as ``poisonguard init`` writes it."""
 
@@ -418,13 +447,25 @@ def render_config(
     ]
     if label is not None:
         lines.append(f"label = {q(label)}")
+    if task is not None:
+        lines.append(f"task = {q(task)}       # classification or regression")
     if id_column is not None:
         lines.append(f"id = {q(id_column)}")
     feats = ", ".join(q(f) for f in features or [])
     lines += [
-        f"features = [{feats}]   # empty: every numeric column but label and id",
+        f"features = [{feats}]   # empty: every column but label and id",
         f"expectations = {q(expectations)}",
         "",
+    ]
+    if columns:
+        lines.append(
+            "[dataset.columns]    # each feature's kind: "
+            + " | ".join(KINDS)
+            + " (inferred; edit to override)"
+        )
+        lines += [f"{q(c)} = {q(k)}" for c, k in columns.items()]
+        lines.append("")
+    lines += [
         "[detection]",
         f"fdr = {fdr}                # false-discovery rate of the quarantine",
         "calibration_rows = 2000",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from poisonguard.columns import infer_kinds, infer_task
 from poisonguard.config import Config, load_config, render_config
 from poisonguard.errors import ConfigError
 from poisonguard.landing import read_batch
@@ -30,11 +31,14 @@ def init_dataset(
     name: str | None = None,
     margin: float = 0.25,
     force: bool = False,
+    task: str | None = None,
 ) -> Initialized:
     """Infer a suite from a trusted sample, write a config beside it, seed the store.
 
-    Writes ``DIR/poisonguard.toml``, ``DIR/expectations/NAME.json`` and
-    ``DIR/landing/``, and commits the sample as the store's first clean batch.
+    Writes ``DIR/poisonguard.toml`` (with the label's task and every feature
+    column's kind, inferred unless given, for a person to check and edit),
+    ``DIR/expectations/NAME.json`` and ``DIR/landing/``, and commits the sample as
+    the store's first clean batch.
 
     Raises
     ------
@@ -57,9 +61,19 @@ def init_dataset(
     config_path = directory / CONFIG_NAME
     if config_path.exists() and not force:
         raise ConfigError(f"{config_path} already exists; pass --force to overwrite it")
+    if label is not None:
+        task = task or infer_task(frame[label])
     suite = infer_suite(
-        frame, label=label, id_column=id_column, name=name, margin=margin, source=str(sample)
+        frame,
+        label=label,
+        id_column=id_column,
+        name=name,
+        margin=margin,
+        source=str(sample),
+        task=task,
     )
+    features = [c for c in frame.columns if c not in (label, id_column)]
+    kinds = infer_kinds(frame, features)
     store_root = directory / "store"
     if (store_root / "ledger.sqlite").exists():
         # Refuse before writing anything: --force rewrites a config, never mixes two seeds.
@@ -68,7 +82,14 @@ def init_dataset(
     directory.mkdir(parents=True, exist_ok=True)
     write_suite(suite, directory / suite_rel)
     (directory / "landing").mkdir(exist_ok=True)
-    text = render_config(name=name, label=label, id_column=id_column, expectations=suite_rel)
+    text = render_config(
+        name=name,
+        label=label,
+        id_column=id_column,
+        expectations=suite_rel,
+        task=task,
+        columns=kinds,
+    )
     atomic_write_bytes(config_path, text.encode())
     config = load_config(config_path)
     record = seed_store(frame, str(sample), config, Store.of(config, create=True))

@@ -355,6 +355,8 @@ def fit_guard(config: Config, store: Store) -> Guard:
         features=list(config.features) or None,
         id_column=config.id_column,
         settings=config.detection,
+        columns=config.columns,
+        task=config.task,
     ).fit(reference[data_columns(reference)])
 
 

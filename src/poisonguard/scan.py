@@ -18,10 +18,10 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
+from poisonguard.columns import TASKS
 from poisonguard.config import RESERVED_PREFIX, Config, DetectionSettings, load_config
 from poisonguard.decision import Calibration, Decision, decide
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
-from poisonguard.detectors.base import check_class_label
 from poisonguard.errors import ConfigError, param_error
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
@@ -31,13 +31,17 @@ SELF_REFERENCE_CONTAMINATION = 0.1
 MIN_REFERENCE_ROWS = 30
 
 
-def default_detectors(labelled: bool = True) -> tuple[str, ...]:
-    """The registry's default suite, for a scan with or without a label column."""
+def default_detectors(
+    labelled: bool = True, task: str | None = "classification"
+) -> tuple[str, ...]:
+    """The registry's default suite, for a scan with or without a label, for its task."""
     from poisonguard import detectors
 
-    attr = "DEFAULT_DETECTORS" if labelled else "DEFAULT_LABEL_FREE_DETECTORS"
-    names = getattr(detectors, attr, None) or tuple(REGISTRY)
-    return tuple(names)
+    if not labelled:
+        return tuple(detectors.DEFAULT_LABEL_FREE_DETECTORS)
+    if task == "regression":
+        return tuple(detectors.DEFAULT_REGRESSION_DETECTORS)
+    return tuple(detectors.DEFAULT_DETECTORS)
 
 
 def detector_weights(names: tuple[str, ...] | list[str]) -> dict[str, float]:
@@ -107,6 +111,8 @@ class Guard:
     settings : DetectionSettings, optional
     columns : mapping of str to str, optional
         Column kinds that override the inferred ones (``poisonguard.columns``).
+    task : {"classification", "regression"}, optional
+        What the label is; inferred from its values when None.
     """
 
     def __init__(
@@ -117,12 +123,14 @@ class Guard:
         id_column: str | None = None,
         settings: DetectionSettings | None = None,
         columns: Mapping[str, str] | None = None,
+        task: str | None = None,
     ) -> None:
         self.label = label
         self.features = features
         self.id_column = id_column
         self.settings = settings
         self.columns = columns
+        self.task = task
 
     # ------------------------------------------------------------------ fit
     def fit(self, reference: pd.DataFrame) -> Self:
@@ -133,8 +141,8 @@ class Guard:
                 f"The label column {self.label!r} is not in the reference. "
                 f"Columns: {list(reference.columns)}"
             )
-        if self.label is not None:
-            check_class_label(reference[self.label], label=self.label, source="reference")
+        if self.task is not None and self.task not in TASKS:
+            raise param_error("task", "Guard", f"one of {TASKS} or None", self.task)
         if len(reference) < MIN_REFERENCE_ROWS:
             raise ConfigError(
                 f"The reference has {len(reference)} rows; poisonguard needs at least "
@@ -152,7 +160,7 @@ class Guard:
 
         self.settings_ = settings
         self.features_ = tuple(features)
-        self.encoder_ = Encoder.fit(reference, features, self.label, self.columns)
+        self.encoder_ = Encoder.fit(reference, features, self.label, self.columns, self.task)
         table = self.encoder_.transform(reference, source="reference")
         if table.X.shape[1] == 0:
             raise ConfigError(
@@ -165,19 +173,24 @@ class Guard:
         return self
 
     def _active(self, settings: DetectionSettings) -> tuple[str, ...]:
+        """The detectors that run: the configured (or default) ones that fit the label's task."""
+        task = self.encoder_.task
         names = (
             settings.detectors
             if settings.detectors is not None
-            else default_detectors(labelled=self.label is not None)
+            else default_detectors(labelled=self.label is not None, task=task)
         )
         for name in names:
             if name not in REGISTRY:
                 raise param_error("detectors", "Guard", f"names from {sorted(REGISTRY)}", name)
-        active = tuple(n for n in names if self.label is not None or not REGISTRY[n].needs_label)
+        active = tuple(
+            n
+            for n in names
+            if not REGISTRY[n].needs_label or (task is not None and task in REGISTRY[n].tasks)
+        )
         if not active:
-            raise ConfigError(
-                f"None of the detectors {list(names)} can run without a label column."
-            )
+            what = "without a label column" if task is None else f"on a {task} label"
+            raise ConfigError(f"None of the detectors {list(names)} can run {what}.")
         return active
 
     def _make(self, name: str, settings: DetectionSettings) -> Detector:
@@ -232,7 +245,7 @@ class Guard:
     ) -> tuple[Table, dict[str, np.ndarray]]:
         """Every active detector's raw scores on a batch."""
         table = self.encoder_.transform(frame, source=source)
-        if self.label is not None and table.y is None:
+        if self.label is not None and table.y is None and table.target is None:
             raise ConfigError(f"{source}: the label column {self.label!r} is missing")
         return table, {name: det.score(table) for name, det in self.detectors_.items()}
 
@@ -280,14 +293,12 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
     These p-values are estimates, not conformal guarantees.
     """
     settings = (guard.settings or DetectionSettings()).validated("scan()")
-    if guard.label is not None:
-        check_class_label(frame[guard.label], label=guard.label, source="batch")
     features = list(guard.features or infer_features(frame, guard.label, guard.id_column))
     if len(frame) < MIN_REFERENCE_ROWS:
         raise ConfigError(
             f"scan() with no reference needs at least {MIN_REFERENCE_ROWS} rows; got {len(frame)}"
         )
-    encoder = Encoder.fit(frame, features, guard.label, guard.columns)
+    encoder = Encoder.fit(frame, features, guard.label, guard.columns, guard.task)
     table = encoder.transform(frame)
     guard.features_ = tuple(features)
     guard.encoder_ = encoder
@@ -338,6 +349,8 @@ def scan(
     reference: pd.DataFrame | None = None,
     config: Config | DetectionSettings | str | Path | None = None,
     features: list[str] | None = None,
+    task: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> ScanResult:
     """Score every row of ``frame`` and quarantine the suspicious ones.
 
@@ -353,7 +366,14 @@ def scan(
     config : Config, DetectionSettings or path, optional
         Detector choice and the decision's false-discovery rate.
     features : list of str, optional
-        Feature columns; default every numeric column but the label.
+        Feature columns; default every column but the label (and the config's id).
+    task : {"classification", "regression"}, optional
+        What the label is; default the config's, else inferred from its values
+        (a numeric label with non-whole values or more than 20 distinct ones is
+        a regression target).
+    columns : dict of str to str, optional
+        Column kinds that override the inferred ones (``poisonguard.columns.KINDS``);
+        default the config's ``[dataset.columns]``.
 
     Returns
     -------
@@ -364,6 +384,8 @@ def scan(
         raise param_error("frame", "scan()", "a pandas DataFrame", type(frame).__name__)
     if label is not None and label not in frame.columns:
         raise param_error("label", "scan()", f"a column of frame {list(frame.columns)}", label)
+    if task is not None and task not in TASKS:
+        raise param_error("task", "scan()", f"one of {TASKS} or None", task)
     id_column = None
     if isinstance(config, (str, Path)):
         config = load_config(config)
@@ -371,9 +393,18 @@ def scan(
         id_column = config.id_column
         features = features or list(config.features) or None
         settings = config.detection
+        task = task or config.task
+        columns = columns if columns is not None else dict(config.columns)
     else:
         settings = (config or DetectionSettings()).validated("scan()")
-    guard = Guard(label=label, features=features, id_column=id_column, settings=settings)
+    guard = Guard(
+        label=label,
+        features=features,
+        id_column=id_column,
+        settings=settings,
+        columns=columns,
+        task=task,
+    )
     if reference is None:
         return _self_scan(frame, guard)
     return guard.fit(reference).scan(frame)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard.columns import TASKS, infer_task, looks_categorical
 from poisonguard.detectors.base import check_class_label
 from poisonguard.errors import BatchError, ConfigError, param_error
 
@@ -111,12 +112,6 @@ _OBJECT_KIND_FAMILY = {
 _MAX_SET_SHOWN = 10
 #: A rejection's message names at most this many reasons, then how many more.
 MAX_REASONS = 5
-
-#: A string column of the trusted sample counts as categorical, and gets the set of
-#: values it holds, when it has at most this many distinct values ...
-MAX_CATEGORIES = 50
-#: ... seen on average on at least this many rows each (see ``infer_suite``).
-MIN_ROWS_PER_CATEGORY = 5
 
 
 @dataclass(frozen=True)
@@ -556,18 +551,56 @@ def _range_rule(column: str, series: pd.Series, margin: float) -> dict | None:
     )
 
 
+def _date_rule(column: str, series: pd.Series, margin: float) -> dict | None:
+    """A date column's observed span, widened by ``margin`` x the span on each side.
+
+    Bounds are full ISO timestamps: Great Expectations 1.24 errors on date-only
+    strings for datetime columns (STACK-NOTES).
+    """
+    values = pd.to_datetime(series.dropna(), utc=True)
+    if values.empty:
+        return None
+    lo, hi = values.min(), values.max()
+    pad = (hi - lo) * margin if hi > lo else pd.Timedelta(days=365 * margin)
+    tz = getattr(series.dtype, "tz", None)
+
+    def bound(t: pd.Timestamp) -> str:
+        t = t if tz is not None else t.tz_convert(None)
+        return t.floor("s").isoformat()
+
+    why = f"observed {lo.date()} to {hi.date()}, widened by {_fmt(margin)} x the span on each side"
+    return _rule(
+        "expect_column_values_to_be_between",
+        {"column": column, "min_value": bound(lo - pad), "max_value": bound(hi + pad)},
+        why,
+    )
+
+
+def _length_rule(column: str, series: pd.Series, margin: float) -> dict | None:
+    """A text column's lengths: at most the longest seen, widened by ``margin`` (at least 8)."""
+    lengths = series.dropna().astype(str).str.len()
+    if lengths.empty:
+        return None
+    longest = int(lengths.max())
+    limit = max(longest + 8, math.ceil(longest * (1 + margin)))
+    why = f"text of at most {longest} characters in the trusted sample"
+    return _rule(
+        "expect_column_value_lengths_to_be_between",
+        {"column": column, "min_value": 0, "max_value": limit},
+        why,
+    )
+
+
 def _rule(kind: str, kwargs: dict, why: str) -> dict:
     return {"type": kind, "kwargs": kwargs, "meta": {"inferred": why}}
 
 
 def _category_rule(column: str, series: pd.Series) -> dict | None:
     """The values of a string column that looks categorical, as a value set; else None."""
+    if not looks_categorical(series):
+        return None
     values = _label_values(series)
     n_values = int(series.notna().sum())
-    if not values or len(values) > MAX_CATEGORIES:
-        return None
-    if n_values < MIN_ROWS_PER_CATEGORY * len(values):
-        return None
     why = f"{len(values)} values seen in {n_values} trusted rows (a categorical string column)"
     return _rule("expect_column_values_to_be_in_set", {"column": column, "value_set": values}, why)
 
@@ -588,6 +621,7 @@ def infer_suite(
     name: str = "poisonguard",
     margin: float = 0.25,
     source: str = "trusted sample",
+    task: str | None = None,
 ) -> dict:
     """Infer an expectation suite from a trusted sample of rows.
 
@@ -595,14 +629,18 @@ def infer_suite(
     family (numeric, string, bool or datetime); not-null when the sample has no
     nulls in it; for numeric feature columns the observed range widened by
     ``margin`` x (max - min) on each side (int columns get int bounds, a constant
-    column is widened by ``margin`` x max(\\|value\\|, 1)); for ``label`` the set of
-    values seen; for ``id_column`` uniqueness and not-null, and no range (ids grow);
-    for other string columns (pandas ``category`` columns of strings too) that look
-    categorical, the sorted set of values seen, so a typo or an unknown category in a
-    batch quarantines its row.
+    column is widened by ``margin`` x max(\\|value\\|, 1)); for date and time columns
+    the observed span widened the same way; for ``label`` the set of values seen (a
+    class label) or its widened range (a regression target); for ``id_column``
+    uniqueness and not-null, and no range (ids grow); for other string columns
+    (pandas ``category`` columns of strings too) that look categorical, the sorted set
+    of values seen, so a typo or an unknown category in a batch quarantines its row;
+    for the remaining (text) columns a length limit, the longest seen widened by
+    ``margin`` (and at least 8 characters more).
 
-    A string column looks categorical when it holds at most ``MAX_CATEGORIES`` (50)
-    distinct values, each seen on average on at least ``MIN_ROWS_PER_CATEGORY`` (5)
+    A string column looks categorical (``poisonguard.columns.looks_categorical``) when
+    it holds at most ``MAX_CATEGORIES`` (50) distinct values, each seen on average on
+    at least ``MIN_ROWS_PER_CATEGORY`` (5)
     rows. Names, ids and free text hold about one row per value, so they fail the
     second rule whatever the sample's size; a category seen several times per value
     is likely complete in the sample, so a value the sample never showed is more
@@ -626,6 +664,10 @@ def infer_suite(
         How far to widen numeric ranges, as a fraction of the observed range.
     source : str, default "trusted sample"
         The sample's file (or other name), for messages.
+    task : {"classification", "regression"}, optional
+        What the label is; inferred from its values when None
+        (``poisonguard.columns.infer_task``). A class label gets the set of
+        values seen; a regression target the range seen, widened by ``margin``.
 
     Returns
     -------
@@ -663,8 +705,12 @@ def infer_suite(
         or margin < 0
     ):
         raise param_error("margin", owner, "a finite number >= 0", margin)
+    if task is not None and task not in TASKS:
+        raise param_error("task", owner, f"one of {TASKS} or None", task)
     if label is not None:
-        check_class_label(frame[label], label=label, source=source)
+        task = task or infer_task(frame[label])
+        if task == "classification":
+            check_class_label(frame[label], label=label, source=source)
 
     n_rows = len(frame)
     expectations = [
@@ -710,7 +756,7 @@ def infer_suite(
                     f"no missing values in {n_rows} trusted rows",
                 )
             )
-        if column == label:
+        if column == label and task == "classification":
             expectations.append(
                 _rule(
                     "expect_column_values_to_be_in_set",
@@ -722,8 +768,12 @@ def infer_suite(
             rule = _range_rule(column, series, float(margin))
             if rule is not None:
                 expectations.append(rule)
+        elif family == "datetime":
+            rule = _date_rule(column, series, float(margin))
+            if rule is not None:
+                expectations.append(rule)
         elif family == "string":
-            rule = _category_rule(column, series)
+            rule = _category_rule(column, series) or _length_rule(column, series, float(margin))
             if rule is not None:
                 expectations.append(rule)
     return {
@@ -733,6 +783,7 @@ def infer_suite(
             "poisonguard": {
                 "inferred_from_rows": n_rows,
                 "label": label,
+                "task": task,
                 "id_column": id_column,
                 "margin": margin,
             }

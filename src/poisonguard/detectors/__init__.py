@@ -23,6 +23,7 @@ from poisonguard.detectors.outliers import (
     KnnDistanceDetector,
     TailDetector,
 )
+from poisonguard.detectors.targets import KnnResidualDetector, ModelResidualDetector
 
 REGISTRY: dict[str, type[Detector]] = {
     cls.name: cls
@@ -37,6 +38,8 @@ REGISTRY: dict[str, type[Detector]] = {
         InterpolationDetector,
         DuplicatesDetector,
         BackdoorDetector,
+        KnnResidualDetector,
+        ModelResidualDetector,
     )
 }
 
@@ -68,9 +71,21 @@ DEFAULT_DETECTORS: tuple[str, ...] = (
 #: distance and the copy floods (mean ODDS ROC-AUC 0.84 with them, 0.81 without).
 DEFAULT_LABEL_FREE_DETECTORS: tuple[str, ...] = ("knn_distance", "tail", "duplicates")
 
+#: What a scan with a regression target (a numeric label) runs by default: the
+#: target against its nearest trusted rows' targets (``knn_residual``, sharing
+#: ``knn_distance``'s neighbour search) and against a model of the trusted rows
+#: (``model_residual``), whole-row outliers and copy floods.
+DEFAULT_REGRESSION_DETECTORS: tuple[str, ...] = (
+    "knn_residual",
+    "model_residual",
+    "knn_distance",
+    "duplicates",
+)
+
 __all__ = [
     "DEFAULT_DETECTORS",
     "DEFAULT_LABEL_FREE_DETECTORS",
+    "DEFAULT_REGRESSION_DETECTORS",
     "REGISTRY",
     "UNSEEN_LABEL",
     "Detector",

@@ -25,6 +25,8 @@ class DetectorBase:
 
     name: ClassVar[str]
     needs_label: ClassVar[bool]
+    #: The tasks a detector judges: label-free ones judge rows whatever the label is.
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     #: Scores in nats of surprise (``-log`` of a probability under a stated null)
     #: set this to 1: the decision's tail past the calibration maximum then never
     #: decays faster than ``exp(-score)``. None: the tail is fitted alone.
@@ -116,7 +118,7 @@ class DetectorBase:
         """Scores of ``batch``'s rows, ndarray of shape (n_rows,); see ``Detector``."""
         self._check_fitted(self._fitted_attr)
         if self.needs_label:
-            labels_of(batch, self.name, "batch")
+            (targets_of if self.tasks == ("regression",) else labels_of)(batch, self.name, "batch")
         if batch.n_rows == 0:
             return np.zeros(0)
         return self._score(batch)
@@ -198,6 +200,21 @@ def labels_of(table: Table, who: str, source: str) -> np.ndarray:
     if table.y is None:
         raise BatchError(source, f"detector {who!r} needs a label column, but there is none")
     return np.ascontiguousarray(table.y, dtype=np.int64)
+
+
+def targets_of(table: Table, who: str, source: str) -> np.ndarray:
+    """The regression targets of ``table``; a table without them is rejected for ``who``.
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), float64 (NaN where missing)
+    """
+    if table.target is None:
+        raise BatchError(
+            source,
+            f"detector {who!r} needs a regression target (a numeric label), but there is none",
+        )
+    return np.ascontiguousarray(table.target, dtype=np.float64)
 
 
 def class_prior(y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -101,6 +101,7 @@ class BackdoorDetector(DetectorBase):
 
     name: ClassVar[str] = "backdoor"
     needs_label: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # Like duplicates: a real trigger cell is surprising by tens of nats, so half a
     # share of the combination is enough.
     weight: ClassVar[float] = 0.5

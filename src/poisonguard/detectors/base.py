@@ -142,6 +142,10 @@ class Table:
     content : ndarray of shape (n_rows,), uint64, or None
         A hash of the row's text columns (ids, names, free text), which are not
         distances but still make two rows different.
+    target : ndarray of shape (n_rows,), float64, or None
+        A regression label's values (NaN where missing); None for classes or no label.
+    label : str or None
+        The label column's name, for reasons.
     """
 
     X: np.ndarray
@@ -153,6 +157,8 @@ class Table:
     codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
     categories: tuple[tuple[str, tuple[Any, ...]], ...] = field(default=())
     content: np.ndarray | None = None
+    target: np.ndarray | None = None
+    label: str | None = None
 
     @property
     def n_rows(self) -> int:
@@ -205,6 +211,8 @@ class Table:
             self.codes[rows] if self.codes.shape[0] else self.codes,
             self.categories,
             None if self.content is None else self.content[rows],
+            None if self.target is None else self.target[rows],
+            self.label,
         )
 
 
@@ -236,6 +244,9 @@ class Encoder:
     texts_ : tuple of str
         Text columns, hashed into ``Table.content``.
     classes_ : tuple
+        The class labels (classification).
+    task : {"classification", "regression"} or None
+        None without a label.
     """
 
     features: tuple[str, ...]
@@ -248,6 +259,7 @@ class Encoder:
     categories_: tuple[tuple[str, tuple[Any, ...]], ...]
     texts_: tuple[str, ...]
     classes_: tuple[Any, ...]
+    task: str | None = None
 
     @classmethod
     def fit(
@@ -256,12 +268,14 @@ class Encoder:
         features: list[str],
         label: str | None,
         kinds: Mapping[str, str] | None = None,
+        task: str | None = None,
     ) -> Encoder:
         """Learn the columns' kinds, scales and categories from trusted rows.
 
-        ``kinds`` overrides the inferred kind of any column (``poisonguard.columns``).
+        ``kinds`` overrides the inferred kind of any column, ``task`` the task the
+        label suggests (``poisonguard.columns``).
         """
-        from poisonguard.columns import infer_kinds
+        from poisonguard.columns import infer_kinds, infer_task
 
         missing = [c for c in features if c not in frame.columns]
         if missing:
@@ -285,10 +299,25 @@ class Encoder:
         texts = tuple(c for c in used if kind[c] == "text")
         classes: tuple[Any, ...] = ()
         if label is not None:
-            values = frame[label].dropna().unique().tolist()
-            classes = tuple(sorted(values, key=lambda v: (str(type(v)), v)))
+            task = task or infer_task(frame[label])
+            if task == "classification":
+                check_class_label(frame[label], label=label, source="reference")
+                values = frame[label].dropna().unique().tolist()
+                classes = tuple(sorted(values, key=lambda v: (str(type(v)), v)))
+        else:
+            task = None
         return cls(
-            used, dict(kind), label, center, scale, numbers, indicated, categories, texts, classes
+            used,
+            dict(kind),
+            label,
+            center,
+            scale,
+            numbers,
+            indicated,
+            categories,
+            texts,
+            classes,
+            task,
         )
 
     @cached_property
@@ -330,9 +359,14 @@ class Encoder:
             blocks.append((novel * _STEP).astype(np.float32)[:, None])
             X = np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
             raw = np.hstack(raws)
-        y = None
+        y = target = None
         if self.label is not None and self.label in frame.columns:
-            y = _label_codes(frame[self.label], self.classes_)
+            if self.task == "regression":
+                target = pd.to_numeric(frame[self.label], errors="coerce").to_numpy(
+                    dtype=np.float64, na_value=np.nan
+                )
+            else:
+                y = _label_codes(frame[self.label], self.classes_)
         return Table(
             X,
             raw,
@@ -343,6 +377,8 @@ class Encoder:
             self._codes(frame, source) if self.categories_ else np.zeros((n, 0), np.int64),
             self.categories_,
             _content(frame, self.texts_, source) if self.texts_ else None,
+            target,
+            self.label,
         )
 
     def _codes(self, frame: pd.DataFrame, source: str) -> np.ndarray:
@@ -390,12 +426,12 @@ def _content(frame: pd.DataFrame, columns: tuple[str, ...], source: str) -> np.n
 
 
 def check_class_label(values: pd.Series, *, label: str, source: str) -> None:
-    """Refuse a label that looks like a regression target: floats not all whole numbers.
+    """Refuse classes that are a regression target: floats not all whole numbers.
 
-    poisonguard judges class labels; a price or a temperature would otherwise be
-    taken as hundreds of classes with a row or two each. Whole-number floats
-    (1.0, 2.0: an int column read from a CSV with a missing cell) and strings,
-    ints and bools stay class labels.
+    Called where the task is classification (set, or inferred): a price or a
+    temperature taken as classes would be hundreds of classes with a row or two
+    each. Whole-number floats (1.0, 2.0: an int column read from a CSV with a
+    missing cell) and strings, ints and bools are fine class labels.
 
     Parameters
     ----------
@@ -428,7 +464,8 @@ def check_class_label(values: pd.Series, *, label: str, source: str) -> None:
     if n:
         raise ConfigError(
             f"{source}: label {label!r} holds {n} distinct non-integer value{'s' * (n != 1)}, "
-            "so it looks like a regression target; poisonguard supports class labels only for now"
+            'so it is a regression target, not classes: set task = "regression" (or leave '
+            "the task out to infer it)"
         )
 
 
@@ -497,6 +534,7 @@ class Detector(Protocol):
 
     name: ClassVar[str]
     needs_label: ClassVar[bool]
+    tasks: ClassVar[tuple[str, ...]]
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], *, key: str | None = None) -> Self: ...

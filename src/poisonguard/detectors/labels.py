@@ -191,6 +191,7 @@ class KnnLabelDetector(_TrustedNeighbours):
 
     name: ClassVar[str] = "knn_label"
     needs_label: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # A log distance ratio: an exponential tail here is a power-law tail of the
     # ratio itself (docs/decision.md, "The tail").
     tail_shape: ClassVar[float | None] = 0.0
@@ -310,6 +311,7 @@ class BatchKnnLabelDetector(DetectorBase):
 
     name: ClassVar[str] = "batch_knn_label"
     needs_label: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def __init__(
         self,
@@ -412,6 +414,7 @@ class ModelLabelDetector(DetectorBase):
 
     name: ClassVar[str] = "model_label"
     needs_label: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # -log p(label) is a surprise in nats: for a calibrated K-class model,
     # P(-log p(label) >= s) <= K exp(-s), an exponential tail of scale at most 1.
     # A sharp model's tail is narrower; its scale, estimated from a few tens of
@@ -574,6 +577,7 @@ class InterpolationDetector(_TrustedNeighbours):
 
     name: ClassVar[str] = "interpolation"
     needs_label: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # A log distance ratio, like knn_label's: an exponential tail.
     tail_shape: ClassVar[float | None] = 0.0
 

@@ -251,6 +251,7 @@ class ClassTailDetector(_TailBase):
 
     name: ClassVar[str] = "class_tail"
     needs_label: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     _per_class: ClassVar[bool] = True
 
     def __init__(self, *, combine: str = "sum", n_knots: int = 256, min_class_rows: int = 10):
@@ -438,4 +439,5 @@ class ClassKnnDistanceDetector(_KnnBase):
 
     name: ClassVar[str] = "class_knn_distance"
     needs_label: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     _per_class: ClassVar[bool] = True
