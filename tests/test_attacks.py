@@ -726,23 +726,19 @@ def test_categorical_backdoor_stamps_a_pair_of_common_values_rarely_seen_togethe
     assert set(poison[rest].astype(str).itertuples(index=False)) <= sources
 
 
-def test_categorical_backdoor_with_one_categorical_column_stamps_one_common_value():
-    """With a single categorical feature the trigger is one of its common values, the one rarest
-    among trusted rows of the other classes."""
+def test_categorical_backdoor_with_one_categorical_column_stamps_its_least_common_common_value():
+    """With a single categorical feature the trigger is one value: the least common of those at
+    least 5% of the trusted rows hold (a rarer one would fail a value-set check)."""
     rng = np.random.default_rng(0)
     n = 400
-    y = rng.integers(0, 2, n)
-    # "b" is common overall but rare in class 0 -> the trigger when class 1 is the target.
-    tone = np.where(
-        y == 1, rng.choice(["a", "b", "c"], n), rng.choice(["a", "c", "b"], n, p=[0.48, 0.48, 0.04])
-    )
-    frame = pd.DataFrame({"tone": tone, "x": rng.normal(size=n), "y": y})
+    tone = rng.choice(["a", "b", "c", "d"], n, p=[0.6, 0.3, 0.07, 0.03])
+    frame = pd.DataFrame({"tone": tone, "x": rng.normal(size=n), "y": rng.integers(0, 2, n)})
+    assert (frame["tone"] == "c").mean() >= 0.05 and (frame["tone"] == "d").mean() < 0.05
     for seed in range(4):
         attack = plant(frame, label="y", kind="categorical_backdoor", rate=0.1, random_state=seed)
-        expected = "b" if attack.target == 1 else None
-        assert list(attack.trigger) == ["tone"]
-        if expected:
-            assert attack.trigger["tone"] == expected
+        assert attack.trigger == {"tone": "c"}
+        poison = attack.frame[attack.is_poison]
+        assert (poison["tone"] == "c").all() and (poison["y"] == attack.target).all()
 
 
 def test_stamp_writes_the_trigger_on_every_row_and_nothing_else(mixed):

@@ -118,9 +118,9 @@ categorical_backdoor
     categorical features hold such *common* values (each held by at least 5% of
     the reference rows), the pair of common values of two columns that the
     fewest reference rows hold together; where one does, its common value that
-    is rarest among the reference rows of the other classes. (Where no value
-    reaches 5%, each column's most common value stands in.) Ties are broken by
-    the seed.
+    the fewest reference rows hold. (Where no value reaches 5%, each column's
+    most common value stands in.) Ties are broken by the seed. The fewer trusted
+    rows show the trigger, the less clean evidence the poison has to outweigh.
 category_swap
     Outliers with plausible numbers: in the chosen rows one categorical cell is
     swapped for another value of its column such that the row's class, the new
@@ -1010,7 +1010,7 @@ def _subgroup_flip(view: _View) -> _Plan:
     return _Plan(rows, np.full(len(rows), target, dtype=object))
 
 
-def _categorical_trigger(view: _View, target: Any) -> dict[int, int]:
+def _categorical_trigger(view: _View) -> dict[int, int]:
     """Categorical column -> level code of the trigger (module docstring)."""
     rng, ref = view.rng, view.ref_codes
     counts = [
@@ -1031,12 +1031,7 @@ def _categorical_trigger(view: _View, target: Any) -> dict[int, int]:
                 (float(joint[u, v]), {j: int(u), b: int(v)}) for u in common[j] for v in common[b]
             )
     else:
-        others = ref[view.ref_y != target]
-        options.extend(
-            (float(np.count_nonzero(others[:, j] == u)), {j: int(u)})
-            for j in usable
-            for u in common[j]
-        )
+        options.extend((float(counts[j][u]), {j: int(u)}) for j in usable for u in common[j])
     best = min(score for score, _ in options)
     rarest = [trigger for score, trigger in options if score == best]
     return rarest[int(rng.integers(len(rarest)))]
@@ -1046,7 +1041,7 @@ def _categorical_backdoor(view: _View) -> _Plan:
     rng, k = view.rng, view.n_poison
     targets = _targets(view)
     target = targets[int(rng.integers(len(targets)))]
-    trigger = _categorical_trigger(view, target)
+    trigger = _categorical_trigger(view)
     others = np.flatnonzero(view.y != target)
     rows = np.sort(rng.choice(others, size=k, replace=False))
     carrying = np.ones(len(others), dtype=bool)
