@@ -48,6 +48,9 @@ BLAS/OpenMP pools to one thread for every method.
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -67,7 +70,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 LABEL = "label"
-ODDS_DIR = Path("/work/shared/data/odds")
+#: The shared data folder beside the repository (``../shared/data`` from its root).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ODDS_DIR = SHARED_DATA / "odds"
 ODDS_SETS: tuple[str, ...] = (
     "arrhythmia",
     "cardio",
@@ -135,16 +140,24 @@ def load_odds(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_three(
-    frame: pd.DataFrame, seed: int, shares: tuple[float, float, float] = (0.4, 0.2, 0.4)
+    frame: pd.DataFrame,
+    seed: int,
+    shares: tuple[float, float, float] = (0.4, 0.2, 0.4),
+    *,
+    stratify: str | None = LABEL,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Stratified reference / test / batch split, each with a fresh RangeIndex."""
+    """Reference / test / batch split, stratified on the column ``stratify`` (None: not
+    stratified, for a regression target), each part with a fresh RangeIndex."""
     reference, rest = train_test_split(
-        frame, train_size=shares[0], stratify=frame[LABEL], random_state=seed
+        frame,
+        train_size=shares[0],
+        stratify=None if stratify is None else frame[stratify],
+        random_state=seed,
     )
     test, batch = train_test_split(
         rest,
         train_size=shares[1] / (shares[1] + shares[2]),
-        stratify=rest[LABEL],
+        stratify=None if stratify is None else rest[stratify],
         random_state=seed,
     )
     return (
@@ -178,7 +191,13 @@ class Verdict:
 
 @dataclass
 class Case:
-    """One batch to judge, with the trusted rows a method may learn from."""
+    """One batch to judge, with the trusted rows a method may learn from.
+
+    ``reference`` and ``batch`` are what the anchors read. For mixed tables they are
+    an encoding (:class:`TableEncoder`, already on the reference's scale: ``scaled``)
+    and ``raw`` holds the reference and batch as they came, which poisonguard
+    judges; ``task`` is then passed to ``scan``. ``n_jobs`` is IsolationForest's.
+    """
 
     reference: pd.DataFrame
     batch: pd.DataFrame
@@ -186,6 +205,10 @@ class Case:
     label: str | None
     seed: int
     cache: dict[str, Verdict] = field(default_factory=dict)
+    task: str | None = None
+    raw: tuple[pd.DataFrame, pd.DataFrame] | None = None
+    scaled: bool = False
+    n_jobs: int | None = None
 
 
 def timed(fn: Callable[[Case], tuple[np.ndarray, np.ndarray]]) -> Callable[[Case], Verdict]:
@@ -243,6 +266,9 @@ def knn_label_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     ref = case.reference[case.features].to_numpy(np.float64)
     mean, std = ref.mean(axis=0), ref.std(axis=0)
     std = np.where(std > 0, std, 1.0)
+    if case.scaled:
+        # The table encoding is already on the reference's scale; one-hot columns stay 0/1.
+        mean, std = np.zeros_like(mean), np.ones_like(std)
     finder = NearestNeighbors(n_neighbors=min(N_NEIGHBORS, len(ref))).fit((ref - mean) / std)
     near = finder.kneighbors(
         (case.batch[case.features].to_numpy(np.float64) - mean) / std, return_distance=False
@@ -257,7 +283,7 @@ def iforest_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """sklearn IsolationForest, contamination="auto", fitted on the reference."""
     from sklearn.ensemble import IsolationForest
 
-    model = IsolationForest(random_state=case.seed).fit(
+    model = IsolationForest(random_state=case.seed, n_jobs=case.n_jobs).fit(
         case.reference[case.features].to_numpy(np.float64)
     )
     normality = model.score_samples(case.batch[case.features].to_numpy(np.float64))
@@ -316,12 +342,19 @@ def poisonguard_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     from poisonguard.config import DetectionSettings
 
     config = DetectionSettings(**POISONGUARD_SETTINGS) if POISONGUARD_SETTINGS else None
-    columns = [*case.features, *([case.label] if case.label is not None else [])]
+    if case.raw is not None:
+        reference, batch = case.raw
+        columns = list(batch.columns)
+    else:
+        reference, batch = case.reference, case.batch
+        columns = [*case.features, *([case.label] if case.label is not None else [])]
+    # Only a table case names its task, so scan() without a task= keyword still runs the rest.
+    task = {} if case.task is None else {"task": case.task}
     result = scan(
-        case.batch[columns], label=case.label, reference=case.reference[columns], config=config
+        batch[columns], label=case.label, reference=reference[columns], config=config, **task
     )
-    flagged = result.quarantined.reindex(case.batch.index).fillna(False).to_numpy(dtype=bool)
-    score = result.scores["suspicion"].reindex(case.batch.index).to_numpy(dtype=np.float64)
+    flagged = result.quarantined.reindex(batch.index).fillna(False).to_numpy(dtype=bool)
+    score = result.scores["suspicion"].reindex(batch.index).to_numpy(dtype=np.float64)
     return flagged, score
 
 
@@ -333,7 +366,8 @@ METHODS: dict[str, Callable[[Case], Verdict]] = {
     "ecod": ecod_method,
     "cleanlab_or_iforest": cleanlab_or_iforest_method,
 }
-ANCHORS: tuple[str, ...] = tuple(m for m in METHODS if m != "poisonguard")
+#: The anchors of detection.py (numeric features, a class label).
+ANCHORS: tuple[str, ...] = ("cleanlab", "knn_label", "iforest", "ecod", "cleanlab_or_iforest")
 
 THRESHOLDS: dict[str, str] = {
     "poisonguard": "scan() defaults: rows in .quarantined; score .scores['suspicion']",
@@ -433,3 +467,94 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> s
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines) + "\n"
+
+
+#: Short names for the comparison columns: "pg/cl" is poisonguard's figure over cleanlab's.
+SHORT = {
+    "cleanlab": "cl",
+    "knn_label": "knn",
+    "iforest": "if",
+    "ecod": "ecod",
+    "cleanlab_or_iforest": "cl|if",
+}
+PG = "poisonguard"
+
+
+def by_method(
+    frame: pd.DataFrame, row: str, value: str, methods: list[str], overall: str = "mean"
+) -> pd.DataFrame:
+    """Mean of ``value`` per ``row`` (rows) and method (columns), plus an overall row."""
+    grid = frame.groupby([row, "method"], observed=True)[value].mean().unstack("method")
+    grid.index = pd.Index([str(k) for k in grid.index], name=row)
+    grid.loc[overall] = frame.groupby("method")[value].mean()
+    return grid.reindex(columns=methods)
+
+
+def metric_table(title: str, grid: pd.DataFrame, methods: list[str], compare: str | None) -> str:
+    """Methods side by side; ``compare`` adds poisonguard / anchor ("ratio") or
+    poisonguard - anchor ("diff") columns."""
+    anchors = [m for m in methods if m != PG]
+    header = [grid.index.name or "", *methods]
+    if compare == "ratio":
+        header += [f"pg/{SHORT.get(m, m)}" for m in anchors]
+    elif compare == "diff":
+        header += [f"pg-{SHORT.get(m, m)}" for m in anchors]
+    rows = []
+    for key, values in grid.iterrows():
+        cells = [str(key), *(fmt(values[m]) for m in methods)]
+        if compare == "ratio":
+            cells += [fmt(ratio(values[PG], values[m]), 2) for m in anchors]
+        elif compare == "diff":
+            cells += [fmt(values[PG] - values[m], 3) for m in anchors]
+        rows.append(cells)
+    return table(title, header, rows)
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+def attack_seed(seed: int, attack: str, rate: float) -> int:
+    """The plant() seed of one case: the same whichever attacks and rates a run selects."""
+    from poisonguard.attacks import KINDS
+
+    return 1_000_000 * seed + 10_000 * KINDS.index(attack) + round(rate * 1000)
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr (tables go to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def use_fdr(fdr: float | None) -> None:
+    """Run poisonguard at false-discovery rate ``fdr`` (None: its config default)."""
+    if fdr is not None:
+        POISONGUARD_SETTINGS["fdr"] = fdr
+
+
+def write_json(path: Path, args: argparse.Namespace, **parts: Any) -> None:
+    """The run's arguments (``config``) and ``parts`` as compact standard JSON at ``path``;
+    NaN in lists of records becomes null."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **{k: _no_nan(v) if _is_records(v) else v for k, v in parts.items()},
+    }
+    path.write_text(json.dumps(payload, separators=(",", ":"), default=_jsonable))
+    print(f"raw records written to {path}")
+
+
+def _is_records(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(r, dict) for r in value)
+
+
+def _no_nan(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+        for r in records
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
