@@ -36,13 +36,26 @@ ecod
 cleanlab_or_iforest
     Flags the union of cleanlab's and IsolationForest's flags; score: the larger
     of the two scores' within-batch percentile ranks.
+gb_residual (regression)
+    Out-of-fold predictions of ``HistGradientBoostingRegressor(random_state=seed)``
+    over reference + batch (5-fold ``KFold``, shuffled, seeded). Flagged when the
+    residual lies more than 3 robust standard deviations from the median, the
+    robust sd being 1.4826 times the median absolute deviation of the reference
+    rows' residuals. Score: that distance in robust sds.
+cleanlab_regression (regression)
+    ``cleanlab.regression.learn.CleanLearning(seed=seed).find_label_issues(X, y)``
+    over reference + batch with its defaults (LinearRegression). Flagged:
+    ``is_label_issue``; score ``1 - label_quality``. Batch rows only.
 poisonguard
     ``poisonguard.scan(batch, label=label, reference=reference)`` with its default
-    config; flags ``.quarantined``, score ``.scores["suspicion"]``. Skipped with a
-    notice when ``poisonguard.scan`` cannot be imported.
+    config (plus ``task=`` on mixed tables); flags ``.quarantined``, score
+    ``.scores["suspicion"]``. Skipped with a notice when ``poisonguard.scan``
+    cannot be imported.
 
 All anchors get the raw (unstandardized) feature columns and do their own
-scaling as described; poisonguard gets the same frames. :func:`quiet` pins
+scaling as described; poisonguard gets the same frames. On mixed tables
+(``tables.py``) the anchors get the :class:`TableEncoder` encoding instead and
+poisonguard the tables as they are. :func:`quiet` pins
 BLAS/OpenMP pools to one thread for every method.
 """
 
@@ -60,6 +73,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api import types as ptypes
 from scipy.io import loadmat
 from scipy.stats import rankdata
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
@@ -91,6 +105,9 @@ DATASETS: tuple[str, ...] = ("breast_cancer", "digits", "wine")
 MIN_DAMAGE = 0.01
 N_NEIGHBORS = 10
 N_FOLDS = 5
+#: gb_residual flags a residual this many robust standard deviations from the median.
+RESIDUAL_SDS = 3.0
+MAD_TO_SD = 1.4826
 
 _LOADERS: dict[str, Callable[..., Any]] = {
     "breast_cancer": load_breast_cancer,
@@ -165,6 +182,72 @@ def split_three(
         test.reset_index(drop=True),
         batch.reset_index(drop=True),
     )
+
+
+class TableEncoder:
+    """The anchors' view of a mixed table, learnt from the trusted reference.
+
+    Numeric columns (any numeric dtype but boolean; dates as days) are imputed with
+    the reference median and standardised with the reference mean and standard
+    deviation; each numeric column with a missing cell in the reference gains a
+    0/1 missing indicator. Every other column (strings, categories, booleans) is
+    one-hot encoded over the values the reference holds, a missing cell counting
+    as a value of its own where the reference has one; values the reference never
+    shows encode as all zeros.
+    """
+
+    def __init__(self, *, features: list[str]) -> None:
+        self.features = features
+
+    def fit(self, reference: pd.DataFrame) -> TableEncoder:
+        self.numeric_ = [c for c in self.features if _is_number(reference[c])]
+        numbers = self._numbers(reference)
+        self.median_ = np.nan_to_num(np.nanmedian(numbers, axis=0)) if len(numbers) else 0.0
+        filled = np.where(np.isnan(numbers), self.median_, numbers)
+        self.mean_ = filled.mean(axis=0)
+        std = filled.std(axis=0)
+        self.std_ = np.where(std > 0, std, 1.0)
+        self.flagged_ = [c for c in self.numeric_ if reference[c].isna().any()]
+        self.levels_ = {
+            c: _sorted_values(reference[c]) for c in self.features if c not in self.numeric_
+        }
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Encoded features of ``frame``: float columns, ``frame``'s index."""
+        numbers = self._numbers(frame)
+        filled = np.where(np.isnan(numbers), self.median_, numbers)
+        blocks = {
+            c: (filled[:, j] - self.mean_[j]) / self.std_[j] for j, c in enumerate(self.numeric_)
+        }
+        for c in self.flagged_:
+            blocks[f"{c}=<missing>"] = frame[c].isna().to_numpy(np.float64)
+        for c, levels in self.levels_.items():
+            cells = frame[c].astype(object).where(frame[c].notna(), None).to_numpy()
+            for value in levels:
+                hit = [cell is None for cell in cells] if value is None else cells == value
+                blocks[f"{c}={value}"] = np.asarray(hit, dtype=np.float64)
+        return pd.DataFrame(blocks, index=frame.index)
+
+    def _numbers(self, frame: pd.DataFrame) -> np.ndarray:
+        out = np.empty((len(frame), len(self.numeric_)))
+        for j, c in enumerate(self.numeric_):
+            column = frame[c]
+            if ptypes.is_datetime64_any_dtype(column):
+                column = (column - pd.Timestamp(0, tz=column.dt.tz)) / pd.Timedelta(days=1)
+            out[:, j] = column.to_numpy(np.float64, na_value=np.nan)
+        return out
+
+
+def _is_number(column: pd.Series) -> bool:
+    return (
+        ptypes.is_numeric_dtype(column) and not ptypes.is_bool_dtype(column)
+    ) or ptypes.is_datetime64_any_dtype(column)
+
+
+def _sorted_values(column: pd.Series) -> list[Any]:
+    values = sorted(set(column.dropna().tolist()), key=lambda v: (type(v).__name__, v))
+    return [*values, None] if column.isna().any() else values
 
 
 # --- methods ------------------------------------------------------------------------
@@ -302,6 +385,44 @@ def ecod_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     return score > model.threshold_, score
 
 
+@timed
+def gb_residual_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold gradient-boosting residuals; flagged beyond RESIDUAL_SDS robust sds."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.model_selection import KFold
+
+    if case.label is None:
+        raise ValueError("gb_residual needs a target column")
+    pool = pd.concat([case.reference, case.batch], ignore_index=True)
+    target = pool[case.label].to_numpy(np.float64)
+    folds = KFold(n_splits=N_FOLDS, shuffle=True, random_state=case.seed)
+    model = HistGradientBoostingRegressor(random_state=case.seed)
+    residual = target - cross_val_predict(model, pool[case.features], target, cv=folds)
+    # The scale comes from the trusted rows' residuals, which no poison inflates.
+    trusted = residual[: len(case.reference)]
+    centre = float(np.median(trusted))
+    spread = MAD_TO_SD * float(np.median(np.abs(trusted - centre)))
+    spread = spread if spread > 0 else float(np.std(trusted)) or 1.0
+    score = np.abs(residual[len(case.reference) :] - centre) / spread
+    return score > RESIDUAL_SDS, score
+
+
+@timed
+def cleanlab_regression_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's regression CleanLearning.find_label_issues over reference + batch, defaults."""
+    from cleanlab.regression.learn import CleanLearning
+
+    if case.label is None:
+        raise ValueError("cleanlab_regression needs a target column")
+    pool = pd.concat([case.reference, case.batch], ignore_index=True)
+    issues = CleanLearning(seed=case.seed).find_label_issues(
+        pool[case.features].to_numpy(np.float64), pool[case.label].to_numpy(np.float64)
+    )
+    tail = slice(len(case.reference), None)
+    flagged = issues["is_label_issue"].to_numpy(dtype=bool)[tail]
+    return flagged, 1.0 - issues["label_quality"].to_numpy(dtype=np.float64)[tail]
+
+
 def percentile_rank(score: np.ndarray) -> np.ndarray:
     """Within-array percentile rank in (0, 1], ties averaged."""
     return rankdata(score) / len(score)
@@ -365,6 +486,8 @@ METHODS: dict[str, Callable[[Case], Verdict]] = {
     "iforest": iforest_method,
     "ecod": ecod_method,
     "cleanlab_or_iforest": cleanlab_or_iforest_method,
+    "gb_residual": gb_residual_method,
+    "cleanlab_regression": cleanlab_regression_method,
 }
 #: The anchors of detection.py (numeric features, a class label).
 ANCHORS: tuple[str, ...] = ("cleanlab", "knn_label", "iforest", "ecod", "cleanlab_or_iforest")
@@ -377,6 +500,10 @@ THRESHOLDS: dict[str, str] = {
     "iforest": "IsolationForest(contamination='auto') fit on reference: predict == -1",
     "ecod": "ECOD(contamination=0.1) fit on reference: above the reference's 90th percentile",
     "cleanlab_or_iforest": "union of the cleanlab and iforest flags; score max of percentile ranks",
+    "gb_residual": f"|residual - median| > {RESIDUAL_SDS:g} robust sd (MAD of the reference's "
+    "residuals) of 5-fold OOF HistGradientBoostingRegressor over reference+batch",
+    "cleanlab_regression": "cleanlab.regression CleanLearning().find_label_issues defaults "
+    "(LinearRegression) over reference+batch; score 1 - label_quality",
 }
 
 
@@ -476,6 +603,8 @@ SHORT = {
     "iforest": "if",
     "ecod": "ecod",
     "cleanlab_or_iforest": "cl|if",
+    "gb_residual": "gb",
+    "cleanlab_regression": "clr",
 }
 PG = "poisonguard"
 
