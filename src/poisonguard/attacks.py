@@ -602,7 +602,12 @@ def _scaled(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarra
 
 def _check_kind(view: _View, kind: str, label: str) -> None:
     if kind in _NEEDS_NUMERIC and not view.numeric:
-        raise param_error("features", _OWNER, f"a list with a numeric column for kind {kind!r}", [])
+        raise param_error(
+            "features",
+            _OWNER,
+            f"a list with a numeric column for kind {kind!r}",
+            list(view.categorical),
+        )
     if kind in CATEGORICAL_ATTACKS and not any(view.levels):
         raise param_error(
             "features",
