@@ -36,18 +36,34 @@ ecod
 cleanlab_or_iforest
     Flags the union of cleanlab's and IsolationForest's flags; score: the larger
     of the two scores' within-batch percentile ranks.
+gb_residual (regression)
+    Out-of-fold predictions of ``HistGradientBoostingRegressor(random_state=seed)``
+    over reference + batch (5-fold ``KFold``, shuffled, seeded). Flagged when the
+    residual lies more than 3 robust standard deviations from the median, the
+    robust sd being 1.4826 times the median absolute deviation of the reference
+    rows' residuals. Score: that distance in robust sds.
+cleanlab_regression (regression)
+    ``cleanlab.regression.learn.CleanLearning(seed=seed).find_label_issues(X, y)``
+    over reference + batch with its defaults (LinearRegression). Flagged:
+    ``is_label_issue``; score ``1 - label_quality``. Batch rows only.
 poisonguard
     ``poisonguard.scan(batch, label=label, reference=reference)`` with its default
-    config; flags ``.quarantined``, score ``.scores["suspicion"]``. Skipped with a
-    notice when ``poisonguard.scan`` cannot be imported.
+    config (plus ``task=`` on mixed tables); flags ``.quarantined``, score
+    ``.scores["suspicion"]``. Skipped with a notice when ``poisonguard.scan``
+    cannot be imported.
 
 All anchors get the raw (unstandardized) feature columns and do their own
-scaling as described; poisonguard gets the same frames. :func:`quiet` pins
+scaling as described; poisonguard gets the same frames. On mixed tables
+(``tables.py``) the anchors get the :class:`TableEncoder` encoding instead and
+poisonguard the tables as they are. :func:`quiet` pins
 BLAS/OpenMP pools to one thread for every method.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -57,6 +73,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api import types as ptypes
 from scipy.io import loadmat
 from scipy.stats import rankdata
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
@@ -67,7 +84,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 LABEL = "label"
-ODDS_DIR = Path("/work/shared/data/odds")
+#: The shared data folder beside the repository (``../shared/data`` from its root).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ODDS_DIR = SHARED_DATA / "odds"
 ODDS_SETS: tuple[str, ...] = (
     "arrhythmia",
     "cardio",
@@ -86,6 +105,9 @@ DATASETS: tuple[str, ...] = ("breast_cancer", "digits", "wine")
 MIN_DAMAGE = 0.01
 N_NEIGHBORS = 10
 N_FOLDS = 5
+#: gb_residual flags a residual this many robust standard deviations from the median.
+RESIDUAL_SDS = 3.0
+MAD_TO_SD = 1.4826
 
 _LOADERS: dict[str, Callable[..., Any]] = {
     "breast_cancer": load_breast_cancer,
@@ -135,16 +157,24 @@ def load_odds(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_three(
-    frame: pd.DataFrame, seed: int, shares: tuple[float, float, float] = (0.4, 0.2, 0.4)
+    frame: pd.DataFrame,
+    seed: int,
+    shares: tuple[float, float, float] = (0.4, 0.2, 0.4),
+    *,
+    stratify: str | None = LABEL,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Stratified reference / test / batch split, each with a fresh RangeIndex."""
+    """Reference / test / batch split, stratified on the column ``stratify`` (None: not
+    stratified, for a regression target), each part with a fresh RangeIndex."""
     reference, rest = train_test_split(
-        frame, train_size=shares[0], stratify=frame[LABEL], random_state=seed
+        frame,
+        train_size=shares[0],
+        stratify=None if stratify is None else frame[stratify],
+        random_state=seed,
     )
     test, batch = train_test_split(
         rest,
         train_size=shares[1] / (shares[1] + shares[2]),
-        stratify=rest[LABEL],
+        stratify=None if stratify is None else rest[stratify],
         random_state=seed,
     )
     return (
@@ -152,6 +182,72 @@ def split_three(
         test.reset_index(drop=True),
         batch.reset_index(drop=True),
     )
+
+
+class TableEncoder:
+    """The anchors' view of a mixed table, learnt from the trusted reference.
+
+    Numeric columns (any numeric dtype but boolean; dates as days) are imputed with
+    the reference median and standardised with the reference mean and standard
+    deviation; each numeric column with a missing cell in the reference gains a
+    0/1 missing indicator. Every other column (strings, categories, booleans) is
+    one-hot encoded over the values the reference holds, a missing cell counting
+    as a value of its own where the reference has one; values the reference never
+    shows encode as all zeros.
+    """
+
+    def __init__(self, *, features: list[str]) -> None:
+        self.features = features
+
+    def fit(self, reference: pd.DataFrame) -> TableEncoder:
+        self.numeric_ = [c for c in self.features if _is_number(reference[c])]
+        numbers = self._numbers(reference)
+        self.median_ = np.nan_to_num(np.nanmedian(numbers, axis=0)) if len(numbers) else 0.0
+        filled = np.where(np.isnan(numbers), self.median_, numbers)
+        self.mean_ = filled.mean(axis=0)
+        std = filled.std(axis=0)
+        self.std_ = np.where(std > 0, std, 1.0)
+        self.flagged_ = [c for c in self.numeric_ if reference[c].isna().any()]
+        self.levels_ = {
+            c: _sorted_values(reference[c]) for c in self.features if c not in self.numeric_
+        }
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Encoded features of ``frame``: float columns, ``frame``'s index."""
+        numbers = self._numbers(frame)
+        filled = np.where(np.isnan(numbers), self.median_, numbers)
+        blocks = {
+            c: (filled[:, j] - self.mean_[j]) / self.std_[j] for j, c in enumerate(self.numeric_)
+        }
+        for c in self.flagged_:
+            blocks[f"{c}=<missing>"] = frame[c].isna().to_numpy(np.float64)
+        for c, levels in self.levels_.items():
+            cells = frame[c].astype(object).where(frame[c].notna(), None).to_numpy()
+            for value in levels:
+                hit = [cell is None for cell in cells] if value is None else cells == value
+                blocks[f"{c}={value}"] = np.asarray(hit, dtype=np.float64)
+        return pd.DataFrame(blocks, index=frame.index)
+
+    def _numbers(self, frame: pd.DataFrame) -> np.ndarray:
+        out = np.empty((len(frame), len(self.numeric_)))
+        for j, c in enumerate(self.numeric_):
+            column = frame[c]
+            if ptypes.is_datetime64_any_dtype(column):
+                column = (column - pd.Timestamp(0, tz=column.dt.tz)) / pd.Timedelta(days=1)
+            out[:, j] = column.to_numpy(np.float64, na_value=np.nan)
+        return out
+
+
+def _is_number(column: pd.Series) -> bool:
+    return (
+        ptypes.is_numeric_dtype(column) and not ptypes.is_bool_dtype(column)
+    ) or ptypes.is_datetime64_any_dtype(column)
+
+
+def _sorted_values(column: pd.Series) -> list[Any]:
+    values = sorted(set(column.dropna().tolist()), key=lambda v: (type(v).__name__, v))
+    return [*values, None] if column.isna().any() else values
 
 
 # --- methods ------------------------------------------------------------------------
@@ -178,7 +274,13 @@ class Verdict:
 
 @dataclass
 class Case:
-    """One batch to judge, with the trusted rows a method may learn from."""
+    """One batch to judge, with the trusted rows a method may learn from.
+
+    ``reference`` and ``batch`` are what the anchors read. For mixed tables they are
+    an encoding (:class:`TableEncoder`, already on the reference's scale: ``scaled``)
+    and ``raw`` holds the reference and batch as they came, which poisonguard
+    judges; ``task`` is then passed to ``scan``. ``n_jobs`` is IsolationForest's.
+    """
 
     reference: pd.DataFrame
     batch: pd.DataFrame
@@ -186,6 +288,10 @@ class Case:
     label: str | None
     seed: int
     cache: dict[str, Verdict] = field(default_factory=dict)
+    task: str | None = None
+    raw: tuple[pd.DataFrame, pd.DataFrame] | None = None
+    scaled: bool = False
+    n_jobs: int | None = None
 
 
 def timed(fn: Callable[[Case], tuple[np.ndarray, np.ndarray]]) -> Callable[[Case], Verdict]:
@@ -243,6 +349,9 @@ def knn_label_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     ref = case.reference[case.features].to_numpy(np.float64)
     mean, std = ref.mean(axis=0), ref.std(axis=0)
     std = np.where(std > 0, std, 1.0)
+    if case.scaled:
+        # The table encoding is already on the reference's scale; one-hot columns stay 0/1.
+        mean, std = np.zeros_like(mean), np.ones_like(std)
     finder = NearestNeighbors(n_neighbors=min(N_NEIGHBORS, len(ref))).fit((ref - mean) / std)
     near = finder.kneighbors(
         (case.batch[case.features].to_numpy(np.float64) - mean) / std, return_distance=False
@@ -257,7 +366,7 @@ def iforest_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """sklearn IsolationForest, contamination="auto", fitted on the reference."""
     from sklearn.ensemble import IsolationForest
 
-    model = IsolationForest(random_state=case.seed).fit(
+    model = IsolationForest(random_state=case.seed, n_jobs=case.n_jobs).fit(
         case.reference[case.features].to_numpy(np.float64)
     )
     normality = model.score_samples(case.batch[case.features].to_numpy(np.float64))
@@ -274,6 +383,44 @@ def ecod_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     score = model.decision_function(case.batch[case.features].to_numpy(np.float64))
     # predict() is "decision_function > threshold_"; scoring once keeps the timing fair.
     return score > model.threshold_, score
+
+
+@timed
+def gb_residual_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold gradient-boosting residuals; flagged beyond RESIDUAL_SDS robust sds."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.model_selection import KFold
+
+    if case.label is None:
+        raise ValueError("gb_residual needs a target column")
+    pool = pd.concat([case.reference, case.batch], ignore_index=True)
+    target = pool[case.label].to_numpy(np.float64)
+    folds = KFold(n_splits=N_FOLDS, shuffle=True, random_state=case.seed)
+    model = HistGradientBoostingRegressor(random_state=case.seed)
+    residual = target - cross_val_predict(model, pool[case.features], target, cv=folds)
+    # The scale comes from the trusted rows' residuals, which no poison inflates.
+    trusted = residual[: len(case.reference)]
+    centre = float(np.median(trusted))
+    spread = MAD_TO_SD * float(np.median(np.abs(trusted - centre)))
+    spread = spread if spread > 0 else float(np.std(trusted)) or 1.0
+    score = np.abs(residual[len(case.reference) :] - centre) / spread
+    return score > RESIDUAL_SDS, score
+
+
+@timed
+def cleanlab_regression_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's regression CleanLearning.find_label_issues over reference + batch, defaults."""
+    from cleanlab.regression.learn import CleanLearning
+
+    if case.label is None:
+        raise ValueError("cleanlab_regression needs a target column")
+    pool = pd.concat([case.reference, case.batch], ignore_index=True)
+    issues = CleanLearning(seed=case.seed).find_label_issues(
+        pool[case.features].to_numpy(np.float64), pool[case.label].to_numpy(np.float64)
+    )
+    tail = slice(len(case.reference), None)
+    flagged = issues["is_label_issue"].to_numpy(dtype=bool)[tail]
+    return flagged, 1.0 - issues["label_quality"].to_numpy(dtype=np.float64)[tail]
 
 
 def percentile_rank(score: np.ndarray) -> np.ndarray:
@@ -316,12 +463,19 @@ def poisonguard_method(case: Case) -> tuple[np.ndarray, np.ndarray]:
     from poisonguard.config import DetectionSettings
 
     config = DetectionSettings(**POISONGUARD_SETTINGS) if POISONGUARD_SETTINGS else None
-    columns = [*case.features, *([case.label] if case.label is not None else [])]
+    if case.raw is not None:
+        reference, batch = case.raw
+        columns = list(batch.columns)
+    else:
+        reference, batch = case.reference, case.batch
+        columns = [*case.features, *([case.label] if case.label is not None else [])]
+    # Only a table case names its task, so scan() without a task= keyword still runs the rest.
+    task = {} if case.task is None else {"task": case.task}
     result = scan(
-        case.batch[columns], label=case.label, reference=case.reference[columns], config=config
+        batch[columns], label=case.label, reference=reference[columns], config=config, **task
     )
-    flagged = result.quarantined.reindex(case.batch.index).fillna(False).to_numpy(dtype=bool)
-    score = result.scores["suspicion"].reindex(case.batch.index).to_numpy(dtype=np.float64)
+    flagged = result.quarantined.reindex(batch.index).fillna(False).to_numpy(dtype=bool)
+    score = result.scores["suspicion"].reindex(batch.index).to_numpy(dtype=np.float64)
     return flagged, score
 
 
@@ -332,8 +486,11 @@ METHODS: dict[str, Callable[[Case], Verdict]] = {
     "iforest": iforest_method,
     "ecod": ecod_method,
     "cleanlab_or_iforest": cleanlab_or_iforest_method,
+    "gb_residual": gb_residual_method,
+    "cleanlab_regression": cleanlab_regression_method,
 }
-ANCHORS: tuple[str, ...] = tuple(m for m in METHODS if m != "poisonguard")
+#: The anchors of detection.py (numeric features, a class label).
+ANCHORS: tuple[str, ...] = ("cleanlab", "knn_label", "iforest", "ecod", "cleanlab_or_iforest")
 
 THRESHOLDS: dict[str, str] = {
     "poisonguard": "scan() defaults: rows in .quarantined; score .scores['suspicion']",
@@ -343,6 +500,10 @@ THRESHOLDS: dict[str, str] = {
     "iforest": "IsolationForest(contamination='auto') fit on reference: predict == -1",
     "ecod": "ECOD(contamination=0.1) fit on reference: above the reference's 90th percentile",
     "cleanlab_or_iforest": "union of the cleanlab and iforest flags; score max of percentile ranks",
+    "gb_residual": f"|residual - median| > {RESIDUAL_SDS:g} robust sd (MAD of the reference's "
+    "residuals) of 5-fold OOF HistGradientBoostingRegressor over reference+batch",
+    "cleanlab_regression": "cleanlab.regression CleanLearning().find_label_issues defaults "
+    "(LinearRegression) over reference+batch; score 1 - label_quality",
 }
 
 
@@ -433,3 +594,96 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> s
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines) + "\n"
+
+
+#: Short names for the comparison columns: "pg/cl" is poisonguard's figure over cleanlab's.
+SHORT = {
+    "cleanlab": "cl",
+    "knn_label": "knn",
+    "iforest": "if",
+    "ecod": "ecod",
+    "cleanlab_or_iforest": "cl|if",
+    "gb_residual": "gb",
+    "cleanlab_regression": "clr",
+}
+PG = "poisonguard"
+
+
+def by_method(
+    frame: pd.DataFrame, row: str, value: str, methods: list[str], overall: str = "mean"
+) -> pd.DataFrame:
+    """Mean of ``value`` per ``row`` (rows) and method (columns), plus an overall row."""
+    grid = frame.groupby([row, "method"], observed=True)[value].mean().unstack("method")
+    grid.index = pd.Index([str(k) for k in grid.index], name=row)
+    grid.loc[overall] = frame.groupby("method")[value].mean()
+    return grid.reindex(columns=methods)
+
+
+def metric_table(title: str, grid: pd.DataFrame, methods: list[str], compare: str | None) -> str:
+    """Methods side by side; ``compare`` adds poisonguard / anchor ("ratio") or
+    poisonguard - anchor ("diff") columns."""
+    anchors = [m for m in methods if m != PG]
+    header = [grid.index.name or "", *methods]
+    if compare == "ratio":
+        header += [f"pg/{SHORT.get(m, m)}" for m in anchors]
+    elif compare == "diff":
+        header += [f"pg-{SHORT.get(m, m)}" for m in anchors]
+    rows = []
+    for key, values in grid.iterrows():
+        cells = [str(key), *(fmt(values[m]) for m in methods)]
+        if compare == "ratio":
+            cells += [fmt(ratio(values[PG], values[m]), 2) for m in anchors]
+        elif compare == "diff":
+            cells += [fmt(values[PG] - values[m], 3) for m in anchors]
+        rows.append(cells)
+    return table(title, header, rows)
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+def attack_seed(seed: int, attack: str, rate: float) -> int:
+    """The plant() seed of one case: the same whichever attacks and rates a run selects."""
+    from poisonguard.attacks import KINDS
+
+    return 1_000_000 * seed + 10_000 * KINDS.index(attack) + round(rate * 1000)
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr (tables go to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def use_fdr(fdr: float | None) -> None:
+    """Run poisonguard at false-discovery rate ``fdr`` (None: its config default)."""
+    if fdr is not None:
+        POISONGUARD_SETTINGS["fdr"] = fdr
+
+
+def write_json(path: Path, args: argparse.Namespace, **parts: Any) -> None:
+    """The run's arguments (``config``) and ``parts`` as compact standard JSON at ``path``;
+    NaN in lists of records becomes null."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **{k: _no_nan(v) if _is_records(v) else v for k, v in parts.items()},
+    }
+    path.write_text(json.dumps(payload, separators=(",", ":"), default=_jsonable))
+    print(f"raw records written to {path}")
+
+
+def _is_records(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(r, dict) for r in value)
+
+
+def _no_nan(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+        for r in records
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")

@@ -23,39 +23,42 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-import common
 from common import (
+    ANCHORS,
     DATASETS,
     LABEL,
-    METHODS,
     MIN_DAMAGE,
+    PG,
+    SHORT,
     THRESHOLDS,
     Case,
+    attack_seed,
     available_methods,
+    by_method,
     detection_metrics,
     fmt,
     load_dataset,
+    metric_table,
+    progress,
     quiet,
-    ratio,
     recovered_share,
     retrain_accuracy,
     run_method,
     split_three,
     table,
+    use_fdr,
+    write_json,
 )
 from poisonguard.attacks import ATTACKS, plant
 
 DEFAULT_RATES = (0.05, 0.1, 0.2)
-PG = "poisonguard"
+METHODS = [PG, *ANCHORS]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--rates", nargs="+", type=float, default=list(DEFAULT_RATES))
     parser.add_argument("--seeds", type=int, default=5, help="run seeds 0 .. N-1 (default 5)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--quick", action="store_true", help="one seed, rate 0.1 only")
     parser.add_argument("--json", type=Path, help="write every raw record to this JSON file")
     parser.add_argument(
@@ -74,15 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.rates = 1, [0.1]
     return args
-
-
-def attack_seed(seed: int, attack: str, rate: float) -> int:
-    """The plant() seed of one case: the same whichever attacks and rates a run selects."""
-    return 1_000_000 * seed + 10_000 * ATTACKS.index(attack) + round(rate * 1000)
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Runner:
@@ -181,46 +175,6 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, 
                         f"{time.perf_counter() - start:.1f}s"
                     )
     return records, clean_records, runner.methods
-
-
-def by_method(
-    frame: pd.DataFrame, row: str, value: str, methods: list[str], overall: str = "mean"
-) -> pd.DataFrame:
-    """Mean of ``value`` per ``row`` (rows) and method (columns), plus an overall row."""
-    grid = frame.groupby([row, "method"], observed=True)[value].mean().unstack("method")
-    grid.index = pd.Index([str(k) for k in grid.index], name=row)
-    grid.loc[overall] = frame.groupby("method")[value].mean()
-    return grid.reindex(columns=methods)
-
-
-#: Short names for the comparison columns: "pg/cl" is poisonguard's figure over cleanlab's.
-SHORT = {
-    "cleanlab": "cl",
-    "knn_label": "knn",
-    "iforest": "if",
-    "ecod": "ecod",
-    "cleanlab_or_iforest": "cl|if",
-}
-
-
-def metric_table(title: str, grid: pd.DataFrame, methods: list[str], compare: str | None) -> str:
-    """Methods side by side; ``compare`` adds poisonguard / anchor ("ratio") or
-    poisonguard - anchor ("diff") columns."""
-    anchors = [m for m in methods if m != PG]
-    header = [grid.index.name or "", *methods]
-    if compare == "ratio":
-        header += [f"pg/{SHORT.get(m, m)}" for m in anchors]
-    elif compare == "diff":
-        header += [f"pg-{SHORT.get(m, m)}" for m in anchors]
-    rows = []
-    for key, values in grid.iterrows():
-        cells = [str(key), *(fmt(values[m]) for m in methods)]
-        if compare == "ratio":
-            cells += [fmt(ratio(values[PG], values[m]), 2) for m in anchors]
-        elif compare == "diff":
-            cells += [fmt(values[PG] - values[m], 3) for m in anchors]
-        rows.append(cells)
-    return table(title, header, rows)
 
 
 def report(
@@ -328,35 +282,18 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     quiet()
     args = parse_args(argv)
-    if args.fdr is not None:
-        common.POISONGUARD_SETTINGS["fdr"] = args.fdr
+    use_fdr(args.fdr)
     records, clean_records, methods = run(args)
     print(report(records, clean_records, methods, args))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "thresholds": {m: THRESHOLDS[m] for m in methods},
-            "records": _no_nan(records),
-            "clean_records": _no_nan(clean_records),
-        }
-        args.json.write_text(json.dumps(payload, separators=(",", ":"), default=_jsonable))
-        print(f"raw records written to {args.json}")
+        write_json(
+            args.json,
+            args,
+            thresholds={m: THRESHOLDS[m] for m in methods},
+            records=records,
+            clean_records=clean_records,
+        )
     return 0
-
-
-def _no_nan(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """NaN becomes null, so the file is standard JSON."""
-    return [
-        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
-        for r in records
-    ]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,26 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from poisonguard.attacks import ATTACKS, FLIP_ATTACKS, MAX_RATE, PlantedAttack, plant
+from poisonguard.attacks import (
+    ATTACKS,
+    CATEGORICAL_ATTACKS,
+    CLASSIFICATION_ATTACKS,
+    FLIP_ATTACKS,
+    KINDS,
+    MAX_RATE,
+    REGRESSION_ATTACKS,
+    TARGET_ATTACKS,
+    PlantedAttack,
+    plant,
+)
 from poisonguard.errors import ConfigError
 
-INJECTIONS = tuple(k for k in ATTACKS if k not in FLIP_ATTACKS)
+#: Classification kinds that run on numeric-only data.
+NUMERIC = tuple(k for k in CLASSIFICATION_ATTACKS if k not in CATEGORICAL_ATTACKS)
+NUMERIC_FLIPS = tuple(k for k in FLIP_ATTACKS if k in NUMERIC)
+INJECTIONS = tuple(k for k in NUMERIC if k not in FLIP_ATTACKS)
+#: Kinds that pick their rows by a model's probabilities alone, whatever the seed.
+SEEDLESS = ("confident_flip", "boundary_flip")
 
 
 def _split(frame: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -60,7 +76,17 @@ def _robust(reference: pd.DataFrame, frame: pd.DataFrame, features: list[str]) -
 # --- every kind ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ATTACKS)
+def test_kinds_are_listed_once_by_task_in_a_fixed_order():
+    """KINDS holds every classification and regression kind once; ATTACKS and then
+    CLASSIFICATION_ATTACKS lead it, so a kind's position (which benchmarks seed by) never moves."""
+    assert len(set(KINDS)) == len(KINDS)
+    assert set(KINDS) == set(CLASSIFICATION_ATTACKS) | set(REGRESSION_ATTACKS)
+    assert KINDS[: len(CLASSIFICATION_ATTACKS)] == CLASSIFICATION_ATTACKS
+    assert CLASSIFICATION_ATTACKS[: len(ATTACKS)] == ATTACKS
+    assert set(TARGET_ATTACKS) <= set(REGRESSION_ATTACKS)
+
+
+@pytest.mark.parametrize("kind", NUMERIC)
 @pytest.mark.parametrize("rate", [0.05, 0.2])
 def test_exact_share_of_rows_is_poison_and_the_rest_is_untouched(wine, kind, rate):
     """round(rate * n) rows are poison, n rows come out, every other row is exactly as it was."""
@@ -83,10 +109,10 @@ def test_exact_share_of_rows_is_poison_and_the_rest_is_untouched(wine, kind, rat
     assert changed[attack.is_poison].all()
 
 
-@pytest.mark.parametrize("kind", ATTACKS)
+@pytest.mark.parametrize("kind", NUMERIC)
 def test_same_seed_same_poison_and_other_seed_other_poison(wine, kind):
-    """An attack is a pure function of its inputs and seed; confident_flip does not even use the
-    seed (it takes the rows the model is surest of, whatever the seed)."""
+    """An attack is a pure function of its inputs and seed; confident_flip and boundary_flip do
+    not even use the seed (they take the rows the model is surest or least sure of)."""
     reference, batch, _ = wine
 
     def run(seed: int) -> PlantedAttack:
@@ -97,10 +123,10 @@ def test_same_seed_same_poison_and_other_seed_other_poison(wine, kind):
     first, again, other = run(1), run(1), run(2)
     pd.testing.assert_frame_equal(first.frame, again.frame)
     np.testing.assert_array_equal(first.is_poison, again.is_poison)
-    assert first.frame.equals(other.frame) == (kind == "confident_flip")
+    assert first.frame.equals(other.frame) == (kind in SEEDLESS)
 
 
-@pytest.mark.parametrize("kind", ATTACKS)
+@pytest.mark.parametrize("kind", NUMERIC)
 def test_zero_rate_returns_an_untouched_copy(wine, kind):
     """rate=0 poisons nothing and leaves the input frame alone."""
     reference, batch, _ = wine
@@ -111,7 +137,7 @@ def test_zero_rate_returns_an_untouched_copy(wine, kind):
     pd.testing.assert_frame_equal(batch, before)
 
 
-@pytest.mark.parametrize("kind", ATTACKS)
+@pytest.mark.parametrize("kind", NUMERIC)
 def test_input_frame_is_never_modified(cancer, kind):
     """plant() works on a copy: the caller's batch and reference are unchanged."""
     reference, batch, _ = cancer
@@ -124,7 +150,7 @@ def test_input_frame_is_never_modified(cancer, kind):
 # --- each kind's signature -----------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", FLIP_ATTACKS)
+@pytest.mark.parametrize("kind", NUMERIC_FLIPS)
 def test_flips_change_labels_only(wine, kind):
     """Flip attacks leave every feature value alone and give each poison row another class."""
     reference, batch, features = wine
@@ -313,7 +339,7 @@ def test_string_labels_and_non_numeric_columns_are_supported():
             "label": rng.choice(["cat", "dog", "eel"], 60),
         }
     )
-    for kind in ATTACKS:
+    for kind in NUMERIC:
         attack = plant(frame, label="label", kind=kind, rate=0.2, random_state=0)
         assert attack.frame["note"].equals(frame["note"])
         assert set(attack.frame["label"]) <= {"cat", "dog", "eel"}
@@ -408,7 +434,7 @@ def batches(draw: st.DrawFn) -> tuple[pd.DataFrame, str, float, int]:
     columns["id"] = np.arange(n) * 7
     columns["label"] = labels
     frame = pd.DataFrame(columns)
-    kind = draw(st.sampled_from(ATTACKS))
+    kind = draw(st.sampled_from(NUMERIC))
     rate = draw(st.floats(0.0, MAX_RATE))
     return frame, kind, rate, draw(st.integers(0, 1000))
 
@@ -433,3 +459,477 @@ def test_any_batch_any_kind_keeps_the_invariants(case):
     if kind in FLIP_ATTACKS:
         assert (attack.frame["label"] != frame["label"])[attack.is_poison].all()
         pd.testing.assert_frame_equal(attack.frame[features], frame[features])
+
+
+# --- mixed tables ----------------------------------------------------------------
+
+CATEGORICAL = ["site", "plan", "member", "colour", "label"]
+
+
+def _mixed_table(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """A customer table: an id, a date, string / category / boolean columns with missing cells,
+    numeric columns with missing cells, a three-class label and a float target.
+
+    ``upgrade`` never comes with plan ``pro`` and ``churn`` never with a member, so some
+    combinations of values never occur within a class."""
+    rng = np.random.default_rng(seed)
+    site = rng.choice(["north", "south", "east", "west"], n, p=[0.4, 0.3, 0.2, 0.1])
+    plan = rng.choice(["basic", "plus", "pro"], n, p=[0.5, 0.3, 0.2])
+    member = rng.random(n) < 0.4
+    colour = rng.choice(np.array(["red", "green", "blue"], dtype=object), n)
+    colour[rng.random(n) < 0.1] = None
+    score = rng.normal(size=n)
+    income = rng.lognormal(10, 0.5, n)
+    income[rng.random(n) < 0.05] = np.nan
+    label = np.where(score + 0.5 * (site == "west") > 0.3, "stay", "churn").astype(object)
+    label[(score > 1.0) & (plan != "pro")] = "upgrade"
+    label[member & (label == "churn")] = "stay"
+    spend = 100 + 50 * (plan == "pro") + 20 * member + 10 * score + rng.normal(0, 5, n)
+    return pd.DataFrame(
+        {
+            "row_id": [f"c{i}" for i in range(n)],
+            "signup": pd.date_range("2024-01-01", periods=n, freq="h"),
+            "site": pd.Series(site, dtype="str"),
+            "plan": pd.Categorical(plan, categories=["basic", "plus", "pro", "legacy"]),
+            "member": member,
+            "colour": pd.Series(colour, dtype="str"),
+            "age": rng.integers(18, 80, n),
+            "income": income,
+            "score": score,
+            "label": label,
+            "spend": spend,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def mixed() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reference (40%) and batch of the mixed table."""
+    return _split(_mixed_table())
+
+
+def _plant_mixed(mixed, kind: str, rate: float = 0.1, seed: int = 0, **kwargs) -> PlantedAttack:
+    reference, batch = mixed
+    label = "spend" if kind in TARGET_ATTACKS else "label"
+    return plant(
+        batch, label=label, kind=kind, rate=rate, reference=reference, random_state=seed, **kwargs
+    )
+
+
+def _cells_differ(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Cell by cell: the values differ (two missing cells are equal)."""
+    return a.ne(b) & ~(a.isna() & b.isna())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rate", [0.05, 0.3])
+def test_every_kind_on_a_mixed_table_keeps_the_invariants(mixed, kind, rate):
+    """On a table of strings, categories, booleans, dates and missing cells every kind poisons
+    exactly round(rate * n) rows, changes each of them, leaves the rest, the id and the date alone,
+    keeps columns and dtypes (categories included), writes only values a column already holds,
+    does not touch its inputs and is deterministic."""
+    reference, batch = mixed
+    before, ref_before = batch.copy(), reference.copy()
+    attack = _plant_mixed(mixed, kind, rate, seed=5)
+    again = _plant_mixed(mixed, kind, rate, seed=5)
+    clean = batch.reset_index(drop=True)
+    assert attack.n_poison == round(rate * len(batch))
+    assert list(attack.frame.columns) == list(batch.columns)
+    assert attack.frame.dtypes.equals(batch.dtypes)
+    assert list(attack.frame["plan"].cat.categories) == ["basic", "plus", "pro", "legacy"]
+    pd.testing.assert_frame_equal(attack.frame[~attack.is_poison], clean[~attack.is_poison])
+    assert attack.frame["row_id"].equals(clean["row_id"])
+    assert attack.frame["signup"].equals(clean["signup"])
+    assert _cells_differ(attack.frame, clean).any(axis=1)[attack.is_poison].all()
+    for col in ["site", "plan", "member", "colour"]:
+        known = set(batch[col].dropna()) | set(reference[col].dropna())
+        assert set(attack.frame[col].dropna()) <= known
+    pd.testing.assert_frame_equal(attack.frame, again.frame)
+    np.testing.assert_array_equal(attack.is_poison, again.is_poison)
+    pd.testing.assert_frame_equal(batch, before)
+    pd.testing.assert_frame_equal(reference, ref_before)
+
+
+@pytest.mark.parametrize("kind", CATEGORICAL_ATTACKS)
+def test_categorical_kinds_need_a_categorical_feature(wine, kind):
+    """Populations, categorical triggers and swaps need a categorical column."""
+    reference, batch, _ = wine
+    frame = batch.assign(spend=batch["alcohol"])
+    with pytest.raises(ConfigError, match="categorical column"):
+        plant(frame, label="target", kind=kind, rate=0.1, reference=reference.assign(spend=1.0))
+
+
+@pytest.mark.parametrize("kind", ["backdoor", "far_outlier"])
+def test_numeric_geometry_needs_a_numeric_feature(mixed, kind):
+    """A numeric trigger or a far numeric outlier needs a numeric feature."""
+    with pytest.raises(ConfigError, match="numeric column"):
+        _plant_mixed(mixed, kind, features=["site", "plan"])
+
+
+def test_string_columns_of_distinct_values_are_not_features():
+    """An id or free-text column (every value distinct) is carried along, never written, while
+    a string column whose values repeat is a feature a flood copies."""
+    frame = pd.DataFrame(
+        {
+            "note": [f"n{i}" for i in range(40)],
+            "kind": ["a", "b"] * 20,
+            "x": np.arange(40.0),
+            "y": [0, 1, 1, 0] * 10,
+        }
+    )
+    attack = plant(frame, label="y", kind="duplicate_flood", rate=0.5, random_state=0)
+    assert attack.frame["note"].equals(frame["note"])
+    poison = attack.frame[attack.is_poison]
+    seeds = attack.frame[~attack.is_poison].set_index("x")["kind"]
+    assert (poison["kind"].to_numpy() == seeds.loc[poison["x"]].to_numpy()).all()
+
+
+def test_far_outliers_on_a_mixed_table_keep_the_replaced_rows_categories(mixed):
+    """far_outlier moves the numeric features only: a poison row's categorical cells are those of
+    the row it replaced."""
+    attack = _plant_mixed(mixed, "far_outlier", 0.2)
+    clean = mixed[1].reset_index(drop=True)
+    cats = ["site", "plan", "member", "colour"]
+    pd.testing.assert_frame_equal(attack.frame[cats], clean[cats])
+
+
+@pytest.mark.parametrize("kind", ["backdoor", "duplicate_flood"])
+def test_copies_on_a_mixed_table_copy_every_categorical_cell(mixed, kind):
+    """Copies (backdoor, flood) take all categorical cells, missing ones included, from one batch
+    row: each poison row's categorical cells equal some clean row's."""
+    attack = _plant_mixed(mixed, kind, 0.2, seed=2)
+    clean = mixed[1].reset_index(drop=True)
+    cats = ["site", "plan", "member", "colour"]
+    sources = set(clean[cats].astype(str).itertuples(index=False, name=None))
+    poison = attack.frame.loc[attack.is_poison, cats].astype(str)
+    assert set(poison.itertuples(index=False, name=None)) <= sources
+    assert (
+        attack.frame.loc[attack.is_poison, "colour"].isna().any() == (kind == "backdoor")
+        or not clean["colour"].isna().any()
+    )
+
+
+def test_interpolation_on_a_mixed_table_takes_categories_from_trusted_rows(mixed):
+    """An interpolated row's categorical cells come from the two reference rows it mixes, so each
+    is a value the reference holds."""
+    reference, _ = mixed
+    attack = _plant_mixed(mixed, "interpolation", 0.2)
+    poison = attack.frame[attack.is_poison]
+    for col in ["site", "plan", "member"]:
+        assert set(poison[col]) <= set(reference[col])
+
+
+def _margins(reference: pd.DataFrame, frame: pd.DataFrame) -> np.ndarray:
+    """Gap between the two most likely classes of a one-hot logistic regression of the reference."""
+    features = ["site", "plan", "member", "colour", "age", "income", "score", "spend"]
+
+    def encode(rows: pd.DataFrame) -> pd.DataFrame:
+        out = pd.get_dummies(rows[features].astype({"plan": str}), dtype=float)
+        return out.fillna(reference["income"].median())
+
+    train = encode(reference)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(train, reference["label"])
+    proba = np.sort(model.predict_proba(encode(frame).reindex(columns=train.columns, fill_value=0)))
+    return proba[:, -1] - proba[:, -2]
+
+
+def test_boundary_flip_takes_the_rows_a_model_is_least_sure_of(mixed):
+    """boundary_flip changes labels only, to another class, on rows a model of the reference finds
+    hard: their margin between the two likeliest classes is far below the batch's."""
+    reference, batch = mixed
+    attack = _plant_mixed(mixed, "boundary_flip", 0.1)
+    clean = batch.reset_index(drop=True)
+    features = [c for c in clean.columns if c != "label"]
+    pd.testing.assert_frame_equal(attack.frame[features], clean[features])
+    assert (attack.frame["label"] != clean["label"])[attack.is_poison].all()
+    margin = _margins(reference, clean)
+    assert np.median(margin[attack.is_poison]) < 0.5 * np.median(margin[~attack.is_poison])
+
+
+def _shared_population(rows: pd.DataFrame, columns: list[str]) -> list[tuple[str, ...]]:
+    """The columns (one or two) on which every row holds the same value."""
+    same = [c for c in columns if rows[c].nunique(dropna=False) == 1 and rows[c].notna().all()]
+    return [(c,) for c in same]
+
+
+def test_subgroup_flip_relabels_one_population_to_one_class(mixed):
+    """The flipped rows all hold one value (or pair of values), all go to one class, and cover at
+    least half of that population's rows of other classes."""
+    _, batch = mixed
+    clean = batch.reset_index(drop=True)
+    for seed in range(4):
+        attack = _plant_mixed(mixed, "subgroup_flip", 0.1, seed=seed)
+        poison = clean[attack.is_poison]
+        targets = attack.frame.loc[attack.is_poison, "label"].unique()
+        assert len(targets) == 1 and (poison["label"] != targets[0]).all()
+        shared = [c for c in ["site", "plan", "member", "colour"] if poison[c].nunique() == 1]
+        assert shared and poison[shared].notna().all().all()
+        in_population = (clean[shared] == poison[shared].iloc[0]).all(axis=1)
+        eligible = in_population & (clean["label"] != targets[0])
+        assert attack.n_poison >= 0.5 * eligible.sum()
+
+
+def test_subgroup_flip_takes_the_whole_population_the_budget_fits():
+    """When one population has exactly the budget of rows of another class (and the others far
+    more), every one of its rows is relabelled and no other row."""
+    group = np.array(["a"] * 20 + ["b"] * 90 + ["c"] * 90)
+    label = np.concatenate([np.zeros(20, dtype=int), np.tile([0, 1], 90)])
+    frame = pd.DataFrame({"group": group, "x": np.arange(200.0), "y": label})
+    for seed in range(3):
+        attack = plant(frame, label="y", kind="subgroup_flip", rate=0.1, random_state=seed)
+        np.testing.assert_array_equal(attack.is_poison, group == "a")
+        assert (attack.frame.loc[attack.is_poison, "y"] == 1).all()
+
+
+def _values_and_pairs(reference: pd.DataFrame, columns: list[str]) -> dict[Any, int]:
+    counts: dict[Any, int] = {}
+    for i, a in enumerate(columns):
+        for b in columns[i + 1 :]:
+            joint = reference.groupby([a, b], observed=True).size()
+            for (u, v), size in joint.items():
+                counts[((a, u), (b, v))] = int(size)
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_categorical_backdoor_stamps_a_pair_of_common_values_rarely_seen_together(mixed, seed):
+    """The trigger is two values of two columns, each held by at least 5% of the trusted rows,
+    chosen so that as few trusted rows as possible hold both; every poison row carries it and the
+    one target class, and is otherwise a copy of a batch row of another class."""
+    reference, batch = mixed
+    attack = _plant_mixed(mixed, "categorical_backdoor", 0.1, seed=seed)
+    trigger, target = dict(attack.trigger), attack.target
+    assert len(trigger) == 2
+    columns = ["site", "plan", "member", "colour"]
+    share = {c: reference[c].value_counts(normalize=True) for c in columns}
+    assert all(share[c][v] >= 0.05 for c, v in trigger.items())
+    pairs = _values_and_pairs(reference, columns)
+    eligible = {
+        ((a, u), (b, v)): 0
+        for i, a in enumerate(columns)
+        for b in columns[i + 1 :]
+        for u in share[a].index[share[a] >= 0.05]
+        for v in share[b].index[share[b] >= 0.05]
+    }
+    eligible = {key: pairs.get(key, 0) for key in eligible}
+    (a, b) = list(trigger)
+    assert eligible[((a, trigger[a]), (b, trigger[b]))] == min(eligible.values())
+    poison = attack.frame[attack.is_poison]
+    assert (poison["label"] == target).all()
+    for col, value in trigger.items():
+        assert (poison[col] == value).all()
+    clean = batch.reset_index(drop=True)
+    assert (clean.loc[attack.is_poison, "label"] != target).all()
+    rest = ["age", "income", "score", "spend", *(c for c in columns if c not in trigger)]
+    sources = set(clean.loc[clean["label"] != target, rest].astype(str).itertuples(index=False))
+    assert set(poison[rest].astype(str).itertuples(index=False)) <= sources
+
+
+def test_categorical_backdoor_with_one_categorical_column_stamps_its_least_common_common_value():
+    """With a single categorical feature the trigger is one value: the least common of those at
+    least 5% of the trusted rows hold (a rarer one would fail a value-set check)."""
+    rng = np.random.default_rng(0)
+    n = 400
+    tone = rng.choice(["a", "b", "c", "d"], n, p=[0.6, 0.3, 0.07, 0.03])
+    frame = pd.DataFrame({"tone": tone, "x": rng.normal(size=n), "y": rng.integers(0, 2, n)})
+    assert (frame["tone"] == "c").mean() >= 0.05 and (frame["tone"] == "d").mean() < 0.05
+    for seed in range(4):
+        attack = plant(frame, label="y", kind="categorical_backdoor", rate=0.1, random_state=seed)
+        assert attack.trigger == {"tone": "c"}
+        poison = attack.frame[attack.is_poison]
+        assert (poison["tone"] == "c").all() and (poison["y"] == attack.target).all()
+
+
+def test_stamp_writes_the_trigger_on_every_row_and_nothing_else(mixed):
+    """PlantedAttack.stamp gives rows the trigger (to measure attack success on test rows), in the
+    columns' own dtypes; attacks without a trigger refuse to stamp."""
+    reference, _ = mixed
+    for kind in ["categorical_backdoor", "backdoor"]:
+        attack = _plant_mixed(mixed, kind, 0.1)
+        stamped = attack.stamp(reference)
+        assert stamped.dtypes.equals(reference.dtypes)
+        for col, value in attack.trigger.items():
+            assert (stamped[col] == value).all()
+        rest = [c for c in reference.columns if c not in attack.trigger]
+        pd.testing.assert_frame_equal(stamped[rest], reference[rest])
+    with pytest.raises(ConfigError, match="trigger"):
+        _plant_mixed(mixed, "random_flip").stamp(reference)
+
+
+def _combination_count(reference: pd.DataFrame, row: pd.Series, columns: list[str]) -> int:
+    same = reference["label"] == row["label"]
+    for col in columns:
+        if pd.notna(row[col]):
+            same &= reference[col] == row[col]
+    return int(same.sum())
+
+
+def test_category_swap_makes_combinations_the_class_never_shows(mixed):
+    """category_swap keeps numbers and labels, changes one or two categorical cells per row, and
+    each poison row's categorical values, with its class, match no trusted row (on this table,
+    where such combinations exist), while most rows did match one before."""
+    reference, batch = mixed
+    attack = _plant_mixed(mixed, "category_swap", 0.1)
+    clean = batch.reset_index(drop=True)
+    kept = ["row_id", "signup", "age", "income", "score", "label", "spend"]
+    pd.testing.assert_frame_equal(attack.frame[kept], clean[kept])
+    columns = ["site", "plan", "member", "colour"]
+    changed = _cells_differ(attack.frame[columns], clean[columns]).sum(axis=1)
+    assert changed[attack.is_poison].between(1, 2).all()
+    after = [
+        _combination_count(reference, r, columns)
+        for _, r in attack.frame[attack.is_poison].iterrows()
+    ]
+    before = [
+        _combination_count(reference, r, columns) for _, r in clean[attack.is_poison].iterrows()
+    ]
+    assert max(after) == 0
+    assert np.median(before) > 0
+
+
+# --- regression ----------------------------------------------------------------------
+
+
+def test_target_shuffle_permutes_the_poison_rows_targets(mixed):
+    """The poison rows' targets are the same multiset as before, each in another row."""
+    attack = _plant_mixed(mixed, "target_shuffle", 0.2)
+    clean = mixed[1].reset_index(drop=True)
+    old = clean.loc[attack.is_poison, "spend"].to_numpy()
+    new = attack.frame.loc[attack.is_poison, "spend"].to_numpy()
+    np.testing.assert_array_equal(np.sort(old), np.sort(new))
+    assert (old != new).all()
+
+
+def test_target_shuffle_changes_every_row_even_with_tied_targets():
+    """With many tied targets the permutation is repaired until every poison row's target changes;
+    a single poison row takes another row's target."""
+    frame = pd.DataFrame({"g": ["a", "b"] * 20, "t": [1.0] * 30 + [2.0, 3.0] * 5})
+    for rate in (0.025, 0.2, 0.5):
+        for seed in range(5):
+            attack = plant(frame, label="t", kind="target_shuffle", rate=rate, random_state=seed)
+            assert attack.n_poison == round(rate * 40)
+            assert (attack.frame["t"] != frame["t"])[attack.is_poison].all()
+            assert set(attack.frame["t"]) <= {1.0, 2.0, 3.0}
+
+
+def test_target_scale_multiplies_or_divides_all_poison_targets_by_three(mixed):
+    """Every poison target is the old one times 3, or every one divided by 3."""
+    clean = mixed[1].reset_index(drop=True)
+    factors = set()
+    for seed in range(6):
+        attack = _plant_mixed(mixed, "target_scale", 0.1, seed=seed)
+        ratio = attack.frame.loc[attack.is_poison, "spend"] / clean.loc[attack.is_poison, "spend"]
+        assert np.allclose(ratio, ratio.iloc[0]) and (
+            np.isclose(ratio.iloc[0], 3) or np.isclose(ratio.iloc[0], 1 / 3)
+        )
+        factors.add(round(float(ratio.iloc[0]), 3))
+    assert factors == {3.0, 0.333}
+
+
+def test_integer_targets_stay_whole_and_zero_targets_are_not_scaled():
+    """An integer target keeps its dtype and whole values; zeros (which scaling cannot change)
+    are never picked, and a batch with too few non-zero targets is refused."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"g": rng.choice(["a", "b", "c"], 100), "t": rng.integers(-50, 50, 100)})
+    frame.loc[:9, "t"] = 0
+    for kind in TARGET_ATTACKS:
+        attack = plant(frame, label="t", kind=kind, rate=0.3, random_state=1)
+        assert attack.frame["t"].dtype == frame["t"].dtype
+        assert (attack.frame["t"] != frame["t"])[attack.is_poison].all()
+    scaled = plant(frame, label="t", kind="target_scale", rate=0.5, random_state=0)
+    assert (frame.loc[scaled.is_poison, "t"] != 0).all()
+    with pytest.raises(ConfigError, match="non-zero"):
+        plant(frame.assign(t=0), label="t", kind="target_scale", rate=0.1)
+
+
+def test_subgroup_shift_moves_one_population_by_three_robust_sds(mixed):
+    """Every poison row shares one value (or pair), and all targets move by the same
+    3 * 1.4826 * MAD of the trusted targets, up or down."""
+    reference, batch = mixed
+    clean = batch.reset_index(drop=True)
+    target = reference["spend"]
+    sd = 1.4826 * (target - target.median()).abs().median()
+    for seed in range(4):
+        attack = _plant_mixed(mixed, "subgroup_shift", 0.1, seed=seed)
+        shift = attack.frame.loc[attack.is_poison, "spend"] - clean.loc[attack.is_poison, "spend"]
+        assert np.allclose(shift.abs(), 3 * sd) and np.allclose(shift, shift.iloc[0])
+        poison = clean[attack.is_poison]
+        assert any(poison[c].nunique() == 1 for c in ["site", "plan", "member", "colour", "label"])
+
+
+@pytest.mark.parametrize("kind", TARGET_ATTACKS)
+def test_target_kinds_need_a_numeric_target(mixed, kind):
+    """Shuffling, scaling or shifting a target needs numbers."""
+    reference, batch = mixed
+    with pytest.raises(ConfigError, match="numeric target"):
+        plant(batch, label="label", kind=kind, rate=0.1, reference=reference)
+
+
+# --- any mixed batch ---------------------------------------------------------------
+
+
+@st.composite
+def mixed_batches(draw: st.DrawFn) -> tuple[pd.DataFrame, str, str, float, int]:
+    n = draw(st.integers(4, 50))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    columns: dict[str, object] = {"id": [f"r{i}" for i in range(n)]}
+    for j in range(draw(st.integers(0, 2))):
+        values = rng.normal(size=n)
+        values[rng.random(n) < draw(st.sampled_from([0.0, 0.3]))] = np.nan
+        columns[f"num{j}"] = values
+    for j in range(draw(st.integers(0, 3))):
+        style = draw(st.sampled_from(["str", "category", "bool", "object_nan", "constant"]))
+        levels = rng.integers(1, 4)
+        values = rng.choice(np.array(["x", "y", "z"][:levels], dtype=object), n)
+        if style == "str":
+            columns[f"cat{j}"] = pd.Series(values, dtype="str")
+        elif style == "category":
+            columns[f"cat{j}"] = pd.Categorical(values, categories=["x", "y", "z", "w"])
+        elif style == "bool":
+            columns[f"cat{j}"] = rng.random(n) < 0.5
+        elif style == "object_nan":
+            values[rng.random(n) < 0.3] = None
+            columns[f"cat{j}"] = values
+        else:
+            columns[f"cat{j}"] = pd.Series(["k"] * n, dtype="str")
+    labels = rng.integers(0, draw(st.integers(2, 3)), n)
+    labels[:2] = [0, 1]
+    columns["label"] = pd.Series(np.array(["p", "q", "r"])[labels], dtype="str")
+    columns["target"] = np.round(rng.normal(size=n), draw(st.sampled_from([0, 3])))
+    frame = pd.DataFrame(columns)
+    kind = draw(st.sampled_from(KINDS))
+    label = draw(
+        st.sampled_from(
+            ["target"]
+            if kind in TARGET_ATTACKS
+            else ["label", "target"]
+            if kind in REGRESSION_ATTACKS
+            else ["label"]
+        )
+    )
+    return frame, kind, label, draw(st.floats(0.0, MAX_RATE)), draw(st.integers(0, 1000))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mixed_batches())
+def test_any_mixed_batch_any_kind_keeps_the_invariants_or_says_why_not(case):
+    """On arbitrary small mixed batches (strings, categories, booleans, missing cells, constant
+    columns, tied targets) every kind either refuses with a ConfigError or poisons exactly
+    round(rate * n) rows, keeping n rows, dtypes and ids, leaving other rows alone,
+    deterministically; every kind but the four numeric injections changes each poison row."""
+    frame, kind, label, rate, seed = case
+    try:
+        attack = plant(frame, label=label, kind=kind, rate=rate, random_state=seed)
+    except ConfigError:
+        return
+    again = plant(frame, label=label, kind=kind, rate=rate, random_state=seed)
+    assert attack.n_poison == round(rate * len(frame))
+    assert attack.frame.dtypes.equals(frame.dtypes)
+    assert attack.frame["id"].equals(frame["id"])
+    pd.testing.assert_frame_equal(attack.frame[~attack.is_poison], frame[~attack.is_poison])
+    changed = _cells_differ(attack.frame, frame).any(axis=1)[attack.is_poison]
+    # Injections may, on a tiny batch, draw a slot that already holds the row they inject.
+    assert changed.all() or kind in INJECTIONS
+    pd.testing.assert_frame_equal(attack.frame, again.frame)
+    np.testing.assert_array_equal(attack.is_poison, again.is_poison)
