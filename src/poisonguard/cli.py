@@ -289,7 +289,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
-    from poisonguard.demo import BATCHES, DEMO_MARKER, LABEL, build_demo, evaluate_demo
+    from poisonguard.demo import DATASETS, DEMO_MARKER, ID, build_demo, evaluate_demo
     from poisonguard.initialize import init_dataset
     from poisonguard.store import Store
 
@@ -304,11 +304,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(root)  # a demo folder this command made before
     root.mkdir(parents=True, exist_ok=True)
     marker.write_text("made by poisonguard demo; `poisonguard demo` replaces this folder\n")
-    seed, _landing = build_demo(root)
-    _out(f"demo data in {root}: trusted seed {seed.name}, landing batches:")
-    for b in BATCHES:
+    spec = DATASETS[args.dataset]
+    seed, _landing = build_demo(root, dataset=spec.name)
+    _out(f"{spec.name} demo in {root}: trusted seed {seed.name}, landing batches:")
+    for b in spec.batches:
         _out(f"  {b.file:32s} {b.what}")
-    done = init_dataset(seed, label=LABEL, directory=root, id_column="row_id", name="digits")
+    done = init_dataset(seed, label=spec.label, directory=root, id_column=ID, name=spec.name)
     _out(
         f"init: {done.n_expectations} expectations inferred; seeded {done.seed.rows_clean} trusted rows"
     )
@@ -503,11 +504,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from poisonguard.attacks import ATTACKS
     from poisonguard.selftest import selftest
 
     config = _config(args)
-    attacks = tuple(a for a in args.attacks.split(",") if a) if args.attacks else ATTACKS
+    attacks = tuple(a for a in args.attacks.split(",") if a) if args.attacks else None
     table = selftest(
         config,
         attacks=attacks,
@@ -597,7 +597,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("status", cmd_status, "per-batch table of where every row went")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sp = command("demo", cmd_demo, "build the digits demo and run the gate on it", config=False)
+    sp = command(
+        "demo", cmd_demo, "build a demo (digits or penguins) and run the gate on it", config=False
+    )
+    sp.add_argument(
+        "--dataset",
+        choices=("digits", "penguins"),
+        default="digits",
+        help="digits (64 numeric columns) or penguins (strings, measurements, missing cells)",
+    )
     sp.add_argument(
         "--dir",
         default="data/demo",

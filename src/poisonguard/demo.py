@@ -1,4 +1,9 @@
-"""The demo: scikit-learn's digits, a trusted seed and five landing batches with known poison.
+"""The demos: a trusted seed and five landing batches with known poison, from a real table.
+
+Two datasets ship offline: scikit-learn's ``digits`` (64 numeric pixel columns)
+and ``penguins`` (palmerpenguins: species, island and sex as strings, body
+measurements, missing cells), so a new user sees a real table with string
+columns go through.
 
 ``build_demo`` writes the inputs and the ground truth; the flow (or
 ``process_landing``) takes the batches through the gate; ``evaluate_demo``
@@ -8,6 +13,7 @@ figures is written in: they are counted from the store and the truth file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +23,6 @@ import pandas as pd
 from poisonguard.attacks import plant
 from poisonguard.store import Store, atomic_write_bytes, parquet_bytes
 
-LABEL = "digit"
 ID = "row_id"
 TRUTH = "truth.parquet"
 SEED_FILE = "trusted.parquet"
@@ -31,7 +36,18 @@ def digits_frame() -> pd.DataFrame:
 
     data = load_digits()
     frame = pd.DataFrame(data.data, columns=[f"px{i:02d}" for i in range(data.data.shape[1])])
-    frame[LABEL] = data.target.astype(np.int64)
+    frame["digit"] = data.target.astype(np.int64)
+    frame.insert(0, ID, np.arange(len(frame), dtype=np.int64))
+    return frame
+
+
+def penguins_frame() -> pd.DataFrame:
+    """palmerpenguins (ships offline): strings, measurements, missing cells, an id."""
+    from palmerpenguins import load_penguins
+
+    frame = load_penguins().reset_index(drop=True)
+    for column in ("species", "island", "sex"):
+        frame[column] = frame[column].astype("string")
     frame.insert(0, ID, np.arange(len(frame), dtype=np.int64))
     return frame
 
@@ -42,16 +58,87 @@ class DemoBatch:
     what: str
 
 
-BATCHES = (
-    DemoBatch("batch-01-label-flips.parquet", "10% of labels flipped at random"),
-    DemoBatch("batch-02-outliers.parquet", "10% injected far outliers"),
-    DemoBatch("batch-03-broken-rows.csv", "5% rows breaking expectations (CSV)"),
-    DemoBatch("batch-04-clean.parquet", "no poison"),
-    DemoBatch("batch-05-wrong-schema.csv", "a column missing: rejected whole"),
-)
+@dataclass(frozen=True)
+class DemoDataset:
+    """One demo: its table, label, and what each landing batch holds."""
+
+    name: str
+    label: str
+    load: Callable[[], pd.DataFrame]
+    batches: tuple[DemoBatch, ...]
+    attacks: tuple[str, str]  # planted in the first two batches
+    # Breaks the k-th broken row (a one-row frame): cycling through three ways.
+    broken: Callable[[pd.DataFrame, np.random.Generator, int], pd.DataFrame]
+    dropped: str  # the column the wrong-schema batch lacks
 
 
-def build_demo(root: Path, *, random_state: int = 7) -> tuple[Path, Path]:
+def _broken_pixels(row: pd.DataFrame, rng: np.random.Generator, k: int) -> pd.DataFrame:
+    col = f"px{int(rng.integers(64)):02d}"
+    kind = k % 3
+    if kind == 0:
+        row[col] = np.nan  # a missing value
+    elif kind == 1:
+        row[col] = 255.0  # an 8-bit value in a 0-16 column
+    else:
+        row["digit"] = 11  # a label that does not exist
+    return row
+
+
+def _broken_penguin(row: pd.DataFrame, rng: np.random.Generator, k: int) -> pd.DataFrame:
+    kind = k % 3
+    if kind == 0:
+        row["island"] = "Atlantis"  # a category no trusted penguin shows
+    elif kind == 1:
+        row["body_mass_g"] = 42_000.0  # a 42 kg penguin
+    else:
+        row["species"] = "Emperor"  # a label that does not exist
+    return row
+
+
+DATASETS: dict[str, DemoDataset] = {
+    "digits": DemoDataset(
+        "digits",
+        "digit",
+        digits_frame,
+        (
+            DemoBatch("batch-01-label-flips.parquet", "10% of labels flipped at random"),
+            DemoBatch("batch-02-outliers.parquet", "10% injected far outliers"),
+            DemoBatch("batch-03-broken-rows.csv", "5% rows breaking expectations (CSV)"),
+            DemoBatch("batch-04-clean.parquet", "no poison"),
+            DemoBatch("batch-05-wrong-schema.csv", "a column missing: rejected whole"),
+        ),
+        ("random_flip", "far_outlier"),
+        _broken_pixels,
+        "px10",
+    ),
+    "penguins": DemoDataset(
+        "penguins",
+        "species",
+        penguins_frame,
+        (
+            DemoBatch("batch-01-label-flips.parquet", "10% of species flipped at random"),
+            DemoBatch(
+                "batch-02-category-swap.parquet",
+                "10% rows with island and sex swapped to combinations their species never shows",
+            ),
+            DemoBatch(
+                "batch-03-broken-rows.csv",
+                "5% rows breaking expectations: an unknown island, a 42 kg penguin, an unknown species",
+            ),
+            DemoBatch("batch-04-clean.parquet", "no poison"),
+            DemoBatch("batch-05-wrong-schema.csv", "a column missing: rejected whole"),
+        ),
+        ("random_flip", "category_swap"),
+        _broken_penguin,
+        "bill_depth_mm",
+    ),
+}
+#: The digits demo's label, for callers that predate the penguins demo.
+LABEL = DATASETS["digits"].label
+BATCHES = DATASETS["digits"].batches
+
+
+def build_demo(root: Path, *, dataset: str = "digits", random_state: int = 7) -> tuple[Path, Path]:
     """Write the trusted seed, the landing batches and the truth under ``root``.
 
     Returns
@@ -59,14 +146,17 @@ def build_demo(root: Path, *, random_state: int = 7) -> tuple[Path, Path]:
     (Path, Path)
         The trusted sample and the landing folder.
     """
+    spec = DATASETS[dataset]
     rng = np.random.default_rng(random_state)
-    frame = digits_frame().iloc[rng.permutation(1797)].reset_index(drop=True)
+    frame = spec.load()
+    frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
     n_seed = int(0.4 * len(frame))
     seed, rest = frame.iloc[:n_seed], frame.iloc[n_seed:].reset_index(drop=True)
     parts = np.array_split(np.arange(len(rest)), 4)
     landing = root / "landing"
     landing.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(root / SEED_FILE, parquet_bytes(seed))
+    batches = spec.batches
 
     truth: list[pd.DataFrame] = []
 
@@ -77,11 +167,11 @@ def build_demo(root: Path, *, random_state: int = 7) -> tuple[Path, Path]:
             )
         )
 
-    for part, kind in ((0, "random_flip"), (1, "far_outlier")):
-        name = BATCHES[part].file
+    for part, kind in enumerate(spec.attacks):
+        name = batches[part].file
         attack = plant(
             rest.iloc[parts[part]],
-            label=LABEL,
+            label=spec.label,
             kind=kind,
             rate=0.1,
             reference=seed,
@@ -92,26 +182,20 @@ def build_demo(root: Path, *, random_state: int = 7) -> tuple[Path, Path]:
 
     broken = rest.iloc[parts[2]].reset_index(drop=True).copy()
     bad = np.zeros(len(broken), dtype=bool)
-    bad[rng.choice(len(broken), round(0.05 * len(broken)), replace=False)] = True
-    pixel_cols = [c for c in broken.columns if c.startswith("px")]
+    bad[rng.choice(len(broken), max(1, round(0.05 * len(broken))), replace=False)] = True
+    broken = broken.astype({c: object for c in broken.columns if broken[c].dtype == "string"})
     for k, row in enumerate(np.nonzero(bad)[0]):
-        col = pixel_cols[int(rng.integers(len(pixel_cols)))]
-        if k % 3 == 0:
-            broken.loc[row, col] = np.nan  # a missing value
-        elif k % 3 == 1:
-            broken.loc[row, col] = 255.0  # an 8-bit value in a 0-16 column
-        else:
-            broken.loc[row, LABEL] = 11  # a label that does not exist
-    (landing / BATCHES[2].file).write_text(broken.to_csv(index=False))
-    record(BATCHES[2].file, broken, bad, "broken_row")
+        broken.loc[[row]] = spec.broken(broken.loc[[row]].copy(), rng, k)
+    (landing / batches[2].file).write_text(broken.to_csv(index=False))
+    record(batches[2].file, broken, bad, "broken_row")
 
     clean = rest.iloc[parts[3]].reset_index(drop=True)
-    atomic_write_bytes(landing / BATCHES[3].file, parquet_bytes(clean))
-    record(BATCHES[3].file, clean, np.zeros(len(clean), dtype=bool), "none")
+    atomic_write_bytes(landing / batches[3].file, parquet_bytes(clean))
+    record(batches[3].file, clean, np.zeros(len(clean), dtype=bool), "none")
 
-    wrong = clean.head(40).drop(columns=["px10"])
-    (landing / BATCHES[4].file).write_text(wrong.to_csv(index=False))
-    record(BATCHES[4].file, wrong, np.ones(len(wrong), dtype=bool), "wrong_schema")
+    wrong = clean.head(40).drop(columns=[spec.dropped])
+    (landing / batches[4].file).write_text(wrong.to_csv(index=False))
+    record(batches[4].file, wrong, np.ones(len(wrong), dtype=bool), "wrong_schema")
 
     atomic_write_bytes(root / TRUTH, parquet_bytes(pd.concat(truth, ignore_index=True)))
     return root / SEED_FILE, landing

@@ -167,7 +167,11 @@ class Guard:
                 "No feature column to compare rows by: every feature is text or ignored "
                 f"({', '.join(map(str, features[:8]))})"
             )
-        self.detector_names_ = self._active(settings)
+        self.detector_names_ = tuple(
+            n for n in self._active(settings) if REGISTRY[n].applies_to(table)
+        )
+        if not self.detector_names_:
+            raise ConfigError("None of the configured detectors has anything to compare here.")
         self.detectors_, self.calibrations_ = self._calibrate(table, settings, rng)
         self.reference_ = table
         return self
@@ -302,7 +306,7 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
     table = encoder.transform(frame)
     guard.features_ = tuple(features)
     guard.encoder_ = encoder
-    names = guard._active(settings)
+    names = tuple(n for n in guard._active(settings) if REGISTRY[n].applies_to(table))
     rng = np.random.default_rng(settings.random_state)
     folds = np.array_split(rng.permutation(table.n_rows), settings.folds)
     scores = {name: np.empty(table.n_rows) for name in names}

@@ -14,7 +14,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from poisonguard.attacks import ATTACKS, plant
+from poisonguard.attacks import (
+    CATEGORICAL_ATTACKS,
+    CLASSIFICATION_ATTACKS,
+    REGRESSION_ATTACKS,
+    plant,
+)
 from poisonguard.config import Config
 from poisonguard.errors import ConfigError, param_error
 from poisonguard.pipeline import data_columns
@@ -28,13 +33,17 @@ MIN_ROWS = 100
 def selftest(
     config: Config,
     *,
-    attacks: Sequence[str] = ATTACKS,
+    attacks: Sequence[str] | None = None,
     rate: float = 0.1,
     seeds: Sequence[int] = (0,),
     reference_share: float = 0.6,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> pd.DataFrame:
     """What the configured gate catches of each attack kind planted in the store's clean set.
+
+    ``attacks`` defaults to every kind for the label's task
+    (``poisonguard.attacks.CLASSIFICATION_ATTACKS`` or ``REGRESSION_ATTACKS``), less
+    the kinds that need a categorical column when the table has none.
 
     Returns
     -------
@@ -48,9 +57,6 @@ def selftest(
         raise param_error("rate", "selftest()", "in (0, 0.5]", rate)
     if not 0.1 <= reference_share <= 0.9:
         raise param_error("reference_share", "selftest()", "in [0.1, 0.9]", reference_share)
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown:
-        raise param_error("attacks", "selftest()", f"names from {list(ATTACKS)}", unknown[0])
     clean = Store.of(config).clean_frame()
     if len(clean) < MIN_ROWS:
         raise ConfigError(
@@ -58,8 +64,8 @@ def selftest(
         )
     clean = clean[data_columns(clean)]
     features = list(config.features) or None
-    rows = []
-    total, done = len(seeds) * (len(attacks) + 1), 0
+    rows: list[dict] = []
+    done = 0
     for seed in seeds:
         order = np.random.default_rng(seed).permutation(len(clean))
         cut = int(reference_share * len(clean))
@@ -70,7 +76,16 @@ def selftest(
             features=features,
             id_column=config.id_column,
             settings=config.detection,
+            columns=config.columns,
+            task=config.task,
         ).fit(reference)
+        if attacks is None:
+            attacks = _default_attacks(guard)
+        known = _default_attacks(guard, all_kinds=True)
+        unknown = [a for a in attacks if a not in known]
+        if unknown:
+            raise param_error("attacks", "selftest()", f"names from {list(known)}", unknown[0])
+        total = len(seeds) * (len(attacks) + 1)
         for kind in ("none", *attacks):
             if progress:
                 progress(done, total, f"seed {seed}: {kind}")
@@ -83,7 +98,7 @@ def selftest(
                     label=config.label,
                     kind=kind,
                     rate=rate,
-                    features=features,
+                    features=list(guard.features_),
                     reference=reference,
                     random_state=seed,
                 )
@@ -116,3 +131,12 @@ def selftest(
         )
     )
     return table
+
+
+def _default_attacks(guard: Guard, *, all_kinds: bool = False) -> tuple[str, ...]:
+    """The attack kinds for the guard's task; without categorical columns, those that need
+    none (unless ``all_kinds``)."""
+    kinds = REGRESSION_ATTACKS if guard.encoder_.task == "regression" else CLASSIFICATION_ATTACKS
+    if all_kinds or guard.reference_.codes.shape[1]:
+        return kinds
+    return tuple(k for k in kinds if k not in CATEGORICAL_ATTACKS)

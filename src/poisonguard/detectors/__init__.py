@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from poisonguard.detectors.backdoor import BackdoorDetector
 from poisonguard.detectors.base import UNSEEN_LABEL, Detector, Encoder, Table
+from poisonguard.detectors.combinations import CombinationDetector
 from poisonguard.detectors.drift import DriftReport, batch_drift
 from poisonguard.detectors.duplicates import DuplicatesDetector
 from poisonguard.detectors.labels import (
@@ -40,6 +41,7 @@ REGISTRY: dict[str, type[Detector]] = {
         BackdoorDetector,
         KnnResidualDetector,
         ModelResidualDetector,
+        CombinationDetector,
     )
 }
 
@@ -64,12 +66,18 @@ DEFAULT_DETECTORS: tuple[str, ...] = (
     "knn_distance",
     "duplicates",
     "backdoor",
+    "combination",
 )
 
 #: What a scan without a label column runs by default: with no label
 #: detectors to pay for, per-feature tails (``tail``) join the whole-row
 #: distance and the copy floods (mean ODDS ROC-AUC 0.84 with them, 0.81 without).
-DEFAULT_LABEL_FREE_DETECTORS: tuple[str, ...] = ("knn_distance", "tail", "duplicates")
+DEFAULT_LABEL_FREE_DETECTORS: tuple[str, ...] = (
+    "knn_distance",
+    "tail",
+    "duplicates",
+    "combination",
+)
 
 #: What a scan with a regression target (a numeric label) runs by default: the
 #: target against its nearest trusted rows' targets (``knn_residual``, sharing

@@ -27,6 +27,13 @@ class DetectorBase:
     needs_label: ClassVar[bool]
     #: The tasks a detector judges: label-free ones judge rows whatever the label is.
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+
+    @classmethod
+    def applies_to(cls, reference: Table) -> bool:
+        """Whether the detector has anything to look at in tables like ``reference``
+        (a guard leaves out the ones that do not, rather than let them dilute the rest)."""
+        return True
+
     #: Scores in nats of surprise (``-log`` of a probability under a stated null)
     #: set this to 1: the decision's tail past the calibration maximum then never
     #: decays faster than ``exp(-score)``. None: the tail is fitted alone.

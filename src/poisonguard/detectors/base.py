@@ -139,9 +139,6 @@ class Table:
         ``categories``; -1 for a value the trusted rows never show.
     categories : tuple of (str, tuple)
         Per categorical column, its name and the trusted values (None for missing).
-    content : ndarray of shape (n_rows,), uint64, or None
-        A hash of the row's text columns (ids, names, free text), which are not
-        distances but still make two rows different.
     target : ndarray of shape (n_rows,), float64, or None
         A regression label's values (NaN where missing); None for classes or no label.
     label : str or None
@@ -156,7 +153,6 @@ class Table:
     terms: tuple[Term, ...] = field(default=())
     codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
     categories: tuple[tuple[str, tuple[Any, ...]], ...] = field(default=())
-    content: np.ndarray | None = None
     target: np.ndarray | None = None
     label: str | None = None
 
@@ -195,8 +191,8 @@ class Table:
 
     @cached_property
     def key(self) -> str:
-        """``fingerprint(x32, content)``, hashed once: the neighbour search memoises on it."""
-        return fingerprint(self.x32, self.content)
+        """``fingerprint(x32)``, hashed once: the neighbour search memoises on it."""
+        return fingerprint(self.x32)
 
     def take(self, rows: np.ndarray) -> Table:
         """The sub-table of the given row positions (used for cross-fitting)."""
@@ -210,7 +206,6 @@ class Table:
             self.terms,
             self.codes[rows] if self.codes.shape[0] else self.codes,
             self.categories,
-            None if self.content is None else self.content[rows],
             None if self.target is None else self.target[rows],
             self.label,
         )
@@ -242,7 +237,8 @@ class Encoder:
     categories_ : tuple of (str, tuple)
         Categorical and boolean columns and their trusted values.
     texts_ : tuple of str
-        Text columns, hashed into ``Table.content``.
+        Text columns (ids, names, free text): not compared; the expectations
+        and the rows' content hashes (``pg_row_hash``) cover them.
     classes_ : tuple
         The class labels (classification).
     task : {"classification", "regression"} or None
@@ -376,7 +372,6 @@ class Encoder:
             terms,
             self._codes(frame, source) if self.categories_ else np.zeros((n, 0), np.int64),
             self.categories_,
-            _content(frame, self.texts_, source) if self.texts_ else None,
             target,
             self.label,
         )
@@ -414,15 +409,6 @@ def _value_codes(series: pd.Series, values: tuple[Any, ...]) -> np.ndarray:
     if values and values[-1] is None:
         codes[series.isna().to_numpy()] = len(values) - 1
     return codes
-
-
-def _content(frame: pd.DataFrame, columns: tuple[str, ...], source: str) -> np.ndarray:
-    """One 64-bit hash per row of its text columns (missing cells hash alike)."""
-    absent = [c for c in columns if c not in frame.columns]
-    if absent:
-        raise BatchError(source, f"missing feature column {absent[0]!r}", column=absent[0])
-    text = frame[list(columns)].astype("string").fillna("\x00<NA>")
-    return pd.util.hash_pandas_object(text, index=False).to_numpy(dtype=np.uint64)
 
 
 def check_class_label(values: pd.Series, *, label: str, source: str) -> None:
@@ -535,6 +521,9 @@ class Detector(Protocol):
     name: ClassVar[str]
     needs_label: ClassVar[bool]
     tasks: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def applies_to(cls, reference: Table) -> bool: ...
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], *, key: str | None = None) -> Self: ...

@@ -46,7 +46,11 @@ class DuplicatesDetector(DetectorBase):
     """Floods of (near-)identical rows, copies of trusted rows, and label conflicts.
 
     Rows are grouped by a 64-bit hash of their scaled features rounded to a
-    grid of step ``tolerance`` (0: bit-identical). A row scores the sum of
+    grid of step ``tolerance`` (0: bit-identical): every number, category,
+    boolean, date and missing cell, but not the text columns (ids, names, free
+    text). Models learn from the former, so rows equal there are copies to a
+    model whatever their names say, and an attacker cannot hide a flood by
+    giving each copy another name. A row scores the sum of
 
     * flood: ``-log P(N >= copies)`` with N the number of other batch rows
       expected to share its group, ``Poisson((n_batch - 1) * (c + m q) / (m + 1))``

@@ -236,12 +236,12 @@ class ModelResidualDetector(DetectorBase):
             if not np.isfinite(ti):
                 out.append(f"{name} is missing")
                 continue
-            off = abs(
-                float(_z(np.array([ti]), self.log_)[0]) - float(_z(np.array([pi]), self.log_)[0])
-            )
-            off /= self.spread_
+            if self.log_ and ti <= 0:
+                away = "where every trusted value is positive"
+            else:
+                zi, zp = _z(np.array([ti, pi]), self.log_)
+                away = f"{abs(zi - zp) / self.spread_:.1f} robust sd away"
             out.append(
-                f"{name} {_fmt(ti)}, but a model of the trusted rows predicts {_fmt(pi)} "
-                f"({off:.1f} robust sd away)"
+                f"{name} {_fmt(ti)}, but a model of the trusted rows predicts {_fmt(pi)} ({away})"
             )
         return out
