@@ -44,6 +44,7 @@ bench: $(BENCH)
 	$(PY) benchmarks/detection.py
 	$(PY) benchmarks/odds.py
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/tables.py --split all
 
 clean:
 	rm -rf data/demo data/store .pytest_cache .mypy_cache .ruff_cache
