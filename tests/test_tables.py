@@ -93,3 +93,29 @@ def test_a_regression_table_goes_through_the_gate(tmp_path):
     assert set(range(10)) <= set(held["pg_row"]), held[["pg_row", "pg_reason"]]
     assert rec.rows_quarantined <= 15
     assert held["pg_reason"].str.contains("price ").any()
+
+
+def test_a_regression_batch_report_shows_the_target_distribution(tmp_path):
+    """For a numeric target the report draws the target's deciles, trusted against batch,
+    instead of class bars, and drift compares the target like a feature."""
+    import json
+
+    from poisonguard.detectors import batch_drift
+    from poisonguard.scan import Guard
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=400), "kind": rng.choice(["a", "b"], 400)})
+    frame["y"] = 2.0 * frame["x"] + rng.normal(0, 0.3, 400) + 10.0
+    guard = Guard(label="y").fit(frame.iloc[:200])
+    batch = frame.iloc[200:].reset_index(drop=True).copy()
+    batch["y"] += 20.0
+    table = guard.encoder_.transform(batch)
+    drift = batch_drift(guard.reference_, table)
+    assert "y (target)" in drift.features and "y (target)" in drift.drifted_features
+    from poisonguard.evidence import class_balance, dumps
+
+    balance = class_balance(guard.reference_, table)
+    assert balance is not None and balance.kind == "target"
+    assert abs(sum(balance.reference) - 1) < 1e-3 and abs(sum(balance.batch) - 1) < 1e-3
+    assert balance.batch[-1] > 0.5  # shifted past every trusted target
+    assert json.loads(dumps(balance))["kind"] == "target"

@@ -24,6 +24,7 @@ loader checks every field's type and raises ``StoreError`` naming the field.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import types
@@ -188,11 +189,16 @@ class Projection:
 
 @dataclass(frozen=True)
 class ClassBalance:
-    """Each label's share among trusted rows and among the batch's scored rows."""
+    """Each label's share among trusted rows and among the batch's scored rows.
+
+    For a regression target (``kind = "target"``) the labels are ranges of the
+    target, the trusted targets' deciles, with one range below and one above them.
+    """
 
     labels: tuple[str, ...]
     reference: tuple[float, ...]
     batch: tuple[float, ...]
+    kind: str = "class"
 
     def __post_init__(self) -> None:
         if not len(self.labels) == len(self.reference) == len(self.batch):
@@ -455,7 +461,10 @@ def projection(reference: Table, batch: Table, held: np.ndarray) -> Projection |
 
 
 def class_balance(reference: Table, batch: Table) -> ClassBalance | None:
-    """Each trusted label's share among trusted rows and among the batch's rows."""
+    """Each trusted label's share among trusted rows and among the batch's rows; for a
+    regression target, the shares of its trusted deciles (and of values beyond them)."""
+    if reference.target is not None and batch.target is not None:
+        return _target_balance(reference.target, batch.target)
     if reference.y is None or batch.y is None or not reference.n_classes:
         return None
     k = reference.n_classes
@@ -466,6 +475,32 @@ def class_balance(reference: Table, batch: Table) -> ClassBalance | None:
         reference=tuple((ref_counts / max(ref_counts.sum(), 1)).round(4).tolist()),
         batch=tuple((b_counts / max(b_counts.sum(), 1)).round(4).tolist()),
     )
+
+
+def _target_balance(reference: np.ndarray, batch: np.ndarray) -> ClassBalance | None:
+    ref, new = reference[np.isfinite(reference)], batch[np.isfinite(batch)]
+    if ref.size == 0:
+        return None
+    edges = np.unique(np.quantile(ref, np.linspace(0.0, 1.0, 11)))
+    # Below the trusted minimum, each decile, above the trusted maximum.
+    cuts = np.concatenate([[-np.inf], edges[:-1], [edges[-1], np.inf]]) if edges.size > 1 else None
+    if cuts is None:
+        cuts = np.array([-np.inf, edges[0], np.nextafter(edges[0], np.inf), np.inf])
+    labels = [f"< {_short(cuts[1])}"]
+    labels += [f"{_short(a)} to {_short(b)}" for a, b in itertools.pairwise(cuts[1:-1])]
+    labels.append(f"> {_short(cuts[-2])}")
+
+    def shares(x: np.ndarray) -> tuple[float, ...]:
+        # Right-closed inner bins, so the trusted maximum falls in the last decile.
+        idx = np.searchsorted(cuts[1:-1], x, side="left")
+        counts = np.bincount(idx, minlength=len(labels)).astype(float)
+        return tuple((counts / max(counts.sum(), 1.0)).round(4).tolist())
+
+    return ClassBalance(tuple(labels), shares(ref), shares(new), kind="target")
+
+
+def _short(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def drift_figures(drift: DriftReport) -> Drift:

@@ -879,9 +879,17 @@ def _class_balance(balance: ClassBalance | None) -> str | None:
     table = _table(
         [("label", False), ("trusted", True), ("batch", True), ("change", True)], rows, scroll=True
     )
-    lead = "Share of each label among trusted rows and among this batch's scored rows."
+    if balance.kind == "target":
+        lead = (
+            "Share of the target's values in each range (the trusted targets' deciles, and "
+            "beyond them) among trusted rows and among this batch's scored rows."
+        )
+        title = "Target distribution"
+    else:
+        lead = "Share of each label among trusted rows and among this batch's scored rows."
+        title = "Class balance"
     body = f'<div class="two"><figure>{_balance_svg(balance)}</figure>{table}</div>'
-    return _section("class-balance", "Class balance", lead, body)
+    return _section("class-balance", title, lead, body)
 
 
 def _drift(drift: Drift | None) -> str | None:

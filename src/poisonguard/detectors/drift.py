@@ -153,7 +153,8 @@ def batch_drift(
     Parameters
     ----------
     reference, batch : Table
-        Features are compared on their raw values (missing values left out).
+        Features are compared on their raw values (missing values left out); a
+        regression target like a feature, named ``"<label> (target)"``.
     alpha : float
         Significance level, in (0, 1); Bonferroni-corrected over features.
     n_bins : int
@@ -177,13 +178,17 @@ def batch_drift(
         raise param_error("psi_threshold", owner, "a real number >= 0", psi_threshold)
     if not (isinstance(tv_threshold, int | float) and 0.0 <= tv_threshold <= 1.0):
         raise param_error("tv_threshold", owner, "in [0, 1]", tv_threshold)
-    d = reference.raw.shape[1]
+    columns = [(reference.raw[:, f], batch.raw[:, f]) for f in range(reference.raw.shape[1])]
+    names = list(batch.features)
+    if reference.target is not None and batch.target is not None:
+        # A regression target drifts like a feature: its distribution, not class shares.
+        columns.append((reference.target, batch.target))
+        names.append(f"{batch.label or 'target'} (target)")
+    d = len(columns)
     ks = np.zeros(d)
     ks_p = np.ones(d)
     psi = np.zeros(d)
-    for f in range(d):
-        r = reference.raw[:, f]
-        b = batch.raw[:, f]
+    for f, (r, b) in enumerate(columns):
         r, b = r[np.isfinite(r)], b[np.isfinite(b)]
         ks[f], ks_p[f] = _ks(r, b)
         psi[f] = _psi(r, b, n_bins)
@@ -204,7 +209,7 @@ def batch_drift(
         dof = max(int(np.sum((ref_counts > 0) | (new_counts > 0))) - 1, 1)
         p_label = float(special.chdtrc(dof, chi2))
     return DriftReport(
-        features=tuple(batch.features),
+        features=tuple(names),
         ks_statistic=ks,
         ks_p_value=ks_p,
         psi=psi,
