@@ -313,7 +313,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _out(
         f"init: {done.n_expectations} expectations inferred; seeded {done.seed.rows_clean} trusted rows"
     )
-    how = "in-process" if args.local else "with the Prefect flow poisonguard-ingest (no server)"
+    how = (
+        "in-process"
+        if args.local
+        else "with the Prefect flow poisonguard-ingest (a temporary loopback Prefect API; "
+        "no server to manage)"
+    )
     _out(f"processing the landing zone {how} ...")
     _run(done.config, args.local)
     score = evaluate_demo(root, Store.of(done.config))
@@ -701,10 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import logging
 
-    # Great Expectations announces its temporary folders at INFO; people running a gate need not.
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    _quiet_great_expectations()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -725,6 +728,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(PoisonguardError(f"{where}{exc.strerror or exc}"), 1)
     except KeyboardInterrupt:
         return 130
+
+
+def _quiet_great_expectations() -> None:
+    """Great Expectations announces its temporary folders at INFO; people running a gate need not."""
+    import logging
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 def _fail(exc: Exception, code: int) -> int:

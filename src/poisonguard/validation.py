@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import re
@@ -226,6 +227,9 @@ class _GxRuntime:
             ColumnPairMapExpectation,
             MulticolumnMapExpectation,
         )
+        # The ephemeral context announces its temporary Data Docs folder at INFO, whatever
+        # logging the caller (Prefect, a CLI) set up; poisonguard renders no Data Docs.
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
         context = gx.get_context(mode="ephemeral")
         # tqdm bars on stderr for every validation otherwise.
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
