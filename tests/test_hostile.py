@@ -544,3 +544,31 @@ def test_a_full_disk_stops_the_run_with_one_line_and_nothing_half_written(projec
     _conserved(store)
     assert {f"b{i}.parquet" for i in range(3)} <= {b.source for b in store.batches()}
     assert main(["gate", "--config", str(config.path)]) == 0
+
+
+def test_a_file_that_cannot_be_read_is_tried_again_on_every_run(project, capsys, monkeypatch):
+    """A landed file the OS refuses to open (as it would for a file of another user) is
+    noticed, not remembered: once readable, the next run takes it, though its size and time
+    did not change."""
+    import poisonguard.landing as landing
+
+    config = load_config(project / "poisonguard.toml")
+    path = config.landing / "locked.csv"
+    path.write_text(csv_text(ordinary()))
+    real_open = os.open
+
+    def refuse(target, *args, **kwargs):
+        if str(target) == str(path):
+            raise PermissionError(13, "Permission denied", str(target))
+        return real_open(target, *args, **kwargs)
+
+    monkeypatch.setattr(landing.os, "open", refuse)
+    code, out, _ = _run(capsys, project)
+    assert code == 0 and out == [
+        "waiting locked.csv: cannot be read (Permission denied); tried again on the next run"
+    ]
+    monkeypatch.setattr(landing.os, "open", real_open)
+    _run(capsys, project)
+    assert [b.status for b in Store.of(config).batches() if b.source == "locked.csv"] == [
+        "committed"
+    ]

@@ -207,10 +207,11 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         shutil.rmtree(scratch, ignore_errors=True)
         return Intake(notice=Notice(entry.name, "waiting", "changed while being read; taken later"))
     except Unreadable as exc:
+        # Not remembered: fixing a file's permissions does not change its size or time,
+        # so it is tried again on every run until it can be read.
         shutil.rmtree(scratch, ignore_errors=True)
-        reason = f"cannot be read ({exc})"
-        store.remember_skip(entry.identity, reason)
-        return Intake(notice=Notice(entry.name, "skipped", reason))
+        reason = f"cannot be read ({exc}); tried again on the next run"
+        return Intake(notice=Notice(entry.name, "waiting", reason))
     seen = store.batch_by_sha(sha)
     if seen is not None:
         shutil.rmtree(scratch, ignore_errors=True)
