@@ -654,10 +654,19 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def use_fdr(fdr: float | None) -> None:
-    """Run poisonguard at false-discovery rate ``fdr`` (None: its config default)."""
+def use_settings(fdr: float | None = None, detectors: list[str] | None = None) -> str | None:
+    """Run poisonguard at false-discovery rate ``fdr`` and with only ``detectors`` (None:
+    its defaults); returns the header line that says so, or None when nothing changed."""
     if fdr is not None:
         POISONGUARD_SETTINGS["fdr"] = fdr
+    if detectors:
+        POISONGUARD_SETTINGS["detectors"] = tuple(detectors)
+    if not POISONGUARD_SETTINGS:
+        return None
+    shown = ", ".join(
+        f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in POISONGUARD_SETTINGS.items()
+    )
+    return f"  poisonguard settings overridden for this run: {shown}"
 
 
 def write_json(path: Path, args: argparse.Namespace, **parts: Any) -> None:

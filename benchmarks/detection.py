@@ -52,7 +52,7 @@ from common import (
     run_method,
     split_three,
     table,
-    use_fdr,
+    use_settings,
     write_json,
 )
 from poisonguard.attacks import ATTACKS, plant
@@ -193,8 +193,8 @@ def report(
     )
     out.append("Decision thresholds (each method's default rule):")
     out.extend(f"  {m:20s} {THRESHOLDS[m]}" for m in methods)
-    if pg and args.fdr is not None:
-        out.append(f"  poisonguard settings overridden for this run: fdr={args.fdr}")
+    if pg and args.override:
+        out.append(args.override)
     if pg:
         legend = ", ".join(f"{v} = {k}" for k, v in SHORT.items() if k in methods)
         out.append(
@@ -282,7 +282,7 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     quiet()
     args = parse_args(argv)
-    use_fdr(args.fdr)
+    args.override = use_settings(args.fdr)
     records, clean_records, methods = run(args)
     print(report(records, clean_records, methods, args))
     if args.json:

@@ -59,7 +59,7 @@ from common import (
     run_method,
     split_three,
     table,
-    use_fdr,
+    use_settings,
     write_json,
 )
 from poisonguard.attacks import CLASSIFICATION_ATTACKS, REGRESSION_ATTACKS, PlantedAttack, plant
@@ -142,6 +142,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every raw record to this JSON file")
     parser.add_argument(
         "--fdr", type=float, help="poisonguard's false-discovery rate (default: its config default)"
+    )
+    parser.add_argument(
+        "--detectors",
+        nargs="+",
+        help="run poisonguard with only these detectors (default: its suite for the task)",
     )
     args = parser.parse_args(argv)
     names = SPLITS if args.split == "all" else [args.split]
@@ -414,8 +419,8 @@ def report(
     lines.append(
         f"  iforest runs with n_jobs={IFOREST_JOBS}; anchors read the TableEncoder encoding"
     )
-    if PG in methods and args.fdr is not None:
-        lines.append(f"  poisonguard settings overridden for this run: fdr={args.fdr}")
+    if PG in methods and args.override:
+        lines.append(args.override)
     if PG not in methods:
         why = "not requested (--methods)" if PG not in args.methods else "SKIPPED (see the notice)"
         lines.append(f"  poisonguard          {why}; no ratios.")
@@ -515,7 +520,7 @@ def _success_table(success: pd.DataFrame, methods: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     quiet()
     args = parse_args(argv)
-    use_fdr(args.fdr)
+    args.override = use_settings(args.fdr, args.detectors)
     out, methods, runner = run(args)
     print(report(out, methods, runner, args))
     if args.json:

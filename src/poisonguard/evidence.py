@@ -38,6 +38,7 @@ import pandas as pd
 
 from poisonguard.decision import STAGES, BatchDecision, Calibration
 from poisonguard.detectors import Table
+from poisonguard.detectors.base import fmt_number
 from poisonguard.detectors.drift import DriftReport
 from poisonguard.errors import StoreError
 
@@ -486,9 +487,11 @@ def _target_balance(reference: np.ndarray, batch: np.ndarray) -> ClassBalance | 
     cuts = np.concatenate([[-np.inf], edges[:-1], [edges[-1], np.inf]]) if edges.size > 1 else None
     if cuts is None:
         cuts = np.array([-np.inf, edges[0], np.nextafter(edges[0], np.inf), np.inf])
-    labels = [f"< {_short(cuts[1])}"]
-    labels += [f"{_short(a)} to {_short(b)}" for a, b in itertools.pairwise(cuts[1:-1])]
-    labels.append(f"> {_short(cuts[-2])}")
+    labels = [f"< {fmt_number(cuts[1], 3)}"]
+    labels += [
+        f"{fmt_number(a, 3)} to {fmt_number(b, 3)}" for a, b in itertools.pairwise(cuts[1:-1])
+    ]
+    labels.append(f"> {fmt_number(cuts[-2], 3)}")
 
     def shares(x: np.ndarray) -> tuple[float, ...]:
         # Right-closed inner bins, so the trusted maximum falls in the last decile.
@@ -497,10 +500,6 @@ def _target_balance(reference: np.ndarray, batch: np.ndarray) -> ClassBalance | 
         return tuple((counts / max(counts.sum(), 1.0)).round(4).tolist())
 
     return ClassBalance(tuple(labels), shares(ref), shares(new), kind="target")
-
-
-def _short(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def drift_figures(drift: DriftReport) -> Drift:

@@ -231,7 +231,8 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         rows_in = len(frame)
         broken = [o.__dict__ for o in report.outcomes if not o.success]
         report.raise_if_rejected(rows=rows_in)
-        prior = _held_before_scoring(frame, report.row_failures, config, store)
+        hashes = row_hashes(frame, data_columns(frame))
+        prior = _held_before_scoring(frame, hashes, report.row_failures, config, store)
     except (OSError, StoreError, MemoryError):
         raise  # the store or the machine failed, not the batch: stop, retry next run
     except Exception as exc:  # fail closed: whatever else goes wrong, the batch is not used
@@ -254,13 +255,11 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         )
         write_batch_report(store, outcome, failed_expectations=_jsonable(broken))
         name = safe_stem(entry.name) + (batch_suffix(entry.name) or "")
-        record = store.reject(landed, name, outcome)
-        shutil.rmtree(folder, ignore_errors=True)
-        return Intake(record=record)
+        return Intake(record=store.reject(landed, name, outcome))
 
     frame["pg_batch"] = batch_id
     frame["pg_row"] = np.arange(len(frame), dtype=np.int64)
-    frame["pg_row_hash"] = row_hashes(frame, data_columns(frame))
+    frame["pg_row_hash"] = hashes
     atomic_write_bytes(folder / STAGED_ROWS, parquet_bytes(frame))
     atomic_write_bytes(folder / STAGED_PRIOR, parquet_bytes(prior))
     landed.unlink()
@@ -295,7 +294,11 @@ def _read_and_validate(path: Path, name: str, config: Config) -> tuple[pd.DataFr
 
 
 def _held_before_scoring(
-    frame: pd.DataFrame, failures: dict[int, tuple[str, ...]], config: Config, store: Store
+    frame: pd.DataFrame,
+    hashes: np.ndarray,
+    failures: dict[int, tuple[str, ...]],
+    config: Config,
+    store: Store,
 ) -> pd.DataFrame:
     """Rows held before any detector runs: broken expectations, known ids, the blocklist.
 
@@ -308,27 +311,17 @@ def _held_before_scoring(
         more = f" (+{len(why) - MAX_LISTED} more)" if len(why) > MAX_LISTED else ""
         held.append((row, "expectations", f"failed expectation: {shown_}{more}"))
     if config.id_column is not None and config.id_column in frame.columns:
-        trained = store.clean_frame()
-        if config.id_column in trained.columns:
-            owners = dict(
-                zip(
-                    trained[config.id_column].astype("string").tolist(),
-                    trained["pg_batch"].tolist(),
-                    strict=True,
-                )
-            )
-            ids = frame[config.id_column].astype("string").tolist()
-            for row, value in enumerate(ids):
-                if value in owners:
-                    held.append(
-                        (
-                            row,
-                            "expectations",
-                            f"{config.id_column} = {shown(str(value), 60)} is already in the "
-                            f"training set (batch {owners[value]}); ids must be unique",
-                        )
+        owners = store.id_owners(config.id_column)
+        for row, value in enumerate(frame[config.id_column].astype("string").tolist()):
+            if value in owners:
+                held.append(
+                    (
+                        row,
+                        "expectations",
+                        f"{config.id_column} = {shown(str(value), 60)} is already in the "
+                        f"training set (batch {owners[value]}); ids must be unique",
                     )
-    hashes = row_hashes(frame, data_columns(frame))
+                )
     blocked = store.blocked(hashes.tolist())
     for row, h in enumerate(hashes.tolist()):
         if h in blocked:
@@ -430,7 +423,6 @@ def _write_decision(
         "batch_hold": decision.batch_hold,
         "fdr": config.detection.fdr,
         "threshold_p": None if found is None else found.threshold,
-        "p_cuts": {} if found is None else dict(zip(found.detectors, found.p_cuts, strict=True)),
     }
     atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
 
@@ -483,9 +475,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         fdr=None if decided["threshold_p"] is None else decided["fdr"],
         threshold_p=decided["threshold_p"],
     )
-    record = store.commit(outcome)
-    shutil.rmtree(meta.folder, ignore_errors=True)
-    return record
+    return store.commit(outcome)  # which also clears the staging folder
 
 
 def report_paths(store: Store, batch_id: str) -> tuple[Path, Path]:

@@ -157,10 +157,7 @@ def review(
 
 
 def _check_new_ids(store: Store, batch_id: str, ids: pd.Series, id_column: str) -> None:
-    trained = store.clean_frame()
-    if id_column not in trained.columns:
-        return
-    known = set(trained[id_column].astype("string").tolist())
+    known = store.id_owners(id_column)
     taken = [(row, v) for row, v in ids.astype("string").items() if v in known]
     if taken:
         row, value = taken[0]

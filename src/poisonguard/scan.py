@@ -167,17 +167,14 @@ class Guard:
                 "No feature column to compare rows by: every feature is text or ignored "
                 f"({', '.join(map(str, features[:8]))})"
             )
-        self.detector_names_ = tuple(
-            n for n in self._active(settings) if REGISTRY[n].applies_to(table)
-        )
-        if not self.detector_names_:
-            raise ConfigError("None of the configured detectors has anything to compare here.")
+        self.detector_names_ = self._active(settings, table)
         self.detectors_, self.calibrations_ = self._calibrate(table, settings, rng)
         self.reference_ = table
         return self
 
-    def _active(self, settings: DetectionSettings) -> tuple[str, ...]:
-        """The detectors that run: the configured (or default) ones that fit the label's task."""
+    def _active(self, settings: DetectionSettings, table: Table) -> tuple[str, ...]:
+        """The detectors that run: the configured (or default) ones that fit the label's task
+        and have something to look at in ``table`` (the encoded reference)."""
         task = self.encoder_.task
         names = (
             settings.detectors
@@ -195,6 +192,9 @@ class Guard:
         if not active:
             what = "without a label column" if task is None else f"on a {task} label"
             raise ConfigError(f"None of the detectors {list(names)} can run {what}.")
+        active = tuple(n for n in active if REGISTRY[n].applies_to(table))
+        if not active:
+            raise ConfigError(f"None of the detectors {list(names)} has anything to compare here.")
         return active
 
     def _make(self, name: str, settings: DetectionSettings) -> Detector:
@@ -306,7 +306,7 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
     table = encoder.transform(frame)
     guard.features_ = tuple(features)
     guard.encoder_ = encoder
-    names = tuple(n for n in guard._active(settings) if REGISTRY[n].applies_to(table))
+    names = guard._active(settings, table)
     rng = np.random.default_rng(settings.random_state)
     folds = np.array_split(rng.permutation(table.n_rows), settings.folds)
     scores = {name: np.empty(table.n_rows) for name in names}

@@ -582,6 +582,14 @@ class Store:
         # A new object sharing the kept data: copy-on-write copies it if the caller writes.
         return frame.copy(deep=False)
 
+    def id_owners(self, id_column: str) -> dict[str, str]:
+        """Each id in the clean training set (as text) and the batch that holds it."""
+        trained = self.clean_frame()
+        if id_column not in trained.columns:
+            return {}
+        ids = trained[id_column].astype("string").tolist()
+        return dict(zip(ids, trained["pg_batch"].tolist(), strict=True))
+
     # -- writing -------------------------------------------------------------
     def recover(self) -> list[Path]:
         """Remove what a process that died mid-commit left behind, and nothing else.

@@ -95,13 +95,20 @@ class Term:
             return f"{n} value{'s' * (n != 1)} no trusted row shows"
         if self.kind == "date" and np.isfinite(raw):
             return f"{self.column} = {pd.Timestamp(raw, unit='D').date().isoformat()}"
-        return f"{self.column} = {_fmt_number(raw)}"
+        return f"{self.column} = {fmt_number(raw)}"
 
 
-def _fmt_number(value: float) -> str:
+def fmt_number(value: float, digits: int = 4) -> str:
+    """A number as reasons and reports show it: ``missing`` for NaN, whole numbers whole,
+    thousands grouped (``912,000``), otherwise ``digits`` significant digits."""
+    value = float(value)
     if not np.isfinite(value):
         return "missing" if np.isnan(value) else str(value)
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+    if abs(value) >= 1e15:
+        return f"{value:.{digits}g}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return str(int(value)) if value.is_integer() else f"{value:.{digits}g}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,7 +180,7 @@ class Table:
         raw = float(self.raw[row, f])
         if self.terms:
             return self.terms[f].describe(raw)
-        return f"{self.features[f]} = {_fmt_number(raw)}"
+        return f"{self.features[f]} = {fmt_number(raw)}"
 
     @cached_property
     def x32(self) -> np.ndarray:
@@ -333,6 +340,7 @@ class Encoder:
         blocks = [_standardize(raw_numbers, self.center_, self.scale_, _FEATURE_BOUND)]
         raws = [raw_numbers]
         terms = self.terms
+        codes = self._codes(frame, source)
         if len(terms) == len(self.numbers_):  # numbers only, each trusted-complete: done
             X, raw = blocks[0], raw_numbers
         else:
@@ -343,7 +351,6 @@ class Encoder:
             blocks.append((flags * _STEP).astype(np.float32))
             # A missing number where trusted rows never miss one is a never-seen value.
             novel = missing[:, ~np.asarray(indicated, dtype=bool)].sum(axis=1).astype(np.float64)
-            codes = self._codes(frame, source)
             for (_, values), col_codes in zip(self.categories_, codes.T, strict=True):
                 onehot = np.zeros((n, len(values)), dtype=np.float32)
                 seen = col_codes >= 0
@@ -370,7 +377,7 @@ class Encoder:
             tuple(t.name for t in terms),
             self.classes_,
             terms,
-            self._codes(frame, source) if self.categories_ else np.zeros((n, 0), np.int64),
+            codes,
             self.categories_,
             target,
             self.label,

@@ -15,7 +15,7 @@ import numpy as np
 
 from poisonguard.detectors._common import UNSEEN_SCORE, DetectorBase, subsample, targets_of
 from poisonguard.detectors._neighbours import SAMPLE_ROWS, search
-from poisonguard.detectors.base import Table, fingerprint
+from poisonguard.detectors.base import Table, fingerprint, fmt_number
 from poisonguard.errors import BatchError
 
 #: A spread below this share of the trusted targets' robust spread counts as this share:
@@ -56,12 +56,6 @@ def log_scale(t: np.ndarray) -> bool:
 def _z(t: np.ndarray, log: bool) -> np.ndarray:
     with np.errstate(all="ignore"):
         return np.log(t) if log else t
-
-
-def _fmt(value: float) -> str:
-    if not np.isfinite(value):
-        return "missing"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _known_targets(reference: Table, who: str) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +151,8 @@ class KnnResidualDetector(DetectorBase):
                 out.append(f"{name} is missing")
                 continue
             out.append(
-                f"{name} {_fmt(ti)}, but its {self.k_} nearest trusted rows have "
-                f"{_fmt(lo)} to {_fmt(hi)} (median {_fmt(mi)})"
+                f"{name} {fmt_number(ti)}, but its {self.k_} nearest trusted rows have "
+                f"{fmt_number(lo)} to {fmt_number(hi)} (median {fmt_number(mi)})"
             )
         return out
 
@@ -242,6 +236,6 @@ class ModelResidualDetector(DetectorBase):
                 zi, zp = _z(np.array([ti, pi]), self.log_)
                 away = f"{abs(zi - zp) / self.spread_:.1f} robust sd away"
             out.append(
-                f"{name} {_fmt(ti)}, but a model of the trusted rows predicts {_fmt(pi)} ({away})"
+                f"{name} {fmt_number(ti)}, but a model of the trusted rows predicts {fmt_number(pi)} ({away})"
             )
         return out
