@@ -20,6 +20,7 @@ from poisonguard.detectors import (
     UNSEEN_LABEL,
     Detector,
     Encoder,
+    Table,
 )
 from poisonguard.errors import BatchError, ConfigError
 
@@ -40,6 +41,7 @@ BAD_PARAMS: dict[str, tuple[str, object]] = {
     "knn_residual": ("n_neighbors", 1),
     "model_residual": ("max_iter", 0),
     "combination": ("smoothing", 0.0),
+    "label_excess": ("n_neighbors", 1),
 }
 
 
@@ -623,3 +625,111 @@ def test_backdoor_bin_edges_are_numpys_quantiles_of_the_sorted_column(values, n_
     np.testing.assert_allclose(
         _sorted_quantiles(col, qs), np.quantile(col, qs), rtol=0, atol=1e-6 * spread + 1e-9
     )
+
+
+# ------------------------------------------------------------ label_excess
+
+
+def _population_flip() -> tuple[Table, Table, np.ndarray]:
+    """A coarse table (two categories decide the label 80/20) whose batch has one
+    population's labels turned to its minority label: no flipped row is impossible alone."""
+    rng = np.random.default_rng(3)
+
+    def draw(n: int) -> pd.DataFrame:
+        a = rng.integers(0, 2, n)
+        b = rng.integers(0, 3, n)
+        p = np.where(a == 1, 0.8, 0.2)
+        return pd.DataFrame(
+            {
+                "plan": np.array(["basic", "pro"])[a],
+                "region": np.array(["north", "south", "east"])[b],
+                "age": rng.normal(40, 10, n).round(),
+                "label": np.where(rng.random(n) < p, "churned", "stayed"),
+            }
+        )
+
+    reference, batch = draw(1500), draw(600)
+    population = np.flatnonzero(
+        (batch["plan"] == "pro").to_numpy() & (batch["region"] == "north").to_numpy()
+    )
+    flipped = population[batch["label"].to_numpy()[population] == "churned"]
+    batch.loc[flipped, "label"] = "stayed"
+    encoder = Encoder.fit(reference, ["plan", "region", "age"], "label")
+    return encoder.transform(reference), encoder.transform(batch), flipped
+
+
+def test_label_excess_finds_a_relabelled_population():
+    """Every flipped row of the population outscores the rows outside it, though the flipped
+    label is what a fifth of the population honestly carries (model_label cannot tell)."""
+    reference, batch, flipped = _population_flip()
+    det = REGISTRY["label_excess"]().fit(reference)
+    s = det.score(batch)
+    outside = np.setdiff1d(np.arange(batch.n_rows), flipped)
+    assert np.median(s[flipped]) > np.quantile(s[outside], 0.99)
+    model = REGISTRY["model_label"]().fit(reference).score(batch)
+    assert np.median(model[flipped]) < np.quantile(model[outside], 0.95)
+    reason = det.explain(batch, flipped[:1])[0]
+    assert reason.startswith("label stayed on ") and "nearest trusted rows" in reason
+
+
+def test_label_excess_scores_an_unpoisoned_batch_like_trusted_rows():
+    """On a clean batch, scores stay near the null: few rows past a 1e-3 tail."""
+    reference, _, _ = _population_flip()
+    rng = np.random.default_rng(0)
+    det = REGISTRY["label_excess"]().fit(reference)
+    clean = reference.take(rng.choice(reference.n_rows, 600, replace=False))
+    assert np.mean(det.score(clean) > -np.log(1e-3)) < 0.01
+
+
+def test_beta_binomial_tail_matches_the_summed_pmf():
+    from scipy.stats import betabinom
+
+    from poisonguard.detectors._kernels import _beta_binomial_log_tail
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 40, 500)
+    count = rng.integers(-1, 42, 500)
+    a, b = rng.uniform(0.05, 30, 500), rng.uniform(0.05, 30, 500)
+    got = _beta_binomial_log_tail(count, n, a, b)
+    for i in range(500):
+        if count[i] <= 0:
+            assert got[i] == 0.0
+        elif count[i] > n[i]:
+            assert got[i] == -np.inf
+        else:
+            want = np.log(betabinom.pmf(np.arange(count[i], n[i] + 1), n[i], a[i], b[i]).sum())
+            assert got[i] == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+# ------------------------------------------------------------ model choice
+
+
+def test_model_residual_picks_the_model_the_trusted_rows_favour():
+    """A linear target gets the ridge model, a target of an interaction the boosted one."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 4))
+    for target, kind in (
+        (X @ [3.0, -2.0, 1.0, 0.5] + rng.normal(0, 0.1, 400), "RidgeCV"),
+        (
+            np.where((X[:, 0] > 0) ^ (X[:, 1] > 0), 5.0, -5.0) + rng.normal(0, 0.1, 400),
+            "HistGradientBoostingRegressor",
+        ),
+    ):
+        frame = pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(price=target)
+        table = Encoder.fit(frame, ["a", "b", "c", "d"], "price", task="regression").transform(
+            frame
+        )
+        det = REGISTRY["model_residual"]().fit(table)
+        assert type(det.model_).__name__ == kind
+
+
+def test_model_label_auto_fits_the_better_model():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 2))
+    frame = pd.DataFrame(X, columns=["a", "b"])
+    frame["label"] = np.where((X[:, 0] > 0) ^ (X[:, 1] > 0), "x", "y")
+    table = Encoder.fit(frame, ["a", "b"], "label").transform(frame)
+    assert type(REGISTRY["model_label"](model="auto").fit(table).model_).__name__ == (
+        "HistGradientBoostingClassifier"
+    )
+    assert type(REGISTRY["model_label"]().fit(table).model_).__name__ == "LogisticRegression"

@@ -16,6 +16,7 @@ from poisonguard.detectors.labels import (
     BatchKnnLabelDetector,
     InterpolationDetector,
     KnnLabelDetector,
+    LabelExcessDetector,
     ModelLabelDetector,
 )
 from poisonguard.detectors.outliers import (
@@ -35,6 +36,7 @@ REGISTRY: dict[str, type[Detector]] = {
         ClassKnnDistanceDetector,
         KnnLabelDetector,
         BatchKnnLabelDetector,
+        LabelExcessDetector,
         ModelLabelDetector,
         InterpolationDetector,
         DuplicatesDetector,
@@ -67,6 +69,7 @@ DEFAULT_DETECTORS: tuple[str, ...] = (
     "duplicates",
     "backdoor",
     "combination",
+    "label_excess",
 )
 
 #: What a scan without a label column runs by default: with no label

@@ -8,6 +8,8 @@ line here must also be valid (if slow) NumPy-on-Python code.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -1150,3 +1152,38 @@ def _best_cells(
         best[i] = top
         which[i] = at
     return best, which
+
+
+@njit(cache=True, parallel=True)
+def _beta_binomial_log_tail(
+    count: np.ndarray, n: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """``log P(X >= count)`` for ``X`` beta-binomial(``n``, ``a``, ``b``), row by row.
+
+    The pmf is walked from 0 to ``n`` by its ratio, in logs, and the terms from
+    ``count`` up are summed with a running maximum; 0 where ``count <= 0``,
+    ``-inf`` where ``count > n``.
+    """
+    out = np.zeros(count.shape[0])
+    for i in prange(count.shape[0]):
+        c, m, ai, bi = count[i], n[i], a[i], b[i]
+        if c <= 0:
+            continue
+        if c > m:
+            out[i] = -np.inf
+            continue
+        # log pmf(0) = log B(a, m + b) - log B(a, b)
+        lp = math.lgamma(m + bi) + math.lgamma(ai + bi) - math.lgamma(m + ai + bi) - math.lgamma(bi)
+        top = -np.inf
+        acc = 0.0
+        for x in range(m + 1):
+            if x >= c:
+                if lp > top:
+                    acc = acc * math.exp(top - lp) + 1.0
+                    top = lp
+                else:
+                    acc += math.exp(lp - top)
+            if x < m:
+                lp += math.log((m - x) * (x + ai)) - math.log((x + 1) * (m - x - 1 + bi))
+        out[i] = min(top + math.log(acc), 0.0)
+    return out

@@ -25,7 +25,7 @@ from poisonguard.detectors.base import fingerprint
 #: speed of the suite; benchmarks/RESULTS.md has the quality it keeps.
 SAMPLE_ROWS = 768
 
-_CACHE_SIZE = 4
+_CACHE_SIZE = 6
 # ("global" | "class", keys of the inputs..., k) -> (dist, index)
 _cache: OrderedDict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _lock = threading.Lock()

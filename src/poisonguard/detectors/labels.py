@@ -15,12 +15,14 @@ import numpy as np
 from poisonguard.detectors._common import (
     UNSEEN_SCORE,
     DetectorBase,
+    better_model,
     class_prior,
     label_surprise,
     labels_of,
     subsample,
 )
 from poisonguard.detectors._kernels import (
+    _beta_binomial_log_tail,
     _neighbour_vote,
     _other_label_ends,
     _segment_residuals,
@@ -397,12 +399,15 @@ class ModelLabelDetector(DetectorBase):
     Score: ``-log p(label)`` from the model's class probabilities; batch rows
     are out-of-sample by construction. ``model="logistic"`` is a multinomial
     logistic regression (fast, linear); ``"hist_gradient_boosting"`` is
-    non-linear and slower to fit and predict. Labels the model never saw
+    non-linear and slower to fit and predict; ``"auto"`` fits the one with the
+    smaller 3-fold out-of-fold log loss on (a sample of) the trusted rows, so a
+    table whose label depends on interactions of a few columns (sex and class,
+    say) gets a model that can see them. Labels the model never saw
     (unseen, or absent from the fitting rows) score above every seen label.
 
     Parameters
     ----------
-    model : {"logistic", "hist_gradient_boosting"}
+    model : {"auto", "logistic", "hist_gradient_boosting"}
     C : float
         Inverse regularisation of the logistic model (> 0).
     max_iter : int
@@ -438,7 +443,7 @@ class ModelLabelDetector(DetectorBase):
         self.random_state = random_state
 
     def _validate_params(self) -> None:
-        self._check_choice("model", ("logistic", "hist_gradient_boosting"))
+        self._check_choice("model", ("auto", "logistic", "hist_gradient_boosting"))
         self._check_real("C", 0.0, low_open=True)
         self._check_int("max_iter", 1)
         self._check_int("max_reference", 2)
@@ -456,25 +461,25 @@ class ModelLabelDetector(DetectorBase):
         self.present_ = present
         self.model_ = None
         if len(present) >= 2:
-            if kind == "logistic":
-                from sklearn.linear_model import LogisticRegression
-
-                est = LogisticRegression(C=C, max_iter=max_iter, tol=1e-3)
-            else:
-                from sklearn.ensemble import HistGradientBoostingClassifier
-
-                est = HistGradientBoostingClassifier(
-                    max_iter=max_iter, early_stopping=False, random_state=seed
-                )
             import warnings
 
+            from sklearn.ensemble import HistGradientBoostingClassifier
             from sklearn.exceptions import ConvergenceWarning
+            from sklearn.linear_model import LogisticRegression
 
+            linear = LogisticRegression(C=C, max_iter=max_iter, tol=1e-3)
+            boosted = HistGradientBoostingClassifier(
+                max_iter=max_iter, early_stopping=False, random_state=seed
+            )
             # One BLAS thread: these problems are small, and threaded BLAS
             # stalls badly when another process holds one of few cores.
             with warnings.catch_warnings(), _one_blas_thread():
                 # A not-quite-converged model still ranks labels well.
                 warnings.simplefilter("ignore", ConvergenceWarning)
+                if kind == "auto":
+                    est = better_model(linear, boosted, X, yk, seed, classes=True)
+                else:
+                    est = linear if kind == "logistic" else boosted
                 est.fit(X, yk)
             self.model_ = est
         return self
@@ -626,3 +631,142 @@ class InterpolationDetector(_TrustedNeighbours):
             else:
                 out.append("no trusted rows of its label and another label nearby")
         return out
+
+
+class LabelExcessDetector(DetectorBase):
+    """Rows whose label is far more common among the batch rows around them than among trusted ones.
+
+    Poison aimed at a population (every row of one group relabelled, the rows a
+    model is surest of flipped, a region of the feature space relabelled) need
+    not make any single row look wrong: on a coarse table a flipped row can be
+    the honest label of half its look-alikes. What it does change is the share
+    of labels in that part of the batch. For each batch row, its
+    ``n_neighbors`` nearest *batch* rows (itself left out) are compared with
+    its nearest *trusted* rows of the same reach (as many as make the same
+    share of the trusted sample, so both cover about the same region): with
+    ``c`` of ``k_t`` trusted neighbours carrying the row's label, the count
+    ``O`` of batch neighbours carrying it is referred to the beta-binomial a
+    trusted region with that share predicts (``c + smoothing * prior``,
+    ``k_t - c + smoothing * (1 - prior)``), which allows for the trusted
+    share being itself an estimate. Score: ``-log P(X >= O)`` in nats. A row
+    scores high when its label is in excess around it, so the honest rows of
+    that label in a poisoned region score alike with the poison: the detector
+    finds the region, the row-level label detectors rank within it.
+
+    Parameters
+    ----------
+    n_neighbors : int
+        Batch neighbours compared (>= 2).
+    max_batch : int
+        Most batch rows searched as neighbours (a stratified sample past it, >= 2).
+    max_reference : int
+        Most trusted rows searched (>= 2).
+    smoothing : float
+        Pseudo-rows spread over labels by their trusted frequency (> 0).
+    random_state : int
+    """
+
+    name: ClassVar[str] = "label_excess"
+    needs_label: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    # -log of a tail probability: exponential above the threshold.
+    tail_shape: ClassVar[float | None] = 0.0
+
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 10,
+        max_batch: int = SAMPLE_ROWS,
+        max_reference: int = SAMPLE_ROWS,
+        smoothing: float = 1.0,
+        random_state: int = 0,
+    ):
+        self.n_neighbors = n_neighbors
+        self.max_batch = max_batch
+        self.max_reference = max_reference
+        self.smoothing = smoothing
+        self.random_state = random_state
+
+    def _validate_params(self) -> None:
+        self._check_int("n_neighbors", 2)
+        self._check_int("max_batch", 2)
+        self._check_int("max_reference", 2)
+        self._check_real("smoothing", 0.0, low_open=True)
+        self._check_seed()
+
+    def _fit(self, reference: Table) -> Self:
+        y = labels_of(reference, self.name, "reference")
+        if reference.n_rows < 2:
+            raise BatchError("reference", f"detector {self.name!r} needs at least 2 trusted rows")
+        # The sample knn_label draws with the same settings, so that when the batch
+        # sample is as large as this one the trusted search is knn_label's own.
+        k = int(self.n_neighbors)
+        keep = subsample(
+            reference.n_rows, int(self.max_reference), y, int(self.random_state), k + 1
+        )
+        self.R_ = np.ascontiguousarray(reference.x32[keep])
+        self.r_y_ = np.ascontiguousarray(y[keep])
+        self.r_key_ = fingerprint(self.R_, self.r_y_)
+        self.n_classes_ = reference.n_classes
+        self.prior_ = class_prior(y, reference.n_classes)
+        return self
+
+    _fitted_attr: ClassVar[str] = "R_"
+
+    def _counts(self, batch: Table) -> tuple[np.ndarray, ...]:
+        """Per row: its label, batch neighbours, those with its label, trusted ones, those with it."""
+        y = labels_of(batch, self.name, "batch")
+        n = batch.n_rows
+        keep = subsample(
+            n, int(self.max_batch), y, int(self.random_state), int(self.n_neighbors) + 1
+        )
+        kb = min(int(self.n_neighbors), len(keep) - 1)
+        seen = (y >= 0) & (y < self.n_classes_)
+        if kb < 1:
+            zero = np.zeros(n, np.int64)
+            return y, seen, zero, zero, zero, zero
+        B = np.ascontiguousarray(batch.x32[keep])
+        b_y = y[keep]
+        near = search(
+            batch.x32,
+            B,
+            kb,
+            q_ids=np.arange(n, dtype=np.int64),
+            r_ids=keep,
+            q_key=batch.key,
+        )
+        m = len(self.r_y_)
+        # The same reach among trusted rows: the same share of the sample.
+        kt = int(min(m, max(kb, round(kb * m / len(keep)))))
+        trusted = search(batch.x32, self.R_, kt, r_key=self.r_key_, q_key=batch.key)
+        ok_b = near.index >= 0
+        lab_b = np.where(ok_b, b_y[np.maximum(near.index, 0)], -1)
+        lab_t = np.where(trusted.index >= 0, self.r_y_[np.maximum(trusted.index, 0)], -1)
+        own = y[:, None]
+        return (
+            y,
+            seen,
+            ok_b.sum(axis=1),
+            (lab_b == own).sum(axis=1),
+            (trusted.index >= 0).sum(axis=1),
+            (lab_t == own).sum(axis=1),
+        )
+
+    def _score(self, batch: Table) -> np.ndarray:
+        y, seen, k_b, o_b, k_t, o_t = self._counts(batch)
+        prior = self.prior_[np.where(seen, y, 0)]
+        s = float(self.smoothing)
+        a = o_t + s * prior
+        b = (k_t - o_t) + s * (1.0 - prior)
+        score = -_beta_binomial_log_tail(
+            o_b.astype(np.int64), k_b.astype(np.int64), a.astype(np.float64), b.astype(np.float64)
+        )
+        return np.where(seen & (k_b > 0), np.clip(score, 0.0, UNSEEN_SCORE - 1.0), 0.0)
+
+    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
+        y, _, k_b, o_b, k_t, o_t = (v[rows] for v in self._counts(batch))
+        return [
+            f"label {batch.label_of(int(y[i]))} on {int(o_b[i])} of its {int(k_b[i])} nearest "
+            f"rows of this batch, against {int(o_t[i])} of its {int(k_t[i])} nearest trusted rows"
+            for i in range(len(rows))
+        ]

@@ -13,7 +13,13 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from poisonguard.detectors._common import UNSEEN_SCORE, DetectorBase, subsample, targets_of
+from poisonguard.detectors._common import (
+    UNSEEN_SCORE,
+    DetectorBase,
+    better_model,
+    subsample,
+    targets_of,
+)
 from poisonguard.detectors._neighbours import SAMPLE_ROWS, search
 from poisonguard.detectors.base import Table, fingerprint, fmt_number
 from poisonguard.errors import BatchError
@@ -196,16 +202,21 @@ class ModelResidualDetector(DetectorBase):
 
         rows, t = _known_targets(reference, self.name)
         keep = subsample(rows.size, int(self.max_reference), None, int(self.random_state), 1)
-        model = HistGradientBoostingRegressor(
+        from sklearn.linear_model import RidgeCV
+
+        boosted = HistGradientBoostingRegressor(
             max_iter=int(self.max_iter),
             early_stopping=False,
             min_samples_leaf=max(5, min(20, len(keep) // 20)),
             random_state=int(self.random_state),
         )
+        linear = RidgeCV(alphas=np.logspace(-3, 3, 13))
         self.log_ = log_scale(t)
         z = _z(t, self.log_)
-        model.fit(reference.x32[rows[keep]], z[keep])
-        self.model_ = model
+        X, zk = reference.x32[rows[keep]], z[keep]
+        self.model_ = better_model(
+            boosted, linear, X, zk, int(self.random_state), classes=False
+        ).fit(X, zk)
         self.spread_ = robust_spread(z)
         return self
 
