@@ -165,15 +165,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- data ---------------------------------------------------------------------------
 
 
-def load_table(name: str) -> pd.DataFrame:
-    """One table of :data:`TABLES`, its drop-columns removed and rows without a label dropped,
-    checked against ``SHA256SUMS``. Exits with a message when the folder or file is absent."""
+def load_table(
+    name: str, spec: TableSpec | None = None, *, file: str | None = None
+) -> pd.DataFrame:
+    """One table of :data:`TABLES` (or the file ``file`` read as ``spec`` says), its
+    drop-columns removed and rows without a label dropped, checked against ``SHA256SUMS``.
+    Exits with a message when the folder or file is absent."""
     if not TABLES_DIR.is_dir():
         raise SystemExit(
             f"error: the table data is not at {TABLES_DIR} (the benchmark reads "
             "../shared/data/tables beside the repository root); nothing was run"
         )
-    path = TABLES_DIR / f"{name}.parquet"
+    path = TABLES_DIR / f"{file or name}.parquet"
     sums = TABLES_DIR / "SHA256SUMS"
     if not path.is_file():
         raise SystemExit(f"error: {path} is missing; nothing was run")
@@ -184,8 +187,12 @@ def load_table(name: str) -> pd.DataFrame:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if expected.get(path.name, digest) != digest:
             raise SystemExit(f"error: {path} does not match {sums}; nothing was run")
-    spec = TABLES[name]
-    frame = pd.read_parquet(path).drop(columns=list(spec.drop))
+    return prepared(pd.read_parquet(path), spec or TABLES[name])
+
+
+def prepared(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    """``frame`` without ``spec``'s drop-columns and without rows that lack a label."""
+    frame = frame.drop(columns=list(spec.drop))
     return frame[frame[spec.label].notna()].reset_index(drop=True)
 
 
@@ -230,8 +237,8 @@ class Scene:
         )
 
 
-def scene(name: str, frame: pd.DataFrame, seed: int) -> Scene:
-    spec = TABLES[name]
+def scene(name: str, frame: pd.DataFrame, seed: int, spec: TableSpec | None = None) -> Scene:
+    spec = spec or TABLES[name]
     stratify = spec.label if spec.task == CLASSIFICATION else None
     reference, test, batch = split_three(frame, seed, stratify=stratify)
     features = [c for c in frame.columns if c != spec.label]
@@ -299,6 +306,67 @@ def triggered_test_rows(scene: Scene, planted: PlantedAttack) -> pd.DataFrame:
     return scene.encoded(planted.stamp(others))
 
 
+def judge_clean(
+    sc: Scene, base: dict[str, Any], runner: Runner, out: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Every method on the poison-free batch of ``sc``: the share of rows it holds."""
+    for method, verdict in runner.verdicts(sc.case(sc.batch), base).items():
+        out["clean"].append(
+            {
+                **base,
+                "method": method,
+                "flagged_share": float(verdict.flagged.mean()),
+                "seconds": verdict.seconds,
+            }
+        )
+
+
+def judge_attack(
+    sc: Scene,
+    planted: PlantedAttack,
+    where: dict[str, Any],
+    runner: Runner,
+    out: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Every method on one poisoned batch: detection metrics and, for an attack with a
+    trigger, its success with no poison, with poison and after each method's gate.
+
+    ``planted`` needs ``frame``, ``is_poison``, ``n_poison``, ``trigger`` (a mapping, or
+    None), ``target`` and ``stamp(frame)``, as :class:`PlantedAttack` has them."""
+    case = sc.case(planted.frame)
+    verdicts = runner.verdicts(case, where)
+    for method, verdict in verdicts.items():
+        out["records"].append(
+            {
+                **where,
+                "method": method,
+                "n_batch": len(sc.batch),
+                "n_poison": planted.n_poison,
+                **detection_metrics(planted.is_poison, verdict),
+            }
+        )
+    if planted.trigger is None:
+        return
+    triggered = triggered_test_rows(sc, planted)
+    shared = {
+        **where,
+        "target": str(planted.target),
+        "trigger": {k: str(v) for k, v in planted.trigger.items()},
+        "n_triggered": len(triggered),
+        "success_clean": attack_success(sc, sc.encoded(sc.batch), triggered, planted.target),
+        "success_poisoned": attack_success(sc, case.batch, triggered, planted.target),
+    }
+    for method, verdict in verdicts.items():
+        gated = case.batch[~verdict.flagged]
+        out["success"].append(
+            {
+                **shared,
+                "method": method,
+                "success_gated": attack_success(sc, gated, triggered, planted.target),
+            }
+        )
+
+
 def run(
     args: argparse.Namespace,
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str], Runner]:
@@ -311,16 +379,7 @@ def run(
         task = sc.spec.task
         base = {"table": name, "task": task, "seed": seed, "split": _split_of(name)}
         start = time.perf_counter()
-        for method, verdict in runner.verdicts(sc.case(sc.batch), base).items():
-            out["clean"].append(
-                {
-                    **base,
-                    "method": method,
-                    "flagged_share": float(verdict.flagged.mean()),
-                    "seconds": verdict.seconds,
-                }
-            )
-        clean_batch = sc.encoded(sc.batch)
+        judge_clean(sc, base, runner, out)
         for attack in [a for a in args.attacks if a in TASK_ATTACKS[task]]:
             for rate in args.rates:
                 planted = plant(
@@ -332,42 +391,7 @@ def run(
                     reference=sc.reference,
                     random_state=attack_seed(seed, attack, rate),
                 )
-                case = sc.case(planted.frame)
-                where = {**base, "attack": attack, "rate": rate}
-                verdicts = runner.verdicts(case, where)
-                for method, verdict in verdicts.items():
-                    out["records"].append(
-                        {
-                            **where,
-                            "method": method,
-                            "n_batch": len(sc.batch),
-                            "n_poison": planted.n_poison,
-                            **detection_metrics(planted.is_poison, verdict),
-                        }
-                    )
-                if planted.trigger is not None:
-                    triggered = triggered_test_rows(sc, planted)
-                    shared = {
-                        **where,
-                        "target": str(planted.target),
-                        "trigger": {k: str(v) for k, v in planted.trigger.items()},
-                        "n_triggered": len(triggered),
-                        "success_clean": attack_success(sc, clean_batch, triggered, planted.target),
-                        "success_poisoned": attack_success(
-                            sc, case.batch, triggered, planted.target
-                        ),
-                    }
-                    for method, verdict in verdicts.items():
-                        gated = case.batch[~verdict.flagged]
-                        out["success"].append(
-                            {
-                                **shared,
-                                "method": method,
-                                "success_gated": attack_success(
-                                    sc, gated, triggered, planted.target
-                                ),
-                            }
-                        )
+                judge_attack(sc, planted, {**base, "attack": attack, "rate": rate}, runner, out)
         progress(f"{name} ({task}) seed={seed}: {time.perf_counter() - start:.1f}s")
     return out, runner.methods, runner
 
@@ -382,7 +406,7 @@ def _split_of(name: str) -> str:
 CASE_KEYS = ["table", "seed", "attack", "rate"]
 
 
-def _paired(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, str]:
+def paired(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, str]:
     """Rows of the cases poisonguard judged, when it judged some but not all; with a note."""
     if frame.empty or PG not in set(frame["method"]):
         return frame, ""
@@ -436,18 +460,20 @@ def report(
         if records.empty or task not in set(records["task"]):
             continue
         lines.append(f"==== {task} ====\n")
-        lines.extend(_task_tables(task, records, clean, success, methods))
+        lines.extend(task_tables(task, records, clean, success, methods))
     return "\n".join(lines)
 
 
-def _task_tables(
+def task_tables(
     task: str,
     records: pd.DataFrame,
     clean: pd.DataFrame,
     success: pd.DataFrame,
     methods: list[str],
+    attacks: list[str] = ALL_ATTACKS,
 ) -> list[str]:
-    frame, note = _paired(records[records["task"] == task], CASE_KEYS)
+    """The side-by-side tables of one task; ``attacks`` orders the by-attack rows."""
+    frame, note = paired(records[records["task"] == task], CASE_KEYS)
     present = set(frame["method"])
     cols = [m for m in methods if m in present]
     compare = "ratio" if PG in cols else None
@@ -456,9 +482,7 @@ def _task_tables(
         out = [f"comparison columns: pg/x = poisonguard / x ({legend}){note}\n"]
     else:
         out = []
-    frame = frame.assign(
-        attack=pd.Categorical(frame["attack"], categories=ALL_ATTACKS, ordered=True)
-    )
+    frame = frame.assign(attack=pd.Categorical(frame["attack"], categories=attacks, ordered=True))
     for value, row, title, ratios in [
         ("f1", "attack", "F1 of flagged rows, by attack (mean over tables, rates, seeds)", compare),
         ("precision", "attack", "Precision, by attack", None),
@@ -474,7 +498,7 @@ def _task_tables(
         out.append(_success_table(success, cols))
     held = clean[clean["task"] == task]
     if not held.empty:
-        held, held_note = _paired(held, ["table", "seed"])
+        held, held_note = paired(held, ["table", "seed"])
         grid = by_method(held, "table", "flagged_share", cols)
         out.append(
             metric_table(
@@ -491,7 +515,7 @@ def _task_tables(
 
 def _success_table(success: pd.DataFrame, methods: list[str]) -> str:
     """Backdoor success by attack: no poison, poison, and poison after each method's gate."""
-    success, note = _paired(success, CASE_KEYS)
+    success, note = paired(success, CASE_KEYS)
     cases = success.drop_duplicates(CASE_KEYS)
     base = cases.groupby("attack")[["success_clean", "success_poisoned", "n_triggered"]].mean()
     gated = success.pivot_table(
