@@ -44,10 +44,14 @@ def test_p_values_above_the_tail_threshold_follow_the_fitted_tail():
 
 
 def test_a_surprise_scale_floors_the_tail():
-    """With min_scale=1 a tied calibration still gives exp(-score) / (n + 1) beyond it."""
+    """With min_scale=1 a tied calibration gives no p-value below what the detector's own
+    null allows, exp(-score), though every score is beyond the calibration maximum."""
     cal = Calibration.fit(np.zeros(99), min_scale=1.0)
     p = cal.p_values(np.array([0.0, 2.0, 20.0]))
-    assert p == pytest.approx([1.0, np.exp(-2.0) / 100, np.exp(-20.0) / 100])
+    assert p == pytest.approx([1.0, np.exp(-2.0), np.exp(-20.0)])
+    # A calibration with a real tail keeps it where it is more cautious than the null.
+    spread = Calibration.fit(np.linspace(0.0, 30.0, 99), min_scale=1.0)
+    assert spread.p_values(np.array([5.0]))[0] > np.exp(-5.0)
 
 
 def test_a_fixed_shape_fits_an_exponential_tail_by_its_mean_exceedance():

@@ -71,6 +71,9 @@ class Calibration:
         Generalized Pareto shape and scale of exceedances over ``threshold``.
     tail_share : float
         Share of calibration scores above ``threshold``.
+    null_scale : float or None
+        For scores that are surprises under the detector's own null (``min_scale``):
+        no p-value is below ``exp(-score / null_scale)``, what that null allows.
     """
 
     scores: np.ndarray
@@ -79,6 +82,7 @@ class Calibration:
     sigma: float
     threshold: float
     tail_share: float
+    null_scale: float | None = None
 
     # The fitted tail applies above ``threshold`` (see the module docstring).
 
@@ -98,7 +102,12 @@ class Calibration:
         ``min_scale`` is a floor on the tail's scale, for detectors whose scores
         are surprises (``-log`` of a probability under a stated null): the
         fitted tail then never decays faster than ``exp(-score / min_scale)``,
-        whatever few or tied calibration scores it was fitted to.
+        whatever few or tied calibration scores it was fitted to, and no
+        p-value is below ``exp(-score / min_scale)`` itself. Without that floor,
+        when almost every calibration score is 0 (no trusted row has a copy)
+        any positive score was put past the calibration maximum: one honest
+        repeat in a table of whole numbers and a few categories (two workers
+        of the same age, schooling and trade) got p = 1e-4.
 
         ``shape`` fixes the generalized Pareto shape instead of estimating it
         (0: an exponential tail, whose scale is then the mean exceedance). From
@@ -125,7 +134,7 @@ class Calibration:
             sigma *= excess.size / float(gammaincinv(excess.size, 1.0 - confidence))
         if min_scale is not None and sigma < min_scale:
             sigma = float(min_scale)
-        return cls(s, float(s[-1]), xi, sigma, threshold, n_tail / s.size)
+        return cls(s, float(s[-1]), xi, sigma, threshold, n_tail / s.size, min_scale)
 
     @property
     def n(self) -> int:
@@ -145,6 +154,8 @@ class Calibration:
             n_tail = n - np.searchsorted(self.scores, self.threshold, side="right")
             at = np.log1p(n_tail) - np.log(n + 1.0)
             logp[above] = at + _gpd_logsf(x[above] - self.threshold, self.xi, self.sigma)
+        if self.null_scale is not None:
+            logp = np.maximum(logp, -np.maximum(x, 0.0) / self.null_scale)
         return np.minimum(logp, 0.0)
 
     def p_values(self, x: np.ndarray) -> np.ndarray:

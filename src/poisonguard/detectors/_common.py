@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Mapping
@@ -314,6 +315,24 @@ def subsample(n_rows: int, max_rows: int, labels: np.ndarray | None, seed: int, 
         members = order[starts[c] : starts[c] + counts[c]]
         kept.append(rng.permutation(members)[: quota[c]])
     return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
+@functools.cache
+def _pools() -> Any:
+    """threadpoolctl's view of the loaded BLAS and OpenMP libraries (finding them takes ~10 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_thread() -> Any:
+    """A context in which BLAS and OpenMP calls (scikit-learn's models) run on one thread.
+
+    These fits are small; threaded BLAS stalls badly when another process holds one
+    of few cores, and gradient boosting's OpenMP threads next to numba's were
+    measured here taking minutes for a fit that takes a tenth of a second on one.
+    """
+    return _pools().limit(limits=1)
 
 
 #: Most trusted rows two candidate models are compared on (``better_model``).

@@ -2,13 +2,14 @@
 
 ``knn_label`` asks the nearest *trusted* rows (so a cluster of flipped rows
 cannot vouch for itself), ``batch_knn_label`` the nearest rows of the same
-batch, ``model_label`` a classifier fitted on the trusted rows.
+batch, ``model_label`` a classifier fitted on the trusted rows; ``label_excess``
+asks whether the row's label is more common among the batch rows around it than
+among the trusted rows around it.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from poisonguard.detectors._common import (
     class_prior,
     label_surprise,
     labels_of,
+    one_thread,
     subsample,
 )
 from poisonguard.detectors._kernels import (
@@ -380,19 +382,6 @@ class BatchKnnLabelDetector(DetectorBase):
         ]
 
 
-@functools.cache
-def _blas() -> Any:
-    """threadpoolctl's view of the loaded BLAS libraries (finding them takes ~10 ms)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _one_blas_thread() -> Any:
-    """A context in which BLAS calls run on one thread."""
-    return _blas().limit(limits=1, user_api="blas")
-
-
 class ModelLabelDetector(DetectorBase):
     """How unlikely a classifier fitted on the trusted rows finds each row's label.
 
@@ -473,7 +462,7 @@ class ModelLabelDetector(DetectorBase):
             )
             # One BLAS thread: these problems are small, and threaded BLAS
             # stalls badly when another process holds one of few cores.
-            with warnings.catch_warnings(), _one_blas_thread():
+            with warnings.catch_warnings(), one_thread():
                 # A not-quite-converged model still ranks labels well.
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 if kind == "auto":
@@ -493,7 +482,7 @@ class ModelLabelDetector(DetectorBase):
                 out[:, self.present_[0]] = 0.0
             return out
         X = batch.x32
-        with _one_blas_thread():
+        with one_thread():
             return self._fill(out, self.model_, X)
 
     @staticmethod

@@ -17,6 +17,7 @@ from poisonguard.detectors._common import (
     UNSEEN_SCORE,
     DetectorBase,
     better_model,
+    one_thread,
     subsample,
     targets_of,
 )
@@ -214,15 +215,17 @@ class ModelResidualDetector(DetectorBase):
         self.log_ = log_scale(t)
         z = _z(t, self.log_)
         X, zk = reference.x32[rows[keep]], z[keep]
-        self.model_ = better_model(
-            boosted, linear, X, zk, int(self.random_state), classes=False
-        ).fit(X, zk)
+        with one_thread():
+            self.model_ = better_model(
+                boosted, linear, X, zk, int(self.random_state), classes=False
+            ).fit(X, zk)
         self.spread_ = robust_spread(z)
         return self
 
     def _predict(self, batch: Table) -> np.ndarray:
         """The model's prediction on the log scale where the target is compared on it."""
-        return np.asarray(self.model_.predict(batch.x32), dtype=np.float64)
+        with one_thread():
+            return np.asarray(self.model_.predict(batch.x32), dtype=np.float64)
 
     def _score(self, batch: Table) -> np.ndarray:
         z = _z(targets_of(batch, self.name, "batch"), self.log_)
