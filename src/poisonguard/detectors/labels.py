@@ -702,18 +702,21 @@ class LabelExcessDetector(DetectorBase):
 
     _fitted_attr: ClassVar[str] = "R_"
 
-    def _counts(self, batch: Table) -> tuple[np.ndarray, ...]:
-        """Per row: its label, batch neighbours, those with its label, trusted ones, those with it."""
+    def _counts(self, batch: Table, rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """Per row of ``rows`` (default all): its label, whether the trusted rows know it,
+        its batch neighbours, those with its label, its trusted neighbours, those with it.
+        The neighbour searches are of the whole batch (memoised), whatever ``rows`` is."""
         y = labels_of(batch, self.name, "batch")
         n = batch.n_rows
+        rows = np.arange(n) if rows is None else rows
         keep = subsample(
             n, int(self.max_batch), y, int(self.random_state), int(self.n_neighbors) + 1
         )
         kb = min(int(self.n_neighbors), len(keep) - 1)
         seen = (y >= 0) & (y < self.n_classes_)
         if kb < 1:
-            zero = np.zeros(n, np.int64)
-            return y, seen, zero, zero, zero, zero
+            zero = np.zeros(len(rows), np.int64)
+            return y[rows], seen[rows], zero, zero, zero, zero
         B = np.ascontiguousarray(batch.x32[keep])
         b_y = y[keep]
         near = search(
@@ -728,16 +731,17 @@ class LabelExcessDetector(DetectorBase):
         # The same reach among trusted rows: the same share of the sample.
         kt = int(min(m, max(kb, round(kb * m / len(keep)))))
         trusted = search(batch.x32, self.R_, kt, r_key=self.r_key_, q_key=batch.key)
-        ok_b = near.index >= 0
-        lab_b = np.where(ok_b, b_y[np.maximum(near.index, 0)], -1)
-        lab_t = np.where(trusted.index >= 0, self.r_y_[np.maximum(trusted.index, 0)], -1)
-        own = y[:, None]
+        near_index, trusted_index = near.index[rows], trusted.index[rows]
+        ok_b = near_index >= 0
+        lab_b = np.where(ok_b, b_y[np.maximum(near_index, 0)], -1)
+        lab_t = np.where(trusted_index >= 0, self.r_y_[np.maximum(trusted_index, 0)], -1)
+        own = y[rows, None]
         return (
-            y,
-            seen,
+            y[rows],
+            seen[rows],
             ok_b.sum(axis=1),
             (lab_b == own).sum(axis=1),
-            (trusted.index >= 0).sum(axis=1),
+            (trusted_index >= 0).sum(axis=1),
             (lab_t == own).sum(axis=1),
         )
 
@@ -753,9 +757,10 @@ class LabelExcessDetector(DetectorBase):
         return np.where(seen & (k_b > 0), np.clip(score, 0.0, UNSEEN_SCORE - 1.0), 0.0)
 
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        y, _, k_b, o_b, k_t, o_t = (v[rows] for v in self._counts(batch))
+        y, _, k_b, o_b, k_t, o_t = (v.tolist() for v in self._counts(batch, rows))
+        names = {c: batch.label_of(c) for c in set(y)}
         return [
-            f"label {batch.label_of(int(y[i]))} on {int(o_b[i])} of its {int(k_b[i])} nearest "
-            f"rows of this batch, against {int(o_t[i])} of its {int(k_t[i])} nearest trusted rows"
-            for i in range(len(rows))
+            f"label {names[c]} on {ob} of its {kb} nearest rows of this batch, "
+            f"against {ot} of its {kt} nearest trusted rows"
+            for c, kb, ob, kt, ot in zip(y, k_b, o_b, k_t, o_t, strict=True)
         ]
