@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from poisonguard import __version__
+from poisonguard.columns import MAX_CATEGORIES
 from poisonguard.config import Config, load_config
 from poisonguard.errors import (
     BatchError,
@@ -96,6 +97,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         margin=args.margin,
         force=args.force,
         task=args.task,
+        max_categories=args.max_categories,
     )
     cfg = done.config
     _out(f"wrote {cfg.path}")
@@ -576,6 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         choices=("classification", "regression"),
         help="what the label is (default: inferred from its values)",
+    )
+    sp.add_argument(
+        "--max-categories",
+        type=int,
+        default=MAX_CATEGORIES,
+        help="a string column with at most this many distinct values is categorical "
+        f"(default {MAX_CATEGORIES})",
     )
 
     sp = command("run", cmd_run, "process the landing zone once")

@@ -8,8 +8,9 @@ Kinds
     True/False: two categories.
 ``categorical``
     Strings (or pandas ``category``) with few distinct values, each seen often:
-    at most ``MAX_CATEGORIES`` values, on average at least ``MIN_ROWS_PER_CATEGORY``
-    rows each. Compared by equality.
+    at most ``max_categories`` values (``dataset.max_categories``, default
+    ``MAX_CATEGORIES``), on average at least ``MIN_ROWS_PER_CATEGORY`` rows each.
+    Compared by equality.
 ``date``
     Dates and times: compared as numbers (days since 1970), so a date far
     outside the trusted span is an outlier like any far number.
@@ -31,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 KINDS = ("numeric", "boolean", "categorical", "date", "text", "ignore")
-#: A string column is categorical with at most this many distinct values ...
+#: A string column is categorical with at most this many distinct values (the default
+#: of ``dataset.max_categories``) ...
 MAX_CATEGORIES = 50
 #: ... each seen, on average, on at least this many trusted rows. Names, ids and
 #: free text have about one row per value and stay text.
@@ -41,14 +43,15 @@ MAX_CLASSES = 20
 TASKS = ("classification", "regression")
 
 
-def looks_categorical(series: pd.Series) -> bool:
-    """True for a string (or ``category``) column with few, often repeated values."""
+def looks_categorical(series: pd.Series, *, max_categories: int = MAX_CATEGORIES) -> bool:
+    """True for a string (or ``category``) column with few, often repeated values:
+    at most ``max_categories`` distinct ones, each on ``MIN_ROWS_PER_CATEGORY`` rows on average."""
     values = series.dropna()
     n_distinct = int(values.nunique())
-    return 0 < n_distinct <= MAX_CATEGORIES and len(values) >= MIN_ROWS_PER_CATEGORY * n_distinct
+    return 0 < n_distinct <= max_categories and len(values) >= MIN_ROWS_PER_CATEGORY * n_distinct
 
 
-def kind_of(series: pd.Series) -> str:
+def kind_of(series: pd.Series, *, max_categories: int = MAX_CATEGORIES) -> str:
     """The kind a trusted column's values suggest (never ``ignore``)."""
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype):
@@ -58,19 +61,26 @@ def kind_of(series: pd.Series) -> str:
     if pd.api.types.is_numeric_dtype(dtype):
         return "numeric"
     if isinstance(dtype, pd.CategoricalDtype):
-        return "categorical" if looks_categorical(series.astype(object)) else "text"
+        few = looks_categorical(series.astype(object), max_categories=max_categories)
+        return "categorical" if few else "text"
     values = series.dropna()
     if len(values) and all(isinstance(v, bool | np.bool_) for v in values.head(1000)):
         return "boolean"
-    return "categorical" if looks_categorical(series) else "text"
+    return "categorical" if looks_categorical(series, max_categories=max_categories) else "text"
 
 
 def infer_kinds(
-    frame: pd.DataFrame, columns: list[str], overrides: Mapping[str, str] | None = None
+    frame: pd.DataFrame,
+    columns: list[str],
+    overrides: Mapping[str, str] | None = None,
+    *,
+    max_categories: int = MAX_CATEGORIES,
 ) -> dict[str, str]:
     """Each column's kind: the override where one is given, else what its values suggest."""
     overrides = overrides or {}
-    return {c: overrides.get(c) or kind_of(frame[c]) for c in columns}
+    return {
+        c: overrides.get(c) or kind_of(frame[c], max_categories=max_categories) for c in columns
+    }
 
 
 def infer_task(series: pd.Series) -> str:

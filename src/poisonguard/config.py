@@ -9,6 +9,7 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     label = "target"
     id = "row_id"                  # optional
     features = []                  # empty: every numeric column but label and id
+    max_categories = 50            # a string column with at most this many values is categorical
     expectations = "expectations/digits.json"
     settle_seconds = 2.0           # a landed file is taken once unchanged this long
     audit_key = "store.key"        # default: <store>.key beside the store folder
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from poisonguard.columns import KINDS, TASKS
+from poisonguard.columns import KINDS, MAX_CATEGORIES, TASKS
 from poisonguard.errors import ConfigError
 
 #: Default false-discovery rate of the quarantine (see docs/decision.md).
@@ -158,6 +159,7 @@ class Config:
     audit_key: Path | None = None
     task: str | None = None
     columns: Mapping[str, str] = field(default_factory=dict)
+    max_categories: int = MAX_CATEGORIES
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -176,6 +178,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "audit_key": str,
         "task": str,
         "columns": dict,
+        "max_categories": int,
     },
     "detection": {
         "detectors": list,
@@ -203,7 +206,8 @@ def load_config(path: str | Path) -> Config:
         detector parameter that is unknown or out of range (checked by the
         detector's ``from_params``), a label, id or feature that is not a column
         of the suite (when the suite fixes its columns) or a feature that is the
-        label or the id, or a time zone that is not an IANA name. The message
+        label or the id, a column kind that is unknown or given for a column that
+        is not a feature, or a time zone that is not an IANA name. The message
         names the file and the key.
     """
     path = Path(path)
@@ -268,6 +272,17 @@ def load_config(path: str | Path) -> Config:
                 raise ConfigError(
                     f"{path}: dataset.columns.{column}: {column!r} is dataset.{key}, not a feature"
                 )
+        if features and column not in features:
+            raise ConfigError(
+                f"{path}: dataset.columns.{column}: {column!r} is not in dataset.features, "
+                "so its kind would never be used"
+            )
+
+    max_categories = ds.get("max_categories", MAX_CATEGORIES)
+    if max_categories < 1:
+        raise ConfigError(
+            f"{path}: dataset.max_categories must be an int >= 1. Got {max_categories!r} instead."
+        )
 
     settle = float(ds.get("settle_seconds", DEFAULT_SETTLE_SECONDS))
     if not 0.0 <= settle <= 3600.0:
@@ -328,6 +343,7 @@ def load_config(path: str | Path) -> Config:
         audit_key=(base / ds["audit_key"]).resolve() if "audit_key" in ds else None,
         task=task,
         columns=columns,
+        max_categories=max_categories,
     )
 
 
@@ -432,6 +448,7 @@ def render_config(
     cron: str = "*/15 * * * *",
     task: str | None = None,
     columns: Mapping[str, str] | None = None,
+    max_categories: int = MAX_CATEGORIES,
 ) -> str:
     """The text of a new config file, with comments, as ``poisonguard init`` writes it."""
 
@@ -455,6 +472,8 @@ def render_config(
     lines += [
         f"features = [{feats}]   # empty: every column but label and id",
         f"expectations = {q(expectations)}",
+        f"max_categories = {max_categories}   # a string column with at most this many "
+        "values is categorical",
         "",
     ]
     if columns:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from poisonguard.columns import infer_kinds, infer_task
+from poisonguard.columns import MAX_CATEGORIES, infer_kinds, infer_task
 from poisonguard.config import Config, load_config, render_config
 from poisonguard.errors import ConfigError
 from poisonguard.landing import read_batch
@@ -32,13 +32,16 @@ def init_dataset(
     margin: float = 0.25,
     force: bool = False,
     task: str | None = None,
+    max_categories: int = MAX_CATEGORIES,
 ) -> Initialized:
     """Infer a suite from a trusted sample, write a config beside it, seed the store.
 
     Writes ``DIR/poisonguard.toml`` (with the label's task and every feature
     column's kind, inferred unless given, for a person to check and edit),
     ``DIR/expectations/NAME.json`` and ``DIR/landing/``, and commits the sample as
-    the store's first clean batch.
+    the store's first clean batch. ``max_categories`` (written as
+    ``dataset.max_categories``) decides both which string columns are categorical
+    and which get a value set in the suite.
 
     Raises
     ------
@@ -71,9 +74,10 @@ def init_dataset(
         margin=margin,
         source=str(sample),
         task=task,
+        max_categories=max_categories,
     )
     features = [c for c in frame.columns if c not in (label, id_column)]
-    kinds = infer_kinds(frame, features)
+    kinds = infer_kinds(frame, features, max_categories=max_categories)
     store_root = directory / "store"
     if (store_root / "ledger.sqlite").exists():
         # Refuse before writing anything: --force rewrites a config, never mixes two seeds.
@@ -89,6 +93,7 @@ def init_dataset(
         expectations=suite_rel,
         task=task,
         columns=kinds,
+        max_categories=max_categories,
     )
     atomic_write_bytes(config_path, text.encode())
     config = load_config(config_path)

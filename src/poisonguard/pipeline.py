@@ -351,6 +351,7 @@ def fit_guard(config: Config, store: Store) -> Guard:
         settings=config.detection,
         columns=config.columns,
         task=config.task,
+        max_categories=config.max_categories,
     ).fit(reference[data_columns(reference)])
 
 

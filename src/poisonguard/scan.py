@@ -18,7 +18,7 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from poisonguard.columns import TASKS
+from poisonguard.columns import KINDS, MAX_CATEGORIES, TASKS
 from poisonguard.config import RESERVED_PREFIX, Config, DetectionSettings, load_config
 from poisonguard.decision import Calibration, Decision, decide
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
@@ -69,6 +69,22 @@ def infer_features(
     return [c for c in frame.columns if c not in skip and not str(c).startswith(RESERVED_PREFIX)]
 
 
+def _check_kinds(columns: Mapping[str, str] | None, features: list[str], owner: str) -> None:
+    """Kind overrides must name feature columns and known kinds.
+
+    Unchecked, a misspelt kind would drop its column from every detector and an
+    override of the label or of a column not scored would be ignored, both
+    without a word.
+    """
+    for column, kind in (columns or {}).items():
+        if kind not in KINDS:
+            rule = f"a mapping of feature columns to kinds from {list(KINDS)}"
+            raise param_error("columns", owner, rule, {column: kind})
+        if column not in features:
+            shown = ", ".join(map(str, features[:8])) + (", ..." if len(features) > 8 else "")
+            raise param_error("columns", owner, f"keyed by feature columns ({shown})", column)
+
+
 @dataclass(frozen=True)
 class ScanResult:
     """What a scan found, aligned to the scanned frame's index.
@@ -113,6 +129,9 @@ class Guard:
         Column kinds that override the inferred ones (``poisonguard.columns``).
     task : {"classification", "regression"}, optional
         What the label is; inferred from its values when None.
+    max_categories : int, default MAX_CATEGORIES
+        A string column with at most this many distinct values (each on a few
+        trusted rows) is categorical, with more it is text (``poisonguard.columns``).
     """
 
     def __init__(
@@ -124,6 +143,7 @@ class Guard:
         settings: DetectionSettings | None = None,
         columns: Mapping[str, str] | None = None,
         task: str | None = None,
+        max_categories: int = MAX_CATEGORIES,
     ) -> None:
         self.label = label
         self.features = features
@@ -131,6 +151,7 @@ class Guard:
         self.settings = settings
         self.columns = columns
         self.task = task
+        self.max_categories = max_categories
 
     # ------------------------------------------------------------------ fit
     def fit(self, reference: pd.DataFrame) -> Self:
@@ -143,6 +164,9 @@ class Guard:
             )
         if self.task is not None and self.task not in TASKS:
             raise param_error("task", "Guard", f"one of {TASKS} or None", self.task)
+        limit = self.max_categories
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise param_error("max_categories", "Guard", "an int >= 1", limit)
         if len(reference) < MIN_REFERENCE_ROWS:
             raise ConfigError(
                 f"The reference has {len(reference)} rows; poisonguard needs at least "
@@ -151,6 +175,7 @@ class Guard:
         features = list(self.features or infer_features(reference, self.label, self.id_column))
         if not features:
             raise ConfigError("No feature columns to score in the reference.")
+        _check_kinds(self.columns, features, "Guard")
         rng = np.random.default_rng(settings.random_state)
         if len(reference) > settings.max_reference_rows:
             keep = np.sort(rng.choice(len(reference), settings.max_reference_rows, replace=False))
@@ -160,7 +185,14 @@ class Guard:
 
         self.settings_ = settings
         self.features_ = tuple(features)
-        self.encoder_ = Encoder.fit(reference, features, self.label, self.columns, self.task)
+        self.encoder_ = Encoder.fit(
+            reference,
+            features,
+            self.label,
+            self.columns,
+            self.task,
+            max_categories=self.max_categories,
+        )
         table = self.encoder_.transform(reference, source="reference")
         if table.X.shape[1] == 0:
             raise ConfigError(
@@ -302,7 +334,14 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
         raise ConfigError(
             f"scan() with no reference needs at least {MIN_REFERENCE_ROWS} rows; got {len(frame)}"
         )
-    encoder = Encoder.fit(frame, features, guard.label, guard.columns, guard.task)
+    encoder = Encoder.fit(
+        frame,
+        features,
+        guard.label,
+        guard.columns,
+        guard.task,
+        max_categories=guard.max_categories,
+    )
     table = encoder.transform(frame)
     guard.features_ = tuple(features)
     guard.encoder_ = encoder
@@ -377,7 +416,8 @@ def scan(
         a regression target).
     columns : dict of str to str, optional
         Column kinds that override the inferred ones (``poisonguard.columns.KINDS``);
-        default the config's ``[dataset.columns]``.
+        default the config's ``[dataset.columns]``. The others are inferred with
+        the config's ``dataset.max_categories`` (default ``MAX_CATEGORIES``).
 
     Returns
     -------
@@ -391,6 +431,7 @@ def scan(
     if task is not None and task not in TASKS:
         raise param_error("task", "scan()", f"one of {TASKS} or None", task)
     id_column = None
+    max_categories = MAX_CATEGORIES
     if isinstance(config, (str, Path)):
         config = load_config(config)
     if isinstance(config, Config):
@@ -399,6 +440,7 @@ def scan(
         settings = config.detection
         task = task or config.task
         columns = columns if columns is not None else dict(config.columns)
+        max_categories = config.max_categories
     else:
         settings = (config or DetectionSettings()).validated("scan()")
     guard = Guard(
@@ -408,7 +450,10 @@ def scan(
         settings=settings,
         columns=columns,
         task=task,
+        max_categories=max_categories,
     )
+    scored = features or infer_features(frame if reference is None else reference, label, id_column)
+    _check_kinds(columns, scored, "scan()")
     if reference is None:
         return _self_scan(frame, guard)
     return guard.fit(reference).scan(frame)

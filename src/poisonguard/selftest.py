@@ -78,6 +78,7 @@ def selftest(
             settings=config.detection,
             columns=config.columns,
             task=config.task,
+            max_categories=config.max_categories,
         ).fit(reference)
         if attacks is None:
             attacks = _default_attacks(guard)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from poisonguard.columns import TASKS, infer_task, looks_categorical
+from poisonguard.columns import MAX_CATEGORIES, TASKS, infer_task, looks_categorical
 from poisonguard.detectors.base import check_class_label
 from poisonguard.errors import BatchError, ConfigError, param_error
 
@@ -599,9 +599,9 @@ def _rule(kind: str, kwargs: dict, why: str) -> dict:
     return {"type": kind, "kwargs": kwargs, "meta": {"inferred": why}}
 
 
-def _category_rule(column: str, series: pd.Series) -> dict | None:
+def _category_rule(column: str, series: pd.Series, max_categories: int) -> dict | None:
     """The values of a string column that looks categorical, as a value set; else None."""
-    if not looks_categorical(series):
+    if not looks_categorical(series, max_categories=max_categories):
         return None
     values = _label_values(series)
     n_values = int(series.notna().sum())
@@ -626,6 +626,7 @@ def infer_suite(
     margin: float = 0.25,
     source: str = "trusted sample",
     task: str | None = None,
+    max_categories: int = MAX_CATEGORIES,
 ) -> dict:
     """Infer an expectation suite from a trusted sample of rows.
 
@@ -643,7 +644,7 @@ def infer_suite(
     ``margin`` (and at least 8 characters more).
 
     A string column looks categorical (``poisonguard.columns.looks_categorical``) when
-    it holds at most ``MAX_CATEGORIES`` (50) distinct values, each seen on average on
+    it holds at most ``max_categories`` (50) distinct values, each seen on average on
     at least ``MIN_ROWS_PER_CATEGORY`` (5)
     rows. Names, ids and free text hold about one row per value, so they fail the
     second rule whatever the sample's size; a category seen several times per value
@@ -672,6 +673,9 @@ def infer_suite(
         What the label is; inferred from its values when None
         (``poisonguard.columns.infer_task``). A class label gets the set of
         values seen; a regression target the range seen, widened by ``margin``.
+    max_categories : int, default MAX_CATEGORIES
+        A string column with at most this many distinct values gets a value set;
+        with more it is text and gets a length limit.
 
     Returns
     -------
@@ -711,6 +715,12 @@ def infer_suite(
         raise param_error("margin", owner, "a finite number >= 0", margin)
     if task is not None and task not in TASKS:
         raise param_error("task", owner, f"one of {TASKS} or None", task)
+    if (
+        isinstance(max_categories, bool)
+        or not isinstance(max_categories, int)
+        or max_categories < 1
+    ):
+        raise param_error("max_categories", owner, "an int >= 1", max_categories)
     if label is not None:
         task = task or infer_task(frame[label])
         if task == "classification":
@@ -777,7 +787,9 @@ def infer_suite(
             if rule is not None:
                 expectations.append(rule)
         elif family == "string":
-            rule = _category_rule(column, series) or _length_rule(column, series, float(margin))
+            rule = _category_rule(column, series, max_categories) or _length_rule(
+                column, series, float(margin)
+            )
             if rule is not None:
                 expectations.append(rule)
     return {

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from poisonguard.columns import MAX_CATEGORIES, infer_kinds, infer_task
 from poisonguard.detectors._kernels import _finite_within, _standardize
 from poisonguard.errors import BatchError, ConfigError
 
@@ -272,20 +273,22 @@ class Encoder:
         label: str | None,
         kinds: Mapping[str, str] | None = None,
         task: str | None = None,
+        *,
+        max_categories: int = MAX_CATEGORIES,
     ) -> Encoder:
         """Learn the columns' kinds, scales and categories from trusted rows.
 
         ``kinds`` overrides the inferred kind of any column, ``task`` the task the
-        label suggests (``poisonguard.columns``).
+        label suggests, ``max_categories`` how many distinct values a string
+        column may hold and be categorical (default ``MAX_CATEGORIES``; see
+        ``poisonguard.columns``).
         """
-        from poisonguard.columns import infer_kinds, infer_task
-
         missing = [c for c in features if c not in frame.columns]
         if missing:
             raise BatchError(
                 "reference", f"missing feature column {missing[0]!r}", column=missing[0]
             )
-        kind = infer_kinds(frame, list(features), kinds)
+        kind = infer_kinds(frame, list(features), kinds, max_categories=max_categories)
         used = tuple(c for c in features if kind[c] != "ignore")
         numbers = tuple(c for c in used if kind[c] in ("numeric", "date"))
         raw = _numbers(frame, list(numbers), kind, "reference")
