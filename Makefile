@@ -45,6 +45,7 @@ bench: $(BENCH)
 	$(PY) benchmarks/odds.py
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/tables.py --split all
+	$(PY) benchmarks/variants.py
 
 clean:
 	rm -rf data/demo data/store .pytest_cache .mypy_cache .ruff_cache
