@@ -654,13 +654,20 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def use_settings(fdr: float | None = None, detectors: list[str] | None = None) -> str | None:
-    """Run poisonguard at false-discovery rate ``fdr`` and with only ``detectors`` (None:
-    its defaults); returns the header line that says so, or None when nothing changed."""
+def use_settings(
+    fdr: float | None = None,
+    detectors: list[str] | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+) -> str | None:
+    """Run poisonguard at false-discovery rate ``fdr``, with only ``detectors`` and with
+    detector ``params`` (None: its defaults); returns the header line that says so, or None
+    when nothing changed."""
     if fdr is not None:
         POISONGUARD_SETTINGS["fdr"] = fdr
     if detectors:
         POISONGUARD_SETTINGS["detectors"] = tuple(detectors)
+    if params:
+        POISONGUARD_SETTINGS["params"] = params
     if not POISONGUARD_SETTINGS:
         return None
     shown = ", ".join(

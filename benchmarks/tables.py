@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -147,6 +148,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--detectors",
         nargs="+",
         help="run poisonguard with only these detectors (default: its suite for the task)",
+    )
+    parser.add_argument(
+        "--params",
+        type=json.loads,
+        help='detector parameters as JSON, e.g. \'{"label_excess": {"n_neighbors": 20}}\'',
     )
     args = parser.parse_args(argv)
     names = SPLITS if args.split == "all" else [args.split]
@@ -544,7 +550,7 @@ def _success_table(success: pd.DataFrame, methods: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     quiet()
     args = parse_args(argv)
-    args.override = use_settings(args.fdr, args.detectors)
+    args.override = use_settings(args.fdr, args.detectors, args.params)
     out, methods, runner = run(args)
     print(report(out, methods, runner, args))
     if args.json:

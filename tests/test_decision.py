@@ -49,9 +49,11 @@ def test_a_surprise_scale_floors_the_tail():
     cal = Calibration.fit(np.zeros(99), min_scale=1.0)
     p = cal.p_values(np.array([0.0, 2.0, 20.0]))
     assert p == pytest.approx([1.0, np.exp(-2.0), np.exp(-20.0)])
-    # A calibration with a real tail keeps it where it is more cautious than the null.
-    spread = Calibration.fit(np.linspace(0.0, 30.0, 99), min_scale=1.0)
-    assert spread.p_values(np.array([5.0]))[0] > np.exp(-5.0)
+    # Where the calibration's own tail is more cautious than the null, the floor changes nothing.
+    scores, x = np.linspace(0.0, 30.0, 99), np.array([5.0, 29.0, 31.0])
+    floored = Calibration.fit(scores, min_scale=1.0).p_values(x)
+    assert floored == pytest.approx(Calibration.fit(scores).p_values(x))
+    assert np.all(floored > np.exp(-x))
 
 
 def test_a_fixed_shape_fits_an_exponential_tail_by_its_mean_exceedance():

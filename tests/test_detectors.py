@@ -630,9 +630,10 @@ def test_backdoor_bin_edges_are_numpys_quantiles_of_the_sorted_column(values, n_
 # ------------------------------------------------------------ label_excess
 
 
-def _population_flip() -> tuple[Table, Table, np.ndarray]:
-    """A coarse table (two categories decide the label 80/20) whose batch has one
-    population's labels turned to its minority label: no flipped row is impossible alone."""
+def _population_flip() -> tuple[Table, Table, Table, np.ndarray]:
+    """A coarse table (two categories decide the label 80/20): trusted rows, a clean batch,
+    and the same batch with one population's labels turned to its minority label (no
+    flipped row is impossible alone), with the flipped rows."""
     rng = np.random.default_rng(3)
 
     def draw(n: int) -> pd.DataFrame:
@@ -649,19 +650,25 @@ def _population_flip() -> tuple[Table, Table, np.ndarray]:
         )
 
     reference, batch = draw(1500), draw(600)
+    clean = batch.copy()
     population = np.flatnonzero(
         (batch["plan"] == "pro").to_numpy() & (batch["region"] == "north").to_numpy()
     )
     flipped = population[batch["label"].to_numpy()[population] == "churned"]
     batch.loc[flipped, "label"] = "stayed"
     encoder = Encoder.fit(reference, ["plan", "region", "age"], "label")
-    return encoder.transform(reference), encoder.transform(batch), flipped
+    return (
+        encoder.transform(reference),
+        encoder.transform(clean),
+        encoder.transform(batch),
+        flipped,
+    )
 
 
 def test_label_excess_finds_a_relabelled_population():
     """Every flipped row of the population outscores the rows outside it, though the flipped
     label is what a fifth of the population honestly carries (model_label cannot tell)."""
-    reference, batch, flipped = _population_flip()
+    reference, _, batch, flipped = _population_flip()
     det = REGISTRY["label_excess"]().fit(reference)
     s = det.score(batch)
     outside = np.setdiff1d(np.arange(batch.n_rows), flipped)
@@ -673,12 +680,13 @@ def test_label_excess_finds_a_relabelled_population():
 
 
 def test_label_excess_scores_an_unpoisoned_batch_like_trusted_rows():
-    """On a clean batch, scores stay near the null: few rows past a 1e-3 tail."""
-    reference, _, _ = _population_flip()
-    rng = np.random.default_rng(0)
+    """On a fresh clean batch scores stay near the null (few rows past a 1e-3 tail), and the
+    same batch with a relabelled population scores far higher there."""
+    reference, clean, poisoned, flipped = _population_flip()
     det = REGISTRY["label_excess"]().fit(reference)
-    clean = reference.take(rng.choice(reference.n_rows, 600, replace=False))
-    assert np.mean(det.score(clean) > -np.log(1e-3)) < 0.01
+    s_clean = det.score(clean)
+    assert np.mean(s_clean > -np.log(1e-3)) < 0.01
+    assert np.median(det.score(poisoned)[flipped]) > np.quantile(s_clean, 0.99)
 
 
 def test_beta_binomial_tail_matches_the_summed_pmf():

@@ -104,6 +104,43 @@ def _vote_reason(
     )
 
 
+def _trusted_sample(
+    reference: Table, who: str, max_rows: int, seed: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The reference's labels, and the stratified sample of trusted rows a kNN label
+    detector searches (at least ``k + 1`` rows per label): its rows, labels and key.
+    Detectors drawing it with the same settings search the same rows (and share searches)."""
+    y = labels_of(reference, who, "reference")
+    if reference.n_rows < 1:
+        raise BatchError("reference", f"detector {who!r} needs at least 1 trusted row")
+    keep = subsample(reference.n_rows, max_rows, y, seed, k + 1)
+    R = np.ascontiguousarray(reference.x32[keep])
+    r_y = np.ascontiguousarray(y[keep])
+    return y, R, r_y, fingerprint(R, r_y)
+
+
+def _batch_neighbours(
+    batch: Table, y: np.ndarray, k: int, max_rows: int, seed: int, kc: int = 0
+) -> tuple[np.ndarray, Neighbours]:
+    """Each batch row's ``k`` nearest rows among a stratified sample of at most ``max_rows``
+    rows of the same batch, itself left out (``kc`` of its own label too): the sample's
+    labels and the neighbours."""
+    keep = subsample(batch.n_rows, max_rows, y, seed, k + 1)
+    r_y = np.ascontiguousarray(y[keep])
+    nb = search(
+        batch.x32,
+        np.ascontiguousarray(batch.x32[keep]),
+        max(1, min(k, len(keep) - 1)),
+        kc=kc,
+        q_lab=y,
+        r_lab=r_y,
+        q_ids=np.arange(batch.n_rows, dtype=np.int64),
+        r_ids=keep,
+        q_key=batch.key,
+    )
+    return r_y, nb
+
+
 class _TrustedNeighbours(DetectorBase):
     """What ``knn_label`` and ``interpolation`` share: a sample of trusted rows and its search.
 
@@ -124,17 +161,12 @@ class _TrustedNeighbours(DetectorBase):
 
     def _fit_sample(self, reference: Table) -> np.ndarray:
         """Keep the trusted sample; the reference's labels."""
-        k, n_close = int(self.n_neighbors), int(self.n_close)
-        max_ref, seed = int(self.max_reference), int(self.random_state)
-        y = labels_of(reference, self.name, "reference")
-        if reference.n_rows < 1:
-            raise BatchError("reference", f"detector {self.name!r} needs at least 1 trusted row")
-        keep = subsample(reference.n_rows, max_ref, y, seed, k + 1)
-        self.R_ = np.ascontiguousarray(reference.x32[keep])
-        self.r_y_ = np.ascontiguousarray(y[keep])
-        self.r_key_ = fingerprint(self.R_, self.r_y_)
-        self.k_ = min(k, len(keep))
-        self.n_close_ = min(n_close, self.k_)
+        k = int(self.n_neighbors)
+        y, self.R_, self.r_y_, self.r_key_ = _trusted_sample(
+            reference, self.name, int(self.max_reference), int(self.random_state), k
+        )
+        self.k_ = min(k, len(self.r_y_))
+        self.n_close_ = min(int(self.n_close), self.k_)
         return y
 
     def _search(self, batch: Table) -> tuple[np.ndarray, Neighbours]:
@@ -348,21 +380,7 @@ class BatchKnnLabelDetector(DetectorBase):
         self, batch: Table
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         y = labels_of(batch, self.name, "batch")
-        X = batch.x32
-        keep = subsample(batch.n_rows, self.max_batch_, y, self.seed_, self.k_ + 1)
-        R = np.ascontiguousarray(X[keep])
-        r_y = np.ascontiguousarray(y[keep])
-        nb = search(
-            X,
-            R,
-            self.k_,
-            kc=1,
-            q_lab=y,
-            r_lab=r_y,
-            q_ids=np.arange(batch.n_rows, dtype=np.int64),
-            r_ids=keep,
-            q_key=batch.key,
-        )
+        r_y, nb = _batch_neighbours(batch, y, self.k_, self.max_batch_, self.seed_, kc=1)
         s, prob, margin = _label_scores(nb, r_y, y, self.prior_, self.smoothing)
         lab = np.where(nb.index >= 0, r_y[np.maximum(nb.index, 0)], -1)
         return s, prob, margin, lab, y
@@ -684,18 +702,15 @@ class LabelExcessDetector(DetectorBase):
         self._check_seed()
 
     def _fit(self, reference: Table) -> Self:
-        y = labels_of(reference, self.name, "reference")
-        if reference.n_rows < 2:
-            raise BatchError("reference", f"detector {self.name!r} needs at least 2 trusted rows")
-        # The sample knn_label draws with the same settings, so that when the batch
-        # sample is as large as this one the trusted search is knn_label's own.
-        k = int(self.n_neighbors)
-        keep = subsample(
-            reference.n_rows, int(self.max_reference), y, int(self.random_state), k + 1
+        # knn_label's sample with the same settings: when the batch sample is as
+        # large as this one, the trusted search is knn_label's own.
+        y, self.R_, self.r_y_, self.r_key_ = _trusted_sample(
+            reference,
+            self.name,
+            int(self.max_reference),
+            int(self.random_state),
+            int(self.n_neighbors),
         )
-        self.R_ = np.ascontiguousarray(reference.x32[keep])
-        self.r_y_ = np.ascontiguousarray(y[keep])
-        self.r_key_ = fingerprint(self.R_, self.r_y_)
         self.n_classes_ = reference.n_classes
         self.prior_ = class_prior(y, reference.n_classes)
         return self
@@ -709,27 +724,17 @@ class LabelExcessDetector(DetectorBase):
         y = labels_of(batch, self.name, "batch")
         n = batch.n_rows
         rows = np.arange(n) if rows is None else rows
-        keep = subsample(
-            n, int(self.max_batch), y, int(self.random_state), int(self.n_neighbors) + 1
-        )
-        kb = min(int(self.n_neighbors), len(keep) - 1)
         seen = (y >= 0) & (y < self.n_classes_)
-        if kb < 1:
+        if n < 2:
             zero = np.zeros(len(rows), np.int64)
             return y[rows], seen[rows], zero, zero, zero, zero
-        B = np.ascontiguousarray(batch.x32[keep])
-        b_y = y[keep]
-        near = search(
-            batch.x32,
-            B,
-            kb,
-            q_ids=np.arange(n, dtype=np.int64),
-            r_ids=keep,
-            q_key=batch.key,
+        b_y, near = _batch_neighbours(
+            batch, y, int(self.n_neighbors), int(self.max_batch), int(self.random_state)
         )
+        kb = near.index.shape[1]
         m = len(self.r_y_)
         # The same reach among trusted rows: the same share of the sample.
-        kt = int(min(m, max(kb, round(kb * m / len(keep)))))
+        kt = int(min(m, max(kb, round(kb * m / len(b_y)))))
         trusted = search(batch.x32, self.R_, kt, r_key=self.r_key_, q_key=batch.key)
         near_index, trusted_index = near.index[rows], trusted.index[rows]
         ok_b = near_index >= 0
@@ -751,9 +756,7 @@ class LabelExcessDetector(DetectorBase):
         s = float(self.smoothing)
         a = o_t + s * prior
         b = (k_t - o_t) + s * (1.0 - prior)
-        score = -_beta_binomial_log_tail(
-            o_b.astype(np.int64), k_b.astype(np.int64), a.astype(np.float64), b.astype(np.float64)
-        )
+        score = -_beta_binomial_log_tail(o_b, k_b, a, b)
         return np.where(seen & (k_b > 0), np.clip(score, 0.0, UNSEEN_SCORE - 1.0), 0.0)
 
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
