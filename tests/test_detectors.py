@@ -729,15 +729,3 @@ def test_model_residual_picks_the_model_the_trusted_rows_favour():
         )
         det = REGISTRY["model_residual"]().fit(table)
         assert type(det.model_).__name__ == kind
-
-
-def test_model_label_auto_fits_the_better_model():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(400, 2))
-    frame = pd.DataFrame(X, columns=["a", "b"])
-    frame["label"] = np.where((X[:, 0] > 0) ^ (X[:, 1] > 0), "x", "y")
-    table = Encoder.fit(frame, ["a", "b"], "label").transform(frame)
-    assert type(REGISTRY["model_label"](model="auto").fit(table).model_).__name__ == (
-        "HistGradientBoostingClassifier"
-    )
-    assert type(REGISTRY["model_label"]().fit(table).model_).__name__ == "LogisticRegression"

@@ -330,43 +330,32 @@ def one_thread() -> Any:
 
     These fits are small; threaded BLAS stalls badly when another process holds one
     of few cores, and gradient boosting's OpenMP threads next to numba's were
-    measured here taking minutes for a fit that takes a tenth of a second on one.
+    seen here taking minutes for fits that take a fraction of a second on one thread.
     """
     return _pools().limit(limits=1)
 
 
-#: Most trusted rows two candidate models are compared on (``better_model``).
+#: Most trusted rows two candidate models are compared on (``better_regressor``).
 SELECTION_ROWS = 1000
 
 
-def better_model(
-    first: Any, second: Any, X: np.ndarray, y: np.ndarray, seed: int, *, classes: bool
-) -> Any:
-    """Of two unfitted scikit-learn estimators, the one with the smaller 3-fold out-of-fold
-    loss on a sample of at most ``SELECTION_ROWS`` trusted rows: log loss of the true class
-    for classifiers (``classes=True``), absolute error for regressors. ``first`` on ties and
-    when there are too few rows to tell (fewer than 30)."""
+def better_regressor(first: Any, second: Any, X: np.ndarray, y: np.ndarray, seed: int) -> Any:
+    """Of two unfitted scikit-learn regressors, the one with the smaller 3-fold out-of-fold
+    absolute error on a sample of at most ``SELECTION_ROWS`` trusted rows; ``first`` on ties
+    and when there are too few rows to tell (fewer than 30)."""
     from sklearn.base import clone
     from sklearn.model_selection import KFold
 
     if len(y) < 30:
         return first
-    rows = subsample(len(y), SELECTION_ROWS, y if classes else None, seed, 3)
+    rows = subsample(len(y), SELECTION_ROWS, None, seed, 1)
     Xs, ys = X[rows], y[rows]
-    losses = []
-    for est in (first, second):
-        loss = 0.0
-        for fit_rows, test_rows in KFold(3, shuffle=True, random_state=seed).split(Xs):
-            if classes and len(np.unique(ys[fit_rows])) < 2:
-                return first
-            model = clone(est).fit(Xs[fit_rows], ys[fit_rows])
-            if classes:
-                proba = model.predict_proba(Xs[test_rows])
-                col = {c: i for i, c in enumerate(model.classes_.tolist())}
-                at = np.array([col.get(c, -1) for c in ys[test_rows].tolist()])
-                p = np.where(at >= 0, proba[np.arange(len(at)), np.maximum(at, 0)], 0.0)
-                loss += float(-np.log(np.clip(p, 1e-6, 1.0)).sum())
-            else:
-                loss += float(np.abs(model.predict(Xs[test_rows]) - ys[test_rows]).sum())
-        losses.append(loss)
-    return second if losses[1] < losses[0] else first
+    folds = list(KFold(3, shuffle=True, random_state=seed).split(Xs))
+    errors = [
+        sum(
+            float(np.abs(clone(est).fit(Xs[a], ys[a]).predict(Xs[b]) - ys[b]).sum())
+            for a, b in folds
+        )
+        for est in (first, second)
+    ]
+    return second if errors[1] < errors[0] else first

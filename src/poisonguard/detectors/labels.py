@@ -9,14 +9,13 @@ among the trusted rows around it.
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from poisonguard.detectors._common import (
     UNSEEN_SCORE,
     DetectorBase,
-    better_model,
     class_prior,
     label_surprise,
     labels_of,
@@ -406,15 +405,12 @@ class ModelLabelDetector(DetectorBase):
     Score: ``-log p(label)`` from the model's class probabilities; batch rows
     are out-of-sample by construction. ``model="logistic"`` is a multinomial
     logistic regression (fast, linear); ``"hist_gradient_boosting"`` is
-    non-linear and slower to fit and predict; ``"auto"`` fits the one with the
-    smaller 3-fold out-of-fold log loss on (a sample of) the trusted rows, so a
-    table whose label depends on interactions of a few columns (sex and class,
-    say) gets a model that can see them. Labels the model never saw
+    non-linear and slower to fit and predict. Labels the model never saw
     (unseen, or absent from the fitting rows) score above every seen label.
 
     Parameters
     ----------
-    model : {"auto", "logistic", "hist_gradient_boosting"}
+    model : {"logistic", "hist_gradient_boosting"}
     C : float
         Inverse regularisation of the logistic model (> 0).
     max_iter : int
@@ -450,7 +446,7 @@ class ModelLabelDetector(DetectorBase):
         self.random_state = random_state
 
     def _validate_params(self) -> None:
-        self._check_choice("model", ("auto", "logistic", "hist_gradient_boosting"))
+        self._check_choice("model", ("logistic", "hist_gradient_boosting"))
         self._check_real("C", 0.0, low_open=True)
         self._check_int("max_iter", 1)
         self._check_int("max_reference", 2)
@@ -474,19 +470,18 @@ class ModelLabelDetector(DetectorBase):
             from sklearn.exceptions import ConvergenceWarning
             from sklearn.linear_model import LogisticRegression
 
-            linear = LogisticRegression(C=C, max_iter=max_iter, tol=1e-3)
-            boosted = HistGradientBoostingClassifier(
-                max_iter=max_iter, early_stopping=False, random_state=seed
+            est: Any = (
+                LogisticRegression(C=C, max_iter=max_iter, tol=1e-3)
+                if kind == "logistic"
+                else HistGradientBoostingClassifier(
+                    max_iter=max_iter, early_stopping=False, random_state=seed
+                )
             )
             # One BLAS thread: these problems are small, and threaded BLAS
             # stalls badly when another process holds one of few cores.
             with warnings.catch_warnings(), one_thread():
                 # A not-quite-converged model still ranks labels well.
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                if kind == "auto":
-                    est = better_model(linear, boosted, X, yk, seed, classes=True)
-                else:
-                    est = linear if kind == "logistic" else boosted
                 est.fit(X, yk)
             self.model_ = est
         return self

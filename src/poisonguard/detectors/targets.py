@@ -16,7 +16,7 @@ import numpy as np
 from poisonguard.detectors._common import (
     UNSEEN_SCORE,
     DetectorBase,
-    better_model,
+    better_regressor,
     one_thread,
     subsample,
     targets_of,
@@ -216,9 +216,9 @@ class ModelResidualDetector(DetectorBase):
         z = _z(t, self.log_)
         X, zk = reference.x32[rows[keep]], z[keep]
         with one_thread():
-            self.model_ = better_model(
-                boosted, linear, X, zk, int(self.random_state), classes=False
-            ).fit(X, zk)
+            self.model_ = better_regressor(boosted, linear, X, zk, int(self.random_state)).fit(
+                X, zk
+            )
         self.spread_ = robust_spread(z)
         return self
 
