@@ -46,6 +46,7 @@ bench: $(BENCH)
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/tables.py --split all
 	$(PY) benchmarks/variants.py
+	$(PY) benchmarks/ceiling.py --split all
 
 clean:
 	rm -rf data/demo data/store .pytest_cache .mypy_cache .ruff_cache

@@ -140,6 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rates", nargs="+", type=float, default=list(DEFAULT_RATES))
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--quick", action="store_true", help="first seed of each table only")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="split with these seeds instead of the split's own"
+    )
     parser.add_argument("--json", type=Path, help="write every raw record to this JSON file")
     parser.add_argument(
         "--fdr", type=float, help="poisonguard's false-discovery rate (default: its config default)"
@@ -156,7 +159,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     names = SPLITS if args.split == "all" else [args.split]
-    plan = [(t, s) for n in names for t in SPLITS[n].tables for s in SPLITS[n].seeds]
+    plan = [
+        (t, s) for n in names for t in SPLITS[n].tables for s in (args.seeds or SPLITS[n].seeds)
+    ]
     if args.tables:
         outside = sorted(set(args.tables) - {t for t, _ in plan})
         if outside:
@@ -383,26 +388,32 @@ def run(
         frames.setdefault(name, load_table(name))
         sc = scene(name, frames[name], seed)
         task = sc.spec.task
-        base = {"table": name, "task": task, "seed": seed, "split": _split_of(name)}
+        base = {"table": name, "task": task, "seed": seed, "split": split_of(name)}
         start = time.perf_counter()
         judge_clean(sc, base, runner, out)
         for attack in [a for a in args.attacks if a in TASK_ATTACKS[task]]:
             for rate in args.rates:
-                planted = plant(
-                    sc.batch,
-                    label=sc.spec.label,
-                    kind=attack,
-                    rate=rate,
-                    features=sc.features,
-                    reference=sc.reference,
-                    random_state=attack_seed(seed, attack, rate),
-                )
+                planted = plant_in(sc, attack, rate)
                 judge_attack(sc, planted, {**base, "attack": attack, "rate": rate}, runner, out)
         progress(f"{name} ({task}) seed={seed}: {time.perf_counter() - start:.1f}s")
     return out, runner.methods, runner
 
 
-def _split_of(name: str) -> str:
+def plant_in(sc: Scene, attack: str, rate: float) -> PlantedAttack:
+    """``attack`` at ``rate`` in the batch of ``sc``, the reference as the attacker's view,
+    seeded by the case alone."""
+    return plant(
+        sc.batch,
+        label=sc.spec.label,
+        kind=attack,
+        rate=rate,
+        features=sc.features,
+        reference=sc.reference,
+        random_state=attack_seed(sc.seed, attack, rate),
+    )
+
+
+def split_of(name: str) -> str:
     return next(s for s, split in SPLITS.items() if name in split.tables)
 
 
@@ -439,6 +450,8 @@ def report(
     for name, split in SPLITS.items():
         role = "tune here" if name == "dev" else "do not look while choosing"
         lines.append(f"  {name:8s} seeds {list(split.seeds)}: {', '.join(split.tables)} ({role})")
+    if args.seeds:
+        lines.append(f"  seeds of this run (--seeds, instead of the split's): {args.seeds}")
     ran = sorted({t for t, _ in args.plan})
     lines.append(
         "tables run: " + ", ".join(f"{t} [{TABLES[t].label}, {TABLES[t].task}]" for t in ran)

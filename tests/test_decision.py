@@ -13,6 +13,7 @@ from poisonguard.decision import (
     cauchy_combine,
     decide,
     decide_batch,
+    excess_cut,
     log_cauchy_combine,
 )
 from poisonguard.errors import ConfigError
@@ -203,6 +204,66 @@ def test_benjamini_hochberg_matches_its_definition(ps, q):
         assert np.all(p[out] <= s[k - 1])
     else:
         assert not out.any()
+
+
+def _weak_poison(rng: np.random.Generator, n_clean: int = 900, n_poison: int = 100) -> tuple:
+    """Log p-values of a batch: clean rows uniform, poisoned rows spread over (0, 0.02);
+    each one alone too weak for Benjamini-Hochberg at 0.05 once the batch is 1,000 rows."""
+    p = np.concatenate([rng.uniform(size=n_clean), rng.uniform(0, 0.02, size=n_poison)])
+    return np.log(p), np.arange(p.size) >= n_clean
+
+
+def _f1(held: np.ndarray, poison: np.ndarray) -> float:
+    return 2 * float((held & poison).sum()) / (held.sum() + poison.sum())
+
+
+def test_the_excess_rule_seldom_holds_anything_in_a_batch_without_poison():
+    """Valid p-values against clean calibration rows: over 300 poison-free batches the rule
+    fires (holds a row Benjamini-Hochberg does not) in at most about its level."""
+    rng = np.random.default_rng(0)
+    null = np.sort(np.log(rng.uniform(size=2000)))
+    fired = [excess_cut(np.log(rng.uniform(size=500)), 0.01, null) > 0 for _ in range(300)]
+    assert np.mean(fired) <= 0.03
+
+
+def test_the_excess_rule_holds_a_weak_poison_benjamini_hochberg_leaves():
+    """100 poisoned rows at p < 0.02 in 1,000: Benjamini-Hochberg at 0.05 holds few of them;
+    the excess rule, seeing far more small p-values than 2,000 clean rows give, holds most,
+    at a much better F1, and always every row Benjamini-Hochberg holds."""
+    rng = np.random.default_rng(1)
+    null = np.sort(np.log(rng.uniform(size=2000)))
+    log_p, poison = _weak_poison(rng)
+    bh = benjamini_hochberg(log_p, 0.05, log=True)
+    k = excess_cut(log_p, 0.01, null, int(bh.sum()))
+    held = np.zeros(log_p.size, dtype=bool)
+    held[np.argsort(log_p)[:k]] = True
+    assert k >= bh.sum() and np.all(held[bh])
+    assert (held & poison).sum() >= 80 and _f1(held, poison) >= _f1(bh, poison) + 0.3
+    assert (held & ~poison).sum() <= 30
+
+
+def test_the_excess_rule_trusts_the_clean_rows_it_is_given_not_uniformity():
+    """Clean rows whose combined p-values run small (as coarse tables give) are no excess
+    when the calibration rows run as small: nothing is held. Against a uniform null the
+    same batch would look poisoned."""
+    rng = np.random.default_rng(2)
+    skewed = np.log(rng.uniform(size=(2000 + 1000)) ** 2)
+    null, batch = np.sort(skewed[:2000]), skewed[2000:]
+    assert excess_cut(batch, 0.01, null) == 0
+    assert excess_cut(batch, 0.01, np.sort(np.log(rng.uniform(size=2000)))) > 0
+
+
+def test_decide_with_the_excess_rule_holds_a_superset_of_benjamini_hochberg():
+    """decide() with a null and a level extends the run of rows Benjamini-Hochberg holds."""
+    rng = np.random.default_rng(4)
+    cal = {"a": Calibration.fit(rng.uniform(size=2000))}
+    log_p, poison = _weak_poison(rng)
+    scores = {"a": 1.0 - np.exp(log_p)}
+    null = np.sort(np.log(cal["a"].p_values(rng.uniform(size=2000))))
+    plain = decide(scores, cal, fdr=0.05)
+    more = decide(scores, cal, fdr=0.05, excess_level=0.01, null=null)
+    assert np.all(more.quarantined[plain.quarantined])
+    assert _f1(more.quarantined, poison) > _f1(plain.quarantined, poison) + 0.2
 
 
 def test_decide_quarantines_only_rows_far_beyond_calibration_and_explains_them():

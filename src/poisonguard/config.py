@@ -49,6 +49,9 @@ from poisonguard.errors import ConfigError
 #: Default false-discovery rate of the quarantine (see docs/decision.md).
 DEFAULT_FDR = 0.05
 
+#: Default level of the excess rule (``decision.excess_cut``; docs/decision.md, section 4).
+DEFAULT_EXCESS_LEVEL = 0.01
+
 #: A landed file is taken once its size and time have not changed for this long.
 DEFAULT_SETTLE_SECONDS = 2.0
 
@@ -87,6 +90,11 @@ class DetectionSettings:
     hold_feature_drift : float
         Share of features drifted (significant KS and PSI >= 0.1) past which the
         whole batch is held for review; 1 disables it.
+    excess_level : float
+        Level of the excess rule, which holds more rows than Benjamini-Hochberg
+        where the batch shows significantly more small p-values than clean rows
+        give (on a batch with no poison it fires with probability at most about
+        this); 0 disables it.
     random_state : int
         Seed for every random choice, so runs are repeatable.
     """
@@ -99,6 +107,7 @@ class DetectionSettings:
     max_reference_rows: int = 20000
     hold_label_shift: float = 1.0
     hold_feature_drift: float = 1.0
+    excess_level: float = DEFAULT_EXCESS_LEVEL
     random_state: int = 0
 
     def validated(
@@ -130,6 +139,8 @@ class DetectionSettings:
             raise bad("hold_label_shift", "in (0, 1]", self.hold_label_shift)
         if not 0.0 < self.hold_feature_drift <= 1.0:
             raise bad("hold_feature_drift", "in (0, 1]", self.hold_feature_drift)
+        if not 0.0 <= self.excess_level < 1.0:
+            raise bad("excess_level", "in [0, 1)", self.excess_level)
         for name, params in self.params.items():
             if name not in REGISTRY:
                 raise bad("params", f"keyed by detector names from {sorted(REGISTRY)}", name)
@@ -189,6 +200,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "max_reference_rows": int,
         "hold_label_shift": (float, int),
         "hold_feature_drift": (float, int),
+        "excess_level": (float, int),
         "random_state": int,
     },
     "schedule": {"cron": str, "timezone": str},
@@ -309,6 +321,7 @@ def load_config(path: str | Path) -> Config:
         max_reference_rows=det.get("max_reference_rows", 20000),
         hold_label_shift=float(det.get("hold_label_shift", 1.0)),
         hold_feature_drift=float(det.get("hold_feature_drift", 1.0)),
+        excess_level=float(det.get("excess_level", DEFAULT_EXCESS_LEVEL)),
         random_state=det.get("random_state", 0),
     )
     settings.validated(key_prefix=f"{path}: detection")

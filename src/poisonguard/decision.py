@@ -299,6 +299,75 @@ def benjamini_hochberg(p: np.ndarray, fdr: float, *, log: bool = False) -> np.nd
     return out
 
 
+#: The excess rule cuts only where combined p-values are at most this: the tail, where the
+#: calibration rows say how many clean rows fall, not the bulk of the batch.
+EXCESS_MAX_P = 0.2
+
+
+def excess_cut(log_p: np.ndarray, level: float, null: np.ndarray, held: int = 0) -> int:
+    """How many rows, smallest p-values first, the excess rule holds: ``held`` (what
+    Benjamini-Hochberg holds) or more, where the next rows show a significant excess.
+
+    ``log_p`` holds the batch's combined natural-log p-values and ``null`` those of
+    clean rows (the calibration rows, sorted), which tell what share ``F(t)`` of
+    clean rows falls below a cut ``t``: the larger of ``t`` and the conformal
+    ``(1 + #null <= t) / (n_null + 1)``. Between the ``held``-th row's p-value and
+    a cut ``t``, a batch of ``n`` clean rows would put about ``Binomial(n, q)`` rows,
+    ``q`` the larger of ``t - t_held`` and the null's share there (plus one row); the ``k - held`` rows there are *significantly many* when
+    that binomial's upper tail is at most ``level / n`` (Bonferroni over the
+    possible cuts: on a batch with no poison, the chance that any cut is
+    significant is at most about ``level``). Among significant cuts the rule takes
+    the one of highest estimated F1, ``2 (k - C) / (k + P)``, where ``C`` counts the
+    clean rows below the cut at their most (the null's share at its upper 95% bound,
+    plus one binomial standard deviation) and ``P``, the largest ``k - C``, estimates
+    the poisoned rows in the batch. Cuts stop at p-values of :data:`EXCESS_MAX_P`.
+    """
+    from scipy.stats import beta, binom
+
+    log_p = np.asarray(log_p, dtype=np.float64)
+    n = log_p.size
+    if n == 0 or level <= 0.0 or null.size == 0:
+        return held
+    cuts = np.sort(log_p)
+
+    # Only the last row of a run of ties is a cut a threshold can make.
+    ends = np.flatnonzero(np.r_[np.diff(cuts) != 0, True])
+    ends = ends[(ends >= held) & (cuts[ends] <= np.log(EXCESS_MAX_P))]
+    if ends.size == 0:
+        return held
+    k = ends + 1.0
+    # The clean share between the held rows' largest p-value and each cut: the larger
+    # of what valid p-values allow and the null's count there, plus one.
+    start = cuts[held - 1] if held else -np.inf
+    below = np.searchsorted(null, cuts[ends], side="right")
+    between = below - np.searchsorted(null, start, side="right")
+    extra = np.maximum(np.exp(cuts[ends]) - np.exp(start), (between + 1.0) / (null.size + 1.0))
+    significant = binom.logsf(k - held - 1.0, n, np.minimum(extra, 1.0)) <= np.log(level / n)
+    if not significant.any():
+        return held
+    high = np.maximum(np.exp(cuts[ends]), beta.ppf(0.95, below + 1.0, null.size - below + 1.0))
+    clean = n * high + np.sqrt(n * high * (1.0 - high))
+    excess = np.where(significant, k - clean, -np.inf)
+    f1 = 2.0 * excess / (k + excess.max())
+    return max(held, int(k[int(np.argmax(f1))]))
+
+
+def combined_log_p(
+    scores: Mapping[str, np.ndarray],
+    calibrations: Mapping[str, Calibration],
+    weights: Mapping[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each detector's log p-values (rows x detectors, ``scores`` order), the detectors'
+    normalised shares, and every row's Cauchy-combined log p-value."""
+    names = tuple(scores)
+    n = len(next(iter(scores.values())))
+    logp = np.empty((n, len(names)))
+    for j, name in enumerate(names):
+        logp[:, j] = calibrations[name].log_p_values(scores[name])
+    w = _normalised([(weights or {}).get(name, 1.0) for name in names], len(names))
+    return logp, w, log_cauchy_combine(logp, w) if n else np.empty(0)
+
+
 @dataclass(frozen=True)
 class Decision:
     """The quarantine decision for one batch.
@@ -345,6 +414,8 @@ def decide(
     fdr: float = 0.05,
     explain: Explainer | None = None,
     weights: Mapping[str, float] | None = None,
+    excess_level: float = 0.0,
+    null: np.ndarray | None = None,
 ) -> Decision:
     """Turn every detector's scores on a batch into one partition of its rows.
 
@@ -359,6 +430,12 @@ def decide(
         row a sentence from each detector that flagged it.
     weights : mapping of detector name to weight, optional
         Each detector's share of the combination (default equal; missing names 1).
+    excess_level : float, default 0
+        Level of the excess rule (:func:`excess_cut`), which holds more rows than
+        Benjamini-Hochberg where the batch shows a significant excess of small
+        p-values; 0 turns it off.
+    null : ndarray, optional
+        Sorted combined log p-values of clean rows, which the excess rule needs.
 
     Returns
     -------
@@ -370,14 +447,15 @@ def decide(
     if not names:
         raise ValueError("decide() needs the scores of at least one detector")
     n = len(next(iter(scores.values())))
-    logp = np.empty((n, len(names)))
-    for j, name in enumerate(names):
-        logp[:, j] = calibrations[name].log_p_values(scores[name])
+    logp, w, log_combined = combined_log_p(scores, calibrations, weights)
     p = np.maximum(np.exp(logp), P_FLOOR)
-    w = _normalised([(weights or {}).get(name, 1.0) for name in names], len(names))
-    log_combined = log_cauchy_combine(logp, w) if n else np.empty(0)
     combined = np.maximum(np.exp(log_combined), P_FLOOR)
     quarantined = benjamini_hochberg(log_combined, fdr, log=True)
+    if excess_level > 0.0 and null is not None:
+        # Benjamini-Hochberg holds the rows of smallest p-values; the excess rule may
+        # extend that run, never change it.
+        more = excess_cut(log_combined, excess_level, null, int(quarantined.sum()))
+        quarantined[np.argsort(log_combined, kind="stable")[:more]] = True
     threshold = float(combined[quarantined].max()) if quarantined.any() else 0.0
     # A detector "flags" a row when its own p-value alone would pass the batch's
     # threshold after its share of the combination.

@@ -20,7 +20,7 @@ import pandas as pd
 
 from poisonguard.columns import KINDS, MAX_CATEGORIES, TASKS
 from poisonguard.config import RESERVED_PREFIX, Config, DetectionSettings, load_config
-from poisonguard.decision import Calibration, Decision, decide
+from poisonguard.decision import Calibration, Decision, combined_log_p, decide
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
 from poisonguard.errors import ConfigError, param_error
 
@@ -272,7 +272,10 @@ class Guard:
             held = table.take(fold)
             for name in names:
                 cal_scores[name].append(scorer[name].score(held))
-        calibrations = {name: calibrate(name, np.concatenate(s)) for name, s in cal_scores.items()}
+        held_scores = {name: np.concatenate(s) for name, s in cal_scores.items()}
+        calibrations = {name: calibrate(name, s) for name, s in held_scores.items()}
+        # The calibration rows' own combined p-values: how clean rows combine.
+        self.null_ = np.sort(combined_log_p(held_scores, calibrations, detector_weights(names))[2])
         return fitted, calibrations
 
     # ----------------------------------------------------------------- scan
@@ -296,6 +299,8 @@ class Guard:
             fdr=self.settings_.fdr,
             explain=lambda name, rows: self.detectors_[name].explain(table, rows),
             weights=detector_weights(tuple(scores)),
+            excess_level=self.settings_.excess_level,
+            null=self.null_,
         )
         return table, scores, decision
 
@@ -380,7 +385,11 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
         return [out[int(r)] for r in rows]
 
     decision = decide(
-        scores, calibrations, fdr=settings.fdr, explain=explain, weights=detector_weights(names)
+        scores,
+        calibrations,
+        fdr=settings.fdr,
+        explain=explain,
+        weights=detector_weights(names),
     )
     return _result(frame.index, scores, decision)
 

@@ -38,38 +38,6 @@ def poisson_surprise(count: np.ndarray, lam: np.ndarray | float) -> np.ndarray:
     return np.maximum(out, 0.0)
 
 
-def poisson_deficit(count: np.ndarray, lam: np.ndarray | float) -> np.ndarray:
-    """``-log P(X <= count)`` for ``X ~ Poisson(lam)``: how surprising so few are; 0 where
-    ``count >= lam`` (no shortfall).
-
-    Where the probability underflows, ``-log`` of the point mass at ``count``
-    corrected by the geometric bound on the rest of the lower tail is used.
-
-    Parameters
-    ----------
-    count : ndarray of int, >= 0
-    lam : ndarray of float, >= 0 (broadcast against ``count``)
-
-    Returns
-    -------
-    ndarray of float64
-    """
-    c, lam = np.broadcast_arrays(np.asarray(count, dtype=np.float64), np.asarray(lam, np.float64))
-    out = np.zeros(c.shape)
-    short = c < lam
-    if not short.any():
-        return out
-    cs, ls = c[short], lam[short]
-    p = special.pdtr(cs, ls)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        direct = -np.log(p)
-        log_pmf = cs * np.log(ls) - ls - special.gammaln(cs + 1.0)
-        ratio = np.clip(cs / ls, 0.0, 1.0 - 1e-12)
-        far = -(log_pmf - np.log1p(-ratio))
-    out[short] = np.where(p > 1e-250, direct, far)
-    return np.maximum(out, 0.0)
-
-
 def binomial_surprise(k: np.ndarray, n: np.ndarray, p: np.ndarray | float) -> np.ndarray:
     """``-log P(X >= k)`` for ``X ~ Binomial(n, p)``; 0 where ``k <= 0``.
 

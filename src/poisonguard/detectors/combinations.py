@@ -15,7 +15,6 @@ from typing import ClassVar, Self
 import numpy as np
 
 from poisonguard.detectors._common import DetectorBase
-from poisonguard.detectors._stats import poisson_deficit
 from poisonguard.detectors.base import Table
 
 
@@ -27,19 +26,36 @@ def _groups(table: Table, n_classes: int) -> np.ndarray:
     return np.where((y >= 0) & (y < n_classes), y, n_classes).astype(np.int64)
 
 
+def _rarity(observed: np.ndarray, expected: np.ndarray, alpha: float) -> np.ndarray:
+    """``log(E / O)`` per cell, ``alpha`` pseudo-rows drawn as expected added to ``O``
+    (and to the group's size, so a group of ``n`` rows gives at most ``log((n + alpha) /
+    alpha)``); never below 0: a value seen more often than expected is not evidence."""
+    size = observed.sum(axis=tuple(range(1, observed.ndim)), keepdims=True)
+    share = expected / np.maximum(size, 1.0)
+    smoothed = (observed + alpha * share) / (size + alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(share / smoothed)
+    return np.where(share > 0, np.maximum(out, 0.0), 0.0)
+
+
 class CombinationDetector(DetectorBase):
     """How much rarer a row's categories, and pairs of them, are among trusted rows of its class.
 
     For each categorical (or boolean) column value ``v`` and each class ``c``,
     trusted rows give an observed count ``O`` and an expected one ``E = n_c x
     share of v among all trusted rows``; for each pair of values, ``E = n_c x
-    P(a | c) x P(b | c)``, what the class would show if the two were unrelated
-    (smoothed with ``smoothing`` pseudo-rows). The surprise of seeing so few is
-    ``-log P(Poisson(E) <= O)``: a pair expected 40 times and never seen scores
-    40 nats; a rare value seen as often as expected scores about 0. A row scores
-    its largest surprise over its values and pairs, in nats (the decision's
-    tail never decays faster than ``exp(-score)``). Without a label, only pairs
-    count (among all trusted rows). Most rows score 0.
+    P(a | c) x P(b | c)``, what the class would show if the two were unrelated.
+    A term scores ``log(E / O)`` after ``smoothing`` pseudo-rows drawn as the
+    expectation says are added to ``O``: how many times rarer the class shows it
+    than expected. A pair expected 40 times among 1,204 rows and never seen scores
+    ``log 1,205`` (7.1); a value the class shows half as often as the table
+    (men among survivors) scores ``log 2``; one seen as often as expected, 0. The
+    score depends on shares, not on how many trusted rows there are, so an honest
+    row of a common but label-dependent value is not held because the trusted set
+    grew (a Poisson deficit, which this replaced, grows with the counts: on titanic
+    every man who survived scored like an impossible pair). A row scores its
+    largest term over its values and pairs. Without a label, only pairs count
+    (among all trusted rows). Most rows score 0.
 
     Parameters
     ----------
@@ -53,7 +69,6 @@ class CombinationDetector(DetectorBase):
 
     name: ClassVar[str] = "combination"
     needs_label: ClassVar[bool] = False
-    tail_scale: ClassVar[float | None] = 1.0
     _fitted_attr: ClassVar[str] = "columns_"
 
     def __init__(self, *, smoothing: float = 1.0, max_pairs: int = 300):
@@ -97,7 +112,7 @@ class CombinationDetector(DetectorBase):
         for j in range(k):
             share = single[j][-1] / max(single[j][-1].sum(), 1.0)
             expected = group_sizes[:, None] * share[None, :]
-            surprise = poisson_deficit(single[j], expected)
+            surprise = _rarity(single[j], expected, alpha)
             surprise[-1] = 0.0  # overall, every value is seen exactly as often as it is
             self.singles_.append(surprise)
             self.single_expected_.append(expected)
@@ -115,7 +130,7 @@ class CombinationDetector(DetectorBase):
             pa = (single[a] + alpha / sizes[a]) / (group_sizes[:, None] + alpha)
             pb = (single[b] + alpha / sizes[b]) / (group_sizes[:, None] + alpha)
             expected = group_sizes[:, None, None] * pa[:, :, None] * pb[:, None, :]
-            self.pair_surprise_.append(poisson_deficit(joint, expected))
+            self.pair_surprise_.append(_rarity(joint, expected, alpha))
             self.pair_counts_.append(joint)
             self.pair_expected_.append(expected)
         self.group_sizes_ = group_sizes
