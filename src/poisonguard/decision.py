@@ -337,11 +337,15 @@ def excess_cut(log_p: np.ndarray, level: float, null: np.ndarray, held: int = 0)
         return held
     k = ends + 1.0
     # The clean share between the held rows' largest p-value and each cut: the larger
-    # of what valid p-values allow and the null's count there, plus one.
+    # of what valid p-values allow and the upper 95% bound of the null's share there
+    # (a few hundred calibration rows say little about shares of 1%).
     start = cuts[held - 1] if held else -np.inf
     below = np.searchsorted(null, cuts[ends], side="right")
     between = below - np.searchsorted(null, start, side="right")
-    extra = np.maximum(np.exp(cuts[ends]) - np.exp(start), (between + 1.0) / (null.size + 1.0))
+    extra = np.maximum(
+        np.exp(cuts[ends]) - np.exp(start),
+        beta.ppf(0.95, between + 1.0, null.size - between + 1.0),
+    )
     significant = binom.logsf(k - held - 1.0, n, np.minimum(extra, 1.0)) <= np.log(level / n)
     if not significant.any():
         return held
