@@ -163,3 +163,24 @@ def test_large_references_calibrate_by_a_split_small_ones_by_cross_fitting(split
         share = float((result.p_values[name] <= 0.2).mean())
         assert 0.08 <= share <= 0.35, (name, share)
     assert result.quarantined.mean() <= 0.05
+
+
+def test_a_large_clean_batch_of_separated_classes_is_not_held():
+    """A clean batch far larger than a calibration fold (3,000 rows against folds of 400),
+    classes that never mix: within-batch detectors see other batch sizes in calibration
+    than here, and must not score every row past every calibration score. (label_excess
+    once weighed the trusted share by its reach, which grows as the batch sample shrinks:
+    every row of such a batch was held.)"""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(0.0, 6.0, size=(4, 8))
+
+    def draw(n: int) -> pd.DataFrame:
+        y = rng.integers(0, 4, n)
+        frame = pd.DataFrame(
+            centres[y] + rng.normal(size=(n, 8)), columns=[f"x{i}" for i in range(8)]
+        )
+        frame["label"] = y
+        return frame
+
+    result = poisonguard.scan(draw(3000), label="label", reference=draw(2500))
+    assert result.quarantined.mean() <= 0.01
