@@ -648,12 +648,12 @@ class LabelExcessDetector(DetectorBase):
     share of the trusted sample, so both cover about the same region): with
     ``c`` of ``k_t`` trusted neighbours carrying the row's label, the count
     ``O`` of its ``k`` batch neighbours carrying it is referred to the
-    beta-binomial a trusted region with that share predicts (``k c / k_t +
-    smoothing * prior``, ``k (k_t - c) / k_t + smoothing * (1 - prior)``), which
-    allows for the trusted share being itself an estimate, as certain as the
-    batch's own: weighing it by ``k_t`` instead made scores depend on the
-    batch's size (a large clean batch of well-separated classes had every row
-    past every calibration score). Score: ``-log P(X >= O)`` in nats. A row
+    beta-binomial a trusted region with that share predicts (``c + smoothing *
+    prior``, ``k_t - c + smoothing * (1 - prior)``), which allows for the trusted
+    share being itself an estimate. A row whose label is no more common among
+    its batch neighbours than among its trusted ones scores 0: scoring agreement
+    itself made scores depend on the batch's size (a large clean batch of
+    well-separated classes had every row past every calibration score). Score: ``-log P(X >= O)`` in nats. A row
     scores high when its label is in excess around it, so the honest rows of
     that label in a poisoned region score alike with the poison: the detector
     finds the region, the row-level label detectors rank within it.
@@ -752,15 +752,16 @@ class LabelExcessDetector(DetectorBase):
         y, seen, k_b, o_b, k_t, o_t = self._counts(batch)
         prior = self.prior_[np.where(seen, y, 0)]
         s = float(self.smoothing)
-        # The trusted share weighs as much as the batch's neighbours, whatever k_t is:
-        # k_t grows as the batch sample shrinks, so weighing it by k_t made a small
-        # calibration fold's scores lower than a large batch's for the same shares, and
-        # every row of a large clean batch fell past every calibration score.
-        share = o_t / np.maximum(k_t, 1)
-        a = share * k_b + s * prior
-        b = (1.0 - share) * k_b + s * (1.0 - prior)
+        a = o_t + s * prior
+        b = (k_t - o_t) + s * (1.0 - prior)
         score = -_beta_binomial_log_tail(o_b, k_b, a, b)
-        return np.where(seen & (k_b > 0), np.clip(score, 0.0, UNSEEN_SCORE - 1.0), 0.0)
+        # A label no more common among the batch neighbours than among the trusted ones is
+        # no excess. Without this, agreement itself scored: k_t grows as the batch sample
+        # shrinks, so a small calibration fold's all-agreeing rows scored lower than a
+        # large batch's, and every row of a large clean batch of well-separated classes
+        # fell past every calibration score.
+        excess = o_b * np.maximum(k_t, 1) > o_t * k_b
+        return np.where(seen & (k_b > 0) & excess, np.clip(score, 0.0, UNSEEN_SCORE - 1.0), 0.0)
 
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         y, _, k_b, o_b, k_t, o_t = (v.tolist() for v in self._counts(batch, rows))
