@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,34 +92,58 @@ def best_f1(is_poison: np.ndarray, score: np.ndarray) -> float:
     return float(f1.max())
 
 
-def informed_score(sc: tables.Scene, poisoned: pd.DataFrame, seed: int) -> np.ndarray:
-    """Out-of-fold suspicion of each row's observed label from models fitted on every
-    other clean row of the table (reference, test and the clean batch's other folds)."""
+@dataclass(frozen=True)
+class Informed:
+    """What models fitted on every other clean row of the table say of each batch row:
+    class probabilities (one matrix per model) or a predicted target. The label attacks
+    leave features alone, so one fit per scene serves every attack on it."""
+
+    classes: list[np.ndarray]
+    proba: list[np.ndarray]
+    predicted: np.ndarray | None
+
+    def scores(self, labels: np.ndarray) -> list[np.ndarray]:
+        """Suspicion of each row's observed label, one array per model."""
+        if self.predicted is not None:
+            return [np.abs(labels.astype(float) - self.predicted)]
+        out = []
+        for classes, proba in zip(self.classes, self.proba, strict=True):
+            column = {c: i for i, c in enumerate(classes)}
+            own = [proba[r, column[v]] if v in column else 0.0 for r, v in enumerate(labels)]
+            out.append(1.0 - np.asarray(own))
+        return out
+
+
+def informed(sc: tables.Scene, seed: int) -> Informed:
+    """Out-of-fold models for the batch rows of ``sc``, each fold fitted on the reference,
+    the test rows and the clean batch's other folds (about 92% of the table)."""
     label = sc.spec.label
     outside = sc.encoded(pd.concat([sc.reference, sc.test], ignore_index=True))
     clean = sc.encoded(sc.batch)
-    seen = sc.encoded(poisoned)
     x_cols = [c for c in outside.columns if c != label]
-    out = np.zeros((2, len(poisoned)))
-    for train, held in KFold(N_FOLDS, shuffle=True, random_state=seed).split(seen):
+    x_batch = clean[x_cols].to_numpy()
+    regression = sc.spec.task == tables.REGRESSION
+    predicted = np.zeros(len(clean)) if regression else None
+    models = (HistGradientBoostingClassifier(random_state=seed), common.lr_model())
+    classes: list[np.ndarray] = [np.empty(0)] * len(models)
+    proba: list[np.ndarray] = [np.empty(0)] * len(models)
+    for train, held in KFold(N_FOLDS, shuffle=True, random_state=seed).split(clean):
         rows = pd.concat([outside, clean.iloc[train]], ignore_index=True)
         x, y = rows[x_cols].to_numpy(), rows[label].to_numpy()
-        x_held, y_held = seen[x_cols].to_numpy()[held], seen[label].to_numpy()[held]
-        if sc.spec.task == tables.REGRESSION:
+        if predicted is not None:
             model = HistGradientBoostingRegressor(random_state=seed).fit(x, y.astype(float))
-            out[:, held] = np.abs(y_held.astype(float) - model.predict(x_held))
+            predicted[held] = model.predict(x_batch[held])
             continue
-        for j, model in enumerate(
-            (HistGradientBoostingClassifier(random_state=seed), common.lr_model())
-        ):
+        for j, model in enumerate(models):
             model.fit(x, y)
-            proba = model.predict_proba(x_held)
-            column = {c: i for i, c in enumerate(model.classes_)}
-            own = np.array(
-                [proba[r, column[v]] if v in column else 0.0 for r, v in enumerate(y_held)]
-            )
-            out[j, held] = 1.0 - own
-    return out
+            if not classes[j].size:
+                classes[j] = model.classes_
+                proba[j] = np.zeros((len(clean), len(classes[j])))
+            # Every fold trains on over 90% of the table, so on every class.
+            if not np.array_equal(model.classes_, classes[j]):
+                raise SystemExit(f"error: {sc.name}: a fold's model lacks a class")
+            proba[j][held] = model.predict_proba(x_batch[held])
+    return Informed(classes, proba, predicted)
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -130,13 +155,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         sc = tables.scene(name, frames[name], seed)
         task = sc.spec.task
         start = time.perf_counter()
+        oracle = informed(sc, seed)
         for attack in [a for a in args.attacks if a in LABEL_ATTACKS[task]]:
             for rate in args.rates:
                 planted = tables.plant_in(sc, attack, rate)
                 where = {"table": name, "task": task, "seed": seed, "attack": attack}
                 where |= {"rate": rate, "split": tables.split_of(name)}
                 poison = planted.is_poison
-                scores = informed_score(sc, planted.frame, seed)
+                if not planted.frame[sc.features].equals(sc.batch[sc.features]):
+                    raise SystemExit(
+                        f"error: {attack} changed features; the ceiling needs it not to"
+                    )
+                scores = oracle.scores(planted.frame[sc.spec.label].to_numpy())
                 ceiling = max(best_f1(poison, s) for s in scores if s.any())
                 records.append({**where, "method": CEILING, "f1": ceiling, "best_cut": ceiling})
                 verdicts = runner.verdicts(sc.case(planted.frame), where)

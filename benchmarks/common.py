@@ -658,12 +658,15 @@ def use_settings(
     fdr: float | None = None,
     detectors: list[str] | None = None,
     params: dict[str, dict[str, Any]] | None = None,
+    excess_level: float | None = None,
 ) -> str | None:
-    """Run poisonguard at false-discovery rate ``fdr``, with only ``detectors`` and with
-    detector ``params`` (None: its defaults); returns the header line that says so, or None
-    when nothing changed."""
+    """Run poisonguard at false-discovery rate ``fdr``, with only ``detectors``, with
+    detector ``params`` and with the excess rule at ``excess_level`` (None: its defaults);
+    returns the header line that says so, or None when nothing changed."""
     if fdr is not None:
         POISONGUARD_SETTINGS["fdr"] = fdr
+    if excess_level is not None:
+        POISONGUARD_SETTINGS["excess_level"] = excess_level
     if detectors:
         POISONGUARD_SETTINGS["detectors"] = tuple(detectors)
     if params:

@@ -148,6 +148,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fdr", type=float, help="poisonguard's false-discovery rate (default: its config default)"
     )
     parser.add_argument(
+        "--excess-level",
+        type=float,
+        help="poisonguard's excess rule at this level (default: its config default, off)",
+    )
+    parser.add_argument(
         "--detectors",
         nargs="+",
         help="run poisonguard with only these detectors (default: its suite for the task)",
@@ -563,7 +568,7 @@ def _success_table(success: pd.DataFrame, methods: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     quiet()
     args = parse_args(argv)
-    args.override = use_settings(args.fdr, args.detectors, args.params)
+    args.override = use_settings(args.fdr, args.detectors, args.params, args.excess_level)
     out, methods, runner = run(args)
     print(report(out, methods, runner, args))
     if args.json:

@@ -309,18 +309,19 @@ def excess_cut(log_p: np.ndarray, level: float, null: np.ndarray, held: int = 0)
     Benjamini-Hochberg holds) or more, where the next rows show a significant excess.
 
     ``log_p`` holds the batch's combined natural-log p-values and ``null`` those of
-    clean rows (the calibration rows, sorted), which tell what share ``F(t)`` of
-    clean rows falls below a cut ``t``: the larger of ``t`` and the conformal
-    ``(1 + #null <= t) / (n_null + 1)``. Between the ``held``-th row's p-value and
-    a cut ``t``, a batch of ``n`` clean rows would put about ``Binomial(n, q)`` rows,
-    ``q`` the larger of ``t - t_held`` and the null's share there (plus one row); the ``k - held`` rows there are *significantly many* when
-    that binomial's upper tail is at most ``level / n`` (Bonferroni over the
-    possible cuts: on a batch with no poison, the chance that any cut is
-    significant is at most about ``level``). Among significant cuts the rule takes
-    the one of highest estimated F1, ``2 (k - C) / (k + P)``, where ``C`` counts the
-    clean rows below the cut at their most (the null's share at its upper 95% bound,
-    plus one binomial standard deviation) and ``P``, the largest ``k - C``, estimates
-    the poisoned rows in the batch. Cuts stop at p-values of :data:`EXCESS_MAX_P`.
+    clean rows (the calibration rows, sorted). The clean share of any interval of
+    p-values is taken at its most: the larger of the interval's width (what valid
+    p-values allow) and the upper 95% bound of the null's share in it. Between the
+    ``held``-th row's p-value and a cut ``t``, ``n`` clean rows would then put at
+    most about ``Binomial(n, q)`` rows, ``q`` that share; the ``k - held`` rows there
+    are *significantly many* when that binomial's upper tail is at most ``level /
+    n`` (Bonferroni over the cuts: on a batch with no poison whose rows are
+    exchangeable with the calibration rows, the chance that any cut is significant
+    is at most about ``level``). Among significant cuts the rule takes the one of
+    highest estimated F1, ``2 (k - C) / (k + P)``, where ``C`` counts the clean rows
+    below the cut at their most (that share below ``t``, plus one binomial standard
+    deviation) and ``P``, the largest ``k - C``, estimates the poisoned rows in the
+    batch. Cuts stop at p-values of :data:`EXCESS_MAX_P`.
     """
     from scipy.stats import beta, binom
 
@@ -341,15 +342,18 @@ def excess_cut(log_p: np.ndarray, level: float, null: np.ndarray, held: int = 0)
     # (a few hundred calibration rows say little about shares of 1%).
     start = cuts[held - 1] if held else -np.inf
     below = np.searchsorted(null, cuts[ends], side="right")
-    between = below - np.searchsorted(null, start, side="right")
-    extra = np.maximum(
-        np.exp(cuts[ends]) - np.exp(start),
-        beta.ppf(0.95, between + 1.0, null.size - between + 1.0),
+
+    def most(width: np.ndarray, count: np.ndarray) -> np.ndarray:
+        """The clean share of an interval at its most."""
+        return np.maximum(width, beta.ppf(0.95, count + 1.0, null.size - count + 1.0))
+
+    extra = most(
+        np.exp(cuts[ends]) - np.exp(start), below - np.searchsorted(null, start, side="right")
     )
     significant = binom.logsf(k - held - 1.0, n, np.minimum(extra, 1.0)) <= np.log(level / n)
     if not significant.any():
         return held
-    high = np.maximum(np.exp(cuts[ends]), beta.ppf(0.95, below + 1.0, null.size - below + 1.0))
+    high = most(np.exp(cuts[ends]), below)
     clean = n * high + np.sqrt(n * high * (1.0 - high))
     excess = np.where(significant, k - clean, -np.inf)
     f1 = 2.0 * excess / (k + excess.max())

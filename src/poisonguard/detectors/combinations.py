@@ -26,16 +26,17 @@ def _groups(table: Table, n_classes: int) -> np.ndarray:
     return np.where((y >= 0) & (y < n_classes), y, n_classes).astype(np.int64)
 
 
-def _rarity(observed: np.ndarray, expected: np.ndarray, alpha: float) -> np.ndarray:
-    """``log(E / O)`` per cell, ``alpha`` pseudo-rows drawn as expected added to ``O``
-    (and to the group's size, so a group of ``n`` rows gives at most ``log((n + alpha) /
-    alpha)``); never below 0: a value seen more often than expected is not evidence."""
+def _rarity(observed: np.ndarray, share: np.ndarray, alpha: float) -> np.ndarray:
+    """``log(share / smoothed share)`` per cell: how many times rarer a group's rows show a
+    value than ``share`` predicts, ``alpha`` pseudo-rows drawn as predicted added to the
+    observed counts (so a group of ``n`` rows gives at most ``log((n + alpha) / alpha)``);
+    never below 0: a value seen more often than predicted is not evidence. ``observed``
+    is groups x values (x values); ``share`` broadcasts against it."""
     size = observed.sum(axis=tuple(range(1, observed.ndim)), keepdims=True)
-    share = expected / np.maximum(size, 1.0)
     smoothed = (observed + alpha * share) / (size + alpha)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.log(share / smoothed)
-    return np.where(share > 0, np.maximum(out, 0.0), 0.0)
+        ratio = np.log(share) - np.log(smoothed)
+    return np.where(share > 0, np.maximum(ratio, 0.0), 0.0)
 
 
 class CombinationDetector(DetectorBase):
@@ -112,7 +113,7 @@ class CombinationDetector(DetectorBase):
         for j in range(k):
             share = single[j][-1] / max(single[j][-1].sum(), 1.0)
             expected = group_sizes[:, None] * share[None, :]
-            surprise = _rarity(single[j], expected, alpha)
+            surprise = _rarity(single[j], share[None, :], alpha)
             surprise[-1] = 0.0  # overall, every value is seen exactly as often as it is
             self.singles_.append(surprise)
             self.single_expected_.append(expected)
@@ -129,8 +130,9 @@ class CombinationDetector(DetectorBase):
             joint[-1] = joint[:-1].sum(axis=0) if self.n_classes_ else joint[-1]
             pa = (single[a] + alpha / sizes[a]) / (group_sizes[:, None] + alpha)
             pb = (single[b] + alpha / sizes[b]) / (group_sizes[:, None] + alpha)
-            expected = group_sizes[:, None, None] * pa[:, :, None] * pb[:, None, :]
-            self.pair_surprise_.append(_rarity(joint, expected, alpha))
+            share = pa[:, :, None] * pb[:, None, :]
+            expected = group_sizes[:, None, None] * share
+            self.pair_surprise_.append(_rarity(joint, share, alpha))
             self.pair_counts_.append(joint)
             self.pair_expected_.append(expected)
         self.group_sizes_ = group_sizes
