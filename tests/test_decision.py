@@ -102,6 +102,26 @@ def test_a_confidence_bound_on_the_scale_covers_the_true_scale_at_its_level():
     assert 1.0 < big / Calibration.fit(scores, shape=0.0).sigma < 1.1
 
 
+def test_the_fitted_tail_does_not_contradict_the_calibration_scores_it_lies_over():
+    """A far cluster of calibration scores (exact ties of a coarse table score alike): the
+    exponential tail fitted to the bulk puts scores inside the cluster 7 times below what
+    the calibration scores at or above them allow. Past the tail threshold the p-value is
+    at least the lower 95% bound of that share; past every calibration score the tail rules."""
+    from scipy.stats import beta
+
+    rng = np.random.default_rng(5)
+    scores = np.concatenate([rng.exponential(size=516), 25.0 + rng.uniform(size=7)])
+    cal = Calibration.fit(scores, shape=0.0)
+    inside = np.sort(scores)[-3]  # 3 calibration scores at or above it
+    bound = beta.ppf(0.05, 3, cal.n - 3 + 1)
+    assert cal.p_values(np.array([inside]))[0] == pytest.approx(bound)
+    tail = (np.sum(scores > cal.threshold) + 1) / (cal.n + 1)
+    assert tail * np.exp(-(inside - cal.threshold) / cal.sigma) < bound / 5
+    # Beyond the largest calibration score there is nothing to contradict.
+    far = cal.tail_start + 50.0
+    assert cal.p_values(np.array([far]))[0] < bound / 100
+
+
 def test_log_p_values_stay_ordered_where_p_values_underflow():
     """Far in the tail, log p keeps decreasing after p itself hits the floor."""
     cal = Calibration.fit(np.zeros(99), min_scale=1.0)
@@ -264,6 +284,26 @@ def test_decide_with_the_excess_rule_holds_a_superset_of_benjamini_hochberg():
     more = decide(scores, cal, fdr=0.05, excess_level=0.01, null=null)
     assert np.all(more.quarantined[plain.quarantined])
     assert _f1(more.quarantined, poison) > _f1(plain.quarantined, poison) + 0.2
+
+
+def test_the_excess_rule_looks_only_at_the_anchored_detectors():
+    """An excess of mild p-values seen only by a detector left out of ``anchored`` (a
+    within-batch one, whose calibration is not at the batch's size) holds nothing beyond
+    Benjamini-Hochberg; the same excess seen by an anchored detector does."""
+    rng = np.random.default_rng(6)
+    log_p, poison = _weak_poison(rng)
+    cal = {name: Calibration.fit(rng.uniform(size=2000)) for name in ("a", "w")}
+    mild = 1.0 - np.exp(log_p)  # the weak poison, as scores
+    plain = rng.uniform(size=log_p.size)  # nothing to see
+    null = np.sort(np.log(cal["a"].p_values(rng.uniform(size=2000))))
+    scores = {"a": plain, "w": mild}
+    alone = decide(scores, cal, fdr=0.05)
+    left_out = decide(scores, cal, fdr=0.05, excess_level=0.01, null=null, anchored=("a",))
+    assert np.array_equal(left_out.quarantined, alone.quarantined)
+    seen = decide(
+        {"a": mild, "w": plain}, cal, fdr=0.05, excess_level=0.01, null=null, anchored=("a",)
+    )
+    assert _f1(seen.quarantined, poison) >= 0.5
 
 
 def test_decide_quarantines_only_rows_far_beyond_calibration_and_explains_them():

@@ -50,9 +50,8 @@ from poisonguard.errors import ConfigError
 DEFAULT_FDR = 0.05
 
 #: Default level of the excess rule (``decision.excess_cut``; docs/decision.md, section 4):
-#: off, until its null is exchangeable with batches of every size (held clean rows on
-#: unseen seeds: benchmarks/RESULTS.md).
-DEFAULT_EXCESS_LEVEL = 0.0
+#: the chance it holds anything beyond Benjamini-Hochberg in a batch with no poison.
+DEFAULT_EXCESS_LEVEL = 0.001
 
 #: A landed file is taken once its size and time have not changed for this long.
 DEFAULT_SETTLE_SECONDS = 2.0

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import gammaincinv
+from scipy.special import betaincinv, gammaincinv
 
 from poisonguard.detectors._kernels import _log_cauchy, _rank_left
 from poisonguard.detectors.drift import DriftReport
@@ -55,6 +55,9 @@ from poisonguard.errors import param_error
 P_FLOOR = 1e-300
 #: Detector p-values above this enter the Cauchy combination at this value.
 TRUNCATE_AT = 0.5
+#: Past the tail threshold, a p-value is at least the lower bound, at this one-sided
+#: level, of the share of calibration scores at or above the row's score.
+TAIL_FLOOR_LEVEL = 0.05
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,16 @@ class Calibration:
             # at the threshold, and finer than 1/(n+1) past the calibration maximum.
             n_tail = n - np.searchsorted(self.scores, self.threshold, side="right")
             at = np.log1p(n_tail) - np.log(n + 1.0)
-            logp[above] = at + _gpd_logsf(x[above] - self.threshold, self.xi, self.sigma)
+            tail = at + _gpd_logsf(x[above] - self.threshold, self.xi, self.sigma)
+            # The model may not contradict the calibration scores themselves: where
+            # some lie at or above a score, its p-value is at least the lower 95% bound
+            # of their share (a bimodal tail, e.g. a cluster of exact ties far out, is
+            # otherwise extrapolated from the bulk's decay, far below what it shows).
+            seen = n_ge[above]
+            floor = np.full(seen.size, -np.inf)
+            some = seen > 0
+            floor[some] = np.log(betaincinv(seen[some], n - seen[some] + 1.0, TAIL_FLOOR_LEVEL))
+            logp[above] = np.maximum(tail, floor)
         if self.null_scale is not None:
             logp = np.maximum(logp, -np.maximum(x, 0.0) / self.null_scale)
         return np.minimum(logp, 0.0)
@@ -424,6 +436,7 @@ def decide(
     weights: Mapping[str, float] | None = None,
     excess_level: float = 0.0,
     null: np.ndarray | None = None,
+    anchored: tuple[str, ...] | None = None,
 ) -> Decision:
     """Turn every detector's scores on a batch into one partition of its rows.
 
@@ -443,7 +456,11 @@ def decide(
         Benjamini-Hochberg where the batch shows a significant excess of small
         p-values; 0 turns it off.
     null : ndarray, optional
-        Sorted combined log p-values of clean rows, which the excess rule needs.
+        Sorted combined log p-values of clean rows over the ``anchored`` detectors,
+        which the excess rule needs.
+    anchored : tuple of str, optional
+        The detectors the excess rule combines (default all): those whose
+        calibration scores are exchangeable with a batch's at any batch size.
 
     Returns
     -------
@@ -462,8 +479,11 @@ def decide(
     if excess_level > 0.0 and null is not None:
         # Benjamini-Hochberg holds the rows of smallest p-values; the excess rule may
         # extend that run, never change it.
-        more = excess_cut(log_combined, excess_level, null, int(quarantined.sum()))
-        quarantined[np.argsort(log_combined, kind="stable")[:more]] = True
+        cols = [j for j, name in enumerate(names) if anchored is None or name in anchored]
+        if cols:
+            log_anchored = log_cauchy_combine(logp[:, cols], w[cols]) if n else np.empty(0)
+            more = excess_cut(log_anchored, excess_level, null)
+            quarantined[np.argsort(log_anchored, kind="stable")[:more]] = True
     threshold = float(combined[quarantined].max()) if quarantined.any() else 0.0
     # A detector "flags" a row when its own p-value alone would pass the batch's
     # threshold after its share of the combination.

@@ -274,8 +274,15 @@ class Guard:
                 cal_scores[name].append(scorer[name].score(held))
         held_scores = {name: np.concatenate(s) for name, s in cal_scores.items()}
         calibrations = {name: calibrate(name, s) for name, s in held_scores.items()}
-        # The calibration rows' own combined p-values: how clean rows combine.
-        self.null_ = np.sort(combined_log_p(held_scores, calibrations, detector_weights(names))[2])
+        # The calibration rows' own combined p-values over the detectors that judge a
+        # row against the trusted set alone: how clean rows combine, at any batch size.
+        self.anchored_ = tuple(n for n in names if not REGISTRY[n].within_batch)
+        anchored = {n: held_scores[n] for n in self.anchored_}
+        self.null_ = (
+            np.sort(combined_log_p(anchored, calibrations, detector_weights(self.anchored_))[2])
+            if anchored
+            else np.empty(0)
+        )
         return fitted, calibrations
 
     # ----------------------------------------------------------------- scan
@@ -301,6 +308,7 @@ class Guard:
             weights=detector_weights(tuple(scores)),
             excess_level=self.settings_.excess_level,
             null=self.null_,
+            anchored=self.anchored_,
         )
         return table, scores, decision
 

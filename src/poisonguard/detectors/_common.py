@@ -50,6 +50,10 @@ class DetectorBase:
     #: The detector's share of each row's combined p-value, relative to the
     #: other active detectors (the Cauchy combination's weights, normalised).
     weight: ClassVar[float] = 1.0
+    #: Detectors that read the batch itself as context (copies, triggers, label
+    #: agreement among batch rows) set this: their calibration rows are scored in
+    #: folds, not at the batch's size, so the excess rule leaves them out.
+    within_batch: ClassVar[bool] = False
 
     @classmethod
     def _param_names(cls) -> list[str]:

@@ -100,6 +100,7 @@ class BackdoorDetector(DetectorBase):
     """
 
     name: ClassVar[str] = "backdoor"
+    within_batch: ClassVar[bool] = True
     needs_label: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # Like duplicates: a real trigger cell is surprising by tens of nats, so half a

@@ -84,6 +84,7 @@ class DuplicatesDetector(DetectorBase):
     """
 
     name: ClassVar[str] = "duplicates"
+    within_batch: ClassVar[bool] = True
     needs_label: ClassVar[bool] = False
     tail_scale: ClassVar[float | None] = 1.0
     # When a flood is real its surprise runs to tens or hundreds of nats, so half

@@ -345,6 +345,7 @@ class BatchKnnLabelDetector(DetectorBase):
     """
 
     name: ClassVar[str] = "batch_knn_label"
+    within_batch: ClassVar[bool] = True
     needs_label: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
@@ -672,6 +673,7 @@ class LabelExcessDetector(DetectorBase):
     """
 
     name: ClassVar[str] = "label_excess"
+    within_batch: ClassVar[bool] = True
     needs_label: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # -log of a tail probability: exponential above the threshold.
