@@ -249,15 +249,15 @@ def test_the_excess_rule_seldom_holds_anything_in_a_batch_without_poison():
 def test_the_excess_rule_holds_a_weak_poison_benjamini_hochberg_leaves():
     """100 poisoned rows at p < 0.02 in 1,000: Benjamini-Hochberg at 0.05 holds few of them;
     the excess rule, seeing far more small p-values than 2,000 clean rows give, holds most,
-    at a much better F1, and always every row Benjamini-Hochberg holds."""
+    at a much better F1."""
     rng = np.random.default_rng(1)
     null = np.sort(np.log(rng.uniform(size=2000)))
     log_p, poison = _weak_poison(rng)
     bh = benjamini_hochberg(log_p, 0.05, log=True)
-    k = excess_cut(log_p, 0.01, null, int(bh.sum()))
-    held = np.zeros(log_p.size, dtype=bool)
+    k = excess_cut(log_p, 0.01, null)
+    held = bh.copy()
     held[np.argsort(log_p)[:k]] = True
-    assert k >= bh.sum() and np.all(held[bh])
+    assert k > bh.sum()
     assert (held & poison).sum() >= 80 and _f1(held, poison) >= _f1(bh, poison) + 0.3
     assert (held & ~poison).sum() <= 30
 

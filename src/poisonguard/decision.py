@@ -316,60 +316,50 @@ def benjamini_hochberg(p: np.ndarray, fdr: float, *, log: bool = False) -> np.nd
 EXCESS_MAX_P = 0.2
 
 
-def excess_cut(log_p: np.ndarray, level: float, null: np.ndarray, held: int = 0) -> int:
-    """How many rows, smallest p-values first, the excess rule holds: ``held`` (what
-    Benjamini-Hochberg holds) or more, where the next rows show a significant excess.
+def excess_cut(log_p: np.ndarray, level: float, null: np.ndarray) -> int:
+    """How many rows, smallest p-values first, the excess rule holds: 0 unless some run
+    of them is significantly longer than clean rows give.
 
     ``log_p`` holds the batch's combined natural-log p-values and ``null`` those of
-    clean rows (the calibration rows, sorted). The clean share of any interval of
-    p-values is taken at its most: the larger of the interval's width (what valid
-    p-values allow) and the upper 95% bound of the null's share in it. Between the
-    ``held``-th row's p-value and a cut ``t``, ``n`` clean rows would then put at
-    most about ``Binomial(n, q)`` rows, ``q`` that share; the ``k - held`` rows there
+    clean rows (the calibration rows, sorted). The clean share below a cut ``t`` is
+    taken at its most: the larger of ``t`` (what valid p-values allow) and the upper
+    95% bound of the null's share below it. ``n`` clean rows would then put at most
+    about ``Binomial(n, q)`` rows below ``t``, ``q`` that share; the ``k`` rows there
     are *significantly many* when that binomial's upper tail is at most ``level /
     n`` (Bonferroni over the cuts: on a batch with no poison whose rows are
     exchangeable with the calibration rows, the chance that any cut is significant
     is at most about ``level``). Among significant cuts the rule takes the one of
     highest estimated F1, ``2 (k - C) / (k + P)``, where ``C`` counts the clean rows
-    below the cut at their most (that share below ``t``, plus one binomial standard
-    deviation) and ``P``, the largest ``k - C``, estimates the poisoned rows in the
-    batch. Cuts stop at p-values of :data:`EXCESS_MAX_P`.
+    below the cut at their most (that share, plus one binomial standard deviation)
+    and ``P``, the largest ``k - C``, estimates the poisoned rows in the batch. Cuts
+    stop at p-values of :data:`EXCESS_MAX_P`.
     """
     from scipy.stats import beta, binom
 
     log_p = np.asarray(log_p, dtype=np.float64)
     n = log_p.size
     if n == 0 or level <= 0.0 or null.size == 0:
-        return held
+        return 0
     cuts = np.sort(log_p)
 
     # Only the last row of a run of ties is a cut a threshold can make.
     ends = np.flatnonzero(np.r_[np.diff(cuts) != 0, True])
-    ends = ends[(ends >= held) & (cuts[ends] <= np.log(EXCESS_MAX_P))]
+    ends = ends[cuts[ends] <= np.log(EXCESS_MAX_P)]
     if ends.size == 0:
-        return held
+        return 0
     k = ends + 1.0
-    # The clean share between the held rows' largest p-value and each cut: the larger
-    # of what valid p-values allow and the upper 95% bound of the null's share there
-    # (a few hundred calibration rows say little about shares of 1%).
-    start = cuts[held - 1] if held else -np.inf
+    # The clean share below each cut at its most: what valid p-values allow, or the upper
+    # 95% bound of the null's share (a few hundred calibration rows say little about 1%).
     below = np.searchsorted(null, cuts[ends], side="right")
-
-    def most(width: np.ndarray, count: np.ndarray) -> np.ndarray:
-        """The clean share of an interval at its most."""
-        return np.maximum(width, beta.ppf(0.95, count + 1.0, null.size - count + 1.0))
-
-    extra = most(
-        np.exp(cuts[ends]) - np.exp(start), below - np.searchsorted(null, start, side="right")
-    )
-    significant = binom.logsf(k - held - 1.0, n, np.minimum(extra, 1.0)) <= np.log(level / n)
+    share = np.maximum(np.exp(cuts[ends]), beta.ppf(0.95, below + 1.0, null.size - below + 1.0))
+    share = np.minimum(share, 1.0)
+    significant = binom.logsf(k - 1.0, n, share) <= np.log(level / n)
     if not significant.any():
-        return held
-    high = most(np.exp(cuts[ends]), below)
-    clean = n * high + np.sqrt(n * high * (1.0 - high))
+        return 0
+    clean = n * share + np.sqrt(n * share * (1.0 - share))
     excess = np.where(significant, k - clean, -np.inf)
     f1 = 2.0 * excess / (k + excess.max())
-    return max(held, int(k[int(np.argmax(f1))]))
+    return int(k[int(np.argmax(f1))])
 
 
 def combined_log_p(
