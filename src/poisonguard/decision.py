@@ -161,11 +161,12 @@ class Calibration:
             # some lie at or above a score, its p-value is at least the lower 95% bound
             # of their share (a bimodal tail, e.g. a cluster of exact ties far out, is
             # otherwise extrapolated from the bulk's decay, far below what it shows).
-            seen = n_ge[above]
-            floor = np.full(seen.size, -np.inf)
-            some = seen > 0
-            floor[some] = np.log(betaincinv(seen[some], n - seen[some] + 1.0, TAIL_FLOOR_LEVEL))
-            logp[above] = np.maximum(tail, floor)
+            # At most n_tail distinct counts: the bound once per count, not per row.
+            counts, at_count = np.unique(n_ge[above], return_inverse=True)
+            floor = np.full(counts.size, -np.inf)
+            some = counts > 0
+            floor[some] = np.log(betaincinv(counts[some], n - counts[some] + 1.0, TAIL_FLOOR_LEVEL))
+            logp[above] = np.maximum(tail, floor[at_count])
         if self.null_scale is not None:
             logp = np.maximum(logp, -np.maximum(x, 0.0) / self.null_scale)
         return np.minimum(logp, 0.0)
