@@ -531,6 +531,9 @@ class Detector(Protocol):
     name: ClassVar[str]
     needs_label: ClassVar[bool]
     tasks: ClassVar[tuple[str, ...]]
+    #: Whether the detector reads the batch itself as context (copies, triggers, label
+    #: agreement among batch rows), not only the trusted rows.
+    within_batch: ClassVar[bool]
 
     @classmethod
     def applies_to(cls, reference: Table) -> bool: ...
