@@ -47,6 +47,7 @@ bench: $(BENCH)
 	$(PY) benchmarks/tables.py --split all
 	$(PY) benchmarks/variants.py
 	$(PY) benchmarks/ceiling.py --split all
+	$(PY) benchmarks/adaptive.py
 
 clean:
 	rm -rf data/demo data/store .pytest_cache .mypy_cache .ruff_cache

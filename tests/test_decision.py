@@ -306,6 +306,22 @@ def test_the_excess_rule_looks_only_at_the_anchored_detectors():
     assert _f1(seen.quarantined, poison) >= 0.5
 
 
+def test_the_row_level_holds_a_row_whatever_the_batch_size():
+    """One row at p = 2e-4 among 29 clean rows, and among 2,999: Benjamini-Hochberg holds it
+    in the small batch only (its first cut is fdr / n); with a per-row level of 1e-3 it is
+    held in both, and a clean row is held only when its own p-value is that small."""
+    rng = np.random.default_rng(8)
+    cal = {"a": Calibration.fit(rng.exponential(size=20000), shape=0.0)}
+    for n in (30, 3000):
+        scores = {"a": np.r_[-np.log(2e-4), rng.exponential(size=n - 1)]}
+        bh = decide(scores, cal, fdr=0.05)
+        floor = decide(scores, cal, fdr=0.05, row_level=1e-3)
+        assert bh.quarantined[0] == (n == 30)
+        assert floor.quarantined[0]
+        clean_held = floor.quarantined[1:] & ~bh.quarantined[1:]
+        assert np.all(floor.combined[1:][clean_held] <= 1e-3)
+
+
 def test_decide_quarantines_only_rows_far_beyond_calibration_and_explains_them():
     """A clean batch keeps every row; planted extremes are held, each with a reason."""
     rng = np.random.default_rng(3)

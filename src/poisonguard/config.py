@@ -53,6 +53,10 @@ DEFAULT_FDR = 0.05
 #: the chance it holds anything beyond Benjamini-Hochberg in a batch with no poison.
 DEFAULT_EXCESS_LEVEL = 0.001
 
+#: Default per-row level (docs/decision.md, section 4): a row whose combined p-value is at
+#: most this is held whatever the batch's size, so poison cannot hide among many clean rows.
+DEFAULT_ROW_LEVEL = 0.001
+
 #: A landed file is taken once its size and time have not changed for this long.
 DEFAULT_SETTLE_SECONDS = 2.0
 
@@ -96,6 +100,11 @@ class DetectionSettings:
         where the batch shows significantly more small p-values than clean rows
         give (on a batch with no poison it fires with probability at most about
         this); 0 disables it.
+    row_level : float
+        A row whose combined p-value is at most this is held whatever
+        Benjamini-Hochberg says (whose cut for one row shrinks as the batch
+        grows); each clean row is held with probability at most about this.
+        0 disables it.
     random_state : int
         Seed for every random choice, so runs are repeatable.
     """
@@ -109,6 +118,7 @@ class DetectionSettings:
     hold_label_shift: float = 1.0
     hold_feature_drift: float = 1.0
     excess_level: float = DEFAULT_EXCESS_LEVEL
+    row_level: float = DEFAULT_ROW_LEVEL
     random_state: int = 0
 
     def validated(
@@ -142,6 +152,8 @@ class DetectionSettings:
             raise bad("hold_feature_drift", "in (0, 1]", self.hold_feature_drift)
         if not 0.0 <= self.excess_level < 1.0:
             raise bad("excess_level", "in [0, 1)", self.excess_level)
+        if not 0.0 <= self.row_level < 1.0:
+            raise bad("row_level", "in [0, 1)", self.row_level)
         for name, params in self.params.items():
             if name not in REGISTRY:
                 raise bad("params", f"keyed by detector names from {sorted(REGISTRY)}", name)
@@ -202,6 +214,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "hold_label_shift": (float, int),
         "hold_feature_drift": (float, int),
         "excess_level": (float, int),
+        "row_level": (float, int),
         "random_state": int,
     },
     "schedule": {"cron": str, "timezone": str},
@@ -323,6 +336,7 @@ def load_config(path: str | Path) -> Config:
         hold_label_shift=float(det.get("hold_label_shift", 1.0)),
         hold_feature_drift=float(det.get("hold_feature_drift", 1.0)),
         excess_level=float(det.get("excess_level", DEFAULT_EXCESS_LEVEL)),
+        row_level=float(det.get("row_level", DEFAULT_ROW_LEVEL)),
         random_state=det.get("random_state", 0),
     )
     settings.validated(key_prefix=f"{path}: detection")

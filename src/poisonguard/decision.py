@@ -426,6 +426,7 @@ def decide(
     explain: Explainer | None = None,
     weights: Mapping[str, float] | None = None,
     excess_level: float = 0.0,
+    row_level: float = 0.0,
     null: np.ndarray | None = None,
     anchored: tuple[str, ...] | None = None,
 ) -> Decision:
@@ -446,6 +447,9 @@ def decide(
         Level of the excess rule (:func:`excess_cut`), which holds more rows than
         Benjamini-Hochberg where the batch shows a significant excess of small
         p-values; 0 turns it off.
+    row_level : float, default 0
+        Rows whose combined p-value is at most this are held whatever the
+        batch's size; 0 turns it off.
     null : ndarray, optional
         Sorted combined log p-values of clean rows over the ``anchored`` detectors,
         which the excess rule needs.
@@ -467,6 +471,8 @@ def decide(
     p = np.maximum(np.exp(logp), P_FLOOR)
     combined = np.maximum(np.exp(log_combined), P_FLOOR)
     quarantined = benjamini_hochberg(log_combined, fdr, log=True)
+    if row_level > 0.0:
+        quarantined |= log_combined <= np.log(row_level)
     if excess_level > 0.0 and null is not None:
         # Benjamini-Hochberg holds the rows of smallest p-values; the excess rule may
         # extend that run, never change it.

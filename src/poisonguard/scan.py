@@ -307,6 +307,7 @@ class Guard:
             explain=lambda name, rows: self.detectors_[name].explain(table, rows),
             weights=detector_weights(tuple(scores)),
             excess_level=self.settings_.excess_level,
+            row_level=self.settings_.row_level,
             null=self.null_,
             anchored=self.anchored_,
         )
@@ -398,6 +399,7 @@ def _self_scan(frame: pd.DataFrame, guard: Guard) -> ScanResult:
         fdr=settings.fdr,
         explain=explain,
         weights=detector_weights(names),
+        row_level=settings.row_level,
     )
     return _result(frame.index, scores, decision)
 
