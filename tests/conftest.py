@@ -55,3 +55,22 @@ def demo_project(demo_inputs, tmp_path) -> Path:
         root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_inputs, tmp_path_factory):
+    """The demo's five batches taken through validate -> detect -> commit once (read it, or
+    copy its folder before changing anything)."""
+    import shutil
+
+    from poisonguard.config import load_config
+    from poisonguard.demo import LABEL
+    from poisonguard.initialize import init_dataset
+    from poisonguard.pipeline import process_landing
+
+    root = tmp_path_factory.mktemp("demo-run") / "demo"
+    shutil.copytree(demo_inputs, root)
+    init_dataset(
+        root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
+    )
+    return root, process_landing(load_config(root / "poisonguard.toml")).records

@@ -414,6 +414,22 @@ def test_a_numeric_column_arriving_as_strings(encoded):
     assert "expected a numeric type (int or float)" in report.schema_errors[0]
 
 
+@pytest.mark.filterwarnings("ignore:Could not infer format")
+def test_cells_that_do_not_parse_count_as_missing_when_asked(encoded):
+    """With ``errors="coerce"`` (rows that were never judged, such as rejected rows an
+    expectation held) a word in a number or date column is a missing cell, not an error."""
+    _, encoder = encoded
+    batch = mixed(20, 2).astype({"x1": object, "since": object})
+    batch.loc[3, "x1"] = "n/a"
+    batch.loc[4, "since"] = "last spring"
+    table = encoder.transform(batch, errors="coerce")
+    numbers = list(encoder.numbers_)
+    assert np.isnan(table.raw[[3, 4], [numbers.index("x1"), numbers.index("since")]]).all()
+    assert np.isfinite(np.delete(table.raw[:, numbers.index("x1")], 3)).all()
+    with pytest.raises(ConfigError, match=r"'errors' parameter of Encoder.transform\(\) must"):
+        encoder.transform(batch, errors="ignore")
+
+
 @pytest.fixture(scope="module")
 def suite(encoded):
     reference, _ = encoded

@@ -22,6 +22,7 @@ from poisonguard.detectors import (
     Encoder,
     Table,
 )
+from poisonguard.detectors.duplicates import _row_keys, find_near_copies
 from poisonguard.errors import BatchError, ConfigError
 
 FEATURES = [f"x{i}" for i in range(6)]
@@ -465,6 +466,89 @@ def test_rows_without_copies_score_exactly_zero_for_duplicates(tables):
     reference, batch = tables
     s = REGISTRY["duplicates"]().fit(reference).score(batch)
     assert np.all(s == 0.0)
+
+
+# ------------------------------------------------- near copies (what the blocklist matches)
+
+
+def scaled_table(X, y=None, target=None) -> Table:
+    """A table of values already on the scaled axis (NaN: a missing cell)."""
+    X = np.asarray(X, dtype=np.float64)
+    names = tuple(f"x{j}" for j in range(X.shape[1]))
+    return Table(np.nan_to_num(X).astype(np.float32), X, y, names, target=target)
+
+
+def near_by_brute_force(Q: np.ndarray, R: np.ndarray, tol: float) -> np.ndarray:
+    """For each row of Q, whether some row of R is within ``tol`` on every float32 value."""
+    q = Q.astype(np.float32).astype(np.float64)
+    r = R.astype(np.float32).astype(np.float64)
+    return (np.abs(q[:, None, :] - r[None, :, :]).max(axis=2) <= tol).any(axis=1)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    tol=st.sampled_from([1e-3, 1e-2, 0.5]),
+    share=st.floats(0.0, 0.99),
+)
+def test_near_copies_find_every_row_within_the_tolerance_and_none_beyond(seed, tol, share):
+    """Known rows moved by up to the tolerance on every value (by any share of it, or by one
+    ulp) are found, whichever cells of the duplicates grid the moves land in; moved by twice
+    the tolerance on one value they are not; every answer agrees with brute force."""
+    rng = np.random.default_rng(seed)
+    known = (rng.normal(size=(40, 5)) * 3).astype(np.float32)
+    within = known + (rng.uniform(-1, 1, known.shape) * share * tol).astype(np.float32)
+    ulp = np.nextafter(known, np.float32(np.inf))
+    beyond = known.copy()
+    beyond[np.arange(40), rng.integers(0, 5, 40)] += np.float32(2 * tol)
+    batch = np.vstack([within, ulp, beyond])
+    found = find_near_copies(scaled_table(batch), scaled_table(known), tol)
+    assert np.array_equal(found >= 0, near_by_brute_force(batch, known, tol))
+    hit = found >= 0
+    assert (np.abs(batch[hit] - known[found[hit]]).max(axis=1) <= tol).all()
+    apart = np.abs(known[:, None, :] - known[None, :, :]).max(axis=2) + np.eye(40) * 1e9
+    if apart.min() > 3 * tol:  # rows far apart: each move finds its own row, or none
+        assert np.array_equal(found[:80], np.tile(np.arange(40), 2))
+        assert (found[80:] == -1).all()
+
+
+def test_values_on_either_side_of_a_grid_boundary_are_near_copies():
+    """0.4 and 0.6 of a step above grid points round to two cells of the duplicates
+    detector's grid (they hash apart), yet they are 0.2 steps apart and match."""
+    tol = 1e-3
+    base = np.floor(np.random.default_rng(3).normal(size=(30, 4)) / tol) * tol
+    known, batch = scaled_table(base + 0.4 * tol), scaled_table(base + 0.6 * tol)
+    assert (_row_keys(known, tol) != _row_keys(batch, tol)).all()
+    assert np.array_equal(find_near_copies(batch, known, tol), np.arange(30))
+    far = scaled_table(base + 1.5 * tol)
+    assert (find_near_copies(far, known, tol) == -1).all()
+
+
+def test_a_missing_cell_is_a_near_copy_only_of_a_missing_cell():
+    """Missing is its own value: not the mean the table stores in its place."""
+    known = scaled_table([[1.0, np.nan], [2.0, 0.0]])
+    batch = scaled_table([[1.0, np.nan], [1.0, 0.0], [2.0, np.nan], [2.0, 0.0]])
+    assert find_near_copies(batch, known, 1e-3).tolist() == [0, -1, -1, 1]
+
+
+def test_a_near_copy_needs_the_same_label():
+    """Equal features with another label are another row; labels the trusted rows never had
+    all share one code, so exact keys tell them apart."""
+    X = [[0.0, 1.0], [0.0, 1.0]]
+    known = scaled_table(X, y=np.array([0, UNSEEN_LABEL]))
+    batch = scaled_table(X, y=np.array([1, UNSEEN_LABEL]))
+    assert find_near_copies(batch, known, 1e-3).tolist() == [-1, 1]
+    keys = dict(batch_keys=np.array(["b", "zebra"]), known_keys=np.array(["a", "lion"]))
+    assert find_near_copies(batch, known, 1e-3, **keys).tolist() == [-1, -1]
+    keys = dict(batch_keys=np.array(["lion", "a"]), known_keys=np.array(["a", "lion"]))
+    assert find_near_copies(batch, known, 1e-3, **keys).tolist() == [1, 0]
+
+
+def test_a_regression_target_matches_within_the_tolerance_on_its_scale():
+    """Targets are compared like the features, on the scale given (the trusted targets')."""
+    X = [[0.0, 1.0]] * 3
+    known = scaled_table(X[:1], target=np.array([50.0]))
+    batch = scaled_table(X, target=np.array([50.0 + 0.5e-3 * 20, 50.0 + 3e-3 * 20, np.nan]))
+    assert find_near_copies(batch, known, 1e-3, target_scale=20.0).tolist() == [0, -1, -1]
 
 
 def test_tied_scores_are_broken_deterministically(tables):

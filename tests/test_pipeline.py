@@ -157,3 +157,118 @@ def test_a_csv_text_column_of_digits_stays_text(tmp_path):
     assert rec.status == "committed", rec.reason
     clean = Store(config.store).clean_frame()
     assert "02100" in set(clean["zip"])
+
+
+# --------------------------------------------------------------------------- the blocklist
+
+#: How each rejected row is sent again, and whether the blocklist must hold it.
+RESENT = {
+    "unchanged": True,
+    "one ulp": True,
+    "half the tolerance": True,
+    "across a grid boundary": True,
+    "new id": True,
+    "csv": True,
+    "csv, one ulp": True,
+    "another label": False,
+    "beyond the tolerance": False,
+}
+
+
+@pytest.fixture(scope="module")
+def resent(demo_run, tmp_path_factory):
+    """Alice rejects nine rows the demo held; each is sent again, one way per row, in a
+    CSV and a Parquet batch. Returns each way's (rejected row, stage, reason), the batch the
+    rows were rejected from, and the duplicates detector's keys of the boundary case's pair."""
+    from poisonguard.detectors.duplicates import DuplicatesDetector, _row_keys
+    from poisonguard.pipeline import fit_guard
+    from poisonguard.review import review
+
+    root = tmp_path_factory.mktemp("resent") / "demo"
+    shutil.copytree(demo_run[0], root)
+    config = load_config(root / "poisonguard.toml")
+    store = Store.of(config)
+    flips = next(r for r in store.batches() if r.source == "batch-01-label-flips.parquet")
+    held = store.quarantine_frame(flips.batch_id).sort_values("pg_row")
+    chosen = held["pg_row"].iloc[: len(RESENT)].tolist()
+    review(store, flips.batch_id, "reject", rows=chosen, by="alice", note="flipped labels")
+    rejected = held.set_index("pg_row").loc[chosen].reset_index()
+    data = [c for c in rejected.columns if not str(c).startswith("pg_")]
+
+    guard = fit_guard(config, store)  # the batches below are judged against these same rows
+    encoder = guard.encoder_
+    tol = DuplicatesDetector().tolerance  # the demo's config keeps the default
+    j = int(np.argmax(encoder.scale_))
+    column, center, scale = encoder.numbers_[j], encoder.center_[j], encoder.scale_[j]
+
+    rows = {}
+    for i, way in enumerate(RESENT):
+        row = rejected.loc[[i], data].astype({column: np.float64}).reset_index(drop=True)
+        if way != "unchanged":
+            row["row_id"] = 900_000 + i
+        value = row.loc[0, column]
+        if way in ("one ulp", "csv, one ulp"):
+            row.loc[0, column] = np.nextafter(value, np.inf)
+        elif way == "half the tolerance":
+            row.loc[0, column] = value + 0.5 * tol * scale
+        elif way == "beyond the tolerance":
+            row.loc[0, column] = value + 3.0 * tol * scale
+        elif way == "another label":
+            row.loc[0, "digit"] = (row.loc[0, "digit"] + 1) % 10
+        elif way == "across a grid boundary":
+            # Past the nearer boundary of its cell by a quarter step: 0.75 steps at most.
+            up = 1.0 - ((value - center) / scale / tol + 0.5) % 1.0  # steps to it, in (0, 1]
+            move = up + 0.25 if up <= 0.5 else up - 1.25
+            row.loc[0, column] = value + move * tol * scale
+        rows[way] = row
+
+    for f in config.landing.iterdir():
+        f.unlink()
+    csv = [w for w in RESENT if w.startswith("csv")]
+    pd.concat([rows[w] for w in csv]).to_csv(config.landing / "resent-1.csv", index=False)
+    parquet = [w for w in RESENT if not w.startswith("csv")]
+    pd.concat([rows[w] for w in parquet]).to_parquet(
+        config.landing / "resent-2.parquet", index=False
+    )
+    records = {r.source: r for r in process_landing(config).records}
+
+    outcome = {}
+    for name, ways in (("resent-1.csv", csv), ("resent-2.parquet", parquet)):
+        rec = records[name]
+        assert rec.status == "committed" and rec.rows_in == len(ways)
+        assert rec.rows_clean + rec.rows_quarantined == rec.rows_in
+        q = store.quarantine_frame(rec.batch_id).set_index("pg_row")
+        for pos, way in enumerate(ways):
+            stage, reason = (
+                ("", "") if pos not in q.index else q.loc[pos, ["pg_stage", "pg_reason"]]
+            )
+            outcome[way] = (rejected.loc[list(RESENT).index(way)], stage, reason)
+    i = list(RESENT).index("across a grid boundary")
+    boundary = pd.concat(
+        [rejected.loc[[i], data], rows["across a grid boundary"]], ignore_index=True
+    )
+    keys = _row_keys(encoder.transform(boundary), tol)
+    return outcome, flips.batch_id, keys
+
+
+@pytest.mark.parametrize("way", list(RESENT))
+def test_a_rejected_row_sent_again_is_held_by_the_blocklist_when_it_is_a_near_copy(resent, way):
+    """A row alice rejected, sent again unchanged, 1 ulp or half the duplicates tolerance
+    away, across a cell boundary of the tolerance grid, with a new id, or as CSV, is held at
+    the blocklist stage with a reason naming the rejection; with another label, or farther
+    than the tolerance, it is a new row the blocklist lets through to the detectors."""
+    outcome, batch_id, _ = resent
+    was, stage, reason = outcome[way]
+    named = f"by alice (batch {batch_id}, row {was['pg_row']})"
+    if RESENT[way]:
+        assert stage == "blocklist", (way, stage, reason)
+        assert reason.startswith("near-copy of a row rejected on ") and reason.endswith(named)
+    else:
+        assert stage != "blocklist" and "near-copy" not in reason, (way, stage, reason)
+
+
+def test_the_boundary_case_lies_in_two_cells_of_the_duplicates_grid(resent):
+    """The row sent "across a grid boundary" hashes apart from the rejected one (so the
+    match above is not the grid's): the check behind it does not lean on the hash."""
+    _, _, keys = resent
+    assert keys[0] != keys[1]

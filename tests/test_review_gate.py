@@ -123,8 +123,8 @@ def test_the_whole_loop_through_the_cli(demo_project, capsys):
     new = next(r for r in store.batches() if "resent" in r.source)
     q = store.quarantine_frame(new.batch_id)
     hit = q[q["pg_row"] == 30]
-    assert len(hit) == 1 and hit["pg_reason"].iloc[0].startswith("previously rejected on ")
-    assert "by ana" in hit["pg_reason"].iloc[0]
+    assert len(hit) == 1 and hit["pg_reason"].iloc[0].startswith("near-copy of a row rejected on ")
+    assert f"by ana (batch {flips.batch_id}, row {reject[0]})" in hit["pg_reason"].iloc[0]
 
     # The gate passes and its manifest lists exactly the clean files and rows.
     manifest = demo_project / "manifest.json"

@@ -74,6 +74,25 @@ def test_the_same_content_cannot_be_committed_twice(tmp_path):
         store.commit(Outcome("b2", "a" * 64, "f", "committed", 1, clean=_frame(1)))
 
 
+def test_rejected_rows_are_read_back_from_their_quarantine_with_who_rejected_them(tmp_path):
+    """The blocklist's rows come back as they were held, oldest rejection first, with the
+    reviewer and time; a rejection whose row the store no longer holds is an error, not a
+    row quietly let back in."""
+    store = Store(tmp_path, create=True)
+    held = _frame(4).assign(pg_batch="b1", pg_row=np.arange(4), pg_row_hash=list("abcd"))
+    held["pg_reason"] = "held"
+    store.commit(Outcome("b1", "a" * 64, "f", "committed", 4, quarantine=held))
+    assert store.rejected_rows().empty
+    store.commit_review("b1", "reject", held.iloc[[2, 0]], actor="alice", note="bad")
+    rows = store.rejected_rows()
+    assert rows["pg_row"].tolist() == [0, 2] and rows["x"].tolist() == [0.0, 2.0]
+    assert (rows["pg_rejected_by"] == "alice").all() and "pg_reason" not in rows
+    with sqlite3.connect(store.ledger_path) as db:
+        db.execute("UPDATE blocklist SET pg_row = 9 WHERE pg_row = 2")
+    with pytest.raises(StoreError, match="the blocklist names row 9 of batch b1"):
+        store.rejected_rows()
+
+
 def test_recover_removes_what_an_interrupted_commit_left_and_nothing_else(tmp_path):
     """A batch file written by a run killed before its ledger commit goes; a stranger's file stays."""
     store = Store(tmp_path, create=True)

@@ -34,6 +34,8 @@ import pandas as pd
 from poisonguard.config import RESERVED_PREFIX, Config
 from poisonguard.decision import BatchDecision, batch_hold_reason, decide_batch
 from poisonguard.detectors.drift import batch_drift
+from poisonguard.detectors.duplicates import DuplicatesDetector, find_near_copies
+from poisonguard.detectors.targets import robust_spread
 from poisonguard.errors import BatchError, ConfigError, StoreError
 from poisonguard.evidence import Evidence, batch_evidence, build_report, dumps, loads
 from poisonguard.landing import (
@@ -232,7 +234,7 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         broken = [o.__dict__ for o in report.outcomes if not o.success]
         report.raise_if_rejected(rows=rows_in)
         hashes = row_hashes(frame, data_columns(frame))
-        prior = _held_before_scoring(frame, hashes, report.row_failures, config, store)
+        prior = _held_before_scoring(frame, report.row_failures, config, store)
     except (OSError, StoreError, MemoryError):
         raise  # the store or the machine failed, not the batch: stop, retry next run
     except Exception as exc:  # fail closed: whatever else goes wrong, the batch is not used
@@ -295,15 +297,16 @@ def _read_and_validate(path: Path, name: str, config: Config) -> tuple[pd.DataFr
 
 def _held_before_scoring(
     frame: pd.DataFrame,
-    hashes: np.ndarray,
     failures: dict[int, tuple[str, ...]],
     config: Config,
     store: Store,
 ) -> pd.DataFrame:
-    """Rows held before any detector runs: broken expectations, known ids, the blocklist.
+    """Rows held by the expectations: broken ones, and ids already in the training set.
 
-    Returns a frame of ``pg_row``, ``pg_stage`` and ``pg_reason``, one row per held row
-    and stage.
+    The blocklist, which needs the trusted rows' scale, is ``held_by_blocklist``'s,
+    at the start of ``detect_batch``.
+
+    Returns a frame of ``pg_row``, ``pg_stage`` and ``pg_reason``, one row per held row.
     """
     held: list[tuple[int, str, str]] = []
     for row, why in failures.items():
@@ -322,11 +325,6 @@ def _held_before_scoring(
                         f"training set (batch {owners[value]}); ids must be unique",
                     )
                 )
-    blocked = store.blocked(hashes.tolist())
-    for row, h in enumerate(hashes.tolist()):
-        if h in blocked:
-            at, actor = blocked[h]
-            held.append((row, "blocklist", f"previously rejected on {at[:10]} by {actor}"))
     return pd.DataFrame(
         {
             "pg_row": np.array([h[0] for h in held], dtype=np.int64),
@@ -334,6 +332,74 @@ def _held_before_scoring(
             "pg_reason": pd.Series([h[2] for h in held], dtype=object),
         }
     )
+
+
+def held_by_blocklist(frame: pd.DataFrame, rejected: pd.DataFrame, guard: Guard) -> dict[int, str]:
+    """Rows of ``frame`` that are near-copies of a row a reviewer rejected, with the reason.
+
+    The one place the blocklist is decided. A row is held when its features,
+    encoded and scaled by ``guard`` (the current trusted rows), are within the
+    duplicates detector's tolerance of a rejected row's, value by value, and
+    its label is the same (``find_near_copies``). The id column and the text
+    columns are not compared, so a new id or a reworded note does not make a
+    rejected row new; another label does, and the detectors judge it. The
+    rejected rows are scaled afresh each time, so the match follows the
+    trusted reference as it changes.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Batch rows (their data columns).
+    rejected : DataFrame
+        ``Store.rejected_rows()``.
+    guard : Guard
+        Fitted on the store's trusted rows.
+
+    Returns
+    -------
+    dict of int to str
+        Row position in ``frame`` -> ``near-copy of a row rejected on DATE by NAME
+        (batch B, row R)``.
+    """
+    if rejected.empty or frame.empty:
+        return {}
+    encoder = guard.encoder_
+    params = guard.settings_.params.get(DuplicatesDetector.name, {})
+    tolerance = float(DuplicatesDetector.from_params(params).tolerance)
+    columns = [c for c in (*encoder.features, encoder.label) if c is not None]
+    known = rejected.reindex(columns=columns)  # a column added since reads as missing
+    batch_keys: np.ndarray | None = None
+    known_keys: np.ndarray | None = None
+    scale = 1.0
+    if encoder.task == "classification" and encoder.label is not None:
+        batch_keys = row_hashes(frame, [encoder.label])
+        known_keys = row_hashes(known, [encoder.label])
+    elif encoder.task == "regression" and guard.reference_.target is not None:
+        scale = robust_spread(guard.reference_.target)
+    match = find_near_copies(
+        encoder.transform(frame, "batch"),
+        # Rows an expectation held were never encoded: a cell of theirs that does not
+        # parse counts as missing, instead of stopping every later batch.
+        encoder.transform(known, "rejected rows", errors="coerce"),
+        tolerance,
+        batch_keys=batch_keys,
+        known_keys=known_keys,
+        target_scale=scale,
+    )
+    hit = np.flatnonzero(match >= 0)
+    was = rejected.iloc[match[hit]]
+    return {
+        int(row): f"near-copy of a row rejected on {str(at)[:10]} by {shown(str(by), 60)} "
+        f"(batch {batch}, row {int(pg_row)})"
+        for row, at, by, batch, pg_row in zip(
+            hit,
+            was["pg_rejected_at"],
+            was["pg_rejected_by"],
+            was["pg_batch"],
+            was["pg_row"],
+            strict=True,
+        )
+    }
 
 
 def fit_guard(config: Config, store: Store) -> Guard:
@@ -371,7 +437,14 @@ def detect_batch(
     for row, stage, why in zip(held_rows.tolist(), stages, reasons, strict=True):
         into = failed if stage == "expectations" else blocked
         into[row] = f"{into[row]}; {why}" if row in into else str(why)
-    scored = np.setdiff1d(np.arange(len(rows)), held_rows)
+    passed = np.setdiff1d(np.arange(len(rows)), held_rows)  # what the expectations let through
+    rejected = store.rejected_rows() if passed.size else pd.DataFrame()
+    if not rejected.empty:
+        guard = guard or fit_guard(config, store)
+        data = rows.iloc[passed][data_columns(rows)].reset_index(drop=True)
+        for at, why in held_by_blocklist(data, rejected, guard).items():
+            blocked[int(passed[at])] = why
+    scored = np.setdiff1d(passed, np.fromiter(blocked, np.int64, len(blocked)))
     evidence: Evidence | None = None
     if scored.size:
         guard = guard or fit_guard(config, store)

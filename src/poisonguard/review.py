@@ -2,9 +2,11 @@
 
 A row is reviewed at most once. Repeating an action a row already had is a
 no-op; asking for the other action on it is an error naming who decided it and
-when. Released rows join the clean training set; rejected rows' content hashes
-go to a blocklist, so the same row arriving again in any batch is held with the
-reason ``previously rejected on DATE by NAME``.
+when. Released rows join the clean training set; rejected rows go on a
+blocklist, so a near-copy of one arriving again in any batch (within the
+duplicates detector's tolerance, whatever its id; see
+``pipeline.held_by_blocklist``) is held with the reason ``near-copy of a row
+rejected on DATE by NAME (batch B, row R)``.
 """
 
 from __future__ import annotations

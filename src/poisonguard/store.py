@@ -537,18 +537,51 @@ class Store:
         cols = ["batch_id", "pg_row", "action", "actor", "note", "at"]
         return pd.DataFrame([dict(r) for r in rows], columns=cols)
 
-    def blocked(self, row_hashes: list[str]) -> dict[str, tuple[str, str]]:
-        """Which of these row hashes a reviewer rejected before: hash -> (date, reviewer)."""
-        out: dict[str, tuple[str, str]] = {}
+    def rejected_rows(self) -> pd.DataFrame:
+        """The rows on the blocklist, as they arrived, oldest rejection first.
+
+        A rejected row's content lives where it was held: its batch's quarantine
+        file, which the store never rewrites. The blocklist names the row (one per
+        distinct content hash, with the first reviewer who rejected it), so the
+        rows survive restarts and can be compared on whatever scale the current
+        trusted rows give.
+
+        Returns
+        -------
+        DataFrame
+            The data columns, ``pg_batch`` and ``pg_row``, and ``pg_rejected_at``
+            and ``pg_rejected_by`` (ISO time and reviewer); empty when nothing was
+            rejected.
+        """
         with self._connect() as db:
-            for i in range(0, len(row_hashes), 500):
-                chunk = row_hashes[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                for r in db.execute(
-                    f"SELECT row_hash, at, actor FROM blocklist WHERE row_hash IN ({marks})", chunk
-                ):
-                    out[r[0]] = (r[1], r[2])
-        return out
+            listed = db.execute(
+                "SELECT batch_id, pg_row, at, actor FROM blocklist ORDER BY at, batch_id, pg_row"
+            ).fetchall()
+        if not listed:
+            return pd.DataFrame()
+        entries = pd.DataFrame(
+            [tuple(r) for r in listed],
+            columns=["pg_batch", "pg_row", "pg_rejected_at", "pg_rejected_by"],
+        )
+        batches = set(entries["pg_batch"])
+        held = [self.read(f) for f in self.files("quarantine") if f.batch_id in batches]
+        rows = pd.concat(held, ignore_index=True) if held else pd.DataFrame(columns=["pg_batch"])
+        keep = [c for c in rows.columns if not str(c).startswith("pg_")]
+        found = entries.merge(
+            rows[[*keep, "pg_batch", "pg_row"]],
+            on=["pg_batch", "pg_row"],
+            how="left",
+            indicator=True,
+        )
+        lost = found[found["_merge"] != "both"]
+        if len(lost):
+            # A rejection that cannot be matched any more would let its row back in: fail closed.
+            raise StoreError(
+                f"the blocklist names row {lost['pg_row'].iloc[0]} of batch "
+                f"{lost['pg_batch'].iloc[0]} ({len(lost)} such rows), but no quarantine file of "
+                f"the store {self.root} holds it; run `poisonguard gate` to see what changed"
+            )
+        return found[[*keep, "pg_batch", "pg_row", "pg_rejected_at", "pg_rejected_by"]]
 
     def blocklist(self) -> set[str]:
         """Every row hash a reviewer rejected."""

@@ -22,20 +22,22 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
 from poisonguard.columns import MAX_CATEGORIES, infer_kinds, infer_task
 from poisonguard.detectors._kernels import _finite_within, _standardize
-from poisonguard.errors import BatchError, ConfigError
+from poisonguard.errors import BatchError, ConfigError, param_error
 
 #: Label code given to a label value the trusted reference never contained.
 UNSEEN_LABEL = -1
 # Features are float32 on the scaled axis; this bound keeps squared
 # distances finite in float32 (32 features * (1e15)^2 < 3.4e38).
 _FEATURE_BOUND = 1.0e15
+#: What ``Encoder.transform`` does with a number or date cell that does not parse.
+Errors = Literal["raise", "coerce"]
 
 
 def fingerprint(*arrays: np.ndarray | None) -> str:
@@ -337,8 +339,26 @@ class Encoder:
             terms.append(Term("", "novel"))
         return tuple(terms)
 
-    def transform(self, frame: pd.DataFrame, source: str = "batch") -> Table:
-        raw_numbers = _numbers(frame, list(self.numbers_), self.kinds, source)
+    def transform(
+        self, frame: pd.DataFrame, source: str = "batch", errors: Errors = "raise"
+    ) -> Table:
+        """Encode ``frame`` as the trusted rows were.
+
+        Parameters
+        ----------
+        frame : DataFrame
+            Rows with every feature column (and the label, when there is one).
+        source : str
+            The file (or other name) the rows come from, for messages.
+        errors : {"raise", "coerce"}
+            What a number or date cell that does not parse does: raise a
+            ``BatchError`` naming the column, or count as missing (for rows that
+            were never judged, such as rows an expectation held and a reviewer
+            rejected).
+        """
+        if errors not in ("raise", "coerce"):
+            raise param_error("errors", "Encoder.transform()", 'one of ("raise", "coerce")', errors)
+        raw_numbers = _numbers(frame, list(self.numbers_), self.kinds, source, errors)
         n = len(frame)
         blocks = [_standardize(raw_numbers, self.center_, self.scale_, _FEATURE_BOUND)]
         raws = [raw_numbers]
@@ -481,9 +501,14 @@ def _label_codes(values: pd.Series, classes: tuple[Any, ...]) -> np.ndarray:
 
 
 def _numbers(
-    frame: pd.DataFrame, columns: list[str], kinds: Mapping[str, str], source: str
+    frame: pd.DataFrame,
+    columns: list[str],
+    kinds: Mapping[str, str],
+    source: str,
+    errors: Errors = "raise",
 ) -> np.ndarray:
-    """Number and date columns as float64 (dates in days since 1970); NaN for missing."""
+    """Number and date columns as float64 (dates in days since 1970); NaN for missing
+    (and, with ``errors="coerce"``, for cells that do not parse)."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise BatchError(
@@ -497,11 +522,11 @@ def _numbers(
     for j, col in enumerate(columns):
         try:
             if kinds.get(col) == "date":
-                when = pd.to_datetime(frame[col], errors="raise", utc=True)
+                when = pd.to_datetime(frame[col], errors=errors, utc=True)
                 days = (when - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(days=1)
                 out[:, j] = days.to_numpy(dtype=np.float64, na_value=np.nan)
             else:
-                out[:, j] = pd.to_numeric(frame[col], errors="raise").to_numpy(
+                out[:, j] = pd.to_numeric(frame[col], errors=errors).to_numpy(
                     dtype=np.float64, na_value=np.nan
                 )
         except (TypeError, ValueError, OverflowError) as exc:

@@ -1,4 +1,9 @@
-"""Duplicate floods and label conflicts: many copies of one row, or one row with two labels."""
+"""Duplicate floods and label conflicts: many copies of one row, or one row with two labels.
+
+``find_near_copies`` asks the same question of two sets of rows (is this row a
+copy of one of those, up to the tolerance?) for the blocklist of rows reviewers
+rejected.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,113 @@ import math
 from typing import ClassVar, Self
 
 import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
 
 from poisonguard.detectors._common import DetectorBase
 from poisonguard.detectors._kernels import _hash_rows
 from poisonguard.detectors._stats import poisson_surprise
-from poisonguard.detectors.base import Table
+from poisonguard.detectors.base import _FEATURE_BOUND, Table
 
 _LABEL_MIX = np.uint64(0xD6E8FEB86659FD93)
+# Where a missing cell sits in the tolerance search: ``Table.x32`` lies within
+# +-_FEATURE_BOUND, so a missing cell is farther from every present value than
+# any tolerance reaches, and at distance 0 from another missing cell.
+_MISSING_AT = 4.0 * _FEATURE_BOUND
 
 
-def _row_keys(table: Table, tol: float) -> np.ndarray:
-    """Hash of each row on the scaled axis, missing values kept distinct from the median."""
+def _scaled(table: Table) -> np.ndarray:
+    """``table.x32`` with missing cells NaN again, so that they stay distinct from the mean.
+
+    Returns
+    -------
+    ndarray of shape (n_rows, n_features), float32
+    """
     X = table.x32
     missing = np.isnan(table.raw)
     if missing.any():
         X = np.where(missing, np.float32(np.nan), X)
-    return _hash_rows(X, tol)
+    return X
+
+
+def _row_keys(table: Table, tol: float) -> np.ndarray:
+    """Hash of each row on the scaled axis, missing values kept distinct from the median."""
+    return _hash_rows(_scaled(table), tol)
+
+
+def find_near_copies(
+    batch: Table,
+    known: Table,
+    tolerance: float,
+    *,
+    batch_keys: np.ndarray | None = None,
+    known_keys: np.ndarray | None = None,
+    target_scale: float = 1.0,
+) -> np.ndarray:
+    """For each batch row, the nearest known row it copies up to ``tolerance``; -1 for none.
+
+    Two rows are near-copies when every value the duplicates detector hashes
+    (``Table.x32``: numbers and dates on the trusted scale, each category and
+    boolean one-hot, the missing-cell indicators and the count of never-seen
+    values; not the text columns) differs by at most ``tolerance``, a missing
+    cell matches only a missing cell, and their labels are equal. This is the
+    detector's notion of a copy without its grid: rows it hashes together (one
+    cell of step ``tolerance``) are within the tolerance and match here, and
+    so do rows within the tolerance that fall on either side of a cell
+    boundary and hash apart. With ``tolerance`` 0 only equal values match.
+
+    The search is a Chebyshev-radius query of a k-d tree over the known rows,
+    one tree per label: no pair of rows is compared in Python, and thousands
+    of known rows cost about as much as one.
+
+    Parameters
+    ----------
+    batch, known : Table
+        Rows encoded by one ``Encoder``.
+    tolerance : float
+        Largest difference, on the scaled axis, of two values that count as
+        equal (the duplicates detector's ``tolerance``), >= 0.
+    batch_keys, known_keys : ndarray of shape (batch.n_rows,) and (known.n_rows,), optional
+        Exact keys of the rows' labels (any hashable values): only rows with
+        equal keys match. Default: the tables' label codes, where every label
+        the trusted rows never had counts as one; pass keys to tell those apart.
+    target_scale : float, default 1.0
+        For regression tables (``Table.target``), the target's scale: targets
+        match when they differ by at most ``tolerance * target_scale``.
+
+    Returns
+    -------
+    ndarray of shape (batch.n_rows,), int64
+        A row position in ``known``, or -1.
+    """
+    n = batch.n_rows
+    out = np.full(n, -1, dtype=np.int64)
+    if n == 0 or known.n_rows == 0:
+        return out
+    Q, R = _scaled(batch).astype(np.float64), _scaled(known).astype(np.float64)
+    if batch.target is not None and known.target is not None:
+        bound = (-_FEATURE_BOUND, _FEATURE_BOUND)
+        Q = np.hstack([Q, np.clip(batch.target / target_scale, *bound)[:, None]])
+        R = np.hstack([R, np.clip(known.target / target_scale, *bound)[:, None]])
+    Q, R = np.nan_to_num(Q, nan=_MISSING_AT), np.nan_to_num(R, nan=_MISSING_AT)
+    if batch_keys is None and known_keys is None and batch.y is not None and known.y is not None:
+        batch_keys, known_keys = batch.y, known.y
+    if batch_keys is None or known_keys is None:
+        q_group, r_group = np.zeros(n, np.int64), np.zeros(known.n_rows, np.int64)
+    else:
+        codes = pd.factorize(np.concatenate([np.asarray(known_keys), np.asarray(batch_keys)]))[0]
+        r_group, q_group = codes[: known.n_rows], codes[known.n_rows :]
+    # The tree's bound is strict; the next float up makes it "at most the tolerance".
+    radius = float(np.nextafter(float(tolerance), np.inf))
+    for group in np.unique(r_group):  # one tree per label among the known rows
+        ref = np.flatnonzero(r_group == group)
+        rows = np.flatnonzero(q_group == group)
+        if rows.size == 0:
+            continue
+        _, nearest = cKDTree(R[ref]).query(Q[rows], k=1, p=np.inf, distance_upper_bound=radius)
+        found = nearest < ref.size  # a miss is reported as the tree's size
+        out[rows[found]] = ref[nearest[found]]
+    return out
 
 
 def _pair_keys(keys: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -80,7 +176,8 @@ class DuplicatesDetector(DetectorBase):
     Parameters
     ----------
     tolerance : float
-        Grid step on the scaled (IQR) axis within which rows count as copies (>= 0).
+        Grid step on the scaled axis (in trusted standard deviations, ``Table.X``) within
+        which rows count as copies (>= 0).
     """
 
     name: ClassVar[str] = "duplicates"
