@@ -19,9 +19,8 @@ from poisonguard.config import load_config
 from poisonguard.demo import LABEL
 from poisonguard.errors import ConfigError, GateError, ReviewError, StoreError
 from poisonguard.gate import gate
-from poisonguard.pipeline import data_columns, fit_guard, process_landing, row_hashes
+from poisonguard.pipeline import data_columns, fit_guard, guard_for, process_landing, row_hashes
 from poisonguard.review import review
-from poisonguard.scan import Guard
 from poisonguard.store import (
     _SCHEMA,
     GENESIS,
@@ -129,14 +128,7 @@ def test_released_poison_does_not_vouch_for_its_near_copies(demo_project):
 
     everything = store.clean_frame()
     everything = everything[everything["pg_batch"] != second.batch_id]
-    trusting = Guard(
-        label=config.label,
-        id_column=config.id_column,
-        settings=config.detection,
-        columns=config.columns,
-        task=config.task,
-        max_categories=config.max_categories,
-    ).fit(everything[data_columns(everything)])
+    trusting = guard_for(config).fit(everything[data_columns(everything)])
     _, _, found = trusting.judge(batch)
     assert np.asarray(found.quarantined)[150:].sum() <= 2
 
@@ -178,6 +170,7 @@ def test_promotion_makes_a_new_version_that_judges_the_next_batch(demo_project, 
     assert v2.digest == reference_digest(clean_files[f.path] for f in v2.files)
     entry = store.audit_log()[-1]
     assert entry["action"] == "reference" and entry["actor"] == "ana"
+    assert entry["batch_id"] == first.batch_id
     detail = json.loads(entry["detail"])
     assert detail["version"] == 2 and detail["digest"] == v2.digest
     assert detail["added"] == [first.batch_id] and detail["note"] == "reviewed"

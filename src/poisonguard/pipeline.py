@@ -357,6 +357,11 @@ def fit_guard(config: Config, store: Store, reference: ReferenceVersion | None =
             f"the store {store.root} has no trusted reference yet; "
             "seed it with `poisonguard init --sample TRUSTED`"
         )
+    return guard_for(config).fit(frame[data_columns(frame)])
+
+
+def guard_for(config: Config) -> Guard:
+    """An unfitted guard with the config's columns, task and detection settings."""
     return Guard(
         label=config.label,
         features=list(config.features) or None,
@@ -365,7 +370,7 @@ def fit_guard(config: Config, store: Store, reference: ReferenceVersion | None =
         columns=config.columns,
         task=config.task,
         max_categories=config.max_categories,
-    ).fit(frame[data_columns(frame)])
+    )
 
 
 def detect_batch(

@@ -1228,13 +1228,17 @@ class Store:
             "INSERT INTO reference_files VALUES (?, ?, ?)",
             [(ref.version, i, f.path) for i, f in enumerate(files)],
         )
+        batches = list(dict.fromkeys(f.batch_id for f in added))
         detail = {
             **ref.summary(),
-            "added": [f.batch_id for f in added],
+            "added": batches,
             "files": [f.path for f in files],
             "note": note,
         }
-        self._append_audit(db, "reference", None, actor, detail)
+        # The entry names its batch when it adds one (the seed, a single promotion).
+        self._append_audit(
+            db, "reference", batches[0] if len(batches) == 1 else None, actor, detail
+        )
         return ref
 
     # -- audit chain ---------------------------------------------------------
