@@ -1,7 +1,8 @@
 """The ingest flow: landing zone -> validate -> detect -> decide -> commit, batch by batch.
 
-Tasks pass paths, never frames. Batches run one after another because each is
-judged against the clean training set that the ones before it grew.
+Tasks pass paths, never frames. Batches run one after another, each judged
+against the store's pinned reference version (which the detect step records);
+the training set they grow is the gate's, the reference grows only by promotion.
 """
 
 from __future__ import annotations

@@ -234,7 +234,19 @@ STATUS_COLUMNS = (
     "rows_clean",
     "rows_quarantined",
     "rows_rejected",
+    "judged_by",
 )
+
+
+def _reference_line(summary: dict | None) -> str:
+    """The current reference version in one line, as ``status`` and ``reference`` print it."""
+    if summary is None:
+        return "reference: none (seed the store with `poisonguard init --sample TRUSTED`)"
+    n = len(summary["batches"])
+    return (
+        f"reference: version {summary['version']}, {summary['rows']:,} rows from {n} "
+        f"batch{'es' if n != 1 else ''}, digest {summary['digest'][:12]}"
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -246,6 +258,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in records:
         r["file"] = r["source"]
         r["source"] = shown(r["source"], 48)
+        r["judged_by"] = None if r["reference_version"] is None else f"v{r['reference_version']}"
+    current = store.reference()
+    reference = None if current is None else current.summary()
     skipped = [s for s in store.landed().values() if s.outcome == "skipped"]
     totals = {
         k: sum((r[k] or 0) for r in records if r["status"] != "seed")
@@ -257,7 +272,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             "file",
             "sha256",
             "status",
-            *STATUS_COLUMNS[3:],
+            *STATUS_COLUMNS[3:-1],
+            "reference_version",
             "reason",
             "started_at",
             "finished_at",
@@ -270,6 +286,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for s in skipped
             ],
             "totals": totals,
+            "reference": reference,
         }
         _out(json.dumps(doc, indent=2))
         return 0
@@ -281,6 +298,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"\nlanded rows: {totals['rows_in']} = {totals['rows_clean']} clean + "
         f"{totals['rows_quarantined']} quarantined + {totals['rows_rejected']} rejected"
     )
+    _out(_reference_line(reference))
     if skipped:
         _out(f"\nskipped landing entries ({len(skipped)}):")
         for entry in skipped:
@@ -429,6 +447,57 @@ def cmd_review_reject(args: argparse.Namespace) -> int:
     return _review(args, "reject")
 
 
+REFERENCE_COLUMNS = ("version", "rows", "batches", "digest", "actor", "at", "note")
+
+
+def cmd_reference_show(args: argparse.Namespace) -> int:
+    from poisonguard.store import Store
+
+    versions = Store.of(_config(args)).references()
+    if args.json:
+        doc = [{**v.summary(), "actor": v.actor, "at": v.at, "note": v.note} for v in versions]
+        _out(json.dumps(doc, indent=2))
+        return 0
+    if not versions:
+        _out(_reference_line(None))
+        return 0
+    rows = [
+        {
+            "version": v.version,
+            "rows": v.rows,
+            "batches": len(v.batch_ids),
+            "digest": v.digest[:12],
+            "actor": shown(v.actor, 24),
+            "at": v.at,
+            "note": shown(v.note, 48),
+        }
+        for v in versions
+    ]
+    _out(_table(rows, REFERENCE_COLUMNS))
+    current = versions[-1]
+    _out("\n" + _reference_line(current.summary()))
+    _out("batches: " + ", ".join(current.batch_ids))
+    return 0
+
+
+def cmd_reference_promote(args: argparse.Namespace) -> int:
+    from poisonguard.store import Store
+
+    config = _config(args)
+    store = Store.of(config)
+    before = store.reference()
+    done = store.promote(
+        args.batches,
+        actor=args.actor,
+        note=args.note,
+        max_source_share=config.reference.max_source_share,
+    )
+    added = done.rows - (before.rows if before else 0)
+    _out(f"promoted {', '.join(dict.fromkeys(args.batches))} (+{added:,} rows)")
+    _out(_reference_line(done.summary()))
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from poisonguard.store import Store
 
@@ -454,7 +523,8 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
         brief = ", ".join(
             f"{k}={v}"
             for k, v in detail.items()
-            if k in ("status", "rows_in", "rows", "note", "safe", "reasons") and v not in (None, [])
+            if k in ("status", "rows_in", "rows", "version", "note", "safe", "reasons")
+            and v not in (None, [])
         )
         _out(
             f"{e['seq']:>5}  {e['at']}  {e['action']:<8} {e['batch_id'] or '-':<40} {e['actor']:<12} {brief}"
@@ -659,6 +729,33 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--by", required=True, help="reviewer's name")
         sp.add_argument("--note", required=True, help="why")
+
+    reference = sub.add_parser(
+        "reference",
+        help="the pinned reference batches are judged against: list its versions, promote",
+        description="the pinned reference batches are judged against; without an action, "
+        "list its versions",
+    )
+    reference.add_argument(
+        "--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)"
+    )
+    reference.add_argument("--json", action="store_true", help="machine-readable output")
+    reference.set_defaults(func=cmd_reference_show)
+    fsub = reference.add_subparsers(dest="reference_command", metavar="ACTION")
+    # SUPPRESS: an option given before the action is not reset by the action's default.
+    sp = fsub.add_parser("show", help="list the reference's versions (the default)")
+    sp.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
+    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_reference_show)
+    sp = fsub.add_parser(
+        "promote",
+        help="make a new reference version: the current one and these batches' clean rows",
+    )
+    sp.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
+    sp.set_defaults(func=cmd_reference_promote)
+    sp.add_argument("batches", nargs="+", metavar="BATCH_ID", help="committed, reviewed batches")
+    sp.add_argument("--actor", "--by", dest="actor", required=True, help="who promotes")
+    sp.add_argument("--note", default="", help="why (recorded in the ledger and the audit log)")
 
     audit = sub.add_parser(
         "audit", help="the audit chain", description="the append-only, hash-chained audit log"

@@ -25,6 +25,9 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     [detection.params.knn_label]
     n_neighbors = 10
 
+    [reference]
+    max_source_share = 0.5         # the most of the reference one landing source may hold
+
     [schedule]
     cron = "*/15 * * * *"
     timezone = "UTC"
@@ -59,6 +62,10 @@ DEFAULT_ROW_LEVEL = 0.001
 
 #: A landed file is taken once its size and time have not changed for this long.
 DEFAULT_SETTLE_SECONDS = 2.0
+
+#: Default of ``reference.max_source_share``: no landing source may hold more of the
+#: pinned reference than the seed and every other source together.
+DEFAULT_MAX_SOURCE_SHARE = 0.5
 
 #: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
 RESERVED_PREFIX = "pg_"
@@ -165,6 +172,20 @@ class DetectionSettings:
 
 
 @dataclass(frozen=True)
+class ReferencePolicy:
+    """How the pinned reference may grow (``[reference]``; see ``Store.promote``).
+
+    Attributes
+    ----------
+    max_source_share : float
+        The share of the reference's rows, in (0, 1], that the promoted batches of
+        one landing source may hold.
+    """
+
+    max_source_share: float = DEFAULT_MAX_SOURCE_SHARE
+
+
+@dataclass(frozen=True)
 class Config:
     """A dataset's configuration, with paths resolved."""
 
@@ -184,6 +205,7 @@ class Config:
     task: str | None = None
     columns: Mapping[str, str] = field(default_factory=dict)
     max_categories: int = MAX_CATEGORIES
+    reference: ReferencePolicy = ReferencePolicy()
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -217,6 +239,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "row_level": (float, int),
         "random_state": int,
     },
+    "reference": {"max_source_share": (float, int)},
     "schedule": {"cron": str, "timezone": str},
 }
 
@@ -341,6 +364,12 @@ def load_config(path: str | Path) -> Config:
     )
     settings.validated(key_prefix=f"{path}: detection")
 
+    share = float(raw.get("reference", {}).get("max_source_share", DEFAULT_MAX_SOURCE_SHARE))
+    if not 0.0 < share <= 1.0:
+        raise ConfigError(
+            f"{path}: reference.max_source_share must be in (0, 1]. Got {share!r} instead."
+        )
+
     sched = raw.get("schedule", {})
     cron = sched.get("cron")
     if cron is not None and len(cron.split()) != 5:
@@ -372,6 +401,7 @@ def load_config(path: str | Path) -> Config:
         task=task,
         columns=columns,
         max_categories=max_categories,
+        reference=ReferencePolicy(max_source_share=share),
     )
 
 
@@ -519,6 +549,10 @@ def render_config(
         "folds = 5",
         "max_reference_rows = 20000",
         "random_state = 0",
+        "",
+        "[reference]          # the trusted rows batches are judged against; grows only by",
+        "                     # `poisonguard reference promote`",
+        f"max_source_share = {DEFAULT_MAX_SOURCE_SHARE}   # the most of it one landing source may hold",
         "",
         "[schedule]",
         f"cron = {q(cron)}",

@@ -272,6 +272,15 @@ class TopRow:
 
 
 @dataclass(frozen=True)
+class ReferenceUsed:
+    """The reference version a batch's rows were judged against (``Store.reference``)."""
+
+    version: int
+    digest: str
+    rows: int
+
+
+@dataclass(frozen=True)
 class BatchReport:
     """One batch's report: everything the page, the JSON and the summary show.
 
@@ -296,6 +305,9 @@ class BatchReport:
     top_rows : tuple of TopRow
         At most ``TOP_ROWS`` held rows, rows without a suspicion (held by a rule) and
         then the most suspicious first.
+    reference : ReferenceUsed or None
+        The reference version the detectors were fitted on (None when no row was
+        scored, and in reports written before references were versioned).
     """
 
     batch_id: str
@@ -311,6 +323,7 @@ class BatchReport:
     failed_expectations: tuple[FailedExpectation, ...]
     evidence: Evidence | None
     top_rows: tuple[TopRow, ...]
+    reference: ReferenceUsed | None = None
 
 
 # ----------------------------------------------------------------------------- the detect step
@@ -662,6 +675,7 @@ def build_report(
     threshold_p: float | None = None,
     failed_expectations: Sequence[Mapping[str, Any]] = (),
     evidence: Evidence | None = None,
+    reference: ReferenceUsed | None = None,
 ) -> BatchReport:
     """Build one batch's report: the only place a ``BatchReport`` is made.
 
@@ -684,6 +698,8 @@ def build_report(
         ``ExpectationOutcome`` fields of the expectations the batch broke.
     evidence : Evidence, optional
         From the detect step.
+    reference : ReferenceUsed, optional
+        The reference version the detect step's detectors were fitted on.
 
     Raises
     ------
@@ -715,6 +731,7 @@ def build_report(
         failed_expectations=tuple(_failed(f) for f in failed_expectations),
         evidence=evidence,
         top_rows=top_rows(quarantine),
+        reference=reference,
     )
 
 
@@ -776,11 +793,14 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise TypeError(f"{where} must be an object, not {_kind(value)}")
         hints = typing.get_type_hints(tp)
-        names = [f.name for f in dataclasses.fields(tp)]
-        if set(value) != set(names):
-            odd = sorted(set(value) ^ set(names))
+        fields = dataclasses.fields(tp)
+        names = [f.name for f in fields]
+        # A field with a default was added later: JSON written before may lack it.
+        required = {f.name for f in fields if f.default is dataclasses.MISSING}
+        if not required <= set(value) <= set(names):
+            odd = sorted((required - set(value)) | (set(value) - set(names)))
             raise TypeError(f"{where} has missing or unknown fields: {', '.join(odd)}")
-        return tp(**{n: _decode(hints[n], value[n], f"{where}.{n}") for n in names})
+        return tp(**{n: _decode(hints[n], value[n], f"{where}.{n}") for n in names if n in value})
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list):

@@ -8,7 +8,8 @@ The gate passes only what it has verified. It refuses, with every reason it find
   the gate last vouched for, or the head of a manifest it is given;
 * the audit key is readable by others;
 * the ledger disagrees with the audit entries that wrote it: a file's hash, a
-  batch's row counts, a review or the blocklist;
+  batch's row counts or the reference version that judged it, a review, the
+  blocklist, or a reference version (its files and digest);
 * a file the ledger lists (clean, quarantined or rejected) is missing, or has
   another SHA-256 or row count than when written; a file sits in ``clean/``,
   ``quarantine/`` or ``rejected/`` that the ledger does not list; a batch's
@@ -18,7 +19,9 @@ The gate passes only what it has verified. It refuses, with every reason it find
 * a batch has rows awaiting review for longer than the allowed age.
 
 Every decision is appended to the audit chain; a safe one records the head it
-vouched for (in the store's anchor and in the manifest).
+vouched for (in the store's anchor and in the manifest). The manifest also names
+the current reference version (number, digest, rows, batches) and, per file, the
+reference version its batch was judged against.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import pyarrow.parquet as pq
 from poisonguard.config import RESERVED_PREFIX, Config, suite_columns
 from poisonguard.errors import ConfigError, GateError, StoreError
 from poisonguard.review import awaiting_review
-from poisonguard.store import FileRecord, Store, now, sha256_file
+from poisonguard.store import FileRecord, Store, now, reference_digest, sha256_file
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -105,6 +108,9 @@ def check(
         files = tuple(store.files("clean"))
         n_rows = sum(f.rows or 0 for f in files)
         head = _head_or_none(store)
+        current = store.reference()
+        reference = None if current is None else current.summary()
+        judged_by = {b.batch_id: b.reference_version for b in store.batches()}
         manifest = {
             "created_at": now(),
             "config": str(config.path),
@@ -113,8 +119,15 @@ def check(
             "reasons": reasons,
             "rows": n_rows,
             "audit_head": head,
+            "reference": reference,
             "files": [
-                {"path": f.path, "batch_id": f.batch_id, "sha256": f.sha256, "rows": f.rows}
+                {
+                    "path": f.path,
+                    "batch_id": f.batch_id,
+                    "sha256": f.sha256,
+                    "rows": f.rows,
+                    "reference_version": judged_by.get(f.batch_id),
+                }
                 for f in files
             ],
         }
@@ -128,6 +141,9 @@ def check(
                     "rows": n_rows,
                     "files": len(files),
                     "audit_head": head,
+                    "reference": None
+                    if current is None
+                    else {"version": current.version, "digest": current.digest},
                 },
             )
             if not reasons and head is not None:
@@ -201,13 +217,19 @@ def _ledger_against_audit(store: Store) -> list[str]:
     status: dict[str, tuple[str, str]] = {}
     reviewed: set[tuple[str, int, str]] = set()
     blocked: set[str] = set()
+    judged: dict[str, int | None] = {}
+    versions: dict[int, tuple[str, list[str]]] = {}
     for entry in store.audit_log():
+        if entry["action"] == "reference":
+            detail = json.loads(entry["detail"])
+            versions[int(detail["version"])] = (detail["digest"], list(detail["files"]))
         if entry["action"] not in ("ingest", "release", "reject"):
             continue
         detail = json.loads(entry["detail"])
         batch = entry["batch_id"]
         files.update(detail.get("files") or {})
         if entry["action"] == "ingest":
+            judged[batch] = detail.get("reference_version")
             counts[batch] = [
                 detail.get("rows_clean", 0),
                 detail.get("rows_quarantined", 0),
@@ -243,6 +265,13 @@ def _ledger_against_audit(store: Store) -> list[str]:
                 f"{have[2]} rejected rows ({rec.status}), its audit entries {want[0]}, {want[1]}, "
                 f"{want[2]} ({status[rec.batch_id][0]}): the ledger was edited"
             )
+        elif rec.reference_version != judged.get(rec.batch_id):
+            reasons.append(
+                f"batch {rec.batch_id}: the ledger says reference version "
+                f"{rec.reference_version} judged it, its audit entry "
+                f"{judged.get(rec.batch_id)}: the ledger was edited"
+            )
+    reasons += _references_against_audit(store, versions)
     missing = set(counts) - {r.batch_id for r in store.batches()}
     reasons += [
         f"batch {b}: ingested in the audit chain, but gone from the ledger" for b in missing
@@ -262,6 +291,35 @@ def _ledger_against_audit(store: Store) -> list[str]:
             "the blocklist is not the set of rows reviewers rejected in the audit chain: "
             "the ledger was edited"
         )
+    return reasons
+
+
+def _references_against_audit(
+    store: Store, versions: dict[int, tuple[str, list[str]]]
+) -> list[str]:
+    """Each reference version is the one its audit entry wrote, and its digest its files'."""
+    reasons = []
+    have = {ref.version: ref for ref in store.references()}
+    for version in sorted(set(have) | set(versions)):
+        ref = have.get(version)
+        if ref is None:
+            reasons.append(
+                f"reference version {version}: written in the audit chain, but gone from the ledger"
+            )
+        elif version not in versions:
+            reasons.append(
+                f"reference version {version}: in the ledger, but no audit entry wrote it"
+            )
+        elif (ref.digest, [f.path for f in ref.files]) != versions[version]:
+            reasons.append(
+                f"reference version {version}: its digest or files are not those its audit "
+                "entry recorded: the ledger was edited"
+            )
+        elif ref.digest != reference_digest(f.sha256 for f in ref.files):
+            reasons.append(
+                f"reference version {version}: its digest does not match its files' hashes: "
+                "the ledger was edited"
+            )
     return reasons
 
 

@@ -65,6 +65,17 @@ def batch_id_for(name: str, sha256: str) -> str:
     return f"{safe_stem(name)}-{sha256[:12]}"
 
 
+def source_of(name: str) -> str:
+    """The landing source a batch came from, given the name its ledger row keeps (``source``).
+
+    Batches land directly in the landing folder today, so sources are not tracked
+    apart from names: a batch's source is its landing file name, and batches that
+    arrive again under one name (new content) share it. This is the one place to
+    change when batches carry a source of their own (``landing/<source>/<file>``).
+    """
+    return name
+
+
 @dataclass(frozen=True)
 class Entry:
     """One entry of the landing folder, as ``survey`` found it.

@@ -37,7 +37,14 @@ from poisonguard.detectors.drift import batch_drift
 from poisonguard.detectors.duplicates import DuplicatesDetector, find_near_copies
 from poisonguard.detectors.targets import robust_spread
 from poisonguard.errors import BatchError, ConfigError, StoreError
-from poisonguard.evidence import Evidence, batch_evidence, build_report, dumps, loads
+from poisonguard.evidence import (
+    Evidence,
+    ReferenceUsed,
+    batch_evidence,
+    build_report,
+    dumps,
+    loads,
+)
 from poisonguard.landing import (
     Entry,
     Unreadable,
@@ -55,6 +62,7 @@ from poisonguard.scan import Guard
 from poisonguard.store import (
     BatchRecord,
     Outcome,
+    ReferenceVersion,
     Store,
     atomic_write_bytes,
     crash_point,
@@ -402,14 +410,24 @@ def held_by_blocklist(frame: pd.DataFrame, rejected: pd.DataFrame, guard: Guard)
     }
 
 
-def fit_guard(config: Config, store: Store) -> Guard:
-    """Detectors fitted on the store's current clean training set."""
-    reference = store.clean_frame()
-    if reference.empty:
+def fit_guard(config: Config, store: Store, reference: ReferenceVersion | None = None) -> Guard:
+    """Detectors fitted on a version of the store's pinned reference (default the current one).
+
+    The reference is the seed and the batches promoted into it
+    (``poisonguard reference promote``), never merely the accepted rows.
+    """
+    version = reference or store.reference()
+    frame = pd.DataFrame() if version is None else store.reference_frame(version)
+    if frame.empty:
         raise StoreError(
-            f"the store {store.root} has no clean training set yet; "
+            f"the store {store.root} has no trusted reference yet; "
             "seed it with `poisonguard init --sample TRUSTED`"
         )
+    return guard_for(config).fit(frame[data_columns(frame)])
+
+
+def guard_for(config: Config) -> Guard:
+    """An unfitted guard with the config's columns, task and detection settings."""
     return Guard(
         label=config.label,
         features=list(config.features) or None,
@@ -418,13 +436,17 @@ def fit_guard(config: Config, store: Store) -> Guard:
         columns=config.columns,
         task=config.task,
         max_categories=config.max_categories,
-    ).fit(reference[data_columns(reference)])
+    )
 
 
 def detect_batch(
     staged: str | Path, config: Config, store: Store, guard: Guard | None = None
 ) -> Path:
-    """Score a staged batch's rows and make the batch's one decision; write it beside them."""
+    """Score a staged batch's rows and make the batch's one decision; write it beside them.
+
+    The rows are judged against the store's current reference version, which the
+    decision records (``guard``, when given, must have been fitted on it).
+    """
     folder = Path(staged)
     meta = Staged.load(folder)
     rows = read_parquet(folder / STAGED_ROWS)
@@ -438,16 +460,19 @@ def detect_batch(
         into = failed if stage == "expectations" else blocked
         into[row] = f"{into[row]}; {why}" if row in into else str(why)
     passed = np.setdiff1d(np.arange(len(rows)), held_rows)  # what the expectations let through
+    current = store.reference()
     rejected = store.rejected_rows() if passed.size else pd.DataFrame()
     if not rejected.empty:
-        guard = guard or fit_guard(config, store)
+        guard = guard or fit_guard(config, store, current)
         data = rows.iloc[passed][data_columns(rows)].reset_index(drop=True)
         for at, why in held_by_blocklist(data, rejected, guard).items():
             blocked[int(passed[at])] = why
     scored = np.setdiff1d(passed, np.fromiter(blocked, np.int64, len(blocked)))
     evidence: Evidence | None = None
+    reference: ReferenceVersion | None = None  # the version that judged the batch, if any did
     if scored.size:
-        guard = guard or fit_guard(config, store)
+        reference = current
+        guard = guard or fit_guard(config, store, reference)
         data = rows.iloc[scored][data_columns(rows)].reset_index(drop=True)
         table, scores, found = guard.judge(data, source=shown(meta.source))
         drift = batch_drift(guard.reference_, table)
@@ -468,7 +493,7 @@ def detect_batch(
         evidence = batch_evidence(guard.reference_, table, guard.calibrations_, decision, drift)
     else:
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
-    _write_decision(folder, rows, decision, config)
+    _write_decision(folder, rows, decision, config, reference)
     if evidence is not None:
         atomic_write_bytes(folder / EVIDENCE, dumps(evidence).encode())
     else:  # a re-run that scores nothing keeps no evidence of an earlier run
@@ -478,7 +503,11 @@ def detect_batch(
 
 
 def _write_decision(
-    folder: Path, rows: pd.DataFrame, decision: BatchDecision, config: Config
+    folder: Path,
+    rows: pd.DataFrame,
+    decision: BatchDecision,
+    config: Config,
+    reference: ReferenceVersion | None,
 ) -> None:
     table = pd.DataFrame(
         {
@@ -497,6 +526,9 @@ def _write_decision(
         "batch_hold": decision.batch_hold,
         "fdr": config.detection.fdr,
         "threshold_p": None if found is None else found.threshold,
+        "reference": None
+        if reference is None
+        else {"version": reference.version, "digest": reference.digest, "rows": reference.rows},
     }
     atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
 
@@ -507,6 +539,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
     rows = read_parquet(meta.folder / STAGED_ROWS)
     decision = read_parquet(meta.folder / DECISION)
     decided = json.loads((meta.folder / DECISION_META).read_text())
+    judged = None if decided.get("reference") is None else ReferenceUsed(**decided["reference"])
     if not np.array_equal(decision["pg_row"].to_numpy(), rows["pg_row"].to_numpy()):
         raise StoreError(f"batch {meta.batch_id}: the decision does not match the staged rows")
     held = decision["pg_stage"].to_numpy(dtype=object) != ""
@@ -533,6 +566,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         started_at=meta.started_at,
         detail=detail,
         landed=meta.landed,
+        reference_version=None if judged is None else judged.version,
     )
     evidence_path = meta.folder / EVIDENCE
     write_batch_report(
@@ -548,6 +582,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         batch_hold=decided["batch_hold"],
         fdr=None if decided["threshold_p"] is None else decided["fdr"],
         threshold_p=decided["threshold_p"],
+        reference=judged,
     )
     return store.commit(outcome)  # which also clears the staging folder
 
@@ -568,11 +603,13 @@ def write_batch_report(
     batch_hold: str | None = None,
     fdr: float | None = None,
     threshold_p: float | None = None,
+    reference: ReferenceUsed | None = None,
 ) -> tuple[Path, Path]:
     """Write a batch's HTML and JSON reports (before its ledger commit: a re-run rewrites them).
 
     The counts are the outcome's, which the ledger records; ``held_by``, ``batch_hold``,
-    ``fdr`` and ``threshold_p`` are the batch decision's (``decision.json``).
+    ``fdr``, ``threshold_p`` and ``reference`` (the reference version that judged the
+    rows) are the batch decision's (``decision.json``).
     """
     from poisonguard.report import write_report
 
@@ -593,6 +630,7 @@ def write_batch_report(
         threshold_p=threshold_p,
         failed_expectations=failed_expectations or [],
         evidence=evidence,
+        reference=reference,
     )
     json_path, html_path = write_report(report, store.root / "reports")
     return html_path, json_path

@@ -32,6 +32,7 @@ from poisonguard.evidence import (
     DetectorPanel,
     Drift,
     Projection,
+    ReferenceUsed,
     dumps,
     loads,
     span,
@@ -762,7 +763,17 @@ def _summary(report: BatchReport) -> str:
             '<p class="note">Detectors: Benjamini–Hochberg at false-discovery rate '
             f"{_e(_fmt_float(report.fdr))}{cut}.</p>"
         )
+    if report.reference is not None:
+        parts.append(f'<p class="note">{_e(_judged_by(report.reference))}.</p>')
     return _section("summary", "Summary", "", "".join(parts))
+
+
+def _judged_by(reference: ReferenceUsed) -> str:
+    """One sentence naming the reference version a batch was judged against."""
+    return (
+        f"Judged against reference version {reference.version} ({reference.rows:,} trusted "
+        f"rows, digest {reference.digest[:12]})"
+    )
 
 
 def _kwarg(value: Any) -> str:
@@ -1157,6 +1168,8 @@ def markdown_summary(report: BatchReport, html_path: Path) -> str:
         lines += [f"Rejected: {_md(report.reason)}", ""]
     if report.batch_hold:
         lines += [f"Held for review: {_md(report.batch_hold)}", ""]
+    if report.reference is not None:
+        lines += [f"{_md(_judged_by(report.reference))}.", ""]
     lines += [
         "| rows in | clean | quarantined | rejected |",
         "|---:|---:|---:|---:|",

@@ -2,7 +2,8 @@
 
 Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
 
-    ledger.sqlite            batches, files, reviews, blocklist, landing memo, audit chain
+    ledger.sqlite            batches, files, reviews, blocklist, landing memo, reference
+                             versions, audit chain
     anchor.json              the audit chain's head, keyed (see below)
     clean/<batch>.parquet    rows that joined the training set, one file per batch
     quarantine/<batch>.parquet  held rows, with scores and reasons
@@ -27,6 +28,12 @@ ledger's files, row counts and blocklist against the entries that wrote them.
 
 Every change to the store happens under one exclusive lock (``writing()``), so
 concurrent reviews, runs and gates serialise instead of interleaving.
+
+The reference the detectors are fitted on is pinned: a numbered version lists
+the clean files it holds, with a digest of their hashes. Version 1 is the seed;
+a new version is made only by an explicit step (``promote``), each with an
+audit entry. Accepted rows join the training set at once, the reference only
+when promoted.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,9 +61,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonguard.errors import StoreError
+from poisonguard.errors import ReviewError, StoreError, shown
+from poisonguard.landing import source_of
 
-SCHEMA_VERSION = 2
+#: The ledger schema this code reads and writes: the base schema (version 2) and
+#: every step of ``_SCHEMA_STEPS``.
+SCHEMA_VERSION = 3
 SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
 #: How long a writer waits for another process's lock before giving up.
 LOCK_WAIT = 60.0
@@ -122,6 +132,33 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
+# --------------------------------------------------------------------------- schema step 2 -> 3
+# The pinned reference (issue 11, item 1): the versions of the rows the detectors
+# are fitted on, and the version that judged each batch. One step of its own, so
+# that other steps merge beside it.
+_REFERENCE_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS reference_versions (
+    version INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    note TEXT NOT NULL,
+    at TEXT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS reference_files (
+    version INTEGER NOT NULL REFERENCES reference_versions(version),
+    position INTEGER NOT NULL,
+    path TEXT NOT NULL REFERENCES files(path),
+    PRIMARY KEY (version, position)
+)""",
+    "ALTER TABLE batches ADD COLUMN reference_version INTEGER",
+)
+
+#: The oldest ledger schema this code migrates, and the steps after it, in order:
+#: (the version a step reaches, its statements). Its data step is ``_MIGRATIONS``.
+_BASE_SCHEMA_VERSION = 2
+_SCHEMA_STEPS: tuple[tuple[int, tuple[str, ...]], ...] = ((3, _REFERENCE_SCHEMA),)
+
 GENESIS = "0" * 64
 
 
@@ -130,7 +167,8 @@ GENESIS = "0" * 64
 #: the first) it reaches that point.
 CRASH_ENV = "POISONGUARD_CRASH_AT"
 _crash_counts: dict[str, int] = {}
-# Store root -> (the clean files read so far, their rows): see Store.clean_frame.
+# Store root and slot ("clean", "reference") -> (the files read so far, their rows):
+# see Store._frame_of.
 _clean_frames: dict[str, tuple[tuple[FileRecord, ...], pd.DataFrame]] = {}
 
 
@@ -213,7 +251,12 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class BatchRecord:
-    """One ledger row: a batch and where its rows went."""
+    """One ledger row: a batch and where its rows went.
+
+    ``reference_version`` is the reference version whose fitted detectors judged
+    the batch's rows (None for the seed, a batch rejected whole, a batch none of
+    whose rows reached the detectors, and batches a version-2 ledger recorded).
+    """
 
     batch_id: str
     sha256: str
@@ -226,6 +269,7 @@ class BatchRecord:
     reason: str | None
     started_at: str
     finished_at: str
+    reference_version: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -266,7 +310,8 @@ class Outcome:
 
     ``clean`` and ``quarantine`` are frames (possibly empty); their row counts
     plus ``rows_rejected`` must add up to ``rows_in``. ``landed`` is the landing
-    entry (name, size, mtime_ns) the batch came from, remembered with it.
+    entry (name, size, mtime_ns) the batch came from, remembered with it;
+    ``reference_version`` the reference version that judged its rows.
     """
 
     batch_id: str
@@ -281,6 +326,52 @@ class Outcome:
     started_at: str = ""
     detail: dict[str, Any] | None = None
     landed: tuple[str, int, int] | None = None
+    reference_version: int | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceVersion:
+    """One version of the pinned reference: the clean files the detectors are fitted on.
+
+    Attributes
+    ----------
+    version : int
+        1 for the seed, one more for each promotion.
+    digest : str
+        ``reference_digest`` of its files' hashes.
+    rows : int
+    files : tuple of FileRecord
+        In the order they joined the reference (the seed's first).
+    actor, note, at : str
+        Who made the version, why, and when (ISO 8601).
+    """
+
+    version: int
+    digest: str
+    rows: int
+    files: tuple[FileRecord, ...]
+    actor: str
+    note: str
+    at: str
+
+    @property
+    def batch_ids(self) -> tuple[str, ...]:
+        """The batches whose clean rows it holds, in the order they joined."""
+        return tuple(dict.fromkeys(f.batch_id for f in self.files))
+
+    def summary(self) -> dict[str, Any]:
+        """Version, digest, rows and batches, as the manifest, status and audit entry name it."""
+        return {
+            "version": self.version,
+            "digest": self.digest,
+            "rows": self.rows,
+            "batches": list(self.batch_ids),
+        }
+
+
+def reference_digest(sha256s: Iterable[str]) -> str:
+    """A reference's content digest: SHA-256 over its files' SHA-256s, sorted, one a line."""
+    return hashlib.sha256("".join(f"{h}\n" for h in sorted(sha256s)).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- locking
@@ -423,6 +514,9 @@ class Store:
             (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            for _, statements in _SCHEMA_STEPS:
+                for statement in statements:
+                    db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         os.chmod(self.ledger_path, 0o600)
         self.key_path.parent.mkdir(parents=True, exist_ok=True)
@@ -441,12 +535,44 @@ class Store:
             raise StoreError(
                 f"{self.ledger_path}: cannot be opened as a poisonguard ledger ({exc})"
             ) from exc
-        if version != SCHEMA_VERSION or "audit" not in tables:
+        if "audit" not in tables or not _BASE_SCHEMA_VERSION <= version <= SCHEMA_VERSION:
             raise StoreError(
                 f"{self.ledger_path}: ledger schema {version}, this poisonguard reads "
-                f"{SCHEMA_VERSION}; it was written by another version (create a new store "
-                "with `poisonguard init`)"
+                f"{_BASE_SCHEMA_VERSION} to {SCHEMA_VERSION}; it was written by another version "
+                "(create a new store with `poisonguard init`)"
             )
+        if version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older ledger to ``SCHEMA_VERSION``: every step in one transaction.
+
+        Each step runs its statements and its data step, and is recorded in the
+        audit chain (``migrate``). Another process that migrated meanwhile leaves
+        nothing to do.
+        """
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for to, statements in _SCHEMA_STEPS:
+                if to <= version:
+                    continue
+                for statement in statements:
+                    db.execute(statement)
+                detail = _MIGRATIONS[to](self, db)
+                self._append_audit(
+                    db, "migrate", None, "poisonguard", {"from": version, "to": to, **detail}
+                )
+                version = to
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate_to_3(self, db: sqlite3.Connection) -> dict[str, Any]:
+        """Version 1 of the reference: the ledger's seed batches, as a fresh store has it."""
+        seeds = [r[0] for r in db.execute("SELECT batch_id FROM batches WHERE status = 'seed'")]
+        files = [f for f in self._files(db, "clean") if f.batch_id in seeds]
+        if not files:
+            return {"reference": None}
+        ref = self._add_reference(db, files, actor="poisonguard", note="the seed (migration)")
+        return {"reference": ref.summary()}
 
     # -- connection ----------------------------------------------------------
     @contextlib.contextmanager
@@ -511,11 +637,15 @@ class Store:
         return [BatchRecord(**dict(r)) for r in rows]
 
     def files(self, kind: str | None = None) -> list[FileRecord]:
+        with self._connect() as db:
+            return self._files(db, kind)
+
+    @staticmethod
+    def _files(db: sqlite3.Connection, kind: str | None = None) -> list[FileRecord]:
         query, args = "SELECT path, batch_id, kind, sha256, rows FROM files", tuple[str, ...]()
         if kind is not None:
             query, args = query + " WHERE kind = ?", (kind,)
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY created_at, rowid", args).fetchall()
+        rows = db.execute(query + " ORDER BY created_at, rowid", args).fetchall()
         return [FileRecord(**dict(r)) for r in rows]
 
     def read(self, record: FileRecord, columns: list[str] | None = None) -> pd.DataFrame:
@@ -603,8 +733,19 @@ class Store:
         keeps their changes out of the kept frame. The gate, not this, checks the
         files' hashes.
         """
-        files = tuple(self.files("clean"))
-        key = str(self.root.resolve())
+        return self._frame_of("clean", tuple(self.files("clean")))
+
+    def reference_frame(self, reference: ReferenceVersion) -> pd.DataFrame:
+        """The rows of one reference version, read from its clean files in their order.
+
+        Kept like ``clean_frame``: a version that extends the one read before
+        (a promotion) reads only the files it adds.
+        """
+        return self._frame_of("reference", reference.files)
+
+    def _frame_of(self, slot: str, files: tuple[FileRecord, ...]) -> pd.DataFrame:
+        """The rows of ``files``, kept per store and slot; reads only files not kept yet."""
+        key = f"{self.root.resolve()}\0{slot}"
         known, frame = _clean_frames.get(key, ((), pd.DataFrame()))
         if files[: len(known)] != known:
             known, frame = (), pd.DataFrame()
@@ -614,6 +755,51 @@ class Store:
         _clean_frames[key] = (files, frame)
         # A new object sharing the kept data: copy-on-write copies it if the caller writes.
         return frame.copy(deep=False)
+
+    def reference(self, version: int | None = None) -> ReferenceVersion | None:
+        """A reference version (default the current one, the highest); None if there is none.
+
+        Raises
+        ------
+        ReviewError
+            When ``version`` is given and the ledger has no such version.
+        """
+        with self._connect() as db:
+            found = self._references(db, version)
+        if version is not None and not found:
+            raise ReviewError(f"{self.ledger_path}: no reference version {version}")
+        return found[-1] if found else None
+
+    def references(self) -> list[ReferenceVersion]:
+        """Every reference version, the first (the seed) first."""
+        with self._connect() as db:
+            return self._references(db, None, every=True)
+
+    @staticmethod
+    def _references(
+        db: sqlite3.Connection, version: int | None, *, every: bool = False
+    ) -> list[ReferenceVersion]:
+        """The versions asked for: one (``version``, or the highest), or ``every`` one."""
+        if every:
+            heads = db.execute("SELECT * FROM reference_versions ORDER BY version").fetchall()
+        elif version is None:
+            heads = db.execute(
+                "SELECT * FROM reference_versions ORDER BY version DESC LIMIT 1"
+            ).fetchall()
+        else:
+            heads = db.execute(
+                "SELECT * FROM reference_versions WHERE version = ?", (version,)
+            ).fetchall()
+        out = []
+        for head in heads:
+            rows = db.execute(
+                "SELECT f.path, f.batch_id, f.kind, f.sha256, f.rows FROM reference_files r "
+                "JOIN files f ON f.path = r.path WHERE r.version = ? ORDER BY r.position",
+                (head["version"],),
+            ).fetchall()
+            files = tuple(FileRecord(**dict(r)) for r in rows)
+            out.append(ReferenceVersion(files=files, **dict(head)))
+        return out
 
     def id_owners(self, id_column: str) -> dict[str, str]:
         """Each id in the clean training set (as text) and the batch that holds it."""
@@ -740,12 +926,13 @@ class Store:
             reason=outcome.reason,
             started_at=outcome.started_at or finished,
             finished_at=finished,
+            reference_version=outcome.reference_version,
         )
         with self.transaction() as db:
+            columns = list(record.as_dict())
             db.execute(
-                "INSERT INTO batches VALUES (:batch_id, :sha256, :source, :status, :rows_in, "
-                ":rows_clean, :rows_quarantined, :rows_rejected, :reason, :started_at, "
-                ":finished_at)",
+                f"INSERT INTO batches ({', '.join(columns)}) "
+                f"VALUES ({', '.join(':' + c for c in columns)})",
                 record.as_dict(),
             )
             db.executemany(
@@ -763,9 +950,17 @@ class Store:
                 "rows_quarantined": n_quar,
                 "rows_rejected": outcome.rows_rejected,
                 "files": {p: h for p, h, _ in written},
+                "reference_version": outcome.reference_version,
                 **(outcome.detail or {}),
             }
             self._append_audit(db, "ingest", outcome.batch_id, "poisonguard", detail)
+            if outcome.status == "seed":
+                seeded = [
+                    FileRecord(p, outcome.batch_id, "clean", h, n)
+                    for p, h, n in written
+                    if p.startswith("clean/")
+                ]
+                self._add_reference(db, seeded, actor="poisonguard", note="the seed")
             crash_point("before-ledger-commit")
         crash_point("after-ledger-commit")
         shutil.rmtree(marker, ignore_errors=True)
@@ -949,6 +1144,136 @@ class Store:
             self._append_audit(db, action, batch_id, actor, detail)
             crash_point("review-before-ledger-commit")
 
+    # -- the pinned reference ------------------------------------------------
+    def promote(
+        self,
+        batch_ids: Sequence[str],
+        *,
+        actor: str,
+        note: str = "",
+        max_source_share: float = 1.0,
+    ) -> ReferenceVersion:
+        """Make a new reference version: the current one plus these batches' clean files.
+
+        Only committed batches with clean rows and no rows awaiting review can
+        join, and only files not yet in the reference are added (rows a reviewer
+        released after an earlier promotion join with a later one). The new
+        version and its audit entry (``reference``) are written in one transaction.
+
+        Parameters
+        ----------
+        batch_ids : sequence of str
+        actor : str
+            Who promotes (recorded).
+        note : str
+            Why (recorded).
+        max_source_share : float
+            The share of the new version's rows that batches of one landing source
+            (``landing.source_of``) may hold at most; the seed belongs to none.
+
+        Raises
+        ------
+        ReviewError
+            For no batches or no actor, an unknown batch, one rejected whole, with no
+            clean rows, rows awaiting review or already in the reference, a store
+            with no reference, or a promotion past ``max_source_share``; nothing is
+            written then.
+        """
+        if not actor.strip():
+            raise ReviewError("promoting to the reference needs the promoter's name (--actor)")
+        wanted = list(dict.fromkeys(batch_ids))
+        if not wanted:
+            raise ReviewError("name at least one batch to promote to the reference")
+        with self.transaction() as db:
+            (current,) = self._references(db, None) or (None,)
+            if current is None:
+                raise ReviewError(
+                    f"the store {self.root} has no reference to promote into: seed it with "
+                    "`poisonguard init --sample TRUSTED`"
+                )
+            held = {f.path for f in current.files}
+            clean = self._files(db, "clean")
+            added: list[FileRecord] = []
+            for batch_id in wanted:
+                row = db.execute("SELECT * FROM batches WHERE batch_id = ?", (batch_id,))
+                rec = row.fetchone()
+                if rec is None:
+                    raise ReviewError(
+                        f"no batch {shown(batch_id)!r} in {self.ledger_path}; "
+                        "`poisonguard status` lists the batches"
+                    )
+                new = [f for f in clean if f.batch_id == batch_id and f.path not in held]
+                refused = _not_promotable(BatchRecord(**dict(rec)), new, current.version)
+                if refused:
+                    raise ReviewError(f"batch {batch_id} {refused}")
+                added += new
+            self._check_source_share(db, [*current.files, *added], wanted, max_source_share)
+            return self._add_reference(db, added, actor=actor.strip(), note=note)
+
+    def _check_source_share(
+        self,
+        db: sqlite3.Connection,
+        files: list[FileRecord],
+        promoted: list[str],
+        max_source_share: float,
+    ) -> None:
+        """Refuse a reference in which a source of the promoted batches holds too large a share."""
+        batches = {
+            r[0]: (r[1], r[2]) for r in db.execute("SELECT batch_id, source, status FROM batches")
+        }
+        total = sum(f.rows or 0 for f in files)
+        by_source: dict[str, int] = {}
+        for f in files:
+            name, status = batches[f.batch_id]
+            if status != "seed":
+                key = source_of(name)
+                by_source[key] = by_source.get(key, 0) + (f.rows or 0)
+        for source in dict.fromkeys(source_of(batches[b][0]) for b in promoted):
+            share = by_source.get(source, 0) / total if total else 0.0
+            if share > max_source_share:
+                raise ReviewError(
+                    f"promoting {', '.join(promoted)} would give the source {shown(source)!r} "
+                    f"{by_source[source]:,} of the reference's {total:,} rows ({share:.1%}); "
+                    f"reference.max_source_share allows {max_source_share:.1%}"
+                )
+
+    def _add_reference(
+        self, db: sqlite3.Connection, added: list[FileRecord], *, actor: str, note: str
+    ) -> ReferenceVersion:
+        """Write the next reference version (the current one's files, then ``added``) and
+        its audit entry, inside the caller's transaction."""
+        (current,) = self._references(db, None) or (None,)
+        files = (*(current.files if current else ()), *added)
+        ref = ReferenceVersion(
+            version=1 if current is None else current.version + 1,
+            digest=reference_digest(f.sha256 for f in files),
+            rows=sum(f.rows or 0 for f in files),
+            files=files,
+            actor=actor,
+            note=note,
+            at=now(),
+        )
+        db.execute(
+            "INSERT INTO reference_versions VALUES (?, ?, ?, ?, ?, ?)",
+            (ref.version, ref.digest, ref.rows, ref.actor, ref.note, ref.at),
+        )
+        db.executemany(
+            "INSERT INTO reference_files VALUES (?, ?, ?)",
+            [(ref.version, i, f.path) for i, f in enumerate(files)],
+        )
+        batches = list(dict.fromkeys(f.batch_id for f in added))
+        detail = {
+            **ref.summary(),
+            "added": batches,
+            "files": [f.path for f in files],
+            "note": note,
+        }
+        # The entry names its batch when it adds one (the seed, a single promotion).
+        self._append_audit(
+            db, "reference", batches[0] if len(batches) == 1 else None, actor, detail
+        )
+        return ref
+
     # -- audit chain ---------------------------------------------------------
     def _audit_key(self) -> bytes:
         if self._key is None:
@@ -1112,6 +1437,28 @@ class Store:
                 f"ends at entry {have}: entries were removed or rewritten"
             )
         return None
+
+
+def _not_promotable(rec: BatchRecord, new: list[FileRecord], current: int) -> str | None:
+    """Why a batch cannot join the reference now (given its clean files not in it); None if it can."""
+    if rec.status == "rejected":
+        return "was rejected whole; it has no clean rows to promote"
+    if rec.rows_quarantined:
+        return (
+            f"has {rec.rows_quarantined} rows awaiting review; review them first "
+            f"(`poisonguard review show {rec.batch_id}`)"
+        )
+    if rec.rows_clean == 0:
+        return "has no clean rows to promote"
+    if not new:
+        return f"is already in reference version {current}"
+    return None
+
+
+#: The data step of each schema step, by the version it reaches (see ``Store._migrate``).
+_MIGRATIONS: dict[int, Callable[[Store, sqlite3.Connection], dict[str, Any]]] = {
+    3: Store._migrate_to_3,
+}
 
 
 def _owner(marker: Path) -> int | None:
