@@ -27,6 +27,7 @@ import pytest
 
 from poisonguard.cli import main
 from poisonguard.config import load_config
+from poisonguard.landing import DEFAULT_SOURCE, source_of
 from poisonguard.store import Store
 
 N_TRUSTED = 240
@@ -572,3 +573,29 @@ def test_a_file_that_cannot_be_read_is_tried_again_on_every_run(project, capsys,
     assert [b.status for b in Store.of(config).batches() if b.source == "locked.csv"] == [
         "committed"
     ]
+
+
+def test_source_folders_are_sources_and_nothing_else_in_them_is_taken(project, capsys):
+    """``landing/<source>/<file>`` is a batch of that source, a bare file of the default one;
+    a folder inside a source folder, a folder named unlike a source and a link to a folder
+    are skipped with their reasons, and the batches beside them go on."""
+    config = load_config(project / "poisonguard.toml")
+    partner = config.landing / "partner-b"
+    partner.mkdir()
+    (partner / "monday.csv").write_text(csv_text(ordinary(30, start=20_000)))
+    (partner / "nested").mkdir()
+    (partner / "nested" / "deep.csv").write_text(csv_text(ordinary(30, start=21_000)))
+    (config.landing / "not a source!").mkdir()
+    (config.landing / "elsewhere").symlink_to(partner, target_is_directory=True)
+    good_batch(config.landing)
+    code, out, _ = _run(capsys, project)
+    assert code == 0
+    store = Store.of(config)
+    taken = {b.source for b in store.batches()[1:]}
+    assert taken == {"partner-b/monday.csv", GOOD}
+    assert {source_of(name) for name in taken} == {"partner-b", DEFAULT_SOURCE}
+    skipped = [line for line in out if line.startswith("skipped ")]
+    assert any("partner-b/nested" in s and "a folder" in s for s in skipped)
+    assert any("not a source!" in s and "not a source name" in s for s in skipped)
+    assert any("elsewhere" in s and "symbolic link" in s for s in skipped)
+    assert not any("deep.csv" in s for s in out)

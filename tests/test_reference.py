@@ -48,6 +48,7 @@ def _fresh_landing(project: Path) -> pd.DataFrame:
 
 def _land(config, name: str, frame: pd.DataFrame):
     """Land one file and process it; its ledger record."""
+    (config.landing / name).parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(config.landing / name, index=False)
     (record,) = process_landing(config).records
     return record
@@ -255,8 +256,8 @@ def test_promoting_an_unknown_rejected_or_unreviewed_batch_fails_in_one_line(dem
 
 
 def test_one_source_may_not_hold_more_than_its_share_of_the_reference(demo_project):
-    """With max_source_share 0.2, a second batch under the same landing name is refused once
-    the source would hold more than 20% of the reference; another source is not."""
+    """With max_source_share 0.2, a second batch from one source folder is refused once the
+    source would hold more than 20% of the reference; another source is not."""
     clean = _fresh_landing(demo_project)
     path = demo_project / "poisonguard.toml"
     text = path.read_text()
@@ -265,15 +266,15 @@ def test_one_source_may_not_hold_more_than_its_share_of_the_reference(demo_proje
     assert config.reference.max_source_share == 0.2
     store = Store.of(config)
     n_seed = _seed_rows(demo_project)
-    first = _land(config, "partner.parquet", clean.iloc[:100])
-    second = _land(config, "partner.parquet", clean.iloc[100:200])
-    other = _land(config, "other.parquet", clean.iloc[200:269])
+    first = _land(config, "partner/monday.parquet", clean.iloc[:100])
+    second = _land(config, "partner/tuesday.parquet", clean.iloc[100:200])
+    other = _land(config, "other/monday.parquet", clean.iloc[200:269])
     assert first.batch_id != second.batch_id
     for b in (first, second, other):
         _settle(store, b.batch_id)
     share = config.reference.max_source_share
     store.promote([first.batch_id], actor="ana", max_source_share=share)
-    with pytest.raises(ReviewError, match=r"the source 'partner\.parquet' .* allows 20\.0%"):
+    with pytest.raises(ReviewError, match=r"the source 'partner' .* allows 20\.0%"):
         store.promote([second.batch_id], actor="ana", max_source_share=share)
     assert store.reference().version == 2
     both = store.batch(first.batch_id).rows_clean + store.batch(second.batch_id).rows_clean

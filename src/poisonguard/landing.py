@@ -2,10 +2,13 @@
 
 Landed files are untrusted, names included. The rules:
 
-* Batches are regular files directly in the landing folder ending in ``.parquet``,
-  ``.pq``, ``.csv`` or ``.csv.gz``. Symbolic links are never followed; folders,
-  links, devices and files of other kinds are *skipped*, with a reason the ledger
-  keeps (``poisonguard status`` lists them).
+* Batches are regular files ending in ``.parquet``, ``.pq``, ``.csv`` or ``.csv.gz``,
+  directly in the landing folder (the ``default`` source) or one level down in a
+  *source folder* (``landing/<source>/<file>``: a partner, a scraper, a labelling
+  tool). A source folder's name is letters, digits, ``.``, ``_`` and ``-`` (at most
+  64, not named like a batch file). Symbolic links are never followed; other
+  folders, links, devices and files of other kinds are *skipped*, with a reason the
+  ledger keeps (``poisonguard status`` lists them).
 * A file still being written is not taken. Writers should land a file under a
   name starting with ``.`` or ending in ``.part``/``.tmp`` and rename it when it
   is whole (the rename is atomic); such names are ignored. For writers that
@@ -43,6 +46,10 @@ IN_PROGRESS_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".inprogress
 #: How a stem is shortened in a batch id and in file names the store writes.
 MAX_STEM = 64
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: What a source folder may be called.
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: The source of files directly in the landing folder.
+DEFAULT_SOURCE = "default"
 _CHUNK = 1 << 20
 
 
@@ -66,14 +73,12 @@ def batch_id_for(name: str, sha256: str) -> str:
 
 
 def source_of(name: str) -> str:
-    """The landing source a batch came from, given the name its ledger row keeps (``source``).
+    """The landing source of a batch, given the name its ledger row keeps (``source``).
 
-    Batches land directly in the landing folder today, so sources are not tracked
-    apart from names: a batch's source is its landing file name, and batches that
-    arrive again under one name (new content) share it. This is the one place to
-    change when batches carry a source of their own (``landing/<source>/<file>``).
+    ``<source>/<file>`` for a file in a source folder, the bare file name for one
+    directly in the landing folder, which belongs to :data:`DEFAULT_SOURCE`.
     """
-    return name
+    return name.split("/", 1)[0] if "/" in name else DEFAULT_SOURCE
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,8 @@ class Entry:
     Attributes
     ----------
     name : str
-        The entry's name, as on disk (untrusted text).
+        The entry's name, as on disk (untrusted text): ``<source>/<file>`` for a file
+        in a source folder.
     path : Path
     size, mtime_ns : int
         From ``lstat``: a batch is re-read only when these change.
@@ -107,7 +113,7 @@ def _skip_reason(name: str, st: os.stat_result) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         return "a symbolic link: poisonguard reads only regular files and never follows links"
     if stat.S_ISDIR(st.st_mode):
-        return "a folder: batches are files directly in the landing folder"
+        return "a folder: batches are files in the landing folder or in a source folder in it"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file (a device, pipe or socket)"
     if batch_suffix(name) is None:
@@ -125,7 +131,11 @@ def in_progress(name: str) -> bool:
 
 
 def survey(landing: Path) -> list[Entry]:
-    """Every entry of the landing folder but in-progress names, sorted by name.
+    """Every entry of the landing folder and of its source folders but in-progress names,
+    sorted by name (a source folder's entries are named ``<source>/<file>``).
+
+    A folder whose name is not a source name is skipped, as is any folder inside a
+    source folder; a source folder that cannot be listed is skipped with the reason.
 
     Raises
     ------
@@ -139,16 +149,46 @@ def survey(landing: Path) -> list[Entry]:
     except OSError as exc:
         raise StoreError(f"landing folder {landing} cannot be listed: {exc.strerror}") from exc
     entries = []
+    for name, path, st in _entries(landing, names, ""):
+        if stat.S_ISDIR(st.st_mode) and _is_source_name(name):
+            try:
+                inside = sorted(os.listdir(path))
+            except OSError as exc:
+                reason = f"a source folder that cannot be listed: {exc.strerror}"
+                entries.append(Entry(name, path, st.st_size, st.st_mtime_ns, reason))
+                continue
+            entries.extend(
+                Entry(sub, sub_path, sub_st.st_size, sub_st.st_mtime_ns, _skip_reason(sub, sub_st))
+                for sub, sub_path, sub_st in _entries(path, inside, f"{name}/")
+            )
+            continue
+        skip = _skip_reason(name, st)
+        if stat.S_ISDIR(st.st_mode):
+            skip = (
+                "a folder whose name is not a source name (letters, digits, '.', '_' and '-', "
+                "at most 64, not named like a batch file)"
+            )
+        entries.append(Entry(name, path, st.st_size, st.st_mtime_ns, skip))
+    return sorted(entries, key=lambda e: e.name)
+
+
+def _entries(folder: Path, names: list[str], prefix: str) -> list[tuple[str, Path, os.stat_result]]:
+    """``(prefix + name, path, lstat)`` of each name in ``folder`` but in-progress ones."""
+    out = []
     for name in names:
         if in_progress(name):
             continue
-        path = landing / name
+        path = folder / name
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             continue  # gone between listing and looking: a rename in progress
-        entries.append(Entry(name, path, st.st_size, st.st_mtime_ns, _skip_reason(name, st)))
-    return entries
+        out.append((prefix + name, path, st))
+    return out
+
+
+def _is_source_name(name: str) -> bool:
+    return _SOURCE_NAME.fullmatch(name) is not None and batch_suffix(name) is None
 
 
 def settled(
