@@ -102,6 +102,24 @@ def regression_tables():
     return _encoded("regression")
 
 
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_a_detector_that_reads_the_batch_declares_it(name, mixed_tables, regression_tables):
+    """The excess rule trusts that a detector not marked ``within_batch`` scores a row the
+    same whatever else its batch holds (its calibration rows were scored in folds of
+    another size). So: the first 100 rows of a batch with a flood of copies, scored alone
+    and within the whole batch, score alike unless the detector says it reads the batch."""
+    cls = REGISTRY[name]
+    reference, batch = regression_tables if cls.tasks == ("regression",) else mixed_tables
+    flooded = batch.take(np.r_[np.arange(100), np.full(60, 7), np.arange(100, batch.n_rows)])
+    det = cls().fit(reference)
+    whole = det.score(flooded)[:100]
+    alone = det.score(flooded.take(np.arange(100)))
+    if not cls.within_batch:
+        np.testing.assert_allclose(alone, whole, rtol=1e-9, atol=1e-12)
+    elif name == "duplicates":
+        assert not np.allclose(alone, whole)  # the check sees a batch reader when there is one
+
+
 def test_every_detector_has_a_bad_parameter_case():
     """Adding a detector to the registry means adding it here too."""
     assert set(BAD_PARAMS) == set(REGISTRY)

@@ -184,12 +184,3 @@ def test_a_large_clean_batch_of_separated_classes_is_not_held():
 
     result = poisonguard.scan(draw(3000), label="label", reference=draw(2500))
     assert result.quarantined.mean() <= 0.01
-
-
-def test_the_detectors_that_read_the_batch_say_so():
-    """The excess rule combines only detectors whose calibration rows are scored against the
-    trusted set alone; those that read the batch as context must declare it."""
-    from poisonguard.detectors import REGISTRY
-
-    reads_batch = {"duplicates", "backdoor", "label_excess", "batch_knn_label"}
-    assert {name for name, cls in REGISTRY.items() if cls.within_batch} == reads_batch

@@ -474,8 +474,8 @@ def decide(
     if row_level > 0.0:
         quarantined |= log_combined <= np.log(row_level)
     if excess_level > 0.0 and null is not None:
-        # Benjamini-Hochberg holds the rows of smallest p-values; the excess rule may
-        # extend that run, never change it.
+        # The excess rule adds rows to what Benjamini-Hochberg and the row level hold,
+        # never removes one: the run of smallest p-values over the anchored detectors.
         cols = [j for j, name in enumerate(names) if anchored is None or name in anchored]
         if cols:
             log_anchored = log_cauchy_combine(logp[:, cols], w[cols]) if n else np.empty(0)

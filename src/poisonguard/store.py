@@ -167,9 +167,9 @@ GENESIS = "0" * 64
 #: the first) it reaches that point.
 CRASH_ENV = "POISONGUARD_CRASH_AT"
 _crash_counts: dict[str, int] = {}
-# Store root and slot ("clean", "reference") -> (the files read so far, their rows):
+# Store root and slot ("clean", "reference", "rejected") -> (the files read so far, their rows):
 # see Store._frame_of.
-_clean_frames: dict[str, tuple[tuple[FileRecord, ...], pd.DataFrame]] = {}
+_kept_frames: dict[str, tuple[tuple[FileRecord, ...], pd.DataFrame]] = {}
 
 
 def crash_point(name: str) -> None:
@@ -694,8 +694,12 @@ class Store:
             columns=["pg_batch", "pg_row", "pg_rejected_at", "pg_rejected_by"],
         )
         batches = set(entries["pg_batch"])
-        held = [self.read(f) for f in self.files("quarantine") if f.batch_id in batches]
-        rows = pd.concat(held, ignore_index=True) if held else pd.DataFrame(columns=["pg_batch"])
+        # Quarantine files never change: kept like the clean frame, so a run judging batch
+        # after batch reads each rejected batch's file once, not once per batch.
+        files = tuple(f for f in self.files("quarantine") if f.batch_id in batches)
+        rows = self._frame_of("rejected", files)
+        if rows.empty:
+            rows = pd.DataFrame(columns=["pg_batch", "pg_row"])
         keep = [c for c in rows.columns if not str(c).startswith("pg_")]
         found = entries.merge(
             rows[[*keep, "pg_batch", "pg_row"]],
@@ -746,13 +750,13 @@ class Store:
     def _frame_of(self, slot: str, files: tuple[FileRecord, ...]) -> pd.DataFrame:
         """The rows of ``files``, kept per store and slot; reads only files not kept yet."""
         key = f"{self.root.resolve()}\0{slot}"
-        known, frame = _clean_frames.get(key, ((), pd.DataFrame()))
+        known, frame = _kept_frames.get(key, ((), pd.DataFrame()))
         if files[: len(known)] != known:
             known, frame = (), pd.DataFrame()
         frames = [f for f in (self.read(r) for r in files[len(known) :]) if len(f)]
         if frames:
             frame = pd.concat([frame, *frames] if len(frame) else frames, ignore_index=True)
-        _clean_frames[key] = (files, frame)
+        _kept_frames[key] = (files, frame)
         # A new object sharing the kept data: copy-on-write copies it if the caller writes.
         return frame.copy(deep=False)
 
