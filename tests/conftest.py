@@ -31,6 +31,31 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture
+def homes():
+    """A maker of synthetic home sales: ``homes(n, seed)`` has an id, size, rooms, a city and
+    a price that follows size and rooms with noise (a regression target)."""
+    import numpy as np
+    import pandas as pd
+
+    def make(n: int, seed: int) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        frame = pd.DataFrame(
+            {
+                "row_id": np.arange(n),
+                "size": rng.uniform(30, 200, n).round(1),
+                "rooms": rng.integers(1, 7, n),
+                "city": rng.choice(["north", "south", "east"], n),
+            }
+        )
+        frame["price"] = (
+            3000 * frame["size"] + 20000 * frame["rooms"] + rng.normal(0, 20000, n)
+        ).round()
+        return frame
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def demo_inputs(tmp_path_factory) -> Path:
     """The demo's trusted seed, landing batches and truth, built once per session."""

@@ -63,22 +63,10 @@ def test_selftest_plants_the_mixed_table_attacks(penguins, capsys):
     assert "category_swap" in capsys.readouterr().out
 
 
-def test_a_regression_table_goes_through_the_gate(tmp_path):
+def test_a_regression_table_goes_through_the_gate(tmp_path, homes):
     """A numeric target: init infers the task, batches are judged by the regression
     detectors, a target three times too large is held with a reason naming the label."""
-    rng = np.random.default_rng(0)
-    n = 600
-    frame = pd.DataFrame(
-        {
-            "row_id": np.arange(n),
-            "size": rng.uniform(30, 200, n).round(1),
-            "rooms": rng.integers(1, 7, n),
-            "city": rng.choice(["north", "south", "east"], n),
-        }
-    )
-    frame["price"] = (
-        3000 * frame["size"] + 20000 * frame["rooms"] + rng.normal(0, 20000, n)
-    ).round()
+    frame = homes(600, 0)
     frame.iloc[:300].to_parquet(tmp_path / "trusted.parquet", index=False)
     init_dataset(
         tmp_path / "trusted.parquet", label="price", id_column="row_id", directory=tmp_path

@@ -548,7 +548,13 @@ def cmd_gate(args: argparse.Namespace) -> int:
             ) from exc
         if not isinstance(previous, dict):
             raise ConfigError(f"--previous {args.previous}: not a gate manifest")
-    report = check(config, max_pending=max_pending, actor=args.by, previous=previous)
+    report = check(
+        config,
+        max_pending=max_pending,
+        actor=args.by,
+        previous=previous,
+        canary=False if args.no_canary else None,
+    )
     if args.manifest:
         atomic_write_bytes(
             Path(args.manifest), (json.dumps(report.manifest, indent=2) + "\n").encode()
@@ -558,10 +564,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
             f"safe: {report.rows} rows in {len(report.files)} files"
             + (f"; manifest {args.manifest}" if args.manifest else "")
         )
-        return 0
     for reason in report.reasons:
         sys.stderr.write(f"not safe: {reason}\n")
-    return 1
+    # Its figures, or why it could not judge; a canary that failed to run is a reason above.
+    if report.canary is not None and (report.canary.judged or report.canary.unable):
+        _out(report.canary.summary())
+    return 0 if report.ok else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -798,6 +806,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--previous",
         help="a manifest an earlier gate wrote: fail if its audit head is no longer in the chain",
+    )
+    sp.add_argument(
+        "--no-canary",
+        action="store_true",
+        help="skip the canary model comparison for this run (recorded in the manifest and audit)",
     )
 
     sp = command(

@@ -28,6 +28,14 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     [reference]
     max_source_share = 0.5         # the most of the reference one landing source may hold
 
+    [gate]
+    canary = true                  # omitted: on when there is a label and a large enough reference
+    canary_folds = 5               # the reference's rows, split by row hash, are canary rows in turn
+    canary_margin = 0.03           # refuse when canary accuracy drops more than this ...
+    canary_class_margin = 0.1      # ... or one class's accuracy drops more than this ...
+    canary_r2_margin = 0.02        # ... or, for a regression target, R^2 drops more than this,
+    canary_level = 0.01            # and the drop is significant at this level
+
     [schedule]
     cron = "*/15 * * * *"
     timezone = "UTC"
@@ -66,6 +74,13 @@ DEFAULT_SETTLE_SECONDS = 2.0
 #: Default of ``reference.max_source_share``: no landing source may hold more of the
 #: pinned reference than the seed and every other source together.
 DEFAULT_MAX_SOURCE_SHARE = 0.5
+
+#: Defaults of the ``[gate]`` canary (``poisonguard.canary``; README, "The canary").
+DEFAULT_CANARY_FOLDS = 5
+DEFAULT_CANARY_MARGIN = 0.03
+DEFAULT_CANARY_CLASS_MARGIN = 0.1
+DEFAULT_CANARY_R2_MARGIN = 0.02
+DEFAULT_CANARY_LEVEL = 0.01
 
 #: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
 RESERVED_PREFIX = "pg_"
@@ -186,6 +201,69 @@ class ReferencePolicy:
 
 
 @dataclass(frozen=True)
+class GateSettings:
+    """The pre-training gate's canary (``[gate]``; see ``poisonguard.canary``).
+
+    Attributes
+    ----------
+    canary : bool or None
+        True: the gate trains a quick model on the training set and one on the
+        pinned reference and refuses when the first does worse on trusted canary
+        rows; a canary that cannot run (too few canary rows) is then a reason.
+        None (the default): the same, but a store without a label, or whose
+        reference is too small to hold out canary rows, is noted and not judged.
+        False: off.
+    canary_folds : int
+        The pinned reference's rows are split in this many folds by row hash
+        (always the same rows in the same fold); each fold in turn is the canary,
+        kept out of both training sets of the two models that predict it, so
+        every reference row is a canary row once (at least 2).
+    canary_margin : float
+        Refuse when canary accuracy drops by more than this (significantly).
+    canary_class_margin : float
+        Refuse when one class's canary accuracy drops by more than this (significantly).
+    canary_r2_margin : float
+        For a regression target, refuse when canary R^2 drops by more than this
+        (significantly).
+    canary_level : float
+        A drop counts only when a paired test says the training set's model is
+        worse than the reference's at this level, in (0, 1), split (Bonferroni)
+        over the overall figure and the classes (the noise of which rows are
+        canaries; the margins absorb the noise of which rows a clean batch brought).
+    """
+
+    canary: bool | None = None
+    canary_folds: int = DEFAULT_CANARY_FOLDS
+    canary_margin: float = DEFAULT_CANARY_MARGIN
+    canary_class_margin: float = DEFAULT_CANARY_CLASS_MARGIN
+    canary_r2_margin: float = DEFAULT_CANARY_R2_MARGIN
+    canary_level: float = DEFAULT_CANARY_LEVEL
+
+    def validated(
+        self, owner: str = "the gate settings", key_prefix: str | None = None
+    ) -> GateSettings:
+        """Return self after checking every value, or raise ConfigError naming the bad one
+        (the config key with ``key_prefix``, e.g. ``"FILE: gate"``)."""
+        from poisonguard.errors import param_error
+
+        def bad(name: str, rule: str, value: Any) -> ConfigError:
+            error = param_error(name, owner, rule, value)
+            return error if key_prefix is None else error.at_key(f"{key_prefix}.{name}")
+
+        if self.canary not in (None, True, False):
+            raise bad("canary", "true, false or left out", self.canary)
+        folds = self.canary_folds
+        if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= 100:
+            raise bad("canary_folds", "an int in [2, 100]", folds)
+        for name in ("canary_margin", "canary_class_margin", "canary_r2_margin"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise bad(name, "in [0, 1)", getattr(self, name))
+        if not 0.0 < self.canary_level < 1.0:
+            raise bad("canary_level", "in (0, 1)", self.canary_level)
+        return self
+
+
+@dataclass(frozen=True)
 class Config:
     """A dataset's configuration, with paths resolved."""
 
@@ -206,6 +284,7 @@ class Config:
     columns: Mapping[str, str] = field(default_factory=dict)
     max_categories: int = MAX_CATEGORIES
     reference: ReferencePolicy = ReferencePolicy()
+    gate: GateSettings = GateSettings()
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -240,6 +319,14 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "random_state": int,
     },
     "reference": {"max_source_share": (float, int)},
+    "gate": {
+        "canary": bool,
+        "canary_folds": int,
+        "canary_margin": (float, int),
+        "canary_class_margin": (float, int),
+        "canary_r2_margin": (float, int),
+        "canary_level": (float, int),
+    },
     "schedule": {"cron": str, "timezone": str},
 }
 
@@ -256,8 +343,9 @@ def load_config(path: str | Path) -> Config:
         detector's ``from_params``), a label, id or feature that is not a column
         of the suite (when the suite fixes its columns) or a feature that is the
         label or the id, a column kind that is unknown or given for a column that
-        is not a feature, or a time zone that is not an IANA name. The message
-        names the file and the key.
+        is not a feature, a time zone that is not an IANA name, or
+        ``gate.canary = true`` without a label. The message names the file and
+        the key.
     """
     path = Path(path)
     if not path.is_file():
@@ -370,6 +458,21 @@ def load_config(path: str | Path) -> Config:
             f"{path}: reference.max_source_share must be in (0, 1]. Got {share!r} instead."
         )
 
+    gate = raw.get("gate", {})
+    gate_settings = GateSettings(
+        canary=gate.get("canary"),
+        canary_folds=gate.get("canary_folds", DEFAULT_CANARY_FOLDS),
+        canary_margin=float(gate.get("canary_margin", DEFAULT_CANARY_MARGIN)),
+        canary_class_margin=float(gate.get("canary_class_margin", DEFAULT_CANARY_CLASS_MARGIN)),
+        canary_r2_margin=float(gate.get("canary_r2_margin", DEFAULT_CANARY_R2_MARGIN)),
+        canary_level=float(gate.get("canary_level", DEFAULT_CANARY_LEVEL)),
+    ).validated(key_prefix=f"{path}: gate")
+    if gate_settings.canary and "label" not in ds:
+        raise ConfigError(
+            f"{path}: gate.canary = true needs dataset.label: the canary trains a model "
+            "of the label"
+        )
+
     sched = raw.get("schedule", {})
     cron = sched.get("cron")
     if cron is not None and len(cron.split()) != 5:
@@ -402,6 +505,7 @@ def load_config(path: str | Path) -> Config:
         columns=columns,
         max_categories=max_categories,
         reference=ReferencePolicy(max_source_share=share),
+        gate=gate_settings,
     )
 
 
@@ -412,7 +516,7 @@ def _check_key(path: Path, section: str, key: str, value: Any) -> None:
             f"{path}: unknown key {section}.{key}; expected one of {sorted(_SECTIONS[section])}"
         )
     # bool is an int subclass in Python, never a valid number here.
-    if isinstance(value, bool) or not isinstance(value, expected):
+    if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
         names = (
             " or ".join(t.__name__ for t in expected)
             if isinstance(expected, tuple)
@@ -553,6 +657,15 @@ def render_config(
         "[reference]          # the trusted rows batches are judged against; grows only by",
         "                     # `poisonguard reference promote`",
         f"max_source_share = {DEFAULT_MAX_SOURCE_SHARE}   # the most of it one landing source may hold",
+        "",
+        "[gate]               # the canary: a quick model of the training set against one of the",
+        "                     # reference, on trusted rows kept out of both (README, `The canary`)",
+        "# canary = false     # left out: on when there is a label and a large enough reference",
+        f"canary_folds = {DEFAULT_CANARY_FOLDS}      # each reference row is a canary row in one fold",
+        f"canary_margin = {DEFAULT_CANARY_MARGIN}        # accuracy points, overall",
+        f"canary_class_margin = {DEFAULT_CANARY_CLASS_MARGIN}  # accuracy points, per class",
+        f"canary_r2_margin = {DEFAULT_CANARY_R2_MARGIN}     # R^2 points, for a regression target",
+        f"canary_level = {DEFAULT_CANARY_LEVEL}        # a drop counts when significant at this level",
         "",
         "[schedule]",
         f"cron = {q(cron)}",

@@ -16,7 +16,13 @@ The gate passes only what it has verified. It refuses, with every reason it find
   clean or quarantined rows are not all in its files;
 * the training set is empty, mixes column sets, has other columns than the
   expectation suite, or holds an id twice;
-* a batch has rows awaiting review for longer than the allowed age.
+* a batch has rows awaiting review for longer than the allowed age;
+* the canary fails: a quick model of the training set does worse than one of the
+  pinned reference on trusted canary rows kept out of both, overall or on one
+  class, past the configured margin (``poisonguard.canary``, ``[gate]``).
+  It runs only on a store that passed every check above, reading the bytes it
+  hashes; when ``gate.canary`` is left out, a store without a label or with too
+  small a reference is noted, not refused.
 
 Every decision is appended to the audit chain; a safe one records the head it
 vouched for (in the store's anchor and in the manifest). The manifest also names
@@ -39,10 +45,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from poisonguard.canary import CanaryResult, run_canary
 from poisonguard.config import RESERVED_PREFIX, Config, suite_columns
-from poisonguard.errors import ConfigError, GateError, StoreError
+from poisonguard.errors import ConfigError, GateError, PoisonguardError, StoreError
 from poisonguard.review import awaiting_review
-from poisonguard.store import FileRecord, Store, now, reference_digest, sha256_file
+from poisonguard.store import (
+    FileRecord,
+    ReferenceVersion,
+    Store,
+    now,
+    reference_digest,
+    sha256_file,
+)
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -77,6 +91,7 @@ class GateReport:
     files: tuple[FileRecord, ...]
     rows: int
     manifest: dict[str, Any] = field(default_factory=dict)
+    canary: CanaryResult | None = None
 
 
 def check(
@@ -85,6 +100,7 @@ def check(
     max_pending: timedelta | None = None,
     actor: str = "gate",
     previous: dict[str, Any] | None = None,
+    canary: bool | None = None,
 ) -> GateReport:
     """Run every check, record the decision in the audit chain, and return the verdict.
 
@@ -98,6 +114,9 @@ def check(
     previous : dict, optional
         A manifest this gate wrote before (for an earlier training run): its
         audit head must still be in the chain.
+    canary : bool, optional
+        False skips the canary (recorded in the manifest and the audit entry),
+        True requires it to judge; None follows ``gate.canary`` in the config.
     """
     try:
         store = Store.of(config)
@@ -107,8 +126,13 @@ def check(
         reasons = _reasons(store, config, max_pending, previous)
         files = tuple(store.files("clean"))
         n_rows = sum(f.rows or 0 for f in files)
-        head = _head_or_none(store)
         current = store.reference()
+        mode = config.gate.canary if canary is None else canary
+        result, canary_record = _canary(store, config, files, current, mode, checked=not reasons)
+        reasons += [] if result is None else list(result.reasons)
+        if result is not None and result.unable is not None and mode is True:
+            reasons.append(f"canary: cannot judge the training set: {result.unable}")
+        head = _head_or_none(store)
         reference = None if current is None else current.summary()
         judged_by = {b.batch_id: b.reference_version for b in store.batches()}
         manifest = {
@@ -120,6 +144,7 @@ def check(
             "rows": n_rows,
             "audit_head": head,
             "reference": reference,
+            "canary": canary_record,
             "files": [
                 {
                     "path": f.path,
@@ -144,6 +169,7 @@ def check(
                     "reference": None
                     if current is None
                     else {"version": current.version, "digest": current.digest},
+                    "canary": canary_record,
                 },
             )
             if not reasons and head is not None:
@@ -151,7 +177,47 @@ def check(
         except StoreError as exc:
             reasons.append(str(exc))
             manifest.update(safe=False, reasons=reasons)
-    return GateReport(not reasons, tuple(reasons), files, n_rows, manifest)
+    return GateReport(not reasons, tuple(reasons), files, n_rows, manifest, result)
+
+
+def _canary(
+    store: Store,
+    config: Config,
+    files: tuple[FileRecord, ...],
+    current: ReferenceVersion | None,
+    mode: bool | None,
+    *,
+    checked: bool,
+) -> tuple[CanaryResult | None, dict[str, Any]]:
+    """Run the canary on the verified bytes of the training set and the reference.
+
+    Returns the result (None when it did not run) and what the manifest records.
+    A canary that fails to run at all is a result whose reason says why.
+    """
+    if mode is False:
+        return None, {"run": False, "note": "off (gate.canary = false, or --no-canary)"}
+    if not checked:
+        return None, {"run": False, "note": "not run: the store failed the checks above"}
+    try:
+        frames = {f.path: _read_verified(store.root, f) for f in files}
+        refs = () if current is None else current.files
+        reference = pd.concat(
+            [frames[f.path] if f.path in frames else _read_verified(store.root, f) for f in refs]
+            or [pd.DataFrame()],
+            ignore_index=True,
+        )
+        result = run_canary(reference, pd.concat(list(frames.values()), ignore_index=True), config)
+    except (PoisonguardError, OSError, ValueError) as exc:
+        result = CanaryResult.without_figures(reasons=(f"canary: could not run ({exc})",))
+    return result, result.as_dict()
+
+
+def _read_verified(root: Path, record: FileRecord) -> pd.DataFrame:
+    """A clean file's rows, read from bytes whose SHA-256 is the ledger's."""
+    data = (root / record.path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != record.sha256:
+        raise GateError([f"{record.path}: changed while the training set was read"])
+    return pq.read_table(pa.BufferReader(data)).to_pandas()
 
 
 def _head_or_none(store: Store) -> dict[str, Any] | None:
@@ -435,6 +501,7 @@ def gate(
     *,
     max_pending: timedelta | str | None = None,
     provenance: bool = False,
+    canary: bool | None = None,
 ) -> pd.DataFrame:
     """The verified training set, or a ``GateError`` with every reason it is not safe.
 
@@ -445,6 +512,8 @@ def gate(
         Fail when rows have waited longer than this for review (``"7d"``).
     provenance : bool
         Keep poisonguard's ``pg_batch``, ``pg_row`` and ``pg_row_hash`` columns.
+    canary : bool, optional
+        False skips the canary, True requires it; None follows ``gate.canary``.
 
     Returns
     -------
@@ -457,18 +526,12 @@ def gate(
         config = load_config(config)
     if isinstance(max_pending, str):
         max_pending = parse_age(max_pending)
-    report = check(config, max_pending=max_pending)
+    report = check(config, max_pending=max_pending, canary=canary)
     if not report.ok:
         raise GateError(list(report.reasons))
     root = Path(report.manifest["store"])
-    frames = []
-    for f in report.files:
-        # The bytes read are the bytes checked: a file swapped after the check is refused.
-        data = (root / f.path).read_bytes()
-        if hashlib.sha256(data).hexdigest() != f.sha256:
-            raise GateError([f"{f.path}: changed while the training set was read"])
-        frames.append(pq.read_table(pa.BufferReader(data)).to_pandas())
-    frame = pd.concat(frames, ignore_index=True)
+    # The bytes read are the bytes checked: a file swapped after the check is refused.
+    frame = pd.concat([_read_verified(root, f) for f in report.files], ignore_index=True)
     if not provenance:
         frame = frame[[c for c in frame.columns if not str(c).startswith(RESERVED_PREFIX)]]
     return frame
