@@ -769,7 +769,8 @@ class RescanScope:
         The batch after which accepted rows were re-scored: the source's newest
         batch in the current reference, or the one given; None for every batch.
     batches : tuple of str
-        The batches whose accepted rows were re-scored, oldest first.
+        The batches whose accepted rows were re-scored, oldest first (those with
+        clean rows outside the reference).
     rows : int
         How many rows were re-scored.
     """
@@ -907,6 +908,7 @@ def rescan(
         sources = [source]
     pinned = {f.path for f in reference.files}
     clean = [f for f in store.files("clean") if f.path not in pinned]
+    unpinned = {f.batch_id for f in clean}
     guard: Guard | None = None
     rejected = store.rejected_rows()
     scopes, scanned, parts = [], {}, []
@@ -916,7 +918,10 @@ def rescan(
             (b.batch_id for b in reversed(mine) if b.batch_id in reference.batch_ids), None
         )
         after = [
-            b.batch_id for b in mine if checkpoint is None or order[b.batch_id] > order[checkpoint]
+            b.batch_id
+            for b in mine
+            if (checkpoint is None or order[b.batch_id] > order[checkpoint])
+            and b.batch_id in unpinned
         ]
         frames = [store.read(f) for f in clean if f.batch_id in after]
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
