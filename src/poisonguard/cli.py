@@ -447,6 +447,75 @@ def cmd_review_reject(args: argparse.Namespace) -> int:
     return _review(args, "reject")
 
 
+def cmd_review_revoke(args: argparse.Namespace) -> int:
+    from poisonguard.review import revoke
+    from poisonguard.store import Store
+
+    done = revoke(Store.of(_config(args)), args.batch, actor=args.actor, note=args.note)
+    if done.already is not None:
+        _out(f"batch {args.batch} was already {done.already}; nothing changed")
+        return 0
+    _out(
+        f"revoked {args.batch}: {done.rows_revoked} rows left the training set"
+        + (
+            f", {done.rows_rejected} rows awaiting review were rejected"
+            if done.rows_rejected
+            else ""
+        )
+        + "; its rows are blocklisted"
+    )
+    if done.reference is not None:
+        _out(_reference_line(done.reference.summary()))
+    return 0
+
+
+RESCAN_SHOWN = 50
+
+
+def cmd_rescan(args: argparse.Namespace) -> int:
+    from poisonguard.pipeline import rescan
+    from poisonguard.store import Store
+
+    config = _config(args)
+    store = Store.of(config)
+    report = rescan(config, store, source=args.source, since=args.since)
+    _out(f"re-scanned against reference version {report.reference_version}")
+    for scope in report.scopes:
+        start = f"after {scope.checkpoint}" if scope.checkpoint else "from its first batch"
+        _out(
+            f"  source {shown(scope.source)}: {scope.rows:,} accepted rows of "
+            f"{len(scope.batches)} batch{'es' if len(scope.batches) != 1 else ''}, {start}"
+        )
+    held = report.held_per_batch
+    if held:
+        rows = [{"batch_id": b, "rows": report.scanned[b], "held": n} for b, n in held.items()]
+        _out("\n" + _table(rows, ("batch_id", "rows", "held")))
+    n = len(report.pg_row)
+    if n == 0:
+        _out("\nno accepted row would be held now")
+        return 0
+    _out("")
+    for b, r, why in list(zip(report.batch_id, report.pg_row, report.reason, strict=True))[
+        :RESCAN_SHOWN
+    ]:
+        _out(f"{b} row {r}: {why}")
+    if n > RESCAN_SHOWN:
+        _out(f"... and {n - RESCAN_SHOWN} more")
+    if not args.hold:
+        _out(f"\n{n} accepted rows would now be held; --hold moves them to quarantine for review")
+        return 1
+    done = store.hold_rescanned(
+        report.flagged(),
+        actor=args.by,
+        note=f"re-scan against reference version {report.reference_version}",
+    )
+    _out(
+        f"\nheld {sum(done.values())} rows of {len(done)} batch{'es' if len(done) != 1 else ''} "
+        "in quarantine, awaiting review (`poisonguard review show BATCH`)"
+    )
+    return 0
+
+
 REFERENCE_COLUMNS = ("version", "rows", "batches", "digest", "actor", "at", "note")
 
 
@@ -737,6 +806,33 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--by", required=True, help="reviewer's name")
         sp.add_argument("--note", required=True, help="why")
+    sp = rcommand(
+        "revoke",
+        cmd_review_revoke,
+        "take a committed batch out of the training set and the reference; its rows are "
+        "rejected and blocklisted",
+    )
+    sp.add_argument("batch")
+    sp.add_argument("--actor", "--by", dest="actor", required=True, help="reviewer's name")
+    sp.add_argument("--note", required=True, help="why (recorded in the audit log)")
+
+    sp = command(
+        "rescan",
+        cmd_rescan,
+        "re-score rows already accepted against the pinned reference; exit 1 when some would "
+        "now be held and --hold was not given",
+    )
+    sp.add_argument("--source", help="one landing source (default every source)")
+    sp.add_argument(
+        "--since",
+        metavar="BATCH",
+        help="re-score the batches of its source after this one (default: after the source's "
+        "newest batch in the reference)",
+    )
+    sp.add_argument(
+        "--hold", action="store_true", help="move the rows found to quarantine, awaiting review"
+    )
+    sp.add_argument("--by", default="poisonguard", help="who holds them (recorded in the audit)")
 
     reference = sub.add_parser(
         "reference",

@@ -7,13 +7,14 @@ The gate passes only what it has verified. It refuses, with every reason it find
   key (a rewritten chain), or entries removed after the anchored head, the head
   the gate last vouched for, or the head of a manifest it is given;
 * the audit key is readable by others;
-* the ledger disagrees with the audit entries that wrote it: a file's hash, a
-  batch's row counts or the reference version that judged it, a review, the
+* the ledger disagrees with the audit entries that wrote it: a file's hash or
+  kind (a revoked or superseded clean file listed as clean again), a batch's row
+  counts, status or the reference version that judged it, a review, the
   blocklist, or a reference version (its files and digest);
-* a file the ledger lists (clean, quarantined or rejected) is missing, or has
-  another SHA-256 or row count than when written; a file sits in ``clean/``,
-  ``quarantine/`` or ``rejected/`` that the ledger does not list; a batch's
-  clean or quarantined rows are not all in its files;
+* a file the ledger lists (clean, quarantined, rejected, revoked or superseded)
+  is missing, or has another SHA-256 or row count than when written; a file sits
+  in ``clean/``, ``quarantine/`` or ``rejected/`` that the ledger does not list;
+  a batch's clean or quarantined rows are not all in its files;
 * the training set is empty, mixes column sets, has other columns than the
   expectation suite, or holds an id twice;
 * a batch has rows awaiting review for longer than the allowed age;
@@ -277,8 +278,10 @@ def _previous_head(store: Store, previous: dict[str, Any]) -> list[str]:
 
 
 def _ledger_against_audit(store: Store) -> list[str]:
-    """Replay the audit chain; the ledger's files, counts, reviews and blocklist must agree."""
+    """Replay the audit chain; the ledger's files (hash and kind), counts, reviews and
+    blocklist must agree."""
     files: dict[str, str] = {}
+    kinds: dict[str, str] = {}
     counts: dict[str, list[int]] = {}
     status: dict[str, tuple[str, str]] = {}
     reviewed: set[tuple[str, int, str]] = set()
@@ -289,12 +292,26 @@ def _ledger_against_audit(store: Store) -> list[str]:
         if entry["action"] == "reference":
             detail = json.loads(entry["detail"])
             versions[int(detail["version"])] = (detail["digest"], list(detail["files"]))
-        if entry["action"] not in ("ingest", "release", "reject"):
+        if entry["action"] not in ("ingest", "release", "reject", "revoke", "rescan"):
             continue
         detail = json.loads(entry["detail"])
         batch = entry["batch_id"]
         files.update(detail.get("files") or {})
-        if entry["action"] == "ingest":
+        kinds.update((path, path.split("/")[0]) for path in detail.get("files") or {})
+        if entry["action"] == "revoke" and batch in counts:
+            _replay_revoke(detail, counts[batch], kinds)
+            status[batch] = ("revoked", status[batch][1])
+            reviewed.update((batch, int(r), "reject") for r in detail.get("rejected") or [])
+            blocked.update(detail.get("row_hashes") or [])
+        elif entry["action"] == "rescan" and batch in counts:
+            rows = detail.get("rows") or []
+            counts[batch][0] -= len(rows)
+            counts[batch][1] += len(rows)
+            kinds.update((path, "superseded") for path in detail.get("superseded") or [])
+            reviewed.difference_update(
+                (batch, int(r), "release") for r in detail.get("reopened") or []
+            )
+        elif entry["action"] == "ingest":
             judged[batch] = detail.get("reference_version")
             counts[batch] = [
                 detail.get("rows_clean", 0),
@@ -309,7 +326,14 @@ def _ledger_against_audit(store: Store) -> list[str]:
             reviewed.update((batch, int(r), entry["action"]) for r in rows)
             blocked.update(detail.get("row_hashes") or [])
     reasons = []
-    listed = {f.path: f.sha256 for f in store.files()}
+    records = store.files()
+    listed = {f.path: f.sha256 for f in records}
+    reasons += [
+        f"{f.path}: the ledger lists it as {f.kind}, its audit entries as {kinds[f.path]}: "
+        "the ledger was edited"
+        for f in records
+        if f.path in kinds and f.kind != kinds[f.path]
+    ]
     for path in sorted(set(listed) | set(files)):
         if path not in files:
             reasons.append(f"{path}: in the ledger, but no audit entry wrote it")
@@ -360,6 +384,15 @@ def _ledger_against_audit(store: Store) -> list[str]:
     return reasons
 
 
+def _replay_revoke(detail: dict[str, Any], counts: list[int], kinds: dict[str, str]) -> None:
+    """A revocation as the audit entry recorded it: clean and awaiting rows become rejected."""
+    revoked, rejected = int(detail.get("rows_revoked", 0)), len(detail.get("rejected") or [])
+    counts[0] -= revoked
+    counts[1] -= rejected
+    counts[2] += revoked + rejected
+    kinds.update((path, "revoked") for path in detail.get("revoked_files") or [])
+
+
 def _references_against_audit(
     store: Store, versions: dict[int, tuple[str, list[str]]]
 ) -> list[str]:
@@ -394,6 +427,8 @@ def _files_against_ledger(store: Store) -> list[str]:
     reasons: list[str] = []
     records = store.files()
     rows_by_batch: dict[tuple[str, str], int] = defaultdict(int)
+    # A row a re-scan held again after its release is in two quarantine files: count it once.
+    held_by_batch: dict[str, set[int]] = defaultdict(set)
     for f in records:
         path = store.root / f.path
         if not path.is_file() or path.is_symlink():
@@ -412,6 +447,9 @@ def _files_against_ledger(store: Store) -> list[str]:
         if rows != f.rows:
             reasons.append(f"{f.path}: has {rows} rows, the ledger recorded {f.rows}")
         rows_by_batch[(f.batch_id, f.kind)] += rows
+        if f.kind == "quarantine":
+            held_rows = pq.read_table(path, columns=["pg_row"]).column("pg_row").to_pylist()
+            held_by_batch[f.batch_id].update(held_rows)
     listed = {f.path for f in records}
     for kind in KINDS:
         for path in sorted((store.root / kind).rglob("*")):
@@ -426,7 +464,7 @@ def _files_against_ledger(store: Store) -> list[str]:
         if rec.status == "rejected":
             continue
         clean = rows_by_batch.get((rec.batch_id, "clean"), 0)
-        held = rows_by_batch.get((rec.batch_id, "quarantine"), 0)
+        held = len(held_by_batch.get(rec.batch_id, ()))
         want_held = rec.rows_quarantined + int(n_reviewed.get(rec.batch_id, 0))
         if clean != rec.rows_clean or held != want_held:
             reasons.append(

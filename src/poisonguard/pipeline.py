@@ -36,7 +36,7 @@ from poisonguard.decision import BatchDecision, batch_hold_reason, decide_batch
 from poisonguard.detectors.drift import batch_drift
 from poisonguard.detectors.duplicates import DuplicatesDetector, find_near_copies
 from poisonguard.detectors.targets import robust_spread
-from poisonguard.errors import BatchError, ConfigError, StoreError
+from poisonguard.errors import BatchError, ConfigError, ReviewError, StoreError
 from poisonguard.evidence import (
     Evidence,
     ReferenceUsed,
@@ -56,6 +56,7 @@ from poisonguard.landing import (
     settled,
     shown,
     snapshot,
+    source_of,
     survey,
 )
 from poisonguard.scan import Guard
@@ -750,4 +751,239 @@ def seed_store(sample: pd.DataFrame, source: str, config: Config, store: Store) 
             clean=frame,
             quarantine=None,
         )
+    )
+
+
+# --------------------------------------------------------------------------- re-scan
+
+
+@dataclass(frozen=True)
+class RescanScope:
+    """One source's part of a re-scan.
+
+    Attributes
+    ----------
+    source : str
+        The landing source (``landing.source_of``).
+    checkpoint : str or None
+        The batch after which accepted rows were re-scored: the source's newest
+        batch in the current reference, or the one given; None for every batch.
+    batches : tuple of str
+        The batches whose accepted rows were re-scored, oldest first (those with
+        clean rows outside the reference).
+    rows : int
+        How many rows were re-scored.
+    """
+
+    source: str
+    checkpoint: str | None
+    batches: tuple[str, ...]
+    rows: int
+
+
+@dataclass(frozen=True)
+class RescanReport:
+    """Rows in the training set that the pinned reference would now hold (``rescan``).
+
+    Attributes
+    ----------
+    reference_version : int
+        The reference version the rows were judged against.
+    scopes : tuple of RescanScope
+        One per source re-scanned.
+    scanned : dict of str to int
+        Rows re-scored per batch, every re-scanned batch named.
+    batch_id : ndarray of shape (n_flagged,), object
+    pg_row : ndarray of shape (n_flagged,), int64
+    stage : ndarray of shape (n_flagged,), object
+        ``blocklist`` (a near-copy of a rejected or revoked row) or ``detectors``.
+    reason : ndarray of shape (n_flagged,), object
+        Every reason, prefixed with the reference version.
+    suspicion : ndarray of shape (n_flagged,)
+        ``-log10`` of the combined p-value (NaN for rows the blocklist held unscored).
+    scores : dict of str to ndarray of shape (n_flagged,)
+        Each detector's raw score.
+    """
+
+    reference_version: int
+    scopes: tuple[RescanScope, ...]
+    scanned: dict[str, int]
+    batch_id: np.ndarray
+    pg_row: np.ndarray
+    stage: np.ndarray
+    reason: np.ndarray
+    suspicion: np.ndarray
+    scores: dict[str, np.ndarray]
+
+    @property
+    def held_per_batch(self) -> dict[str, int]:
+        """Flagged rows per re-scanned batch (zeros included)."""
+        found = pd.Series(self.batch_id, dtype=object).value_counts().to_dict()
+        return {b: int(found.get(b, 0)) for b in self.scanned}
+
+    def flagged(self) -> pd.DataFrame:
+        """The flagged rows as ``Store.hold_rescanned`` takes them: ``pg_batch``, ``pg_row``,
+        ``pg_reason``, ``pg_suspicion`` and ``pg_score_<detector>``."""
+        frame = pd.DataFrame(
+            {
+                "pg_batch": self.batch_id,
+                "pg_row": self.pg_row,
+                "pg_reason": self.reason,
+                "pg_suspicion": self.suspicion,
+            }
+        )
+        for name, s in self.scores.items():
+            frame[f"pg_score_{name}"] = s
+        return frame
+
+
+def rescan(
+    config: Config, store: Store, *, source: str | None = None, since: str | None = None
+) -> RescanReport:
+    """Re-score rows already in the training set against the pinned reference.
+
+    Rows accepted while the reference was weaker (poison a reviewer released, or
+    rows judged by a version that held a batch since revoked) are judged again,
+    by the same decision as an arriving batch: near-copies of rejected and
+    revoked rows (``held_by_blocklist``), then the detectors fitted on the
+    current reference with Benjamini-Hochberg, the per-row level and the excess
+    rule (``Guard.judge``, ``decide_batch``), over each source's rows pooled as
+    one batch, so that poison spread thinly over its batches is judged
+    together. Whole-batch drift holds are for arriving batches and are not
+    applied here; neither are the expectations, which the rows passed.
+
+    Which rows: per source, the clean rows (released ones included) of its
+    committed batches after its last clean checkpoint, the newest of its batches
+    in the current reference (or ``since``); every batch of the source when
+    none is. Rows in the reference itself are not re-scored (they are the
+    judge: revoke their batch instead). Nothing is changed:
+    ``Store.hold_rescanned(report.flagged(), ...)`` moves the rows to quarantine.
+
+    Parameters
+    ----------
+    config : Config
+    store : Store
+    source : str, optional
+        One landing source (default every source with committed batches).
+    since : str, optional
+        A batch id: re-score the rows of its source's batches committed after it.
+
+    Raises
+    ------
+    ReviewError
+        For an unknown ``since`` batch or ``source``, or a ``since`` batch of
+        another source than ``source``.
+    StoreError
+        When the store has no reference.
+    """
+    reference = store.reference()
+    if reference is None:
+        raise StoreError(
+            f"the store {store.root} has no reference to re-scan against; "
+            "seed it with `poisonguard init --sample TRUSTED`"
+        )
+    batches = store.batches()
+    order = {b.batch_id: i for i, b in enumerate(batches)}
+    accepted = [b for b in batches if b.status == "committed"]
+    if since is not None:
+        mark = store.batch(since)
+        if mark is None:
+            raise ReviewError(
+                f"no batch {shown(since)!r} in {store.ledger_path}; "
+                "`poisonguard status` lists the batches"
+            )
+        if source is not None and source != source_of(mark.source):
+            raise ReviewError(
+                f"batch {since} came from the source {shown(source_of(mark.source))!r}, "
+                f"not {shown(source)!r}"
+            )
+        source = source_of(mark.source)
+    sources = list(dict.fromkeys(source_of(b.source) for b in accepted))
+    if source is not None:
+        if source not in sources and since is None:
+            raise ReviewError(
+                f"no committed batch from the source {shown(source)!r}; "
+                f"sources: {', '.join(map(shown, sources)) or 'none'}"
+            )
+        sources = [source]
+    pinned = {f.path for f in reference.files}
+    clean = [f for f in store.files("clean") if f.path not in pinned]
+    unpinned = {f.batch_id for f in clean}
+    guard: Guard | None = None
+    rejected = store.rejected_rows()
+    scopes, scanned, parts = [], {}, []
+    for src in sources:
+        mine = [b for b in accepted if source_of(b.source) == src]
+        checkpoint = since or next(
+            (b.batch_id for b in reversed(mine) if b.batch_id in reference.batch_ids), None
+        )
+        after = [
+            b.batch_id
+            for b in mine
+            if (checkpoint is None or order[b.batch_id] > order[checkpoint])
+            and b.batch_id in unpinned
+        ]
+        frames = [store.read(f) for f in clean if f.batch_id in after]
+        rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        counts = rows["pg_batch"].value_counts().to_dict() if len(rows) else {}
+        scanned.update({b: int(counts.get(b, 0)) for b in after})
+        scopes.append(RescanScope(src, checkpoint, tuple(after), len(rows)))
+        if len(rows):
+            guard = guard or fit_guard(config, store, reference)
+            decision = _rescan_decision(rows, guard, rejected, f"re-scan of {shown(src)}")
+            parts.append((rows, decision))
+    return _rescan_report(reference.version, tuple(scopes), scanned, parts)
+
+
+def _rescan_decision(
+    rows: pd.DataFrame, guard: Guard, rejected: pd.DataFrame, source: str
+) -> BatchDecision:
+    """The batch decision over pooled accepted rows: the blocklist, then the detectors."""
+    data = rows[data_columns(rows)].reset_index(drop=True)
+    blocked = held_by_blocklist(data, rejected, guard)
+    scored = np.setdiff1d(np.arange(len(data)), np.fromiter(blocked, np.int64, len(blocked)))
+    if not scored.size:
+        return decide_batch(len(data), blocked=blocked)
+    _, scores, found = guard.judge(data.iloc[scored].reset_index(drop=True), source=source)
+    return decide_batch(len(data), blocked=blocked, scored=scored, detectors=found, scores=scores)
+
+
+def _rescan_report(
+    version: int,
+    scopes: tuple[RescanScope, ...],
+    scanned: dict[str, int],
+    parts: list[tuple[pd.DataFrame, BatchDecision]],
+) -> RescanReport:
+    names = list(dict.fromkeys(n for _, d in parts for n in d.scores))
+    batch_id, pg_row, stage, reason, suspicion = [], [], [], [], []
+    scores: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for rows, decision in parts:
+        hit = decision.quarantined
+        batch_id.append(rows["pg_batch"].to_numpy(dtype=object)[hit])
+        pg_row.append(rows["pg_row"].to_numpy(dtype=np.int64)[hit])
+        stage.append(decision.stage[hit])
+        reason.append(
+            np.array(
+                [f"re-scan against reference version {version}: {r}" for r in decision.reason[hit]],
+                dtype=object,
+            )
+        )
+        suspicion.append(decision.suspicion[hit])
+        for n in names:
+            s = decision.scores.get(n)
+            scores[n].append(np.full(int(hit.sum()), np.nan) if s is None else s[hit])
+
+    def joined(arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(arrays).astype(dtype) if arrays else np.empty(0, dtype=dtype)
+
+    return RescanReport(
+        reference_version=version,
+        scopes=scopes,
+        scanned=scanned,
+        batch_id=joined(batch_id, object),
+        pg_row=joined(pg_row, np.int64),
+        stage=joined(stage, object),
+        reason=joined(reason, object),
+        suspicion=joined(suspicion, np.float64),
+        scores={n: joined(s, np.float64) for n, s in scores.items()},
     )

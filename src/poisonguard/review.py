@@ -7,6 +7,9 @@ blocklist, so a near-copy of one arriving again in any batch (within the
 duplicates detector's tolerance, whatever its id; see
 ``pipeline.held_by_blocklist``) is held with the reason ``near-copy of a row
 rejected on DATE by NAME (batch B, row R)``.
+
+A reviewer may also revoke a whole committed batch (``revoke``): its rows leave
+the training set and the reference, and are treated as rejected from then on.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from poisonguard.errors import ReviewError, param_error
-from poisonguard.store import Store
+from poisonguard.store import Revocation, Store
 
 ACTIONS = ("release", "reject")
 
@@ -120,6 +123,11 @@ def review(
         raise ReviewError("a review needs a note saying why (--note TEXT)")
     with store.writing():
         held = held_rows(store, batch_id)
+        record = store.batch(batch_id)
+        if record is not None and record.status == "revoked":
+            raise ReviewError(
+                f"batch {batch_id} was {record.reason}; its rows stay out of the training set"
+            )
         if held.empty:
             raise ReviewError(f"batch {batch_id} has no quarantined rows")
         by_row = held.set_index("pg_row")
@@ -156,6 +164,29 @@ def review(
             ]
             store.commit_review(batch_id, action, chosen[keep], actor=by.strip(), note=note.strip())
         return ReviewResult(action, batch_id, tuple(todo), tuple(already))
+
+
+def revoke(store: Store, batch_id: str, *, actor: str, note: str) -> Revocation:
+    """Revoke a committed batch: its rows leave the training set and the reference.
+
+    Use it when a batch turns out to be bad after it was accepted (its source
+    alarmed, a reviewer found poison among its accepted rows). A revoked batch is
+    judged bad as a whole, so its rows are treated as rejected ones: its clean
+    rows (released ones included) leave the training set, rows still awaiting
+    review are rejected, and all of them join the blocklist, so that near-copies
+    sent again are held. If the batch is in the current reference, a new
+    reference version without it judges the batches after it; rows other batches
+    had accepted against the old version are what ``pipeline.rescan`` re-scores.
+    Nothing is deleted: the clean files stay, listed as ``revoked``. Revoking a
+    revoked batch changes nothing.
+
+    Raises
+    ------
+    ReviewError
+        For an empty actor or note, an unknown batch, a batch rejected whole, or
+        the seed.
+    """
+    return store.revoke(batch_id, actor=actor, note=note)
 
 
 def _check_new_ids(store: Store, batch_id: str, ids: pd.Series, id_column: str) -> None:

@@ -6,6 +6,8 @@ Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
                              versions, audit chain
     anchor.json              the audit chain's head, keyed (see below)
     clean/<batch>.parquet    rows that joined the training set, one file per batch
+                             (plus one per release or re-scan hold: ``<batch>.release-<n>``,
+                             ``<batch>.rescan-<n>``)
     quarantine/<batch>.parquet  held rows, with scores and reasons
     rejected/<batch>/        the rejected file as it arrived, plus reason.json
     reports/                 per-batch reports
@@ -34,6 +36,12 @@ the clean files it holds, with a digest of their hashes. Version 1 is the seed;
 a new version is made only by an explicit step (``promote``), each with an
 audit entry. Accepted rows join the training set at once, the reference only
 when promoted.
+
+Files are never rewritten. A clean file that leaves the training set keeps its
+bytes and its place, and the ledger lists it under another kind: ``revoked``
+when a reviewer revoked its batch (``revoke``), ``superseded`` when a re-scan
+moved some of its rows back to quarantine and wrote the others to a new clean
+file (``hold_rescanned``). The training set is the files of kind ``clean``.
 """
 
 from __future__ import annotations
@@ -374,6 +382,46 @@ def reference_digest(sha256s: Iterable[str]) -> str:
     return hashlib.sha256("".join(f"{h}\n" for h in sorted(sha256s)).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Revocation:
+    """What revoking a batch did (``Store.revoke``).
+
+    Attributes
+    ----------
+    batch_id : str
+    rows_revoked : int
+        Clean rows (released ones included) taken out of the training set.
+    rows_rejected : int
+        Rows that were awaiting review, rejected with the batch.
+    files : tuple of str
+        The clean files now listed as ``revoked`` (their bytes kept).
+    reference : ReferenceVersion or None
+        The new reference version without the batch, when the batch was in the
+        current one; None otherwise.
+    already : str or None
+        When the batch had been revoked before (nothing changed then): when, by
+        whom and why.
+    """
+
+    batch_id: str
+    rows_revoked: int
+    rows_rejected: int
+    files: tuple[str, ...]
+    reference: ReferenceVersion | None
+    already: str | None = None
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """One batch's part of a re-scan hold: the files it supersedes and the rows of its new ones."""
+
+    batch_id: str
+    name: str
+    superseded: tuple[str, ...]
+    kept: pd.DataFrame | None
+    moved: pd.DataFrame
+
+
 # --------------------------------------------------------------------------- locking
 
 
@@ -653,9 +701,17 @@ class Store:
         return read_parquet(self.root / record.path, columns)
 
     def quarantine_frame(self, batch_id: str) -> pd.DataFrame:
-        """A batch's quarantined rows (empty when it has none)."""
+        """A batch's quarantined rows, each as last held (empty when it has none).
+
+        A row a re-scan held again (``hold_rescanned``) after a reviewer had
+        released it is in two quarantine files; the later holding is the one
+        that awaits review.
+        """
         frames = [self.read(f) for f in self.files("quarantine") if f.batch_id == batch_id]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if not frames:
+            return pd.DataFrame()
+        rows = pd.concat(frames, ignore_index=True)
+        return rows.drop_duplicates("pg_row", keep="last").reset_index(drop=True)
 
     def reviews(self, batch_id: str | None = None) -> pd.DataFrame:
         """Review decisions: batch_id, pg_row, action, actor, note, at."""
@@ -671,7 +727,8 @@ class Store:
         """The rows on the blocklist, as they arrived, oldest rejection first.
 
         A rejected row's content lives where it was held: its batch's quarantine
-        file, which the store never rewrites. The blocklist names the row (one per
+        file, or for a revoked batch's clean rows its revoked clean file; the store
+        never rewrites either. The blocklist names the row (one per
         distinct content hash, with the first reviewer who rejected it), so the
         rows survive restarts and can be compared on whatever scale the current
         trusted rows give.
@@ -696,10 +753,14 @@ class Store:
         batches = set(entries["pg_batch"])
         # Quarantine files never change: kept like the clean frame, so a run judging batch
         # after batch reads each rejected batch's file once, not once per batch.
-        files = tuple(f for f in self.files("quarantine") if f.batch_id in batches)
+        files = tuple(
+            f for f in self.files() if f.kind in ("quarantine", "revoked") and f.batch_id in batches
+        )
         rows = self._frame_of("rejected", files)
         if rows.empty:
             rows = pd.DataFrame(columns=["pg_batch", "pg_row"])
+        # A released row of a revoked batch, or one held again by a re-scan, is in two files.
+        rows = rows.drop_duplicates(["pg_batch", "pg_row"], keep="last")
         keep = [c for c in rows.columns if not str(c).startswith("pg_")]
         found = entries.merge(
             rows[[*keep, "pg_batch", "pg_row"]],
@@ -1081,7 +1142,7 @@ class Store:
         with self.writing():
             name = f"{batch_id}.{action}"
             if action == "release":
-                taken = {f.path for f in self.files("clean")}
+                taken = {f.path for f in self.files()}  # revoked and superseded ones too
                 seq = 0
                 while f"clean/{batch_id}.release-{seq}.parquet" in taken:
                     seq += 1
@@ -1242,12 +1303,19 @@ class Store:
                 )
 
     def _add_reference(
-        self, db: sqlite3.Connection, added: list[FileRecord], *, actor: str, note: str
+        self,
+        db: sqlite3.Connection,
+        added: list[FileRecord],
+        *,
+        actor: str,
+        note: str,
+        without: str | None = None,
     ) -> ReferenceVersion:
-        """Write the next reference version (the current one's files, then ``added``) and
-        its audit entry, inside the caller's transaction."""
+        """Write the next reference version (the current one's files but those of batch
+        ``without``, then ``added``) and its audit entry, inside the caller's transaction."""
         (current,) = self._references(db, None) or (None,)
-        files = (*(current.files if current else ()), *added)
+        kept = [f for f in (current.files if current else ()) if f.batch_id != without]
+        files = (*kept, *added)
         ref = ReferenceVersion(
             version=1 if current is None else current.version + 1,
             digest=reference_digest(f.sha256 for f in files),
@@ -1265,18 +1333,273 @@ class Store:
             "INSERT INTO reference_files VALUES (?, ?, ?)",
             [(ref.version, i, f.path) for i, f in enumerate(files)],
         )
-        batches = list(dict.fromkeys(f.batch_id for f in added))
+        batches = list(dict.fromkeys(f.batch_id for f in added)) or ([without] if without else [])
         detail = {
             **ref.summary(),
-            "added": batches,
+            "added": list(dict.fromkeys(f.batch_id for f in added)),
             "files": [f.path for f in files],
             "note": note,
+            **({"removed": [without]} if without else {}),
         }
-        # The entry names its batch when it adds one (the seed, a single promotion).
+        # The entry names its batch when it adds or removes one (the seed, a single
+        # promotion, a revocation).
         self._append_audit(
             db, "reference", batches[0] if len(batches) == 1 else None, actor, detail
         )
         return ref
+
+    # -- revocation and re-scan holds ----------------------------------------
+    def revoke(self, batch_id: str, *, actor: str, note: str) -> Revocation:
+        """Take a committed batch out of the training set and the reference, for good.
+
+        A revoked batch is judged bad as a whole, so its rows are treated like rows
+        a reviewer rejected: its clean files (released rows' included) are listed
+        as ``revoked`` (their bytes stay, for the audit and the blocklist), its
+        rows still awaiting review are rejected, and every row's content hash
+        joins the blocklist, so that near-copies arriving later are held
+        (``pipeline.held_by_blocklist``). The batch's counts move to rejected and
+        its status becomes ``revoked``. When the batch is in the current
+        reference, a new version without it is written, so that later batches
+        are judged without it. All of it, with the ``revoke`` audit entry (and
+        the ``reference`` one), is one ledger transaction; no file is written.
+
+        Revoking a revoked batch changes nothing (``Revocation.already`` says
+        when it was revoked).
+
+        Raises
+        ------
+        ReviewError
+            For no actor or note, an unknown batch, a batch rejected whole, or
+            the seed (the trust anchor: give the store another seed instead).
+        """
+        if not actor.strip():
+            raise ReviewError("revoking a batch needs the reviewer's name (--actor)")
+        if not note.strip():
+            raise ReviewError("revoking a batch needs a note saying why (--note TEXT)")
+        actor, note = actor.strip(), note.strip()
+        with self.writing():
+            rec = self.batch(batch_id)
+            if rec is None:
+                raise ReviewError(
+                    f"no batch {shown(batch_id)!r} in {self.ledger_path}; "
+                    "`poisonguard status` lists the batches"
+                )
+            if rec.status == "revoked":
+                return Revocation(batch_id, 0, 0, (), None, already=rec.reason)
+            if rec.status == "rejected":
+                raise ReviewError(
+                    f"batch {batch_id} was rejected whole; none of its rows is in the training "
+                    "set to revoke"
+                )
+            if rec.status == "seed":
+                raise ReviewError(
+                    f"batch {batch_id} is the trusted seed, the reference every other batch is "
+                    "judged against; it cannot be revoked (seed a new store instead)"
+                )
+            files = [f for f in self.files("clean") if f.batch_id == batch_id]
+            clean = [self.read(f, ["pg_row", "pg_row_hash"]) for f in files]
+            held = self.quarantine_frame(batch_id)
+            done = set(self.reviews(batch_id)["pg_row"].astype(int))
+            pending = held[~held["pg_row"].isin(done)] if len(held) else held
+            if len(pending) != rec.rows_quarantined:
+                raise StoreError(
+                    f"batch {batch_id}: the ledger counts {rec.rows_quarantined} rows awaiting "
+                    f"review, its quarantine files {len(pending)}; run `poisonguard gate`"
+                )
+            gone = pd.concat([*clean, pending.reindex(columns=["pg_row", "pg_row_hash"])])
+            return self._record_revocation(rec, files, gone, pending, actor, note)
+
+    def _record_revocation(
+        self,
+        rec: BatchRecord,
+        files: list[FileRecord],
+        gone: pd.DataFrame,
+        pending: pd.DataFrame,
+        actor: str,
+        note: str,
+    ) -> Revocation:
+        at = now()
+        rejected = [int(r) for r in pending["pg_row"].tolist()] if len(pending) else []
+        hashes = [str(h) for h in gone["pg_row_hash"].tolist()]
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE batches SET status = 'revoked', rows_rejected = rows_rejected + "
+                "rows_clean + rows_quarantined, rows_clean = 0, rows_quarantined = 0, "
+                "reason = ? WHERE batch_id = ?",
+                (f"revoked on {at[:10]} by {actor}: {note}", rec.batch_id),
+            )
+            db.executemany(
+                "UPDATE files SET kind = 'revoked' WHERE path = ?", [(f.path,) for f in files]
+            )
+            db.executemany(
+                "INSERT INTO reviews VALUES (?, ?, 'reject', ?, ?, ?)",
+                [(rec.batch_id, r, actor, note, at) for r in rejected],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO blocklist VALUES (?, ?, ?, ?, ?)",
+                [
+                    (h, rec.batch_id, int(r), actor, at)
+                    for h, r in zip(hashes, gone["pg_row"].tolist(), strict=True)
+                ],
+            )
+            detail = {
+                "rows_revoked": rec.rows_clean,
+                "rejected": rejected,
+                "revoked_files": [f.path for f in files],
+                "row_hashes": hashes,
+                "note": note,
+            }
+            self._append_audit(db, "revoke", rec.batch_id, actor, detail)
+            (current,) = self._references(db, None) or (None,)
+            reference = None
+            if current is not None and rec.batch_id in current.batch_ids:
+                reference = self._add_reference(
+                    db,
+                    [],
+                    actor=actor,
+                    note=f"revoked {rec.batch_id}: {note}",
+                    without=rec.batch_id,
+                )
+            crash_point("revoke-before-ledger-commit")
+        return Revocation(
+            rec.batch_id, rec.rows_clean, len(rejected), tuple(f.path for f in files), reference
+        )
+
+    def hold_rescanned(self, flagged: pd.DataFrame, *, actor: str, note: str) -> dict[str, int]:
+        """Move rows a re-scan flagged out of the training set into quarantine, awaiting review.
+
+        For each batch, the clean files that hold flagged rows are listed as
+        ``superseded`` (their bytes kept) and replaced by
+        ``clean/<batch>.rescan-<n>.parquet`` with their other rows; the flagged
+        rows go to ``quarantine/<batch>.rescan-<n>.parquet`` with ``pg_stage``
+        ``rescan`` and their reasons. Files are written first, then one ledger
+        transaction lists them, moves the batches' counts from clean to
+        quarantined and appends one ``rescan`` audit entry per batch, as a batch
+        commit does. A flagged row a reviewer had released gets its review back
+        (the entry records it), so it is reviewed again like any held row.
+
+        Parameters
+        ----------
+        flagged : DataFrame
+            ``pg_batch``, ``pg_row`` and ``pg_reason`` of each row to hold; other
+            ``pg_`` columns (``pg_suspicion``, ``pg_score_<detector>``) are kept.
+        actor, note : str
+            Who holds them and why (recorded).
+
+        Returns
+        -------
+        dict of str to int
+            Rows held per batch.
+
+        Raises
+        ------
+        ReviewError
+            When a row is not in a clean file of its committed batch outside the
+            current reference (it moved since the re-scan); nothing is written.
+        """
+        if flagged.empty:
+            return {}
+        with self.writing(), contextlib.ExitStack() as undo:
+            current = self.reference()
+            pinned = {f.path for f in current.files} if current is not None else set()
+            clean = [f for f in self.files("clean") if f.path not in pinned]
+            taken = {f.path for f in self.files()}
+            plans = []
+            for batch_id, rows in flagged.groupby("pg_batch", sort=False):
+                plan = self._plan_hold(str(batch_id), rows, clean, taken)
+                marker = self.staging_dir(plan.name)
+                undo.enter_context(self._undone_on_error(marker))
+                plans.append((plan, marker))
+            written = [
+                self._write_files(p.name, (("clean", p.kept), ("quarantine", p.moved)))
+                for p, _ in plans
+            ]
+            self._record_holds([p for p, _ in plans], written, actor, note)
+        for _, marker in plans:
+            shutil.rmtree(marker, ignore_errors=True)
+        return {p.batch_id: len(p.moved) for p, _ in plans}
+
+    def _plan_hold(
+        self, batch_id: str, rows: pd.DataFrame, clean: list[FileRecord], taken: set[str]
+    ) -> _Hold:
+        """Which files one batch's re-scan hold supersedes, and the rows of its new files."""
+        rec = self.batch(batch_id)
+        if rec is None or rec.status != "committed":
+            raise ReviewError(
+                f"batch {shown(batch_id)} is not a committed batch of {self.ledger_path} "
+                f"({'unknown' if rec is None else rec.status}); run `poisonguard rescan` again"
+            )
+        wanted = {int(r) for r in rows["pg_row"].tolist()}
+        frames = [(f, self.read(f)) for f in clean if f.batch_id == batch_id]
+        hit = [(f, frame) for f, frame in frames if frame["pg_row"].isin(wanted).any()]
+        found = set().union(*(set(frame["pg_row"].tolist()) for _, frame in hit)) & wanted
+        if found != wanted:
+            raise ReviewError(
+                f"batch {batch_id}: row {min(wanted - found)} is not in its clean files outside "
+                "the reference any more; run `poisonguard rescan` again"
+            )
+        both = pd.concat([frame for _, frame in hit], ignore_index=True)
+        moving = both["pg_row"].isin(wanted)
+        extra = rows.drop(columns=["pg_batch"]).assign(pg_stage="rescan")
+        moved = both[moving].merge(extra, on="pg_row", how="left", validate="one_to_one")
+        seq = 0
+        while {f"{k}/{batch_id}.rescan-{seq}.parquet" for k in ("clean", "quarantine")} & taken:
+            seq += 1
+        kept = both[~moving].reset_index(drop=True)
+        return _Hold(
+            batch_id,
+            f"{batch_id}.rescan-{seq}",
+            tuple(f.path for f, _ in hit),
+            kept if len(kept) else None,
+            moved.reset_index(drop=True),
+        )
+
+    def _record_holds(
+        self,
+        plans: list[_Hold],
+        written: list[list[tuple[str, str, int | None]]],
+        actor: str,
+        note: str,
+    ) -> None:
+        at = now()
+        with self.transaction() as db:
+            for plan, files in zip(plans, written, strict=True):
+                rows = sorted(int(r) for r in plan.moved["pg_row"].tolist())
+                marks = ",".join("?" * len(rows))
+                reopened = [
+                    int(r[0])
+                    for r in db.execute(
+                        f"SELECT pg_row FROM reviews WHERE batch_id = ? AND action = 'release' "
+                        f"AND pg_row IN ({marks}) ORDER BY pg_row",
+                        (plan.batch_id, *rows),
+                    )
+                ]
+                db.executemany(
+                    "DELETE FROM reviews WHERE batch_id = ? AND pg_row = ?",
+                    [(plan.batch_id, r) for r in reopened],
+                )
+                db.executemany(
+                    "UPDATE files SET kind = 'superseded' WHERE path = ? AND kind = 'clean'",
+                    [(p,) for p in plan.superseded],
+                )
+                db.executemany(
+                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                    [(p, plan.batch_id, p.split("/")[0], h, n, at) for p, h, n in files],
+                )
+                db.execute(
+                    "UPDATE batches SET rows_clean = rows_clean - ?, "
+                    "rows_quarantined = rows_quarantined + ? WHERE batch_id = ?",
+                    (len(rows), len(rows), plan.batch_id),
+                )
+                detail = {
+                    "rows": rows,
+                    "files": {p: h for p, h, _ in files},
+                    "superseded": list(plan.superseded),
+                    "reopened": reopened,
+                    "note": note,
+                }
+                self._append_audit(db, "rescan", plan.batch_id, actor, detail)
+            crash_point("rescan-before-ledger-commit")
 
     # -- audit chain ---------------------------------------------------------
     def _audit_key(self) -> bytes:
@@ -1447,6 +1770,8 @@ def _not_promotable(rec: BatchRecord, new: list[FileRecord], current: int) -> st
     """Why a batch cannot join the reference now (given its clean files not in it); None if it can."""
     if rec.status == "rejected":
         return "was rejected whole; it has no clean rows to promote"
+    if rec.status == "revoked":
+        return f"was revoked ({rec.reason}); it has no rows in the training set to promote"
     if rec.rows_quarantined:
         return (
             f"has {rec.rows_quarantined} rows awaiting review; review them first "
