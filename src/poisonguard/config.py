@@ -28,6 +28,10 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     [reference]
     max_source_share = 0.5         # the most of the reference one landing source may hold
 
+    [sources]
+    alarm_level = 0.001            # a landing source alarms at e-value 1 / alarm_level
+    slack = 2.0                    # how much more often than a valid p-value clean rows may be small
+
     [schedule]
     cron = "*/15 * * * *"
     timezone = "UTC"
@@ -47,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from poisonguard.columns import KINDS, MAX_CATEGORIES, TASKS
-from poisonguard.errors import ConfigError
+from poisonguard.errors import ConfigError, ParamError
+from poisonguard.sources import SourceTest
 
 #: Default false-discovery rate of the quarantine (see docs/decision.md).
 DEFAULT_FDR = 0.05
@@ -206,6 +211,7 @@ class Config:
     columns: Mapping[str, str] = field(default_factory=dict)
     max_categories: int = MAX_CATEGORIES
     reference: ReferencePolicy = ReferencePolicy()
+    sources: SourceTest = field(default_factory=SourceTest)
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -240,6 +246,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "random_state": int,
     },
     "reference": {"max_source_share": (float, int)},
+    "sources": {"alarm_level": (float, int), "slack": (float, int)},
     "schedule": {"cron": str, "timezone": str},
 }
 
@@ -370,6 +377,15 @@ def load_config(path: str | Path) -> Config:
             f"{path}: reference.max_source_share must be in (0, 1]. Got {share!r} instead."
         )
 
+    src = raw.get("sources", {})
+    try:
+        sources = SourceTest(
+            alarm_level=src.get("alarm_level", SourceTest.alarm_level),
+            slack=src.get("slack", SourceTest.slack),
+        ).validated()
+    except ParamError as exc:
+        raise exc.at_key(f"{path}: sources.{exc.param}") from exc
+
     sched = raw.get("schedule", {})
     cron = sched.get("cron")
     if cron is not None and len(cron.split()) != 5:
@@ -402,6 +418,7 @@ def load_config(path: str | Path) -> Config:
         columns=columns,
         max_categories=max_categories,
         reference=ReferencePolicy(max_source_share=share),
+        sources=sources,
     )
 
 
@@ -553,6 +570,10 @@ def render_config(
         "[reference]          # the trusted rows batches are judged against; grows only by",
         "                     # `poisonguard reference promote`",
         f"max_source_share = {DEFAULT_MAX_SOURCE_SHARE}   # the most of it one landing source may hold",
+        "",
+        "[sources]            # a sequential test per landing source (docs/decision.md)",
+        f"alarm_level = {SourceTest.alarm_level}   # alarm at e-value 1 / alarm_level",
+        f"slack = {SourceTest.slack}",
         "",
         "[schedule]",
         f"cron = {q(cron)}",
