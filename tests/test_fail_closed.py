@@ -35,8 +35,11 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def ran(demo_project) -> Path:
-    """The demo, initialised and run once (four batches committed, one rejected)."""
-    process_landing(load_config(demo_project / "poisonguard.toml"))
+    """The demo, initialised and run once (four batches committed, one rejected), and its
+    landing source's alarm cleared by a reviewer."""
+    config = load_config(demo_project / "poisonguard.toml")
+    process_landing(config)
+    Store.of(config).clear_source("default", actor="steward", note="reviewed")
     return demo_project
 
 
@@ -239,6 +242,7 @@ def test_a_rolled_back_store_fails_a_gate_given_the_last_manifest(demo_project, 
     old = demo_project.parent / "old-store"
     shutil.copytree(config.store, old)
     process_landing(config)
+    Store.of(config).clear_source("default", actor="steward", note="reviewed")
     manifest = demo_project / "run-1.json"
     assert _gate(capsys, demo_project, "--manifest", str(manifest))[0] == 0
     shutil.rmtree(config.store)

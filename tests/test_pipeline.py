@@ -41,13 +41,17 @@ def test_every_input_row_ends_in_exactly_one_place(demo_project):
 
 
 def test_the_demo_catches_planted_poison(demo_project):
-    """The gate holds >= 80% of the planted poison and <= 5% of the clean rows."""
+    """The gate holds >= 80% of the planted poison and <= 5% of the clean rows; the demo's one
+    landing source, having sent a batch of flipped labels, alarms, so its later batches are
+    held whole for review."""
     config = load_config(demo_project / "poisonguard.toml")
     process_landing(config)
     score = evaluate_demo(demo_project, Store(config.store))
     assert score.rows_accounted
     assert score.recall >= 0.8
     assert score.clean_quarantined <= 0.05
+    assert "batch-04-clean.parquet" in score.held_whole
+    assert "batch-01-label-flips.parquet" not in score.held_whole
 
 
 def test_the_same_content_is_skipped_whatever_its_file_name(demo_project):
@@ -262,7 +266,9 @@ def test_a_rejected_row_sent_again_is_held_by_the_blocklist_when_it_is_a_near_co
     named = f"by alice (batch {batch_id}, row {was['pg_row']})"
     if RESENT[way]:
         assert stage == "blocklist", (way, stage, reason)
-        assert reason.startswith("near-copy of a row rejected on ") and reason.endswith(named)
+        # The blocklist's reason comes first; the source's alarm (section 7) may follow it.
+        first = reason.split("; ")[0]
+        assert first.startswith("near-copy of a row rejected on ") and first.endswith(named)
     else:
         assert stage != "blocklist" and "near-copy" not in reason, (way, stage, reason)
 

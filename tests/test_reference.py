@@ -246,7 +246,7 @@ def test_promoting_an_unknown_rejected_or_unreviewed_batch_fails_in_one_line(dem
     assert code == 2 and "the promoter's name" in err
     assert [v.version for v in store.references()] == [1]  # nothing was written
     fine = by_file["batch-04-clean.parquet"].batch_id
-    _settle(store, fine)
+    review(store, fine, "release", by="ana", note="held whole by the source alarm; clean")
     with pytest.raises(ReviewError, match="no batch 'nope'"):
         store.promote([fine, "nope"], actor="ana")
     assert [v.version for v in store.references()] == [1]  # all or nothing

@@ -8,6 +8,7 @@ Errors are one line on stderr, never a traceback (set POISONGUARD_DEBUG=1 for on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sqlite3
@@ -250,6 +251,7 @@ def _reference_line(summary: dict | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from poisonguard.sources import alarms, source_states
     from poisonguard.store import Store
 
     config = _config(args)
@@ -261,6 +263,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         r["judged_by"] = None if r["reference_version"] is None else f"v{r['reference_version']}"
     current = store.reference()
     reference = None if current is None else current.summary()
+    states = source_states(store.source_events(), config.sources)
     skipped = [s for s in store.landed().values() if s.outcome == "skipped"]
     totals = {
         k: sum((r[k] or 0) for r in records if r["status"] != "seed")
@@ -287,6 +290,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             ],
             "totals": totals,
             "reference": reference,
+            "sources": [
+                {**dataclasses.asdict(s), "evidence": s.describe(config.sources)}
+                for s in states.values()
+            ],
         }
         _out(json.dumps(doc, indent=2))
         return 0
@@ -299,6 +306,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{totals['rows_quarantined']} quarantined + {totals['rows_rejected']} rejected"
     )
     _out(_reference_line(reference))
+    if len(states) > 1:  # more than the pooled test: some source sent a scored batch
+        _out("\nsources (`poisonguard source` for the evidence):")
+        _out(_table(_source_rows(states), SOURCE_COLUMNS))
+    for state in alarms(states):
+        _out(f"ALARM {shown(state.describe(config.sources), 400)}")
     if skipped:
         _out(f"\nskipped landing entries ({len(skipped)}):")
         for entry in skipped:
@@ -345,10 +357,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _out("")
     _out(_table(score.table.to_dict("records"), list(score.table.columns)))
     _out("")
-    _out(
-        f"quarantine vs planted poison: recall {score.recall:.1%}, precision {score.precision:.1%}, "
-        f"clean rows quarantined {score.clean_quarantined:.1%}"
-    )
+    _out(f"quarantine vs planted poison: {score.summary}")
     _out(f"every input row accounted for: {'yes' if score.rows_accounted else 'NO'}")
     _out(f"store: {done.config.store}   try: poisonguard status --config {done.config.path}")
     return 0 if score.rows_accounted else 1
@@ -564,6 +573,50 @@ def cmd_reference_promote(args: argparse.Namespace) -> int:
     added = done.rows - (before.rows if before else 0)
     _out(f"promoted {', '.join(dict.fromkeys(args.batches))} (+{added:,} rows)")
     _out(_reference_line(done.summary()))
+    return 0
+
+
+SOURCE_COLUMNS = ("source", "batches", "rows", "p<=0.01", "p<=0.001", "p<=0.0001", "e", "alarm")
+
+
+def _source_rows(states: dict) -> list[dict]:
+    return [
+        {
+            "source": shown(s.source, 32),
+            "batches": s.batches,
+            "rows": s.rows,
+            **{c: k for c, k in zip(SOURCE_COLUMNS[3:6], s.below, strict=True)},
+            "e": f"{s.statistic:.3g}",
+            "alarm": s.alarmed_at or "",
+        }
+        for s in states.values()
+    ]
+
+
+def cmd_source_show(args: argparse.Namespace) -> int:
+    from poisonguard.sources import alarms, source_states
+    from poisonguard.store import Store
+
+    config = _config(args)
+    states = source_states(Store.of(config).source_events(), config.sources)
+    if args.json:
+        doc = [
+            {**dataclasses.asdict(s), "evidence": s.describe(config.sources)}
+            for s in states.values()
+        ]
+        _out(json.dumps(doc, indent=2))
+        return 0
+    _out(_table(_source_rows(states), SOURCE_COLUMNS))
+    for state in alarms(states):
+        _out(f"ALARM {shown(state.describe(config.sources), 400)}")
+    return 0
+
+
+def cmd_source_clear(args: argparse.Namespace) -> int:
+    from poisonguard.store import Store
+
+    Store.of(_config(args)).clear_source(args.source, actor=args.actor, note=args.note)
+    _out(f"cleared source {shown(args.source)}: its test and the pooled test restart")
     return 0
 
 
@@ -860,6 +913,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("batches", nargs="+", metavar="BATCH_ID", help="committed, reviewed batches")
     sp.add_argument("--actor", "--by", dest="actor", required=True, help="who promotes")
     sp.add_argument("--note", default="", help="why (recorded in the ledger and the audit log)")
+
+    source = sub.add_parser(
+        "source",
+        help="the per-source sequential tests: show them, clear an alarm after review",
+        description="the sequential test of every landing source; without an action, show them",
+    )
+    source.add_argument(
+        "--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)"
+    )
+    source.add_argument("--json", action="store_true", help="machine-readable output")
+    source.set_defaults(func=cmd_source_show)
+    ssub = source.add_subparsers(dest="source_command", metavar="ACTION")
+    sp = ssub.add_parser("show", help="every source's evidence and alarm (the default)")
+    sp.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
+    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_source_show)
+    sp = ssub.add_parser(
+        "clear", help="restart a source's test (and the pooled one) after review of its batches"
+    )
+    sp.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
+    sp.add_argument(
+        "source",
+        help="the landing source (its folder name; 'default' for files "
+        "directly in the landing folder)",
+    )
+    sp.add_argument("--actor", "--by", dest="actor", required=True, help="who clears it")
+    sp.add_argument("--note", required=True, help="what the review found")
+    sp.set_defaults(func=cmd_source_clear)
 
     audit = sub.add_parser(
         "audit", help="the audit chain", description="the append-only, hash-chained audit log"

@@ -36,6 +36,10 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     canary_r2_margin = 0.02        # ... or, for a regression target, R^2 drops more than this,
     canary_level = 0.01            # and the drop is significant at this level
 
+    [sources]
+    alarm_level = 0.001            # a landing source alarms at e-value 1 / alarm_level
+    slack = 2.0                    # how much more often than the trusted rows clean rows may reach the tail
+
     [schedule]
     cron = "*/15 * * * *"
     timezone = "UTC"
@@ -55,7 +59,8 @@ from pathlib import Path
 from typing import Any
 
 from poisonguard.columns import KINDS, MAX_CATEGORIES, TASKS
-from poisonguard.errors import ConfigError
+from poisonguard.errors import ConfigError, ParamError
+from poisonguard.sources import SourceTest
 
 #: Default false-discovery rate of the quarantine (see docs/decision.md).
 DEFAULT_FDR = 0.05
@@ -285,6 +290,7 @@ class Config:
     max_categories: int = MAX_CATEGORIES
     reference: ReferencePolicy = ReferencePolicy()
     gate: GateSettings = GateSettings()
+    sources: SourceTest = field(default_factory=SourceTest)
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -327,6 +333,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "canary_r2_margin": (float, int),
         "canary_level": (float, int),
     },
+    "sources": {"alarm_level": (float, int), "slack": (float, int)},
     "schedule": {"cron": str, "timezone": str},
 }
 
@@ -473,6 +480,15 @@ def load_config(path: str | Path) -> Config:
             "of the label"
         )
 
+    src = raw.get("sources", {})
+    try:
+        sources = SourceTest(
+            alarm_level=src.get("alarm_level", SourceTest.alarm_level),
+            slack=src.get("slack", SourceTest.slack),
+        ).validated()
+    except ParamError as exc:
+        raise exc.at_key(f"{path}: sources.{exc.param}") from exc
+
     sched = raw.get("schedule", {})
     cron = sched.get("cron")
     if cron is not None and len(cron.split()) != 5:
@@ -506,6 +522,7 @@ def load_config(path: str | Path) -> Config:
         max_categories=max_categories,
         reference=ReferencePolicy(max_source_share=share),
         gate=gate_settings,
+        sources=sources,
     )
 
 
@@ -666,6 +683,10 @@ def render_config(
         f"canary_class_margin = {DEFAULT_CANARY_CLASS_MARGIN}  # accuracy points, per class",
         f"canary_r2_margin = {DEFAULT_CANARY_R2_MARGIN}     # R^2 points, for a regression target",
         f"canary_level = {DEFAULT_CANARY_LEVEL}        # a drop counts when significant at this level",
+        "",
+        "[sources]            # a sequential test per landing source (docs/decision.md)",
+        f"alarm_level = {SourceTest.alarm_level}   # alarm at e-value 1 / alarm_level",
+        f"slack = {SourceTest.slack}",
         "",
         "[schedule]",
         f"cron = {q(cron)}",

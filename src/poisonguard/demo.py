@@ -210,12 +210,31 @@ class DemoScore:
     precision: float
     clean_quarantined: float
     rows_accounted: bool
+    held_whole: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        """The figures in one line, as ``poisonguard demo`` prints them."""
+        line = (
+            f"recall {self.recall:.1%}, precision {self.precision:.1%}, "
+            f"clean rows quarantined {self.clean_quarantined:.1%}"
+        )
+        if self.held_whole:
+            line += f"; held whole for review, not counted above: {', '.join(self.held_whole)}"
+        return line
 
 
 def evaluate_demo(root: Path, store: Store) -> DemoScore:
-    """Count, from the store and the truth file, what the gate caught."""
+    """Count, from the store and the truth file, what the gate caught.
+
+    Recall, precision and the clean rows quarantined count the row-level decisions;
+    a batch held whole for review (its source in alarm, or its drift past the
+    configured levels) is named in ``held_whole`` instead, and only its rows that a
+    row-level stage held count.
+    """
     truth = pd.read_parquet(root / TRUTH)
     rows = []
+    whole: list[str] = []
     held_poison = held = planted = clean_total = clean_held = 0
     accounted = True
     for rec in store.batches():
@@ -230,7 +249,11 @@ def evaluate_demo(root: Path, store: Store) -> DemoScore:
         else:
             q = [f for f in store.files("quarantine") if f.batch_id == rec.batch_id]
             if q:
-                flagged[store.read(q[0])["pg_row"].to_numpy()] = True
+                held_rows = store.read(q[0])
+                if (held_rows["pg_stage"] == "batch_hold").any():
+                    whole.append(name)
+                by_rows = held_rows[held_rows["pg_stage"] != "batch_hold"]
+                flagged[by_rows["pg_row"].to_numpy()] = True
         accounted &= (rec.rows_in or 0) == rec.rows_clean + rec.rows_quarantined + rec.rows_rejected
         accounted &= (rec.rows_in or 0) == len(t)
         caught = int((flagged & poison).sum())
@@ -259,4 +282,5 @@ def evaluate_demo(root: Path, store: Store) -> DemoScore:
         precision=held_poison / held if held else float("nan"),
         clean_quarantined=clean_held / clean_total if clean_total else 0.0,
         rows_accounted=bool(accounted),
+        held_whole=tuple(whole),
     )

@@ -308,6 +308,9 @@ class BatchReport:
     reference : ReferenceUsed or None
         The reference version the detectors were fitted on (None when no row was
         scored, and in reports written before references were versioned).
+    source_state : str or None
+        The batch's landing source's evidence across batches, this batch included
+        (``sources.SourceState.describe``), and any drift in the size of its batches.
     """
 
     batch_id: str
@@ -324,6 +327,7 @@ class BatchReport:
     evidence: Evidence | None
     top_rows: tuple[TopRow, ...]
     reference: ReferenceUsed | None = None
+    source_state: str | None = None
 
 
 # ----------------------------------------------------------------------------- the detect step
@@ -676,6 +680,7 @@ def build_report(
     failed_expectations: Sequence[Mapping[str, Any]] = (),
     evidence: Evidence | None = None,
     reference: ReferenceUsed | None = None,
+    source_state: str | None = None,
 ) -> BatchReport:
     """Build one batch's report: the only place a ``BatchReport`` is made.
 
@@ -700,6 +705,8 @@ def build_report(
         From the detect step.
     reference : ReferenceUsed, optional
         The reference version the detect step's detectors were fitted on.
+    source_state : str, optional
+        The landing source's evidence across batches, in words.
 
     Raises
     ------
@@ -732,6 +739,7 @@ def build_report(
         evidence=evidence,
         top_rows=top_rows(quarantine),
         reference=reference,
+        source_state=_cut_text(source_state, MAX_REASON) if source_state else None,
     )
 
 

@@ -50,6 +50,7 @@ from poisonguard.canary import CanaryResult, run_canary
 from poisonguard.config import RESERVED_PREFIX, Config, suite_columns
 from poisonguard.errors import ConfigError, GateError, PoisonguardError, StoreError
 from poisonguard.review import awaiting_review
+from poisonguard.sources import POOLED, alarms, source_states
 from poisonguard.store import (
     FileRecord,
     ReferenceVersion,
@@ -250,6 +251,13 @@ def _reasons(
         reasons += _ledger_against_audit(store)
     reasons += _files_against_ledger(store)
     reasons += _training_set(store, config)
+    for state in alarms(source_states(store.source_events(), config.sources)):
+        then = (
+            f"review its batches, then `poisonguard source clear {state.source}`"
+            if state.source != POOLED
+            else "review the sources in alarm"
+        )
+        reasons.append(f"source alarm: {state.describe(config.sources)}; {then}")
     if max_pending is not None:
         for p in awaiting_review(store):
             if p.awaiting > 0 and p.age_seconds > max_pending.total_seconds():

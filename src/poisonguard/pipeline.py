@@ -60,6 +60,15 @@ from poisonguard.landing import (
     survey,
 )
 from poisonguard.scan import Guard
+from poisonguard.sources import (
+    THRESHOLDS,
+    BatchCounts,
+    Event,
+    SourceState,
+    batch_counts,
+    size_drift,
+    source_states,
+)
 from poisonguard.store import (
     BatchRecord,
     Outcome,
@@ -462,6 +471,7 @@ def detect_batch(
         into[row] = f"{into[row]}; {why}" if row in into else str(why)
     passed = np.setdiff1d(np.arange(len(rows)), held_rows)  # what the expectations let through
     current = store.reference()
+    state = source_states(store.source_events(), config.sources).get(source_of(meta.source))
     rejected = store.rejected_rows() if passed.size else pd.DataFrame()
     if not rejected.empty:
         guard = guard or fit_guard(config, store, current)
@@ -482,6 +492,7 @@ def detect_batch(
             hold_label_shift=config.detection.hold_label_shift,
             hold_feature_drift=config.detection.hold_feature_drift,
         )
+        counts = batch_counts(found.combined, guard.clean_rates_, near_copies=len(blocked))
         decision = decide_batch(
             len(rows),
             failed=failed,
@@ -489,12 +500,14 @@ def detect_batch(
             scored=scored,
             detectors=found,
             scores=scores,
-            batch_hold=hold,
+            batch_hold=_joined(hold, _source_hold(state, config)),
         )
         evidence = batch_evidence(guard.reference_, table, guard.calibrations_, decision, drift)
     else:
+        counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
-    _write_decision(folder, rows, decision, config, reference)
+    drifted = None if state is None else size_drift(state.sizes, len(rows))
+    _write_decision(folder, rows, decision, config, reference, counts, drifted)
     if evidence is not None:
         atomic_write_bytes(folder / EVIDENCE, dumps(evidence).encode())
     else:  # a re-run that scores nothing keeps no evidence of an earlier run
@@ -503,12 +516,28 @@ def detect_batch(
     return folder / DECISION
 
 
+def _source_hold(state: SourceState | None, config: Config) -> str | None:
+    """Why a batch is held whole: its source is in alarm."""
+    if state is None or not state.alarmed:
+        return None
+    return (
+        f"source alarm, batch held for review: {state.describe(config.sources)}; "
+        f"after review, `poisonguard source clear {state.source}`"
+    )
+
+
+def _joined(*reasons: str | None) -> str | None:
+    return "; ".join(r for r in reasons if r) or None
+
+
 def _write_decision(
     folder: Path,
     rows: pd.DataFrame,
     decision: BatchDecision,
     config: Config,
     reference: ReferenceVersion | None,
+    counts: BatchCounts,
+    drift_note: str | None,
 ) -> None:
     table = pd.DataFrame(
         {
@@ -530,6 +559,8 @@ def _write_decision(
         "reference": None
         if reference is None
         else {"version": reference.version, "digest": reference.digest, "rows": reference.rows},
+        "source_evidence": counts.as_dict(),
+        "source_drift": drift_note,
     }
     atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
 
@@ -555,7 +586,17 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         "failed_expectations": [
             e["type"] + ":" + str(e["column"]) for e in meta.failed_expectations
         ],
+        "source_evidence": decided["source_evidence"],
+        "source_drift": decided["source_drift"],
     }
+    # The source's evidence with this batch's counted, as the report shows it.
+    this = Event(
+        source_of(meta.source),
+        meta.batch_id,
+        meta.rows_in,
+        BatchCounts.from_dict(decided["source_evidence"]),
+    )
+    state = source_states([*store.source_events(), this], config.sources)[this.source]
     outcome = Outcome(
         batch_id=meta.batch_id,
         sha256=meta.sha256,
@@ -584,6 +625,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         fdr=None if decided["threshold_p"] is None else decided["fdr"],
         threshold_p=decided["threshold_p"],
         reference=judged,
+        source_state=_joined(state.describe(config.sources), decided["source_drift"]),
     )
     return store.commit(outcome)  # which also clears the staging folder
 
@@ -605,6 +647,7 @@ def write_batch_report(
     fdr: float | None = None,
     threshold_p: float | None = None,
     reference: ReferenceUsed | None = None,
+    source_state: str | None = None,
 ) -> tuple[Path, Path]:
     """Write a batch's HTML and JSON reports (before its ledger commit: a re-run rewrites them).
 
@@ -632,6 +675,7 @@ def write_batch_report(
         failed_expectations=failed_expectations or [],
         evidence=evidence,
         reference=reference,
+        source_state=source_state,
     )
     json_path, html_path = write_report(report, store.root / "reports")
     return html_path, json_path

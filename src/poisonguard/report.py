@@ -721,6 +721,11 @@ def _summary(report: BatchReport) -> str:
             '<div class="callout hold" id="batch-hold"><strong>Held for review:</strong> '
             f"{_e(report.batch_hold)}</div>"
         )
+    if report.source_state:
+        parts.append(
+            f'<div class="callout" id="source-state"><strong>Source:</strong> '
+            f"{_e(report.source_state)}</div>"
+        )
 
     def share(count: int) -> str:
         return f"{_fmt_pct(count / rows_in)} of rows in" if rows_in else ""
@@ -1170,6 +1175,8 @@ def markdown_summary(report: BatchReport, html_path: Path) -> str:
         lines += [f"Held for review: {_md(report.batch_hold)}", ""]
     if report.reference is not None:
         lines += [f"{_md(_judged_by(report.reference))}.", ""]
+    if report.source_state:
+        lines += [f"Source: {_md(report.source_state)}", ""]
     lines += [
         "| rows in | clean | quarantined | rejected |",
         "|---:|---:|---:|---:|",

@@ -23,6 +23,7 @@ from poisonguard.config import RESERVED_PREFIX, Config, DetectionSettings, load_
 from poisonguard.decision import Calibration, Decision, combined_log_p, decide
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
 from poisonguard.errors import ConfigError, param_error
+from poisonguard.sources import THRESHOLDS
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
 #: at most this share of poison (its top scores are left out of the calibration).
@@ -58,6 +59,30 @@ def calibrate(name: str, scores: np.ndarray) -> Calibration:
         shape=getattr(cls, "tail_shape", None),
         confidence=getattr(cls, "tail_confidence", None),
     )
+
+
+def _clean_rates(fold_scores: Mapping[str, list[np.ndarray]], names: tuple[str, ...]) -> np.ndarray:
+    """ndarray of shape (len(THRESHOLDS),): how often clean rows reach each of
+    ``sources.THRESHOLDS``, from the trusted rows whose combined p-value,
+    calibrated without their own fold, is at or below it, counted as a conformal
+    p-value counts: ``(1 + k) / (1 + n)``. Below ``1 / n`` a p-value is the tail
+    model's, not the data's; this is what the data can vouch for."""
+    n_folds = len(next(iter(fold_scores.values())))
+    if n_folds < 2:
+        return np.ones(len(THRESHOLDS))
+    weights = detector_weights(names)
+    below = np.zeros(len(THRESHOLDS))
+    total = 0
+    for f in range(n_folds):
+        rest = {
+            n: np.concatenate([s for g, s in enumerate(fold_scores[n]) if g != f]) for n in names
+        }
+        without = {n: calibrate(n, rest[n]) for n in names}
+        held = {n: fold_scores[n][f] for n in names}
+        log_p = combined_log_p(held, without, weights)[2]
+        below += [np.count_nonzero(log_p <= np.log(a)) for a in THRESHOLDS]
+        total += log_p.size
+    return (below + 1.0) / (total + 1.0)
 
 
 def infer_features(
@@ -274,6 +299,7 @@ class Guard:
                 cal_scores[name].append(scorer[name].score(held))
         held_scores = {name: np.concatenate(s) for name, s in cal_scores.items()}
         calibrations = {name: calibrate(name, s) for name, s in held_scores.items()}
+        self.clean_rates_ = _clean_rates(cal_scores, names)
         # The calibration rows' own combined p-values over the detectors that judge a
         # row against the trusted set alone: how clean rows combine, at any batch size.
         self.anchored_ = tuple(n for n in names if not REGISTRY[n].within_batch)

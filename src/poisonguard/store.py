@@ -71,6 +71,7 @@ import pyarrow.parquet as pq
 
 from poisonguard.errors import ReviewError, StoreError, shown
 from poisonguard.landing import source_of
+from poisonguard.sources import BatchCounts, Event
 
 #: The ledger schema this code reads and writes: the base schema (version 2) and
 #: every step of ``_SCHEMA_STEPS``.
@@ -1662,6 +1663,43 @@ class Store:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
         return [dict(r) for r in rows]
+
+    def source_events(self) -> list[Event]:
+        """Every batch's evidence and every cleared alarm, per landing source, in ledger order.
+
+        Read from the audit chain, which the gate verifies: a batch's counts
+        (``source_evidence`` in its ingest entry) and ``source_clear`` entries.
+        Seed batches are not a source's evidence.
+        """
+        events = []
+        for entry in self.audit_log():
+            if entry["action"] not in ("ingest", "source_clear"):
+                continue
+            detail = json.loads(entry["detail"])
+            if entry["action"] == "source_clear":
+                events.append(Event(str(detail["source"]), cleared=True))
+            elif detail.get("status") != "seed":
+                counts = detail.get("source_evidence")
+                events.append(
+                    Event(
+                        source_of(str(detail["source"])),
+                        entry["batch_id"],
+                        detail.get("rows_in"),
+                        None if counts is None else BatchCounts.from_dict(counts),
+                    )
+                )
+        return events
+
+    def clear_source(self, source: str, *, actor: str, note: str) -> None:
+        """Restart a landing source's sequential test (and the pooled one), with an audit entry."""
+        with self.writing():
+            known = {e.source for e in self.source_events()}
+            if source not in known:
+                raise ReviewError(
+                    f"no landing source {shown(source)!r} in the store {self.root}; "
+                    f"known: {', '.join(sorted(map(shown, known))) or 'none'}"
+                )
+            self.audit("source_clear", actor=actor, detail={"source": source, "note": note})
 
     def head(self) -> dict[str, Any] | None:
         """The audit chain's last entry as ``{"seq", "hash", "mac"}``; None when empty."""

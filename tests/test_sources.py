@@ -1,0 +1,255 @@
+"""Memory across batches: a sequential test per landing source, and one pooled over all."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from poisonguard.cli import main
+from poisonguard.config import load_config
+from poisonguard.demo import LABEL
+from poisonguard.errors import ConfigError, GateError, ReviewError
+from poisonguard.gate import gate
+from poisonguard.pipeline import process_landing
+from poisonguard.sources import (
+    BETS,
+    POOLED,
+    THRESHOLDS,
+    BatchCounts,
+    Event,
+    SourceTest,
+    alarms,
+    batch_counts,
+    log_evalues,
+    size_drift,
+    source_states,
+)
+from poisonguard.store import Store
+
+NO_RATES = np.zeros(len(THRESHOLDS))
+
+
+def _clean(rng: np.random.Generator, n: int = 100) -> np.ndarray:
+    return rng.uniform(size=n)
+
+
+def _poisoned(rng: np.random.Generator, n: int = 100, k: int = 2, p: float = 1e-5) -> np.ndarray:
+    return np.concatenate([rng.uniform(size=n - k), np.full(k, p)])
+
+
+def _events(source: str, batches: list[np.ndarray], rates=NO_RATES, start: int = 0) -> list[Event]:
+    return [
+        Event(source, f"{source}-{start + i}", len(p), batch_counts(p, rates))
+        for i, p in enumerate(batches)
+    ]
+
+
+def _first_alarm(events: list[Event], test: SourceTest, source: str) -> int | None:
+    """The 1-based position, among ``source``'s batches, of the batch that raised its alarm."""
+    state = source_states(events, test)[source]
+    if not state.alarmed:
+        return None
+    mine = [e.batch_id for e in events if e.source == source and e.counts is not None]
+    return mine.index(state.alarmed_at) + 1
+
+
+# ----------------------------------------------------------------------------- the test itself
+
+
+def test_a_batch_e_value_averages_at_most_one_on_clean_rows():
+    """Each bet's batch e-value has expectation at most 1 when rows' p-values are valid: the
+    statistic is a fair bet against a clean source, whatever the batch size."""
+    rng = np.random.default_rng(0)
+    for n in (10, 100, 1000):
+        e = np.array(
+            [np.exp(log_evalues(batch_counts(_clean(rng, n), NO_RATES), 1.0)) for _ in range(4000)]
+        )
+        assert e.shape == (4000, len(BETS))
+        # Monte Carlo mean within a few standard errors of at most 1.
+        assert (e.mean(axis=0) <= 1 + 4 * e.std(axis=0) / np.sqrt(len(e))).all(), (n, e.mean(0))
+
+
+def test_a_clean_source_does_not_alarm_in_two_hundred_batches():
+    """200 batches of 100 valid p-values each, five sources: no alarm, pooled or not."""
+    rng = np.random.default_rng(1)
+    events = [e for s in "abcde" for e in _events(s, [_clean(rng) for _ in range(200)])]
+    states = source_states(events, SourceTest())
+    assert alarms(states) == []
+    assert states["a"].batches == 200 and states[POOLED].batches == 1000
+
+
+def test_a_little_poison_in_every_batch_alarms_within_a_few_batches():
+    """Two rows far in the tail among 98 clean ones, batch after batch: the source alarms
+    within five batches; the evidence in words names it."""
+    rng = np.random.default_rng(2)
+    events = _events("partner-b", [_poisoned(rng) for _ in range(16)])
+    at = _first_alarm(events, SourceTest(), "partner-b")
+    assert at is not None and at <= 5
+    words = source_states(events, SourceTest())["partner-b"].describe(SourceTest())
+    assert words.startswith("partner-b: 32 of its 1,600 scored rows at p <= 0.001")
+    assert "alarm at batch partner-b-" in words
+
+
+def test_a_long_clean_history_does_not_slow_the_alarm():
+    """Poison that starts after 500 clean batches alarms as fast as poison from the start:
+    the statistic does not bank a clean past against later evidence."""
+    rng = np.random.default_rng(3)
+    history = _events("s", [_clean(rng) for _ in range(500)])
+    fresh = _events("s", [_poisoned(rng) for _ in range(16)], start=500)
+    late = _first_alarm(history + fresh, SourceTest(), "s")
+    early = _first_alarm(fresh, SourceTest(), "s")
+    assert late is not None and early is not None
+    assert late - 500 <= early + 1
+
+
+def test_poison_split_over_many_sources_alarms_the_pooled_test_and_its_sources():
+    """One poisoned row per batch in each of eight sources: the pooled test alarms, and so does
+    every source that contributed; a clean source beside them does not."""
+    rng = np.random.default_rng(4)
+    events = []
+    for b in range(12):
+        for s in range(8):
+            events += _events(f"src{s}", [_poisoned(rng, k=1, p=1e-4)], start=b)
+        events += _events("honest", [_clean(rng)], start=b)
+    test = SourceTest()
+    states = source_states(events, test)
+    assert states[POOLED].alarmed
+    flagged = {s.source for s in alarms(states)} - {POOLED}
+    assert len(flagged) >= 4 and "honest" not in flagged
+    assert all(states[s].pooled_alarm for s in flagged if not _alone(events, s, test))
+
+
+def _alone(events: list[Event], source: str, test: SourceTest) -> bool:
+    return source_states([e for e in events if e.source == source], test)[source].alarmed
+
+
+def test_clearing_a_source_restarts_its_test_and_the_pooled_one():
+    rng = np.random.default_rng(5)
+    events = _events("s", [_poisoned(rng) for _ in range(8)])
+    assert source_states(events, SourceTest())["s"].alarmed
+    after = [*events, Event("s", cleared=True), *_events("s", [_clean(rng)], start=8)]
+    states = source_states(after, SourceTest())
+    assert not states["s"].alarmed and not states[POOLED].alarmed
+    assert states["s"].batches == 1
+
+
+def test_trusted_rows_that_reach_the_tail_raise_what_a_clean_source_may_send():
+    """When trusted rows themselves reach p <= 1e-4 one time in a hundred (a table with honest
+    extremes), a source sending as many is not evidence; the same rows against a table whose
+    trusted rows never do are."""
+    rng = np.random.default_rng(6)
+    batches = [_poisoned(rng, k=1, p=5e-5) for _ in range(30)]
+    honest = np.array([0.01, 0.01, 0.01])
+    calm = source_states(_events("s", batches, honest), SourceTest())["s"]
+    assert not calm.alarmed and calm.statistic < 10
+    assert source_states(_events("s", batches), SourceTest())["s"].alarmed
+
+
+def test_the_counts_survive_the_audit_entry_round_trip():
+    counts = batch_counts(np.array([0.5, 0.005, 0.0005, 0.00001]), [0.0, 0.001, 0.0], 2)
+    assert counts.rows == 6 and counts.below == (5, 4, 3)
+    assert BatchCounts.from_dict(counts.as_dict()) == counts
+
+
+def test_a_batch_far_from_a_source_s_usual_size_is_drift():
+    assert size_drift([100] * 4, 5000) is None  # too little history to say
+    assert size_drift([90, 100, 110, 100, 95], 900) is None
+    drift = size_drift([90, 100, 110, 100, 95], 3000)
+    assert drift is not None and "3,000 rows" in drift and "median 100" in drift
+    assert size_drift([1000] * 6, 20) is not None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [("alarm_level", 1.5, r"in \[0, 1\)"), ("slack", 0.5, ">= 1"), ("alarm_level", "x", "float")],
+)
+def test_bad_source_settings_are_one_line_errors(demo_project, key, value, rule):
+    path = demo_project / "poisonguard.toml"
+    text, n = re.subn(
+        rf"^{key} = .*$", f"{key} = {value!r}".replace("'", '"'), path.read_text(), flags=re.M
+    )
+    assert n == 1  # the demo's config states every [sources] key
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"sources\.{key}.*{rule}") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- in the pipeline
+
+
+def _land(config, name: str, frame: pd.DataFrame):
+    (config.landing / name).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(config.landing / name, index=False)
+    (record,) = process_landing(config).records
+    return record
+
+
+def _batch(clean: pd.DataFrame, rng: np.random.Generator, i: int, flips: int) -> pd.DataFrame:
+    rows = clean.sample(60, random_state=i).reset_index(drop=True)
+    rows["row_id"] = np.arange(100_000 + 1000 * i, 100_000 + 1000 * i + len(rows))
+    hit = rng.choice(len(rows), flips, replace=False)
+    rows.loc[hit, LABEL] = (rows.loc[hit, LABEL] + 5) % 10
+    return rows
+
+
+def test_a_source_that_alarms_has_its_batches_held_and_the_gate_refuses(demo_project, capsys):
+    """A partner sending a few flipped labels in every batch alarms; its next batch is held
+    whole with the evidence in words, `status`, `source` and the gate say so, and after
+    a reviewer clears it (audited) the gate no longer names it. Batches of another source
+    are not held."""
+    config = load_config(demo_project / "poisonguard.toml")
+    clean = pd.read_parquet(config.landing / "batch-04-clean.parquet")
+    for f in config.landing.iterdir():
+        f.unlink()
+    rng = np.random.default_rng(7)
+    held_whole = []
+    for i in range(8):
+        rec = _land(config, f"partner-b/b{i}.parquet", _batch(clean, rng, i, flips=4))
+        store = Store.of(config)
+        frame = store.quarantine_frame(rec.batch_id)
+        if len(frame) == rec.rows_in and frame["pg_reason"].str.contains("source alarm").all():
+            held_whole.append(i)
+    assert held_whole, "the partner never alarmed"
+    assert held_whole[0] <= 5
+    store = Store.of(config)
+    reason = store.quarantine_frame(store.batches()[-1].batch_id)["pg_reason"].iloc[0]
+    assert "partner-b:" in reason and "scored rows at p <= 0.001" in reason
+    assert "poisonguard source clear partner-b" in reason
+
+    other = _land(config, "default-0.parquet", _batch(clean, rng, 50, flips=0))
+    assert other.rows_quarantined < other.rows_in
+
+    with pytest.raises(GateError, match="source alarm: partner-b"):
+        gate(config)
+    assert main(["status", "-c", str(config.path)]) == 0
+    assert "ALARM partner-b" in capsys.readouterr().out
+    assert main(["source", "-c", str(config.path)]) == 0
+    assert "ALARM partner-b" in capsys.readouterr().out
+
+    with pytest.raises(ReviewError, match="no landing source 'nobody'"):
+        store.clear_source("nobody", actor="ana", note="x")
+    assert (
+        main(
+            [
+                "source",
+                "clear",
+                "partner-b",
+                "-c",
+                str(config.path),
+                "--by",
+                "ana",
+                "--note",
+                "flips found and rejected",
+            ]
+        )
+        == 0
+    )
+    assert store.audit_log()[-1]["action"] == "source_clear"
+    try:
+        gate(config)
+    except GateError as exc:
+        assert not any("source alarm" in r for r in exc.reasons), exc.reasons
