@@ -18,6 +18,7 @@ from poisonguard.gate import check, gate
 from poisonguard.initialize import init_dataset
 from poisonguard.pipeline import process_landing
 from poisonguard.review import review
+from poisonguard.sources import source_states
 from poisonguard.store import Store
 
 
@@ -28,13 +29,17 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def _land_and_release(config, name: str, frame: pd.DataFrame) -> None:
-    """Land one batch, process it, and release every row it held (a careless reviewer)."""
+    """Land one batch, process it, release every row it held and clear its source's alarm,
+    if it raised one (a careless reviewer: the canary is what is left to catch it)."""
     for old in config.landing.iterdir():
         old.unlink()
     frame.to_parquet(config.landing / name, index=False)
     (record,) = process_landing(config).records
+    store = Store.of(config)
     if record.rows_quarantined:
-        review(Store.of(config), record.batch_id, "release", by="ana", note="looks fine")
+        review(store, record.batch_id, "release", by="ana", note="looks fine")
+    if any(s.alarmed for s in source_states(store.source_events(), config.sources).values()):
+        store.clear_source("default", actor="ana", note="looks fine")
 
 
 def _digits_store(project: Path, *, flip_threes: bool):

@@ -209,10 +209,11 @@ def test_rescan_holds_released_poison_for_review_again(demo_project, capsys):
     seed = pd.read_parquet(demo_project / "trusted.parquet")
     flips = _flipped_copies(seed[seed[LABEL] == 3].head(8), 1, 100_000, seed=0)
     first = _land(config, "b1.parquet", pd.concat([clean.iloc[:120], flips], ignore_index=True))
-    second = _land(config, "b2.parquet", clean.iloc[120:200])
     caught = set(store.quarantine_frame(first.batch_id)["pg_row"])
     assert len(caught & set(range(120, 128))) >= 6
     review(store, first.batch_id, "release", by="ana", note="looked fine to me")
+    store.clear_source("default", actor="ana", note="looked fine to me")  # the same mistake
+    second = _land(config, "b2.parquet", clean.iloc[120:200])
     assert _places(store, config, first.batch_id)["training"] == set(range(128))
 
     code, out, err = _cli(capsys, "rescan", "--config", cfg)
@@ -264,6 +265,7 @@ def test_rescan_after_revoking_a_poisoned_reference_batch_finds_what_it_vouched_
     threes = seed[seed[LABEL] == 3].head(8)
     first = _land(config, "b1.parquet", _flipped_copies(threes, 12, 100_000, seed=0))
     review(store, first.batch_id, "release", by="ana", note="looked fine to me")
+    store.clear_source("default", actor="ana", note="looked fine to me")
     store.promote([first.batch_id], actor="ana")
     batch = pd.concat(
         [clean.head(150), _flipped_copies(threes, 1, 200_000, seed=1)], ignore_index=True

@@ -60,6 +60,8 @@ BETS: tuple[float, ...] = (0.01, 0.03, 0.1)
 SIZE_FACTOR = 10.0
 SIZE_HISTORY = 20
 SIZE_MIN_HISTORY = 5
+#: The largest log-statistic reported (a float's range); the alarm is decided in logs.
+LOG_MAX = 700.0
 #: The name of the statistic over every source pooled.
 POOLED = "all sources"
 
@@ -244,13 +246,13 @@ class Event:
 def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, SourceState]:
     """Every source's state after ``events`` (ledger order), and the pooled one as :data:`POOLED`."""
     alarm_at = np.inf if test.alarm_level == 0 else 1.0 / test.alarm_level
-    r: dict[str, np.ndarray] = {}
+    log_r: dict[str, np.ndarray] = {}  # the statistic per bet, in logs: it can pass 1e308
     state: dict[str, dict] = {}
 
     log_product: dict[str, np.ndarray] = {}  # per bet, since the last clear
 
     def fresh(name: str) -> dict:
-        r[name] = np.zeros(len(BETS))
+        log_r[name] = np.full(len(BETS), -np.inf)
         log_product[name] = np.zeros(len(BETS))
         return {
             "alarmed_at": None,
@@ -279,12 +281,12 @@ def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, Source
         e = log_evalues(ev.counts, test.slack)
         for name in (ev.source, POOLED):
             s = state[name]
-            r[name] = (r[name] + 1.0) * np.exp(e)
+            log_r[name] = np.logaddexp(log_r[name], 0.0) + e
             log_product[name] += e
             s["batches"] += 1
             s["rows"] += ev.counts.rows
             s["below"] += np.asarray(ev.counts.below)
-            if s["alarmed_at"] is None and r[name].mean() >= alarm_at:
+            if s["alarmed_at"] is None and _log_mean(log_r[name]) >= np.log(alarm_at):
                 s["alarmed_at"] = ev.batch_id
         if state[POOLED]["alarmed_at"] is not None:
             for name, s in state.items():
@@ -295,7 +297,7 @@ def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, Source
     return {
         name: SourceState(
             source=name,
-            statistic=float(r[name].mean()),
+            statistic=float(np.exp(min(_log_mean(log_r[name]), LOG_MAX))),
             alarmed=s["alarmed_at"] is not None,
             alarmed_at=s["alarmed_at"],
             batches=s["batches"],
@@ -306,6 +308,11 @@ def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, Source
         )
         for name, s in state.items()
     }
+
+
+def _log_mean(log_values: np.ndarray) -> float:
+    """``log(mean(exp(log_values)))`` without overflow."""
+    return float(np.logaddexp.reduce(log_values) - np.log(log_values.size))
 
 
 def size_drift(sizes: Sequence[int], rows_in: int) -> str | None:
