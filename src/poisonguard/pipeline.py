@@ -56,6 +56,7 @@ from poisonguard.landing import (
     settled,
     shown,
     snapshot,
+    source_of,
     survey,
 )
 from poisonguard.scan import Guard
@@ -439,6 +440,61 @@ def guard_for(config: Config) -> Guard:
     )
 
 
+#: Rows held before the detectors ran: never scored, so never part of a source's window.
+UNSCORED_STAGES = ("expectations", "blocklist")
+
+
+def source_window(config: Config, store: Store, name: str, guard: Guard) -> pd.DataFrame:
+    """The rows the landing source of batch ``name`` sent before, which the backdoor scan
+    sees with the batch (``detection.backdoor_window`` at most, newest first).
+
+    Every row of the source's earlier batches that the detectors judged counts:
+    accepted ones, held ones, and ones a reviewer rejected. A trigger split thinly
+    over batches may be partly held; its held and rejected rows are still what the
+    source sent, and leaving them out would let a trigger whose first rows were
+    caught start from nothing again. Rows held before the detectors (expectations,
+    blocklist) are left out: they were never scored. Empty when ``guard`` runs no
+    detector that reads a window.
+    """
+    limit = config.detection.backdoor_window if guard.windowed_ else 0
+    return store.source_rows(source_of(name), limit, skip_stages=UNSCORED_STAGES)
+
+
+def window_findings(
+    guard: Guard, data: pd.DataFrame, window: pd.DataFrame, name: str
+) -> dict[str, Any] | None:
+    """What the window showed: its size, and the accepted rows that now look like a trigger.
+
+    Only the batch's own rows are decided on; window rows that the backdoor scan now
+    flags (``Guard.window_suspects``) and that are in the training set are reported,
+    for a re-scan or a reviewer to act on. None without a window.
+    """
+    if window.empty:
+        return None
+    source = source_of(name)
+    flagged = window.iloc[guard.window_suspects(data, window, source=shown(name))]
+    accepted = flagged[flagged["pg_accepted"].to_numpy(dtype=bool)]
+    by_batch = {
+        str(b): sorted(int(r) for r in rows)
+        for b, rows in accepted.groupby("pg_batch", sort=True)["pg_row"]
+    }
+    message = None
+    if by_batch:
+        listed = ", ".join(f"{b} ({len(r)})" for b, r in by_batch.items())
+        message = (
+            f"{len(accepted)} row{'s' * (len(accepted) != 1)} accepted earlier from source "
+            f"{shown(source)!r} now look like a trigger: batches {listed}"
+        )
+    return {
+        "source": source,
+        "rows": len(window),
+        "batches": int(window["pg_batch"].nunique()),
+        "flagged": len(flagged),
+        "accepted_flagged": by_batch,
+        "message": message,
+    }
+
+
 def detect_batch(
     staged: str | Path, config: Config, store: Store, guard: Guard | None = None
 ) -> Path:
@@ -470,11 +526,14 @@ def detect_batch(
     scored = np.setdiff1d(passed, np.fromiter(blocked, np.int64, len(blocked)))
     evidence: Evidence | None = None
     reference: ReferenceVersion | None = None  # the version that judged the batch, if any did
+    earlier: dict[str, Any] | None = None  # what the backdoor scan's window showed
     if scored.size:
         reference = current
         guard = guard or fit_guard(config, store, reference)
         data = rows.iloc[scored][data_columns(rows)].reset_index(drop=True)
-        table, scores, found = guard.judge(data, source=shown(meta.source))
+        window = source_window(config, store, meta.source, guard)
+        table, scores, found = guard.judge(data, source=shown(meta.source), window=window)
+        earlier = window_findings(guard, data, window, meta.source)
         drift = batch_drift(guard.reference_, table)
         hold = batch_hold_reason(
             drift,
@@ -493,7 +552,7 @@ def detect_batch(
         evidence = batch_evidence(guard.reference_, table, guard.calibrations_, decision, drift)
     else:
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
-    _write_decision(folder, rows, decision, config, reference)
+    _write_decision(folder, rows, decision, config, reference, earlier)
     if evidence is not None:
         atomic_write_bytes(folder / EVIDENCE, dumps(evidence).encode())
     else:  # a re-run that scores nothing keeps no evidence of an earlier run
@@ -508,6 +567,7 @@ def _write_decision(
     decision: BatchDecision,
     config: Config,
     reference: ReferenceVersion | None,
+    window: dict[str, Any] | None = None,
 ) -> None:
     table = pd.DataFrame(
         {
@@ -529,6 +589,7 @@ def _write_decision(
         "reference": None
         if reference is None
         else {"version": reference.version, "digest": reference.digest, "rows": reference.rows},
+        "window": window,
     }
     atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
 
@@ -554,6 +615,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         "failed_expectations": [
             e["type"] + ":" + str(e["column"]) for e in meta.failed_expectations
         ],
+        **({"window": decided["window"]} if decided.get("window") else {}),
     }
     outcome = Outcome(
         batch_id=meta.batch_id,
