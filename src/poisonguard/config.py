@@ -73,6 +73,10 @@ DEFAULT_EXCESS_LEVEL = 0.001
 #: most this is held whatever the batch's size, so poison cannot hide among many clean rows.
 DEFAULT_ROW_LEVEL = 0.001
 
+#: Default ``backdoor_window`` (docs/decision.md, section 1): the backdoor scan sees each
+#: batch with at most this many rows its source sent before.
+DEFAULT_BACKDOOR_WINDOW = 2000
+
 #: A landed file is taken once its size and time have not changed for this long.
 DEFAULT_SETTLE_SECONDS = 2.0
 
@@ -132,6 +136,11 @@ class DetectionSettings:
         Benjamini-Hochberg says (whose cut for one row shrinks as the batch
         grows); each clean row is held with probability at most about this.
         0 disables it.
+    backdoor_window : int
+        The backdoor scan (every detector that declares ``windowed``) sees a
+        batch together with at most this many rows its landing source sent
+        before, newest first, so that a trigger split thinly over batches still
+        adds up; only the batch's own rows are decided on. 0 disables it.
     random_state : int
         Seed for every random choice, so runs are repeatable.
     """
@@ -146,6 +155,7 @@ class DetectionSettings:
     hold_feature_drift: float = 1.0
     excess_level: float = DEFAULT_EXCESS_LEVEL
     row_level: float = DEFAULT_ROW_LEVEL
+    backdoor_window: int = DEFAULT_BACKDOOR_WINDOW
     random_state: int = 0
 
     def validated(
@@ -181,6 +191,9 @@ class DetectionSettings:
             raise bad("excess_level", "in [0, 1)", self.excess_level)
         if not 0.0 <= self.row_level < 1.0:
             raise bad("row_level", "in [0, 1)", self.row_level)
+        window = self.backdoor_window
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise bad("backdoor_window", "an int >= 0 (rows; 0 = off)", window)
         for name, params in self.params.items():
             if name not in REGISTRY:
                 raise bad("params", f"keyed by detector names from {sorted(REGISTRY)}", name)
@@ -322,6 +335,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "hold_feature_drift": (float, int),
         "excess_level": (float, int),
         "row_level": (float, int),
+        "backdoor_window": int,
         "random_state": int,
     },
     "reference": {"max_source_share": (float, int)},
@@ -455,6 +469,7 @@ def load_config(path: str | Path) -> Config:
         hold_feature_drift=float(det.get("hold_feature_drift", 1.0)),
         excess_level=float(det.get("excess_level", DEFAULT_EXCESS_LEVEL)),
         row_level=float(det.get("row_level", DEFAULT_ROW_LEVEL)),
+        backdoor_window=det.get("backdoor_window", DEFAULT_BACKDOOR_WINDOW),
         random_state=det.get("random_state", 0),
     )
     settings.validated(key_prefix=f"{path}: detection")

@@ -449,6 +449,61 @@ def guard_for(config: Config) -> Guard:
     )
 
 
+#: Rows held before the detectors ran: never scored, so never part of a source's window.
+UNSCORED_STAGES = ("expectations", "blocklist")
+
+
+def source_window(config: Config, store: Store, name: str, guard: Guard) -> pd.DataFrame:
+    """The rows the landing source of batch ``name`` sent before, which the backdoor scan
+    sees with the batch (``detection.backdoor_window`` at most, newest first).
+
+    Every row of the source's earlier batches that the detectors judged counts:
+    accepted ones, held ones, and ones a reviewer rejected. A trigger split thinly
+    over batches may be partly held; its held and rejected rows are still what the
+    source sent, and leaving them out would let a trigger whose first rows were
+    caught start from nothing again. Rows held before the detectors (expectations,
+    blocklist) are left out: they were never scored. Empty when ``guard`` runs no
+    detector that reads a window.
+    """
+    limit = config.detection.backdoor_window if guard.windowed_ else 0
+    return store.source_rows(source_of(name), limit, skip_stages=UNSCORED_STAGES)
+
+
+def window_findings(
+    guard: Guard, data: pd.DataFrame, window: pd.DataFrame, name: str
+) -> dict[str, Any] | None:
+    """What the window showed: its size, and the accepted rows that now look like a trigger.
+
+    Only the batch's own rows are decided on; window rows that the backdoor scan now
+    flags (``Guard.window_suspects``) and that are in the training set are reported,
+    for a re-scan or a reviewer to act on. None without a window.
+    """
+    if window.empty:
+        return None
+    source = source_of(name)
+    flagged = window.iloc[guard.window_suspects(data, window, source=shown(name))]
+    accepted = flagged[flagged["pg_accepted"].to_numpy(dtype=bool)]
+    by_batch = {
+        str(b): sorted(int(r) for r in rows)
+        for b, rows in accepted.groupby("pg_batch", sort=True)["pg_row"]
+    }
+    message = None
+    if by_batch:
+        listed = ", ".join(f"{b} ({len(r)})" for b, r in by_batch.items())
+        message = (
+            f"{len(accepted)} row{'s' * (len(accepted) != 1)} accepted earlier from source "
+            f"{shown(source)!r} now look like a trigger: batches {listed}"
+        )
+    return {
+        "source": source,
+        "rows": len(window),
+        "batches": int(window["pg_batch"].nunique()),
+        "flagged": len(flagged),
+        "accepted_flagged": by_batch,
+        "message": message,
+    }
+
+
 def detect_batch(
     staged: str | Path, config: Config, store: Store, guard: Guard | None = None
 ) -> Path:
@@ -481,11 +536,14 @@ def detect_batch(
     scored = np.setdiff1d(passed, np.fromiter(blocked, np.int64, len(blocked)))
     evidence: Evidence | None = None
     reference: ReferenceVersion | None = None  # the version that judged the batch, if any did
+    earlier: dict[str, Any] | None = None  # what the backdoor scan's window showed
     if scored.size:
         reference = current
         guard = guard or fit_guard(config, store, reference)
         data = rows.iloc[scored][data_columns(rows)].reset_index(drop=True)
-        table, scores, found = guard.judge(data, source=shown(meta.source))
+        window = source_window(config, store, meta.source, guard)
+        table, scores, found = guard.judge(data, source=shown(meta.source), window=window)
+        earlier = window_findings(guard, data, window, meta.source)
         drift = batch_drift(guard.reference_, table)
         hold = batch_hold_reason(
             drift,
@@ -507,7 +565,7 @@ def detect_batch(
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
     drifted = None if state is None else size_drift(state.sizes, len(rows))
-    _write_decision(folder, rows, decision, config, reference, counts, drifted)
+    _write_decision(folder, rows, decision, config, reference, counts, drifted, earlier)
     if evidence is not None:
         atomic_write_bytes(folder / EVIDENCE, dumps(evidence).encode())
     else:  # a re-run that scores nothing keeps no evidence of an earlier run
@@ -538,6 +596,7 @@ def _write_decision(
     reference: ReferenceVersion | None,
     counts: BatchCounts,
     drift_note: str | None,
+    window: dict[str, Any] | None = None,
 ) -> None:
     table = pd.DataFrame(
         {
@@ -561,6 +620,7 @@ def _write_decision(
         else {"version": reference.version, "digest": reference.digest, "rows": reference.rows},
         "source_evidence": counts.as_dict(),
         "source_drift": drift_note,
+        "window": window,
     }
     atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
 
@@ -588,6 +648,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         ],
         "source_evidence": decided["source_evidence"],
         "source_drift": decided["source_drift"],
+        **({"window": decided["window"]} if decided.get("window") else {}),
     }
     # The source's evidence with this batch's counted, as the report shows it.
     this = Event(

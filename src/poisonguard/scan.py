@@ -22,6 +22,7 @@ from poisonguard.columns import KINDS, MAX_CATEGORIES, TASKS
 from poisonguard.config import RESERVED_PREFIX, Config, DetectionSettings, load_config
 from poisonguard.decision import Calibration, Decision, combined_log_p, decide
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
+from poisonguard.detectors._common import TIE_JITTER
 from poisonguard.errors import ConfigError, param_error
 from poisonguard.sources import THRESHOLDS
 
@@ -312,25 +313,76 @@ class Guard:
         return fitted, calibrations
 
     # ----------------------------------------------------------------- scan
-    def score(
-        self, frame: pd.DataFrame, source: str = "batch"
-    ) -> tuple[Table, dict[str, np.ndarray]]:
-        """Every active detector's raw scores on a batch."""
+    @property
+    def windowed_(self) -> tuple[str, ...]:
+        """The active detectors that score a batch together with a window of its source's rows."""
+        return tuple(n for n in self.detectors_ if REGISTRY[n].windowed)
+
+    def _tables(
+        self, frame: pd.DataFrame, source: str, window: pd.DataFrame | None
+    ) -> tuple[Table, Table | None]:
+        """``frame`` encoded, and (when there is a window and a detector that reads it) the
+        batch's rows stacked on the window's."""
         table = self.encoder_.transform(frame, source=source)
         if self.label is not None and table.y is None and table.target is None:
             raise ConfigError(f"{source}: the label column {self.label!r} is missing")
-        return table, {name: det.score(table) for name, det in self.detectors_.items()}
+        if window is None or window.empty or not self.windowed_:
+            return table, None
+        # Rows judged in earlier batches: a cell that no longer parses counts as missing
+        # rather than stopping this batch.
+        rows = window.reindex(columns=frame.columns)
+        earlier = self.encoder_.transform(rows, source=f"{source} (window)", errors="coerce")
+        return table, table.stack(earlier)
+
+    def score(
+        self, frame: pd.DataFrame, source: str = "batch", window: pd.DataFrame | None = None
+    ) -> tuple[Table, dict[str, np.ndarray]]:
+        """Every active detector's raw scores on a batch.
+
+        ``window``: rows the batch's source sent before (its columns), newest first.
+        Detectors that declare ``windowed`` (the backdoor scan) then score the batch's
+        rows stacked on them, so a trigger split thinly over batches adds up; the
+        scores returned are the batch's rows' only. The calibration is unchanged:
+        the backdoor score is corrected for the cells it examines, so that clean rows
+        score 0 at any batch size (docs/decision.md, section 1).
+        """
+        table, stacked = self._tables(frame, source, window)
+        return table, self._scores(table, stacked)
+
+    def _scores(self, table: Table, stacked: Table | None) -> dict[str, np.ndarray]:
+        n = table.n_rows
+        return {
+            name: det.score(table)
+            if stacked is None or not det.windowed
+            else det.score(stacked)[:n]
+            for name, det in self.detectors_.items()
+        }
 
     def judge(
-        self, frame: pd.DataFrame, source: str = "batch"
+        self, frame: pd.DataFrame, source: str = "batch", window: pd.DataFrame | None = None
     ) -> tuple[Table, dict[str, np.ndarray], Decision]:
-        """Score a batch and decide over its rows: the table, raw scores and decision."""
-        table, scores = self.score(frame, source)
+        """Score a batch and decide over its rows: the table, raw scores and decision.
+
+        ``window`` as in ``score``: context for the windowed detectors, never decided on.
+        """
+        table, stacked = self._tables(frame, source, window)
+        scores = self._scores(table, stacked)
+        earlier = 0 if stacked is None else stacked.n_rows - table.n_rows
+
+        def explain(name: str, rows: np.ndarray) -> list[str]:
+            det = self.detectors_[name]
+            if stacked is None or not det.windowed:
+                return det.explain(table, rows)
+            return [
+                f"{s} (counted over this batch and the {earlier:,} rows its source sent before)"
+                for s in det.explain(stacked, rows)
+            ]
+
         decision = decide(
             scores,
             self.calibrations_,
             fdr=self.settings_.fdr,
-            explain=lambda name, rows: self.detectors_[name].explain(table, rows),
+            explain=explain,
             weights=detector_weights(tuple(scores)),
             excess_level=self.settings_.excess_level,
             row_level=self.settings_.row_level,
@@ -338,6 +390,38 @@ class Guard:
             anchored=self.anchored_,
         )
         return table, scores, decision
+
+    def window_suspects(
+        self, frame: pd.DataFrame, window: pd.DataFrame, source: str = "batch"
+    ) -> np.ndarray:
+        """Rows of ``window`` that, scored with the batch ``frame``, a windowed detector flags.
+
+        A window row is flagged when a windowed detector's p-value, at its share of the
+        combination, would bring the row to the per-row level (``row_level``; with the
+        level off, the first Benjamini-Hochberg step over batch and window) and its score
+        shows evidence at all: the batch's own rows are held by the same rule. They are
+        not decided on here (they were judged with their own batch); the caller reports
+        them.
+
+        Returns
+        -------
+        ndarray of int64
+            Positions in ``window``, ascending.
+        """
+        table, stacked = self._tables(frame, source, window)
+        if stacked is None:
+            return np.zeros(0, dtype=np.int64)
+        n = table.n_rows
+        weights = detector_weights(tuple(self.detectors_))
+        total = sum(weights.values())
+        settings = self.settings_
+        flagged = np.zeros(stacked.n_rows - n, dtype=bool)
+        for name in self.windowed_:
+            s = self.detectors_[name].score(stacked)[n:]
+            level = settings.row_level or settings.fdr / stacked.n_rows
+            cut = weights[name] / total * level
+            flagged |= (self.calibrations_[name].p_values(s) <= cut) & (s > TIE_JITTER)
+        return np.flatnonzero(flagged)
 
     def scan(self, frame: pd.DataFrame, source: str = "batch") -> ScanResult:
         """Score and decide: which rows of ``frame`` to quarantine, and why."""

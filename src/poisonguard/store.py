@@ -59,12 +59,13 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -525,6 +526,7 @@ class Store:
         self.anchor_path = self.root / "anchor.json"
         self._key: bytes | None = None
         self._appended = False
+        self._window_files: dict[str, pd.DataFrame] = {}  # see source_rows
         if not self.ledger_path.is_file():
             if not create:
                 raise StoreError(self._missing_ledger())
@@ -778,6 +780,83 @@ class Store:
                 f"the store {self.root} holds it; run `poisonguard gate` to see what changed"
             )
         return found[[*keep, "pg_batch", "pg_row", "pg_rejected_at", "pg_rejected_by"]]
+
+    def source_rows(
+        self, source: str, limit: int, *, skip_stages: Collection[str] = ()
+    ) -> pd.DataFrame:
+        """The last ``limit`` rows one landing source sent in its committed batches, newest first.
+
+        A batch's rows are its clean file's and its quarantine file's (rows a
+        reviewer released or rejected count once, as they arrived; release files
+        are not read again). Batches are taken newest first (by when they were
+        committed), and within a batch its last rows first, until ``limit`` rows.
+
+        Parameters
+        ----------
+        source : str
+            A landing source (``landing.source_of`` of the batches' names).
+        limit : int
+            At most this many rows (0: none).
+        skip_stages : collection of str
+            Quarantined rows held at these stages (``pg_stage``) are left out and
+            do not count towards ``limit``.
+
+        Returns
+        -------
+        DataFrame
+            The rows' data columns, ``pg_batch``, ``pg_row`` and ``pg_accepted``: whether
+            the row is in the training set (accepted when its batch was committed, or
+            released by a reviewer). Empty when the source sent nothing before.
+        """
+        if limit <= 0:
+            return pd.DataFrame()
+        with self._connect() as db:
+            batches = [
+                r[0]
+                for r in db.execute(
+                    "SELECT batch_id, source FROM batches WHERE status = 'committed' "
+                    "ORDER BY finished_at DESC, rowid DESC"
+                ).fetchall()
+                if source_of(r[1]) == source
+            ]
+            paths = {r[0] for r in db.execute("SELECT path FROM files")}
+            released = {
+                (r[0], int(r[1]))
+                for r in db.execute("SELECT batch_id, pg_row FROM reviews WHERE action = 'release'")
+            }
+        parts: list[pd.DataFrame] = []
+        taken = 0
+        # Committed files never change: the files of the last window are kept, so a run
+        # judging batch after batch reads only the files its source committed since.
+        kept, self._window_files = self._window_files, {}
+        for batch_id in batches:
+            frames = []
+            for kind in ("clean", "quarantine"):
+                rel = f"{kind}/{batch_id}.parquet"
+                if rel not in paths:
+                    continue
+                frame = kept[rel] if rel in kept else read_parquet(self.root / rel)
+                self._window_files[rel] = frame
+                if kind == "quarantine":
+                    frame = frame[~frame["pg_stage"].isin(list(skip_stages))]
+                    keys = zip(frame["pg_batch"].tolist(), frame["pg_row"].tolist(), strict=True)
+                    accepted = [(b, int(r)) in released for b, r in keys]
+                else:
+                    accepted = [True] * len(frame)
+                keep = [c for c in frame.columns if not str(c).startswith("pg_")]
+                frames.append(
+                    frame[[*keep, "pg_batch", "pg_row"]].assign(
+                        pg_accepted=np.asarray(accepted, dtype=bool)
+                    )
+                )
+            if not frames:
+                continue
+            rows = pd.concat(frames, ignore_index=True).sort_values("pg_row", ascending=False)
+            parts.append(rows.head(limit - taken))
+            taken += len(parts[-1])
+            if taken >= limit:
+                break
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
     def blocklist(self) -> set[str]:
         """Every row hash a reviewer rejected."""

@@ -54,6 +54,10 @@ class DetectorBase:
     #: agreement among batch rows) set this: their calibration rows are scored in
     #: folds, not at the batch's size, so the excess rule leaves them out.
     within_batch: ClassVar[bool] = False
+    #: Within-batch detectors whose evidence adds up over a source's batches (a trigger
+    #: sent a few rows at a time) set this: given a window of the source's recent rows,
+    #: ``Guard.score`` scores the batch stacked on it (docs/decision.md, section 1).
+    windowed: ClassVar[bool] = False
 
     @classmethod
     def _param_names(cls) -> list[str]:

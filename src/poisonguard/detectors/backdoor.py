@@ -101,6 +101,8 @@ class BackdoorDetector(DetectorBase):
 
     name: ClassVar[str] = "backdoor"
     within_batch: ClassVar[bool] = True
+    # A trigger split over batches of one source adds up in its recent rows.
+    windowed: ClassVar[bool] = True
     needs_label: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # Like duplicates: a real trigger cell is surprising by tens of nats, so half a

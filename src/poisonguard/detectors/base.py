@@ -220,6 +220,31 @@ class Table:
             self.label,
         )
 
+    def stack(self, other: Table) -> Table:
+        """This table's rows followed by ``other``'s (encoded by the same ``Encoder``).
+
+        A windowed detector scores a batch stacked on its source's recent rows
+        (``Guard.score``); the batch's rows keep their positions.
+        """
+        if other.features != self.features or other.classes != self.classes:
+            raise ValueError("Table.stack() needs tables encoded by the same Encoder")
+
+        def both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None or b is None else np.concatenate([a, b])
+
+        return Table(
+            np.concatenate([self.X, other.X]),
+            np.concatenate([self.raw, other.raw]),
+            both(self.y, other.y),
+            self.features,
+            self.classes,
+            self.terms,
+            np.concatenate([self.codes, other.codes]) if self.codes.shape[0] else self.codes,
+            self.categories,
+            both(self.target, other.target),
+            self.label,
+        )
+
 
 #: A one-hot, indicator or count column's step: a mismatch costs 1 + 1 = 2 in squared
 #: distance (one-hot) or sqrt(2)^2 = 2 (indicator, count), the mean squared difference
@@ -559,6 +584,9 @@ class Detector(Protocol):
     #: Whether the detector reads the batch itself as context (copies, triggers, label
     #: agreement among batch rows), not only the trusted rows.
     within_batch: ClassVar[bool]
+    #: Whether, given one, the detector scores a batch together with its source's recent
+    #: rows (``Guard.score``'s ``window``): evidence split thinly over batches adds up.
+    windowed: ClassVar[bool]
 
     @classmethod
     def applies_to(cls, reference: Table) -> bool: ...
