@@ -92,7 +92,8 @@ def test_a_trigger_split_over_batches_is_held_once_the_window_holds_enough_of_it
     """Four trigger rows in a batch are too few to show; the second batch of the same source
     is scanned together with the first one's rows, so its four are held, with a reason that
     says the count includes the source's earlier rows, and the first batch's four, accepted
-    then, are reported as accepted rows that now look like a trigger. With the window off
+    then, are reported as accepted rows that now look like a trigger and taken out of the
+    training set into quarantine for review. With the window off
     (``backdoor_window = 0``) the second batch's trigger rows pass too, and nothing is reported."""
     config = _config(demo_project, window)
     store = Store.of(config)
@@ -117,6 +118,14 @@ def test_a_trigger_split_over_batches_is_held_once_the_window_holds_enough_of_it
     assert found["message"].startswith(
         f"{PER_BATCH} rows accepted earlier from source 'partner' now look like a trigger: "
         f"batches {one.batch_id} ({PER_BATCH})"
+    )
+    # Fail closed: those rows leave the training set for review, with the reason.
+    moved = store.quarantine_frame(one.batch_id).set_index("pg_row")
+    again = moved[moved["pg_stage"] == "rescan"]
+    assert set(again.index) == set(np.flatnonzero(first_trigger).tolist())
+    assert again["pg_reason"].str.contains(f"the backdoor scan of batch {two.batch_id}").all()
+    assert not set(again.index) & set(
+        store.clean_frame().query("pg_batch == @one.batch_id")["pg_row"]
     )
 
 

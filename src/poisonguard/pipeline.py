@@ -688,7 +688,34 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         reference=judged,
         source_state=_joined(state.describe(config.sources), decided["source_drift"]),
     )
-    return store.commit(outcome)  # which also clears the staging folder
+    record = store.commit(outcome)  # which also clears the staging folder
+    _hold_window_suspects(store, decided.get("window"), meta.batch_id)
+    return record
+
+
+def _hold_window_suspects(store: Store, window: dict[str, Any] | None, batch_id: str) -> None:
+    """Take the rows accepted earlier that the backdoor scan's window now flags out of the
+    training set, into quarantine for review (stage ``rescan``; fail closed).
+
+    Rows in the pinned reference stay (a reviewer promoted them; ``review revoke`` takes a
+    batch out). This runs after the batch's own commit, in a transaction of its own: a
+    crash between the two leaves the rows reported in the batch's audit entry, for
+    ``poisonguard rescan``.
+    """
+    found = (window or {}).get("accepted_flagged") or {}
+    current = store.reference()
+    pinned = set() if current is None else set(current.batch_ids)
+    rows = [(b, int(r)) for b, listed in found.items() if b not in pinned for r in listed]
+    if not rows:
+        return
+    why = f"the backdoor scan of batch {batch_id}, with this row in its source's window: " + str(
+        window["message"] if window else ""
+    )
+    flagged = pd.DataFrame(rows, columns=["pg_batch", "pg_row"]).assign(pg_reason=why)
+    try:
+        store.hold_rescanned(flagged, actor="poisonguard", note=why)
+    except ReviewError:  # a row moved meanwhile (held or reviewed): the audit entry names them
+        return
 
 
 def report_paths(store: Store, batch_id: str) -> tuple[Path, Path]:
