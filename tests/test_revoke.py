@@ -270,7 +270,8 @@ def test_rescan_after_revoking_a_poisoned_reference_batch_finds_what_it_vouched_
     batch = pd.concat(
         [clean.head(150), _flipped_copies(threes, 1, 200_000, seed=1)], ignore_index=True
     )
-    second = _land(config, "b2.parquet", batch)
+    # From another source, whose backdoor window does not hold the first batch's copies.
+    second = _land(config, "partner/b2.parquet", batch)
     assert second.reference_version == 2
     poison = set(range(150, 158))
     accepted = poison - set(store.quarantine_frame(second.batch_id)["pg_row"])
