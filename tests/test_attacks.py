@@ -1063,30 +1063,39 @@ def test_white_box_ratchet_flips_are_far_less_suspicious_to_the_gate_than_random
     assert sum(held[:4]) <= sum(held[4:])
 
 
-def test_near_copies_move_one_number_by_the_least_it_can_move(digits_gate):
+def test_near_copies_move_one_number_by_the_least_it_can_move():
     """Each re-sent row differs from the rejected one in exactly one feature cell: by one unit
-    in the last place in a float column, by 1 in an integer one; ids are the new ones; every
-    row is poison; a seed repeats it."""
-    _, pool = digits_gate
-    rows = pool.iloc[:12].reset_index(drop=True)
-    rows["whole"] = np.arange(12, dtype=np.int64)
-    rows.loc[:5, [c for c in rows.columns if c.startswith("pixel")]] = np.nan  # only ints left
-    ids = [f"new{i}" for i in range(12)]
-    attack = near_copies(rows, label="digit", id_column="rid", ids=ids, random_state=0)
+    in the last place in a float column where the row has one filled, else by 1 in an integer
+    one; ids are the new ones; every row is poison; a seed repeats it."""
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame(
+        {
+            "rid": [f"r{i}" for i in range(40)],
+            "f1": rng.normal(size=40),
+            "f2": rng.normal(size=40) * 1e6,
+            "whole": rng.integers(0, 20, 40),
+            "y": rng.choice(["a", "b"], 40),
+        }
+    )
+    rows.loc[:5, ["f1", "f2"]] = np.nan  # these rows have only the integer column filled
+    ids = [f"new{i}" for i in range(40)]
+    attack = near_copies(rows, label="y", id_column="rid", ids=ids, random_state=0)
     assert attack.kind == "near_copy" and attack.is_poison.all()
     assert attack.frame["rid"].tolist() == ids
-    features = [c for c in rows.columns if c not in ("rid", "digit")]
+    features = ["f1", "f2", "whole"]
     before, after = rows[features], attack.frame[features]
     differs = (before != after) & ~(before.isna() & after.isna())
     assert (differs.sum(axis=1) == 1).all()
     for i, column in zip(*np.nonzero(differs.to_numpy()), strict=True):
         old, new = before.iat[i, column], after.iat[i, column]
-        if features[column] == "whole":
-            assert new == old + 1
+        if i < 6:
+            assert features[column] == "whole" and new == old + 1
         else:
-            assert new == np.nextafter(old, np.inf)
+            assert features[column] != "whole" and new == np.nextafter(old, np.inf)
+    assert {features[c] for c in np.nonzero(differs.to_numpy()[6:])[1]} == {"f1", "f2"}
     assert attack.frame.dtypes.equals(rows.dtypes)
-    again = near_copies(rows, label="digit", id_column="rid", ids=ids, random_state=0)
+    pd.testing.assert_frame_equal(attack.frame[["y"]], rows[["y"]])
+    again = near_copies(rows, label="y", id_column="rid", ids=ids, random_state=0)
     pd.testing.assert_frame_equal(attack.frame, again.frame)
 
 

@@ -1612,11 +1612,12 @@ def near_copies(
 ) -> PlantedAttack:
     """Rows the gate turned away, re-sent with the smallest change a number can take.
 
-    In each row one numeric feature, drawn at random among its filled ones, moves
-    by one unit in the last place (``numpy.nextafter`` towards +inf) when its
-    column is floating-point, else by 1 (the smallest step an integer column
-    can take). A row with no filled numeric feature is re-sent unchanged. With
-    ``id_column``, the rows take the new ``ids``. Every output row is poison.
+    In each row one numeric feature, drawn at random among its filled
+    floating-point ones, moves by one unit in the last place (``numpy.nextafter``
+    towards +inf); a row with none filled moves one of its filled integer
+    features by 1 (the smallest step such a column can take); a row with no
+    filled numeric feature is re-sent unchanged. With ``id_column``, the rows
+    take the new ``ids``. Every output row is poison.
 
     Parameters
     ----------
@@ -1651,8 +1652,13 @@ def near_copies(
             raise param_error("ids", owner, f"{len(out)} new ids, one per row", ids)
         out[id_column] = pd.Series(list(ids), dtype=out[id_column].dtype)
     filled = np.isfinite(view.raw)
+    floats = np.array([ptypes.is_float_dtype(out[c]) for c in view.numeric], dtype=bool)
     for i in range(len(out)):
-        choices = np.flatnonzero(filled[i])
+        # A float column if the row has one filled: one ulp is far inside any tolerance,
+        # where 1 in an integer column (a year of schooling) may be a real change.
+        choices = np.flatnonzero(filled[i] & floats)
+        if not len(choices):
+            choices = np.flatnonzero(filled[i])
         if not len(choices):
             continue
         j = int(choices[view.rng.integers(len(choices))])

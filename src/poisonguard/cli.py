@@ -848,7 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=float,
         help="poisoned rows per batch (or a share of the batch, below 1); each attack runs once "
-        "per budget (default: 2 rows, or 10%% for boundary and cluster)",
+        "per budget (default: 2 rows; 1 for near_copies; 10%% for boundary and cluster)",
     )
     sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument("--batches", type=int, default=16, help="batches per attack (default 16)")

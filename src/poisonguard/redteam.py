@@ -87,6 +87,11 @@ KNOWLEDGE = ("white", "gray")
 ALARM_REASON = "source "
 #: Clean rows held out of every attack to measure the damage.
 TEST_ROWS = 500
+#: Batches are never made smaller than this to fit the clean rows outside the reference.
+MIN_BATCH_ROWS = 20
+#: The gray-box attacker fits its gate on the carrier rows an attack does not send, when at
+#: least this many are left (else on the whole carrier).
+MIN_OWN_SAMPLE = 100
 ACTOR = "redteam"
 
 Progress = Callable[[int, int, str], None]
@@ -150,7 +155,8 @@ def _new_key(path: Path) -> None:
 
 
 def clone(config: Config, folder: str | Path) -> Config:
-    """Copy a sandbox made by :func:`copy_project` (store, ledger, key, suite) to ``folder``."""
+    """Copy a sandbox's folder (:func:`copy_project`, :meth:`Sandbox.seeded`) to ``folder``:
+    store, ledger, audit key, suite and landing folder; the copy's config."""
     folder = Path(folder)
     shutil.copytree(config.path.parent, folder)
     key = config.audit_key or default_key_path(config.store)
@@ -188,8 +194,6 @@ class Delivery:
         Poison rows sent again after being turned away (near-copies).
     alarm : bool
         The batch was held whole because its source alarmed.
-    probe : bool
-        Sent to learn what the gate rejects, not as the attack itself.
     """
 
     batch_id: str | None
@@ -199,7 +203,6 @@ class Delivery:
     is_poison: np.ndarray
     resent: np.ndarray
     alarm: bool
-    probe: bool = False
 
 
 class Sandbox:
@@ -270,7 +273,6 @@ class Sandbox:
         *,
         source: str,
         resent: np.ndarray | None = None,
-        probe: bool = False,
     ) -> Delivery:
         """Land ``frame`` as ``landing/<source>/<n>.parquet`` and run the gate over it."""
         self._files += 1
@@ -283,7 +285,7 @@ class Sandbox:
         resent = np.zeros(n, dtype=bool) if resent is None else np.asarray(resent, dtype=bool)
         accepted = np.zeros(n, dtype=bool)
         if not run.records:
-            delivery = Delivery(None, source, "skipped", accepted, is_poison, resent, False, probe)
+            delivery = Delivery(None, source, "skipped", accepted, is_poison, resent, False)
         else:
             record = run.records[-1]
             alarm = False
@@ -299,7 +301,7 @@ class Sandbox:
                     ).any()
                 )
             delivery = Delivery(
-                record.batch_id, source, record.status, accepted, is_poison, resent, alarm, probe
+                record.batch_id, source, record.status, accepted, is_poison, resent, alarm
             )
             if self.trusting and record.status == "committed":
                 self._trust(record.batch_id)
@@ -355,7 +357,7 @@ class Carrier:
     first_id : int
     """
 
-    def __init__(self, rows: pd.DataFrame, id_column: str | None = None, first_id: int = 0):
+    def __init__(self, rows: pd.DataFrame, id_column: str | None = None, first_id: int = 0) -> None:
         self.rows = rows.reset_index(drop=True)
         self.id_column = id_column
         self.next_id = first_id
@@ -521,7 +523,7 @@ def _near_copies(
         features=play.features,
         random_state=play.random_state,
     )
-    first = send(probe.frame, probe.is_poison, "attacker", probe=True)
+    first = send(probe.frame, probe.is_poison, "attacker")
     sandbox.reject_held(first.batch_id)
     turned_away = probe.frame[probe.is_poison & ~first.accepted]
     if turned_away.empty:
@@ -860,7 +862,9 @@ def redteam(
                 own,
                 play,
                 budget,
-                own_sample=carrier.iloc[needed:] if len(carrier) > needed + 100 else None,
+                own_sample=carrier.iloc[needed:]
+                if len(carrier) >= needed + MIN_OWN_SAMPLE
+                else None,
                 progress=progress,
             )
             hurt = damage(sandbox, base, test, guard)
@@ -908,8 +912,8 @@ def _draw(
     carrier = pd.concat([rest[~inside], rest[inside]], ignore_index=True)
     carrier = carrier[data_columns(carrier)]
     outside = int((~inside).sum())
-    # Batches as large as asked, or as the rows outside the reference allow (at least 20).
-    rows = min(batch_rows, max(outside // n_batches, 20))
+    # Batches as large as asked, or as the rows outside the reference allow.
+    rows = min(batch_rows, max(outside // n_batches, MIN_BATCH_ROWS))
     if n_batches * rows > len(carrier):
         raise ConfigError(
             f"the store has {len(carrier)} clean rows to attack with; {n_batches} batches of "
