@@ -48,6 +48,7 @@ bench: $(BENCH)
 	$(PY) benchmarks/variants.py
 	$(PY) benchmarks/ceiling.py --split all
 	$(PY) benchmarks/adaptive.py
+	$(PY) benchmarks/backdoor_split.py --split holdout
 
 clean:
 	rm -rf data/demo data/store .pytest_cache .mypy_cache .ruff_cache

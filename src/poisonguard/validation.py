@@ -459,6 +459,30 @@ def string_columns(suite: dict) -> list[str]:
     return out
 
 
+def value_ranges(suite: dict) -> dict[str, tuple[float, float]]:
+    """The numeric range the suite allows each column, from its ``between`` expectations.
+
+    A missing bound is infinite; bounds that are not numbers (dates) are left out.
+    A column with several such expectations gets the narrowest range they allow together.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for exp in suite.get("expectations", []):
+        kwargs = exp.get("kwargs", {})
+        if exp.get("type") != "expect_column_values_to_be_between" or "column" not in kwargs:
+            continue
+        bounds = [kwargs.get("min_value"), kwargs.get("max_value")]
+        if not all(
+            b is None or (isinstance(b, int | float) and not isinstance(b, bool)) for b in bounds
+        ):
+            continue
+        lo = -math.inf if bounds[0] is None else float(bounds[0])
+        hi = math.inf if bounds[1] is None else float(bounds[1])
+        column = str(kwargs["column"])
+        was = out.get(column, (-math.inf, math.inf))
+        out[column] = (max(lo, was[0]), min(hi, was[1]))
+    return out
+
+
 def _family_of_type_name(name: str) -> str | None:
     """The family a Great Expectations type name stands for; None for other names."""
     low = name.strip().lower().removeprefix("numpy.").removeprefix("np.")
