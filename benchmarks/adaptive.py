@@ -535,6 +535,7 @@ def report_campaigns(records: pd.DataFrame, scenario: str) -> str:
         row += both(lambda r: str(int(r["poison_in_reference"])))
         row += [_share(g["clean_held"], g["clean_sent"])]
         row += both(lambda r: _alarm(r["first_alarm"]))
+        row += both(lambda r: str(r.get("canary", "-")).split(":")[0])
         if scenario == "near_copies":
             row += both(lambda r: _share(r["resent_accepted"], r["resent"]))
         counts.append(row)
@@ -552,13 +553,13 @@ def report_campaigns(records: pd.DataFrame, scenario: str) -> str:
             ]
         )
     header = ["table", "budget/rows x batches", "accepted", "trusting", "in ref", "trusting"]
-    header += ["clean held", "alarm at", "trusting"]
+    header += ["clean held", "alarm at", "trusting", "canary", "trusting"]
     if scenario == "near_copies":
         header += ["re-entered", "trusting"]
     first = table(
         f"[{scenario}] poison accepted into the training set and into the reference, clean rows "
-        "held, first batch held whole by a source alarm: the gated store beside one trusting "
-        "what it accepts",
+        "held, first batch held whole by a source alarm, the gate's canary on the training set "
+        "left: the gated store beside one trusting what it accepts",
         header,
         counts,
     )

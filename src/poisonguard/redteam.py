@@ -682,6 +682,9 @@ class Figures:
         Turned-away poison rows sent again (near-copies), and those accepted.
     damage : Damage or None
     seconds : float
+    canary : str
+        The gate's canary on the training set the attack left (``refuses``, ``passes``, or
+        ``unable: <why>``): whether a training job would have been stopped.
     """
 
     attack: str
@@ -698,6 +701,7 @@ class Figures:
     resent_accepted: int
     damage: Damage | None
     seconds: float
+    canary: str = "not run"
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -732,7 +736,18 @@ def figures(
         resent_accepted=sum(int((d.resent & d.accepted).sum()) for d in ds),
         damage=damage_of,
         seconds=seconds,
+        canary=_canary(sandbox),
     )
+
+
+def _canary(sandbox: Sandbox) -> str:
+    """The gate's canary verdict on the sandbox's training set against its reference."""
+    from poisonguard.canary import run_canary
+
+    result = run_canary(sandbox.reference_frame(), sandbox.store.clean_frame(), sandbox.config)
+    if result.unable:
+        return f"unable: {result.unable}"
+    return "refuses" if result.reasons else "passes"
 
 
 # ----------------------------------------------------------------------------- the command
@@ -937,6 +952,7 @@ def figures_table(run: RedTeam) -> list[dict[str, Any]]:
                 "in reference": f.poison_in_reference,
                 "clean held": f"{f.clean_held}/{f.clean_sent}",
                 "alarm at": "none" if f.first_alarm is None else f.first_alarm,
+                "canary": f.canary,
                 "acc clean/no gate/gated": "-"
                 if d is None
                 else f"{d.clean:.3f}/{d.no_gate:.3f}/{d.gated:.3f}",
