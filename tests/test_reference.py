@@ -118,6 +118,9 @@ def test_released_poison_does_not_vouch_for_its_near_copies(demo_project):
     assert first.rows_quarantined > 0
     review(store, first.batch_id, "release", by="ana", note="looked fine to me")
     assert store.batch(first.batch_id).rows_clean == 96  # in the training set
+    # What a gate trusting every accepted row would fit on (the backdoor scan's window may
+    # take the released rows out again once the next batch comes: see test_backdoor_window).
+    everything = store.clean_frame()
 
     batch = pd.concat(
         [clean.head(150), _flipped_copies(threes, 1, 200_000, seed=1)], ignore_index=True
@@ -127,8 +130,6 @@ def test_released_poison_does_not_vouch_for_its_near_copies(demo_project):
     held = store.quarantine_frame(second.batch_id)["pg_row"]
     assert (held >= 150).sum() >= 6  # of the 8 near-copies
 
-    everything = store.clean_frame()
-    everything = everything[everything["pg_batch"] != second.batch_id]
     trusting = guard_for(config).fit(everything[data_columns(everything)])
     _, _, found = trusting.judge(batch)
     assert np.asarray(found.quarantined)[150:].sum() <= 2
