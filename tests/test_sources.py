@@ -13,7 +13,6 @@ from poisonguard.config import load_config
 from poisonguard.demo import LABEL
 from poisonguard.errors import ConfigError, GateError, ReviewError
 from poisonguard.gate import gate
-from poisonguard.pipeline import process_landing
 from poisonguard.sources import (
     BETS,
     POOLED,
@@ -28,6 +27,7 @@ from poisonguard.sources import (
     source_states,
 )
 from poisonguard.store import Store
+from test_reference import _land
 
 NO_RATES = np.zeros(len(THRESHOLDS))
 
@@ -179,13 +179,6 @@ def test_bad_source_settings_are_one_line_errors(demo_project, key, value, rule)
 
 
 # ----------------------------------------------------------------------------- in the pipeline
-
-
-def _land(config, name: str, frame: pd.DataFrame):
-    (config.landing / name).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(config.landing / name, index=False)
-    (record,) = process_landing(config).records
-    return record
 
 
 def _batch(clean: pd.DataFrame, rng: np.random.Generator, i: int, flips: int) -> pd.DataFrame:

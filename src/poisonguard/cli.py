@@ -15,6 +15,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from poisonguard import __version__
 from poisonguard.columns import MAX_CATEGORIES
@@ -783,6 +784,26 @@ def cmd_redteam(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def _shown_group(
+    sub: Any, name: str, help: str, description: str, show: Callable, show_help: str
+) -> Any:
+    """A command whose actions are subcommands and whose default is ``show`` (``--config``,
+    ``--json`` accepted before or after the action); its subparsers, for the other actions."""
+    group = sub.add_parser(name, help=help, description=description)
+    group.add_argument(
+        "--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)"
+    )
+    group.add_argument("--json", action="store_true", help="machine-readable output")
+    group.set_defaults(func=show)
+    actions = group.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    # SUPPRESS: an option given before the action is not reset by the action's default.
+    sp = actions.add_parser("show", help=show_help)
+    sp.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
+    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sp.set_defaults(func=show)
+    return actions
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="poisonguard",
@@ -933,23 +954,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--by", default="poisonguard", help="who holds them (recorded in the audit)")
 
-    reference = sub.add_parser(
+    fsub = _shown_group(
+        sub,
         "reference",
-        help="the pinned reference batches are judged against: list its versions, promote",
-        description="the pinned reference batches are judged against; without an action, "
-        "list its versions",
+        "the pinned reference batches are judged against: list its versions, promote",
+        "the pinned reference batches are judged against; without an action, list its versions",
+        cmd_reference_show,
+        "list the reference's versions (the default)",
     )
-    reference.add_argument(
-        "--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)"
-    )
-    reference.add_argument("--json", action="store_true", help="machine-readable output")
-    reference.set_defaults(func=cmd_reference_show)
-    fsub = reference.add_subparsers(dest="reference_command", metavar="ACTION")
-    # SUPPRESS: an option given before the action is not reset by the action's default.
-    sp = fsub.add_parser("show", help="list the reference's versions (the default)")
-    sp.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
-    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    sp.set_defaults(func=cmd_reference_show)
     sp = fsub.add_parser(
         "promote",
         help="make a new reference version: the current one and these batches' clean rows",
@@ -960,21 +972,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--actor", "--by", dest="actor", required=True, help="who promotes")
     sp.add_argument("--note", default="", help="why (recorded in the ledger and the audit log)")
 
-    source = sub.add_parser(
+    ssub = _shown_group(
+        sub,
         "source",
-        help="the per-source sequential tests: show them, clear an alarm after review",
-        description="the sequential test of every landing source; without an action, show them",
+        "the per-source sequential tests: show them, clear an alarm after review",
+        "the sequential test of every landing source; without an action, show them",
+        cmd_source_show,
+        "every source's evidence and alarm (the default)",
     )
-    source.add_argument(
-        "--config", "-c", help=f"config file (default ${CONFIG_ENV} or ./poisonguard.toml)"
-    )
-    source.add_argument("--json", action="store_true", help="machine-readable output")
-    source.set_defaults(func=cmd_source_show)
-    ssub = source.add_subparsers(dest="source_command", metavar="ACTION")
-    sp = ssub.add_parser("show", help="every source's evidence and alarm (the default)")
-    sp.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
-    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    sp.set_defaults(func=cmd_source_show)
     sp = ssub.add_parser(
         "clear", help="restart a source's test (and the pooled one) after review of its batches"
     )

@@ -61,6 +61,7 @@ from poisonguard.landing import (
 )
 from poisonguard.scan import Guard
 from poisonguard.sources import (
+    SOURCE_ALARM,
     THRESHOLDS,
     BatchCounts,
     Event,
@@ -526,7 +527,9 @@ def detect_batch(
         into[row] = f"{into[row]}; {why}" if row in into else str(why)
     passed = np.setdiff1d(np.arange(len(rows)), held_rows)  # what the expectations let through
     current = store.reference()
-    state = source_states(store.source_events(), config.sources).get(source_of(meta.source))
+    source = source_of(meta.source)
+    events = store.source_events()  # read once: the hold below, the report's line after
+    state = source_states(events, config.sources).get(source)
     rejected = store.rejected_rows() if passed.size else pd.DataFrame()
     if not rejected.empty:
         guard = guard or fit_guard(config, store, current)
@@ -565,7 +568,11 @@ def detect_batch(
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
     drifted = None if state is None else size_drift(state.sizes, len(rows))
-    _write_decision(folder, rows, decision, config, reference, counts, drifted, earlier)
+    # The source's evidence with this batch's counted, as its report shows it.
+    this = Event(source, meta.batch_id, meta.rows_in, counts)
+    after = source_states([*events, this], config.sources)[source]
+    told = _joined(after.describe(config.sources), drifted)
+    _write_decision(folder, rows, decision, config, reference, counts, drifted, earlier, told)
     if evidence is not None:
         atomic_write_bytes(folder / EVIDENCE, dumps(evidence).encode())
     else:  # a re-run that scores nothing keeps no evidence of an earlier run
@@ -579,7 +586,7 @@ def _source_hold(state: SourceState | None, config: Config) -> str | None:
     if state is None or not state.alarmed:
         return None
     return (
-        f"source alarm, batch held for review: {state.describe(config.sources)}; "
+        f"{SOURCE_ALARM}, batch held for review: {state.describe(config.sources)}; "
         f"after review, `poisonguard source clear {state.source}`"
     )
 
@@ -596,7 +603,8 @@ def _write_decision(
     reference: ReferenceVersion | None,
     counts: BatchCounts,
     drift_note: str | None,
-    window: dict[str, Any] | None = None,
+    window: dict[str, Any] | None,
+    source_state: str | None,
 ) -> None:
     table = pd.DataFrame(
         {
@@ -620,6 +628,7 @@ def _write_decision(
         else {"version": reference.version, "digest": reference.digest, "rows": reference.rows},
         "source_evidence": counts.as_dict(),
         "source_drift": drift_note,
+        "source_state": source_state,
         "window": window,
     }
     atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
@@ -650,14 +659,6 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         "source_drift": decided["source_drift"],
         **({"window": decided["window"]} if decided.get("window") else {}),
     }
-    # The source's evidence with this batch's counted, as the report shows it.
-    this = Event(
-        source_of(meta.source),
-        meta.batch_id,
-        meta.rows_in,
-        BatchCounts.from_dict(decided["source_evidence"]),
-    )
-    state = source_states([*store.source_events(), this], config.sources)[this.source]
     outcome = Outcome(
         batch_id=meta.batch_id,
         sha256=meta.sha256,
@@ -686,7 +687,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         fdr=None if decided["threshold_p"] is None else decided["fdr"],
         threshold_p=decided["threshold_p"],
         reference=judged,
-        source_state=_joined(state.describe(config.sources), decided["source_drift"]),
+        source_state=decided["source_state"],
     )
     record = store.commit(outcome)  # which also clears the staging folder
     _hold_window_suspects(store, decided.get("window"), meta.batch_id)

@@ -68,6 +68,7 @@ from poisonguard.config import Config
 from poisonguard.errors import ConfigError, param_error
 from poisonguard.pipeline import data_columns, fit_guard, guard_for, process_landing
 from poisonguard.scan import Guard
+from poisonguard.sources import SOURCE_ALARM
 from poisonguard.store import Store, atomic_write_bytes, default_key_path, parquet_bytes
 
 #: The attacks ``poisonguard redteam`` knows, in the order it runs them.
@@ -83,8 +84,6 @@ DEFAULT_BUDGETS: dict[str, float] = {
 #: Attacks that send one batch; the others send ``n_batches``.
 ONE_BATCH = ("boundary", "cluster")
 KNOWLEDGE = ("white", "gray")
-#: The start of the reason a source alarm gives the rows of a batch it holds whole.
-ALARM_REASON = "source "
 #: Clean rows held out of every attack to measure the damage.
 TEST_ROWS = 500
 #: Batches are never made smaller than this to fit the clean rows outside the reference.
@@ -338,7 +337,7 @@ class Sandbox:
 
 
 def _alarm_reason(reason: str) -> bool:
-    return any(part.strip().startswith(ALARM_REASON) for part in reason.split(";"))
+    return any(part.strip().startswith(SOURCE_ALARM) for part in reason.split(";"))
 
 
 # ----------------------------------------------------------------------------- carrier

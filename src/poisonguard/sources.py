@@ -62,6 +62,8 @@ SIZE_HISTORY = 20
 SIZE_MIN_HISTORY = 5
 #: The largest log-statistic reported (a float's range); the alarm is decided in logs.
 LOG_MAX = 700.0
+#: How the reason of every row of a batch held whole by its source's alarm begins.
+SOURCE_ALARM = "source alarm"
 #: The name of the statistic over every source pooled.
 POOLED = "all sources"
 
