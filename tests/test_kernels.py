@@ -145,6 +145,30 @@ def test_knn_many_reference_rows_span_blocks():
     np.testing.assert_array_equal(gi, want_i)
 
 
+def test_knn_skipping_repeated_ids_over_many_blocks_is_exact():
+    """Queries that must skip reference rows (here three sharing their id) still start from
+    a bound on their screened values, and the top-k stays exact. The reference is built so
+    that a bound counting only k + extra rows would be tight: one near row in each of the
+    k + extra groups of chunks the bound takes minima over, three of them the query's own
+    id, every other row far; the k-th neighbour is then a far row the bound must let in."""
+    k, kb, m = 7, 9, 769  # kb = k + the kernel's 2 extra slots
+    rng = np.random.default_rng(5)
+    R = (100.0 + rng.standard_normal((m, 4))).astype(np.float32)
+    n_chunks = (m + 7) // 8
+    near = np.array([8 * (g * n_chunks // kb) for g in range(kb)])
+    R[near] = np.arange(1, kb + 1, dtype=np.float32)[:, None] * np.float32(0.5)
+    r_ids = np.arange(m, dtype=np.int64) + 10
+    r_ids[near[:3]] = 0
+    Q = np.concatenate([np.zeros((1, 4), np.float32), R[:5]])
+    q_ids = np.concatenate([[0], r_ids[:5]]).astype(np.int64)
+    gd, gi = _knn_search(Q, R, q_ids, r_ids, k)
+    allowed = q_ids[:, None] != r_ids[None, :]
+    want_d, want_i = reference_knn(Q, R, k, allowed)
+    assert np.isfinite(want_d).all()
+    np.testing.assert_array_equal(gd, want_d)
+    np.testing.assert_array_equal(gi, want_i)
+
+
 # --------------------------------------------------------------------- tails
 
 

@@ -349,6 +349,14 @@ def excess_cut(log_p: np.ndarray, level: float, null: np.ndarray) -> int:
     if ends.size == 0:
         return 0
     k = ends + 1.0
+    # A cut holding no more rows than valid p-values put there on average is never
+    # significant (a binomial's median is at least the floor of its mean, and level / n is
+    # below 1/2): only the others need the costly tails.
+    if level / n < 0.5:
+        keep = k > np.floor(n * np.exp(cuts[ends]))
+        ends, k = ends[keep], k[keep]
+        if ends.size == 0:
+            return 0
     # The clean share below each cut at its most: what valid p-values allow, or the upper
     # 95% bound of the null's share (a few hundred calibration rows say little about 1%).
     below = np.searchsorted(null, cuts[ends], side="right")

@@ -110,6 +110,20 @@ def _finish(
             _insert(out_d, out_i, i, ex, j)
 
 
+@njit(cache=True)
+def _max_multiplicity(ids: np.ndarray) -> int:
+    """How many entries the most repeated non-negative id has (0 if none is)."""
+    s = np.sort(ids)
+    best = 0
+    run = 0
+    for j in range(s.shape[0]):
+        if s[j] < 0:
+            continue
+        run = run + 1 if j > 0 and s[j] == s[j - 1] else 1
+        best = max(best, run)
+    return best
+
+
 @njit(cache=True, parallel=True, fastmath=_FAST)
 def _knn_search(
     Q: np.ndarray, R: np.ndarray, q_ids: np.ndarray, r_ids: np.ndarray, k: int
@@ -154,7 +168,8 @@ def _knn_search(
     m = R.shape[0]
     dp = ((d + 3) // 4) * 4
     nblk = (m + _BLOCK - 1) // _BLOCK
-    n_chunks = nblk * (_BLOCK // _CHUNK)
+    # Chunks past the last reference row would hold only padding: never scanned.
+    n_chunks = (m + _CHUNK - 1) // _CHUNK
     # Blocks of the reference, transposed and zero-padded, so the innermost
     # loop runs over contiguous reference rows and vectorises. Padding rows
     # get |r|^2 = inf and so never pass the screen.
@@ -175,6 +190,7 @@ def _knn_search(
     gi = np.full((n, k), -1, dtype=np.int64)
     kb = k + _EXTRA
     eps = _SLACK_ULPS * 6.0e-8 * dp
+    skip = _max_multiplicity(r_ids)
     m2 = np.float32(-2.0)
     inf32 = np.float32(np.inf)
     ntile = (n + _TILE - 1) // _TILE
@@ -197,6 +213,8 @@ def _knn_search(
                 rb = RT[b]
                 rrb = rr[b]
                 j0 = b * _BLOCK
+                # The last block's padding keeps |r|^2 = inf: no products needed.
+                width = min(_BLOCK, m - j0)
                 for u in range(4):
                     for jj in range(_BLOCK):
                         A[u, j0 + jj] = rrb[jj]
@@ -217,7 +235,7 @@ def _knn_search(
                     p31 = qs[3, f + 1]
                     p32 = qs[3, f + 2]
                     p33 = qs[3, f + 3]
-                    for jj in range(_BLOCK):
+                    for jj in range(width):
                         x0 = rb[f, jj]
                         x1 = rb[f + 1, jj]
                         x2 = rb[f + 2, jj]
@@ -236,12 +254,14 @@ def _knn_search(
                         mn = min(mn, A[u, jj])
                     low[c] = mn
                 lim = inf32
-                # The bound counts rows; a query that must skip one of them gets none.
-                if qid < 0 and n_chunks >= kb:
+                # The bound counts distinct rows; a query that must skip some of them
+                # (at most ``skip``) counts that many more.
+                need = kb if qid < 0 else kb + skip
+                if n_chunks >= need:
                     top = -inf32
-                    for g in range(kb):
+                    for g in range(need):
                         mn = inf32
-                        for c in range(g * n_chunks // kb, (g + 1) * n_chunks // kb):
+                        for c in range(g * n_chunks // need, (g + 1) * n_chunks // need):
                             mn = min(mn, low[c])
                         top = max(top, mn)
                     if top < inf32:
