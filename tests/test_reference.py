@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -194,6 +195,30 @@ def test_promotion_makes_a_new_version_that_judges_the_next_batch(demo_project, 
     judged = {f["batch_id"]: f["reference_version"] for f in doc["files"]}
     assert judged[first.batch_id] == 1 and judged[second.batch_id] == 2
     assert judged[seed_id] is None
+
+
+def test_a_fitted_guard_is_kept_for_its_reference_version_and_settings(demo_project, capsys):
+    """Fitting on the reference is most of a small batch's cost: the same version with the
+    same settings reuses the guard fitted before; other settings, or a promotion, fit anew."""
+    cfg = str(demo_project / "poisonguard.toml")
+    config = load_config(cfg)
+    store = Store.of(config)
+    first = fit_guard(config, store)
+    assert fit_guard(config, store) is first
+    stricter = dataclasses.replace(
+        config, detection=dataclasses.replace(config.detection, fdr=0.01)
+    )
+    other = fit_guard(stricter, store)
+    assert other is not first and other.settings_.fdr == 0.01
+    assert fit_guard(config, store) is first
+
+    batch = _land(config, "b1.parquet", _fresh_landing(demo_project).iloc[:120])
+    _settle(store, batch.batch_id)
+    promote = ("reference", "promote", batch.batch_id, "--actor", "ana", "--note", "ok")
+    assert _cli(capsys, *promote, "--config", cfg)[0] == 0
+    after = fit_guard(config, store)
+    assert after is not first
+    assert after.reference_.X.shape[0] == store.reference().rows
 
 
 def test_the_gate_refuses_a_reference_edited_behind_its_back(demo_project):

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -421,33 +422,54 @@ def held_by_blocklist(frame: pd.DataFrame, rejected: pd.DataFrame, guard: Guard)
     }
 
 
+#: Guards fitted in this process, by reference digest and guard settings (newest last).
+_FITTED: OrderedDict[tuple[str, str], Guard] = OrderedDict()
+_FITTED_MAX = 2
+
+
 def fit_guard(config: Config, store: Store, reference: ReferenceVersion | None = None) -> Guard:
     """Detectors fitted on a version of the store's pinned reference (default the current one).
 
     The reference is the seed and the batches promoted into it
-    (``poisonguard reference promote``), never merely the accepted rows.
+    (``poisonguard reference promote``), never merely the accepted rows. It changes
+    only by promotion, so a process that judges many batches (a served flow, a run of
+    many files) fits once per version: the fitted guard is kept by the version's
+    digest (its files' hashes) and the config's guard settings. Judging never changes
+    a fitted guard.
     """
     version = reference or store.reference()
+    key = ("" if version is None else version.digest, repr(_guard_args(config)))
+    if version is not None and key in _FITTED:
+        _FITTED.move_to_end(key)
+        return _FITTED[key]
     frame = pd.DataFrame() if version is None else store.reference_frame(version)
     if frame.empty:
         raise StoreError(
             f"the store {store.root} has no trusted reference yet; "
             "seed it with `poisonguard init --sample TRUSTED`"
         )
-    return guard_for(config).fit(frame[data_columns(frame)])
+    guard = guard_for(config).fit(frame[data_columns(frame)])
+    _FITTED[key] = guard
+    while len(_FITTED) > _FITTED_MAX:
+        _FITTED.popitem(last=False)
+    return guard
 
 
 def guard_for(config: Config) -> Guard:
     """An unfitted guard with the config's columns, task and detection settings."""
-    return Guard(
-        label=config.label,
-        features=list(config.features) or None,
-        id_column=config.id_column,
-        settings=config.detection,
-        columns=config.columns,
-        task=config.task,
-        max_categories=config.max_categories,
-    )
+    return Guard(**_guard_args(config))
+
+
+def _guard_args(config: Config) -> dict[str, Any]:
+    return {
+        "label": config.label,
+        "features": list(config.features) or None,
+        "id_column": config.id_column,
+        "settings": config.detection,
+        "columns": config.columns,
+        "task": config.task,
+        "max_categories": config.max_categories,
+    }
 
 
 #: Rows held before the detectors ran: never scored, so never part of a source's window.
