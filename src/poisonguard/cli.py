@@ -106,6 +106,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     _out(
         f"wrote {cfg.expectations} ({done.n_expectations} expectations inferred from {args.sample})"
     )
+    if cfg.pii:
+        found = ", ".join(f"{c} ({k})" for c, k in cfg.pii.items())
+        _out(f"personal data found in: {found}; written to [dataset.columns] as pii")
+    else:
+        _out(
+            "no column looks personal; the suite rejects batches that leak e-mails or card numbers"
+        )
     _out(
         f"seeded {cfg.store} with {done.seed.rows_clean} trusted rows (batch {done.seed.batch_id})"
     )

@@ -60,6 +60,7 @@ from typing import Any
 
 from poisonguard.columns import KINDS, MAX_CATEGORIES, TASKS
 from poisonguard.errors import ConfigError, ParamError
+from poisonguard.pii import PII_KINDS
 from poisonguard.sources import SourceTest
 
 #: Default false-discovery rate of the quarantine (see docs/decision.md).
@@ -300,6 +301,7 @@ class Config:
     audit_key: Path | None = None
     task: str | None = None
     columns: Mapping[str, str] = field(default_factory=dict)
+    pii: Mapping[str, str] = field(default_factory=dict)
     max_categories: int = MAX_CATEGORIES
     reference: ReferencePolicy = ReferencePolicy()
     gate: GateSettings = GateSettings()
@@ -418,7 +420,7 @@ def load_config(path: str | Path) -> Config:
             f"{path}: dataset.task must be one of {', '.join(TASKS)} (or left out to infer it "
             f"from the label). Got {task!r} instead."
         )
-    columns = dict(ds.get("columns", {}))
+    columns, pii = _column_entries(path, ds.get("columns", {}))
     for column, kind in columns.items():
         if kind not in KINDS:
             raise ConfigError(
@@ -534,6 +536,7 @@ def load_config(path: str | Path) -> Config:
         audit_key=(base / ds["audit_key"]).resolve() if "audit_key" in ds else None,
         task=task,
         columns=columns,
+        pii=pii,
         max_categories=max_categories,
         reference=ReferencePolicy(max_source_share=share),
         gate=gate_settings,
@@ -562,6 +565,34 @@ def _check_key(path: Path, section: str, key: str, value: Any) -> None:
 @functools.cache
 def _time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
+
+
+def _column_entries(
+    path: Path, entries: Mapping[str, Any]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``[dataset.columns]``: each entry a kind (``"text"``) or a table with a kind, a
+    personal-data kind or both (``{ kind = "text", pii = "email" }``). Returns the kinds
+    and the personal-data kinds, by column."""
+    kinds: dict[str, str] = {}
+    pii: dict[str, str] = {}
+    for column, entry in entries.items():
+        if isinstance(entry, str):
+            kinds[column] = entry
+            continue
+        where = f"{path}: dataset.columns.{column}"
+        if not isinstance(entry, Mapping) or not entry or set(entry) - {"kind", "pii"}:
+            raise ConfigError(
+                f"{where} must be a kind or a table with 'kind' and/or 'pii'. Got {entry!r}."
+            )
+        if "kind" in entry:
+            kinds[column] = entry["kind"]
+        if "pii" in entry:
+            if entry["pii"] not in PII_KINDS:
+                raise ConfigError(
+                    f"{where}.pii must be one of {', '.join(PII_KINDS)}. Got {entry['pii']!r}."
+                )
+            pii[column] = entry["pii"]
+    return kinds, pii
 
 
 def _check_suite_columns(path: Path, ds: Mapping[str, Any], suite_path: Path) -> None:
@@ -643,6 +674,7 @@ def render_config(
     task: str | None = None,
     columns: Mapping[str, str] | None = None,
     max_categories: int = MAX_CATEGORIES,
+    pii: Mapping[str, str] | None = None,
 ) -> str:
     """The text of a new config file, with comments, as ``poisonguard init`` writes it."""
 
@@ -670,13 +702,25 @@ def render_config(
         "values is categorical",
         "",
     ]
-    if columns:
+    pii = dict(pii or {})
+    if columns or pii:
         lines.append(
             "[dataset.columns]    # each feature's kind: "
             + " | ".join(KINDS)
             + " (inferred; edit to override)"
         )
-        lines += [f"{q(c)} = {q(k)}" for c, k in columns.items()]
+        lines.append(
+            "                     # pii: the personal data a column holds ("
+            + " | ".join(PII_KINDS)
+            + ")"
+        )
+        for c, k in (columns or {}).items():
+            lines.append(
+                f"{q(c)} = {{ kind = {q(k)}, pii = {q(pii.pop(c))} }}"
+                if c in pii
+                else f"{q(c)} = {q(k)}"
+            )
+        lines += [f"{q(c)} = {{ pii = {q(k)} }}" for c, k in pii.items()]
         lines.append("")
     lines += [
         "[detection]",

@@ -9,6 +9,7 @@ from poisonguard.columns import MAX_CATEGORIES, infer_kinds, infer_task
 from poisonguard.config import Config, load_config, render_config
 from poisonguard.errors import ConfigError
 from poisonguard.landing import read_batch
+from poisonguard.pii import find_pii
 from poisonguard.pipeline import check_seed, seed_store
 from poisonguard.store import BatchRecord, Store, atomic_write_bytes
 
@@ -41,7 +42,10 @@ def init_dataset(
     ``DIR/expectations/NAME.json`` and ``DIR/landing/``, and commits the sample as
     the store's first clean batch. ``max_categories`` (written as
     ``dataset.max_categories``) decides both which string columns are categorical
-    and which get a value set in the suite.
+    and which get a value set in the suite. Columns holding personal data
+    (``poisonguard.pii``: e-mail, phone, card, IBAN, national id, IP, name, date of
+    birth) are written with their kind (``pii = "email"``); the others get the
+    suite's leak guards.
 
     Raises
     ------
@@ -66,6 +70,7 @@ def init_dataset(
         raise ConfigError(f"{config_path} already exists; pass --force to overwrite it")
     if label is not None:
         task = task or infer_task(frame[label])
+    pii = find_pii(frame, skip=[c for c in (label,) if c is not None])
     suite = infer_suite(
         frame,
         label=label,
@@ -75,6 +80,7 @@ def init_dataset(
         source=str(sample),
         task=task,
         max_categories=max_categories,
+        pii=pii,
     )
     features = [c for c in frame.columns if c not in (label, id_column)]
     kinds = infer_kinds(frame, features, max_categories=max_categories)
@@ -94,6 +100,7 @@ def init_dataset(
         task=task,
         columns=kinds,
         max_categories=max_categories,
+        pii=pii,
     )
     atomic_write_bytes(config_path, text.encode())
     config = load_config(config_path)

@@ -271,6 +271,7 @@ class _Spec:
     kwargs: dict
     level: str
     columns: tuple[str, ...]
+    note: str | None = None  # why breaking it rejects the batch, when its meta says so
 
     @property
     def column(self) -> str | None:
@@ -312,6 +313,9 @@ def _parse_suite(suite: Any, where: str) -> list[_Spec]:
             level = runtime.level(kind)
         except runtime.gx.exceptions.ExpectationNotFoundError:
             raise ConfigError(f"{label} has unknown type {kind!r}.") from None
+        rejects = _rejects_batch(item.get("meta"), label)
+        if rejects is not None:
+            level = SCHEMA
         try:
             runtime.gx.ExpectationSuite(
                 name="poisonguard-check", expectations=[{"type": kind, "kwargs": dict(kwargs)}]
@@ -325,9 +329,23 @@ def _parse_suite(suite: Any, where: str) -> list[_Spec]:
                 kwargs=copy.deepcopy(dict(kwargs)),
                 level=level,
                 columns=_columns_of(kwargs),
+                note=rejects,
             )
         )
     return specs
+
+
+def _rejects_batch(meta: Any, label: str) -> str | None:
+    """Why an expectation rejects the whole batch when any row breaks it: the text of its
+    ``meta.poisonguard.rejects_batch`` (a row-level expectation made batch-level, such as
+    the personal-data leak guards ``infer_suite`` writes); None when it says nothing."""
+    mine = meta.get("poisonguard") if isinstance(meta, Mapping) else None
+    why = mine.get("rejects_batch") if isinstance(mine, Mapping) else None
+    if why is None:
+        return None
+    if not isinstance(why, str) or not why:
+        raise ConfigError(f"{label}: meta.poisonguard.rejects_batch must be a non-empty sentence.")
+    return why
 
 
 def load_suite(path: str | Path) -> dict:
@@ -651,6 +669,7 @@ def infer_suite(
     source: str = "trusted sample",
     task: str | None = None,
     max_categories: int = MAX_CATEGORIES,
+    pii: Mapping[str, str] | None = None,
 ) -> dict:
     """Infer an expectation suite from a trusted sample of rows.
 
@@ -666,6 +685,14 @@ def infer_suite(
     of values seen, so a typo or an unknown category in a batch quarantines its row;
     for the remaining (text) columns a length limit, the longest seen widened by
     ``margin`` (and at least 8 characters more).
+
+    Columns not in ``pii`` (personal data, ``poisonguard.pii``) also get guards against
+    personal data leaking into them, a common ELT mistake (a mapping that shifts by one
+    column): a string column may hold no e-mail address and no run of 13 to 19 digits
+    (a card number's shape), and a numeric column whose trusted values stay below 10^11
+    in size no value of 13 or more digits. Any row breaking a guard rejects the whole
+    batch, and the message does not show the value. A guard the sample itself breaks is
+    not written.
 
     A string column looks categorical (``poisonguard.columns.looks_categorical``) when
     it holds at most ``max_categories`` (50) distinct values, each seen on average on
@@ -700,6 +727,8 @@ def infer_suite(
     max_categories : int, default MAX_CATEGORIES
         A string column with at most this many distinct values gets a value set;
         with more it is text and gets a length limit.
+    pii : mapping of str to str, optional
+        The columns that hold personal data, and its kind; the others get leak guards.
 
     Returns
     -------
@@ -816,6 +845,8 @@ def infer_suite(
             )
             if rule is not None:
                 expectations.append(rule)
+        if column not in (pii or {}):
+            expectations += _leak_guards(column, series, family)
     return {
         "name": name,
         "expectations": expectations,
@@ -829,6 +860,54 @@ def infer_suite(
             }
         },
     }
+
+
+#: The smallest value of 13 digits: no card number is shorter.
+_CARD_FLOOR = 10**12
+#: A numeric column gets the guard only when its trusted values stay below this in size,
+#: so ids or millisecond timestamps near card sizes are left alone.
+_CARD_GUARD_BELOW = 10**11
+
+
+def _leak_guards(column: str, series: pd.Series, family: str | None) -> list[dict]:
+    """Expectations that reject a batch carrying personal data in ``column`` (declared
+    non-personal): see ``infer_suite``. None the trusted sample itself breaks."""
+    from poisonguard.pii import CARD_PATTERN, EMAIL_PATTERN
+
+    guards = []
+    if family == "string":
+        text = series.dropna().astype(str)
+        for what, pattern in (
+            ("an e-mail address", EMAIL_PATTERN),
+            ("a card number", CARD_PATTERN),
+        ):
+            if not text.str.contains(pattern, regex=True).any():
+                guards.append(
+                    _leak_rule(
+                        "expect_column_values_to_not_match_regex",
+                        {"column": column, "regex": pattern},
+                        f"{what} in a column not declared personal",
+                    )
+                )
+    elif family == "numeric" and not pd.api.types.is_bool_dtype(series):
+        values = pd.to_numeric(series, errors="coerce").dropna()
+        if len(values) and float(values.abs().max()) < _CARD_GUARD_BELOW:
+            why = "a number of 13 or more digits (a card number's size) in a column not declared personal"
+            bound = _CARD_FLOOR - 1
+            guards.append(
+                _leak_rule(
+                    "expect_column_values_to_be_between",
+                    {"column": column, "min_value": -bound, "max_value": bound},
+                    why,
+                )
+            )
+    return guards
+
+
+def _leak_rule(kind: str, kwargs: dict, why: str) -> dict:
+    rule = _rule(kind, kwargs, why)
+    rule["meta"] = {**rule.get("meta", {}), "poisonguard": {"rejects_batch": why}}
+    return rule
 
 
 # ----------------------------------------------------------------------------- validation
@@ -1022,6 +1101,9 @@ def _run_gx(run: _Run, frame: pd.DataFrame, specs: list[_Spec], suite_name: str)
         run.outcome(spec, bool(result.success), count)
         if result.success:
             continue  # a row-level rule with `mostly` tolerates the rows it lists
+        if spec.note is not None:
+            _reject_for(run, spec, count)
+            continue
         if spec.level == SCHEMA:
             expected = ", ".join(f"{k}={_fmt(v)}" for k, v in spec.kwargs.items() if k != "column")
             observed = details.get("observed_value")
@@ -1087,12 +1169,44 @@ def validate(frame: pd.DataFrame, suite: dict, *, source: str) -> ValidationRepo
         mistyped = [c for c in spec.columns if c in wrong]
         if mistyped:
             run.outcome(spec, False, error=f"not run: column {mistyped[0]!r} has the wrong type")
-        else:
+        elif not _check_guard(run, frame, spec):
             to_run.append(spec)
     if to_run:
         _run_gx(run, frame.reset_index(drop=True), to_run, suite_name)
     _check_finite(run, frame, wrong)
     return run.report()
+
+
+def _check_guard(run: _Run, frame: pd.DataFrame, spec: _Spec) -> bool:
+    """Judge a batch-level guard of the two kinds ``infer_suite`` writes here, in pandas:
+    one vectorised pass instead of one Great Expectations run per column (about 4 ms
+    each, 0.27 s on the 64 columns of the digits demo). False for any other expectation."""
+    column = spec.column
+    if spec.note is None or column is None or column not in frame.columns:
+        return False
+    values = frame[column]
+    kw = spec.kwargs
+    if spec.type == "expect_column_values_to_be_between" and set(kw) == {
+        "column",
+        "min_value",
+        "max_value",
+    }:
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        count = int(np.sum((numbers < kw["min_value"]) | (numbers > kw["max_value"])))
+    elif spec.type == "expect_column_values_to_not_match_regex" and set(kw) == {"column", "regex"}:
+        count = int(values.dropna().astype(str).str.contains(kw["regex"], regex=True).sum())
+    else:
+        return False
+    run.outcome(spec, count == 0, count)
+    if count:
+        _reject_for(run, spec, count)
+    return True
+
+
+def _reject_for(run: _Run, spec: _Spec, count: int) -> None:
+    """A batch-level guard broke: the batch is rejected, and the values are not shown (the
+    guards are against personal data)."""
+    run.error(f"{spec.column or 'a column'}: {count} rows break {spec.type} ({spec.note})")
 
 
 def _check_finite(run: _Run, frame: pd.DataFrame, wrong: set[str]) -> None:

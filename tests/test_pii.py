@@ -1,0 +1,251 @@
+"""Personal data: which columns hold it (offline checks), masks, and the suite's leak guards."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common import SHARED_DATA
+from poisonguard.config import load_config
+from poisonguard.errors import ConfigError
+from poisonguard.initialize import init_dataset
+from poisonguard.pii import PII_KINDS, classify, find_pii, mask
+from poisonguard.pipeline import process_landing
+from poisonguard.validation import load_suite, validate
+
+# Valid by their checksums (Luhn, ISO 13616, the SSA's rules, phonenumbers' metadata).
+CARDS = ["4111 1111 1111 1111", "5500-0000-0000-0004", "340000000000009", "6011000000000004"]
+IBANS = ["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432", "FR1420041010050500013M02606"]
+PHONES = ["+1 415 555 2671", "+44 20 7946 0958", "+49 30 901820", "+33 1 42 68 53 00"]
+SSNS = ["536-22-8726", "212-67-8934", "401-32-1145", "623-44-7781"]
+
+
+def people(n: int, seed: int = 0) -> pd.DataFrame:
+    """A customer table: personal columns of every kind beside ordinary ones."""
+    rng = np.random.default_rng(seed)
+    first = np.array(["Ana", "Ben", "Chloé", "David", "Emma", "Farid", "Grace", "Hugo"])
+    last = np.array(["Silva", "Okafor", "Martin", "Nguyen", "O'Brien", "Kowalski"])
+    pick = lambda values: np.asarray(values)[rng.integers(0, len(values), n)]  # noqa: E731
+    days = rng.integers(0, 20_000, n)
+    return pd.DataFrame(
+        {
+            "customer_id": np.arange(1000, 1000 + n),
+            "full_name": [f"{a} {b}" for a, b in zip(pick(first), pick(last), strict=True)],
+            "email": [f"user{i}@mail{i % 7}.example.org" for i in range(n)],
+            "phone": pick(PHONES),
+            "card": pick(CARDS),
+            "card_number": pick([int(c.replace(" ", "").replace("-", "")) for c in CARDS]),
+            "iban": pick(IBANS),
+            "ssn": pick(SSNS),
+            "ip": [f"10.{i % 256}.{(i * 7) % 256}.{(i * 13) % 256}" for i in range(n)],
+            "dob": pd.Timestamp("1950-01-01") + pd.to_timedelta(days, unit="D"),
+            "age": rng.integers(18, 90, n),
+            "balance": rng.normal(2000.0, 500.0, n).round(2),
+            "plan": pick(["basic", "plus", "pro"]),
+            "region": pick(["north", "south", "east", "west"]),
+            "churned": pick(["yes", "no"]),
+        }
+    )
+
+
+PERSONAL = {
+    "full_name": "name",
+    "email": "email",
+    "phone": "phone",
+    "card": "card",
+    "card_number": "card",
+    "iban": "iban",
+    "ssn": "national_id",
+    "ip": "ip",
+    "dob": "date_of_birth",
+}
+
+
+def test_every_personal_kind_is_found_and_no_ordinary_column_is():
+    assert find_pii(people(200), skip=["churned"]) == PERSONAL
+    assert set(PERSONAL.values()) <= set(PII_KINDS)
+
+
+def test_kinds_need_most_values_to_pass_their_check():
+    """One card-shaped value among 50 ordinary ones does not make a column personal."""
+    notes = pd.Series(["renewal"] * 49 + ["4111111111111111"])
+    assert classify("notes", notes) is None
+    assert classify("notes", pd.Series(["4111111111111111"] * 45 + ["renewal"] * 5)) == "card"
+
+
+def test_ambiguous_kinds_are_read_off_the_column_name_too():
+    """Names, dates of birth, national ids and national-format phones need a name that says
+    so; a team's or an airport's name is not a person's; a date is not a phone number."""
+    names = pd.Series(["Ana Silva", "Ben Okafor", "Grace Martin"] * 10)
+    assert classify("customer_name", names) == "name"
+    assert classify("team_name", names) is None
+    assert classify("title", names) is None
+    dates = pd.Series(["1990-04-01", "1985-12-24", "2001-07-15"] * 10)
+    assert classify("date_of_birth", dates) == "date_of_birth"
+    assert classify("signup", dates) is None
+    assert classify("birth_month", pd.Series(["January", "March"] * 10)) is None
+    national = pd.Series(["(415) 555-2671", "(212) 555-0100", "(646) 555-3890"] * 10)
+    assert classify("mobile", national) == "phone"
+    assert classify("reference", national) is None
+    ssn = pd.Series(SSNS * 10)
+    assert classify("ssn", ssn) == "national_id"
+    assert classify("code", ssn) is None
+
+
+@pytest.mark.parametrize(
+    "path", sorted((SHARED_DATA / "tables").glob("*.parquet")), ids=lambda p: p.stem
+)
+def test_no_column_of_the_shared_tables_is_personal(path: Path):
+    assert find_pii(pd.read_parquet(path)) == {}
+
+
+def test_no_column_of_scikit_learns_tables_is_personal():
+    from sklearn import datasets
+
+    for load in (datasets.load_digits, datasets.load_breast_cancer, datasets.load_wine):
+        assert find_pii(load(as_frame=True).frame) == {}, load.__name__
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "shown"),
+    [
+        ("jane.doe@example.com", "email", "j***@e***.com"),
+        ("4111 1111 1111 1111", "card", "************1111"),
+        ("DE89370400440532013000", "iban", "******************3000"),
+        ("+1 415 555 2671", "phone", "*******2671"),
+        ("Ana Silva", "name", "A. S."),
+        ("192.168.1.20", "ip", "192.*.*.*"),
+        (pd.Timestamp("1980-02-03"), "date_of_birth", "****"),
+    ],
+)
+def test_masks_keep_only_what_identifies_no_one(value, kind, shown):
+    assert mask(value, kind) == shown
+    assert str(value) not in mask(value, kind)
+
+
+# ----------------------------------------------------------------------------- init and guards
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    sample = tmp_path / "customers.csv"
+    people(300).to_csv(sample, index=False)
+    init_dataset(sample, label="churned", id_column="customer_id", directory=tmp_path)
+    return tmp_path
+
+
+def test_init_writes_each_personal_column_with_its_kind(project: Path):
+    config = load_config(project / "poisonguard.toml")
+    assert dict(config.pii) == PERSONAL
+    text = (project / "poisonguard.toml").read_text()
+    assert re.search(r'"email" = \{ kind = "\w+", pii = "email" \}', text)
+    # The config is the one place the kinds live: a person may edit them.
+    edited = text.replace('pii = "email"', 'pii = "mail"')
+    (project / "poisonguard.toml").write_text(edited)
+    with pytest.raises(ConfigError, match=r"dataset\.columns\.email\.pii must be one of"):
+        load_config(project / "poisonguard.toml")
+
+
+def test_init_guards_only_the_columns_not_declared_personal(project: Path):
+    suite = load_suite(project / "expectations" / "customers.json")
+    guarded = {
+        e["kwargs"]["column"]
+        for e in suite["expectations"]
+        if "rejects_batch" in e.get("meta", {}).get("poisonguard", {})
+    }
+    assert guarded == {"age", "balance", "plan", "region", "churned"}
+
+
+def _land(project: Path, name: str, frame: pd.DataFrame) -> None:
+    config = load_config(project / "poisonguard.toml")
+    frame.to_csv(Path(config.landing) / name, index=False)
+
+
+def _settled(project: Path) -> None:
+    """Landed files old enough to be taken at once (the landing's settle wait)."""
+    config = load_config(project / "poisonguard.toml")
+    for path in Path(config.landing).iterdir():
+        past = path.stat().st_mtime - 3600
+        os.utime(path, (past, past))
+
+
+def test_a_batch_leaking_card_numbers_into_a_numeric_column_is_rejected_whole(project: Path):
+    """An ELT mapping shifted by one column: card numbers land in `balance`. The batch is
+    rejected whole with a one-line reason naming the file and the column, and the reason
+    and the rejection record do not show the numbers; a clean batch still passes."""
+    config = load_config(project / "poisonguard.toml")
+    clean = people(40, seed=1)
+    clean["customer_id"] += 10_000
+    leaked = people(40, seed=2)
+    leaked["customer_id"] += 20_000
+    leaked.loc[3:5, "balance"] = leaked.loc[3:5, "card_number"].astype(float)
+    _land(project, "b1-clean.csv", clean)
+    _land(project, "b2-leak.csv", leaked)
+    _settled(project)
+    records = sorted(process_landing(config).records, key=lambda r: r.batch_id)
+    assert [r.status for r in records] == ["committed", "rejected"]
+    rejected = records[1]
+    assert rejected.batch_id.startswith("b2-leak")
+    assert rejected.reason.count("\n") == 0
+    assert "b2-leak.csv" in rejected.reason and "balance" in rejected.reason
+    assert "card number" in rejected.reason
+    for card in leaked.loc[3:5, "card_number"]:
+        assert str(card) not in rejected.reason
+        assert str(float(card)) not in json.dumps(rejected.as_dict())
+
+
+def test_an_e_mail_in_a_categorical_column_rejects_the_batch():
+    frame = people(120)
+    suite_frame = frame.drop(columns=list(PERSONAL))
+    from poisonguard.validation import infer_suite
+
+    suite = infer_suite(suite_frame, label="churned", pii={})
+    batch = suite_frame.iloc[:20].copy()
+    assert not validate(batch, suite, source="ok.csv").rejected
+    batch.loc[batch.index[4], "region"] = "someone@example.com"
+    report = validate(batch, suite, source="leak.csv")
+    assert report.rejected
+    assert any("region: 1 rows break" in e and "e-mail" in e for e in report.schema_errors)
+    assert not any("someone@example.com" in e for e in report.schema_errors)
+    guards = [
+        o
+        for o, e in zip(report.outcomes, suite["expectations"], strict=True)
+        if "rejects_batch" in e.get("meta", {}).get("poisonguard", {})
+    ]
+    assert guards and {o.level for o in guards} == {"schema"}
+    assert [o.unexpected_count for o in guards if not o.success] == [1]
+
+
+def test_a_guard_the_trusted_sample_breaks_is_not_written():
+    """A column that already holds card-sized numbers (ids, millisecond times) gets no guard."""
+    from poisonguard.validation import infer_suite
+
+    frame = pd.DataFrame(
+        {"t_ms": np.arange(1_700_000_000_000, 1_700_000_000_050), "y": [0, 1] * 25}
+    )
+    suite = infer_suite(frame, label="y", pii={})
+    assert not [
+        e
+        for e in suite["expectations"]
+        if e["kwargs"].get("column") == "t_ms" and "poisonguard" in e.get("meta", {})
+    ]
+
+
+def test_a_malformed_batch_level_note_is_a_config_error():
+    suite = {
+        "expectations": [
+            {
+                "type": "expect_column_values_to_not_be_null",
+                "kwargs": {"column": "x"},
+                "meta": {"poisonguard": {"rejects_batch": 3}},
+            }
+        ]
+    }
+    with pytest.raises(ConfigError, match=r"expectation #0: meta\.poisonguard\.rejects_batch"):
+        validate(pd.DataFrame({"x": [1.0]}), suite, source="b.csv")
