@@ -126,7 +126,7 @@ class GateRun:
     def __init__(self, trusted: pd.DataFrame, label: str, window: int, guard: Any = None):
         from poisonguard.config import load_config
         from poisonguard.initialize import init_dataset
-        from poisonguard.store import Store
+        from poisonguard.store import open_store
 
         self._tmp = tempfile.TemporaryDirectory(prefix="pg-backdoor-split-")
         root = Path(self._tmp.name)
@@ -136,7 +136,7 @@ class GateRun:
         )
         config = load_config(root / "poisonguard.toml").with_detection(backdoor_window=window)
         self.config = dataclasses.replace(config, settle_seconds=0.0)
-        self.store = Store.of(self.config)
+        self.store = open_store(self.config)
         self.seed_batch = next(b.batch_id for b in self.store.batches() if b.status == "seed")
         self.guard = guard
 

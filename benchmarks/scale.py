@@ -195,7 +195,7 @@ def child_fixed(config: Path, rows: int) -> dict[str, Any]:
     """Warm timings of one small batch: the Prefect flow, the local run, and its steps."""
     from poisonguard import pipeline
     from poisonguard.config import load_config
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
     cfg = load_config(config)
     import poisonguard_flows
@@ -216,7 +216,7 @@ def child_fixed(config: Path, rows: int) -> dict[str, Any]:
         _land(config, "numeric", rows, 600 + i, f"local-{i:02d}.parquet")
         steps: dict[str, float] = {}
         start = time.perf_counter()
-        store = Store.of(cfg)
+        store = open_store(cfg)
         entries, _ = pipeline.find_new_batches(cfg, store)
         for entry in entries:
             t = time.perf_counter()

@@ -21,20 +21,19 @@ from poisonguard.landing import Entry
 from poisonguard.pipeline import (
     commit_batch,
     detect_batch,
-    exclusive,
     find_new_batches,
     report_paths,
     validate_batch,
 )
 from poisonguard.report import load_report, markdown_summary
-from poisonguard.store import Store
+from poisonguard.store import open_store
 
 
 @task(cache_policy=NO_CACHE)
 def find_new(config_path: str) -> dict:
     """New landed files to take (name, size, time) and notices for the others."""
     config = load_config(config_path)
-    entries, notices = find_new_batches(config, Store.of(config))
+    entries, notices = find_new_batches(config, open_store(config))
     return {
         "entries": [[str(e.path), e.size, e.mtime_ns] for e in entries],
         "notices": [n.as_dict() for n in notices],
@@ -46,7 +45,7 @@ def validate(config_path: str, name: str, path: str, size: int, mtime_ns: int) -
     """``{"staged": folder}`` for rows to score, ``{"record": ...}`` for a file rejected
     whole, or ``{"notice": ...}`` for a file not taken."""
     config = load_config(config_path)
-    intake = validate_batch(Entry(name, Path(path), size, mtime_ns), config, Store.of(config))
+    intake = validate_batch(Entry(name, Path(path), size, mtime_ns), config, open_store(config))
     if intake.staged is not None:
         return {"staged": str(intake.staged)}
     if intake.record is not None:
@@ -57,20 +56,20 @@ def validate(config_path: str, name: str, path: str, size: int, mtime_ns: int) -
 @task(cache_policy=NO_CACHE)
 def detect(config_path: str, staged: str) -> str:
     config = load_config(config_path)
-    return str(detect_batch(staged, config, Store.of(config)))
+    return str(detect_batch(staged, config, open_store(config)))
 
 
 @task(cache_policy=NO_CACHE)
 def commit(config_path: str, staged: str) -> dict:
     config = load_config(config_path)
-    return commit_batch(staged, config, Store.of(config)).as_dict()
+    return commit_batch(staged, config, open_store(config)).as_dict()
 
 
 @task(cache_policy=NO_CACHE)
 def publish(config_path: str, batch_id: str) -> str | None:
     """Show the batch's report in the Prefect UI: a markdown summary and the HTML report's path."""
     config = load_config(config_path)
-    html_path, json_path = report_paths(Store.of(config), batch_id)
+    html_path, json_path = report_paths(open_store(config), batch_id)
     if not json_path.exists():
         return None
     report = load_report(json_path)
@@ -89,9 +88,9 @@ def ingest(config_path: str) -> dict:
     batch taken, and a notice for each landing entry skipped or left waiting.
     """
     config = load_config(config_path)
-    store = Store.of(config)
+    store = open_store(config)
     records: list[dict] = []
-    with exclusive(store):
+    with store.exclusive():
         found = find_new(config_path)
         notices: list[dict] = list(found["notices"])
         for path, size, mtime_ns in found["entries"]:

@@ -1,12 +1,19 @@
-"""The library never imports Prefect; flows are the only adapters."""
+"""The layers hold: the library never imports Prefect, and only the store touches the disk."""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import poisonguard
+
+LIBRARY = Path(poisonguard.__file__).resolve().parent
+FLOWS = Path(__file__).resolve().parents[1] / "flows"
+#: Modules that read or write files (or lock them) below the store's own functions.
+DISK_MODULES = ("sqlite3", "pyarrow.parquet", "tempfile", "fcntl")
 
 
 def test_importing_every_library_module_does_not_import_prefect():
@@ -20,3 +27,39 @@ def test_importing_every_library_module_does_not_import_prefect():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
     assert "poisonguard.cli" in modules and "poisonguard.pipeline" in modules
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a source file imports, at any depth (``from a import b`` counts as
+    ``a`` and ``a.b``, since ``b`` may be a module)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _touches_disk(name: str) -> bool:
+    return any(name == m or name.startswith(f"{m}.") for m in DISK_MODULES)
+
+
+def test_only_the_store_imports_sqlite_parquet_tempfile_or_fcntl():
+    """Every module of the library and of the flows but ``poisonguard.store``'s reaches the
+    disk through the store: none imports sqlite3, pyarrow.parquet, tempfile or fcntl."""
+    store = LIBRARY / "store"
+    sources = sorted([*LIBRARY.rglob("*.py"), *FLOWS.rglob("*.py")])
+    offenders = [
+        f"{path.relative_to(path.parents[1])}: {name}"
+        for path in sources
+        if not path.is_relative_to(store)
+        for name in sorted(_imports(path))
+        if _touches_disk(name)
+    ]
+    assert offenders == [], "disk access outside poisonguard.store: " + "; ".join(offenders)
+    # The check sees what it should: the flows, and the store's own uses of all four.
+    assert FLOWS / "ingest.py" in sources and LIBRARY / "pipeline.py" in sources
+    used = set().union(*(_imports(p) for p in sources if p.is_relative_to(store)))
+    assert {m for m in DISK_MODULES if any(n == m for n in used)} == set(DISK_MODULES)

@@ -22,7 +22,7 @@ from poisonguard.pipeline import (
     validate_batch,
 )
 from poisonguard.scan import Guard
-from poisonguard.store import BatchRecord, Store
+from poisonguard.store import BatchRecord, Store, open_store
 
 #: A value of one pixel that no seed row of the demo shows, inside the pixel's range, so
 #: the expectations let it through. Stamped on rows of digit 3 (their labels stay right: a
@@ -96,7 +96,7 @@ def test_a_trigger_split_over_batches_is_held_once_the_window_holds_enough_of_it
     training set into quarantine for review. With the window off
     (``backdoor_window = 0``) the second batch's trigger rows pass too, and nothing is reported."""
     config = _config(demo_project, window)
-    store = Store.of(config)
+    store = open_store(config)
     first, first_trigger = _piece(rest, 0)
     one = _land(config, "partner/b0.parquet", first)
     assert not set(_held(store, one).get("pg_row", [])) & set(np.flatnonzero(first_trigger))
@@ -136,7 +136,7 @@ def test_sources_do_not_see_each_others_windows(demo_project, rest):
     batch first, each batch's last rows first, up to its limit, and marks held rows as not
     accepted."""
     config = _config(demo_project)
-    store = Store.of(config)
+    store = open_store(config)
     a0, _ = _piece(rest, 0)
     b0, b0_trigger = _piece(rest, 1)
     a1, a1_trigger = _piece(rest, 2)
@@ -174,7 +174,7 @@ def test_the_window_reads_held_and_rejected_rows_but_not_rows_never_scored(
     from poisonguard.review import review
 
     config = _config(demo_project, window)
-    store = Store.of(config)
+    store = open_store(config)
     batch, _ = _piece(rest, 0)
     zeros = rest[rest[LABEL] == 0].tail(2).assign(**{LABEL: 1})  # flipped: the detectors hold them
     batch = pd.concat([batch, zeros], ignore_index=True)
@@ -221,7 +221,7 @@ def test_a_clean_source_gets_no_more_rows_held_with_the_window(demo_project, res
     stores = {}
     for window, project in ((DEFAULT_BACKDOOR_WINDOW, demo_project), (0, off_project)):
         config = _config(project, window)
-        store = Store.of(config)
+        store = open_store(config)
         guard = fit_guard(config, store)
         stores[window] = [
             _take(config, store, f"partner/b{k}.parquet", rest.iloc[k * 100 : (k + 1) * 100], guard)

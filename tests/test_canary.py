@@ -19,7 +19,7 @@ from poisonguard.initialize import init_dataset
 from poisonguard.pipeline import process_landing
 from poisonguard.review import review
 from poisonguard.sources import source_states
-from poisonguard.store import Store
+from poisonguard.store import open_store
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -35,7 +35,7 @@ def _land_and_release(config, name: str, frame: pd.DataFrame) -> None:
         old.unlink()
     frame.to_parquet(config.landing / name, index=False)
     (record,) = process_landing(config).records
-    store = Store.of(config)
+    store = open_store(config)
     if record.rows_quarantined:
         review(store, record.batch_id, "release", by="ana", note="looks fine")
     if any(s.alarmed for s in source_states(store.source_events(), config.sources).values()):
@@ -68,7 +68,7 @@ def test_a_clean_training_set_passes_the_canary_with_its_figures_recorded(demo_p
     assert report.ok, report.reasons
     canary = report.canary
     assert canary is not None and canary.judged and canary.metric == "accuracy"
-    reference = Store.of(config).reference()
+    reference = open_store(config).reference()
     assert canary.rows == reference.rows
     assert canary.training > 0.9 and canary.training >= canary.reference - 0.02
     assert {c.label for c in canary.classes} == set(range(10))
@@ -81,7 +81,7 @@ def test_a_clean_training_set_passes_the_canary_with_its_figures_recorded(demo_p
     assert f"canary: accuracy on {reference.rows} trusted canary rows" in out
     doc = json.loads(manifest.read_text())
     assert doc["canary"]["run"] and doc["canary"]["rows"] == reference.rows
-    entry = Store.of(config).audit_log()[-1]
+    entry = open_store(config).audit_log()[-1]
     assert entry["action"] == "gate" and json.loads(entry["detail"])["canary"]["run"]
 
 
@@ -124,14 +124,14 @@ def test_released_label_flips_fail_the_canary_with_a_per_class_reason(demo_proje
     )
     assert code == 0 and "canary" not in out
     assert json.loads(manifest.read_text())["canary"]["run"] is False
-    assert len(gate(config, canary=False)) == sum(f.rows for f in Store.of(config).files("clean"))
+    assert len(gate(config, canary=False)) == sum(f.rows for f in open_store(config).files("clean"))
 
 
 def test_canary_rows_never_appear_in_either_training_set(demo_run):
     """In every fold, no canary row's hash is among the rows either model trains on; every
     reference row is a canary row exactly once; a row's fold depends on its hash alone."""
     root, _ = demo_run
-    store = Store.of(load_config(root / "poisonguard.toml"))
+    store = open_store(load_config(root / "poisonguard.toml"))
     reference = store.reference_frame(store.reference())
     training = store.clean_frame()
     splits = split_canary(reference, training, 5)

@@ -18,7 +18,7 @@ from poisonguard.detectors import REGISTRY, Encoder
 from poisonguard.errors import BatchError, ConfigError
 from poisonguard.pipeline import fit_guard, row_hashes
 from poisonguard.scan import Guard, scan
-from poisonguard.store import Store
+from poisonguard.store import open_store
 from poisonguard.validation import infer_suite, validate
 from test_config import BASE, _write
 from test_detectors import MIXED, mixed
@@ -241,7 +241,7 @@ def test_init_writes_max_categories_and_uses_it_for_kinds_and_value_sets(tmp_pat
     assert len(rule["kwargs"]["value_set"]) == 60
     # Columns init did not pin (edited out here) are inferred with the config's limit too.
     unpinned = replace(config, columns={}).with_detection(detectors=("knn_distance",))
-    assert fit_guard(unpinned, Store.of(config)).encoder_.kinds["code"] == "categorical"
+    assert fit_guard(unpinned, open_store(config)).encoder_.kinds["code"] == "categorical"
     assert main([*argv, "--force", "--max-categories", "0"]) == 2
     assert "'max_categories' parameter of infer_suite() must be an int >= 1" in (
         capsys.readouterr().err

@@ -24,7 +24,7 @@ from poisonguard.config import load_config
 from poisonguard.errors import ReviewError
 from poisonguard.pipeline import process_landing
 from poisonguard.review import held_rows, review
-from poisonguard.store import Outcome, Store
+from poisonguard.store import Outcome, Store, open_store
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -39,7 +39,7 @@ def ran(demo_project) -> Path:
     landing source's alarm cleared by a reviewer."""
     config = load_config(demo_project / "poisonguard.toml")
     process_landing(config)
-    Store.of(config).clear_source("default", actor="steward", note="reviewed")
+    open_store(config).clear_source("default", actor="steward", note="reviewed")
     return demo_project
 
 
@@ -59,7 +59,7 @@ def test_a_partial_review_leaves_the_rest_awaiting_and_the_gate_closed(ran, caps
     """Release some held rows of one batch: the others still wait, the gate says how many,
     and `review list` still shows the batch; once all are reviewed the gate opens."""
     cfg = str(ran / "poisonguard.toml")
-    store = Store.of(load_config(cfg))
+    store = open_store(load_config(cfg))
     flips = _flips(store)
     held = held_rows(store, flips)["pg_row"].tolist()
     assert len(held) >= 5
@@ -87,7 +87,7 @@ def test_a_partial_review_leaves_the_rest_awaiting_and_the_gate_closed(ran, caps
 
 def test_a_released_row_may_not_bring_an_id_already_trained_on(ran):
     config = load_config(ran / "poisonguard.toml")
-    store = Store.of(config)
+    store = open_store(config)
     trusted = pd.read_parquet(ran / "trusted.parquet")
     # Land a copy of a trusted row with a flipped label: held (id already trained on).
     row = trusted.head(1).copy()
@@ -107,7 +107,7 @@ def test_concurrent_reviews_of_one_batch_never_corrupt_the_store(ran):
     """Two real processes release the same rows at once: one does it, the other finds them
     released (or waits its turn); the ledger, the files and the gate agree afterwards."""
     config = load_config(ran / "poisonguard.toml")
-    store = Store.of(config)
+    store = open_store(config)
     flips = _flips(store)
     rows = ",".join(map(str, held_rows(store, flips)["pg_row"].tolist()[:4]))
     cmd = [sys.executable, "-m", "poisonguard.cli", "review", "release", flips, "--rows", rows,
@@ -182,7 +182,7 @@ def test_a_rewritten_audit_chain_fails_the_gate(ran, capsys):
 def test_a_clean_file_replaced_with_its_hash_in_the_ledger_fails_the_gate(ran, capsys):
     """The attacker swaps a clean file and writes its new hash into the ledger's files table:
     the audit entry that wrote the file still holds the original hash."""
-    store = Store.of(load_config(ran / "poisonguard.toml"))
+    store = open_store(load_config(ran / "poisonguard.toml"))
     victim = next(f for f in store.files("clean") if "label-flips" in f.path)
     frame = store.read(victim)
     frame.loc[:, "digit"] = 0
@@ -195,7 +195,7 @@ def test_a_clean_file_replaced_with_its_hash_in_the_ledger_fails_the_gate(ran, c
 
 
 def test_an_edited_quarantine_file_fails_the_gate(ran, capsys):
-    store = Store.of(load_config(ran / "poisonguard.toml"))
+    store = open_store(load_config(ran / "poisonguard.toml"))
     victim = store.files("quarantine")[0]
     frame = store.read(victim)
     frame.loc[:, "pg_reason"] = "nothing to see"
@@ -205,7 +205,7 @@ def test_an_edited_quarantine_file_fails_the_gate(ran, capsys):
 
 
 def test_edited_counts_reviews_or_blocklist_in_the_ledger_fail_the_gate(ran, capsys):
-    store = Store.of(load_config(ran / "poisonguard.toml"))
+    store = open_store(load_config(ran / "poisonguard.toml"))
     flips = _flips(store)
     review(
         store,
@@ -242,7 +242,7 @@ def test_a_rolled_back_store_fails_a_gate_given_the_last_manifest(demo_project, 
     old = demo_project.parent / "old-store"
     shutil.copytree(config.store, old)
     process_landing(config)
-    Store.of(config).clear_source("default", actor="steward", note="reviewed")
+    open_store(config).clear_source("default", actor="steward", note="reviewed")
     manifest = demo_project / "run-1.json"
     assert _gate(capsys, demo_project, "--manifest", str(manifest))[0] == 0
     shutil.rmtree(config.store)
@@ -253,7 +253,7 @@ def test_a_rolled_back_store_fails_a_gate_given_the_last_manifest(demo_project, 
 
 
 def test_a_key_readable_by_others_fails_the_gate(ran, capsys):
-    key = Store.of(load_config(ran / "poisonguard.toml")).key_path
+    key = open_store(load_config(ran / "poisonguard.toml")).key_path
     os.chmod(key, 0o644)
     code, text = _gate(capsys, ran)
     assert code == 1 and "readable by others" in text

@@ -8,7 +8,7 @@ import pytest
 
 from poisonguard.config import load_config
 from poisonguard.demo import evaluate_demo
-from poisonguard.store import Store
+from poisonguard.store import open_store
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def test_ingest_flow_takes_the_landing_zone_through_the_gate(demo_project, prefe
     assert sorted(o["status"] for o in outcomes) == ["committed"] * 4 + ["rejected"]
     for o in outcomes:
         assert o["rows_in"] == o["rows_clean"] + o["rows_quarantined"] + o["rows_rejected"]
-    store = Store(load_config(config_path).store)
+    store = open_store(load_config(config_path))
     score = evaluate_demo(demo_project, store)
     assert score.rows_accounted and score.recall >= 0.8 and score.clean_quarantined <= 0.05
     before = [r.as_dict() for r in store.batches()]
@@ -67,7 +67,7 @@ def test_pretraining_gate_subflow_inside_a_training_flow(demo_project, prefect_h
         manifest = pretraining_gate(config_path)
         return manifest["rows"]
 
-    store = Store(load_config(cfg).store)
+    store = open_store(load_config(cfg))
     assert train(cfg) == sum(f.rows for f in store.files("clean"))
     (store.root / "clean" / "sneaked-in.parquet").write_bytes(b"x")
     with pytest.raises(GateError, match=r"sneaked-in\.parquet: not written by poisonguard"):

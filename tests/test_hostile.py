@@ -28,7 +28,7 @@ import pytest
 from poisonguard.cli import main
 from poisonguard.config import load_config
 from poisonguard.landing import DEFAULT_SOURCE, source_of
-from poisonguard.store import Store
+from poisonguard.store import Store, open_store
 
 N_TRUSTED = 240
 GOOD = "zz-good.csv"  # sorts after every hostile name below
@@ -380,7 +380,7 @@ def test_hostile_landing_entry(project, capsys, case):
     name = case.land(config.landing)
     good_batch(config.landing)
     code, out, err = _run(capsys, project)
-    store = Store.of(config)
+    store = open_store(config)
     by_file = {r.source: r for r in store.batches()}
 
     assert by_file[GOOD].status == "committed"  # the next batch always goes on
@@ -428,7 +428,7 @@ def test_nothing_of_a_linked_file_reaches_the_store(project, capsys):
     config = load_config(project / "poisonguard.toml")
     os.symlink("/etc/passwd", config.landing / "passwd.csv")
     _run(capsys, project)
-    store = Store.of(config)
+    store = open_store(config)
     for path in store.root.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".html", ".parquet", ".csv"):
             assert b"root:x:0" not in path.read_bytes(), path
@@ -459,7 +459,7 @@ def test_a_file_still_being_written_waits_and_is_then_taken_whole(project, capsy
     code, out, _ = _run(capsys, project)
     thread.join()
     assert code == 0 and any(line.startswith("waiting growing.csv") for line in out), out
-    store = Store.of(config)
+    store = open_store(config)
     assert [b for b in store.batches() if b.source == "growing.csv"] == []
     time.sleep(1.1)
     code, out, _ = _run(capsys, project)
@@ -474,7 +474,7 @@ def test_a_writer_that_lands_under_a_temporary_name_is_ignored_until_renamed(pro
     assert _run(capsys, project)[:2] == (0, [f"no new batches in {config.landing}"])
     part.rename(config.landing / "later.csv")
     _run(capsys, project)
-    assert [b.status for b in Store.of(config).batches() if b.source == "later.csv"] == [
+    assert [b.status for b in open_store(config).batches() if b.source == "later.csv"] == [
         "committed"
     ]
 
@@ -485,7 +485,7 @@ def test_the_same_content_under_two_names_is_one_batch_and_one_notice(project, c
     (config.landing / "a-first.csv").write_text(text)
     (config.landing / "b-again.csv").write_text(text)
     code, out, _ = _run(capsys, project)
-    store = Store.of(config)
+    store = open_store(config)
     assert code == 0 and [b.source for b in store.batches()][1:] == ["a-first.csv"]
     (notice,) = [line for line in out if line.startswith("skipped ")]
     assert "b-again.csv" in notice and "same content as batch a-first-" in notice
@@ -500,7 +500,7 @@ def test_a_long_name_does_not_wedge_the_store(project, capsys):
     (config.landing / ("x" * 250 + ".csv")).unlink()
     (config.landing / "zzz-later.csv").write_text(csv_text(ordinary(20, start=7_000)))
     assert _run(capsys, project)[0] == 0
-    store = Store.of(config)
+    store = open_store(config)
     assert {"zz-good.csv", "zzz-later.csv", "x" * 250 + ".csv"} <= {
         b.source for b in store.batches()
     }
@@ -541,7 +541,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_nothing_half_written(projec
     assert len(lines) == 1 and "File too large" in lines[0] and "Traceback" not in proc.stderr
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    store = Store.of(config)
+    store = open_store(config)
     _conserved(store)
     assert {f"b{i}.parquet" for i in range(3)} <= {b.source for b in store.batches()}
     assert main(["gate", "--config", str(config.path)]) == 0
@@ -551,7 +551,7 @@ def test_a_file_that_cannot_be_read_is_tried_again_on_every_run(project, capsys,
     """A landed file the OS refuses to open (as it would for a file of another user) is
     noticed, not remembered: once readable, the next run takes it, though its size and time
     did not change."""
-    import poisonguard.landing as landing
+    import poisonguard.store.landing as landing
 
     config = load_config(project / "poisonguard.toml")
     path = config.landing / "locked.csv"
@@ -570,7 +570,7 @@ def test_a_file_that_cannot_be_read_is_tried_again_on_every_run(project, capsys,
     ]
     monkeypatch.setattr(landing.os, "open", real_open)
     _run(capsys, project)
-    assert [b.status for b in Store.of(config).batches() if b.source == "locked.csv"] == [
+    assert [b.status for b in open_store(config).batches() if b.source == "locked.csv"] == [
         "committed"
     ]
 
@@ -590,7 +590,7 @@ def test_source_folders_are_sources_and_nothing_else_in_them_is_taken(project, c
     good_batch(config.landing)
     code, out, _ = _run(capsys, project)
     assert code == 0
-    store = Store.of(config)
+    store = open_store(config)
     taken = {b.source for b in store.batches()[1:]}
     assert taken == {"partner-b/monday.csv", GOOD}
     assert {source_of(name) for name in taken} == {"partner-b", DEFAULT_SOURCE}

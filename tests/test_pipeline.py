@@ -11,7 +11,7 @@ import pytest
 from poisonguard.config import load_config
 from poisonguard.demo import evaluate_demo
 from poisonguard.pipeline import process_batch, process_landing, row_hashes
-from poisonguard.store import Store
+from poisonguard.store import Store, open_store
 
 
 def _status(store: Store) -> list[tuple]:
@@ -26,7 +26,7 @@ def test_every_input_row_ends_in_exactly_one_place(demo_project):
     config = load_config(demo_project / "poisonguard.toml")
     records = process_landing(config).records
     assert len(records) == 5
-    store = Store.of(config)
+    store = open_store(config)
     for rec in records:
         assert rec.rows_in == rec.rows_clean + rec.rows_quarantined + rec.rows_rejected
         rows = []
@@ -46,7 +46,7 @@ def test_the_demo_catches_planted_poison(demo_project):
     held whole for review."""
     config = load_config(demo_project / "poisonguard.toml")
     process_landing(config)
-    score = evaluate_demo(demo_project, Store(config.store))
+    score = evaluate_demo(demo_project, open_store(config))
     assert score.rows_accounted
     assert score.recall >= 0.8
     assert score.clean_quarantined <= 0.05
@@ -57,7 +57,7 @@ def test_the_demo_catches_planted_poison(demo_project):
 def test_the_same_content_is_skipped_whatever_its_file_name(demo_project):
     config = load_config(demo_project / "poisonguard.toml")
     process_landing(config)
-    store = Store.of(config)
+    store = open_store(config)
     before = _status(store)
     landing = demo_project / "landing"
     shutil.copy(landing / "batch-04-clean.parquet", landing / "batch-99-copy.parquet")
@@ -137,7 +137,7 @@ def test_a_batch_whose_labels_shift_past_the_configured_level_is_held_whole(demo
     ones.to_parquet(config.landing / "only-ones.parquet", index=False)
     (rec,) = process_landing(config).records
     assert rec.rows_quarantined == rec.rows_in == len(ones)
-    held = Store(config.store).quarantine_frame(rec.batch_id)
+    held = open_store(config).quarantine_frame(rec.batch_id)
     assert held["pg_reason"].str.contains("batch held for review: its label shares").all()
     # Stages are truthful: rows the detectors also flag (here a one-class flood trips the
     # backdoor scan) say so; the others are held by the batch hold alone.
@@ -159,7 +159,7 @@ def test_a_csv_text_column_of_digits_stays_text(tmp_path):
     trusted.head(20).to_csv(config.landing / "zips.csv", index=False)
     (rec,) = process_landing(config).records
     assert rec.status == "committed", rec.reason
-    clean = Store(config.store).clean_frame()
+    clean = open_store(config).clean_frame()
     assert "02100" in set(clean["zip"])
 
 
@@ -191,7 +191,7 @@ def resent(demo_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("resent") / "demo"
     shutil.copytree(demo_run[0], root)
     config = load_config(root / "poisonguard.toml")
-    store = Store.of(config)
+    store = open_store(config)
     flips = next(r for r in store.batches() if r.source == "batch-01-label-flips.parquet")
     held = store.quarantine_frame(flips.batch_id).sort_values("pg_row")
     chosen = held["pg_row"].iloc[: len(RESENT)].tolist()

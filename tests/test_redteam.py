@@ -17,7 +17,7 @@ from poisonguard.demo import LABEL
 from poisonguard.errors import ConfigError
 from poisonguard.pipeline import data_columns
 from poisonguard.redteam import ATTACKS, Carrier, Sandbox, copy_project, first_free_id, redteam
-from poisonguard.store import Store
+from poisonguard.store import open_store
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -73,7 +73,7 @@ def test_the_copy_is_a_store_of_its_own(demo_run, tmp_path):
     root, _ = demo_run
     config = load_config(root / "poisonguard.toml")
     copy = copy_project(config, tmp_path / "copy")
-    real, mine = Store.of(config), Store.of(copy)
+    real, mine = open_store(config), open_store(copy)
     assert copy.store != config.store and copy.audit_key != config.audit_key
     assert copy.audit_key.read_text() != (root / "store.key").read_text()
     assert [b.batch_id for b in mine.batches()] == [b.batch_id for b in real.batches()]

@@ -23,14 +23,15 @@ from poisonguard.gate import gate
 from poisonguard.pipeline import data_columns, fit_guard, guard_for, process_landing, row_hashes
 from poisonguard.review import review
 from poisonguard.store import (
-    _SCHEMA,
     GENESIS,
     SCHEMA_VERSION,
     Store,
     now,
+    open_store,
     parquet_bytes,
     reference_digest,
 )
+from poisonguard.store.sqlite import _SCHEMA
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -86,7 +87,7 @@ def test_an_accepted_batch_does_not_join_the_reference(demo_project):
     the guard is fitted on the seed's rows only, and the training set still grows."""
     config = load_config(demo_project / "poisonguard.toml")
     process_landing(config)
-    store = Store.of(config)
+    store = open_store(config)
     committed = [b for b in store.batches() if b.status == "committed"]
     assert len(committed) == 4
     assert {b.reference_version for b in committed} == {1}
@@ -112,7 +113,7 @@ def test_released_poison_does_not_vouch_for_its_near_copies(demo_project):
     holds none of them."""
     clean = _fresh_landing(demo_project)
     config = load_config(demo_project / "poisonguard.toml")
-    store = Store.of(config)
+    store = open_store(config)
     seed = pd.read_parquet(demo_project / "trusted.parquet")
     threes = seed[seed[LABEL] == 3].head(8)
     first = _land(config, "b1.parquet", _flipped_copies(threes, 12, 100_000, seed=0))
@@ -146,7 +147,7 @@ def test_promotion_makes_a_new_version_that_judges_the_next_batch(demo_project, 
     clean = _fresh_landing(demo_project)
     cfg = str(demo_project / "poisonguard.toml")
     config = load_config(cfg)
-    store = Store.of(config)
+    store = open_store(config)
     first = _land(config, "b1.parquet", clean.iloc[:120])
     _settle(store, first.batch_id)
     code, out, err = _cli(
@@ -202,7 +203,7 @@ def test_a_fitted_guard_is_kept_for_its_reference_version_and_settings(demo_proj
     same settings reuses the guard fitted before; other settings, or a promotion, fit anew."""
     cfg = str(demo_project / "poisonguard.toml")
     config = load_config(cfg)
-    store = Store.of(config)
+    store = open_store(config)
     first = fit_guard(config, store)
     assert fit_guard(config, store) is first
     stricter = dataclasses.replace(
@@ -226,7 +227,7 @@ def test_the_gate_refuses_a_reference_edited_behind_its_back(demo_project):
     audit entry that wrote it."""
     clean = _fresh_landing(demo_project)
     config = load_config(demo_project / "poisonguard.toml")
-    store = Store.of(config)
+    store = open_store(config)
     first = _land(config, "b1.parquet", clean.iloc[:100])
     second = _land(config, "b2.parquet", clean.iloc[100:200])
     _settle(store, first.batch_id)
@@ -248,7 +249,7 @@ def test_promoting_an_unknown_rejected_or_unreviewed_batch_fails_in_one_line(dem
     cfg = str(demo_project / "poisonguard.toml")
     config = load_config(cfg)
     process_landing(config)
-    store = Store.of(config)
+    store = open_store(config)
     by_file = {b.source: b for b in store.batches()}
     rejected = by_file["batch-05-wrong-schema.csv"].batch_id
     waiting, n_waiting = (
@@ -290,7 +291,7 @@ def test_one_source_may_not_hold_more_than_its_share_of_the_reference(demo_proje
     path.write_text(re.sub(r"max_source_share = \S+", "max_source_share = 0.2", text))
     config = load_config(path)
     assert config.reference.max_source_share == 0.2
-    store = Store.of(config)
+    store = open_store(config)
     n_seed = _seed_rows(demo_project)
     first = _land(config, "partner/monday.parquet", clean.iloc[:100])
     second = _land(config, "partner/tuesday.parquet", clean.iloc[100:200])
@@ -396,7 +397,7 @@ def test_a_version_2_ledger_is_migrated_with_its_seed_as_reference_version_1(dem
         [("seed-old", "seed", trusted), ("accepted-old", "committed", clean.iloc[:50])],
     )
     assert _user_version(config.store) == 2
-    store = Store.of(config)
+    store = open_store(config)
     assert _user_version(config.store) == SCHEMA_VERSION == 3
     assert {(b.batch_id, b.rows_clean, b.reference_version) for b in store.batches()} == {
         ("seed-old", len(trusted), None),
@@ -412,7 +413,7 @@ def test_a_version_2_ledger_is_migrated_with_its_seed_as_reference_version_1(dem
     assert store.verify_audit() is None
     assert len(gate(config)) == len(trusted) + 50
 
-    Store.of(config)
+    open_store(config)
     assert len(store.audit_log()) == 5  # the four, and the gate's entry: no second migration
     assert _land(config, "b1.parquet", clean.iloc[50:150]).reference_version == 1
 
@@ -425,7 +426,7 @@ def test_a_failed_migration_leaves_the_version_2_ledger_as_it_was(demo_project):
     key = demo_project / "store.key"
     key.rename(demo_project / "elsewhere.key")
     with pytest.raises(StoreError, match=r"audit key .* is missing"):
-        Store.of(config)
+        open_store(config)
     assert _user_version(config.store) == 2
     with sqlite3.connect(config.store / "ledger.sqlite") as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}

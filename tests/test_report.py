@@ -42,7 +42,6 @@ from poisonguard.evidence import (
     projection,
 )
 from poisonguard.pipeline import (
-    EVIDENCE,
     commit_batch,
     detect_batch,
     entry_for,
@@ -52,7 +51,8 @@ from poisonguard.pipeline import (
 )
 from poisonguard.report import load_report, markdown_summary, render_html, write_report
 from poisonguard.review import review
-from poisonguard.store import Store
+from poisonguard.store import Store, open_store
+from poisonguard.store.staging import EVIDENCE
 
 PROBE = "<script>window.__pg_pwned=1;document.title='pwned'</script>"
 ATTR_PROBE = '"><img src=x onerror="window.__pg_pwned=2">'
@@ -990,7 +990,7 @@ def test_every_count_on_the_demos_pages_equals_the_ledger(demo_run):
     """For each demo batch (committed or rejected), the page shows the ledger's rows in, clean,
     quarantined and rejected, and the quarantined rows per stage add up to its quarantine."""
     root, records = demo_run
-    store = Store.of(load_config(root / "poisonguard.toml"))
+    store = open_store(load_config(root / "poisonguard.toml"))
     assert len(records) == 5
     by_stage = {}
     for record in records:
@@ -1008,7 +1008,7 @@ def test_a_row_rejected_before_is_counted_under_the_blocklist(demo_run, tmp_path
     copy = tmp_path / "demo"
     shutil.copytree(root, copy)
     config = load_config(copy / "poisonguard.toml")
-    store = Store.of(config)
+    store = open_store(config)
     flips = next(r for r in records if r.source == "batch-01-label-flips.parquet")
     held = store.quarantine_frame(flips.batch_id)
     review(store, flips.batch_id, "reject", by="ana", note="mislabelled vendor feed")
@@ -1040,7 +1040,7 @@ def test_a_batch_hold_is_counted_and_named_on_the_page(demo_project):
         config.landing / "mostly-ones.parquet", index=False
     )
     (record,) = process_landing(config).records
-    store = Store.of(config)
+    store = open_store(config)
     report = _assert_report_matches_the_ledger(store, record)
     held_by = report.counts.held_by
     assert held_by["batch_hold"] > 0 and held_by["detectors"] > 0, held_by
@@ -1060,7 +1060,7 @@ def test_a_batch_with_no_row_scored_keeps_no_stale_evidence(demo_project, rng):
         f.unlink()
     frame["px03"] = 99.0
     frame.to_parquet(config.landing / "all-broken.parquet", index=False)
-    store = Store.of(config)
+    store = open_store(config)
     staged = validate_batch(entry_for(config.landing / "all-broken.parquet"), config, store).staged
     assert staged is not None
     stale = sample_report(rng).evidence
@@ -1085,7 +1085,7 @@ def test_a_hostile_file_name_shows_as_text_on_its_report(demo_project):
     (config.landing / name).write_bytes(b"PAR1garbage")
     (record,) = process_landing(config).records
     assert record.status == "rejected"
-    page = report_paths(Store.of(config), record.batch_id)[0].read_text(encoding="utf-8")
+    page = report_paths(open_store(config), record.batch_id)[0].read_text(encoding="utf-8")
     assert "<script" not in page.lower() and "<img" not in page.lower()
     assert name in text_of(page)
-    assert load_report(report_paths(Store.of(config), record.batch_id)[1]).source == name
+    assert load_report(report_paths(open_store(config), record.batch_id)[1]).source == name

@@ -29,7 +29,7 @@ import pytest
 from poisonguard.config import load_config
 from poisonguard.pipeline import process_landing, report_paths
 from poisonguard.report import render_html, write_report
-from poisonguard.store import Store
+from poisonguard.store import open_store
 from test_report import SECTION_HEADINGS, hostile_report, sample_report
 
 pytestmark = pytest.mark.browser
@@ -151,7 +151,7 @@ def demo_page(browser, demo_inputs, tmp_path_factory) -> tuple[Loaded, Any]:
     )
     config = load_config(root / "poisonguard.toml")
     (record,) = process_landing(config).records
-    html_path, _ = report_paths(Store.of(config), record.batch_id)
+    html_path, _ = report_paths(open_store(config), record.batch_id)
     return _load(browser, html_path), record
 
 

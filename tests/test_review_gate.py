@@ -13,7 +13,7 @@ from poisonguard.config import load_config
 from poisonguard.errors import GateError, ReviewError
 from poisonguard.gate import gate, parse_age
 from poisonguard.review import held_rows, review
-from poisonguard.store import Store
+from poisonguard.store import open_store
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -26,7 +26,7 @@ def test_the_whole_loop_through_the_cli(demo_project, capsys):
     """Ingest, review (release some, reject others), re-ingest a rejected row, gate, tamper, break the chain."""
     cfg = str(demo_project / "poisonguard.toml")
     config = load_config(cfg)
-    store = Store(config.store)
+    store = open_store(config)
     assert _cli(capsys, "run", "--local", "--config", cfg)[0] == 1  # one demo batch is rejected
 
     code, out, _ = _cli(capsys, "review", "list", "--config", cfg)
@@ -163,7 +163,7 @@ def test_the_whole_loop_through_the_cli(demo_project, capsys):
 
 def test_gate_names_files_added_or_removed_behind_its_back(demo_project):
     config = load_config(demo_project / "poisonguard.toml")
-    store = Store(config.store)
+    store = open_store(config)
     assert len(gate(config)) == len(pd.read_parquet(demo_project / "trusted.parquet"))
     (store.root / "clean" / "extra.parquet").write_bytes(b"x")
     with pytest.raises(GateError, match=r"clean/extra\.parquet: not written by poisonguard"):
@@ -189,7 +189,7 @@ def test_gate_fails_on_rows_waiting_too_long_and_exit_codes(demo_project, capsys
 
 def test_every_gate_decision_is_audited(demo_project):
     config = load_config(demo_project / "poisonguard.toml")
-    store = Store(config.store)
+    store = open_store(config)
     gate(config)
     assert store.audit_log()[-1]["action"] == "gate"
     assert store.verify_audit() is None
@@ -200,7 +200,7 @@ def test_review_needs_a_name_and_a_note_and_known_rows(demo_project):
     from poisonguard.pipeline import process_landing
 
     process_landing(config)
-    store = Store(config.store)
+    store = open_store(config)
     flips = next(r for r in store.batches() if "label-flips" in r.source)
     with pytest.raises(ReviewError, match="reviewer's name"):
         review(store, flips.batch_id, "release", by=" ", note="x")

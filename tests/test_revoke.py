@@ -17,7 +17,7 @@ from poisonguard.errors import GateError, ReviewError
 from poisonguard.gate import gate
 from poisonguard.pipeline import fit_guard, process_landing, rescan
 from poisonguard.review import held_rows, review, revoke
-from poisonguard.store import Store
+from poisonguard.store import Store, open_store
 from test_reference import _cli, _flipped_copies, _fresh_landing, _land, _settle
 
 
@@ -27,7 +27,7 @@ def _start(project: Path) -> tuple[pd.DataFrame, str, Config, Store]:
     clean = _fresh_landing(project)
     cfg = str(project / "poisonguard.toml")
     config = load_config(cfg)
-    return clean, cfg, config, Store.of(config)
+    return clean, cfg, config, open_store(config)
 
 
 def _revoke_cli(capsys, cfg: str, batch_id: str, note: str) -> tuple[int, str, str]:

@@ -26,7 +26,7 @@ from poisonguard.sources import (
     size_drift,
     source_states,
 )
-from poisonguard.store import Store
+from poisonguard.store import open_store
 from test_reference import _land
 
 NO_RATES = np.zeros(len(THRESHOLDS))
@@ -202,13 +202,13 @@ def test_a_source_that_alarms_has_its_batches_held_and_the_gate_refuses(demo_pro
     held_whole = []
     for i in range(8):
         rec = _land(config, f"partner-b/b{i}.parquet", _batch(clean, rng, i, flips=4))
-        store = Store.of(config)
+        store = open_store(config)
         frame = store.quarantine_frame(rec.batch_id)
         if len(frame) == rec.rows_in and frame["pg_reason"].str.contains("source alarm").all():
             held_whole.append(i)
     assert held_whole, "the partner never alarmed"
     assert held_whole[0] <= 5
-    store = Store.of(config)
+    store = open_store(config)
     reason = store.quarantine_frame(store.batches()[-1].batch_id)["pg_reason"].iloc[0]
     assert "partner-b:" in reason and "scored rows at p <= 0.001" in reason
     assert "poisonguard source clear partner-b" in reason

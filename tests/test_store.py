@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 
 from poisonguard.errors import BatchError, StoreError
-from poisonguard.landing import read_batch
-from poisonguard.store import Outcome, Store, atomic_write_bytes, sha256_file
+from poisonguard.store import Outcome, Store, atomic_write_bytes, read_batch, sha256_file
 
 
 def _dead_pid() -> int:

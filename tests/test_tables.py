@@ -12,7 +12,7 @@ from poisonguard.demo import build_demo, evaluate_demo
 from poisonguard.initialize import init_dataset
 from poisonguard.pipeline import process_landing
 from poisonguard.selftest import selftest
-from poisonguard.store import Store
+from poisonguard.store import open_store
 
 
 @pytest.fixture
@@ -40,10 +40,10 @@ def test_the_penguins_demo_goes_through_the_gate(penguins):
     unknown species) are held by expectations naming the column."""
     config = load_config(penguins / "poisonguard.toml")
     run = process_landing(config)
-    score = evaluate_demo(penguins, Store.of(config))
+    score = evaluate_demo(penguins, open_store(config))
     assert score.rows_accounted
     assert sorted(r.status for r in run.records) == ["committed"] * 4 + ["rejected"]
-    store = Store.of(config)
+    store = open_store(config)
     broken = next(r for r in run.records if "broken" in r.source)
     held = store.quarantine_frame(broken.batch_id)
     reasons = " ".join(held["pg_reason"])
@@ -77,7 +77,7 @@ def test_a_regression_table_goes_through_the_gate(tmp_path, homes):
     batch.loc[:9, "price"] *= 3
     batch.to_parquet(config.landing / "homes.parquet", index=False)
     (rec,) = process_landing(config).records
-    held = Store.of(config).quarantine_frame(rec.batch_id)
+    held = open_store(config).quarantine_frame(rec.batch_id)
     assert set(range(10)) <= set(held["pg_row"]), held[["pg_row", "pg_reason"]]
     assert rec.rows_quarantined <= 15
     assert held["pg_reason"].str.contains("price ").any()

@@ -751,7 +751,7 @@ def test_quarantined_rows_are_exactly_the_out_of_range_ones(values: list[float])
 def test_the_shipped_digits_suite_is_what_init_infers_from_the_demo_seed(tmp_path: Path) -> None:
     """expectations/digits.json stays in step with the demo: regenerate it if inference changes."""
     from poisonguard.demo import build_demo
-    from poisonguard.landing import read_batch
+    from poisonguard.store import read_batch
 
     seed, _ = build_demo(tmp_path)
     inferred = infer_suite(read_batch(seed), label="digit", id_column="row_id", name="digits")

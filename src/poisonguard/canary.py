@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from poisonguard.config import RESERVED_PREFIX, Config, GateSettings
+from poisonguard.config import Config, GateSettings
 from poisonguard.detectors._common import one_thread
 from poisonguard.detectors.base import Encoder, Table
 from poisonguard.errors import shown
@@ -126,10 +126,9 @@ def split_canary(
 def _hashes(frame: pd.DataFrame) -> np.ndarray:
     if HASH_COLUMN in frame.columns:
         return frame[HASH_COLUMN].astype(str).to_numpy(dtype=object)
-    from poisonguard.pipeline import row_hashes
+    from poisonguard.store import data_columns, row_hashes
 
-    data = [c for c in frame.columns if not str(c).startswith(RESERVED_PREFIX)]
-    return row_hashes(frame, data)
+    return row_hashes(frame, data_columns(frame))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -199,9 +198,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from poisonguard.landing import read_batch
     from poisonguard.scan import scan
-    from poisonguard.store import atomic_write_bytes, parquet_bytes
+    from poisonguard.store import read_batch, write_table
 
     batch = read_batch(Path(args.batch))
     reference = read_batch(Path(args.reference)) if args.reference else None
@@ -223,8 +221,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         held["pg_suspicion" if col == "suspicion" else f"pg_score_{col}"] = result.scores.loc[
             result.quarantined, col
         ]
-    atomic_write_bytes(out / "clean.parquet", parquet_bytes(batch[~result.quarantined.to_numpy()]))
-    atomic_write_bytes(out / "quarantine.parquet", parquet_bytes(held))
+    write_table(out / "clean.parquet", batch[~result.quarantined.to_numpy()])
+    write_table(out / "quarantine.parquet", held)
     _out(
         f"{args.batch}: {len(batch)} rows, {result.n_quarantined} quarantined, "
         f"{len(batch) - result.n_quarantined} clean -> {out}/clean.parquet, {out}/quarantine.parquet"
@@ -260,10 +258,10 @@ def _reference_line(summary: dict | None) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from poisonguard.sources import alarms, source_states
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
     config = _config(args)
-    store = Store.of(config)
+    store = open_store(config)
     records = [r.as_dict() for r in store.batches()]
     for r in records:
         r["file"] = r["source"]
@@ -331,7 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from poisonguard.demo import DATASETS, DEMO_MARKER, ID, build_demo, evaluate_demo
     from poisonguard.initialize import init_dataset
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
     root = Path(args.dir)
     marker = root / DEMO_MARKER
@@ -361,7 +359,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     _out(f"processing the landing zone {how} ...")
     _run(done.config, args.local)
-    score = evaluate_demo(root, Store.of(done.config))
+    score = evaluate_demo(root, open_store(done.config))
     _out("")
     _out(_table(score.table.to_dict("records"), list(score.table.columns)))
     _out("")
@@ -374,9 +372,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_review_list(args: argparse.Namespace) -> int:
     from poisonguard.gate import human_age
     from poisonguard.review import awaiting_review
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
-    store = Store.of(_config(args))
+    store = open_store(_config(args))
     rows = [
         {
             "batch_id": p.batch_id,
@@ -398,10 +396,10 @@ def cmd_review_list(args: argparse.Namespace) -> int:
 
 def cmd_review_show(args: argparse.Namespace) -> int:
     from poisonguard.review import held_rows
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
     config = _config(args)
-    rows = held_rows(Store.of(config), args.batch)
+    rows = held_rows(open_store(config), args.batch)
     if rows.empty:
         _out(f"batch {args.batch} has no quarantined rows")
         return 0
@@ -428,7 +426,7 @@ def cmd_review_show(args: argparse.Namespace) -> int:
 
 def _review(args: argparse.Namespace, action: str) -> int:
     from poisonguard.review import review
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
     rows = None
     if args.rows:
@@ -440,7 +438,7 @@ def _review(args: argparse.Namespace, action: str) -> int:
             ) from None
     config = _config(args)
     done = review(
-        Store.of(config),
+        open_store(config),
         args.batch,
         action,
         by=args.by,
@@ -466,9 +464,9 @@ def cmd_review_reject(args: argparse.Namespace) -> int:
 
 def cmd_review_revoke(args: argparse.Namespace) -> int:
     from poisonguard.review import revoke
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
-    done = revoke(Store.of(_config(args)), args.batch, actor=args.actor, note=args.note)
+    done = revoke(open_store(_config(args)), args.batch, actor=args.actor, note=args.note)
     if done.already is not None:
         _out(f"batch {args.batch} was already {done.already}; nothing changed")
         return 0
@@ -491,10 +489,10 @@ RESCAN_SHOWN = 50
 
 def cmd_rescan(args: argparse.Namespace) -> int:
     from poisonguard.pipeline import rescan
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
     config = _config(args)
-    store = Store.of(config)
+    store = open_store(config)
     report = rescan(config, store, source=args.source, since=args.since)
     _out(f"re-scanned against reference version {report.reference_version}")
     for scope in report.scopes:
@@ -537,9 +535,9 @@ REFERENCE_COLUMNS = ("version", "rows", "batches", "digest", "actor", "at", "not
 
 
 def cmd_reference_show(args: argparse.Namespace) -> int:
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
-    versions = Store.of(_config(args)).references()
+    versions = open_store(_config(args)).references()
     if args.json:
         doc = [{**v.summary(), "actor": v.actor, "at": v.at, "note": v.note} for v in versions]
         _out(json.dumps(doc, indent=2))
@@ -567,10 +565,10 @@ def cmd_reference_show(args: argparse.Namespace) -> int:
 
 
 def cmd_reference_promote(args: argparse.Namespace) -> int:
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
     config = _config(args)
-    store = Store.of(config)
+    store = open_store(config)
     before = store.reference()
     done = store.promote(
         args.batches,
@@ -603,10 +601,10 @@ def _source_rows(states: dict) -> list[dict]:
 
 def cmd_source_show(args: argparse.Namespace) -> int:
     from poisonguard.sources import alarms, source_states
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
     config = _config(args)
-    states = source_states(Store.of(config).source_events(), config.sources)
+    states = source_states(open_store(config).source_events(), config.sources)
     if args.json:
         doc = [
             {**dataclasses.asdict(s), "evidence": s.describe(config.sources)}
@@ -621,17 +619,17 @@ def cmd_source_show(args: argparse.Namespace) -> int:
 
 
 def cmd_source_clear(args: argparse.Namespace) -> int:
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
-    Store.of(_config(args)).clear_source(args.source, actor=args.actor, note=args.note)
+    open_store(_config(args)).clear_source(args.source, actor=args.actor, note=args.note)
     _out(f"cleared source {shown(args.source)}: its test and the pooled test restart")
     return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
-    store = Store.of(_config(args))
+    store = open_store(_config(args))
     broken = store.verify_audit()
     n = len(store.audit_log())
     if broken:
@@ -642,9 +640,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_log(args: argparse.Namespace) -> int:
-    from poisonguard.store import Store
+    from poisonguard.store import open_store
 
-    log = Store.of(_config(args)).audit_log()
+    log = open_store(_config(args)).audit_log()
     if args.json:
         _out(json.dumps(log, indent=2))
         return 0
@@ -704,7 +702,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from poisonguard.gate import gate
-    from poisonguard.store import atomic_write_bytes, parquet_bytes
+    from poisonguard.store import write_table
 
     config = _config(args)
     try:
@@ -713,7 +711,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         for reason in exc.reasons:
             sys.stderr.write(f"not safe: {reason}\n")
         return 1
-    atomic_write_bytes(Path(args.out), parquet_bytes(frame))
+    write_table(Path(args.out), frame)
     _out(f"wrote {len(frame)} verified rows to {args.out}")
     return 0
 
@@ -1109,13 +1107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except sqlite3.Error as exc:
-        return _fail(PoisonguardError(f"the ledger could not be read or written ({exc})"), 1)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(PoisonguardError(f"{where}{exc.strerror or exc}"), 1)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from poisonguard.store import LEDGER_ERRORS
+
+        if not isinstance(exc, LEDGER_ERRORS):
+            raise
+        return _fail(PoisonguardError(f"the ledger could not be read or written ({exc})"), 1)
 
 
 def _quiet_great_expectations() -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from poisonguard.attacks import plant
-from poisonguard.store import Store, atomic_write_bytes, parquet_bytes
+from poisonguard.store import Store, read_parquet, write_table
 
 ID = "row_id"
 TRUTH = "truth.parquet"
@@ -155,7 +155,7 @@ def build_demo(root: Path, *, dataset: str = "digits", random_state: int = 7) ->
     parts = np.array_split(np.arange(len(rest)), 4)
     landing = root / "landing"
     landing.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(root / SEED_FILE, parquet_bytes(seed))
+    write_table(root / SEED_FILE, seed)
     batches = spec.batches
 
     truth: list[pd.DataFrame] = []
@@ -177,7 +177,7 @@ def build_demo(root: Path, *, dataset: str = "digits", random_state: int = 7) ->
             reference=seed,
             random_state=random_state,
         )
-        atomic_write_bytes(landing / name, parquet_bytes(attack.frame))
+        write_table(landing / name, attack.frame)
         record(name, attack.frame, attack.is_poison, kind)
 
     broken = rest.iloc[parts[2]].reset_index(drop=True).copy()
@@ -190,14 +190,14 @@ def build_demo(root: Path, *, dataset: str = "digits", random_state: int = 7) ->
     record(batches[2].file, broken, bad, "broken_row")
 
     clean = rest.iloc[parts[3]].reset_index(drop=True)
-    atomic_write_bytes(landing / batches[3].file, parquet_bytes(clean))
+    write_table(landing / batches[3].file, clean)
     record(batches[3].file, clean, np.zeros(len(clean), dtype=bool), "none")
 
     wrong = clean.head(40).drop(columns=[spec.dropped])
     (landing / batches[4].file).write_text(wrong.to_csv(index=False))
     record(batches[4].file, wrong, np.ones(len(wrong), dtype=bool), "wrong_schema")
 
-    atomic_write_bytes(root / TRUTH, parquet_bytes(pd.concat(truth, ignore_index=True)))
+    write_table(root / TRUTH, pd.concat(truth, ignore_index=True))
     return root / SEED_FILE, landing
 
 
@@ -232,7 +232,7 @@ def evaluate_demo(root: Path, store: Store) -> DemoScore:
     configured levels) is named in ``held_whole`` instead, and only its rows that a
     row-level stage held count.
     """
-    truth = pd.read_parquet(root / TRUTH)
+    truth = read_parquet(root / TRUTH)
     rows = []
     whole: list[str] = []
     held_poison = held = planted = clean_total = clean_held = 0

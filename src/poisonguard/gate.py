@@ -33,18 +33,15 @@ reference version its batch was judged against.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from poisonguard.canary import CanaryResult, run_canary
 from poisonguard.config import RESERVED_PREFIX, Config, suite_columns
@@ -56,14 +53,13 @@ from poisonguard.store import (
     ReferenceVersion,
     Store,
     now,
+    open_store,
+    read_verified,
     reference_digest,
-    sha256_file,
 )
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-#: The kinds of file the ledger lists, each in its own folder.
-KINDS = ("clean", "quarantine", "rejected")
 
 
 def parse_age(text: str) -> timedelta:
@@ -121,7 +117,7 @@ def check(
         True requires it to judge; None follows ``gate.canary`` in the config.
     """
     try:
-        store = Store.of(config)
+        store = open_store(config)
     except StoreError as exc:
         return GateReport(False, (str(exc),), (), 0, {"safe": False, "reasons": [str(exc)]})
     with store.writing():
@@ -201,10 +197,10 @@ def _canary(
     if not checked:
         return None, {"run": False, "note": "not run: the store failed the checks above"}
     try:
-        frames = {f.path: _read_verified(store.root, f) for f in files}
+        frames = {f.path: store.read_verified(f) for f in files}
         refs = () if current is None else current.files
         reference = pd.concat(
-            [frames[f.path] if f.path in frames else _read_verified(store.root, f) for f in refs]
+            [frames[f.path] if f.path in frames else store.read_verified(f) for f in refs]
             or [pd.DataFrame()],
             ignore_index=True,
         )
@@ -212,14 +208,6 @@ def _canary(
     except (PoisonguardError, OSError, ValueError) as exc:
         result = CanaryResult.without_figures(reasons=(f"canary: could not run ({exc})",))
     return result, result.as_dict()
-
-
-def _read_verified(root: Path, record: FileRecord) -> pd.DataFrame:
-    """A clean file's rows, read from bytes whose SHA-256 is the ledger's."""
-    data = (root / record.path).read_bytes()
-    if hashlib.sha256(data).hexdigest() != record.sha256:
-        raise GateError([f"{record.path}: changed while the training set was read"])
-    return pq.read_table(pa.BufferReader(data)).to_pandas()
 
 
 def _head_or_none(store: Store) -> dict[str, Any] | None:
@@ -249,7 +237,7 @@ def _reasons(
         reasons += _previous_head(store, previous)
     if not broken:
         reasons += _ledger_against_audit(store)
-    reasons += _files_against_ledger(store)
+    reasons += store.verify_files()
     reasons += _training_set(store, config)
     for state in alarms(source_states(store.source_events(), config.sources)):
         then = (
@@ -430,68 +418,16 @@ def _references_against_audit(
     return reasons
 
 
-def _files_against_ledger(store: Store) -> list[str]:
-    """Every listed file is there as written; nothing else sits among them."""
-    reasons: list[str] = []
-    records = store.files()
-    rows_by_batch: dict[tuple[str, str], int] = defaultdict(int)
-    # A row a re-scan held again after its release is in two quarantine files: count it once.
-    held_by_batch: dict[str, set[int]] = defaultdict(set)
-    for f in records:
-        path = store.root / f.path
-        if not path.is_file() or path.is_symlink():
-            reasons.append(f"{f.path}: listed in the ledger but missing from the store")
-            continue
-        digest = sha256_file(path)
-        if digest != f.sha256:
-            reasons.append(
-                f"{f.path}: changed behind poisonguard's back (SHA-256 {digest[:12]}..., "
-                f"ledger has {f.sha256[:12]}...)"
-            )
-            continue
-        if f.rows is None:
-            continue
-        rows = pq.ParquetFile(path).metadata.num_rows
-        if rows != f.rows:
-            reasons.append(f"{f.path}: has {rows} rows, the ledger recorded {f.rows}")
-        rows_by_batch[(f.batch_id, f.kind)] += rows
-        if f.kind == "quarantine":
-            held_rows = pq.read_table(path, columns=["pg_row"]).column("pg_row").to_pylist()
-            held_by_batch[f.batch_id].update(held_rows)
-    listed = {f.path for f in records}
-    for kind in KINDS:
-        for path in sorted((store.root / kind).rglob("*")):
-            rel = path.relative_to(store.root).as_posix()
-            if path.is_dir() and not path.is_symlink():
-                continue
-            if rel not in listed:
-                reasons.append(f"{rel}: not written by poisonguard (not in the ledger)")
-    reviews = store.reviews()
-    n_reviewed = reviews.groupby("batch_id").size().to_dict() if len(reviews) else {}
-    for rec in store.batches():
-        if rec.status == "rejected":
-            continue
-        clean = rows_by_batch.get((rec.batch_id, "clean"), 0)
-        held = len(held_by_batch.get(rec.batch_id, ()))
-        want_held = rec.rows_quarantined + int(n_reviewed.get(rec.batch_id, 0))
-        if clean != rec.rows_clean or held != want_held:
-            reasons.append(
-                f"batch {rec.batch_id}: its files hold {clean} clean and {held} quarantined "
-                f"rows, the ledger counts {rec.rows_clean} and {want_held}"
-            )
-    return reasons
-
-
 def _training_set(store: Store, config: Config) -> list[str]:
     """One schema, the suite's columns, unique ids, and at least one row."""
     reasons: list[str] = []
-    files = [f for f in store.files("clean") if (store.root / f.path).is_file()]
+    files = [f for f in store.files("clean") if store.file_exists(f)]
     if not files or sum(f.rows or 0 for f in files) == 0:
         return ["the training set is empty: no clean rows to train on"]
     first: tuple[str, list[str]] | None = None
     for f in files:
         try:
-            names = pq.read_schema(store.root / f.path).names
+            names = store.column_names(f)
         except (OSError, ValueError) as exc:
             reasons.append(f"{f.path}: not a readable Parquet file ({exc})")
             continue
@@ -577,7 +513,7 @@ def gate(
         raise GateError(list(report.reasons))
     root = Path(report.manifest["store"])
     # The bytes read are the bytes checked: a file swapped after the check is refused.
-    frame = pd.concat([_read_verified(root, f) for f in report.files], ignore_index=True)
+    frame = pd.concat([read_verified(root, f) for f in report.files], ignore_index=True)
     if not provenance:
         frame = frame[[c for c in frame.columns if not str(c).startswith(RESERVED_PREFIX)]]
     return frame

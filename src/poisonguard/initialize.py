@@ -8,10 +8,9 @@ from pathlib import Path
 from poisonguard.columns import MAX_CATEGORIES, infer_kinds, infer_task
 from poisonguard.config import Config, load_config, render_config
 from poisonguard.errors import ConfigError
-from poisonguard.landing import read_batch
 from poisonguard.pii import find_pii
 from poisonguard.pipeline import check_seed, seed_store
-from poisonguard.store import BatchRecord, Store, atomic_write_bytes
+from poisonguard.store import BatchRecord, atomic_write_bytes, has_store, open_store, read_batch
 
 CONFIG_NAME = "poisonguard.toml"
 
@@ -85,9 +84,9 @@ def init_dataset(
     features = [c for c in frame.columns if c not in (label, id_column)]
     kinds = infer_kinds(frame, features, max_categories=max_categories)
     store_root = directory / "store"
-    if (store_root / "ledger.sqlite").exists():
+    if has_store(store_root):
         # Refuse before writing anything: --force rewrites a config, never mixes two seeds.
-        check_seed(frame, str(sample), Store(store_root))
+        check_seed(frame, str(sample), open_store(store_root))
     suite_rel = f"expectations/{name}.json"
     directory.mkdir(parents=True, exist_ok=True)
     write_suite(suite, directory / suite_rel)
@@ -104,5 +103,5 @@ def init_dataset(
     )
     atomic_write_bytes(config_path, text.encode())
     config = load_config(config_path)
-    record = seed_store(frame, str(sample), config, Store.of(config, create=True))
+    record = seed_store(frame, str(sample), config, open_store(config, create=True))
     return Initialized(config, record, len(suite["expectations"]))

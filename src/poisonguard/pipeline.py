@@ -8,7 +8,9 @@ pass paths, never frames, to the next (flows/ingest.py)::
     detect_batch(intake.staged, config, store)            # the one decision, beside the rows
     record = commit_batch(intake.staged, config, store)   # files, then the ledger row
 
-``process_landing`` runs the same steps in-process, without Prefect.
+``process_landing`` runs the same steps in-process, without Prefect. The files
+themselves (the landed copy, the staged rows, the decision beside them) are the
+store's to write and read (``poisonguard.store.staging``); this module decides.
 
 Fault isolation: whatever a landed file holds, the worst it can do is get
 itself rejected (kept under ``rejected/`` with its reason) or skipped (with a
@@ -19,12 +21,8 @@ itself (a full disk, a lost lock) stop a run, with nothing half-written.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from poisonguard.decision import BatchDecision, batch_hold_reason, decide_batch
 from poisonguard.detectors.drift import batch_drift
 from poisonguard.detectors.duplicates import DuplicatesDetector, find_near_copies
 from poisonguard.detectors.targets import robust_spread
-from poisonguard.errors import BatchError, ConfigError, ReviewError, StoreError
+from poisonguard.errors import BatchError, ConfigError, ReviewError, StoreError, shown
 from poisonguard.evidence import (
     Evidence,
     ReferenceUsed,
@@ -46,20 +44,7 @@ from poisonguard.evidence import (
     dumps,
     loads,
 )
-from poisonguard.landing import (
-    Entry,
-    Unreadable,
-    Unsettled,
-    batch_id_for,
-    batch_suffix,
-    read_batch,
-    safe_stem,
-    settled,
-    shown,
-    snapshot,
-    source_of,
-    survey,
-)
+from poisonguard.landing import Entry, batch_id_for, batch_suffix, safe_stem, source_of
 from poisonguard.scan import Guard
 from poisonguard.sources import (
     SOURCE_ALARM,
@@ -75,66 +60,30 @@ from poisonguard.store import (
     BatchRecord,
     Outcome,
     ReferenceVersion,
+    Staged,
     Store,
-    atomic_write_bytes,
+    Unreadable,
+    Unsettled,
+    add_provenance,
     crash_point,
+    data_columns,
+    entry_for,
     now,
+    open_store,
     parquet_bytes,
-    read_parquet,
+    read_batch,
+    read_decision,
+    read_evidence,
+    row_hashes,
+    settled,
+    stage_rows,
+    survey,
+    write_decision,
+    write_evidence,
 )
 
-STAGED_ROWS = "rows.parquet"
-STAGED_PRIOR = "prior.parquet"
-STAGED_MANIFEST = "staged.json"
-DECISION = "decision.parquet"
-DECISION_META = "decision.json"
-EVIDENCE = "evidence.json"
 #: A row's reason lists at most this many failed expectations, then a count.
 MAX_LISTED = 3
-
-
-def row_hashes(frame: pd.DataFrame, columns: list[str] | None = None) -> np.ndarray:
-    """A content hash per row (16 hex digits), the same whichever file format carried it.
-
-    Numbers are compared as float64 and everything else as text, so a row read
-    from CSV and the same row read from Parquet hash alike.
-    """
-    columns = list(columns if columns is not None else frame.columns)
-    canon = pd.DataFrame(index=range(len(frame)))
-    for c in columns:
-        col = frame[c].reset_index(drop=True)
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            canon[str(c)] = col.astype("float64")
-        else:
-            canon[str(c)] = col.astype("string").fillna("\x00<NA>")
-    hashed = pd.util.hash_pandas_object(canon, index=False).to_numpy(dtype=np.uint64)
-    return np.array([f"{h:016x}" for h in hashed.tolist()], dtype=object)
-
-
-def data_columns(frame: pd.DataFrame) -> list[str]:
-    """The columns that came with the data, not poisonguard's bookkeeping."""
-    return [c for c in frame.columns if not str(c).startswith(RESERVED_PREFIX)]
-
-
-@dataclass(frozen=True)
-class Staged:
-    """A validated batch waiting in the staging area (read back from ``staged.json``)."""
-
-    folder: Path
-    batch_id: str
-    sha256: str
-    source: str
-    rows_in: int
-    started_at: str
-    failed_expectations: list[dict]
-    landed: tuple[str, int, int] | None
-
-    @classmethod
-    def load(cls, folder: str | Path) -> Staged:
-        folder = Path(folder)
-        data = json.loads((folder / STAGED_MANIFEST).read_text())
-        landed = data.pop("landed", None)
-        return cls(folder=folder, landed=tuple(landed) if landed else None, **data)
 
 
 @dataclass(frozen=True)
@@ -200,13 +149,6 @@ def find_new_batches(config: Config, store: Store) -> tuple[list[Entry], list[No
     return ready, notices
 
 
-def entry_for(path: str | Path) -> Entry:
-    """A file given by path (not found by ``survey``), as a landing entry."""
-    path = Path(path)
-    st = os.lstat(path)
-    return Entry(path.name, path, st.st_size, st.st_mtime_ns)
-
-
 def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
     """Take one landed file: copy and hash it, read it, validate it, stage its rows.
 
@@ -222,30 +164,24 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         ``notice`` for a file not taken.
     """
     started = now()
-    scratch = store.staging_dir(f"landing-{secrets.token_hex(6)}")
     try:
-        copy, sha = snapshot(entry, scratch)
+        copy, sha = store.snapshot(entry)
     except Unsettled:
-        shutil.rmtree(scratch, ignore_errors=True)
         return Intake(notice=Notice(entry.name, "waiting", "changed while being read; taken later"))
     except Unreadable as exc:
         # Not remembered: fixing a file's permissions does not change its size or time,
         # so it is tried again on every run until it can be read.
-        shutil.rmtree(scratch, ignore_errors=True)
         reason = f"cannot be read ({exc}); tried again on the next run"
         return Intake(notice=Notice(entry.name, "waiting", reason))
     seen = store.batch_by_sha(sha)
     if seen is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
+        store.discard(copy)
         reason = f"same content as batch {seen.batch_id} ({shown(seen.source)}), already processed"
         store.remember_skip(entry.identity, reason, sha256=sha, batch_id=seen.batch_id)
         return Intake(notice=Notice(entry.name, "skipped", reason))
 
     batch_id = batch_id_for(entry.name, sha)
-    folder = store.staging_dir(batch_id)
-    landed = folder / copy.name
-    os.replace(copy, landed)
-    shutil.rmtree(scratch, ignore_errors=True)
+    landed = store.stage(copy, batch_id)
     rows_in: int | None = None
     broken: list[dict] = []
     try:
@@ -279,12 +215,7 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         name = safe_stem(entry.name) + (batch_suffix(entry.name) or "")
         return Intake(record=store.reject(landed, name, outcome))
 
-    frame["pg_batch"] = batch_id
-    frame["pg_row"] = np.arange(len(frame), dtype=np.int64)
-    frame["pg_row_hash"] = hashes
-    atomic_write_bytes(folder / STAGED_ROWS, parquet_bytes(frame))
-    atomic_write_bytes(folder / STAGED_PRIOR, parquet_bytes(prior))
-    landed.unlink()
+    add_provenance(frame, batch_id, hashes)
     manifest = {
         "batch_id": batch_id,
         "sha256": sha,
@@ -294,7 +225,7 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         "failed_expectations": _jsonable(broken),
         "landed": list(entry.identity),
     }
-    atomic_write_bytes(folder / STAGED_MANIFEST, json.dumps(manifest, indent=2).encode())
+    folder = stage_rows(landed, frame, prior, manifest)
     crash_point("after-stage")
     return Intake(staged=folder)
 
@@ -537,8 +468,8 @@ def detect_batch(
     """
     folder = Path(staged)
     meta = Staged.load(folder)
-    rows = read_parquet(folder / STAGED_ROWS)
-    prior = read_parquet(folder / STAGED_PRIOR)
+    rows = meta.rows()
+    prior = meta.prior()
     stages = prior["pg_stage"].to_numpy(dtype=object)
     held_rows = prior["pg_row"].to_numpy(dtype=np.int64)
     reasons = prior["pg_reason"].to_numpy(dtype=object)
@@ -594,13 +525,13 @@ def detect_batch(
     this = Event(source, meta.batch_id, meta.rows_in, counts)
     after = source_states([*events, this], config.sources)[source]
     told = _joined(after.describe(config.sources), drifted)
-    _write_decision(folder, rows, decision, config, reference, counts, drifted, earlier, told)
-    if evidence is not None:
-        atomic_write_bytes(folder / EVIDENCE, dumps(evidence).encode())
-    else:  # a re-run that scores nothing keeps no evidence of an earlier run
-        (folder / EVIDENCE).unlink(missing_ok=True)
+    decided = _write_decision(
+        folder, rows, decision, config, reference, counts, drifted, earlier, told
+    )
+    # A re-run that scores nothing keeps no evidence of an earlier run.
+    write_evidence(folder, None if evidence is None else dumps(evidence))
     crash_point("after-detect")
-    return folder / DECISION
+    return decided
 
 
 def _source_hold(state: SourceState | None, config: Config) -> str | None:
@@ -627,7 +558,7 @@ def _write_decision(
     drift_note: str | None,
     window: dict[str, Any] | None,
     source_state: str | None,
-) -> None:
+) -> Path:
     table = pd.DataFrame(
         {
             "pg_row": rows["pg_row"].to_numpy(),
@@ -638,7 +569,6 @@ def _write_decision(
     )
     for name, s in decision.scores.items():
         table[f"pg_score_{name}"] = s
-    atomic_write_bytes(folder / DECISION, parquet_bytes(table))
     found = decision.detectors
     meta = {
         "held_by": decision.held_by(),
@@ -653,15 +583,14 @@ def _write_decision(
         "source_state": source_state,
         "window": window,
     }
-    atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
+    return write_decision(folder, table, meta)
 
 
 def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecord:
     """Partition a staged, decided batch into clean and quarantined rows and commit it."""
     meta = Staged.load(staged)
-    rows = read_parquet(meta.folder / STAGED_ROWS)
-    decision = read_parquet(meta.folder / DECISION)
-    decided = json.loads((meta.folder / DECISION_META).read_text())
+    rows = meta.rows()
+    decision, decided = read_decision(meta.folder)
     judged = None if decided.get("reference") is None else ReferenceUsed(**decided["reference"])
     if not np.array_equal(decision["pg_row"].to_numpy(), rows["pg_row"].to_numpy()):
         raise StoreError(f"batch {meta.batch_id}: the decision does not match the staged rows")
@@ -694,16 +623,12 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         landed=meta.landed,
         reference_version=None if judged is None else judged.version,
     )
-    evidence_path = meta.folder / EVIDENCE
+    kept = read_evidence(meta.folder)
     write_batch_report(
         store,
         outcome,
         failed_expectations=meta.failed_expectations,
-        evidence=(
-            loads(Evidence, evidence_path.read_bytes(), source=str(evidence_path))
-            if evidence_path.exists()
-            else None
-        ),
+        evidence=None if kept is None else loads(Evidence, kept[0], source=kept[1]),
         held_by=decided["held_by"],
         batch_hold=decided["batch_hold"],
         fdr=None if decided["threshold_p"] is None else decided["fdr"],
@@ -743,8 +668,7 @@ def _hold_window_suspects(store: Store, window: dict[str, Any] | None, batch_id:
 
 def report_paths(store: Store, batch_id: str) -> tuple[Path, Path]:
     """Where a batch's HTML and JSON reports live."""
-    folder = store.root / "reports"
-    return folder / f"{batch_id}.html", folder / f"{batch_id}.json"
+    return store.report_paths(batch_id)
 
 
 def write_batch_report(
@@ -788,7 +712,7 @@ def write_batch_report(
         reference=reference,
         source_state=source_state,
     )
-    json_path, html_path = write_report(report, store.root / "reports")
+    json_path, html_path = write_report(report, store.reports_dir)
     return html_path, json_path
 
 
@@ -802,25 +726,6 @@ def process_batch(entry: Entry | str | Path, config: Config, store: Store) -> In
     return Intake(record=commit_batch(intake.staged, config, store))
 
 
-@contextmanager
-def exclusive(store: Store) -> Iterator[None]:
-    """Hold the store's run lock (one run at a time), after clearing what a dead run left."""
-    import fcntl
-
-    lock_path = store.root / ".run.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise StoreError(f"another poisonguard run holds {lock_path}") from exc
-        with store.writing():
-            pass  # the outermost hold recovers what dead processes left
-        yield
-    finally:
-        os.close(fd)
-
-
 Progress = Callable[[int, int, str], None]
 
 
@@ -831,9 +736,9 @@ def process_landing(
 
     ``progress(done, total, name)`` is called before each batch and once at the end.
     """
-    store = store or Store.of(config)
+    store = store or open_store(config)
     run = Run()
-    with exclusive(store):
+    with store.exclusive():
         entries, run.notices = find_new_batches(config, store)
         for i, entry in enumerate(entries):
             if progress:
@@ -893,9 +798,7 @@ def seed_store(sample: pd.DataFrame, source: str, config: Config, store: Store) 
     sha = seed_sha256(sample)
     frame = sample.reset_index(drop=True).copy()
     batch_id = f"seed-{sha[:12]}"
-    frame["pg_batch"] = batch_id
-    frame["pg_row"] = np.arange(len(frame), dtype=np.int64)
-    frame["pg_row_hash"] = row_hashes(frame, data_columns(frame))
+    add_provenance(frame, batch_id)
     return store.commit(
         Outcome(
             batch_id=batch_id,

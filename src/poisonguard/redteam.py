@@ -41,11 +41,7 @@ gate) and on what the gate let through.
 from __future__ import annotations
 
 import math
-import os
-import secrets
 import shutil
-import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -69,7 +65,15 @@ from poisonguard.errors import ConfigError, param_error
 from poisonguard.pipeline import data_columns, fit_guard, guard_for, process_landing
 from poisonguard.scan import Guard
 from poisonguard.sources import SOURCE_ALARM
-from poisonguard.store import Store, atomic_write_bytes, default_key_path, parquet_bytes
+from poisonguard.store import (
+    Store,
+    copy_store,
+    default_key_path,
+    has_store,
+    open_store,
+    temporary_folder,
+    write_table,
+)
 
 #: The attacks ``poisonguard redteam`` knows, in the order it runs them.
 ATTACKS: tuple[str, ...] = ("ratchet", "many_sources", "near_copies", "boundary", "cluster")
@@ -111,26 +115,12 @@ def copy_project(config: Config, folder: str | Path) -> Config:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     store = folder / "store"
-    ledger = config.store / "ledger.sqlite"
-    if not ledger.is_file():
+    if not has_store(config.store):
         raise ConfigError(
             f"no poisonguard store at {config.store} (no ledger.sqlite): nothing to red-team"
         )
-    shutil.copytree(
-        config.store,
-        store,
-        ignore=shutil.ignore_patterns("staging", ".lock", ".run.lock", "ledger.sqlite*"),
-    )
-    (store / "staging").mkdir(mode=0o700, exist_ok=True)
-    source = sqlite3.connect(ledger, timeout=30)
-    target = sqlite3.connect(store / "ledger.sqlite")
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
     key = folder / "store.key"
-    _new_key(key)
+    copy_store(config.store, store, key)
     suite = folder / "expectations" / config.expectations.name
     suite.parent.mkdir(exist_ok=True)
     shutil.copyfile(config.expectations, suite)
@@ -145,12 +135,6 @@ def copy_project(config: Config, folder: str | Path) -> Config:
         expectations=suite,
         settle_seconds=0.0,
     )
-
-
-def _new_key(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
 
 
 def clone(config: Config, folder: str | Path) -> Config:
@@ -221,7 +205,7 @@ class Sandbox:
     def __init__(self, config: Config, *, trusting: bool = False) -> None:
         self.config = config
         self.trusting = trusting
-        self.store = Store.of(config)
+        self.store = open_store(config)
         self.deliveries: list[Delivery] = []
         self.sent: list[pd.DataFrame] = []
         self._files = 0
@@ -243,7 +227,7 @@ class Sandbox:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / "trusted.parquet", parquet_bytes(sample))
+        write_table(folder / "trusted.parquet", sample)
         done = init_dataset(
             folder / "trusted.parquet",
             label=label,
@@ -277,7 +261,7 @@ class Sandbox:
         self._files += 1
         path = self.config.landing / source / f"{self._files:05d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, parquet_bytes(frame))
+        write_table(path, frame)
         run = process_landing(self.config, self.store)
         n = len(frame)
         is_poison = np.asarray(is_poison, dtype=bool)
@@ -837,8 +821,8 @@ def redteam(
             raise param_error(name, "redteam()", "an int >= 1", value)
     if config.label is None:
         raise ConfigError("redteam flips and injects labels, so the config needs dataset.label")
-    with tempfile.TemporaryDirectory(prefix="poisonguard-redteam-") as tmp:
-        template = copy_project(config, Path(tmp) / "template")
+    with temporary_folder("poisonguard-redteam-") as tmp:
+        template = copy_project(config, tmp / "template")
         first = Sandbox(template)
         guard = first.guard()
         if guard.encoder_.task != "classification":
@@ -867,7 +851,7 @@ def redteam(
         first_id = first_free_id(first.store, config.id_column)
         for i, (attack, budget) in enumerate(runs):
             started = time.perf_counter()
-            sandbox = Sandbox(clone(template, Path(tmp) / f"attack-{i}"))
+            sandbox = Sandbox(clone(template, tmp / f"attack-{i}"))
             own = Carrier(carrier, config.id_column, first_id)
             needed = rows * (1 if attack in ONE_BATCH else n_batches)
             run_attack(

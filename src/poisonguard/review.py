@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from poisonguard.errors import ReviewError, param_error
-from poisonguard.store import Revocation, Store
+from poisonguard.store import PROVENANCE, Revocation, Store
 
 ACTIONS = ("release", "reject")
 
@@ -157,11 +157,7 @@ def review(
             _check_new_ids(store, batch_id, by_row.loc[todo, id_column], id_column)
         if todo:
             chosen = by_row.loc[todo].reset_index()
-            keep = [
-                c
-                for c in chosen.columns
-                if not str(c).startswith("pg_") or c in ("pg_batch", "pg_row", "pg_row_hash")
-            ]
+            keep = [c for c in chosen.columns if not str(c).startswith("pg_") or c in PROVENANCE]
             store.commit_review(batch_id, action, chosen[keep], actor=by.strip(), note=note.strip())
         return ReviewResult(action, batch_id, tuple(todo), tuple(already))
 

@@ -24,7 +24,7 @@ from poisonguard.config import Config
 from poisonguard.errors import ConfigError, param_error
 from poisonguard.pipeline import data_columns
 from poisonguard.scan import Guard
-from poisonguard.store import Store
+from poisonguard.store import open_store
 
 #: The smallest clean set a selftest can split into a reference and a batch.
 MIN_ROWS = 100
@@ -57,7 +57,7 @@ def selftest(
         raise param_error("rate", "selftest()", "in (0, 0.5]", rate)
     if not 0.1 <= reference_share <= 0.9:
         raise param_error("reference_share", "selftest()", "in [0.1, 0.9]", reference_share)
-    clean = Store.of(config).clean_frame()
+    clean = open_store(config).clean_frame()
     if len(clean) < MIN_ROWS:
         raise ConfigError(
             f"selftest needs at least {MIN_ROWS} clean rows in {config.store}; it has {len(clean)}"

@@ -36,7 +36,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ import pandas as pd
 from poisonguard.columns import MAX_CATEGORIES, TASKS, infer_task, looks_categorical
 from poisonguard.detectors.base import check_class_label
 from poisonguard.errors import BatchError, ConfigError, param_error
+from poisonguard.store import atomic_write_bytes
 
 __all__ = [
     "ExpectationOutcome",
@@ -427,17 +427,7 @@ def write_suite(suite: dict, path: str | Path) -> None:
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"Suite for {str(path)!r} cannot be written as JSON: {exc}") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------- types

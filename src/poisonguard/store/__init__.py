@@ -1,0 +1,170 @@
+"""The store: the one package that touches the disk for a dataset's batches and outcomes.
+
+Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
+
+    ledger.sqlite            batches, files, reviews, blocklist, landing memo, reference
+                             versions, audit chain (the embedded ledger)
+    anchor.json              the audit chain's head, keyed (see ``audit``)
+    clean/<batch>.parquet    rows that joined the training set, one file per batch
+                             (plus one per release or re-scan hold: ``<batch>.release-<n>``,
+                             ``<batch>.rescan-<n>``)
+    quarantine/<batch>.parquet  held rows, with scores and reasons
+    rejected/<batch>/        the rejected file as it arrived, plus reason.json
+    reports/                 per-batch reports
+    staging/                 scratch space between flow tasks
+    .lock, .run.lock         the write lock and the run lock
+
+and beside it ``<store>.key``: the audit key (32 random bytes, owner-only; its
+place can be set with ``dataset.audit_key``).
+
+Writes are atomic: every file goes to a temporary name, is fsynced and renamed;
+the ledger transaction that lists it commits last. A file the ledger does not
+list, left by a process that died mid-commit, is removed by ``recover()``.
+
+The audit chain is anchored outside the ledger: every entry carries the SHA-256
+of the one before and an HMAC of its own hash under the audit key, which never
+enters the ledger; ``anchor.json`` holds the latest head and the head the gate
+last vouched for, also under the key. Rewriting entries (even with the chain
+recomputed), truncating the chain or deleting the ledger is therefore detected
+by anyone holding the key (``verify_audit``), and the gate cross-checks the
+ledger's files, row counts and blocklist against the entries that wrote them.
+
+Modules:
+
+``core``
+    ``Store`` (opening, reading, commits, reviews, the files' checks) and
+    ``open_store``, the one way library code and flows open a store.
+``revisions``
+    Changes after a commit: reference versions, revocations, re-scan holds.
+``ledger``
+    The ``Ledger`` protocol and the records it keeps; ``sqlite``: ``SqliteLedger``,
+    the embedded default, and every SQL statement.
+``audit``
+    The keyed audit chain and its anchor.
+``files``
+    Atomic writes, Parquet I/O, file hashes, crash points for the kill tests.
+``landing``
+    The landing folder on disk: listing, settling, copying and reading batch files.
+``staging``
+    A batch's files between flow tasks, and recovery after a process died.
+``schema``
+    The ``pg_`` columns the store's tables carry.
+``locking``
+    File locks.
+"""
+
+from poisonguard.store.audit import GENESIS, AuditChain, default_key_path
+from poisonguard.store.core import (
+    LISTED,
+    LOCK_WAIT,
+    SUBFOLDERS,
+    Outcome,
+    Store,
+    copy_store,
+    has_store,
+    open_store,
+    read_verified,
+)
+from poisonguard.store.files import (
+    CRASH_ENV,
+    atomic_write_bytes,
+    crash_point,
+    is_disk_full,
+    now,
+    parquet_bytes,
+    read_parquet,
+    sha256_file,
+    temporary_folder,
+    write_table,
+)
+from poisonguard.store.landing import (
+    Unreadable,
+    Unsettled,
+    entry_for,
+    read_batch,
+    settled,
+    snapshot,
+    survey,
+)
+from poisonguard.store.ledger import (
+    SCHEMA_VERSION,
+    AuditEntry,
+    BatchRecord,
+    Blocked,
+    FileRecord,
+    Landed,
+    Ledger,
+    LedgerTransaction,
+    LedgerView,
+    ReferenceVersion,
+    Review,
+    reference_digest,
+)
+from poisonguard.store.revisions import Revocation
+from poisonguard.store.schema import PROVENANCE, add_provenance, data_columns, row_hashes
+from poisonguard.store.sqlite import LEDGER_ERRORS, SqliteLedger
+from poisonguard.store.staging import (
+    Staged,
+    read_decision,
+    read_evidence,
+    stage_rows,
+    write_decision,
+    write_evidence,
+)
+
+__all__ = [
+    "CRASH_ENV",
+    "GENESIS",
+    "LEDGER_ERRORS",
+    "LISTED",
+    "LOCK_WAIT",
+    "PROVENANCE",
+    "SCHEMA_VERSION",
+    "SUBFOLDERS",
+    "AuditChain",
+    "AuditEntry",
+    "BatchRecord",
+    "Blocked",
+    "FileRecord",
+    "Landed",
+    "Ledger",
+    "LedgerTransaction",
+    "LedgerView",
+    "Outcome",
+    "ReferenceVersion",
+    "Review",
+    "Revocation",
+    "SqliteLedger",
+    "Staged",
+    "Store",
+    "Unreadable",
+    "Unsettled",
+    "add_provenance",
+    "atomic_write_bytes",
+    "copy_store",
+    "crash_point",
+    "data_columns",
+    "default_key_path",
+    "entry_for",
+    "has_store",
+    "is_disk_full",
+    "now",
+    "open_store",
+    "parquet_bytes",
+    "read_batch",
+    "read_decision",
+    "read_evidence",
+    "read_parquet",
+    "read_verified",
+    "reference_digest",
+    "row_hashes",
+    "settled",
+    "sha256_file",
+    "snapshot",
+    "stage_rows",
+    "survey",
+    "temporary_folder",
+    "write_decision",
+    "write_evidence",
+    "write_table",
+]

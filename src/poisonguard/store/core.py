@@ -1,0 +1,1020 @@
+"""The Store: a dataset's files and its ledger, changed together.
+
+The store writes its files first, each atomically, and the ledger transaction
+that lists them commits last; a file the ledger does not list, left by a process
+that died mid-commit, is removed by ``recover()``. Every change happens under
+one exclusive lock (``writing()``), so concurrent reviews, runs and gates
+serialise instead of interleaving.
+
+The reference the detectors are fitted on is pinned: a numbered version lists
+the clean files it holds, with a digest of their hashes. Version 1 is the seed;
+a new version is made only by an explicit step (``promote``), each with an
+audit entry. Accepted rows join the training set at once, the reference only
+when promoted.
+
+Files are never rewritten. A clean file that leaves the training set keeps its
+bytes and its place, and the ledger lists it under another kind: ``revoked``
+when a reviewer revoked its batch (``revoke``), ``superseded`` when a re-scan
+moved some of its rows back to quarantine and wrote the others to a new clean
+file (``hold_rescanned``). The training set is the files of kind ``clean``.
+
+The ledger is a ``Ledger`` (``SqliteLedger`` unless another is given); the audit
+chain is ``AuditChain``'s; the staging area and recovery are ``staging``'s; the
+changes after a commit (promotion, revocation, re-scan holds) are ``revisions``'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.errors import GateError, ReviewError, StoreError, shown
+from poisonguard.landing import Entry, source_of
+from poisonguard.sources import BatchCounts, Event
+from poisonguard.store import revisions
+from poisonguard.store.audit import AuditChain, default_key_path, entry_hash
+from poisonguard.store.files import (
+    atomic_write_bytes,
+    crash_point,
+    now,
+    parquet_bytes,
+    parquet_columns,
+    parquet_rows,
+    read_parquet,
+    sha256_file,
+    table_from_bytes,
+    write_new_key,
+)
+from poisonguard.store.landing import Unreadable, Unsettled, snapshot
+from poisonguard.store.ledger import (
+    SCHEMA_VERSION,
+    BatchRecord,
+    Blocked,
+    FileRecord,
+    Landed,
+    Ledger,
+    LedgerTransaction,
+    ReferenceVersion,
+    Review,
+    file_records,
+)
+from poisonguard.store.revisions import Revocation
+from poisonguard.store.sqlite import LEDGER_FILE, SqliteLedger
+from poisonguard.store.staging import disown, recover, staging_dir
+
+if TYPE_CHECKING:
+    from poisonguard.config import Config
+
+SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
+#: The folders of the files the ledger lists, one kind each.
+LISTED = ("clean", "quarantine", "rejected")
+#: How long a writer waits for another process's lock before giving up.
+LOCK_WAIT = 60.0
+
+# Store root and slot ("clean", "reference", "rejected") -> (the files read so far, their rows):
+# see Store._frame_of.
+_kept_frames: dict[str, tuple[tuple[FileRecord, ...], pd.DataFrame]] = {}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where one batch's rows go: the input to ``Store.commit``.
+
+    ``clean`` and ``quarantine`` are frames (possibly empty); their row counts
+    plus ``rows_rejected`` must add up to ``rows_in``. ``landed`` is the landing
+    entry (name, size, mtime_ns) the batch came from, remembered with it;
+    ``reference_version`` the reference version that judged its rows.
+    """
+
+    batch_id: str
+    sha256: str
+    source: str
+    status: str
+    rows_in: int | None
+    clean: pd.DataFrame | None = None
+    quarantine: pd.DataFrame | None = None
+    rows_rejected: int = 0
+    reason: str | None = None
+    started_at: str = ""
+    detail: dict[str, Any] | None = None
+    landed: tuple[str, int, int] | None = None
+    reference_version: int | None = None
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """A local store: Parquet files, a ledger and an audit key beside them.
+
+    Library code and flows open a store with ``open_store(config)``; a bare
+    ``Store(folder)`` is for tests.
+
+    Parameters
+    ----------
+    root : path
+        The store's folder.
+    key_path : path, optional
+        The audit key file (default ``<root>.key`` beside the store).
+    create : bool
+        Create the store (folders, ledger, key) if it does not exist. Only
+        ``poisonguard init`` does; every other command opens an existing store,
+        so that a mistyped path is an error instead of an empty training set.
+    ledger : Ledger, optional
+        The ledger (default the embedded ``SqliteLedger`` in ``root``).
+
+    Attributes
+    ----------
+    ledger_path : Path
+        Where the embedded ledger's file is (``<root>/ledger.sqlite``).
+
+    Raises
+    ------
+    StoreError
+        When the store does not exist (and ``create`` is False), its ledger is
+        missing or unreadable, or it was written by an incompatible version.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        key_path: str | Path | None = None,
+        create: bool = False,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.key_path = Path(key_path) if key_path is not None else default_key_path(self.root)
+        self.ledger: Ledger = ledger if ledger is not None else SqliteLedger(self.root)
+        self.ledger_path = self.root / LEDGER_FILE
+        self.anchor_path = self.root / "anchor.json"
+        self._chain = AuditChain(self.key_path, self.anchor_path)
+        self._window_files: dict[str, pd.DataFrame] = {}  # see source_rows
+        if not self.ledger.exists():
+            if not create:
+                raise StoreError(self._missing_ledger())
+            self._create()
+        else:
+            for sub in SUBFOLDERS:
+                (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        if self.ledger.schema_version() < SCHEMA_VERSION:
+            self._migrate()
+
+    # The audit entry's hash, as the chain computes it (tests build entries with it).
+    _entry_hash = staticmethod(entry_hash)
+
+    def _missing_ledger(self) -> str:
+        if self.key_path.exists():
+            return (
+                f"the ledger {self.ledger_path} is missing, but the audit key {self.key_path} "
+                "shows a store was created there: it was deleted or moved"
+            )
+        return (
+            f"no poisonguard store at {self.root} (no ledger.sqlite): check dataset.store in "
+            "the config, or create the store with `poisonguard init`"
+        )
+
+    def _create(self) -> None:
+        if self.key_path.exists():
+            raise StoreError(
+                f"the audit key {self.key_path} already exists but the store {self.root} has no "
+                "ledger: the store was deleted or moved; remove the key only if you mean to "
+                "start a new store there"
+            )
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+        for sub in SUBFOLDERS:
+            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        self.ledger.create()
+        write_new_key(self.key_path)
+
+    def _migrate(self) -> None:
+        """Bring an older ledger to ``SCHEMA_VERSION``: every step in one transaction.
+
+        Each step runs its statements and its data step, and is recorded in the
+        audit chain (``migrate``). Another process that migrated meanwhile leaves
+        nothing to do.
+        """
+        with self.transaction() as tx:
+
+            def step(version: int, to: int) -> None:
+                detail = _MIGRATIONS[to](self, tx)
+                self._chain.append(
+                    tx, "migrate", None, "poisonguard", {"from": version, "to": to, **detail}
+                )
+
+            tx.upgrade(step)
+
+    def _migrate_to_3(self, tx: LedgerTransaction) -> dict[str, Any]:
+        """Version 1 of the reference: the ledger's seed batches, as a fresh store has it."""
+        seeds = [b.batch_id for b in tx.batches() if b.status == "seed"]
+        files = [f for f in tx.files("clean") if f.batch_id in seeds]
+        if not files:
+            return {"reference": None}
+        ref = revisions.add_reference(
+            tx, self._chain, files, actor="poisonguard", note="the seed (migration)"
+        )
+        return {"reference": ref.summary()}
+
+    # -- locks and transactions ----------------------------------------------
+    @contextlib.contextmanager
+    def writing(self, wait: float = LOCK_WAIT) -> Iterator[None]:
+        """Hold the store's write lock (re-entrant); the outermost hold first recovers.
+
+        Raises
+        ------
+        StoreError
+            When another process holds the lock for longer than ``wait`` seconds.
+        """
+        with self.ledger.write_lock(wait, f"the store {self.root}") as outermost:
+            if outermost:
+                self.recover()
+            yield
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[LedgerTransaction]:
+        """One write transaction on the ledger, under the write lock; commits together.
+
+        When it appended to the audit chain, the anchor is moved to the new head
+        after the commit.
+        """
+        with self.writing():
+            self._chain.appended = False
+            with self.ledger.transaction() as tx:
+                yield tx
+            if self._chain.appended:
+                self._chain.write_anchor(self.ledger)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store's run lock (one run at a time), after clearing what a dead run left.
+
+        Raises
+        ------
+        StoreError
+            At once, when another run holds it.
+        """
+        with self.ledger.run_lock():
+            with self.writing():
+                pass  # the outermost hold recovers what dead processes left
+            yield
+
+    # -- reading -------------------------------------------------------------
+    def batch_by_sha(self, sha256: str) -> BatchRecord | None:
+        return self.ledger.batch_by_sha(sha256)
+
+    def batch(self, batch_id: str) -> BatchRecord | None:
+        return self.ledger.batch(batch_id)
+
+    def batches(self) -> list[BatchRecord]:
+        return self.ledger.batches()
+
+    def files(self, kind: str | None = None) -> list[FileRecord]:
+        return self.ledger.files(kind)
+
+    def read(self, record: FileRecord, columns: list[str] | None = None) -> pd.DataFrame:
+        """A table the store wrote, as a frame."""
+        return read_parquet(self.root / record.path, columns)
+
+    def quarantine_frame(self, batch_id: str) -> pd.DataFrame:
+        """A batch's quarantined rows, each as last held (empty when it has none).
+
+        A row a re-scan held again (``hold_rescanned``) after a reviewer had
+        released it is in two quarantine files; the later holding is the one
+        that awaits review.
+        """
+        frames = [self.read(f) for f in self.files("quarantine") if f.batch_id == batch_id]
+        if not frames:
+            return pd.DataFrame()
+        rows = pd.concat(frames, ignore_index=True)
+        return rows.drop_duplicates("pg_row", keep="last").reset_index(drop=True)
+
+    def reviews(self, batch_id: str | None = None) -> pd.DataFrame:
+        """Review decisions: batch_id, pg_row, action, actor, note, at."""
+        cols = ["batch_id", "pg_row", "action", "actor", "note", "at"]
+        return pd.DataFrame([r.__dict__ for r in self.ledger.reviews(batch_id)], columns=cols)
+
+    def rejected_rows(self) -> pd.DataFrame:
+        """The rows on the blocklist, as they arrived, oldest rejection first.
+
+        A rejected row's content lives where it was held: its batch's quarantine
+        file, or for a revoked batch's clean rows its revoked clean file; the store
+        never rewrites either. The blocklist names the row (one per
+        distinct content hash, with the first reviewer who rejected it), so the
+        rows survive restarts and can be compared on whatever scale the current
+        trusted rows give.
+
+        Returns
+        -------
+        DataFrame
+            The data columns, ``pg_batch`` and ``pg_row``, and ``pg_rejected_at``
+            and ``pg_rejected_by`` (ISO time and reviewer); empty when nothing was
+            rejected.
+        """
+        listed = self.ledger.blocked()
+        if not listed:
+            return pd.DataFrame()
+        entries = pd.DataFrame(
+            [(b.batch_id, b.pg_row, b.at, b.actor) for b in listed],
+            columns=["pg_batch", "pg_row", "pg_rejected_at", "pg_rejected_by"],
+        )
+        batches = set(entries["pg_batch"])
+        # Quarantine files never change: kept like the clean frame, so a run judging batch
+        # after batch reads each rejected batch's file once, not once per batch.
+        files = tuple(
+            f for f in self.files() if f.kind in ("quarantine", "revoked") and f.batch_id in batches
+        )
+        rows = self._frame_of("rejected", files)
+        if rows.empty:
+            rows = pd.DataFrame(columns=["pg_batch", "pg_row"])
+        # A released row of a revoked batch, or one held again by a re-scan, is in two files.
+        rows = rows.drop_duplicates(["pg_batch", "pg_row"], keep="last")
+        keep = [c for c in rows.columns if not str(c).startswith("pg_")]
+        found = entries.merge(
+            rows[[*keep, "pg_batch", "pg_row"]],
+            on=["pg_batch", "pg_row"],
+            how="left",
+            indicator=True,
+        )
+        lost = found[found["_merge"] != "both"]
+        if len(lost):
+            # A rejection that cannot be matched any more would let its row back in: fail closed.
+            raise StoreError(
+                f"the blocklist names row {lost['pg_row'].iloc[0]} of batch "
+                f"{lost['pg_batch'].iloc[0]} ({len(lost)} such rows), but no quarantine file of "
+                f"the store {self.root} holds it; run `poisonguard gate` to see what changed"
+            )
+        return found[[*keep, "pg_batch", "pg_row", "pg_rejected_at", "pg_rejected_by"]]
+
+    def source_rows(
+        self, source: str, limit: int, *, skip_stages: Collection[str] = ()
+    ) -> pd.DataFrame:
+        """The last ``limit`` rows one landing source sent in its committed batches, newest first.
+
+        A batch's rows are its clean file's and its quarantine file's (rows a
+        reviewer released or rejected count once, as they arrived; release files
+        are not read again). Batches are taken newest first (by when they were
+        committed), and within a batch its last rows first, until ``limit`` rows.
+
+        Parameters
+        ----------
+        source : str
+            A landing source (``landing.source_of`` of the batches' names).
+        limit : int
+            At most this many rows (0: none).
+        skip_stages : collection of str
+            Quarantined rows held at these stages (``pg_stage``) are left out and
+            do not count towards ``limit``.
+
+        Returns
+        -------
+        DataFrame
+            The rows' data columns, ``pg_batch``, ``pg_row`` and ``pg_accepted``: whether
+            the row is in the training set (accepted when its batch was committed, or
+            released by a reviewer). Empty when the source sent nothing before.
+        """
+        if limit <= 0:
+            return pd.DataFrame()
+        batches = [b.batch_id for b in self.ledger.committed() if source_of(b.source) == source]
+        paths = {f.path for f in self.ledger.files()}
+        released = {
+            (r.batch_id, int(r.pg_row)) for r in self.ledger.reviews() if r.action == "release"
+        }
+        parts: list[pd.DataFrame] = []
+        taken = 0
+        # Committed files never change: the files of the last window are kept, so a run
+        # judging batch after batch reads only the files its source committed since.
+        kept, self._window_files = self._window_files, {}
+        for batch_id in batches:
+            frames = []
+            for kind in ("clean", "quarantine"):
+                rel = f"{kind}/{batch_id}.parquet"
+                if rel not in paths:
+                    continue
+                frame = kept[rel] if rel in kept else read_parquet(self.root / rel)
+                self._window_files[rel] = frame
+                if kind == "quarantine":
+                    frame = frame[~frame["pg_stage"].isin(list(skip_stages))]
+                    keys = zip(frame["pg_batch"].tolist(), frame["pg_row"].tolist(), strict=True)
+                    accepted = [(b, int(r)) in released for b, r in keys]
+                else:
+                    accepted = [True] * len(frame)
+                keep = [c for c in frame.columns if not str(c).startswith("pg_")]
+                frames.append(
+                    frame[[*keep, "pg_batch", "pg_row"]].assign(
+                        pg_accepted=np.asarray(accepted, dtype=bool)
+                    )
+                )
+            if not frames:
+                continue
+            rows = pd.concat(frames, ignore_index=True).sort_values("pg_row", ascending=False)
+            parts.append(rows.head(limit - taken))
+            taken += len(parts[-1])
+            if taken >= limit:
+                break
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    def blocklist(self) -> set[str]:
+        """Every row hash a reviewer rejected."""
+        return {b.row_hash for b in self.ledger.blocked()}
+
+    def landed(self) -> dict[str, Landed]:
+        """What the ledger remembers of each landing-folder name, by name."""
+        return self.ledger.landed()
+
+    def clean_frame(self) -> pd.DataFrame:
+        """The whole clean training set, in the order it was committed.
+
+        Committed files never change, so the frame is kept for the process and a
+        later call reads only the files committed since (a flow judging batch after
+        batch re-reads nothing). Callers get a shallow copy: pandas' copy-on-write
+        keeps their changes out of the kept frame. The gate, not this, checks the
+        files' hashes.
+        """
+        return self._frame_of("clean", tuple(self.files("clean")))
+
+    def reference_frame(self, reference: ReferenceVersion) -> pd.DataFrame:
+        """The rows of one reference version, read from its clean files in their order.
+
+        Kept like ``clean_frame``: a version that extends the one read before
+        (a promotion) reads only the files it adds.
+        """
+        return self._frame_of("reference", reference.files)
+
+    def _frame_of(self, slot: str, files: tuple[FileRecord, ...]) -> pd.DataFrame:
+        """The rows of ``files``, kept per store and slot; reads only files not kept yet."""
+        key = f"{self.root.resolve()}\0{slot}"
+        known, frame = _kept_frames.get(key, ((), pd.DataFrame()))
+        if files[: len(known)] != known:
+            known, frame = (), pd.DataFrame()
+        frames = [f for f in (self.read(r) for r in files[len(known) :]) if len(f)]
+        if frames:
+            frame = pd.concat([frame, *frames] if len(frame) else frames, ignore_index=True)
+        _kept_frames[key] = (files, frame)
+        # A new object sharing the kept data: copy-on-write copies it if the caller writes.
+        return frame.copy(deep=False)
+
+    def reference(self, version: int | None = None) -> ReferenceVersion | None:
+        """A reference version (default the current one, the highest); None if there is none.
+
+        Raises
+        ------
+        ReviewError
+            When ``version`` is given and the ledger has no such version.
+        """
+        found = self.ledger.references(version)
+        if version is not None and not found:
+            raise ReviewError(f"{self.ledger.location}: no reference version {version}")
+        return found[-1] if found else None
+
+    def references(self) -> list[ReferenceVersion]:
+        """Every reference version, the first (the seed) first."""
+        return self.ledger.references(every=True)
+
+    def id_owners(self, id_column: str) -> dict[str, str]:
+        """Each id in the clean training set (as text) and the batch that holds it."""
+        trained = self.clean_frame()
+        if id_column not in trained.columns:
+            return {}
+        ids = trained[id_column].astype("string").tolist()
+        return dict(zip(ids, trained["pg_batch"].tolist(), strict=True))
+
+    # -- the files as written ------------------------------------------------
+    def file_exists(self, record: FileRecord) -> bool:
+        """Whether a file the ledger lists is in the store (and is a file)."""
+        return (self.root / record.path).is_file()
+
+    def column_names(self, record: FileRecord) -> list[str]:
+        """A table's column names, from its Parquet footer."""
+        return parquet_columns(self.root / record.path)
+
+    def read_verified(self, record: FileRecord) -> pd.DataFrame:
+        """A table's rows, read from bytes whose SHA-256 is the ledger's (``read_verified``)."""
+        return read_verified(self.root, record)
+
+    def verify_files(self) -> list[str]:
+        """Every listed file is there as written; nothing else sits among them.
+
+        Each file the ledger lists must exist, have the SHA-256 and row count it
+        was written with, and each batch's clean and quarantined rows must all be
+        in its files; a file in ``clean/``, ``quarantine/`` or ``rejected/`` that
+        the ledger does not list is named. Returns every problem found, one line
+        each (the gate's reasons).
+        """
+        reasons: list[str] = []
+        records = self.files()
+        rows_by_batch: dict[tuple[str, str], int] = defaultdict(int)
+        # A row a re-scan held again after its release is in two quarantine files: count it once.
+        held_by_batch: dict[str, set[int]] = defaultdict(set)
+        for f in records:
+            path = self.root / f.path
+            if not path.is_file() or path.is_symlink():
+                reasons.append(f"{f.path}: listed in the ledger but missing from the store")
+                continue
+            digest = sha256_file(path)
+            if digest != f.sha256:
+                reasons.append(
+                    f"{f.path}: changed behind poisonguard's back (SHA-256 {digest[:12]}..., "
+                    f"ledger has {f.sha256[:12]}...)"
+                )
+                continue
+            if f.rows is None:
+                continue
+            rows = parquet_rows(path)
+            if rows != f.rows:
+                reasons.append(f"{f.path}: has {rows} rows, the ledger recorded {f.rows}")
+            rows_by_batch[(f.batch_id, f.kind)] += rows
+            if f.kind == "quarantine":
+                held_rows = read_parquet(path, columns=["pg_row"])["pg_row"].tolist()
+                held_by_batch[f.batch_id].update(held_rows)
+        listed = {f.path for f in records}
+        for kind in LISTED:
+            for path in sorted((self.root / kind).rglob("*")):
+                rel = path.relative_to(self.root).as_posix()
+                if path.is_dir() and not path.is_symlink():
+                    continue
+                if rel not in listed:
+                    reasons.append(f"{rel}: not written by poisonguard (not in the ledger)")
+        reviews = self.reviews()
+        n_reviewed = reviews.groupby("batch_id").size().to_dict() if len(reviews) else {}
+        for rec in self.batches():
+            if rec.status == "rejected":
+                continue
+            clean = rows_by_batch.get((rec.batch_id, "clean"), 0)
+            held = len(held_by_batch.get(rec.batch_id, ()))
+            want_held = rec.rows_quarantined + int(n_reviewed.get(rec.batch_id, 0))
+            if clean != rec.rows_clean or held != want_held:
+                reasons.append(
+                    f"batch {rec.batch_id}: its files hold {clean} clean and {held} quarantined "
+                    f"rows, the ledger counts {rec.rows_clean} and {want_held}"
+                )
+        return reasons
+
+    @property
+    def reports_dir(self) -> Path:
+        """``reports/``: each batch's HTML and JSON report."""
+        return self.root / "reports"
+
+    def report_paths(self, batch_id: str) -> tuple[Path, Path]:
+        """Where a batch's HTML and JSON reports live."""
+        return self.reports_dir / f"{batch_id}.html", self.reports_dir / f"{batch_id}.json"
+
+    # -- writing -------------------------------------------------------------
+    def recover(self) -> list[Path]:
+        """Remove what a process that died mid-commit left behind, and nothing else
+        (``staging.recover``); the files and folders removed."""
+        return recover(self.root, self.ledger)
+
+    def staging_dir(self, name: str) -> Path:
+        """``staging/<name>/``, marked as this process's (see ``recover``)."""
+        return staging_dir(self.root, name)
+
+    def snapshot(self, entry: Entry) -> tuple[Path, str]:
+        """Copy a landed file into a scratch folder of the staging area as it is hashed
+        (``landing.snapshot``); the copy and its SHA-256.
+
+        Raises
+        ------
+        Unsettled, Unreadable
+            As ``landing.snapshot`` does; the scratch folder is removed then.
+        """
+        scratch = self.staging_dir(f"landing-{secrets.token_hex(6)}")
+        try:
+            return snapshot(entry, scratch)
+        except (Unsettled, Unreadable):
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+
+    def discard(self, copy: Path) -> None:
+        """Drop a landed file's copy (``snapshot``) with its scratch folder."""
+        shutil.rmtree(copy.parent, ignore_errors=True)
+
+    def stage(self, copy: Path, batch_id: str) -> Path:
+        """Move a landed file's copy into its batch's staging folder; the copy's new path."""
+        folder = self.staging_dir(batch_id)
+        landed = folder / copy.name
+        os.replace(copy, landed)
+        self.discard(copy)
+        return landed
+
+    def commit(self, outcome: Outcome) -> BatchRecord:
+        """Write a batch's outcome: files first (atomically), then one ledger transaction.
+
+        Raises
+        ------
+        StoreError
+            When the outcome does not account for every input row, or the batch
+            is already in the ledger.
+        """
+        n_clean = 0 if outcome.clean is None else len(outcome.clean)
+        n_quar = 0 if outcome.quarantine is None else len(outcome.quarantine)
+        if (
+            outcome.rows_in is not None
+            and n_clean + n_quar + outcome.rows_rejected != outcome.rows_in
+        ):
+            raise StoreError(
+                f"batch {outcome.batch_id}: {n_clean} clean + {n_quar} quarantined + "
+                f"{outcome.rows_rejected} rejected != {outcome.rows_in} rows in"
+            )
+        with self.writing():
+            if self.batch_by_sha(outcome.sha256) is not None:
+                raise StoreError(f"batch {outcome.batch_id}: its content is already in the ledger")
+            marker = self.staging_dir(outcome.batch_id)
+            with self._undone_on_error(marker):
+                written = self._write_files(
+                    outcome.batch_id, (("clean", outcome.clean), ("quarantine", outcome.quarantine))
+                )
+                return self._record(outcome, written, n_clean, n_quar, marker)
+
+    @contextlib.contextmanager
+    def _undone_on_error(self, marker: Path) -> Iterator[None]:
+        """On an error before the ledger commit, remove what this commit wrote (a full disk)."""
+        try:
+            yield
+        except BaseException:
+            disown(marker)  # no live owner: recover() may take it
+            self.recover()
+            raise
+
+    def _record(
+        self,
+        outcome: Outcome,
+        written: list[tuple[str, str, int | None]],
+        n_clean: int,
+        n_quar: int,
+        marker: Path,
+    ) -> BatchRecord:
+        finished = now()
+        record = BatchRecord(
+            batch_id=outcome.batch_id,
+            sha256=outcome.sha256,
+            source=outcome.source,
+            status=outcome.status,
+            rows_in=outcome.rows_in,
+            rows_clean=n_clean,
+            rows_quarantined=n_quar,
+            rows_rejected=outcome.rows_rejected,
+            reason=outcome.reason,
+            started_at=outcome.started_at or finished,
+            finished_at=finished,
+            reference_version=outcome.reference_version,
+        )
+        with self.transaction() as tx:
+            tx.add_batch(record)
+            tx.add_files(file_records(outcome.batch_id, written), finished)
+            if outcome.landed is not None:
+                self._remember(tx, outcome.landed, outcome.sha256, outcome.batch_id, "batch", None)
+            detail = {
+                "source": outcome.source,
+                "sha256": outcome.sha256,
+                "status": outcome.status,
+                "rows_in": outcome.rows_in,
+                "rows_clean": n_clean,
+                "rows_quarantined": n_quar,
+                "rows_rejected": outcome.rows_rejected,
+                "files": {p: h for p, h, _ in written},
+                "reference_version": outcome.reference_version,
+                **(outcome.detail or {}),
+            }
+            self._chain.append(tx, "ingest", outcome.batch_id, "poisonguard", detail)
+            if outcome.status == "seed":
+                seeded = [f for f in file_records(outcome.batch_id, written) if f.kind == "clean"]
+                revisions.add_reference(
+                    tx, self._chain, seeded, actor="poisonguard", note="the seed"
+                )
+            crash_point("before-ledger-commit")
+        crash_point("after-ledger-commit")
+        shutil.rmtree(marker, ignore_errors=True)
+        return record
+
+    def _write_files(
+        self, name: str, frames: tuple[tuple[str, pd.DataFrame | None], ...]
+    ) -> list[tuple[str, str, int | None]]:
+        """Write ``<kind>/<name>.parquet`` atomically for each frame; (path, sha256, rows) each."""
+        written: list[tuple[str, str, int | None]] = []
+        for kind, frame in frames:
+            if frame is None:
+                continue
+            data = parquet_bytes(frame)
+            rel = f"{kind}/{name}.parquet"
+            atomic_write_bytes(self.root / rel, data)
+            written.append((rel, hashlib.sha256(data).hexdigest(), len(frame)))
+            crash_point(f"after-{kind}-file")
+        return written
+
+    def reject(self, landed_copy: Path, file_name: str, outcome: Outcome) -> BatchRecord:
+        """Keep a rejected batch's bytes as they arrived, with its reason, and record it.
+
+        ``landed_copy`` is the file to keep (moved, not copied, when it lies in
+        the store's staging area); ``file_name`` is the safe name to keep it under.
+        """
+        with self.writing():
+            if self.batch_by_sha(outcome.sha256) is not None:
+                raise StoreError(f"batch {outcome.batch_id}: its content is already in the ledger")
+            marker = self.staging_dir(outcome.batch_id)
+            with self._undone_on_error(marker):
+                return self._keep_rejected(landed_copy, file_name, outcome, marker)
+
+    def _keep_rejected(
+        self, landed_copy: Path, file_name: str, outcome: Outcome, marker: Path
+    ) -> BatchRecord:
+        folder = self.root / "rejected" / outcome.batch_id
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kept = folder / file_name
+        staging = (self.root / "staging").resolve()
+        if Path(landed_copy).resolve().is_relative_to(staging):
+            os.replace(landed_copy, kept)
+        else:
+            atomic_write_bytes(kept, Path(landed_copy).read_bytes())
+        reason = {"file": outcome.source, "reason": outcome.reason, "sha256": outcome.sha256}
+        text = (json.dumps(reason, indent=2) + "\n").encode()
+        atomic_write_bytes(folder / "reason.json", text)
+        written: list[tuple[str, str, int | None]] = [
+            (kept.relative_to(self.root).as_posix(), sha256_file(kept), None),
+            (f"rejected/{outcome.batch_id}/reason.json", hashlib.sha256(text).hexdigest(), None),
+        ]
+        return self._record(outcome, written, 0, 0, marker)
+
+    def remember_skip(
+        self,
+        landed: tuple[str, int, int],
+        reason: str,
+        sha256: str | None = None,
+        batch_id: str | None = None,
+    ) -> bool:
+        """Remember a landing entry that is not a batch (or repeats one), with the reason.
+
+        Returns True when this entry (name, size, time) was not remembered before.
+        """
+        with self.transaction() as tx:
+            known = tx.landed_entry(landed[0])
+            if known is not None and (known.size, known.mtime_ns) == (landed[1], landed[2]):
+                return False
+            self._remember(tx, landed, sha256, batch_id, "skipped", reason)
+            return True
+
+    @staticmethod
+    def _remember(
+        tx: LedgerTransaction,
+        landed: tuple[str, int, int],
+        sha256: str | None,
+        batch_id: str | None,
+        outcome: str,
+        reason: str | None,
+    ) -> None:
+        tx.remember(Landed(*landed, sha256, batch_id, outcome, reason, now()))
+
+    def commit_review(
+        self,
+        batch_id: str,
+        action: str,
+        rows: pd.DataFrame,
+        *,
+        actor: str,
+        note: str,
+    ) -> None:
+        """Record a reviewer's release or rejection of quarantined rows, atomically.
+
+        Released rows are written as a new clean file (``clean/<batch>.release-<n>.parquet``)
+        exactly as a batch is committed: file first, then one ledger transaction
+        that lists the file, moves the row counts, records each row's review and
+        appends to the audit chain. Rejected rows' content hashes join the
+        blocklist. Callers hold ``writing()`` from reading the rows' state to here.
+
+        Raises
+        ------
+        StoreError
+            When one of the rows was reviewed meanwhile (nothing is written then).
+        """
+        if action not in ("release", "reject"):
+            raise ValueError(f"unknown review action {action!r}")
+        at = now()
+        pg_rows = [int(r) for r in rows["pg_row"].tolist()]
+        with self.writing():
+            name = f"{batch_id}.{action}"
+            if action == "release":
+                taken = {f.path for f in self.files()}  # revoked and superseded ones too
+                seq = 0
+                while f"clean/{batch_id}.release-{seq}.parquet" in taken:
+                    seq += 1
+                name = f"{batch_id}.release-{seq}"
+            marker = self.staging_dir(name)
+            with self._undone_on_error(marker):
+                written = self._write_files(name, (("clean", rows),)) if action == "release" else []
+                self._record_review(batch_id, action, rows, pg_rows, written, actor, note, at)
+            shutil.rmtree(marker, ignore_errors=True)
+
+    def _record_review(
+        self,
+        batch_id: str,
+        action: str,
+        rows: pd.DataFrame,
+        pg_rows: list[int],
+        written: list[tuple[str, str, int | None]],
+        actor: str,
+        note: str,
+        at: str,
+    ) -> None:
+        n = len(pg_rows)
+        with self.transaction() as tx:
+            asked = set(pg_rows)
+            done = sum(1 for r in tx.reviews(batch_id) if r.pg_row in asked)
+            if done:
+                raise StoreError(
+                    f"batch {batch_id}: {done} of these rows were reviewed meanwhile; "
+                    "nothing was written, look again with `poisonguard review show`"
+                )
+            tx.move_rows(batch_id, n, "quarantined", "clean" if action == "release" else "rejected")
+            tx.add_files(file_records(batch_id, written), at)
+            tx.add_reviews([Review(batch_id, r, action, actor, note, at) for r in pg_rows])
+            hashes = [str(h) for h in rows["pg_row_hash"].tolist()]
+            if action == "reject":
+                tx.block(
+                    [
+                        Blocked(h, batch_id, r, actor, at)
+                        for h, r in zip(hashes, pg_rows, strict=True)
+                    ]
+                )
+            detail = {
+                "rows": pg_rows,
+                "note": note,
+                "files": {p: h for p, h, _ in written},
+                **({"row_hashes": hashes} if action == "reject" else {}),
+            }
+            self._chain.append(tx, action, batch_id, actor, detail)
+            crash_point("review-before-ledger-commit")
+
+    # -- the pinned reference, revocation and re-scan holds (see ``revisions``) --
+    def promote(
+        self,
+        batch_ids: Sequence[str],
+        *,
+        actor: str,
+        note: str = "",
+        max_source_share: float = 1.0,
+    ) -> ReferenceVersion:
+        """Make a new reference version: the current one plus these batches' clean files
+        (``revisions.promote``)."""
+        return revisions.promote(
+            self, batch_ids, actor=actor, note=note, max_source_share=max_source_share
+        )
+
+    def revoke(self, batch_id: str, *, actor: str, note: str) -> Revocation:
+        """Take a committed batch out of the training set and the reference, for good
+        (``revisions.revoke``)."""
+        return revisions.revoke(self, batch_id, actor=actor, note=note)
+
+    def hold_rescanned(self, flagged: pd.DataFrame, *, actor: str, note: str) -> dict[str, int]:
+        """Move rows a re-scan flagged out of the training set into quarantine, awaiting
+        review (``revisions.hold_rescanned``); rows held per batch."""
+        return revisions.hold_rescanned(self, flagged, actor=actor, note=note)
+
+    # -- audit chain ---------------------------------------------------------
+    def audit(
+        self,
+        action: str,
+        *,
+        actor: str,
+        batch_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one entry to the audit chain in its own transaction."""
+        with self.transaction() as tx:
+            self._chain.append(tx, action, batch_id, actor, detail or {})
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        """Every audit entry as a dict of its fields, oldest first."""
+        return self.ledger.audit_log()
+
+    def source_events(self) -> list[Event]:
+        """Every batch's evidence and every cleared alarm, per landing source, in ledger order.
+
+        Read from the audit chain, which the gate verifies: a batch's counts
+        (``source_evidence`` in its ingest entry) and ``source_clear`` entries.
+        Seed batches are not a source's evidence.
+        """
+        events = []
+        for entry in self.audit_log():
+            if entry["action"] not in ("ingest", "source_clear"):
+                continue
+            detail = json.loads(entry["detail"])
+            if entry["action"] == "source_clear":
+                events.append(Event(str(detail["source"]), cleared=True))
+            elif detail.get("status") != "seed":
+                counts = detail.get("source_evidence")
+                events.append(
+                    Event(
+                        source_of(str(detail["source"])),
+                        entry["batch_id"],
+                        detail.get("rows_in"),
+                        None if counts is None else BatchCounts.from_dict(counts),
+                    )
+                )
+        return events
+
+    def clear_source(self, source: str, *, actor: str, note: str) -> None:
+        """Restart a landing source's sequential test (and the pooled one), with an audit entry."""
+        with self.writing():
+            known = {e.source for e in self.source_events()}
+            if source not in known:
+                raise ReviewError(
+                    f"no landing source {shown(source)!r} in the store {self.root}; "
+                    f"known: {', '.join(sorted(map(shown, known))) or 'none'}"
+                )
+            self.audit("source_clear", actor=actor, detail={"source": source, "note": note})
+
+    def head(self) -> dict[str, Any] | None:
+        """The audit chain's last entry as ``{"seq", "hash", "mac"}``; None when empty."""
+        return self._chain.head(self.ledger)
+
+    def vouch(self, head: dict[str, Any]) -> None:
+        """Record in the anchor that the gate vouched for the chain up to ``head``."""
+        with self.writing():
+            self._chain.write_anchor(self.ledger, vouched=head)
+
+    def verify_audit(self) -> str | None:
+        """Check the chain, its keyed MACs and its anchor; the first problem, or None
+        (``AuditChain.verify``)."""
+        return self._chain.verify(self.ledger)
+
+
+#: The data step of each schema step, by the version it reaches (see ``Store._migrate``).
+_MIGRATIONS: dict[int, Callable[[Store, LedgerTransaction], dict[str, Any]]] = {
+    3: Store._migrate_to_3,
+}
+
+
+# --------------------------------------------------------------------------- opening and copying
+
+
+def open_store(config: Config | str | Path, *, create: bool = False) -> Store:
+    """The store a config names (its folder, ledger and audit key), or the store in a folder.
+
+    Every command, flow and library function opens its store here, so that where a
+    store's parts live is decided in one place.
+
+    Parameters
+    ----------
+    config : Config, or path
+        A dataset's config, or a store's folder (its key in the default place).
+    create : bool
+        Create the store if it does not exist (``poisonguard init``).
+
+    Raises
+    ------
+    StoreError
+        As ``Store`` does.
+    """
+    if isinstance(config, str | Path):
+        return Store(config, create=create)
+    return Store(config.store, key_path=config.audit_key, create=create)
+
+
+def has_store(root: str | Path) -> bool:
+    """Whether a store was created in the folder ``root`` (without opening it)."""
+    return SqliteLedger(root).exists()
+
+
+def copy_store(root: str | Path, dest: str | Path, key_path: str | Path) -> None:
+    """Copy a store to the folder ``dest``, with a new audit key at ``key_path``.
+
+    The ledger is copied as a consistent snapshot (even while a run writes), the
+    store's files byte for byte (not ``staging/`` or lock files). Nothing of the
+    original is written.
+    """
+    root, dest = Path(root), Path(dest)
+    shutil.copytree(
+        root,
+        dest,
+        ignore=shutil.ignore_patterns("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"),
+    )
+    (dest / "staging").mkdir(mode=0o700, exist_ok=True)
+    SqliteLedger(root).copy_to(dest)
+    write_new_key(Path(key_path))
+
+
+def read_verified(root: str | Path, record: FileRecord) -> pd.DataFrame:
+    """A table's rows, read from bytes whose SHA-256 is the ledger's.
+
+    Raises
+    ------
+    GateError
+        When the file's bytes are not those the ledger recorded (it changed
+        after the gate checked it).
+    """
+    data = (Path(root) / record.path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != record.sha256:
+        raise GateError([f"{record.path}: changed while the training set was read"])
+    return table_from_bytes(data)

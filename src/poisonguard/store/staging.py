@@ -1,0 +1,179 @@
+"""The staging area: a batch's files between flow tasks, and recovery from a process that died.
+
+Each piece of work in flight has a folder ``staging/<name>/`` holding its owner's
+process id in ``.owner`` (:func:`staging_dir`). A batch's folder holds, in turn:
+
+``landed<suffix>``
+    The copy of the landed file, until its rows are staged (or it is rejected).
+``rows.parquet``, ``prior.parquet``, ``staged.json``
+    Every row with its ``pg_`` provenance, the rows held before scoring, and the
+    manifest (:func:`stage_rows`, :class:`Staged`). The manifest is written last:
+    a folder without it was cut short.
+``decision.parquet``, ``decision.json``, ``evidence.json``
+    The batch's one decision, what it recorded, and the typed evidence for its
+    report (:func:`write_decision`, :func:`write_evidence`).
+
+A commit removes its folder after the ledger transaction; :func:`recover`
+removes what a process that died mid-way left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from poisonguard.store.files import atomic_write_bytes, read_parquet, write_table
+from poisonguard.store.ledger import LedgerView
+from poisonguard.store.locking import pid_alive
+
+STAGED_ROWS = "rows.parquet"
+STAGED_PRIOR = "prior.parquet"
+STAGED_MANIFEST = "staged.json"
+DECISION = "decision.parquet"
+DECISION_META = "decision.json"
+EVIDENCE = "evidence.json"
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A validated batch waiting in the staging area (read back from ``staged.json``)."""
+
+    folder: Path
+    batch_id: str
+    sha256: str
+    source: str
+    rows_in: int
+    started_at: str
+    failed_expectations: list[dict]
+    landed: tuple[str, int, int] | None
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Staged:
+        folder = Path(folder)
+        data = json.loads((folder / STAGED_MANIFEST).read_text())
+        landed = data.pop("landed", None)
+        return cls(folder=folder, landed=tuple(landed) if landed else None, **data)
+
+    def rows(self) -> pd.DataFrame:
+        """Every row of the batch, with its ``pg_`` provenance."""
+        return read_parquet(self.folder / STAGED_ROWS)
+
+    def prior(self) -> pd.DataFrame:
+        """The rows held before scoring: ``pg_row``, ``pg_stage``, ``pg_reason``."""
+        return read_parquet(self.folder / STAGED_PRIOR)
+
+
+def stage_rows(
+    landed: Path, rows: pd.DataFrame, prior: pd.DataFrame, manifest: dict[str, Any]
+) -> Path:
+    """Stage a validated batch beside its landed copy, then remove the copy; the folder.
+
+    The manifest is written last, so a folder that has it holds the whole batch.
+    """
+    folder = landed.parent
+    write_table(folder / STAGED_ROWS, rows)
+    write_table(folder / STAGED_PRIOR, prior)
+    landed.unlink()
+    atomic_write_bytes(folder / STAGED_MANIFEST, json.dumps(manifest, indent=2).encode())
+    return folder
+
+
+def write_decision(folder: Path, table: pd.DataFrame, meta: dict[str, Any]) -> Path:
+    """Write a staged batch's decision (one row per batch row) and what it recorded; the
+    decision table's path."""
+    write_table(folder / DECISION, table)
+    atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
+    return folder / DECISION
+
+
+def read_decision(folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A staged batch's decision table and what it recorded (``write_decision``)."""
+    return read_parquet(folder / DECISION), json.loads((folder / DECISION_META).read_text())
+
+
+def write_evidence(folder: Path, text: str | None) -> None:
+    """Keep a staged batch's evidence; None removes what an earlier run kept."""
+    if text is not None:
+        atomic_write_bytes(folder / EVIDENCE, text.encode())
+    else:
+        (folder / EVIDENCE).unlink(missing_ok=True)
+
+
+def read_evidence(folder: Path) -> tuple[bytes, str] | None:
+    """A staged batch's evidence and the file it came from; None when it has none."""
+    path = folder / EVIDENCE
+    return (path.read_bytes(), str(path)) if path.exists() else None
+
+
+# --------------------------------------------------------------------------- owners and recovery
+
+
+def staging_dir(root: Path, name: str) -> Path:
+    """``staging/<name>/`` of the store at ``root``, marked as this process's (see ``recover``)."""
+    path = root / "staging" / name
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (path / ".owner").write_text(str(os.getpid()))
+    return path
+
+
+def disown(folder: Path) -> None:
+    """Leave a staging folder without a live owner, so that ``recover`` may take it."""
+    (folder / ".owner").unlink(missing_ok=True)
+
+
+def _owner(marker: Path) -> int | None:
+    try:
+        return int((marker / ".owner").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def recover(root: Path, ledger: LedgerView) -> list[Path]:
+    """Remove what a process that died mid-commit left in the store at ``root``, and nothing else.
+
+    Every commit starts by creating ``staging/<name>/`` (holding its owner's
+    process id) and ends by removing it after the ledger transaction. A
+    staging folder whose owner is gone marks a commit that may have been cut
+    short: its files are removed unless the ledger lists them. Temporary files
+    of interrupted atomic writes go too. Files nobody wrote through
+    poisonguard are left for the gate to report.
+
+    Returns
+    -------
+    list of Path
+        The files and folders removed.
+    """
+    removed: list[Path] = []
+    markers = []
+    for marker in sorted((root / "staging").iterdir()):
+        owner = _owner(marker)
+        if owner is not None and pid_alive(owner):
+            continue  # a live process (this one included) is mid-way through it
+        markers.append(marker)
+    for sub in ("clean", "quarantine"):
+        for p in (root / sub).glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if not markers:
+        return removed
+    known = {f.path for f in ledger.files()}
+    batches = {b.batch_id for b in ledger.batches()}
+    for marker in markers:
+        name = marker.name
+        for sub in ("clean", "quarantine"):
+            p = root / sub / f"{name}.parquet"
+            if p.exists() and p.relative_to(root).as_posix() not in known:
+                p.unlink()
+                removed.append(p)
+        rejected = root / "rejected" / name
+        if rejected.exists() and name not in batches:
+            shutil.rmtree(rejected)
+            removed.append(rejected)
+        shutil.rmtree(marker) if marker.is_dir() else marker.unlink()
+    return removed
