@@ -249,3 +249,115 @@ def test_a_malformed_batch_level_note_is_a_config_error():
     }
     with pytest.raises(ConfigError, match=r"expectation #0: meta\.poisonguard\.rejects_batch"):
         validate(pd.DataFrame({"x": [1.0]}), suite, source="b.csv")
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def _personal_values(frame: pd.DataFrame) -> list[str]:
+    """Every personal value of ``frame`` as it could be written (whole numbers as digits)."""
+    out = set()
+    for column in PERSONAL:
+        for value in frame[column].tolist():
+            text = str(value)
+            if column == "dob":
+                text = str(value.date())
+            out.add(text)
+    return sorted(out)
+
+
+@pytest.mark.slow
+def test_no_personal_value_is_shown_in_reports_artifacts_logs_or_review(project: Path, capsys):
+    """A batch whose held rows carry personal values goes through `poisonguard run` (the
+    Prefect flow, its own loopback server and database under the store). No personal value
+    appears in any file the store or the flow wrote, except the data files that are the
+    rows themselves; the held rows' reasons are masked; `review show` masks them, and
+    `--unmask` shows them only with a name, which the audit log records."""
+    import subprocess
+    import sys
+
+    from poisonguard.cli import main
+    from poisonguard.store import open_store
+
+    config = load_config(project / "poisonguard.toml")
+    batch = people(60, seed=7)
+    batch["customer_id"] += 50_000
+    batch["email"] = [f"secret.person{i}@private-mail.example" for i in range(60)]
+    batch.loc[:4, "age"] = 250  # breaks the age range: held, its row shown in the report
+    batch.loc[5:7, "churned"] = batch.loc[5:7, "churned"].map({"yes": "no", "no": "yes"})
+    _land(project, "b1.csv", batch)
+    _settled(project)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    cli = Path(sys.executable).parent / "poisonguard"
+    done = subprocess.run(
+        [str(cli), "run", "--config", str(project / "poisonguard.toml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    store = open_store(config)
+    (record,) = [r for r in store.batches() if r.batch_id.startswith("b1")]
+    assert record.rows_quarantined >= 5
+
+    secrets = _personal_values(batch)
+    assert "secret.person3@private-mail.example" in secrets
+    data_dirs = {"clean", "quarantine", "rejected", "staging"}
+    checked = 0
+    for path in project.rglob("*"):
+        if not path.is_file() or path.parent == project / "landing" or path.suffix == ".csv":
+            continue
+        if data_dirs & set(path.relative_to(project).parts):
+            continue
+        blob = path.read_bytes()
+        checked += 1
+        for value in secrets:
+            assert value.encode() not in blob, f"{value!r} in {path.relative_to(project)}"
+    assert checked >= 5  # ledger, reports, the Prefect database, ...
+    assert any(p.suffix == ".db" for p in (store.root / "prefect").iterdir())
+    reasons = " ".join(store.quarantine_frame(record.batch_id)["pg_reason"].astype(str))
+    assert not [v for v in secrets if v in reasons]
+    assert done.stdout and not [v for v in secrets if v in done.stdout + done.stderr]
+
+    capsys.readouterr()
+    cfg = ["--config", str(project / "poisonguard.toml")]
+    assert main(["review", "show", record.batch_id, *cfg]) == 0
+    shown = capsys.readouterr().out
+    assert "email = s***@p***.example" in shown
+    assert not [v for v in secrets if v in shown]
+    assert main(["review", "show", record.batch_id, "--unmask", *cfg]) == 2
+    assert "--unmask needs --by" in capsys.readouterr().err
+    assert main(["review", "show", record.batch_id, "--unmask", "--by", "ana", *cfg]) == 0
+    assert "secret.person" in capsys.readouterr().out
+    entry = store.audit_log()[-1]
+    assert entry["action"] == "unmask" and entry["actor"] == "ana"
+    assert json.loads(entry["detail"])["columns"] == [c for c in PERSONAL if c != "customer_id"]
+
+
+def test_reasons_mask_personal_values_however_they_were_written():
+    """A rule or detector may write a personal value as text, quoted, or as a whole number
+    (a card number read as a float): each form of the row's own value becomes its mask."""
+    from poisonguard.pii import Masker
+
+    rows = pd.DataFrame(
+        {
+            "email": ["ana@mail.example", None],
+            "card_number": [4111111111111111.0, 5500000000000004.0],
+            "plan": ["basic", "pro"],
+        }
+    )
+    masker = Masker({"email": "email", "card_number": "card"})
+    reasons = [
+        "email = 'ana@mail.example' longer than 12 characters; card_number = 4111111111111111",
+        "card_number = 5500000000000004 outside [0, 100]; plan = 'pro' unseen",
+    ]
+    masked = masker.reasons(rows, reasons)
+    assert masked == [
+        "email = 'a***@m***.example' longer than 12 characters; card_number = ************1111",
+        "card_number = ************0004 outside [0, 100]; plan = 'pro' unseen",
+    ]
+    assert Masker().reasons(rows, reasons) == reasons
+    shown = masker.frame(rows)
+    assert shown["email"].tolist() == ["a***@m***.example", ""]
+    assert shown["plan"].tolist() == ["basic", "pro"]

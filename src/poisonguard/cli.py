@@ -395,19 +395,31 @@ def cmd_review_list(args: argparse.Namespace) -> int:
 
 
 def cmd_review_show(args: argparse.Namespace) -> int:
+    from poisonguard.pii import Masker
     from poisonguard.review import held_rows
     from poisonguard.store import open_store
 
     config = _config(args)
-    rows = held_rows(open_store(config), args.batch)
+    if args.unmask and not args.by:
+        raise ConfigError("--unmask needs --by NAME: who saw the personal data is audited")
+    store = open_store(config)
+    rows = held_rows(store, args.batch)
     if rows.empty:
         _out(f"batch {args.batch} has no quarantined rows")
         return 0
     start = (args.page - 1) * args.page_size
     page = rows.iloc[start : start + args.page_size]
     pages = max(1, -(-len(rows) // args.page_size))
+    personal = [c for c in config.pii if c in rows.columns]
+    if args.unmask and personal:
+        # Before anything is shown: an unmasked page nobody audited must not exist.
+        detail = {"columns": personal, "rows": [int(r) for r in page["pg_row"]]}
+        store.audit("unmask", actor=args.by, batch_id=args.batch, detail=detail)
+    else:
+        page = Masker(config.pii).frame(page)
     _out(
         f"batch {args.batch}: {len(rows)} held rows, page {args.page} of {pages} (most suspicious first)"
+        + ("; personal columns unmasked (audited)" if args.unmask and personal else "")
     )
     ident = config.id_column if config.id_column in rows.columns else None
     for _, r in page.iterrows():
@@ -421,6 +433,9 @@ def cmd_review_show(args: argparse.Namespace) -> int:
         _out(f"    {r['pg_reason']}")
         if config.label and config.label in r:
             _out(f"    {config.label} = {r[config.label]}")
+        for column in personal:
+            if column != ident:
+                _out(f"    {column} = {r[column]}")
     return 0
 
 
@@ -920,6 +935,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("batch")
     sp.add_argument("--page", type=int, default=1)
     sp.add_argument("--page-size", type=int, default=20)
+    sp.add_argument(
+        "--unmask",
+        action="store_true",
+        help="show personal columns as they are (needs --by; written to the audit log)",
+    )
+    sp.add_argument("--by", help="reviewer's name (with --unmask)")
     for name, func, verb in (
         ("release", cmd_review_release, "release rows into the clean training set"),
         ("reject", cmd_review_reject, "reject rows for good (their content is blocklisted)"),

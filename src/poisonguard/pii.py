@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "CARD_PATTERN",
     "EMAIL_PATTERN",
     "PII_KINDS",
+    "Masker",
     "classify",
     "find_pii",
     "mask",
@@ -278,9 +280,12 @@ def mask(value: Any, kind: str) -> str:
     """A personal value shown without revealing it: e-mails keep their first letters
     (``j***@e***.com``), numbers their last four digits, names their initials, IP
     addresses their first part; anything else is fully masked."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
-    text = str(value)
+    # A card or account number read as a float is still its digits.
+    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     if kind == "email" and "@" in text:
         user, _, domain = text.partition("@")
         host, dot, tld = domain.rpartition(".")
@@ -294,3 +299,71 @@ def mask(value: Any, kind: str) -> str:
         head = re.split(r"[.:]", text, maxsplit=1)[0]
         return f"{head}.*.*.*" if "." in text else f"{head}:*"
     return "****"
+
+
+@dataclass(frozen=True)
+class Masker:
+    """Masks the personal columns of rows, and their values wherever a reason repeats them.
+
+    Built once from the config's personal-data kinds (``Config.pii``); every place that
+    shows rows to people (reasons, reports, Prefect artifacts, ``review show``) goes
+    through it, unless a reviewer with the right passes ``--unmask`` (audited).
+
+    Parameters
+    ----------
+    kinds : mapping of str to str
+        Column -> personal-data kind (:data:`PII_KINDS`).
+    """
+
+    kinds: Mapping[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.kinds)
+
+    def frame(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """A copy of ``rows`` with every personal column's values masked (as text)."""
+        if not self or rows is None or rows.empty:
+            return rows
+        out = rows.copy()
+        for column, kind in self.kinds.items():
+            if column in out.columns:
+                out[column] = pd.Series(
+                    [mask(v, kind) for v in out[column].tolist()], index=out.index, dtype=object
+                )
+        return out
+
+    def value(self, column: str, value: Any) -> Any:
+        """``value`` masked when ``column`` is personal, else as it is."""
+        kind = self.kinds.get(column)
+        return value if kind is None else mask(value, kind)
+
+    def reasons(self, rows: pd.DataFrame, reasons: Sequence[str] | np.ndarray) -> list[str]:
+        """Each row's reason with its personal values replaced by their masks, however a
+        rule or detector wrote them (as text, quoted, or as a whole number)."""
+        out = [str(r) for r in reasons]
+        if not self:
+            return out
+        columns = [c for c in self.kinds if c in rows.columns]
+        for i, text in enumerate(out):
+            if not text:
+                continue
+            for column in columns:
+                value = rows[column].iloc[i]
+                for form in _written_forms(value):
+                    if form and form in text:
+                        text = text.replace(form, mask(value, self.kinds[column]))
+            out[i] = text
+        return out
+
+
+def _written_forms(value: Any) -> list[str]:
+    """The ways a reason may have written ``value``, longest first."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if isinstance(value, np.generic):
+        value = value.item()
+    forms = {str(value)}
+    if isinstance(value, float) and value == int(value):
+        forms.add(str(int(value)))
+        forms.add(format(value, ".10g"))
+    return sorted((f for f in forms if len(f) >= 3), key=len, reverse=True)

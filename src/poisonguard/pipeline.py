@@ -45,6 +45,7 @@ from poisonguard.evidence import (
     loads,
 )
 from poisonguard.landing import Entry, batch_id_for, batch_suffix, safe_stem, source_of
+from poisonguard.pii import Masker
 from poisonguard.scan import Guard
 from poisonguard.sources import (
     SOURCE_ALARM,
@@ -563,7 +564,8 @@ def _write_decision(
         {
             "pg_row": rows["pg_row"].to_numpy(),
             "pg_stage": decision.stage,
-            "pg_reason": decision.reason,
+            # Reasons are shown to people (reports, review, artifacts): personal values masked.
+            "pg_reason": Masker(config.pii).reasons(rows, decision.reason),
             "pg_suspicion": decision.suspicion,
         }
     )
@@ -635,6 +637,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         threshold_p=decided["threshold_p"],
         reference=judged,
         source_state=decided["source_state"],
+        masker=Masker(config.pii),
     )
     record = store.commit(outcome)  # which also clears the staging folder
     _hold_window_suspects(store, decided.get("window"), meta.batch_id)
@@ -683,12 +686,14 @@ def write_batch_report(
     threshold_p: float | None = None,
     reference: ReferenceUsed | None = None,
     source_state: str | None = None,
+    masker: Masker | None = None,
 ) -> tuple[Path, Path]:
     """Write a batch's HTML and JSON reports (before its ledger commit: a re-run rewrites them).
 
     The counts are the outcome's, which the ledger records; ``held_by``, ``batch_hold``,
     ``fdr``, ``threshold_p`` and ``reference`` (the reference version that judged the
-    rows) are the batch decision's (``decision.json``).
+    rows) are the batch decision's (``decision.json``). The held rows the report shows
+    have their personal columns masked (``masker``, the config's ``pii``).
     """
     from poisonguard.report import write_report
 
@@ -700,7 +705,7 @@ def write_batch_report(
         created_at=now(),
         rows_in=outcome.rows_in,
         clean=outcome.clean,
-        quarantine=outcome.quarantine,
+        quarantine=(masker or Masker()).frame(outcome.quarantine),
         rejected=outcome.rows_rejected,
         reason=outcome.reason,
         held_by=held_by,
@@ -990,7 +995,7 @@ def rescan(
             guard = guard or fit_guard(config, store, reference)
             decision = _rescan_decision(rows, guard, rejected, f"re-scan of {shown(src)}")
             parts.append((rows, decision))
-    return _rescan_report(reference.version, tuple(scopes), scanned, parts)
+    return _rescan_report(reference.version, tuple(scopes), scanned, parts, Masker(config.pii))
 
 
 def _rescan_decision(
@@ -1011,6 +1016,7 @@ def _rescan_report(
     scopes: tuple[RescanScope, ...],
     scanned: dict[str, int],
     parts: list[tuple[pd.DataFrame, BatchDecision]],
+    masker: Masker,
 ) -> RescanReport:
     names = list(dict.fromkeys(n for _, d in parts for n in d.scores))
     batch_id, pg_row, stage, reason, suspicion = [], [], [], [], []
@@ -1022,7 +1028,10 @@ def _rescan_report(
         stage.append(decision.stage[hit])
         reason.append(
             np.array(
-                [f"re-scan against reference version {version}: {r}" for r in decision.reason[hit]],
+                [
+                    f"re-scan against reference version {version}: {r}"
+                    for r in masker.reasons(rows[hit], decision.reason[hit])
+                ],
                 dtype=object,
             )
         )

@@ -676,7 +676,9 @@ def infer_suite(
     for the remaining (text) columns a length limit, the longest seen widened by
     ``margin`` (and at least 8 characters more).
 
-    Columns not in ``pii`` (personal data, ``poisonguard.pii``) also get guards against
+    Columns in ``pii`` (personal data, ``poisonguard.pii``) get no value set and no
+    range, so that no personal value is written into the suite; string ones keep their
+    length limit. Columns not in ``pii`` also get guards against
     personal data leaking into them, a common ELT mistake (a mapping that shifts by one
     column): a string column may hold no e-mail address and no run of 13 to 19 digits
     (a card number's shape), and a numeric column whose trusted values stay below 10^11
@@ -821,6 +823,12 @@ def infer_suite(
                     "labels seen in the trusted sample",
                 )
             )
+        elif column in (pii or {}):
+            # Personal values never go into the suite: no value set, no range whose bounds
+            # are someone's number or birthday; strings keep their length limit.
+            rule = _length_rule(column, series, float(margin)) if family == "string" else None
+            if rule is not None:
+                expectations.append(rule)
         elif family == "numeric":
             rule = _range_rule(column, series, float(margin))
             if rule is not None:
