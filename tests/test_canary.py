@@ -79,7 +79,7 @@ def test_a_clean_training_set_passes_the_canary_with_its_figures_recorded(demo_p
     code, out, _ = _cli(capsys, "gate", "--config", str(config.path), "--manifest", str(manifest))
     assert code == 0 and out.startswith("safe:")
     assert f"canary: accuracy on {reference.rows} trusted canary rows" in out
-    doc = json.loads(manifest.read_text())
+    doc = json.loads(manifest.read_text())["predicate"]
     assert doc["canary"]["run"] and doc["canary"]["rows"] == reference.rows
     entry = open_store(config).audit_log()[-1]
     assert entry["action"] == "gate" and json.loads(entry["detail"])["canary"]["run"]
@@ -123,7 +123,7 @@ def test_released_label_flips_fail_the_canary_with_a_per_class_reason(demo_proje
         capsys, "gate", "--config", str(config.path), "--no-canary", "--manifest", str(manifest)
     )
     assert code == 0 and "canary" not in out
-    assert json.loads(manifest.read_text())["canary"]["run"] is False
+    assert json.loads(manifest.read_text())["predicate"]["canary"]["run"] is False
     assert len(gate(config, canary=False)) == sum(f.rows for f in open_store(config).files("clean"))
 
 

@@ -191,9 +191,10 @@ def test_promotion_makes_a_new_version_that_judges_the_next_batch(demo_project, 
     manifest = demo_project / "manifest.json"
     code, out, err = _cli(capsys, "gate", "--config", cfg, "--manifest", str(manifest))
     assert code == 0, err
-    doc = json.loads(manifest.read_text())
+    doc = json.loads(manifest.read_text())["predicate"]
     assert doc["reference"]["version"] == 2 and doc["reference"]["digest"] == v2.digest
-    judged = {f["batch_id"]: f["reference_version"] for f in doc["files"]}
+    subjects = json.loads(manifest.read_text())["subject"]
+    judged = {s["annotations"]["batch_id"]: s["annotations"]["reference_version"] for s in subjects}
     assert judged[first.batch_id] == 1 and judged[second.batch_id] == 2
     assert judged[seed_id] is None
 

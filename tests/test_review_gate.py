@@ -138,8 +138,9 @@ def test_the_whole_loop_through_the_cli(demo_project, capsys):
     code, out, _ = _cli(capsys, "gate", "--config", cfg, "--manifest", str(manifest))
     assert code == 0 and out.startswith("safe:")
     doc = json.loads(manifest.read_text())
-    assert doc["rows"] == len(store.clean_frame()) == sum(f["rows"] for f in doc["files"])
-    assert {f["path"] for f in doc["files"]} == {f.path for f in store.files("clean")}
+    rows = [s["annotations"]["rows"] for s in doc["subject"]]
+    assert doc["predicate"]["rows"] == len(store.clean_frame()) == sum(rows)
+    assert {s["name"] for s in doc["subject"]} == {f.path for f in store.files("clean")}
 
     # Tamper with a clean file: the gate fails and names it.
     victim = store.files("clean")[1]

@@ -94,7 +94,8 @@ def test_revoking_a_promoted_batch_takes_it_out_of_the_training_set_and_the_refe
     manifest = demo_project / "manifest.json"
     assert _cli(capsys, "gate", "--config", cfg, "--manifest", str(manifest))[0] == 0
     doc = json.loads(manifest.read_text())
-    assert first.batch_id not in {f["batch_id"] for f in doc["files"]}
+    assert first.batch_id not in {s["annotations"]["batch_id"] for s in doc["subject"]}
+    doc = doc["predicate"]
     assert doc["reference"]["version"] == 3
     assert first.batch_id not in doc["reference"]["batches"]
     (kept,) = store.files("revoked")

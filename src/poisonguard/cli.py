@@ -681,16 +681,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
     config = _config(args)
     max_pending = parse_age(args.max_pending) if args.max_pending else None
-    previous = None
-    if args.previous:
-        try:
-            previous = json.loads(Path(args.previous).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"--previous {args.previous}: not a readable manifest ({exc})"
-            ) from exc
-        if not isinstance(previous, dict):
-            raise ConfigError(f"--previous {args.previous}: not a gate manifest")
+    from poisonguard.attest import load_manifest
+
+    previous = load_manifest(args.previous).predicate if args.previous else None
     report = check(
         config,
         max_pending=max_pending,
@@ -698,10 +691,18 @@ def cmd_gate(args: argparse.Namespace) -> int:
         previous=previous,
         canary=False if args.no_canary else None,
     )
-    if args.manifest:
-        atomic_write_bytes(
-            Path(args.manifest), (json.dumps(report.manifest, indent=2) + "\n").encode()
-        )
+    if args.manifest or args.cyclonedx:
+        from poisonguard.attest import cyclonedx, sign, statement
+
+        doc = statement(report.manifest, config=config.path, suite=config.expectations)
+        if args.manifest:
+            written = sign(doc, args.sign) if args.sign else doc
+            atomic_write_bytes(Path(args.manifest), (json.dumps(written, indent=2) + "\n").encode())
+        if args.cyclonedx:
+            bom = cyclonedx(doc, pii=config.pii)
+            atomic_write_bytes(Path(args.cyclonedx), (json.dumps(bom, indent=2) + "\n").encode())
+    elif args.sign:
+        raise ConfigError("--sign signs the manifest: pass --manifest PATH too")
     if report.ok:
         _out(
             f"safe: {report.rows} rows in {len(report.files)} files"
@@ -713,6 +714,26 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if report.canary is not None and (report.canary.judged or report.canary.unable):
         _out(report.canary.summary())
     return 0 if report.ok else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when the manifest's signature, files and verdict all hold; 1 with the problems."""
+    from poisonguard.attest import verify
+
+    problems = verify(args.manifest, key=args.key, store=args.store)
+    for problem in problems:
+        sys.stderr.write(f"not verified: {problem}\n")
+    if not problems:
+        _out(f"verified: {args.manifest}" + (f" (signed, {args.key})" if args.key else ""))
+    return 1 if problems else 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from poisonguard.attest import keygen
+
+    private, public = keygen(args.path)
+    _out(f"wrote {private} (private, owner-only) and {public} (give this one to training jobs)")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -1088,7 +1109,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pending", help="fail when rows have waited longer than this for review, e.g. 7d, 36h"
     )
     sp.add_argument(
-        "--manifest", help="write the files and rows of the training set to this JSON file"
+        "--manifest",
+        help="write the training set's files and the decision to this file (an in-toto statement)",
+    )
+    sp.add_argument(
+        "--sign", metavar="KEY", help="sign the manifest with this Ed25519 key (poisonguard keygen)"
+    )
+    sp.add_argument(
+        "--cyclonedx", metavar="PATH", help="also write the training set as a CycloneDX 1.7 BOM"
     )
     sp.add_argument("--by", default="gate", help="who asks (recorded in the audit log)")
     sp.add_argument(
@@ -1109,6 +1137,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--max-pending")
     sp.add_argument("--provenance", action="store_true", help="keep pg_batch, pg_row, pg_row_hash")
+
+    sp = command(
+        "verify",
+        cmd_verify,
+        "check a gate manifest before training: its signature, every file's SHA-256, the "
+        "verdict; exit 0 good, 1 not",
+        config=False,
+    )
+    sp.add_argument("manifest")
+    sp.add_argument("--key", help="the Ed25519 public key it must be signed with")
+    sp.add_argument("--store", help="the store's folder (default: the one the manifest names)")
+
+    sp = command(
+        "keygen", cmd_keygen, "write a new Ed25519 key pair for signing manifests", config=False
+    )
+    sp.add_argument("path", help="the private key's file (the public key is PATH.pub)")
     return p
 
 

@@ -75,6 +75,7 @@ from poisonguard.store.files import (
     read_parquet,
     sha256_file,
     temporary_folder,
+    write_new_secret,
     write_table,
 )
 from poisonguard.store.landing import (
@@ -166,5 +167,6 @@ __all__ = [
     "temporary_folder",
     "write_decision",
     "write_evidence",
+    "write_new_secret",
     "write_table",
 ]

@@ -98,10 +98,21 @@ def write_new_key(path: Path) -> None:
     FileExistsError
         When ``path`` exists (a key is never overwritten).
     """
+    write_new_secret(path, (secrets.token_hex(32) + "\n").encode())
+
+
+def write_new_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` owner-only (0600) holding ``data``; an existing file is an error.
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` exists (a secret is never overwritten).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
