@@ -115,28 +115,31 @@ def keygen(path: str | Path) -> tuple[Path, Path]:
 
 
 def _private_key(path: Path) -> Any:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{path}: not a readable PEM private key ({exc})") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path}: an Ed25519 private key is needed (poisonguard keygen)")
-    return key
+    return _load_key(path, private=True)
 
 
 def _public_key(path: Path) -> Any:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    return _load_key(path, private=False)
 
+
+def _load_key(path: Path, *, private: bool) -> Any:
+    """An Ed25519 key from a PEM file (as ``poisonguard keygen`` writes them)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    what = "private" if private else "public"
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        data = path.read_bytes()
+        key = (
+            serialization.load_pem_private_key(data, password=None)
+            if private
+            else serialization.load_pem_public_key(data)
+        )
     except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{path}: not a readable PEM public key ({exc})") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path}: an Ed25519 public key is needed (poisonguard keygen)")
+        raise ConfigError(f"{path}: not a readable PEM {what} key ({exc})") from exc
+    wanted = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
+    if not isinstance(key, wanted):
+        raise ConfigError(f"{path}: an Ed25519 {what} key is needed (poisonguard keygen)")
     return key
 
 
