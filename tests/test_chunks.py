@@ -238,18 +238,23 @@ def encode_chunks(encoder: Encoder, frame: pd.DataFrame, sizes) -> list[Table]:
     return tables
 
 
+@pytest.mark.filterwarnings("ignore:Parsing dates in %d/%m/%Y format")
 def test_encoding_in_chunks_is_the_whole_encoding():
     """Numbers, missing cells, categories (one never seen, in one chunk only), booleans,
-    dates and labels encode alike in chunks; a chunk whose first date would make pandas
-    guess another format (13/02/...: day first) parses in the batch's format."""
+    dates and labels encode alike in chunks. Dates written day first, as the batch's first
+    date (25/12/2020) tells pandas, keep that reading in a chunk whose dates all have
+    days of 12 or less, which pandas alone would read month first."""
     reference = mixed(600, 1)
     features = [*FEATURES, "plan", "urban", "since", "note"]
     encoder = Encoder.fit(reference, features, "label", {"since": "date"})
     assert encoder.kinds["since"] == "date" and encoder.kinds["plan"] == "categorical"
     batch = mixed(300, 2)
+    when = pd.to_datetime(batch["since"], format="%m/%d/%Y")
+    batch["since"] = when.dt.strftime("%d/%m/%Y").astype(object)
+    batch.loc[:5, "since"] = None  # the batch's first date is in its third chunk
+    batch.loc[6, "since"] = "25/12/2020"
+    batch.loc[150:159, "since"] = [f"{d:02d}/04/2021" for d in range(1, 11)]
     batch.loc[150:159, "plan"] = "enterprise"  # never seen, in the one chunk
-    batch.loc[:5, "since"] = None  # the anchor comes from a later row
-    batch.loc[200, "since"] = "01/13/2021"
     whole = encoder.transform(batch)
     tables = encode_chunks(encoder, batch, [3, 0, 147, 10, 40])
     for attr in ("X", "raw", "codes", "y"):
@@ -257,20 +262,20 @@ def test_encoding_in_chunks_is_the_whole_encoding():
             np.concatenate([getattr(t, attr) for t in tables]), getattr(whole, attr)
         )
     assert whole.raw[150:160, whole.features.index("(values never seen)")].min() == 1
+    since = whole.features.index("since")
+    first_april = (pd.Timestamp("2021-04-01") - pd.Timestamp(0)) / pd.Timedelta(days=1)
+    assert whole.raw[150, since] == first_april
+    alone = encoder.transform(batch.iloc[150:160])  # pandas' own guess: month first
+    assert alone.raw[0, since] != first_april
 
-    # Chunk 2 starts at "13/02/2021": alone pandas guesses %d/%m/%Y for it, and would read
-    # its "03/04/2021" as the 3rd of April. With the batch's anchor both paths refuse it.
+    # A date the batch's format cannot read stops the batch, whole and in chunks, even in
+    # a chunk it would start (alone, pandas would guess that chunk's format from it).
     odd = batch.copy()
-    odd.loc[[6, 7, 8], "since"] = ["03/04/2021", "13/02/2021", "03/04/2021"]
+    odd.loc[[6, 7], "since"] = ["03/04/2021", "13/02/2021"]
     with pytest.raises(BatchError, match="'since' must hold dates"):
         encoder.transform(odd)
     with pytest.raises(BatchError, match="'since' must hold dates"):
         encode_chunks(encoder, odd, [7])
-    with pytest.warns(UserWarning, match="Parsing dates in %d/%m/%Y format"):
-        alone = encoder.transform(odd.iloc[7:9])
-    assert (
-        alone.raw[1, whole.features.index("since")] != whole.raw[6, whole.features.index("since")]
-    )
 
 
 def test_mixed_batches_with_dates_are_judged_alike():

@@ -6,6 +6,9 @@ one-call Python API::
     result = poisonguard.scan(batch, label="target", reference=trusted)
     batch[~result.quarantined]          # the rows that may join the training set
     result.reasons[result.quarantined]  # why the others are held
+
+``Guard.judge_chunks`` judges a batch read a chunk at a time, in memory set by the
+chunk, with the decision ``Guard.judge`` reaches on it whole (docs/decision.md, 4b).
 """
 
 from __future__ import annotations

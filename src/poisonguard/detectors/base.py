@@ -9,8 +9,10 @@ A detector is fitted on trusted rows and scores new ones::
 Higher scores are more suspicious. Scores need not be on any common scale: the
 decision step turns each detector's scores into conformal p-values against
 trusted calibration rows scored the same way. ``score`` must therefore treat
-its ``batch`` argument as a whole batch (within-batch detectors may look at the
-other rows of the same batch) and must be deterministic for a fitted detector.
+its ``batch`` argument as a whole batch and must be deterministic for a fitted
+detector. Detectors that look at the other rows of the same batch follow
+``WithinBatchDetector``: they summarise the batch in mergeable pieces first, so
+that a batch read in chunks scores as it does whole.
 
 Detectors with ``needs_label = True`` use ``Table.y``; they are skipped when a
 scan has no label column.
