@@ -196,6 +196,8 @@ def test_summaries_merge_in_any_order_and_grouping(name, numeric):
         np.testing.assert_array_equal(
             det.score(table.take(part), summary=again, positions=part), whole[part]
         )
+    with pytest.raises(ValueError, match=r"'positions' parameter of .* must be an array of shape"):
+        det.score(table.take(parts[0]), summary=summary, positions=parts[0][:-1])
     rows = np.flatnonzero(whole > np.quantile(whole, 0.9))[:5]
     assert det.explain(table.take(rows), np.arange(rows.size), summary=summary, positions=rows) == (
         det.explain(table, rows)

@@ -227,7 +227,7 @@ class WithinBatchBase(DetectorBase):
     ) -> Any:
         """The summary of a chunk's rows (phase 1), given the previous pass's summary."""
         self._check_batch(batch)
-        return self._summarize(batch, row_positions(batch, positions), prior)
+        return self._summarize(batch, row_positions(batch, positions, self._owner()), prior)
 
     def merge(self, parts: Sequence[Any]) -> Any:
         """One summary of every row the parts summarise (in any order and grouping)."""
@@ -250,7 +250,7 @@ class WithinBatchBase(DetectorBase):
         self._check_batch(batch)
         if batch.n_rows == 0:
             return np.zeros(0)
-        positions = row_positions(batch, positions)
+        positions = row_positions(batch, positions, self._owner())
         if summary is None:
             summary = self.summary_of(batch, positions)
         return self._score_with(batch, summary, positions)
@@ -268,7 +268,7 @@ class WithinBatchBase(DetectorBase):
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return []
-        positions = row_positions(batch, positions)
+        positions = row_positions(batch, positions, self._owner())
         if summary is None:
             summary = self.summary_of(batch, positions)
         return self._explain_with(batch, rows, summary, positions)
@@ -288,15 +288,14 @@ class WithinBatchBase(DetectorBase):
         raise NotImplementedError
 
 
-def row_positions(batch: Table, positions: np.ndarray | None) -> np.ndarray:
+def row_positions(batch: Table, positions: np.ndarray | None, owner: str) -> np.ndarray:
     """``positions`` checked against ``batch`` (default ``0 .. n_rows - 1``), as int64."""
     if positions is None:
         return np.arange(batch.n_rows, dtype=np.int64)
     out = np.asarray(positions, dtype=np.int64)
     if out.shape != (batch.n_rows,):
-        raise ValueError(
-            f"positions must have shape ({batch.n_rows},), one per row; got {out.shape}"
-        )
+        rule = f"an array of shape ({batch.n_rows},): one position per row of the batch"
+        raise param_error("positions", owner, rule, out.shape)
     return out
 
 
