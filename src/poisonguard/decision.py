@@ -383,8 +383,18 @@ def combined_log_p(
     logp = np.empty((n, len(names)))
     for j, name in enumerate(names):
         logp[:, j] = calibrations[name].log_p_values(scores[name])
-    w = _normalised([(weights or {}).get(name, 1.0) for name in names], len(names))
+    w = shares(names, weights)
     return logp, w, log_cauchy_combine(logp, w) if n else np.empty(0)
+
+
+def shares(names: tuple[str, ...], weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """The detectors' normalised shares of the combination (missing weights count 1).
+
+    Returns
+    -------
+    ndarray of shape (len(names),)
+    """
+    return _normalised([(weights or {}).get(name, 1.0) for name in names], len(names))
 
 
 @dataclass(frozen=True)
@@ -424,6 +434,137 @@ class Decision:
 
 
 Explainer = Callable[[str, np.ndarray], list[str]]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Which rows of a batch are held, from their combined p-values alone.
+
+    Attributes
+    ----------
+    quarantined : ndarray of shape (n_rows,), bool
+    threshold : float
+        The largest combined p-value quarantined (0 when none is).
+    p_cuts : tuple of float
+        Per detector, the p-value at or below which it alone flags a row
+        (``Decision.p_cuts``).
+    """
+
+    quarantined: np.ndarray
+    threshold: float
+    p_cuts: tuple[float, ...]
+
+
+def anchored_log_p(
+    logp: np.ndarray, shares: np.ndarray, names: tuple[str, ...], anchored: tuple[str, ...] | None
+) -> np.ndarray | None:
+    """Each row's combined log p-value over the ``anchored`` detectors (default all), which
+    the excess rule reads; None when no detector is anchored.
+
+    Parameters
+    ----------
+    logp : ndarray of shape (n_rows, n_detectors)
+    shares : ndarray of shape (n_detectors,)
+        The detectors' normalised shares (``combined_log_p``).
+    names : tuple of str
+        The detectors, in column order.
+    anchored : tuple of str or None
+    """
+    cols = [j for j, name in enumerate(names) if anchored is None or name in anchored]
+    if not cols:
+        return None
+    return log_cauchy_combine(logp[:, cols], shares[cols]) if len(logp) else np.empty(0)
+
+
+def cut(
+    log_combined: np.ndarray,
+    shares: np.ndarray,
+    *,
+    fdr: float,
+    row_level: float = 0.0,
+    excess_level: float = 0.0,
+    null: np.ndarray | None = None,
+    log_anchored: np.ndarray | None = None,
+) -> Cut:
+    """Hold rows by their combined p-values: Benjamini-Hochberg, the per-row level and
+    the excess rule (``decide`` has the parameters).
+
+    Each rule reads every row's combined p-value (the excess rule, the anchored
+    one), never anything else, so a batch judged chunk by chunk, whose rows' p-values
+    are kept (a few numbers a row), is cut exactly as the batch judged whole.
+
+    Parameters
+    ----------
+    log_combined : ndarray of shape (n_rows,)
+        Every row's combined natural-log p-value.
+    shares : ndarray of shape (n_detectors,)
+        The detectors' normalised shares, for ``p_cuts``.
+    log_anchored : ndarray of shape (n_rows,), optional
+        The same over the anchored detectors; the excess rule needs it and ``null``.
+
+    Returns
+    -------
+    Cut
+    """
+    n = log_combined.size
+    quarantined = benjamini_hochberg(log_combined, fdr, log=True)
+    if row_level > 0.0:
+        quarantined |= log_combined <= np.log(row_level)
+    if excess_level > 0.0 and null is not None and log_anchored is not None:
+        # The excess rule adds rows to what Benjamini-Hochberg and the row level hold,
+        # never removes one: the run of smallest p-values over the anchored detectors.
+        more = excess_cut(log_anchored, excess_level, null)
+        quarantined[np.argsort(log_anchored, kind="stable")[:more]] = True
+    held = log_combined[quarantined]
+    threshold = float(max(np.exp(held.max()), P_FLOOR)) if held.size else 0.0
+    # A detector "flags" a row when its own p-value alone would pass the batch's
+    # threshold after its share of the combination.
+    p_cuts = tuple(float(wj) * (threshold if threshold > 0 else fdr / max(n, 1)) for wj in shares)
+    return Cut(quarantined, threshold, p_cuts)
+
+
+def held_reasons(
+    logp: np.ndarray,
+    names: tuple[str, ...],
+    p_cuts: tuple[float, ...],
+    explain: Explainer | None = None,
+) -> list[str]:
+    """The reasons of held rows: each names the detectors that flagged it.
+
+    A detector flags a row when its p-value passes its cut (``Cut.p_cuts``); the
+    strongest one always counts.
+
+    Parameters
+    ----------
+    logp : ndarray of shape (n_held, n_detectors)
+        The held rows' log p-values per detector.
+    names : tuple of str
+        The detectors, in column order.
+    p_cuts : tuple of float
+    explain : callable, optional
+        ``explain(detector_name, rows) -> list[str]``, ``rows`` indexing ``logp``'s rows.
+
+    Returns
+    -------
+    list of str
+        One per held row.
+    """
+    n_held = logp.shape[0]
+    parts: list[list[str]] = [[] for _ in range(n_held)]
+    if n_held == 0:
+        return []
+    p = np.maximum(np.exp(logp), P_FLOOR)
+    rows = np.arange(n_held)
+    strongest = np.argmin(logp, axis=1)
+    for j, name in enumerate(names):
+        hit = rows[(p[:, j] <= p_cuts[j]) | (strongest == j)]
+        if hit.size == 0:
+            continue
+        sentences = explain(name, hit) if explain else [""] * hit.size
+        for r, pr, said in zip(hit.tolist(), p[hit, j].tolist(), sentences, strict=True):
+            label = f"{name} (p={pr:.2g})"
+            parts[r].append(f"{label}: {said}" if said else label)
+    return ["; ".join(bits) for bits in parts]
 
 
 def decide(
@@ -476,44 +617,98 @@ def decide(
         raise ValueError("decide() needs the scores of at least one detector")
     n = len(next(iter(scores.values())))
     logp, w, log_combined = combined_log_p(scores, calibrations, weights)
+    held = cut(
+        log_combined,
+        w,
+        fdr=fdr,
+        row_level=row_level,
+        excess_level=excess_level,
+        null=null,
+        log_anchored=anchored_log_p(logp, w, names, anchored) if excess_level > 0.0 else None,
+    )
+    reasons = [""] * n
+    rows = np.flatnonzero(held.quarantined)
+    said = held_reasons(
+        logp[rows],
+        names,
+        held.p_cuts,
+        None if explain is None else (lambda name, hit: explain(name, rows[hit])),
+    )
+    for r, text in zip(rows.tolist(), said, strict=True):
+        reasons[r] = text
     p = np.maximum(np.exp(logp), P_FLOOR)
     combined = np.maximum(np.exp(log_combined), P_FLOOR)
-    quarantined = benjamini_hochberg(log_combined, fdr, log=True)
-    if row_level > 0.0:
-        quarantined |= log_combined <= np.log(row_level)
-    if excess_level > 0.0 and null is not None:
-        # The excess rule adds rows to what Benjamini-Hochberg and the row level hold,
-        # never removes one: the run of smallest p-values over the anchored detectors.
-        cols = [j for j, name in enumerate(names) if anchored is None or name in anchored]
-        if cols:
-            log_anchored = log_cauchy_combine(logp[:, cols], w[cols]) if n else np.empty(0)
-            more = excess_cut(log_anchored, excess_level, null)
-            quarantined[np.argsort(log_anchored, kind="stable")[:more]] = True
-    threshold = float(combined[quarantined].max()) if quarantined.any() else 0.0
-    # A detector "flags" a row when its own p-value alone would pass the batch's
-    # threshold after its share of the combination.
-    p_cuts = tuple(float(wj) * (threshold if threshold > 0 else fdr / max(n, 1)) for wj in w)
-
-    reasons = [""] * n
-    rows = np.nonzero(quarantined)[0]
-    if rows.size:
-        # Each quarantined row names the detectors that flagged it; the strongest one
-        # always counts.
-        parts: dict[int, list[str]] = {int(r): [] for r in rows}
-        strongest = np.argmin(logp[rows], axis=1)
-        for j, name in enumerate(names):
-            hit = rows[(p[rows, j] <= p_cuts[j]) | (strongest == j)]
-            if hit.size == 0:
-                continue
-            sentences = explain(name, hit) if explain else [""] * hit.size
-            for r, pr, s in zip(hit.tolist(), p[hit, j].tolist(), sentences, strict=True):
-                label = f"{name} (p={pr:.2g})"
-                parts[r].append(f"{label}: {s}" if s else label)
-        for r, bits in parts.items():
-            reasons[r] = "; ".join(bits)
     # From the log, so rows far in the tail stay ordered instead of tying at P_FLOOR.
     suspicion = -log_combined / np.log(10.0) if n else np.empty(0)
-    return Decision(quarantined, p, combined, suspicion, tuple(reasons), names, threshold, p_cuts)
+    return Decision(
+        held.quarantined,
+        p,
+        combined,
+        suspicion,
+        tuple(reasons),
+        names,
+        held.threshold,
+        held.p_cuts,
+    )
+
+
+@dataclass(frozen=True)
+class ChunkedDecision:
+    """The quarantine decision for a batch judged in chunks (``Guard.judge_chunks``).
+
+    The same decision as ``Decision`` for the same batch judged whole, kept to a
+    few numbers per row: per-detector scores, p-values and reasons are kept for
+    the held rows only.
+
+    Attributes
+    ----------
+    log_combined : ndarray of shape (n_rows,), float64
+        Every row's combined natural-log p-value (an ``np.memmap`` when the
+        judging was given a directory).
+    held : ndarray of shape (n_held,), int64
+        Positions of the quarantined rows in the batch, ascending.
+    reasons : tuple of str
+        One per held row.
+    scores : dict of str to ndarray of shape (n_held,)
+        Each detector's raw score of the held rows.
+    p_values : ndarray of shape (n_held, n_detectors)
+        The held rows' per-detector p-values, columns in ``detectors`` order.
+    detectors : tuple of str
+    threshold : float
+        The largest combined p-value quarantined (0 when none is).
+    p_cuts : tuple of float
+        As ``Decision.p_cuts``.
+    """
+
+    log_combined: np.ndarray
+    held: np.ndarray
+    reasons: tuple[str, ...]
+    scores: dict[str, np.ndarray]
+    p_values: np.ndarray
+    detectors: tuple[str, ...]
+    threshold: float
+    p_cuts: tuple[float, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.log_combined.size)
+
+    @property
+    def quarantined(self) -> np.ndarray:
+        """ndarray of shape (n_rows,), bool: the held rows."""
+        out = np.zeros(self.n_rows, dtype=bool)
+        out[self.held] = True
+        return out
+
+    @property
+    def combined(self) -> np.ndarray:
+        """ndarray of shape (n_rows,): every row's combined p-value (as ``Decision.combined``)."""
+        return np.maximum(np.exp(self.log_combined), P_FLOOR)
+
+    @property
+    def suspicion(self) -> np.ndarray:
+        """ndarray of shape (n_rows,): ``-log10`` of the combined p-value."""
+        return -np.asarray(self.log_combined) / np.log(10.0)
 
 
 # ----------------------------------------------------------------------------- the batch

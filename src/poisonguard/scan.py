@@ -6,24 +6,41 @@ one-call Python API::
     result = poisonguard.scan(batch, label="target", reference=trusted)
     batch[~result.quarantined]          # the rows that may join the training set
     result.reasons[result.quarantined]  # why the others are held
+
+``Guard.judge_chunks`` judges a batch read a chunk at a time, in memory set by the
+chunk, with the decision ``Guard.judge`` reaches on it whole (docs/decision.md, 4b).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, BinaryIO, Self, cast
+from uuid import uuid4
 
 import numpy as np
 import pandas as pd
 
 from poisonguard.columns import KINDS, MAX_CATEGORIES, TASKS
 from poisonguard.config import RESERVED_PREFIX, Config, DetectionSettings, load_config
-from poisonguard.decision import Calibration, Decision, combined_log_p, decide
+from poisonguard.decision import (
+    P_FLOOR,
+    Calibration,
+    ChunkedDecision,
+    Decision,
+    Explainer,
+    anchored_log_p,
+    combined_log_p,
+    cut,
+    decide,
+    held_reasons,
+    shares,
+)
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
 from poisonguard.detectors._common import TIE_JITTER
-from poisonguard.errors import ConfigError, param_error
+from poisonguard.detectors.base import SummaryFold, WithinBatchDetector
+from poisonguard.errors import BatchError, ConfigError, param_error
 from poisonguard.sources import THRESHOLDS
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
@@ -318,21 +335,99 @@ class Guard:
         """The active detectors that score a batch together with a window of its source's rows."""
         return tuple(n for n in self.detectors_ if REGISTRY[n].windowed)
 
-    def _tables(
-        self, frame: pd.DataFrame, source: str, window: pd.DataFrame | None
-    ) -> tuple[Table, Table | None]:
-        """``frame`` encoded, and (when there is a window and a detector that reads it) the
-        batch's rows stacked on the window's."""
-        table = self.encoder_.transform(frame, source=source)
+    def _encode(
+        self, frame: pd.DataFrame, source: str, anchors: Mapping[str, Any] | None = None
+    ) -> Table:
+        """Rows of a batch encoded (their date columns parsed as ``anchors`` set)."""
+        table = self.encoder_.transform(frame, source=source, anchors=anchors)
         if self.label is not None and table.y is None and table.target is None:
             raise ConfigError(f"{source}: the label column {self.label!r} is missing")
+        return table
+
+    def _earlier(self, window: pd.DataFrame | None, source: str) -> Table | None:
+        """The window's rows encoded, when there are some and a detector reads them."""
         if window is None or window.empty or not self.windowed_:
-            return table, None
+            return None
         # Rows judged in earlier batches: a cell that no longer parses counts as missing
         # rather than stopping this batch.
-        rows = window.reindex(columns=frame.columns)
-        earlier = self.encoder_.transform(rows, source=f"{source} (window)", errors="coerce")
-        return table, table.stack(earlier)
+        columns = [*self.encoder_.features, *([self.label] if self.label is not None else [])]
+        rows = window.reindex(columns=columns)
+        return self.encoder_.transform(rows, source=f"{source} (window)", errors="coerce")
+
+    def _summaries(
+        self,
+        chunks: Callable[[], Iterable[tuple[Table, np.ndarray]]],
+        earlier: Table | None,
+        names: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        """Phase 1 of the within-batch detectors (``WithinBatchDetector``): their summaries
+        of the batch's ``(table, positions)`` chunks, passes over them as many as the
+        detectors need, with the window's rows after the batch's for the windowed ones."""
+        within = {
+            name: cast(WithinBatchDetector, det)
+            for name, det in self.detectors_.items()
+            if det.within_batch and (names is None or name in names)
+        }
+        done: dict[str, Any] = {}
+        passes = max((det.summary_passes for det in within.values()), default=0)
+        for step in range(passes):
+            now = {name: det for name, det in within.items() if det.summary_passes > step}
+            folds = {name: SummaryFold(det) for name, det in now.items()}
+            n = 0
+            for table, positions in chunks():
+                for name, det in now.items():
+                    folds[name].add(det.summarize(table, positions=positions, prior=done.get(name)))
+                n += table.n_rows
+            if n == 0:  # a batch of no rows: the summary of an empty table
+                empty = self.reference_.take(np.zeros(0, dtype=np.int64))
+                for name, det in now.items():
+                    folds[name].add(det.summarize(empty, prior=done.get(name)))
+            if earlier is not None:
+                at = np.arange(n, n + earlier.n_rows)
+                for name, det in now.items():
+                    if det.windowed:
+                        folds[name].add(det.summarize(earlier, positions=at, prior=done.get(name)))
+            done.update({name: fold.result() for name, fold in folds.items()})
+        return done
+
+    def _scores(
+        self, table: Table, positions: np.ndarray, summaries: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Phase 2: every active detector's raw scores of some rows of a batch."""
+        out = {}
+        for name, det in self.detectors_.items():
+            if det.within_batch:
+                batch_reader = cast(WithinBatchDetector, det)
+                s = batch_reader.score(table, summary=summaries[name], positions=positions)
+            else:
+                s = det.score(table)
+            out[name] = s
+        return out
+
+    def _explainer(
+        self,
+        table: Table,
+        positions: np.ndarray,
+        summaries: Mapping[str, Any],
+        earlier: Table | None,
+    ) -> Explainer:
+        """``explain(detector, rows)`` for rows of ``table`` (at ``positions`` in the batch)."""
+        n_earlier = 0 if earlier is None else earlier.n_rows
+
+        def explain(name: str, rows: np.ndarray) -> list[str]:
+            det = self.detectors_[name]
+            if not det.within_batch:
+                return det.explain(table, rows)
+            batch_reader = cast(WithinBatchDetector, det)
+            said = batch_reader.explain(table, rows, summary=summaries[name], positions=positions)
+            if not det.windowed or n_earlier == 0:
+                return said
+            return [
+                f"{s} (counted over this batch and the {n_earlier:,} rows its source sent before)"
+                for s in said
+            ]
+
+        return explain
 
     def score(
         self, frame: pd.DataFrame, source: str = "batch", window: pd.DataFrame | None = None
@@ -340,22 +435,24 @@ class Guard:
         """Every active detector's raw scores on a batch.
 
         ``window``: rows the batch's source sent before (its columns), newest first.
-        Detectors that declare ``windowed`` (the backdoor scan) then score the batch's
-        rows stacked on them, so a trigger split thinly over batches adds up; the
-        scores returned are the batch's rows' only. The calibration is unchanged:
-        the backdoor score is corrected for the cells it examines, so that clean rows
-        score 0 at any batch size (docs/decision.md, section 1).
+        Detectors that declare ``windowed`` (the backdoor scan) then count the
+        window's rows with the batch's, so a trigger split thinly over batches adds
+        up; the scores returned are the batch's rows' only. The calibration is
+        unchanged: the backdoor score is corrected for the cells it examines, so
+        that clean rows score 0 at any batch size (docs/decision.md, section 1).
         """
-        table, stacked = self._tables(frame, source, window)
-        return table, self._scores(table, stacked)
+        table = self._encode(frame, source)
+        whole = np.arange(table.n_rows)
+        summaries = self._summaries(lambda: [(table, whole)], self._earlier(window, source))
+        return table, self._scores(table, whole, summaries)
 
-    def _scores(self, table: Table, stacked: Table | None) -> dict[str, np.ndarray]:
-        n = table.n_rows
+    def _decide_options(self) -> dict[str, Any]:
+        settings = self.settings_
         return {
-            name: det.score(table)
-            if stacked is None or not det.windowed
-            else det.score(stacked)[:n]
-            for name, det in self.detectors_.items()
+            "fdr": settings.fdr,
+            "excess_level": settings.excess_level,
+            "row_level": settings.row_level,
+            "null": self.null_,
         }
 
     def judge(
@@ -364,32 +461,115 @@ class Guard:
         """Score a batch and decide over its rows: the table, raw scores and decision.
 
         ``window`` as in ``score``: context for the windowed detectors, never decided on.
+        The batch is judged as its one chunk: ``judge_chunks`` gives the same decision.
         """
-        table, stacked = self._tables(frame, source, window)
-        scores = self._scores(table, stacked)
-        earlier = 0 if stacked is None else stacked.n_rows - table.n_rows
-
-        def explain(name: str, rows: np.ndarray) -> list[str]:
-            det = self.detectors_[name]
-            if stacked is None or not det.windowed:
-                return det.explain(table, rows)
-            return [
-                f"{s} (counted over this batch and the {earlier:,} rows its source sent before)"
-                for s in det.explain(stacked, rows)
-            ]
-
+        table = self._encode(frame, source)
+        earlier = self._earlier(window, source)
+        whole = np.arange(table.n_rows)
+        summaries = self._summaries(lambda: [(table, whole)], earlier)
+        scores = self._scores(table, whole, summaries)
         decision = decide(
             scores,
             self.calibrations_,
-            fdr=self.settings_.fdr,
-            explain=explain,
+            explain=self._explainer(table, whole, summaries, earlier),
             weights=detector_weights(tuple(scores)),
-            excess_level=self.settings_.excess_level,
-            row_level=self.settings_.row_level,
-            null=self.null_,
             anchored=self.anchored_,
+            **self._decide_options(),
         )
         return table, scores, decision
+
+    def judge_chunks(
+        self,
+        chunks: Callable[[], Iterable[pd.DataFrame]],
+        source: str = "batch",
+        window: pd.DataFrame | None = None,
+        *,
+        directory: str | Path | None = None,
+    ) -> ChunkedDecision:
+        """Judge a batch read in chunks, in memory set by the chunk, not the batch.
+
+        The decision is ``judge``'s on the whole batch (docs/decision.md, section 4b):
+        the same rows held, with the same combined p-values and reasons.
+
+        The chunks are read four times at most: the within-batch detectors'
+        summaries (``WithinBatchDetector``: copies counted per row hash, samples of
+        the batch's rows; the backdoor scan reads twice), then every row's scores,
+        of which only its combined p-value and the one over the anchored detectors
+        are kept, then the cut over all rows (Benjamini-Hochberg, the per-row level,
+        the excess rule: ``decision.cut``, as ``judge`` does), then, for the chunks
+        holding held rows, those rows' scores again and their reasons.
+
+        Parameters
+        ----------
+        chunks : callable
+            Called with no argument, returns an iterable of DataFrames: the batch's
+            rows in order, split anyhow (empty chunks allowed), the same every call
+            (e.g. a function reading a Parquet file's row groups).
+        source : str
+            The batch's name, for messages and reasons.
+        window : DataFrame, optional
+            As in ``judge``: rows the source sent before, for the windowed detectors.
+        directory : str or Path, optional
+            Where to keep the per-row arrays (two float64 per row) as memory-mapped
+            files rather than in memory. The files are unlinked as soon as they
+            are mapped: nothing is left there, whatever happens.
+
+        Returns
+        -------
+        ChunkedDecision
+        """
+        batch = _Chunks(self, chunks, source)
+        earlier = self._earlier(window, source)
+        summaries = self._summaries(batch.tables, earlier)
+        names = tuple(self.detectors_)
+        weights = detector_weights(names)
+        anchored = self.settings_.excess_level > 0.0 and bool(self.anchored_)
+        log_combined = _RowColumn(directory)
+        log_anchored = _RowColumn(directory if anchored else None)
+        for table, positions in batch.tables():
+            scores = self._scores(table, positions, summaries)
+            logp, w, combined = combined_log_p(scores, self.calibrations_, weights)
+            log_combined.append(combined)
+            if anchored:
+                log_anchored.append(
+                    cast(np.ndarray, anchored_log_p(logp, w, names, self.anchored_))
+                )
+        by_row = log_combined.finish()
+        anchored_rows = log_anchored.finish() if anchored else None
+        held = cut(
+            by_row, shares(names, weights), log_anchored=anchored_rows, **self._decide_options()
+        )
+        del anchored_rows, log_anchored
+        rows = np.flatnonzero(held.quarantined)
+
+        reasons: list[str] = []
+        held_scores: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        held_logp: list[np.ndarray] = []
+        for frame, start in batch.frames():
+            mine = rows[(rows >= start) & (rows < start + len(frame))]
+            if mine.size == 0:
+                continue
+            table = batch.encode(frame.iloc[mine - start])
+            scores = self._scores(table, mine, summaries)
+            logp = combined_log_p(scores, self.calibrations_, weights)[0]
+            explain = self._explainer(table, mine, summaries, earlier)
+            reasons += held_reasons(logp, names, held.p_cuts, explain)
+            held_logp.append(logp)
+            for name in names:
+                held_scores[name].append(scores[name])
+        logp_rows = np.concatenate(held_logp) if held_logp else np.zeros((0, len(names)))
+        return ChunkedDecision(
+            log_combined=by_row,
+            held=rows,
+            reasons=tuple(reasons),
+            scores={
+                name: np.concatenate(s) if s else np.zeros(0) for name, s in held_scores.items()
+            },
+            p_values=np.maximum(np.exp(logp_rows), P_FLOOR),
+            detectors=names,
+            threshold=held.threshold,
+            p_cuts=held.p_cuts,
+        )
 
     def window_suspects(
         self, frame: pd.DataFrame, window: pd.DataFrame, source: str = "batch"
@@ -408,25 +588,114 @@ class Guard:
         ndarray of int64
             Positions in ``window``, ascending.
         """
-        table, stacked = self._tables(frame, source, window)
-        if stacked is None:
+        earlier = self._earlier(window, source)
+        if earlier is None:
             return np.zeros(0, dtype=np.int64)
+        table = self._encode(frame, source)
         n = table.n_rows
+        whole = np.arange(n)
+        summaries = self._summaries(lambda: [(table, whole)], earlier, self.windowed_)
         weights = detector_weights(tuple(self.detectors_))
         total = sum(weights.values())
         settings = self.settings_
-        flagged = np.zeros(stacked.n_rows - n, dtype=bool)
+        flagged = np.zeros(earlier.n_rows, dtype=bool)
+        at = np.arange(n, n + earlier.n_rows)
         for name in self.windowed_:
-            s = self.detectors_[name].score(stacked)[n:]
-            level = settings.row_level or settings.fdr / stacked.n_rows
-            cut = weights[name] / total * level
-            flagged |= (self.calibrations_[name].p_values(s) <= cut) & (s > TIE_JITTER)
+            det = cast(WithinBatchDetector, self.detectors_[name])
+            s = det.score(earlier, summary=summaries[name], positions=at)
+            level = settings.row_level or settings.fdr / (n + earlier.n_rows)
+            cut_at = weights[name] / total * level
+            flagged |= (self.calibrations_[name].p_values(s) <= cut_at) & (s > TIE_JITTER)
         return np.flatnonzero(flagged)
 
     def scan(self, frame: pd.DataFrame, source: str = "batch") -> ScanResult:
         """Score and decide: which rows of ``frame`` to quarantine, and why."""
         _, scores, decision = self.judge(frame, source)
         return _result(frame.index, scores, decision)
+
+
+class _Chunks:
+    """A batch's chunks, read as often as judging needs, encoded alike on every read.
+
+    The date columns of every chunk are parsed in the format of the batch's first
+    date cell (``Encoder.date_anchors``), found on the first read: a column's cells
+    before that one are all missing, and parse alike in any format.
+    """
+
+    def __init__(
+        self, guard: Guard, chunks: Callable[[], Iterable[pd.DataFrame]], source: str
+    ) -> None:
+        if not callable(chunks):
+            raise param_error(
+                "chunks", "Guard.judge_chunks()", "a callable returning DataFrames", chunks
+            )
+        self.guard = guard
+        self.chunks = chunks
+        self.source = source
+        self.anchors: dict[str, Any] = {}
+        self.n_rows: int | None = None
+
+    def frames(self) -> Iterator[tuple[pd.DataFrame, int]]:
+        """Every chunk and the position of its first row, in batch order."""
+        start = 0
+        for frame in self.chunks():
+            if not isinstance(frame, pd.DataFrame):
+                rule = "a callable returning DataFrames"
+                raise param_error("chunks", "Guard.judge_chunks()", rule, type(frame).__name__)
+            if self.n_rows is None:
+                self.anchors = self.guard.encoder_.date_anchors(frame, self.anchors)
+            yield frame, start
+            start += len(frame)
+        if self.n_rows is None:
+            self.n_rows = start
+        elif start != self.n_rows:
+            raise BatchError(
+                self.source,
+                f"the batch's chunks changed while it was judged: {self.n_rows:,} rows, "
+                f"then {start:,}",
+            )
+
+    def encode(self, frame: pd.DataFrame) -> Table:
+        """Rows of the batch, encoded."""
+        return self.guard._encode(frame, self.source, self.anchors)
+
+    def tables(self) -> Iterator[tuple[Table, np.ndarray]]:
+        """Every chunk encoded, with its rows' positions in the batch."""
+        for frame, start in self.frames():
+            yield self.encode(frame), np.arange(start, start + len(frame))
+
+
+class _RowColumn:
+    """A per-row float64 array written chunk by chunk: in memory, or, given a directory,
+    in a file there that is unlinked as soon as it is opened and read back with
+    ``np.memmap`` (the open file and the mapping keep it; nothing stays on disk)."""
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self.parts: list[np.ndarray] = []
+        self.file: BinaryIO | None = None
+        if directory is not None:
+            path = Path(directory) / f"pg-rows-{uuid4().hex}.f8"
+            self.file = path.open("w+b")
+            path.unlink()
+        self.size = 0
+
+    def append(self, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        self.size += values.size
+        if self.file is None:
+            self.parts.append(values)
+        else:
+            values.tofile(self.file)
+
+    def finish(self) -> np.ndarray:
+        """The whole column, read-only."""
+        if self.file is None:
+            return np.concatenate(self.parts) if self.parts else np.zeros(0)
+        with self.file:
+            self.file.flush()
+            if self.size == 0:
+                return np.zeros(0)
+            return np.memmap(self.file, dtype=np.float64, mode="r", shape=(self.size,))
 
 
 def _result(index: pd.Index, scores: Mapping[str, np.ndarray], decision: Decision) -> ScanResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -132,12 +132,16 @@ class DetectorBase:
 
     def score(self, batch: Table) -> np.ndarray:
         """Scores of ``batch``'s rows, ndarray of shape (n_rows,); see ``Detector``."""
-        self._check_fitted(self._fitted_attr)
-        if self.needs_label:
-            (targets_of if self.tasks == ("regression",) else labels_of)(batch, self.name, "batch")
+        self._check_batch(batch)
         if batch.n_rows == 0:
             return np.zeros(0)
         return self._score(batch)
+
+    def _check_batch(self, batch: Table) -> None:
+        """Fitted, and the batch carries the label this detector reads."""
+        self._check_fitted(self._fitted_attr)
+        if self.needs_label:
+            (targets_of if self.tasks == ("regression",) else labels_of)(batch, self.name, "batch")
 
     def explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         """One sentence per row in ``rows`` (positions in ``batch``); see ``Detector``."""
@@ -204,6 +208,115 @@ class DetectorBase:
     def _check_fitted(self, attr: str) -> None:
         if not hasattr(self, attr):
             raise ConfigError(f"{self._owner()} is not fitted yet: call fit(reference) first.")
+
+
+class WithinBatchBase(DetectorBase):
+    """What detectors that read the batch share: the two phases of ``WithinBatchDetector``.
+
+    Subclasses implement ``_summarize(batch, positions, prior)``, ``_merge(parts)``
+    (at least one part), ``_score_with(batch, summary, positions)`` and
+    ``_explain_with(batch, rows, summary, positions)``.
+    """
+
+    within_batch: ClassVar[bool] = True
+    #: How many times the summary reads the batch (``WithinBatchDetector``).
+    summary_passes: ClassVar[int] = 1
+
+    def summarize(
+        self, batch: Table, *, positions: np.ndarray | None = None, prior: Any = None
+    ) -> Any:
+        """The summary of a chunk's rows (phase 1), given the previous pass's summary."""
+        self._check_batch(batch)
+        return self._summarize(batch, row_positions(batch, positions, self._owner()), prior)
+
+    def merge(self, parts: Sequence[Any]) -> Any:
+        """One summary of every row the parts summarise (in any order and grouping)."""
+        self._check_fitted(self._fitted_attr)
+        if not parts:
+            raise ValueError(f"{self._owner()}.merge() needs at least one summary")
+        return self._merge(list(parts))
+
+    def summary_of(self, batch: Table, positions: np.ndarray | None = None) -> Any:
+        """The summary of ``batch`` as a whole batch: every pass over the one table."""
+        summary = None
+        for _ in range(self.summary_passes):
+            summary = self.merge([self.summarize(batch, positions=positions, prior=summary)])
+        return summary
+
+    def score(
+        self, batch: Table, *, summary: Any = None, positions: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Scores of ``batch``'s rows against ``summary`` (default: ``batch``'s own)."""
+        self._check_batch(batch)
+        if batch.n_rows == 0:
+            return np.zeros(0)
+        positions = row_positions(batch, positions, self._owner())
+        if summary is None:
+            summary = self.summary_of(batch, positions)
+        return self._score_with(batch, summary, positions)
+
+    def explain(
+        self,
+        batch: Table,
+        rows: np.ndarray,
+        *,
+        summary: Any = None,
+        positions: np.ndarray | None = None,
+    ) -> list[str]:
+        """One sentence per row in ``rows`` (positions in ``batch``), against ``summary``."""
+        self._check_fitted(self._fitted_attr)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        positions = row_positions(batch, positions, self._owner())
+        if summary is None:
+            summary = self.summary_of(batch, positions)
+        return self._explain_with(batch, rows, summary, positions)
+
+    def _summarize(self, batch: Table, positions: np.ndarray, prior: Any) -> Any:
+        raise NotImplementedError
+
+    def _merge(self, parts: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def _score_with(self, batch: Table, summary: Any, positions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _explain_with(
+        self, batch: Table, rows: np.ndarray, summary: Any, positions: np.ndarray
+    ) -> list[str]:
+        raise NotImplementedError
+
+
+def row_positions(batch: Table, positions: np.ndarray | None, owner: str) -> np.ndarray:
+    """``positions`` checked against ``batch`` (default ``0 .. n_rows - 1``), as int64."""
+    if positions is None:
+        return np.arange(batch.n_rows, dtype=np.int64)
+    out = np.asarray(positions, dtype=np.int64)
+    if out.shape != (batch.n_rows,):
+        rule = f"an array of shape ({batch.n_rows},): one position per row of the batch"
+        raise param_error("positions", owner, rule, out.shape)
+    return out
+
+
+_KEY_MIX = 0x9E3779B97F4A7C15
+
+
+def keyed_hash(positions: np.ndarray, key: int) -> np.ndarray:
+    """A pseudo-random 64-bit value per row position, fixed by ``key`` (splitmix64).
+
+    A bijection of the position for each key, so no two rows tie: the rows with the
+    smallest values are a uniform sample that any chunking of the batch finds alike.
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), uint64
+    """
+    offset = np.uint64((int(key) * _KEY_MIX + 1) % 2**64)
+    z = np.asarray(positions, dtype=np.int64).view(np.uint64) + offset
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def labels_of(table: Table, who: str, source: str) -> np.ndarray:
@@ -293,7 +406,10 @@ def tie_break(X: np.ndarray) -> np.ndarray:
     # projection is close to uniform and costs one matrix-vector product.
     w = np.random.default_rng(0x5EED).uniform(1e3, 1e4, size=d)
     with np.errstate(all="ignore"):
-        z = np.nan_to_num(X.astype(np.float64) @ w, nan=0.0, posinf=0.0, neginf=0.0)
+        # A sum per row, not a matrix product: BLAS rounds a row's product differently
+        # with the number of rows, and a row must get its jitter alone, in a chunk or in
+        # its batch (a jitter-sized score sits in a tail fitted to jitters).
+        z = np.nan_to_num((X.astype(np.float64) * w).sum(axis=1), nan=0.0, posinf=0.0, neginf=0.0)
     return np.mod(z, 1.0) * TIE_JITTER
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, Self
 
 import numpy as np
 
 from poisonguard.detectors._common import (
-    DetectorBase,
+    WithinBatchBase,
     class_prior,
+    keyed_hash,
     labels_of,
     tie_break,
 )
@@ -17,14 +19,17 @@ from poisonguard.detectors._kernels import (
     _assign_cells,
     _best_cells,
     _feature_major,
-    _value_runs,
 )
 from poisonguard.detectors._stats import beta_binomial_surprise, binomial_surprise
-from poisonguard.detectors.base import Table, fingerprint
+from poisonguard.detectors.base import Table
 
 # Cells not even this surprising (-log p) on the cheap bounds are left with
 # those bounds; only the rest get exact tails (saves time only).
 _OVER_SCREEN = 3.0
+# A value is counted exactly over the batch when the sample holds it this often. At most
+# min_support (>= 2), so in a batch no larger than the sample every value that could
+# reach min_support is counted.
+_SAMPLE_REPEATS = 2
 
 
 def _sorted_quantiles(col: np.ndarray, qs: np.ndarray) -> np.ndarray:
@@ -37,32 +42,96 @@ def _sorted_quantiles(col: np.ndarray, qs: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class _Scan:
-    """One batch's scan: row scores and, for reasons, the cell behind each.
+class ValueSample:
+    """The backdoor scan's first pass over a batch: its size and a sample of its rows.
+
+    The sample is the ``max_batch`` rows whose keyed hash of their position is
+    smallest (every row, in a batch no larger): a uniform sample that any chunking
+    finds alike. The values it holds at least twice are the ones the second pass
+    counts exactly (``CellCounts``).
 
     Attributes
     ----------
-    score : ndarray of shape (n_rows,), float64
-        Row scores before the tie-breaking jitter.
-    cell : ndarray of shape (n_rows,), int64
-        The cell that gave each row its score; -1 for rows with no evidence.
+    n_rows : int
+    hashes : ndarray of shape (n_sampled,), uint64
+        The sampled rows' hashes, ascending.
+    values : ndarray of shape (n_sampled, n_features), float32
+        Their features (``Table.x32``).
+    """
+
+    n_rows: int
+    hashes: np.ndarray
+    values: np.ndarray
+
+    @cached_property
+    def repeated(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per feature, the values the sample holds at least twice, sorted: the values
+        of every feature concatenated (float32), and how many each feature has."""
+        found = []
+        for column in self.values.T:
+            # + 0.0 folds -0.0 into 0.0: they are one value to the cells.
+            v, c = np.unique(column + np.float32(0.0), return_counts=True)
+            found.append(v[c >= _SAMPLE_REPEATS])
+        counts = np.array([len(v) for v in found], dtype=np.int64)
+        values = np.concatenate(found) if found else np.zeros(0, np.float32)
+        return values.astype(np.float32), counts
+
+
+@dataclass(frozen=True, eq=False)
+class CellCounts:
+    """The backdoor scan's second pass: every cell's rows per label.
+
+    Attributes
+    ----------
+    n_rows : int
+    candidates, candidate_counts : ndarray
+        ``ValueSample.repeated``: the values counted exactly, per feature.
+    labels : ndarray of shape (n_bins + n_candidates, n_slots), int64
+        Rows of each label slot in every feature's bins (rows at a candidate value
+        left out) and at every candidate value.
+    """
+
+    n_rows: int
+    candidates: np.ndarray
+    candidate_counts: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Cells:
+    """The cells a batch is scored against, and their scores.
+
+    Attributes
+    ----------
+    n_rows : int
+        Rows scanned (the batch and its window).
+    scores : ndarray of shape (n_cells, n_slots), float64
+        Every cell's score for every label.
+    exact, exact_starts, exact_counts : ndarray
+        The exact-value cells' values, per feature (as ``_assign_cells`` takes them).
     feature : ndarray of shape (n_cells,), int64
         Each cell's feature.
-    exact : ndarray of shape (n_cells,), bool
+    is_exact : ndarray of shape (n_cells,), bool
         Whether a cell is an exact value (else a bin).
     labels, trusted : ndarray of shape (n_cells, n_slots), int64
         Each cell's batch and trusted rows per label slot.
+    log_tests : float
+        ``log`` of the (cell, label) pairs examined.
     """
 
-    score: np.ndarray
-    cell: np.ndarray
-    feature: np.ndarray
+    n_rows: int
+    scores: np.ndarray
     exact: np.ndarray
+    exact_starts: np.ndarray
+    exact_counts: np.ndarray
+    feature: np.ndarray
+    is_exact: np.ndarray
     labels: np.ndarray
     trusted: np.ndarray
+    log_tests: float
 
 
-class BackdoorDetector(DetectorBase):
+class BackdoorDetector(WithinBatchBase):
     """Rows carrying a value that is rare in the trusted set but, in the batch, common and label-pure.
 
     A trigger sets a few features to an unusual value on rows of many true
@@ -89,6 +158,17 @@ class BackdoorDetector(DetectorBase):
     each of them). The score depends on the batch as a whole: a trigger seen
     on only a handful of rows cannot stand out.
 
+    Which values get a cell of their own is decided on a sample, so that the
+    scan's summary stays small however large the batch (``WithinBatchDetector``):
+    a first pass keeps the ``max_batch`` rows of smallest keyed hash of their
+    position, a second counts exactly, over the whole batch, the values that
+    sample holds at least twice, and those reaching ``min_support`` rows are the
+    exact-value cells. In a batch of at most ``max_batch`` rows (the window
+    included) the sample is the batch, and every value shared by ``min_support``
+    rows has its cell; in a larger one, a value on a share ``f`` of the rows is
+    found with probability about ``1 - (1 + f k) exp(-f k)``, ``k`` =
+    ``max_batch`` (95% at ``f k = 4.7``). Bins cover every row either way.
+
     Parameters
     ----------
     min_support : int
@@ -97,10 +177,14 @@ class BackdoorDetector(DetectorBase):
         Quantile bins per feature between the trusted extremes (>= 1).
     smoothing : float
         Pseudo-rows of the class prior added to each cell's trusted labels (> 0).
+    max_batch : int
+        Rows sampled to find the values worth a cell of their own (>= 2).
+    random_state : int
+        Key of the sample's hash: a deployment that sets its own keeps an attacker
+        from placing a trigger on rows the sample leaves out.
     """
 
     name: ClassVar[str] = "backdoor"
-    within_batch: ClassVar[bool] = True
     # A trigger split over batches of one source adds up in its recent rows.
     windowed: ClassVar[bool] = True
     needs_label: ClassVar[bool] = True
@@ -108,22 +192,38 @@ class BackdoorDetector(DetectorBase):
     # Like duplicates: a real trigger cell is surprising by tens of nats, so half a
     # share of the combination is enough.
     weight: ClassVar[float] = 0.5
-    # (fingerprint of a batch, its scan): explaining rows of the batch just
-    # scored then costs no second scan.
-    _last_scan: tuple[str, _Scan] | None = None
+    # A sample of the batch, then exact counts of the values it repeats.
+    summary_passes: ClassVar[int] = 2
+    # (the last summary scored against, its cells): explaining rows right after
+    # scoring them costs no second scoring of the cells.
+    _ready: tuple[CellCounts, _Cells] | None = None
 
-    def __init__(self, *, min_support: int = 5, n_bins: int = 64, smoothing: float = 10.0):
+    def __init__(
+        self,
+        *,
+        min_support: int = 5,
+        n_bins: int = 64,
+        smoothing: float = 10.0,
+        max_batch: int = 32768,
+        random_state: int = 0,
+    ):
         self.min_support = min_support
         self.n_bins = n_bins
         self.smoothing = smoothing
+        self.max_batch = max_batch
+        self.random_state = random_state
 
     def _validate_params(self) -> None:
         self._check_int("min_support", 2)
         self._check_int("n_bins", 1)
         self._check_real("smoothing", 0.0, low_open=True)
+        self._check_int("max_batch", 2)
+        self._check_seed()
 
     def _fit(self, reference: Table) -> Self:
         self.min_support_ = int(self.min_support)
+        self.max_batch_ = int(self.max_batch)
+        self.seed_ = int(self.random_state)
         n_bins = int(self.n_bins)
         self.smoothing_ = float(self.smoothing)
         y = labels_of(reference, self.name, "reference")
@@ -164,7 +264,7 @@ class BackdoorDetector(DetectorBase):
             np.concatenate(self.edges_).astype(np.float64) if self.edges_ else np.zeros(0)
         )
         self.features_ = reference.features
-        self._last_scan = None
+        self._ready = None
         return self
 
     def _slots(self, y: np.ndarray) -> np.ndarray:
@@ -204,39 +304,42 @@ class BackdoorDetector(DetectorBase):
         cell[live] = scores
         return cell
 
-    def _scan(self, X: np.ndarray, y: np.ndarray) -> _Scan:
-        """Row scores of the batch with features ``X`` and label slots ``y``, and their cells."""
-        n, d = X.shape
-        # Feature-major (one contiguous row per feature): every kernel step reads one feature.
-        XT = _feature_major(X)
-        # Cells of exact values: values shared by at least min_support batch rows.
-        bits, run_counts, n_runs = _value_runs(XT.view(np.uint32), self.min_support_)
-        taken = np.arange(bits.shape[1]) < n_runs[:, None]
-        values, counts = bits[taken].view(np.float32), run_counts[taken]
-        feature = np.repeat(np.arange(d), n_runs)
-        lo = np.empty(len(values), dtype=np.int64)
-        hi = np.empty(len(values), dtype=np.int64)
-        ends = np.cumsum(n_runs)
-        for f in range(d):
-            part = slice(ends[f] - n_runs[f], ends[f])
-            lo[part] = np.searchsorted(self.sorted_[f], values[part], side="left")
-            hi[part] = np.searchsorted(self.sorted_[f], values[part], side="right")
-        q = n / (n + self.m_)
-        promising = binomial_surprise(counts, counts + hi - lo, q) > _OVER_SCREEN
-        order = np.lexsort((values[promising], feature[promising]))
-        exact = values[promising][order]
-        exact_feature = feature[promising][order]
-        exact_counts = np.bincount(exact_feature, minlength=d)
-        exact_trusted = np.zeros((len(exact), self.n_slots_), dtype=np.int64)
-        for j, (f, a, b) in enumerate(
-            zip(exact_feature, lo[promising][order], hi[promising][order], strict=True)
-        ):
-            exact_trusted[j] = np.bincount(self.sorted_y_[f, a:b], minlength=self.n_slots_)
-        # Rows of over-represented exact values are this feature's evidence
-        # already; keeping them out of the bins stops a flood of copies from
-        # lending its label purity to honest rows that share a bin with it.
-        cell, labels = _assign_cells(
-            XT,
+    # ------------------------------------------------------------------ summary
+    def _summarize(
+        self, batch: Table, positions: np.ndarray, prior: ValueSample | None
+    ) -> ValueSample | CellCounts:
+        if prior is None:
+            hashes = keyed_hash(positions, self.seed_)
+            keep = np.argsort(hashes, kind="stable")[: self.max_batch_]
+            return ValueSample(batch.n_rows, hashes[keep], batch.x32[keep])
+        y = self._slots(labels_of(batch, self.name, "batch"))
+        candidates, counts = prior.repeated
+        _, labels = self._assign(batch.x32, y, candidates, counts)
+        return CellCounts(batch.n_rows, candidates, counts, labels)
+
+    def _merge(self, parts: list[ValueSample | CellCounts]) -> ValueSample | CellCounts:
+        if len(parts) == 1:
+            return parts[0]
+        n = sum(p.n_rows for p in parts)
+        if all(isinstance(p, ValueSample) for p in parts):
+            samples = [p for p in parts if isinstance(p, ValueSample)]
+            hashes = np.concatenate([p.hashes for p in samples])
+            keep = np.argsort(hashes, kind="stable")[: self.max_batch_]
+            values = np.concatenate([p.values for p in samples])
+            return ValueSample(n, hashes[keep], values[keep])
+        counts = [p for p in parts if isinstance(p, CellCounts)]
+        if len(counts) != len(parts):
+            raise ValueError("backdoor: summaries of different passes cannot be merged")
+        first = counts[0]
+        labels = np.sum([p.labels for p in counts], axis=0)
+        return CellCounts(n, first.candidates, first.candidate_counts, labels)
+
+    def _assign(
+        self, X: np.ndarray, y: np.ndarray, exact: np.ndarray, exact_counts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every value's cell and every cell's rows per label, with ``exact`` values as cells."""
+        return _assign_cells(
+            _feature_major(X),
             y,
             self.edges_flat_,
             self.edge_starts_,
@@ -246,62 +349,125 @@ class BackdoorDetector(DetectorBase):
             exact_counts,
             self.n_slots_,
         )
-        # Cells are every feature's trusted-quantile bins, then the exact values.
+
+    def _cells(self, summary: CellCounts) -> _Cells:
+        """The cells of a batch from its counts, and their scores (the last ones kept)."""
+        ready = self._ready
+        if ready is not None and ready[0] is summary:
+            return ready[1]
+        if not isinstance(summary, CellCounts):
+            raise ValueError("backdoor scores against its second pass's summary (CellCounts)")
+        n, d = summary.n_rows, len(self.edges_)
         n_bins = len(self.edges_flat_) + d
+        values, per_feature = summary.candidates, summary.candidate_counts
+        feature = np.repeat(np.arange(d), per_feature)
+        at_value = summary.labels[n_bins:]
+        counts = at_value.sum(axis=1)
+        frequent = counts >= self.min_support_
+        lo = np.empty(len(values), dtype=np.int64)
+        hi = np.empty(len(values), dtype=np.int64)
+        below = np.empty(len(values), dtype=np.int64)
+        ends = np.cumsum(per_feature)
+        for f in range(d):
+            part = slice(ends[f] - per_feature[f], ends[f])
+            lo[part] = np.searchsorted(self.sorted_[f], values[part], side="left")
+            hi[part] = np.searchsorted(self.sorted_[f], values[part], side="right")
+            below[part] = np.searchsorted(self.edges_[f], values[part].astype(np.float64), "right")
+        q = n / (n + self.m_)
+        promising = frequent & (binomial_surprise(counts, counts + hi - lo, q) > _OVER_SCREEN)
+        # Rows of over-represented exact values are this feature's evidence
+        # already; keeping them out of the bins stops a flood of copies from
+        # lending its label purity to honest rows that share a bin with it. The
+        # other candidates' rows go back to the bin their value falls in.
+        bins = summary.labels[:n_bins].copy()
+        back = np.flatnonzero(~promising)
+        np.add.at(
+            bins, self.edge_starts_[feature[back]] + feature[back] + below[back], at_value[back]
+        )
+        exact = values[promising]
+        exact_feature = feature[promising]
+        exact_counts = np.bincount(exact_feature, minlength=d)
+        exact_trusted = np.zeros((len(exact), self.n_slots_), dtype=np.int64)
+        for j, (f, a, b) in enumerate(
+            zip(exact_feature, lo[promising], hi[promising], strict=True)
+        ):
+            exact_trusted[j] = np.bincount(self.sorted_y_[f, a:b], minlength=self.n_slots_)
+        # Cells are every feature's trusted-quantile bins, then the exact values.
+        labels = np.concatenate([bins, at_value[promising]])
         trusted = np.concatenate([*self.bin_counts_, exact_trusted])
         count = labels.sum(axis=1)
-        scores = self._cell_scores(count, labels, trusted, n)
-        best, which = _best_cells(cell, y, scores)
         # Bonferroni over every (cell, label) examined: a clean batch's best
         # cell then scores about 0 whatever the batch size, so batch rows and
         # the smaller calibration folds stay comparable.
-        n_tests = (len(values) + int(np.sum(count[:n_bins] >= self.min_support_))) * self.n_slots_
-        return _Scan(
-            score=np.maximum(best - np.log(max(n_tests, 1)), 0.0),
-            cell=which,
+        n_tests = (int(frequent.sum()) + int(np.sum(count[:n_bins] >= self.min_support_))) * (
+            self.n_slots_
+        )
+        cells = _Cells(
+            n_rows=n,
+            scores=self._cell_scores(count, labels, trusted, n),
+            exact=exact,
+            exact_starts=np.cumsum(exact_counts) - exact_counts,
+            exact_counts=exact_counts,
             feature=np.concatenate([np.repeat(np.arange(d), self.edge_counts_ + 1), exact_feature]),
-            exact=np.arange(len(count)) >= n_bins,
+            is_exact=np.arange(len(count)) >= n_bins,
             labels=labels,
             trusted=trusted,
+            log_tests=float(np.log(max(n_tests, 1))),
         )
+        self._ready = (summary, cells)
+        return cells
 
-    def _scanned(self, batch: Table) -> tuple[np.ndarray, np.ndarray, _Scan]:
-        """Features and label slots of ``batch``, and its scan (the last one if it was this batch)."""
-        X = batch.x32
+    # ------------------------------------------------------------------- scores
+    def _scan(
+        self, batch: Table, summary: CellCounts
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Cells]:
+        """Label slots, scores before the jitter and the cell behind each (-1 for
+        no evidence) of ``batch``'s rows, and the cells they were scored against."""
+        cells = self._cells(summary)
         y = self._slots(labels_of(batch, self.name, "batch"))
-        key = batch.key + fingerprint(y)
-        last = self._last_scan
-        if last is None or last[0] != key:
-            last = self._last_scan = (key, self._scan(X, y))
-        return X, y, last[1]
+        cell, _ = _assign_cells(
+            _feature_major(batch.x32),
+            y,
+            self.edges_flat_,
+            self.edge_starts_,
+            self.edge_counts_,
+            cells.exact,
+            cells.exact_starts,
+            cells.exact_counts,
+            self.n_slots_,
+        )
+        best, which = _best_cells(cell, y, cells.scores)
+        return y, np.maximum(best - cells.log_tests, 0.0), which, cells
 
     _fitted_attr: ClassVar[str] = "sorted_"
 
-    def _score(self, batch: Table) -> np.ndarray:
-        X, _, scan = self._scanned(batch)
-        return scan.score + tie_break(X)
+    def _score_with(self, batch: Table, summary: CellCounts, positions: np.ndarray) -> np.ndarray:
+        _, score, _, _ = self._scan(batch, summary)
+        return score + tie_break(batch.x32)
 
-    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        X, y, scan = self._scanned(batch)
+    def _explain_with(
+        self, batch: Table, rows: np.ndarray, summary: CellCounts, positions: np.ndarray
+    ) -> list[str]:
+        y, score, which, cells = self._scan(batch, summary)
         out: list[str] = []
         for r in rows:
-            c = scan.cell[r]
-            if c < 0 or scan.score[r] <= 0.0:
+            c = which[r]
+            if c < 0 or score[r] <= 0.0:
                 out.append(
                     "no feature value here is both unusually common in this batch and label-pure"
                 )
                 continue
-            f = scan.feature[c]
+            f = cells.feature[c]
             label = int(y[r])
-            lab, tr = scan.labels[c], scan.trusted[c]
+            lab, tr = cells.labels[c], cells.trusted[c]
             count = int(lab.sum())
-            expected = len(X) * float(tr.sum()) / max(self.m_, 1)
+            expected = cells.n_rows * float(tr.sum()) / max(self.m_, 1)
             share = float(lab[label]) / max(count, 1)
             share_expected = float(
                 (tr[label] + self.smoothing_ * self.prior_[label]) / (tr.sum() + self.smoothing_)
             )
             shown = batch.label_of(label) if label < self.n_slots_ - 1 else "<unseen>"
-            where_text = "is shared by" if scan.exact[c] else "falls in a bin shared by"
+            where_text = "is shared by" if cells.is_exact[c] else "falls in a bin shared by"
             out.append(
                 f"{batch.describe(r, f)} {where_text} {count} batch rows ({expected:.2g} "
                 f"expected from trusted rows), {100 * share:.0f}% labelled {shown} "

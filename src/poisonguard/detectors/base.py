@@ -9,8 +9,10 @@ A detector is fitted on trusted rows and scores new ones::
 Higher scores are more suspicious. Scores need not be on any common scale: the
 decision step turns each detector's scores into conformal p-values against
 trusted calibration rows scored the same way. ``score`` must therefore treat
-its ``batch`` argument as a whole batch (within-batch detectors may look at the
-other rows of the same batch) and must be deterministic for a fitted detector.
+its ``batch`` argument as a whole batch and must be deterministic for a fitted
+detector. Detectors that look at the other rows of the same batch follow
+``WithinBatchDetector``: they summarise the batch in mergeable pieces first, so
+that a batch read in chunks scores as it does whole.
 
 Detectors with ``needs_label = True`` use ``Table.y``; they are skipped when a
 scan has no label column.
@@ -19,7 +21,7 @@ scan has no label column.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, Literal, Protocol, Self, runtime_checkable
@@ -365,9 +367,19 @@ class Encoder:
         return tuple(terms)
 
     def transform(
-        self, frame: pd.DataFrame, source: str = "batch", errors: Errors = "raise"
+        self,
+        frame: pd.DataFrame,
+        source: str = "batch",
+        errors: Errors = "raise",
+        *,
+        anchors: Mapping[str, Any] | None = None,
     ) -> Table:
         """Encode ``frame`` as the trusted rows were.
+
+        Every row is encoded from its own cells and what the encoder learnt, so
+        a batch encoded chunk by chunk gives the rows of the batch encoded whole,
+        with one exception that ``anchors`` removes: pandas parses a column of
+        date strings in the format it guesses from the column's first cell.
 
         Parameters
         ----------
@@ -380,10 +392,16 @@ class Encoder:
             ``BatchError`` naming the column, or count as missing (for rows that
             were never judged, such as rows an expectation held and a reviewer
             rejected).
+        anchors : mapping of str to object, optional
+            Per date column, the cell whose format the column is parsed in
+            (``date_anchors``); default ``frame``'s own. A chunk of a batch
+            passes the batch's, so that it parses its dates as the whole would.
         """
         if errors not in ("raise", "coerce"):
             raise param_error("errors", "Encoder.transform()", 'one of ("raise", "coerce")', errors)
-        raw_numbers = _numbers(frame, list(self.numbers_), self.kinds, source, errors)
+        if anchors is None:
+            anchors = self.date_anchors(frame)
+        raw_numbers = _numbers(frame, list(self.numbers_), self.kinds, source, errors, anchors)
         n = len(frame)
         blocks = [_standardize(raw_numbers, self.center_, self.scale_, _FEATURE_BOUND)]
         raws = [raw_numbers]
@@ -430,6 +448,46 @@ class Encoder:
             target,
             self.label,
         )
+
+    def date_anchors(
+        self, frame: pd.DataFrame, known: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Per date column, the first cell of ``frame`` that pandas guesses a format from.
+
+        ``pd.to_datetime`` parses a column of strings in the format it guesses
+        from the column's first cell that is not missing (nor ``""``, a NaT
+        spelling, ``"now"`` or ``"today"``, which it skips), so the same cell
+        could parse differently in a chunk that starts elsewhere. A column
+        parsed with its batch's anchor put in front parses as in the batch.
+
+        Parameters
+        ----------
+        frame : DataFrame
+            Rows, in batch order.
+        known : mapping of str to object, optional
+            Anchors of the batch's earlier rows; they are kept, and only columns
+            without one are looked up in ``frame``.
+
+        Returns
+        -------
+        dict of str to object
+            ``known`` with the anchors ``frame`` adds. A column whose cells so
+            far are all missing has none yet: its anchor does not change them.
+        """
+        out = dict(known or {})
+        for column in self.numbers_:
+            if self.kinds[column] != "date" or column in out or column not in frame.columns:
+                continue
+            cells = frame[column]
+            present = np.flatnonzero(cells.notna().to_numpy())
+            # Usually the first present cell; a run of skipped strings is read in blocks.
+            for start in range(0, present.size, 64):
+                block = cells.iloc[present[start : start + 64]].tolist()
+                found = [v for v in block if not (isinstance(v, str) and v in _DATE_SKIPPED)]
+                if found:
+                    out[column] = found[0]
+                    break
+        return out
 
     def _codes(self, frame: pd.DataFrame, source: str) -> np.ndarray:
         """Categorical columns' codes into their trusted values; -1 for anything else."""
@@ -525,15 +583,29 @@ def _label_codes(values: pd.Series, classes: tuple[Any, ...]) -> np.ndarray:
     )
 
 
+#: Strings ``pd.to_datetime`` passes over when it guesses a column's format from its first cell.
+_DATE_SKIPPED = ("", "NaT", "nat", "NAT", "nan", "NaN", "NAN", "now", "today")
+
+
+def _dates(cells: pd.Series, errors: Errors, anchor: Any) -> pd.Series:
+    """``cells`` as UTC timestamps, parsed in the format ``anchor`` sets when there is one."""
+    if anchor is None or pd.api.types.is_datetime64_any_dtype(cells.dtype):
+        return pd.to_datetime(cells, errors=errors, utc=True)
+    cells = pd.concat([pd.Series([anchor], dtype=object), cells.astype(object)], ignore_index=True)
+    return pd.to_datetime(cells, errors=errors, utc=True).iloc[1:]
+
+
 def _numbers(
     frame: pd.DataFrame,
     columns: list[str],
     kinds: Mapping[str, str],
     source: str,
     errors: Errors = "raise",
+    anchors: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Number and date columns as float64 (dates in days since 1970); NaN for missing
-    (and, with ``errors="coerce"``, for cells that do not parse)."""
+    (and, with ``errors="coerce"``, for cells that do not parse). A date column is
+    parsed in the format of its anchor (``Encoder.date_anchors``), when it has one."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise BatchError(
@@ -547,7 +619,7 @@ def _numbers(
     for j, col in enumerate(columns):
         try:
             if kinds.get(col) == "date":
-                when = pd.to_datetime(frame[col], errors=errors, utc=True)
+                when = _dates(frame[col], errors, (anchors or {}).get(col))
                 days = (when - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(days=1)
                 out[:, j] = days.to_numpy(dtype=np.float64, na_value=np.nan)
             else:
@@ -599,3 +671,87 @@ class Detector(Protocol):
     def score(self, batch: Table) -> np.ndarray: ...
 
     def explain(self, batch: Table, rows: np.ndarray) -> list[str]: ...
+
+
+@runtime_checkable
+class WithinBatchDetector(Detector, Protocol):
+    """A detector that reads the batch itself, in two phases, so that a batch scores
+    the same whole or in chunks.
+
+    Phase 1 summarises: ``summarize(chunk, positions=...)`` per chunk, then ``merge``
+    of the parts, in any grouping and order; a detector whose ``summary_passes`` is 2
+    reads the batch twice, the second time with the first pass's merged summary as
+    ``prior`` (e.g. counting exactly the values a first pass found repeated). Phase 2
+    scores each chunk against the merged summary: ``score(chunk, summary=...,
+    positions=...)``, and ``explain`` likewise. A row's score depends only on its
+    cells, its position in the batch and the summary, so a batch scored chunk by
+    chunk gets the scores it gets whole. ``score(batch)`` without a summary is the
+    same two phases with the batch as its only chunk: one code path.
+
+    A summary is small beside the batch: counts per value, cell or row hash, and
+    bounded samples of rows, never every row.
+
+    ``positions`` are the rows' positions in the whole batch (ndarray of shape
+    (n_rows,), int64; default ``0 .. n_rows - 1``): samples are drawn by a keyed hash
+    of them, and a row is never its own neighbour. Rows of a source's window
+    (``windowed`` detectors) follow the batch's, at positions ``n_rows ..``.
+    """
+
+    summary_passes: ClassVar[int]
+
+    def summarize(
+        self, batch: Table, *, positions: np.ndarray | None = None, prior: Any = None
+    ) -> Any: ...
+
+    def merge(self, parts: Sequence[Any]) -> Any: ...
+
+    def score(
+        self, batch: Table, *, summary: Any = None, positions: np.ndarray | None = None
+    ) -> np.ndarray: ...
+
+    def explain(
+        self,
+        batch: Table,
+        rows: np.ndarray,
+        *,
+        summary: Any = None,
+        positions: np.ndarray | None = None,
+    ) -> list[str]: ...
+
+
+class SummaryFold:
+    """Merges a within-batch detector's chunk summaries as they arrive.
+
+    Parts are merged like the digits of a binary counter (two of equal rank into
+    one of the next), so a batch of ``c`` chunks costs ``log2(c)`` merges per
+    row summarised, not ``c``, and at most about ``log2(c)`` parts wait at once.
+    """
+
+    def __init__(self, detector: WithinBatchDetector) -> None:
+        self.detector = detector
+        self._stack: list[tuple[int, Any]] = []
+
+    def add(self, part: Any) -> None:
+        """Fold in one chunk's summary."""
+        rank = 0
+        while self._stack and self._stack[-1][0] == rank:
+            _, top = self._stack.pop()
+            part = self.detector.merge([top, part])
+            rank += 1
+        self._stack.append((rank, part))
+
+    def result(self) -> Any:
+        """The summary of every part added (at least one)."""
+        if not self._stack:
+            raise ValueError("SummaryFold.result() needs at least one part")
+        return self.detector.merge([part for _, part in self._stack])
+
+
+def summarize_chunks(
+    detector: WithinBatchDetector, chunks: Iterable[tuple[Table, np.ndarray]], prior: Any = None
+) -> Any:
+    """One pass of ``detector``'s summary over ``(table, positions)`` chunks, merged."""
+    fold = SummaryFold(detector)
+    for table, positions in chunks:
+        fold.add(detector.summarize(table, positions=positions, prior=prior))
+    return fold.result()

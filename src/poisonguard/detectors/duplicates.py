@@ -8,13 +8,14 @@ rejected.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar, Self
 
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from poisonguard.detectors._common import DetectorBase
+from poisonguard.detectors._common import WithinBatchBase
 from poisonguard.detectors._kernels import _hash_rows
 from poisonguard.detectors._stats import poisson_surprise
 from poisonguard.detectors.base import _FEATURE_BOUND, Table
@@ -138,7 +139,40 @@ def _counted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return uniq, inverse.reshape(-1), counts
 
 
-class DuplicatesDetector(DetectorBase):
+def _summed(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Several sorted, counted key sets as one: each key once, its counts added."""
+    uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    total = np.bincount(inverse.reshape(-1), weights=np.concatenate(counts), minlength=uniq.size)
+    return uniq, total.astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class CopyCounts:
+    """The duplicates detector's summary of rows: how often each row hash occurs.
+
+    About 16 bytes per distinct row (twice that with labels): the counts must be
+    exact, and a row's copies may lie in any chunk.
+
+    Attributes
+    ----------
+    n_rows : int
+        Rows summarised.
+    keys : ndarray of shape (n_keys,), uint64
+        Distinct row hashes (``_row_keys``), sorted.
+    counts : ndarray of shape (n_keys,), int64
+        Rows with each.
+    pair_keys, pair_counts : ndarray of shape (n_pairs,)
+        The same for (row hash, label) pairs; empty without labels.
+    """
+
+    n_rows: int
+    keys: np.ndarray
+    counts: np.ndarray
+    pair_keys: np.ndarray
+    pair_counts: np.ndarray
+
+
+class DuplicatesDetector(WithinBatchBase):
     """Floods of (near-)identical rows, copies of trusted rows, and label conflicts.
 
     Rows are grouped by a 64-bit hash of their scaled features rounded to a
@@ -181,7 +215,6 @@ class DuplicatesDetector(DetectorBase):
     """
 
     name: ClassVar[str] = "duplicates"
-    within_batch: ClassVar[bool] = True
     needs_label: ClassVar[bool] = False
     tail_scale: ClassVar[float | None] = 1.0
     # When a flood is real its surprise runs to tens or hundreds of nats, so half
@@ -224,11 +257,25 @@ class DuplicatesDetector(DetectorBase):
             self.conflict_rate_ = (float(clash.sum()) + 0.1) / (float(dup.sum()) + 1.0)
         return self
 
-    def _parts(self, batch: Table) -> dict[str, np.ndarray]:
+    def _summarize(self, batch: Table, positions: np.ndarray, prior: object) -> CopyCounts:
         keys = _row_keys(batch, self.tol_)
-        n = len(keys)
-        _, inverse, counts = _counted(keys)
-        in_batch = counts[inverse]
+        uniq, _, counts = _counted(keys)
+        pair_keys, pair_counts = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        if batch.y is not None and self.labelled_:
+            pair_keys, _, pair_counts = _counted(_pair_keys(keys, batch.y))
+        return CopyCounts(batch.n_rows, uniq, counts, pair_keys, pair_counts)
+
+    def _merge(self, parts: list[CopyCounts]) -> CopyCounts:
+        if len(parts) == 1:
+            return parts[0]
+        keys, counts = _summed([p.keys for p in parts], [p.counts for p in parts])
+        pairs, pair_counts = _summed([p.pair_keys for p in parts], [p.pair_counts for p in parts])
+        return CopyCounts(sum(p.n_rows for p in parts), keys, counts, pairs, pair_counts)
+
+    def _parts(self, batch: Table, summary: CopyCounts) -> dict[str, np.ndarray]:
+        keys = _row_keys(batch, self.tol_)
+        n = summary.n_rows
+        in_batch = _lookup(summary.keys, summary.counts, keys)
         trusted = _lookup(self.keys_, self.counts_, keys)
         unseen_copies = self.m_ * self.pair_rate_
         lam = max(n - 1, 1) * (trusted + unseen_copies) / (self.m_ + 1.0)
@@ -237,11 +284,10 @@ class DuplicatesDetector(DetectorBase):
         # A copy of a trusted row adds nothing to training (mildly suspicious);
         # a twin with another label is both a twin and a disagreement.
         copy = np.where(trusted > 0, 0.5 * twin, 0.0)
-        others = np.zeros(n, dtype=np.int64)
+        others = np.zeros(batch.n_rows, dtype=np.int64)
         if batch.y is not None and self.labelled_:
             pairs = _pair_keys(keys, batch.y)
-            _, pinv, pcounts = _counted(pairs)
-            same_batch = pcounts[pinv]
+            same_batch = _lookup(summary.pair_keys, summary.pair_counts, pairs)
             same_trusted = _lookup(self.pair_keys_, self.pair_counts_, pairs)
             others = (in_batch - same_batch) + (trusted - same_trusted)
         clash = twin - math.log(self.conflict_rate_)
@@ -256,11 +302,13 @@ class DuplicatesDetector(DetectorBase):
 
     _fitted_attr: ClassVar[str] = "keys_"
 
-    def _score(self, batch: Table) -> np.ndarray:
-        return self._parts(batch)["score"]
+    def _score_with(self, batch: Table, summary: CopyCounts, positions: np.ndarray) -> np.ndarray:
+        return self._parts(batch, summary)["score"]
 
-    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        parts = self._parts(batch)
+    def _explain_with(
+        self, batch: Table, rows: np.ndarray, summary: CopyCounts, positions: np.ndarray
+    ) -> list[str]:
+        parts = self._parts(batch, summary)
         what = "identical" if self.tol_ == 0 else "near-identical"
         out = []
         for r in rows:

@@ -9,6 +9,8 @@ among the trusted rows around it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -16,7 +18,9 @@ import numpy as np
 from poisonguard.detectors._common import (
     UNSEEN_SCORE,
     DetectorBase,
+    WithinBatchBase,
     class_prior,
+    keyed_hash,
     label_surprise,
     labels_of,
     one_thread,
@@ -118,26 +122,140 @@ def _trusted_sample(
     return y, R, r_y, fingerprint(R, r_y)
 
 
-def _batch_neighbours(
-    batch: Table, y: np.ndarray, k: int, max_rows: int, seed: int, kc: int = 0
-) -> tuple[np.ndarray, Neighbours]:
-    """Each batch row's ``k`` nearest rows among a stratified sample of at most ``max_rows``
-    rows of the same batch, itself left out (``kc`` of its own label too): the sample's
-    labels and the neighbours."""
-    keep = subsample(batch.n_rows, max_rows, y, seed, k + 1)
-    r_y = np.ascontiguousarray(y[keep])
-    nb = search(
-        batch.x32,
-        np.ascontiguousarray(batch.x32[keep]),
-        max(1, min(k, len(keep) - 1)),
-        kc=kc,
-        q_lab=y,
-        r_lab=r_y,
-        q_ids=np.arange(batch.n_rows, dtype=np.int64),
-        r_ids=keep,
-        q_key=batch.key,
-    )
-    return r_y, nb
+@dataclass(frozen=True, eq=False)
+class LabelSample:
+    """A summary of a batch for neighbours among its own rows: rows per label, and per
+    label the ``max_rows`` rows whose keyed hash of their position is smallest.
+
+    The rows searched (``sample``) are, per label, the first of those rows up to the
+    label's quota, which is the label's share of ``max_rows`` rows (at least
+    ``min_per_class``, at most all it has): a stratified sample that any chunking of
+    the batch finds alike, and every row when the batch has at most ``max_rows``.
+
+    Attributes
+    ----------
+    n_rows : int
+    label_counts : ndarray of shape (n_labels + 1,), int64
+        Rows per label code plus one (slot 0: labels the trusted rows never had).
+    slots, hashes, positions : ndarray of shape (n_kept,)
+        The kept rows' label slots, hashes and positions, sorted by slot then hash.
+    values : ndarray of shape (n_kept, n_features), float32
+        Their features (``Table.x32``).
+    max_rows, min_per_class : int
+    """
+
+    n_rows: int
+    label_counts: np.ndarray
+    slots: np.ndarray
+    hashes: np.ndarray
+    positions: np.ndarray
+    values: np.ndarray
+    max_rows: int
+    min_per_class: int
+
+    @cached_property
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """The rows searched, by position: positions, features, labels and search key."""
+        counts = self.label_counts
+        n = max(self.n_rows, 1)
+        quota = np.maximum(np.round(counts * (self.max_rows / n)).astype(np.int64), 1)
+        quota = np.minimum(np.maximum(quota, min(self.min_per_class, self.max_rows)), counts)
+        rank = _rank_within(self.slots)
+        take = np.flatnonzero(rank < quota[self.slots])
+        take = take[np.argsort(self.positions[take], kind="stable")]
+        R = np.ascontiguousarray(self.values[take])
+        r_y = np.ascontiguousarray(self.slots[take] - 1)
+        return self.positions[take], R, r_y, fingerprint(R, r_y)
+
+
+def _rank_within(groups: np.ndarray) -> np.ndarray:
+    """Each element's place among the elements of its group, for ``groups`` sorted."""
+    if groups.size == 0:
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    sizes = np.diff(np.r_[starts, groups.size])
+    return np.arange(groups.size) - np.repeat(starts, sizes)
+
+
+class _BatchSampled(WithinBatchBase):
+    """What ``batch_knn_label`` and ``label_excess`` share: neighbours among a stratified
+    sample of the batch's own rows (``LabelSample``).
+
+    Subclasses have ``max_batch`` and ``random_state``, and set ``k_`` when fitted.
+    """
+
+    max_batch: int
+    random_state: int
+    n_classes_: int
+    k_: int
+
+    def _summarize(self, batch: Table, positions: np.ndarray, prior: object) -> LabelSample:
+        y = labels_of(batch, self.name, "batch")
+        slots = np.where((y >= 0) & (y < self.n_classes_), y + 1, 0).astype(np.int64)
+        hashes = keyed_hash(positions, int(self.random_state))
+        return self._kept(
+            batch.n_rows,
+            np.bincount(slots, minlength=self.n_classes_ + 1),
+            slots,
+            hashes,
+            positions,
+            batch.x32,
+        )
+
+    def _merge(self, parts: list[LabelSample]) -> LabelSample:
+        if len(parts) == 1:
+            return parts[0]
+        return self._kept(
+            sum(p.n_rows for p in parts),
+            np.sum([p.label_counts for p in parts], axis=0),
+            np.concatenate([p.slots for p in parts]),
+            np.concatenate([p.hashes for p in parts]),
+            np.concatenate([p.positions for p in parts]),
+            np.concatenate([p.values for p in parts]),
+        )
+
+    def _kept(
+        self,
+        n_rows: int,
+        counts: np.ndarray,
+        slots: np.ndarray,
+        hashes: np.ndarray,
+        positions: np.ndarray,
+        values: np.ndarray,
+    ) -> LabelSample:
+        """The summary keeping, per label, the ``max_batch`` rows of smallest hash."""
+        order = np.lexsort((hashes, slots))
+        order = order[_rank_within(slots[order]) < int(self.max_batch)]
+        return LabelSample(
+            n_rows,
+            counts.astype(np.int64),
+            slots[order],
+            hashes[order],
+            positions[order],
+            values[order],
+            int(self.max_batch),
+            self.k_ + 1,
+        )
+
+    def _neighbours(
+        self, batch: Table, y: np.ndarray, positions: np.ndarray, summary: LabelSample, kc: int = 0
+    ) -> tuple[np.ndarray, Neighbours]:
+        """Each row's ``k_`` nearest rows of the batch's sample, itself left out (``kc`` of
+        its own label too): the sample's labels and the neighbours."""
+        ids, R, r_y, r_key = summary.sample
+        nb = search(
+            batch.x32,
+            R,
+            max(1, min(self.k_, len(r_y) - 1)),
+            kc=kc,
+            q_lab=y,
+            r_lab=r_y,
+            q_ids=positions,
+            r_ids=ids,
+            r_key=r_key,
+            q_key=batch.key,
+        )
+        return r_y, nb
 
 
 class _TrustedNeighbours(DetectorBase):
@@ -325,7 +443,7 @@ class KnnLabelDetector(_TrustedNeighbours):
         return out
 
 
-class BatchKnnLabelDetector(DetectorBase):
+class BatchKnnLabelDetector(_BatchSampled):
     """How little a row's nearest rows *in the same batch* support its label.
 
     Like ``knn_label`` but the neighbours come from the batch itself (a
@@ -345,7 +463,6 @@ class BatchKnnLabelDetector(DetectorBase):
     """
 
     name: ClassVar[str] = "batch_knn_label"
-    within_batch: ClassVar[bool] = True
     needs_label: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
@@ -373,26 +490,28 @@ class BatchKnnLabelDetector(DetectorBase):
         self.max_batch_ = int(self.max_batch)
         self.seed_ = int(self.random_state)
         y = labels_of(reference, self.name, "reference")
+        self.n_classes_ = reference.n_classes
         self.prior_ = class_prior(y, reference.n_classes)
         return self
 
     def _scores(
-        self, batch: Table
+        self, batch: Table, summary: LabelSample, positions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         y = labels_of(batch, self.name, "batch")
-        r_y, nb = _batch_neighbours(batch, y, self.k_, self.max_batch_, self.seed_, kc=1)
+        r_y, nb = self._neighbours(batch, y, positions, summary, kc=1)
         s, prob, margin = _label_scores(nb, r_y, y, self.prior_, self.smoothing)
         lab = np.where(nb.index >= 0, r_y[np.maximum(nb.index, 0)], -1)
         return s, prob, margin, lab, y
 
     _fitted_attr: ClassVar[str] = "prior_"
 
-    def _score(self, batch: Table) -> np.ndarray:
-        return self._scores(batch)[0]
+    def _score_with(self, batch: Table, summary: LabelSample, positions: np.ndarray) -> np.ndarray:
+        return self._scores(batch, summary, positions)[0]
 
-    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        # Neighbours come from the whole batch, so compute them there.
-        _, prob, margin, lab, y = self._scores(batch)
+    def _explain_with(
+        self, batch: Table, rows: np.ndarray, summary: LabelSample, positions: np.ndarray
+    ) -> list[str]:
+        _, prob, margin, lab, y = self._scores(batch, summary, positions)
         p, _ = _given(prob, y)
         return [
             _knn_reason(batch, int(r), int(y[r]), lab[r], p, "rows of this batch", float(margin[r]))
@@ -495,7 +614,9 @@ class ModelLabelDetector(DetectorBase):
             if len(self.present_) == 1:
                 out[:, self.present_[0]] = 0.0
             return out
-        X = batch.x32
+        # In float64: float32 products round differently with the number of rows (BLAS
+        # blocks them), and a row must score alike in a batch, a chunk or alone.
+        X = batch.x32.astype(np.float64)
         with one_thread():
             return self._fill(out, self.model_, X)
 
@@ -636,7 +757,7 @@ class InterpolationDetector(_TrustedNeighbours):
         return out
 
 
-class LabelExcessDetector(DetectorBase):
+class LabelExcessDetector(_BatchSampled):
     """Rows whose label is far more common among the batch rows around them than among trusted ones.
 
     Poison aimed at a population (every row of one group relabelled, the rows a
@@ -673,7 +794,6 @@ class LabelExcessDetector(DetectorBase):
     """
 
     name: ClassVar[str] = "label_excess"
-    within_batch: ClassVar[bool] = True
     needs_label: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # -log of a tail probability: exponential above the threshold.
@@ -712,25 +832,29 @@ class LabelExcessDetector(DetectorBase):
             int(self.n_neighbors),
         )
         self.n_classes_ = reference.n_classes
+        self.k_ = int(self.n_neighbors)
         self.prior_ = class_prior(y, reference.n_classes)
         return self
 
     _fitted_attr: ClassVar[str] = "R_"
 
-    def _counts(self, batch: Table, rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    def _counts(
+        self,
+        batch: Table,
+        summary: LabelSample,
+        positions: np.ndarray,
+        rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, ...]:
         """Per row of ``rows`` (default all): its label, whether the trusted rows know it,
         its batch neighbours, those with its label, its trusted neighbours, those with it.
-        The neighbour searches are of the whole batch (memoised), whatever ``rows`` is."""
+        The neighbour searches are of the whole table (memoised), whatever ``rows`` is."""
         y = labels_of(batch, self.name, "batch")
-        n = batch.n_rows
-        rows = np.arange(n) if rows is None else rows
+        rows = np.arange(batch.n_rows) if rows is None else rows
         seen = (y >= 0) & (y < self.n_classes_)
-        if n < 2:
+        if summary.n_rows < 2:
             zero = np.zeros(len(rows), np.int64)
             return y[rows], seen[rows], zero, zero, zero, zero
-        b_y, near = _batch_neighbours(
-            batch, y, int(self.n_neighbors), int(self.max_batch), int(self.random_state)
-        )
+        b_y, near = self._neighbours(batch, y, positions, summary)
         kb = near.index.shape[1]
         m = len(self.r_y_)
         # The same reach among trusted rows: the same share of the sample.
@@ -750,8 +874,8 @@ class LabelExcessDetector(DetectorBase):
             (lab_t == own).sum(axis=1),
         )
 
-    def _score(self, batch: Table) -> np.ndarray:
-        y, seen, k_b, o_b, k_t, o_t = self._counts(batch)
+    def _score_with(self, batch: Table, summary: LabelSample, positions: np.ndarray) -> np.ndarray:
+        y, seen, k_b, o_b, k_t, o_t = self._counts(batch, summary, positions)
         prior = self.prior_[np.where(seen, y, 0)]
         s = float(self.smoothing)
         a = o_t + s * prior
@@ -765,8 +889,12 @@ class LabelExcessDetector(DetectorBase):
         excess = o_b * np.maximum(k_t, 1) > o_t * k_b
         return np.where(seen & (k_b > 0) & excess, np.clip(score, 0.0, UNSEEN_SCORE - 1.0), 0.0)
 
-    def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
-        y, _, k_b, o_b, k_t, o_t = (v.tolist() for v in self._counts(batch, rows))
+    def _explain_with(
+        self, batch: Table, rows: np.ndarray, summary: LabelSample, positions: np.ndarray
+    ) -> list[str]:
+        y, _, k_b, o_b, k_t, o_t = (
+            v.tolist() for v in self._counts(batch, summary, positions, rows)
+        )
         names = {c: batch.label_of(c) for c in set(y)}
         return [
             f"label {names[c]} on {ob} of its {kb} nearest rows of this batch, "

@@ -225,7 +225,10 @@ class ModelResidualDetector(DetectorBase):
     def _predict(self, batch: Table) -> np.ndarray:
         """The model's prediction on the log scale where the target is compared on it."""
         with one_thread():
-            return np.asarray(self.model_.predict(batch.x32), dtype=np.float64)
+            # float64, so that a row is predicted alike in a batch, a chunk or alone
+            # (float32 products round differently with the number of rows).
+            X = batch.x32.astype(np.float64)
+            return np.asarray(self.model_.predict(X), dtype=np.float64)
 
     def _score(self, batch: Table) -> np.ndarray:
         z = _z(targets_of(batch, self.name, "batch"), self.log_)
