@@ -682,7 +682,7 @@ def infer_suite(
     personal data leaking into them, a common ELT mistake (a mapping that shifts by one
     column): a string column may hold no e-mail address and no run of 13 to 19 digits
     (a card number's shape), and a numeric column whose trusted values stay below 10^11
-    in size no value of 13 or more digits. Any row breaking a guard rejects the whole
+    in size no whole number of 13 to 19 digits. Any row breaking a guard rejects the whole
     batch, and the message does not show the value. A guard the sample itself breaks is
     not written.
 
@@ -860,11 +860,27 @@ def infer_suite(
     }
 
 
-#: The smallest value of 13 digits: no card number is shorter.
+#: Card numbers have 13 to 19 digits: whole numbers of at least 10^12 and below 10^19 in size.
 _CARD_FLOOR = 10**12
+_CARD_CEILING = 10**19
 #: A numeric column gets the guard only when its trusted values stay below this in size,
 #: so ids or millisecond timestamps near card sizes are left alone.
 _CARD_GUARD_BELOW = 10**11
+
+
+def _card_sized(numbers: np.ndarray) -> np.ndarray:
+    """Which of ``numbers`` are whole and of a card number's size (NaN, inf and 1e308 not)."""
+    size = np.abs(numbers)
+    with np.errstate(invalid="ignore"):
+        return (size >= _CARD_FLOOR) & (size < _CARD_CEILING) & (numbers == np.round(numbers))
+
+
+def _card_condition(column: str) -> str:
+    """The same test as ``_card_sized``, as a Great Expectations pandas row condition."""
+    c = f"`{column}`"
+    return (
+        f"{c}.abs() >= {_CARD_FLOOR:.0e} and {c}.abs() < {_CARD_CEILING:.0e} and {c} == {c}.round()"
+    )
 
 
 def _leak_guards(column: str, series: pd.Series, family: str | None) -> list[dict]:
@@ -890,13 +906,17 @@ def _leak_guards(column: str, series: pd.Series, family: str | None) -> list[dic
     elif family == "numeric" and not pd.api.types.is_bool_dtype(series):
         values = pd.to_numeric(series, errors="coerce").dropna()
         if len(values) and float(values.abs().max()) < _CARD_GUARD_BELOW:
-            why = "a number of 13 or more digits (a card number's size) in a column not declared personal"
-            bound = _CARD_FLOOR - 1
+            # No card-sized whole number at all: rows where the condition holds must not exist.
             guards.append(
                 _leak_rule(
-                    "expect_column_values_to_be_between",
-                    {"column": column, "min_value": -bound, "max_value": bound},
-                    why,
+                    "expect_column_values_to_be_null",
+                    {
+                        "column": column,
+                        "row_condition": _card_condition(column),
+                        "condition_parser": "pandas",
+                    },
+                    "a whole number of 13 to 19 digits (a card number's size) in a column not "
+                    "declared personal",
                 )
             )
     return guards
@@ -1184,13 +1204,13 @@ def _check_guard(run: _Run, frame: pd.DataFrame, spec: _Spec) -> bool:
         return False
     values = frame[column]
     kw = spec.kwargs
-    if spec.type == "expect_column_values_to_be_between" and set(kw) == {
-        "column",
-        "min_value",
-        "max_value",
-    }:
+    if (
+        spec.type == "expect_column_values_to_be_null"
+        and kw.get("row_condition") == _card_condition(column)
+        and pd.api.types.is_numeric_dtype(values)
+    ):
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-        count = int(np.sum((numbers < kw["min_value"]) | (numbers > kw["max_value"])))
+        count = int(np.sum(_card_sized(numbers)))
     elif spec.type == "expect_column_values_to_not_match_regex" and set(kw) == {"column", "regex"}:
         count = int(values.dropna().astype(str).str.contains(kw["regex"], regex=True).sum())
     else:
