@@ -21,9 +21,9 @@ from typing import Any
 
 from poisonguard.errors import StoreError
 from poisonguard.store.files import atomic_write_bytes, now
-from poisonguard.store.ledger import AuditEntry, Ledger, LedgerTransaction, LedgerView
+from poisonguard.store.ledger import GENESIS, AuditEntry, Ledger, LedgerTransaction, LedgerView
 
-GENESIS = "0" * 64
+__all__ = ["GENESIS", "AuditChain", "default_key_path", "entry_hash"]
 
 
 def default_key_path(root: Path) -> Path:

@@ -18,8 +18,9 @@ when a reviewer revoked its batch (``revoke``), ``superseded`` when a re-scan
 moved some of its rows back to quarantine and wrote the others to a new clean
 file (``hold_rescanned``). The training set is the files of kind ``clean``.
 
-The ledger is a ``Ledger`` (``SqliteLedger`` unless another is given); the audit
-chain is ``AuditChain``'s; the staging area and recovery are ``staging``'s; the
+The ledger is a ``Ledger``: the embedded ``SqliteLedger`` unless the config names
+a PostgreSQL one (``PostgresLedger``, ``[store] ledger``); the audit chain is
+``AuditChain``'s; the staging area and recovery are ``staging``'s; the
 changes after a commit (promotion, revocation, re-scan holds) are ``revisions``'.
 """
 
@@ -68,6 +69,7 @@ from poisonguard.store.ledger import (
     LedgerTransaction,
     ReferenceVersion,
     Review,
+    copy_ledger,
     file_records,
 )
 from poisonguard.store.revisions import Revocation
@@ -75,7 +77,7 @@ from poisonguard.store.sqlite import LEDGER_FILE, SqliteLedger
 from poisonguard.store.staging import disown, recover, staging_dir
 
 if TYPE_CHECKING:
-    from poisonguard.config import Config
+    from poisonguard.config import Config, LedgerSettings
 
 SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
 #: The folders of the files the ledger lists, one kind each.
@@ -138,7 +140,8 @@ class Store:
     Attributes
     ----------
     ledger_path : Path
-        Where the embedded ledger's file is (``<root>/ledger.sqlite``).
+        Where the embedded ledger's file is (``<root>/ledger.sqlite``), whichever
+        ledger the store has; messages name ``ledger.location``.
 
     Raises
     ------
@@ -178,12 +181,15 @@ class Store:
     def _missing_ledger(self) -> str:
         if self.key_path.exists():
             return (
-                f"the ledger {self.ledger_path} is missing, but the audit key {self.key_path} "
-                "shows a store was created there: it was deleted or moved"
+                f"the ledger {self.ledger.location} is missing, but the audit key "
+                f"{self.key_path} shows a store was created there: it was deleted or moved"
             )
+        embedded = isinstance(self.ledger, SqliteLedger)
         return (
-            f"no poisonguard store at {self.root} (no ledger.sqlite): check dataset.store in "
-            "the config, or create the store with `poisonguard init`"
+            f"no poisonguard store at {self.root} "
+            f"({'no ledger.sqlite' if embedded else f'no ledger in {self.ledger.location}'}): "
+            f"check dataset.store{'' if embedded else ' and [store]'} in the config, or create "
+            "the store with `poisonguard init`"
         )
 
     def _create(self) -> None:
@@ -268,7 +274,8 @@ class Store:
         """
         with self.ledger.run_lock():
             with self.writing():
-                pass  # the outermost hold recovers what dead processes left
+                # No run and no change is in progress anywhere: what other hosts left is dead.
+                self.recover(other_hosts=True)
             yield
 
     # -- reading -------------------------------------------------------------
@@ -572,10 +579,11 @@ class Store:
         return self.reports_dir / f"{batch_id}.html", self.reports_dir / f"{batch_id}.json"
 
     # -- writing -------------------------------------------------------------
-    def recover(self) -> list[Path]:
+    def recover(self, *, other_hosts: bool = False) -> list[Path]:
         """Remove what a process that died mid-commit left behind, and nothing else
-        (``staging.recover``); the files and folders removed."""
-        return recover(self.root, self.ledger)
+        (``staging.recover``; ``other_hosts`` only under the run lock and the write lock);
+        the files and folders removed."""
+        return recover(self.root, self.ledger, other_hosts=other_hosts)
 
     def staging_dir(self, name: str) -> Path:
         """``staging/<name>/``, marked as this process's (see ``recover``)."""
@@ -959,7 +967,9 @@ _MIGRATIONS: dict[int, Callable[[Store, LedgerTransaction], dict[str, Any]]] = {
 # --------------------------------------------------------------------------- opening and copying
 
 
-def open_store(config: Config | str | Path, *, create: bool = False) -> Store:
+def open_store(
+    config: Config | str | Path, *, create: bool = False, ledger: LedgerSettings | None = None
+) -> Store:
     """The store a config names (its folder, ledger and audit key), or the store in a folder.
 
     Every command, flow and library function opens its store here, so that where a
@@ -971,6 +981,9 @@ def open_store(config: Config | str | Path, *, create: bool = False) -> Store:
         A dataset's config, or a store's folder (its key in the default place).
     create : bool
         Create the store if it does not exist (``poisonguard init``).
+    ledger : LedgerSettings, optional
+        With a folder: its PostgreSQL ledger (default the embedded one). A config
+        names its own (``[store]``).
 
     Raises
     ------
@@ -978,30 +991,61 @@ def open_store(config: Config | str | Path, *, create: bool = False) -> Store:
         As ``Store`` does.
     """
     if isinstance(config, str | Path):
-        return Store(config, create=create)
-    return Store(config.store, key_path=config.audit_key, create=create)
+        return Store(config, create=create, ledger=ledger_for(config, ledger))
+    return Store(
+        config.store,
+        key_path=config.audit_key,
+        create=create,
+        ledger=ledger_for(config.store, config.ledger),
+    )
 
 
-def has_store(root: str | Path) -> bool:
-    """Whether a store was created in the folder ``root`` (without opening it)."""
-    return SqliteLedger(root).exists()
+def ledger_for(root: str | Path, settings: LedgerSettings | None) -> Ledger:
+    """The ledger of the store in ``root``: PostgreSQL's when ``settings`` name one, else the
+    embedded one in the folder."""
+    if settings is None:
+        return SqliteLedger(root)
+    # psycopg is imported only by stores whose ledger is PostgreSQL.
+    from poisonguard.store.postgres import postgres_ledger
+
+    return postgres_ledger(settings.url, settings.schema)
 
 
-def copy_store(root: str | Path, dest: str | Path, key_path: str | Path) -> None:
+def has_store(root: str | Path, ledger: LedgerSettings | None = None) -> bool:
+    """Whether a store was created in the folder ``root`` with this ledger (default the
+    embedded one), without opening it."""
+    return ledger_for(root, ledger).exists()
+
+
+def copy_store(
+    root: str | Path,
+    dest: str | Path,
+    key_path: str | Path,
+    ledger: LedgerSettings | None = None,
+) -> None:
     """Copy a store to the folder ``dest``, with a new audit key at ``key_path``.
 
-    The ledger is copied as a consistent snapshot (even while a run writes), the
-    store's files byte for byte (not ``staging/`` or lock files). Nothing of the
-    original is written.
+    The copy's ledger is always the embedded one. An embedded ledger is copied as
+    a consistent snapshot (even while a run writes); a PostgreSQL ledger
+    (``ledger``) record by record (``copy_ledger``) while the store's write lock is
+    held, so that no change lands mid-copy. The store's files are copied byte for
+    byte (not ``staging/`` or lock files). Nothing of the original is written.
     """
     root, dest = Path(root), Path(dest)
-    shutil.copytree(
-        root,
-        dest,
-        ignore=shutil.ignore_patterns("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"),
-    )
-    (dest / "staging").mkdir(mode=0o700, exist_ok=True)
-    SqliteLedger(root).copy_to(dest)
+    source = ledger_for(root, ledger)
+    with contextlib.ExitStack() as held:
+        if not isinstance(source, SqliteLedger):
+            held.enter_context(source.write_lock(LOCK_WAIT, f"the store {root}"))
+        shutil.copytree(
+            root,
+            dest,
+            ignore=shutil.ignore_patterns("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"),
+        )
+        (dest / "staging").mkdir(mode=0o700, exist_ok=True)
+        if isinstance(source, SqliteLedger):
+            source.copy_to(dest)
+        else:
+            copy_ledger(source, SqliteLedger(dest))
     write_new_key(Path(key_path))
 
 

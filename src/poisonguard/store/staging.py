@@ -1,7 +1,9 @@
 """The staging area: a batch's files between flow tasks, and recovery from a process that died.
 
 Each piece of work in flight has a folder ``staging/<name>/`` holding its owner's
-process id in ``.owner`` (:func:`staging_dir`). A batch's folder holds, in turn:
+process id and host name in ``.owner`` (:func:`staging_dir`), so that runners on
+several hosts sharing one store tell their own work from each other's. A batch's
+folder holds, in turn:
 
 ``landed<suffix>``
     The copy of the landed file, until its rows are staged (or it is rejected).
@@ -20,7 +22,6 @@ removes what a process that died mid-way left behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import pandas as pd
 
 from poisonguard.store.files import atomic_write_bytes, read_parquet, write_table
 from poisonguard.store.ledger import LedgerView
-from poisonguard.store.locking import pid_alive
+from poisonguard.store.locking import owner_alive, this_owner
 
 STAGED_ROWS = "rows.parquet"
 STAGED_PRIOR = "prior.parquet"
@@ -118,7 +119,7 @@ def staging_dir(root: Path, name: str) -> Path:
     """``staging/<name>/`` of the store at ``root``, marked as this process's (see ``recover``)."""
     path = root / "staging" / name
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (path / ".owner").write_text(str(os.getpid()))
+    (path / ".owner").write_text(this_owner())
     return path
 
 
@@ -127,14 +128,16 @@ def disown(folder: Path) -> None:
     (folder / ".owner").unlink(missing_ok=True)
 
 
-def _owner(marker: Path) -> int | None:
+def _owner_alive(marker: Path) -> bool | None:
+    """Whether a staging folder's owner runs: None when it ran on another host; False when
+    the folder has no owner (disowned, or cut short before its owner was written)."""
     try:
-        return int((marker / ".owner").read_text())
+        return owner_alive((marker / ".owner").read_text())
     except (OSError, ValueError):
-        return None
+        return False
 
 
-def recover(root: Path, ledger: LedgerView) -> list[Path]:
+def recover(root: Path, ledger: LedgerView, *, other_hosts: bool = False) -> list[Path]:
     """Remove what a process that died mid-commit left in the store at ``root``, and nothing else.
 
     Every commit starts by creating ``staging/<name>/`` (holding its owner's
@@ -144,6 +147,11 @@ def recover(root: Path, ledger: LedgerView) -> list[Path]:
     of interrupted atomic writes go too. Files nobody wrote through
     poisonguard are left for the gate to report.
 
+    A folder another host owns is taken only with ``other_hosts``: its process
+    cannot be asked whether it lives, so only a caller that holds both the run
+    lock and the write lock (no run and no change is in progress anywhere) may
+    take it (``Store.exclusive``).
+
     Returns
     -------
     list of Path
@@ -152,8 +160,8 @@ def recover(root: Path, ledger: LedgerView) -> list[Path]:
     removed: list[Path] = []
     markers = []
     for marker in sorted((root / "staging").iterdir()):
-        owner = _owner(marker)
-        if owner is not None and pid_alive(owner):
+        alive = _owner_alive(marker)
+        if alive or (alive is None and not other_hosts):
             continue  # a live process (this one included) is mid-way through it
         markers.append(marker)
     for sub in ("clean", "quarantine"):
