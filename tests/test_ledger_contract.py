@@ -42,7 +42,7 @@ from poisonguard.store import (
     reference_digest,
 )
 from poisonguard.store.audit import entry_hash
-from poisonguard.store.files import write_new_key
+from poisonguard.store.files import DataFiles, write_new_key
 
 BACKENDS = ("sqlite", "postgresql")
 AT = "2026-12-01T10:00:00+00:00"
@@ -496,7 +496,7 @@ from poisonguard.store import audit
 from poisonguard.store.files import now
 # A slow writer: time passes between reading the head and appending after it.
 audit.now = lambda: (time.sleep(0.005), now())[1]
-chain = audit.AuditChain(Path(sys.argv[2]), Path(sys.argv[3]))
+chain = audit.AuditChain(Path(sys.argv[2]), audit.DataFiles(sys.argv[3]))
 go = Path(sys.argv[4])
 while not go.exists():
     time.sleep(0.001)
@@ -509,10 +509,10 @@ for i in range(int(sys.argv[6])):
 def test_appends_from_two_processes_at_once_leave_one_chain_that_verifies(spec, created, tmp_path):
     """Without the write lock, two processes append 25 entries each at the same time, each
     pausing between reading the head and appending: every entry lands, in one unforked chain."""
-    key, anchor, go = tmp_path / "audit.key", tmp_path / "anchor.json", tmp_path / "go"
+    key, go = tmp_path / "audit.key", tmp_path / "go"
     write_new_key(key)
     n = 25
-    procs = [child(spec, _APPEND, key, anchor, go, who, n) for who in ("ann", "bob")]
+    procs = [child(spec, _APPEND, key, tmp_path, go, who, n) for who in ("ann", "bob")]
     go.touch()
     for proc in procs:
         finished(proc)
@@ -521,7 +521,7 @@ def test_appends_from_two_processes_at_once_leave_one_chain_that_verifies(spec, 
     assert [e["prev_hash"] for e in log] == [GENESIS] + [e["hash"] for e in log[:-1]]
     for who in ("ann", "bob"):
         assert [json.loads(e["detail"])["i"] for e in log if e["actor"] == who] == list(range(n))
-    chain = AuditChain(key, anchor)
+    chain = AuditChain(key, DataFiles(tmp_path))
     chain.write_anchor(created)
     assert chain.verify(created) is None
 
@@ -549,6 +549,28 @@ def test_two_processes_committing_to_one_store_leave_every_batch_and_a_verified_
     assert len(store.batches()) == 9 and len(store.files("clean")) == 9
     assert store.verify_files() == [] and store.verify_audit() is None
     assert len(store.clean_frame()) == 45
+
+
+def test_a_copy_of_a_store_has_an_embedded_ledger_with_every_record(spec, ledger, tmp_path):
+    """``copy_store`` (the red team's sandbox) copies any ledger into a ledger.sqlite of the
+    copy's own: the same batches, files in order, reviews, reference versions and chain."""
+    from poisonguard.config import LedgerSettings
+    from poisonguard.store import copy_store
+
+    store = Store(spec["root"], create=True, ledger=ledger)
+    seed = pd.DataFrame({"x": np.arange(5.0), "pg_row": np.arange(5)})
+    store.commit(Outcome("seed", "s" * 64, "seed", "seed", 5, clean=seed))
+    held = seed.assign(pg_row_hash=[f"h{i}" for i in range(5)])
+    store.commit(Outcome("b1", "b" * 64, "b1", "committed", 5, quarantine=held))
+    store.commit_review("b1", "reject", held.iloc[[1]], actor="ann", note="bad")
+    settings = None if spec["backend"] == "sqlite" else LedgerSettings(spec["url"], spec["schema"])
+    copy_store(spec["root"], tmp_path / "copy", tmp_path / "copy.key", settings)
+    copy = Store(tmp_path / "copy")
+    assert (tmp_path / "copy" / "ledger.sqlite").is_file()
+    assert copy.batches() == store.batches() and copy.files() == store.files()
+    assert copy.references() == store.references() and copy.audit_log() == store.audit_log()
+    assert copy.reviews().equals(store.reviews()) and copy.blocklist() == {"h1"}
+    assert copy.verify_files() == []
 
 
 # --------------------------------------------------------------------------- PostgreSQL's own

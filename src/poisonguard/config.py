@@ -44,9 +44,10 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     cron = "*/15 * * * *"
     timezone = "UTC"
 
-    [store]                        # optional: the ledger in PostgreSQL, for several runners
+    [store]                        # optional: one store for several runners
     ledger = "postgresql://poisonguard@db.internal:5432/poisonguard"
     schema = "poisonguard_digits"  # default: poisonguard_<dataset name>
+    data = "s3://bucket/digits"    # data files (clean, quarantine, rejected, anchor); default: the store folder
 
 Relative paths are resolved against the folder holding the config file. The
 environment variable ``POISONGUARD_LEDGER_URL``, when set, replaces
@@ -328,6 +329,23 @@ def ledger_settings(path: Path, section: Mapping[str, Any], name: str) -> Ledger
     return LedgerSettings(url=url, schema=schema)
 
 
+def _data_location(path: Path, base: Path, section: Mapping[str, Any]) -> str | None:
+    """``store.data``: an fsspec URL as written, a folder resolved against the config's;
+    None for the store's own folder."""
+    data = section.get("data")
+    if data is None:
+        return None
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", data)
+    if scheme is None:
+        return str((base / data).resolve())
+    if scheme.group(1) == "file" and not data.startswith("file:///"):
+        raise ConfigError(
+            f"{path}: store.data must be a folder or a URL such as file:///mnt/shared/digits "
+            f"or s3://bucket/digits. Got {shown_url(data)!r} instead."
+        )
+    return data
+
+
 @dataclass(frozen=True)
 class GateSettings:
     """The pre-training gate's canary (``[gate]``; see ``poisonguard.canary``).
@@ -416,6 +434,7 @@ class Config:
     gate: GateSettings = GateSettings()
     sources: SourceTest = field(default_factory=SourceTest)
     ledger: LedgerSettings | None = None
+    data: str | None = None
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -461,7 +480,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "sources": {"alarm_level": (float, int), "slack": (float, int)},
     "schedule": {"cron": str, "timezone": str},
-    "store": {"ledger": str, "schema": str},
+    "store": {"ledger": str, "schema": str, "data": str},
 }
 
 
@@ -633,6 +652,7 @@ def load_config(path: str | Path) -> Config:
         )
     name = ds.get("name", path.stem)
     ledger = ledger_settings(path, raw.get("store", {}), name)
+    data = _data_location(path, base, raw.get("store", {}))
     return Config(
         path=path.resolve(),
         name=name,
@@ -655,6 +675,7 @@ def load_config(path: str | Path) -> Config:
         gate=gate_settings,
         sources=sources,
         ledger=ledger,
+        data=data,
     )
 
 

@@ -122,7 +122,7 @@ def copy_project(config: Config, folder: str | Path) -> Config:
             f"no poisonguard store at {config.store} (no {where}): nothing to red-team"
         )
     key = folder / "store.key"
-    copy_store(config.store, store, key, config.ledger)
+    copy_store(config.store, store, key, config.ledger, config.data)
     suite = folder / "expectations" / config.expectations.name
     suite.parent.mkdir(exist_ok=True)
     shutil.copyfile(config.expectations, suite)
@@ -137,6 +137,7 @@ def copy_project(config: Config, folder: str | Path) -> Config:
         expectations=suite,
         settle_seconds=0.0,
         ledger=None,
+        data=None,
     )
 
 

@@ -16,7 +16,10 @@ Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
                              a PostgreSQL ledger holds advisory locks instead)
 
 and beside it ``<store>.key``: the audit key (32 random bytes, owner-only; its
-place can be set with ``dataset.audit_key``).
+place can be set with ``dataset.audit_key``). ``clean/``, ``quarantine/``,
+``rejected/`` and ``anchor.json`` are the store's data files: ``[store] data`` can
+put them in another folder or on any fsspec filesystem (``files.DataFiles``),
+for several runners sharing one store; the rest stays in the store's folder.
 
 Writes are atomic: every file goes to a temporary name, is fsynced and renamed;
 the ledger transaction that lists it commits last. A file the ledger does not
@@ -45,7 +48,8 @@ Modules:
 ``audit``
     The keyed audit chain and its anchor.
 ``files``
-    Atomic writes, Parquet I/O, file hashes, crash points for the kill tests.
+    Atomic writes, Parquet I/O, file hashes, ``DataFiles`` (the data files, local
+    or through fsspec), crash points for the kill tests.
 ``landing``
     The landing folder on disk: listing, settling, copying and reading batch files.
 ``staging``

@@ -45,15 +45,12 @@ from poisonguard.errors import GateError, ReviewError, StoreError, shown
 from poisonguard.landing import Entry, source_of
 from poisonguard.sources import BatchCounts, Event
 from poisonguard.store import revisions
-from poisonguard.store.audit import AuditChain, default_key_path, entry_hash
+from poisonguard.store.audit import ANCHOR, AuditChain, default_key_path, entry_hash
 from poisonguard.store.files import (
-    atomic_write_bytes,
+    DataFiles,
     crash_point,
     now,
     parquet_bytes,
-    parquet_columns,
-    parquet_rows,
-    read_parquet,
     sha256_file,
     table_from_bytes,
     write_new_key,
@@ -80,8 +77,11 @@ if TYPE_CHECKING:
     from poisonguard.config import Config, LedgerSettings
 
 SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
-#: The folders of the files the ledger lists, one kind each.
+#: The folders of the files the ledger lists, one kind each: the store's data files, where
+#: ``[store] data`` puts them (the store's folder unless it says).
 LISTED = ("clean", "quarantine", "rejected")
+#: The folders that stay in the store's own folder, wherever its data files are.
+LOCAL = ("reports", "staging")
 #: How long a writer waits for another process's lock before giving up.
 LOCK_WAIT = 60.0
 
@@ -119,7 +119,8 @@ class Outcome:
 
 
 class Store:
-    """A local store: Parquet files, a ledger and an audit key beside them.
+    """A store: Parquet files (in its folder, or where ``data`` says), a ledger (in its
+    folder, or in PostgreSQL) and an audit key.
 
     Library code and flows open a store with ``open_store(config)``; a bare
     ``Store(folder)`` is for tests.
@@ -136,6 +137,10 @@ class Store:
         so that a mistyped path is an error instead of an empty training set.
     ledger : Ledger, optional
         The ledger (default the embedded ``SqliteLedger`` in ``root``).
+    data : str or Path, optional
+        Where the data files (``clean/``, ``quarantine/``, ``rejected/`` and the
+        audit anchor) live: a folder or an fsspec URL (``DataFiles``); default
+        ``root``. Reports and the staging area stay in ``root``.
 
     Attributes
     ----------
@@ -157,21 +162,22 @@ class Store:
         key_path: str | Path | None = None,
         create: bool = False,
         ledger: Ledger | None = None,
+        data: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.key_path = Path(key_path) if key_path is not None else default_key_path(self.root)
         self.ledger: Ledger = ledger if ledger is not None else SqliteLedger(self.root)
+        self.data = DataFiles(data if data is not None else self.root)
         self.ledger_path = self.root / LEDGER_FILE
-        self.anchor_path = self.root / "anchor.json"
-        self._chain = AuditChain(self.key_path, self.anchor_path)
+        self._chain = AuditChain(self.key_path, self.data)
+        self.anchor_path = self._chain.anchor_path
         self._window_files: dict[str, pd.DataFrame] = {}  # see source_rows
         if not self.ledger.exists():
             if not create:
                 raise StoreError(self._missing_ledger())
             self._create()
         else:
-            for sub in SUBFOLDERS:
-                (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+            self._make_folders()
         if self.ledger.schema_version() < SCHEMA_VERSION:
             self._migrate()
 
@@ -201,10 +207,15 @@ class Store:
             )
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
-        for sub in SUBFOLDERS:
-            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        self._make_folders()
         self.ledger.create()
         write_new_key(self.key_path)
+
+    def _make_folders(self) -> None:
+        for sub in LOCAL:
+            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        for sub in LISTED:
+            self.data.makedirs(sub)
 
     def _migrate(self) -> None:
         """Bring an older ledger to ``SCHEMA_VERSION``: every step in one transaction.
@@ -293,7 +304,7 @@ class Store:
 
     def read(self, record: FileRecord, columns: list[str] | None = None) -> pd.DataFrame:
         """A table the store wrote, as a frame."""
-        return read_parquet(self.root / record.path, columns)
+        return self.data.read_table(record.path, columns)
 
     def quarantine_frame(self, batch_id: str) -> pd.DataFrame:
         """A batch's quarantined rows, each as last held (empty when it has none).
@@ -410,7 +421,7 @@ class Store:
                 rel = f"{kind}/{batch_id}.parquet"
                 if rel not in paths:
                     continue
-                frame = kept[rel] if rel in kept else read_parquet(self.root / rel)
+                frame = kept[rel] if rel in kept else self.data.read_table(rel)
                 self._window_files[rel] = frame
                 if kind == "quarantine":
                     frame = frame[~frame["pg_stage"].isin(list(skip_stages))]
@@ -501,15 +512,15 @@ class Store:
     # -- the files as written ------------------------------------------------
     def file_exists(self, record: FileRecord) -> bool:
         """Whether a file the ledger lists is in the store (and is a file)."""
-        return (self.root / record.path).is_file()
+        return self.data.is_file(record.path)
 
     def column_names(self, record: FileRecord) -> list[str]:
         """A table's column names, from its Parquet footer."""
-        return parquet_columns(self.root / record.path)
+        return self.data.columns(record.path)
 
     def read_verified(self, record: FileRecord) -> pd.DataFrame:
         """A table's rows, read from bytes whose SHA-256 is the ledger's (``read_verified``)."""
-        return read_verified(self.root, record)
+        return read_verified(self.data, record)
 
     def verify_files(self) -> list[str]:
         """Every listed file is there as written; nothing else sits among them.
@@ -526,11 +537,10 @@ class Store:
         # A row a re-scan held again after its release is in two quarantine files: count it once.
         held_by_batch: dict[str, set[int]] = defaultdict(set)
         for f in records:
-            path = self.root / f.path
-            if not path.is_file() or path.is_symlink():
+            if not self.data.is_file(f.path) or self.data.is_link(f.path):
                 reasons.append(f"{f.path}: listed in the ledger but missing from the store")
                 continue
-            digest = sha256_file(path)
+            digest = self.data.sha256(f.path)
             if digest != f.sha256:
                 reasons.append(
                     f"{f.path}: changed behind poisonguard's back (SHA-256 {digest[:12]}..., "
@@ -539,19 +549,16 @@ class Store:
                 continue
             if f.rows is None:
                 continue
-            rows = parquet_rows(path)
+            rows = self.data.rows(f.path)
             if rows != f.rows:
                 reasons.append(f"{f.path}: has {rows} rows, the ledger recorded {f.rows}")
             rows_by_batch[(f.batch_id, f.kind)] += rows
             if f.kind == "quarantine":
-                held_rows = read_parquet(path, columns=["pg_row"])["pg_row"].tolist()
+                held_rows = self.data.read_table(f.path, ["pg_row"])["pg_row"].tolist()
                 held_by_batch[f.batch_id].update(held_rows)
         listed = {f.path for f in records}
         for kind in LISTED:
-            for path in sorted((self.root / kind).rglob("*")):
-                rel = path.relative_to(self.root).as_posix()
-                if path.is_dir() and not path.is_symlink():
-                    continue
+            for rel in self.data.find(kind):
                 if rel not in listed:
                     reasons.append(f"{rel}: not written by poisonguard (not in the ledger)")
         reviews = self.reviews()
@@ -579,11 +586,11 @@ class Store:
         return self.reports_dir / f"{batch_id}.html", self.reports_dir / f"{batch_id}.json"
 
     # -- writing -------------------------------------------------------------
-    def recover(self, *, other_hosts: bool = False) -> list[Path]:
+    def recover(self, *, other_hosts: bool = False) -> list[Path | str]:
         """Remove what a process that died mid-commit left behind, and nothing else
         (``staging.recover``; ``other_hosts`` only under the run lock and the write lock);
         the files and folders removed."""
-        return recover(self.root, self.ledger, other_hosts=other_hosts)
+        return recover(self.root, self.ledger, self.data, other_hosts=other_hosts)
 
     def staging_dir(self, name: str) -> Path:
         """``staging/<name>/``, marked as this process's (see ``recover``)."""
@@ -717,7 +724,7 @@ class Store:
                 continue
             data = parquet_bytes(frame)
             rel = f"{kind}/{name}.parquet"
-            atomic_write_bytes(self.root / rel, data)
+            self.data.write(rel, data)
             written.append((rel, hashlib.sha256(data).hexdigest(), len(frame)))
             crash_point(f"after-{kind}-file")
         return written
@@ -738,20 +745,21 @@ class Store:
     def _keep_rejected(
         self, landed_copy: Path, file_name: str, outcome: Outcome, marker: Path
     ) -> BatchRecord:
-        folder = self.root / "rejected" / outcome.batch_id
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        kept = folder / file_name
+        folder = f"rejected/{outcome.batch_id}"
+        self.data.makedirs(folder)
+        kept = f"{folder}/{file_name}"
+        digest = sha256_file(Path(landed_copy))
         staging = (self.root / "staging").resolve()
         if Path(landed_copy).resolve().is_relative_to(staging):
-            os.replace(landed_copy, kept)
+            self.data.move_in(Path(landed_copy), kept)
         else:
-            atomic_write_bytes(kept, Path(landed_copy).read_bytes())
+            self.data.write(kept, Path(landed_copy).read_bytes())
         reason = {"file": outcome.source, "reason": outcome.reason, "sha256": outcome.sha256}
         text = (json.dumps(reason, indent=2) + "\n").encode()
-        atomic_write_bytes(folder / "reason.json", text)
+        self.data.write(f"{folder}/reason.json", text)
         written: list[tuple[str, str, int | None]] = [
-            (kept.relative_to(self.root).as_posix(), sha256_file(kept), None),
-            (f"rejected/{outcome.batch_id}/reason.json", hashlib.sha256(text).hexdigest(), None),
+            (kept, digest, None),
+            (f"{folder}/reason.json", hashlib.sha256(text).hexdigest(), None),
         ]
         return self._record(outcome, written, 0, 0, marker)
 
@@ -997,6 +1005,7 @@ def open_store(
         key_path=config.audit_key,
         create=create,
         ledger=ledger_for(config.store, config.ledger),
+        data=config.data,
     )
 
 
@@ -1022,10 +1031,12 @@ def copy_store(
     dest: str | Path,
     key_path: str | Path,
     ledger: LedgerSettings | None = None,
+    data: str | Path | None = None,
 ) -> None:
     """Copy a store to the folder ``dest``, with a new audit key at ``key_path``.
 
-    The copy's ledger is always the embedded one. An embedded ledger is copied as
+    The copy is a store of one folder, whose ledger is the embedded one and whose
+    data files are in it, wherever the original's are (``data``). An embedded ledger is copied as
     a consistent snapshot (even while a run writes); a PostgreSQL ledger
     (``ledger``) record by record (``copy_ledger``) while the store's write lock is
     held, so that no change lands mid-copy. The store's files are copied byte for
@@ -1042,6 +1053,10 @@ def copy_store(
             ignore=shutil.ignore_patterns("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"),
         )
         (dest / "staging").mkdir(mode=0o700, exist_ok=True)
+        if data is not None:
+            files, copied = DataFiles(data), DataFiles(dest)
+            for rel in [a for kind in LISTED for a in files.find(kind)] + [ANCHOR]:
+                copied.write(rel, files.read_bytes(rel))
         if isinstance(source, SqliteLedger):
             source.copy_to(dest)
         else:
@@ -1049,8 +1064,10 @@ def copy_store(
     write_new_key(Path(key_path))
 
 
-def read_verified(root: str | Path, record: FileRecord) -> pd.DataFrame:
+def read_verified(data: DataFiles | str | Path, record: FileRecord) -> pd.DataFrame:
     """A table's rows, read from bytes whose SHA-256 is the ledger's.
+
+    ``data`` is the store's data files, or their folder or URL (a manifest's ``data``).
 
     Raises
     ------
@@ -1058,7 +1075,8 @@ def read_verified(root: str | Path, record: FileRecord) -> pd.DataFrame:
         When the file's bytes are not those the ledger recorded (it changed
         after the gate checked it).
     """
-    data = (Path(root) / record.path).read_bytes()
-    if hashlib.sha256(data).hexdigest() != record.sha256:
+    files = data if isinstance(data, DataFiles) else DataFiles(data)
+    content = files.read_bytes(record.path)
+    if hashlib.sha256(content).hexdigest() != record.sha256:
         raise GateError([f"{record.path}: changed while the training set was read"])
-    return table_from_bytes(data)
+    return table_from_bytes(content)

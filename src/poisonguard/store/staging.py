@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from poisonguard.store.files import atomic_write_bytes, read_parquet, write_table
+from poisonguard.store.files import DataFiles, atomic_write_bytes, read_parquet, write_table
 from poisonguard.store.ledger import LedgerView
 from poisonguard.store.locking import owner_alive, this_owner
 
@@ -137,8 +137,11 @@ def _owner_alive(marker: Path) -> bool | None:
         return False
 
 
-def recover(root: Path, ledger: LedgerView, *, other_hosts: bool = False) -> list[Path]:
-    """Remove what a process that died mid-commit left in the store at ``root``, and nothing else.
+def recover(
+    root: Path, ledger: LedgerView, data: DataFiles, *, other_hosts: bool = False
+) -> list[Path | str]:
+    """Remove what a process that died mid-commit left in the store at ``root`` (its data
+    files in ``data``), and nothing else.
 
     Every commit starts by creating ``staging/<name>/`` (holding its owner's
     process id) and ends by removing it after the ledger transaction. A
@@ -154,10 +157,10 @@ def recover(root: Path, ledger: LedgerView, *, other_hosts: bool = False) -> lis
 
     Returns
     -------
-    list of Path
-        The files and folders removed.
+    list of Path or str
+        The files and folders removed (local paths, or URLs).
     """
-    removed: list[Path] = []
+    removed: list[Path | str] = []
     markers = []
     for marker in sorted((root / "staging").iterdir()):
         alive = _owner_alive(marker)
@@ -165,9 +168,9 @@ def recover(root: Path, ledger: LedgerView, *, other_hosts: bool = False) -> lis
             continue  # a live process (this one included) is mid-way through it
         markers.append(marker)
     for sub in ("clean", "quarantine"):
-        for p in (root / sub).glob(".*.tmp"):
-            p.unlink(missing_ok=True)
-            removed.append(p)
+        for rel in data.temporaries(sub):
+            data.remove(rel)
+            removed.append(data.where(rel))
     if not markers:
         return removed
     known = {f.path for f in ledger.files()}
@@ -175,13 +178,13 @@ def recover(root: Path, ledger: LedgerView, *, other_hosts: bool = False) -> lis
     for marker in markers:
         name = marker.name
         for sub in ("clean", "quarantine"):
-            p = root / sub / f"{name}.parquet"
-            if p.exists() and p.relative_to(root).as_posix() not in known:
-                p.unlink()
-                removed.append(p)
-        rejected = root / "rejected" / name
-        if rejected.exists() and name not in batches:
-            shutil.rmtree(rejected)
-            removed.append(rejected)
+            rel = f"{sub}/{name}.parquet"
+            if rel not in known and data.exists(rel):
+                data.remove(rel)
+                removed.append(data.where(rel))
+        rejected = f"rejected/{name}"
+        if name not in batches and data.exists(rejected):
+            data.remove_tree(rejected)
+            removed.append(data.where(rejected))
         shutil.rmtree(marker) if marker.is_dir() else marker.unlink()
     return removed
