@@ -616,6 +616,43 @@ def test_a_write_whose_lock_session_ended_is_rolled_back(postgres):
     ledger.close()
 
 
+def test_every_session_probes_its_peer_so_a_vanished_runner_frees_its_locks(postgres):
+    """A runner whose host vanished never closes its sessions: the server's TCP keepalives
+    (30 s idle, 3 probes 10 s apart) end them, and their advisory locks, within about a
+    minute. (The settings are checked here; a host vanishing is not staged.)"""
+    from poisonguard.store.postgres import PostgresLedger
+
+    ledger = PostgresLedger(postgres.url() + "?application_name=mine", "t_keepalive")
+    with ledger.connect() as db:
+        shown = {
+            k: db.execute(f"SHOW tcp_keepalives_{k}").fetchone()[f"tcp_keepalives_{k}"]
+            for k in ("idle", "interval", "count")
+        }
+        assert shown == {"idle": "30", "interval": "10", "count": "3"}
+        assert db.execute("SHOW search_path").fetchone()["search_path"] == "t_keepalive"
+        assert db.execute("SHOW application_name").fetchone()["application_name"] == "mine"
+
+
+def test_reads_go_on_after_the_server_closed_an_idle_shared_connection(postgres, monkeypatch):
+    """A worker idle between scheduled runs may find its read connection closed (a server
+    restart, a firewall): its next read opens another instead of failing."""
+    import psycopg
+
+    from poisonguard.store import postgres as pg
+
+    ledger = pg.PostgresLedger(postgres.url(), f"t_{uuid.uuid4().hex[:12]}")
+    ledger.create()
+    assert ledger.batches() == []
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'poisonguard' AND pid <> pg_backend_pid()"
+        )
+    monkeypatch.setattr(pg, "READER_IDLE", 0.0)
+    assert ledger.batches() == []
+    ledger.close()
+
+
 @pytest.mark.slow
 def test_a_batch_goes_through_process_landing_and_the_gate_on_a_postgresql_ledger(
     postgres, demo_inputs, tmp_path, monkeypatch

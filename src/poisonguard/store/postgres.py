@@ -24,9 +24,12 @@ insertion order
 Locks are session-level advisory locks keyed from the schema's name (one key
 for the write lock, one for the run lock), each held on a connection of its own
 for as long as it is held. PostgreSQL frees them when that session ends, so a
-runner that dies, or whose host does, leaves no stale lock behind. A write
-transaction of a process that holds the write lock checks, just before it
-commits, that the lock's session is still alive, and rolls back otherwise.
+runner that dies leaves no stale lock behind; every session sets TCP keepalives
+on both ends (``KEEPALIVE``), so one whose host vanished ends within about a
+minute. A write transaction of a process that holds the write lock checks, just
+before it commits, that the lock's session is still alive, and rolls back
+otherwise. Reads share one connection per process, checked first after it sat
+idle (a worker between scheduled runs).
 
 Every ``psycopg`` error leaves this module as a ``StoreError`` that names the
 ledger by its ``location``: the URL without its password.
@@ -38,6 +41,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import astuple
 from typing import Any
@@ -55,6 +59,13 @@ from poisonguard.store.sql import BASE_SCHEMA_VERSION, SCHEMA_STEPS, SqlRecords,
 
 #: Seconds a connection attempt waits, unless the URL says (``connect_timeout``).
 CONNECT_TIMEOUT = 10
+#: TCP keepalives on both ends of every connection, unless the URL sets them: a peer that
+#: vanished without closing its connection (a host lost, a network cut) is found within
+#: about a minute, so that the server frees the advisory locks of a runner whose host
+#: died instead of holding them for the operating system's two hours.
+KEEPALIVE = {"idle": 30, "interval": 10, "count": 3}
+#: A connection reads share is checked first when it has been idle this long (seconds).
+READER_IDLE = 60.0
 
 _SCHEMA = (
     """CREATE TABLE ledger_meta (
@@ -262,6 +273,7 @@ class PostgresLedger(_Dialect, SqlRecords):
             raise StoreError(f"the ledger URL {shown_url(url)} cannot be read") from exc
         self._reader: psycopg.Connection[dict[str, Any]] | None = None
         self._reader_pid = 0
+        self._reader_used = 0.0
         self._reader_guard = threading.RLock()
 
     # -- connections ----------------------------------------------------------
@@ -286,20 +298,32 @@ class PostgresLedger(_Dialect, SqlRecords):
         StoreError
             When the server cannot be reached or refuses the login.
         """
-        options: dict[str, Any] = {"application_name": "poisonguard"}
+        given = conninfo_to_dict(self.url)
+        server = [f"-c search_path={self.schema}"]  # a checked name (SCHEMA_NAME)
+        server += [f"-c tcp_keepalives_{k}={v}" for k, v in KEEPALIVE.items()]
+        params: dict[str, Any] = {
+            "application_name": "poisonguard",
+            "options": " ".join([str(given.get("options", "")), *server]).strip(),
+            "connect_timeout": CONNECT_TIMEOUT,
+            "keepalives": 1,
+            **{f"keepalives_{k}": v for k, v in KEEPALIVE.items()},
+        }
+        params = {k: v for k, v in params.items() if k == "options" or k not in given}
         with self.errors():
-            if "connect_timeout" not in conninfo_to_dict(self.url):
-                options["connect_timeout"] = CONNECT_TIMEOUT
-            conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row, **options)
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-            conn.autocommit = autocommit
-        return conn
+            return psycopg.connect(self.url, autocommit=autocommit, row_factory=dict_row, **params)
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         # Reads share one autocommit connection per process (threads take turns).
         with self._reader_guard, self.errors():
             reader = self._reader
+            if reader is not None and time.monotonic() - self._reader_used > READER_IDLE:
+                try:  # a long idle connection may have been closed by the server or a firewall
+                    reader.execute("SELECT 1")
+                except psycopg.Error:
+                    with contextlib.suppress(psycopg.Error):
+                        reader.close()
+                    reader = None
             if reader is None or reader.closed or reader.broken or self._reader_pid != os.getpid():
                 reader = self._reader = self.connect(autocommit=True)
                 self._reader_pid = os.getpid()
@@ -310,6 +334,8 @@ class PostgresLedger(_Dialect, SqlRecords):
                 with contextlib.suppress(psycopg.Error):
                     reader.close()
                 raise
+            finally:
+                self._reader_used = time.monotonic()
 
     def close(self) -> None:
         """Close the connection reads share (a later read opens another)."""
