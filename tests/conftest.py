@@ -99,3 +99,22 @@ def demo_run(demo_inputs, tmp_path_factory):
         root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
     )
     return root, process_landing(load_config(root / "poisonguard.toml")).records
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL server for the session (``tests/postgres_server.py``); the
+    tests that use it skip, saying why, where none can run here."""
+    import postgres_server
+
+    try:
+        server = postgres_server.start()
+    except postgres_server.Unavailable as exc:
+        reason = f"PostgreSQL tests skipped: {exc}"
+        if os.environ.get(postgres_server.REQUIRE_ENV) == "1":
+            pytest.fail(f"{reason} ({postgres_server.REQUIRE_ENV}=1)", pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield server
+    finally:
+        server.stop()

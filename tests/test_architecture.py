@@ -12,8 +12,9 @@ import poisonguard
 
 LIBRARY = Path(poisonguard.__file__).resolve().parent
 FLOWS = Path(__file__).resolve().parents[1] / "flows"
-#: Modules that read or write files (or lock them) below the store's own functions.
-DISK_MODULES = ("sqlite3", "pyarrow.parquet", "tempfile", "fcntl")
+#: Modules that read or write files (or lock them), or reach the ledger's database, below the
+#: store's own functions.
+DISK_MODULES = ("sqlite3", "pyarrow.parquet", "tempfile", "fcntl", "psycopg", "fsspec")
 
 
 def test_importing_every_library_module_does_not_import_prefect():
@@ -46,9 +47,10 @@ def _touches_disk(name: str) -> bool:
     return any(name == m or name.startswith(f"{m}.") for m in DISK_MODULES)
 
 
-def test_only_the_store_imports_sqlite_parquet_tempfile_or_fcntl():
+def test_only_the_store_touches_files_or_the_ledger_database():
     """Every module of the library and of the flows but ``poisonguard.store``'s reaches the
-    disk through the store: none imports sqlite3, pyarrow.parquet, tempfile or fcntl."""
+    disk and the ledger through the store: none imports sqlite3, pyarrow.parquet, tempfile,
+    fcntl, psycopg or fsspec."""
     store = LIBRARY / "store"
     sources = sorted([*LIBRARY.rglob("*.py"), *FLOWS.rglob("*.py")])
     offenders = [
@@ -59,7 +61,7 @@ def test_only_the_store_imports_sqlite_parquet_tempfile_or_fcntl():
         if _touches_disk(name)
     ]
     assert offenders == [], "disk access outside poisonguard.store: " + "; ".join(offenders)
-    # The check sees what it should: the flows, and the store's own uses of all four.
+    # The check sees what it should: the flows, and the store's own uses of all six.
     assert FLOWS / "ingest.py" in sources and LIBRARY / "pipeline.py" in sources
     used = set().union(*(_imports(p) for p in sources if p.is_relative_to(store)))
     assert {m for m in DISK_MODULES if any(n == m for n in used)} == set(DISK_MODULES)

@@ -189,3 +189,69 @@ def test_the_schedule_time_zone_must_be_an_iana_name(tmp_path):
             rf'or "Europe/Berlin"\. Got {re.escape(repr(bad))} instead\.$',
         ):
             load_config(_write(tmp_path, BASE + f'[schedule]\ntimezone = "{bad}"\n'))
+
+
+def test_the_ledger_is_embedded_unless_store_ledger_or_the_environment_names_one(
+    tmp_path, monkeypatch
+):
+    """``[store] ledger`` names a PostgreSQL ledger (schema ``poisonguard_<name>`` unless
+    given); POISONGUARD_LEDGER_URL, when set, replaces it."""
+    monkeypatch.delenv("POISONGUARD_LEDGER_URL", raising=False)
+    assert load_config(_write(tmp_path, BASE)).ledger is None
+    text = (
+        BASE + 'name = "Digits v2"\n[store]\nledger = "postgresql://pg@db.internal/poisonguard"\n'
+    )
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.ledger is not None and cfg.ledger.url == "postgresql://pg@db.internal/poisonguard"
+    assert cfg.ledger.schema == "poisonguard_digits_v2"
+    monkeypatch.setenv("POISONGUARD_LEDGER_URL", "postgres://runner:s3cret@10.0.0.5:6432/pg")
+    cfg = load_config(_write(tmp_path, text + 'schema = "team_digits"\n'))
+    assert cfg.ledger is not None and cfg.ledger.schema == "team_digits"
+    assert cfg.ledger.url == "postgres://runner:s3cret@10.0.0.5:6432/pg"
+    assert load_config(_write(tmp_path, BASE)).ledger == cfg.ledger.__class__(
+        cfg.ledger.url, "poisonguard_pg"
+    )
+
+
+def test_a_ledger_password_is_never_shown(tmp_path, monkeypatch):
+    """Not in the config's repr, not in the URL messages show, not in an error."""
+    monkeypatch.delenv("POISONGUARD_LEDGER_URL", raising=False)
+    url = "postgresql://runner:s3cret@db/pg?sslmode=require&password=s3cret"
+    cfg = load_config(_write(tmp_path, BASE + f'[store]\nledger = "{url}"\n'))
+    assert cfg.ledger is not None and "s3cret" not in repr(cfg)
+    assert cfg.ledger.shown == "postgresql://runner:***@db/pg?sslmode=require&password=***"
+    monkeypatch.setenv("POISONGUARD_LEDGER_URL", "mysql://runner:s3cret@db/pg")
+    with pytest.raises(ConfigError) as bad:
+        load_config(_write(tmp_path, BASE))
+    assert "s3cret" not in str(bad.value) and "runner:***@db" in str(bad.value)
+
+
+@pytest.mark.parametrize(
+    ("store", "match"),
+    [
+        (
+            'ledger = "sqlite:///tmp/x.db"',
+            r"pg\.toml: store\.ledger must be a PostgreSQL URL such as "
+            r"postgresql://user@host:5432/database\. Got 'sqlite:///tmp/x\.db' instead\.",
+        ),
+        ('ledger = "postgresql://db:port/pg"', r"store\.ledger must be a PostgreSQL URL"),
+        (
+            'ledger = "postgresql://db/pg"\nschema = "pg_catalog"',
+            r"pg\.toml: store\.schema must be a PostgreSQL schema name .* Got 'pg_catalog'",
+        ),
+        ('ledger = "postgresql://db/pg"\nschema = "Team-A"', r"store\.schema must be a"),
+        ('schema = "team"', r"pg\.toml: store\.schema is set but store\.ledger is not"),
+        ("ledger = 5", r"store\.ledger must be of type str"),
+        ('url = "postgresql://db/pg"', r"unknown key store\.url"),
+    ],
+)
+def test_a_bad_store_section_is_named_at_load(tmp_path, monkeypatch, store, match):
+    monkeypatch.delenv("POISONGUARD_LEDGER_URL", raising=False)
+    with pytest.raises(ConfigError, match=match):
+        load_config(_write(tmp_path, BASE + f"[store]\n{store}\n"))
+
+
+def test_a_bad_ledger_url_in_the_environment_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.setenv("POISONGUARD_LEDGER_URL", "localhost:5432")
+    with pytest.raises(ConfigError, match=r"^the environment variable POISONGUARD_LEDGER_URL must"):
+        load_config(_write(tmp_path, BASE))

@@ -110,6 +110,22 @@ def test_recover_removes_what_an_interrupted_commit_left_and_nothing_else(tmp_pa
     assert list((tmp_path / "staging").iterdir()) == []
 
 
+def test_recover_leaves_work_of_another_host_until_no_run_can_own_it(tmp_path):
+    """Runners on several hosts share one store: a staging folder whose owner ran on another
+    host is not judged by this host's process ids. It is taken only by a run that holds the
+    run lock and the write lock (``exclusive``), when no run or change anywhere can own it."""
+    store = Store(tmp_path, create=True)
+    (store.staging_dir("b2") / ".owner").write_text("1 a-runner-on-another-host")
+    orphan = tmp_path / "clean" / "b2.parquet"
+    atomic_write_bytes(orphan, b"half a batch")
+    assert store.recover() == [] and orphan.exists()
+    with store.writing():
+        assert orphan.exists()
+    with store.exclusive():
+        assert not orphan.exists()
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
 def test_a_finished_commit_leaves_no_staging_marker(tmp_path):
     store = Store(tmp_path, create=True)
     store.commit(Outcome("b1", "a" * 64, "f", "committed", 1, clean=_frame(1)))

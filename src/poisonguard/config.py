@@ -44,14 +44,25 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     cron = "*/15 * * * *"
     timezone = "UTC"
 
-Relative paths are resolved against the folder holding the config file.
+    [store]                        # optional: one store for several runners
+    ledger = "postgresql://poisonguard@db.internal:5432/poisonguard"
+    schema = "poisonguard_digits"  # default: poisonguard_<dataset name>
+    data = "s3://bucket/digits"    # data files (clean, quarantine, rejected, anchor); default: the store folder
+
+Relative paths are resolved against the folder holding the config file. The
+environment variable ``POISONGUARD_LEDGER_URL``, when set, replaces
+``store.ledger`` (so that a password need not be written in a config file);
+messages show the URL without its password.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import tomllib
+import urllib.parse
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -94,6 +105,15 @@ DEFAULT_CANARY_LEVEL = 0.01
 
 #: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
 RESERVED_PREFIX = "pg_"
+
+#: The environment variable that, when set, is the ledger's URL whatever ``store.ledger``
+#: says: where a team keeps a URL that holds a password.
+LEDGER_URL_ENV = "POISONGUARD_LEDGER_URL"
+
+#: A PostgreSQL schema name poisonguard keeps a ledger in (``pg_`` names are PostgreSQL's).
+SCHEMA_NAME = re.compile(r"(?!pg_)[a-z_][a-z0-9_]{0,62}")
+
+_LEDGER_SCHEMES = ("postgresql", "postgres")
 
 # Columns of a suite listed in a message before "...".
 _MAX_COLUMNS_SHOWN = 10
@@ -220,6 +240,113 @@ class ReferencePolicy:
 
 
 @dataclass(frozen=True)
+class LedgerSettings:
+    """Where a store's ledger lives when it is not the embedded SQLite file (``[store]``).
+
+    Attributes
+    ----------
+    url : str
+        A PostgreSQL connection URL. It may hold a password, so it is left out of
+        ``repr``; messages show ``shown``.
+    schema : str
+        The PostgreSQL schema holding this store's ledger.
+    """
+
+    url: str = field(repr=False)
+    schema: str
+
+    @property
+    def shown(self) -> str:
+        """The URL without its password."""
+        return shown_url(self.url)
+
+
+def shown_url(url: str) -> str:
+    """A connection URL as messages show it: its password, in the user part or the query,
+    replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(an unreadable URL)"
+    user, at, host = parts.netloc.rpartition("@")
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if not (at and ":" in user) and all(k != "password" for k, _ in query):
+        return url
+    if at and ":" in user:
+        user = user.partition(":")[0] + ":***"
+    hidden = urllib.parse.urlencode(
+        [(k, "***" if k == "password" else v) for k, v in query], safe="*"
+    )
+    return (
+        f"{parts.scheme}://{user}{at}{host}{parts.path}"
+        + (f"?{hidden}" if hidden else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
+
+
+def default_schema(name: str) -> str:
+    """A dataset's ledger schema unless ``store.schema`` names one: ``poisonguard_<name>``,
+    lower-case, with ``_`` for anything but letters and digits."""
+    return ("poisonguard_" + re.sub(r"[^a-z0-9_]", "_", name.lower()))[:63]
+
+
+def ledger_settings(path: Path, section: Mapping[str, Any], name: str) -> LedgerSettings | None:
+    """The ledger of the config at ``path`` whose ``[store]`` is ``section`` and whose dataset
+    is ``name``: ``POISONGUARD_LEDGER_URL``'s or ``store.ledger``'s, checked; None for the
+    embedded ledger.
+
+    Raises
+    ------
+    ConfigError
+        For a URL that is not a PostgreSQL one, or a schema name PostgreSQL would not take.
+    """
+    from_env = os.environ.get(LEDGER_URL_ENV, "")
+    url = from_env or section.get("ledger")
+    where = f"the environment variable {LEDGER_URL_ENV}" if from_env else f"{path}: store.ledger"
+    if url is None:
+        if "schema" in section:
+            raise ConfigError(
+                f"{path}: store.schema is set but store.ledger is not (nor {LEDGER_URL_ENV}); "
+                "the embedded ledger has no schema"
+            )
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in _LEDGER_SCHEMES:
+        raise ConfigError(
+            f"{where} must be a PostgreSQL URL such as "
+            f"postgresql://user@host:5432/database. Got {shown_url(url)!r} instead."
+        )
+    schema = section.get("schema", default_schema(name))
+    if not SCHEMA_NAME.fullmatch(schema):
+        raise ConfigError(
+            f"{path}: store.schema must be a PostgreSQL schema name of at most 63 lower-case "
+            f"letters, digits and '_', not starting with a digit or 'pg_'. Got {schema!r} instead."
+        )
+    return LedgerSettings(url=url, schema=schema)
+
+
+def _data_location(path: Path, base: Path, section: Mapping[str, Any]) -> str | None:
+    """``store.data``: an fsspec URL as written, a folder resolved against the config's;
+    None for the store's own folder."""
+    data = section.get("data")
+    if data is None:
+        return None
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", data)
+    if scheme is None:
+        return str((base / data).resolve())
+    if scheme.group(1) == "file" and not data.startswith("file:///"):
+        raise ConfigError(
+            f"{path}: store.data must be a folder or a URL such as file:///mnt/shared/digits "
+            f"or s3://bucket/digits. Got {shown_url(data)!r} instead."
+        )
+    return data
+
+
+@dataclass(frozen=True)
 class GateSettings:
     """The pre-training gate's canary (``[gate]``; see ``poisonguard.canary``).
 
@@ -306,6 +433,8 @@ class Config:
     reference: ReferencePolicy = ReferencePolicy()
     gate: GateSettings = GateSettings()
     sources: SourceTest = field(default_factory=SourceTest)
+    ledger: LedgerSettings | None = None
+    data: str | None = None
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -351,6 +480,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "sources": {"alarm_level": (float, int), "slack": (float, int)},
     "schedule": {"cron": str, "timezone": str},
+    "store": {"ledger": str, "schema": str, "data": str},
 }
 
 
@@ -520,9 +650,12 @@ def load_config(path: str | Path) -> Config:
             f'{path}: schedule.timezone must be an IANA time zone name such as "UTC" or '
             f'"Europe/Berlin". Got {timezone!r} instead.'
         )
+    name = ds.get("name", path.stem)
+    ledger = ledger_settings(path, raw.get("store", {}), name)
+    data = _data_location(path, base, raw.get("store", {}))
     return Config(
         path=path.resolve(),
-        name=ds.get("name", path.stem),
+        name=name,
         landing=(base / ds.get("landing", "landing")).resolve(),
         store=(base / ds.get("store", "store")).resolve(),
         label=ds.get("label"),
@@ -541,6 +674,8 @@ def load_config(path: str | Path) -> Config:
         reference=ReferencePolicy(max_source_share=share),
         gate=gate_settings,
         sources=sources,
+        ledger=ledger,
+        data=data,
     )
 
 

@@ -137,6 +137,7 @@ def check(
             "created_at": now(),
             "config": str(config.path),
             "store": str(store.root),
+            "data": str(store.data.where()),
             "safe": not reasons,
             "reasons": reasons,
             "rows": n_rows,
@@ -511,9 +512,9 @@ def gate(
     report = check(config, max_pending=max_pending, canary=canary)
     if not report.ok:
         raise GateError(list(report.reasons))
-    root = Path(report.manifest["store"])
+    data = report.manifest.get("data", report.manifest["store"])
     # The bytes read are the bytes checked: a file swapped after the check is refused.
-    frame = pd.concat([read_verified(root, f) for f in report.files], ignore_index=True)
+    frame = pd.concat([read_verified(data, f) for f in report.files], ignore_index=True)
     if not provenance:
         frame = frame[[c for c in frame.columns if not str(c).startswith(RESERVED_PREFIX)]]
     return frame

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from poisonguard.columns import MAX_CATEGORIES, infer_kinds, infer_task
-from poisonguard.config import Config, load_config, render_config
+from poisonguard.config import Config, ledger_settings, load_config, render_config
 from poisonguard.errors import ConfigError
 from poisonguard.pii import find_pii
 from poisonguard.pipeline import check_seed, seed_store
@@ -84,9 +84,10 @@ def init_dataset(
     features = [c for c in frame.columns if c not in (label, id_column)]
     kinds = infer_kinds(frame, features, max_categories=max_categories)
     store_root = directory / "store"
-    if has_store(store_root):
+    ledger = ledger_settings(config_path, {}, name)  # the new config's: POISONGUARD_LEDGER_URL's
+    if has_store(store_root, ledger):
         # Refuse before writing anything: --force rewrites a config, never mixes two seeds.
-        check_seed(frame, str(sample), open_store(store_root))
+        check_seed(frame, str(sample), open_store(store_root, ledger=ledger))
     suite_rel = f"expectations/{name}.json"
     directory.mkdir(parents=True, exist_ok=True)
     write_suite(suite, directory / suite_rel)

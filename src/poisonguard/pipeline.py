@@ -952,7 +952,7 @@ def rescan(
         mark = store.batch(since)
         if mark is None:
             raise ReviewError(
-                f"no batch {shown(since)!r} in {store.ledger_path}; "
+                f"no batch {shown(since)!r} in {store.ledger.location}; "
                 "`poisonguard status` lists the batches"
             )
         if source is not None and source != source_of(mark.source):

@@ -106,8 +106,9 @@ Progress = Callable[[int, int, str], None]
 def copy_project(config: Config, folder: str | Path) -> Config:
     """Copy a dataset's store and suite into ``folder``; the copy's config.
 
-    The ledger is copied with SQLite's online backup (a consistent snapshot even
-    while a run writes), the store's files byte for byte (not ``staging/`` or
+    The ledger is copied as a consistent snapshot into an embedded ledger of the
+    copy's own (``copy_store``; a PostgreSQL ledger too, so that an attack never
+    reaches the team's), the store's files byte for byte (not ``staging/`` or
     lock files), the expectations suite beside them. The copy gets a fresh audit
     key (``<folder>/store.key``), an empty landing folder and ``settle_seconds =
     0`` (its batches are written whole). Nothing of the original is written.
@@ -115,12 +116,13 @@ def copy_project(config: Config, folder: str | Path) -> Config:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     store = folder / "store"
-    if not has_store(config.store):
+    if not has_store(config.store, config.ledger):
+        where = "ledger.sqlite" if config.ledger is None else f"ledger in {config.ledger.shown}"
         raise ConfigError(
-            f"no poisonguard store at {config.store} (no ledger.sqlite): nothing to red-team"
+            f"no poisonguard store at {config.store} (no {where}): nothing to red-team"
         )
     key = folder / "store.key"
-    copy_store(config.store, store, key)
+    copy_store(config.store, store, key, config.ledger, config.data)
     suite = folder / "expectations" / config.expectations.name
     suite.parent.mkdir(exist_ok=True)
     shutil.copyfile(config.expectations, suite)
@@ -134,6 +136,8 @@ def copy_project(config: Config, folder: str | Path) -> Config:
         audit_key=key,
         expectations=suite,
         settle_seconds=0.0,
+        ledger=None,
+        data=None,
     )
 
 

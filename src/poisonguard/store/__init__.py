@@ -12,10 +12,14 @@ Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
     rejected/<batch>/        the rejected file as it arrived, plus reason.json
     reports/                 per-batch reports
     staging/                 scratch space between flow tasks
-    .lock, .run.lock         the write lock and the run lock
+    .lock, .run.lock         the write lock and the run lock (of the embedded ledger;
+                             a PostgreSQL ledger holds advisory locks instead)
 
 and beside it ``<store>.key``: the audit key (32 random bytes, owner-only; its
-place can be set with ``dataset.audit_key``).
+place can be set with ``dataset.audit_key``). ``clean/``, ``quarantine/``,
+``rejected/`` and ``anchor.json`` are the store's data files: ``[store] data`` can
+put them in another folder or on any fsspec filesystem (``files.DataFiles``),
+for several runners sharing one store; the rest stays in the store's folder.
 
 Writes are atomic: every file goes to a temporary name, is fsynced and renamed;
 the ledger transaction that lists it commits last. A file the ledger does not
@@ -37,12 +41,15 @@ Modules:
 ``revisions``
     Changes after a commit: reference versions, revocations, re-scan holds.
 ``ledger``
-    The ``Ledger`` protocol and the records it keeps; ``sqlite``: ``SqliteLedger``,
-    the embedded default, and every SQL statement.
+    The ``Ledger`` protocol and the records it keeps; ``sql``: the SQL both ledgers
+    speak; ``sqlite``: ``SqliteLedger``, the embedded default; ``postgres``:
+    ``PostgresLedger``, the ledger in a PostgreSQL database for runners on several
+    hosts, with advisory locks (imported only by stores whose config names it).
 ``audit``
     The keyed audit chain and its anchor.
 ``files``
-    Atomic writes, Parquet I/O, file hashes, crash points for the kill tests.
+    Atomic writes, Parquet I/O, file hashes, ``DataFiles`` (the data files, local
+    or through fsspec), crash points for the kill tests.
 ``landing``
     The landing folder on disk: listing, settling, copying and reading batch files.
 ``staging``
@@ -50,7 +57,7 @@ Modules:
 ``schema``
     The ``pg_`` columns the store's tables carry.
 ``locking``
-    File locks.
+    The re-entrant write lock, file locks, and staging folders' owners.
 """
 
 from poisonguard.store.audit import GENESIS, AuditChain, default_key_path

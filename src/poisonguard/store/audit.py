@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from poisonguard.errors import StoreError
-from poisonguard.store.files import atomic_write_bytes, now
-from poisonguard.store.ledger import AuditEntry, Ledger, LedgerTransaction, LedgerView
+from poisonguard.store.files import DataFiles, now
+from poisonguard.store.ledger import GENESIS, AuditEntry, Ledger, LedgerTransaction, LedgerView
 
-GENESIS = "0" * 64
+__all__ = ["ANCHOR", "GENESIS", "AuditChain", "default_key_path", "entry_hash"]
+
+#: The anchor's file among the store's data files.
+ANCHOR = "anchor.json"
 
 
 def default_key_path(root: Path) -> Path:
@@ -47,8 +50,8 @@ class AuditChain:
     ----------
     key_path : Path
         The audit key file (read when first needed).
-    anchor_path : Path
-        ``anchor.json`` in the store.
+    files : DataFiles
+        The store's data files, which hold the anchor (``anchor.json``).
 
     Attributes
     ----------
@@ -57,9 +60,10 @@ class AuditChain:
         moves the anchor after such a transaction commits).
     """
 
-    def __init__(self, key_path: Path, anchor_path: Path) -> None:
+    def __init__(self, key_path: Path, files: DataFiles) -> None:
         self.key_path = key_path
-        self.anchor_path = anchor_path
+        self.files = files
+        self.anchor_path = files.where(ANCHOR)
         self.appended = False
         self._key: bytes | None = None
 
@@ -116,7 +120,7 @@ class AuditChain:
     def read_anchor(self) -> dict[str, Any]:
         """The anchor's content: ``{}`` when missing, ``{"broken": True}`` when unreadable."""
         try:
-            data = json.loads(self.anchor_path.read_text())
+            data = json.loads(self.files.read_text(ANCHOR))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError):
@@ -132,7 +136,7 @@ class AuditChain:
             anchor["head"] = head
         if vouched is not None:
             anchor["vouched"] = vouched
-        atomic_write_bytes(self.anchor_path, (json.dumps(anchor, indent=2) + "\n").encode())
+        self.files.write(ANCHOR, (json.dumps(anchor, indent=2) + "\n").encode())
 
     def verify(self, ledger: Ledger) -> str | None:
         """Check the chain, its keyed MACs and its anchor; the first problem, or None.

@@ -18,8 +18,9 @@ when a reviewer revoked its batch (``revoke``), ``superseded`` when a re-scan
 moved some of its rows back to quarantine and wrote the others to a new clean
 file (``hold_rescanned``). The training set is the files of kind ``clean``.
 
-The ledger is a ``Ledger`` (``SqliteLedger`` unless another is given); the audit
-chain is ``AuditChain``'s; the staging area and recovery are ``staging``'s; the
+The ledger is a ``Ledger``: the embedded ``SqliteLedger`` unless the config names
+a PostgreSQL one (``PostgresLedger``, ``[store] ledger``); the audit chain is
+``AuditChain``'s; the staging area and recovery are ``staging``'s; the
 changes after a commit (promotion, revocation, re-scan holds) are ``revisions``'.
 """
 
@@ -44,15 +45,12 @@ from poisonguard.errors import GateError, ReviewError, StoreError, shown
 from poisonguard.landing import Entry, source_of
 from poisonguard.sources import BatchCounts, Event
 from poisonguard.store import revisions
-from poisonguard.store.audit import AuditChain, default_key_path, entry_hash
+from poisonguard.store.audit import ANCHOR, AuditChain, default_key_path, entry_hash
 from poisonguard.store.files import (
-    atomic_write_bytes,
+    DataFiles,
     crash_point,
     now,
     parquet_bytes,
-    parquet_columns,
-    parquet_rows,
-    read_parquet,
     sha256_file,
     table_from_bytes,
     write_new_key,
@@ -68,6 +66,7 @@ from poisonguard.store.ledger import (
     LedgerTransaction,
     ReferenceVersion,
     Review,
+    copy_ledger,
     file_records,
 )
 from poisonguard.store.revisions import Revocation
@@ -75,11 +74,14 @@ from poisonguard.store.sqlite import LEDGER_FILE, SqliteLedger
 from poisonguard.store.staging import disown, recover, staging_dir
 
 if TYPE_CHECKING:
-    from poisonguard.config import Config
+    from poisonguard.config import Config, LedgerSettings
 
 SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
-#: The folders of the files the ledger lists, one kind each.
+#: The folders of the files the ledger lists, one kind each: the store's data files, where
+#: ``[store] data`` puts them (the store's folder unless it says).
 LISTED = ("clean", "quarantine", "rejected")
+#: The folders that stay in the store's own folder, wherever its data files are.
+LOCAL = ("reports", "staging")
 #: How long a writer waits for another process's lock before giving up.
 LOCK_WAIT = 60.0
 
@@ -117,7 +119,8 @@ class Outcome:
 
 
 class Store:
-    """A local store: Parquet files, a ledger and an audit key beside them.
+    """A store: Parquet files (in its folder, or where ``data`` says), a ledger (in its
+    folder, or in PostgreSQL) and an audit key.
 
     Library code and flows open a store with ``open_store(config)``; a bare
     ``Store(folder)`` is for tests.
@@ -134,11 +137,16 @@ class Store:
         so that a mistyped path is an error instead of an empty training set.
     ledger : Ledger, optional
         The ledger (default the embedded ``SqliteLedger`` in ``root``).
+    data : str or Path, optional
+        Where the data files (``clean/``, ``quarantine/``, ``rejected/`` and the
+        audit anchor) live: a folder or an fsspec URL (``DataFiles``); default
+        ``root``. Reports and the staging area stay in ``root``.
 
     Attributes
     ----------
     ledger_path : Path
-        Where the embedded ledger's file is (``<root>/ledger.sqlite``).
+        Where the embedded ledger's file is (``<root>/ledger.sqlite``), whichever
+        ledger the store has; messages name ``ledger.location``.
 
     Raises
     ------
@@ -154,21 +162,22 @@ class Store:
         key_path: str | Path | None = None,
         create: bool = False,
         ledger: Ledger | None = None,
+        data: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.key_path = Path(key_path) if key_path is not None else default_key_path(self.root)
         self.ledger: Ledger = ledger if ledger is not None else SqliteLedger(self.root)
+        self.data = DataFiles(data if data is not None else self.root)
         self.ledger_path = self.root / LEDGER_FILE
-        self.anchor_path = self.root / "anchor.json"
-        self._chain = AuditChain(self.key_path, self.anchor_path)
+        self._chain = AuditChain(self.key_path, self.data)
+        self.anchor_path = self._chain.anchor_path
         self._window_files: dict[str, pd.DataFrame] = {}  # see source_rows
         if not self.ledger.exists():
             if not create:
                 raise StoreError(self._missing_ledger())
             self._create()
         else:
-            for sub in SUBFOLDERS:
-                (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+            self._make_folders()
         if self.ledger.schema_version() < SCHEMA_VERSION:
             self._migrate()
 
@@ -178,12 +187,15 @@ class Store:
     def _missing_ledger(self) -> str:
         if self.key_path.exists():
             return (
-                f"the ledger {self.ledger_path} is missing, but the audit key {self.key_path} "
-                "shows a store was created there: it was deleted or moved"
+                f"the ledger {self.ledger.location} is missing, but the audit key "
+                f"{self.key_path} shows a store was created there: it was deleted or moved"
             )
+        embedded = isinstance(self.ledger, SqliteLedger)
         return (
-            f"no poisonguard store at {self.root} (no ledger.sqlite): check dataset.store in "
-            "the config, or create the store with `poisonguard init`"
+            f"no poisonguard store at {self.root} "
+            f"({'no ledger.sqlite' if embedded else f'no ledger in {self.ledger.location}'}): "
+            f"check dataset.store{'' if embedded else ' and [store]'} in the config, or create "
+            "the store with `poisonguard init`"
         )
 
     def _create(self) -> None:
@@ -195,10 +207,15 @@ class Store:
             )
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
-        for sub in SUBFOLDERS:
-            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        self._make_folders()
         self.ledger.create()
         write_new_key(self.key_path)
+
+    def _make_folders(self) -> None:
+        for sub in LOCAL:
+            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        for sub in LISTED:
+            self.data.makedirs(sub)
 
     def _migrate(self) -> None:
         """Bring an older ledger to ``SCHEMA_VERSION``: every step in one transaction.
@@ -268,7 +285,8 @@ class Store:
         """
         with self.ledger.run_lock():
             with self.writing():
-                pass  # the outermost hold recovers what dead processes left
+                # No run and no change is in progress anywhere: what other hosts left is dead.
+                self.recover(other_hosts=True)
             yield
 
     # -- reading -------------------------------------------------------------
@@ -286,7 +304,7 @@ class Store:
 
     def read(self, record: FileRecord, columns: list[str] | None = None) -> pd.DataFrame:
         """A table the store wrote, as a frame."""
-        return read_parquet(self.root / record.path, columns)
+        return self.data.read_table(record.path, columns)
 
     def quarantine_frame(self, batch_id: str) -> pd.DataFrame:
         """A batch's quarantined rows, each as last held (empty when it has none).
@@ -403,7 +421,7 @@ class Store:
                 rel = f"{kind}/{batch_id}.parquet"
                 if rel not in paths:
                     continue
-                frame = kept[rel] if rel in kept else read_parquet(self.root / rel)
+                frame = kept[rel] if rel in kept else self.data.read_table(rel)
                 self._window_files[rel] = frame
                 if kind == "quarantine":
                     frame = frame[~frame["pg_stage"].isin(list(skip_stages))]
@@ -494,15 +512,15 @@ class Store:
     # -- the files as written ------------------------------------------------
     def file_exists(self, record: FileRecord) -> bool:
         """Whether a file the ledger lists is in the store (and is a file)."""
-        return (self.root / record.path).is_file()
+        return self.data.is_file(record.path)
 
     def column_names(self, record: FileRecord) -> list[str]:
         """A table's column names, from its Parquet footer."""
-        return parquet_columns(self.root / record.path)
+        return self.data.columns(record.path)
 
     def read_verified(self, record: FileRecord) -> pd.DataFrame:
         """A table's rows, read from bytes whose SHA-256 is the ledger's (``read_verified``)."""
-        return read_verified(self.root, record)
+        return read_verified(self.data, record)
 
     def verify_files(self) -> list[str]:
         """Every listed file is there as written; nothing else sits among them.
@@ -519,11 +537,10 @@ class Store:
         # A row a re-scan held again after its release is in two quarantine files: count it once.
         held_by_batch: dict[str, set[int]] = defaultdict(set)
         for f in records:
-            path = self.root / f.path
-            if not path.is_file() or path.is_symlink():
+            if not self.data.is_file(f.path) or self.data.is_link(f.path):
                 reasons.append(f"{f.path}: listed in the ledger but missing from the store")
                 continue
-            digest = sha256_file(path)
+            digest = self.data.sha256(f.path)
             if digest != f.sha256:
                 reasons.append(
                     f"{f.path}: changed behind poisonguard's back (SHA-256 {digest[:12]}..., "
@@ -532,19 +549,16 @@ class Store:
                 continue
             if f.rows is None:
                 continue
-            rows = parquet_rows(path)
+            rows = self.data.rows(f.path)
             if rows != f.rows:
                 reasons.append(f"{f.path}: has {rows} rows, the ledger recorded {f.rows}")
             rows_by_batch[(f.batch_id, f.kind)] += rows
             if f.kind == "quarantine":
-                held_rows = read_parquet(path, columns=["pg_row"])["pg_row"].tolist()
+                held_rows = self.data.read_table(f.path, ["pg_row"])["pg_row"].tolist()
                 held_by_batch[f.batch_id].update(held_rows)
         listed = {f.path for f in records}
         for kind in LISTED:
-            for path in sorted((self.root / kind).rglob("*")):
-                rel = path.relative_to(self.root).as_posix()
-                if path.is_dir() and not path.is_symlink():
-                    continue
+            for rel in self.data.find(kind):
                 if rel not in listed:
                     reasons.append(f"{rel}: not written by poisonguard (not in the ledger)")
         reviews = self.reviews()
@@ -572,10 +586,11 @@ class Store:
         return self.reports_dir / f"{batch_id}.html", self.reports_dir / f"{batch_id}.json"
 
     # -- writing -------------------------------------------------------------
-    def recover(self) -> list[Path]:
+    def recover(self, *, other_hosts: bool = False) -> list[Path | str]:
         """Remove what a process that died mid-commit left behind, and nothing else
-        (``staging.recover``); the files and folders removed."""
-        return recover(self.root, self.ledger)
+        (``staging.recover``; ``other_hosts`` only under the run lock and the write lock);
+        the files and folders removed."""
+        return recover(self.root, self.ledger, self.data, other_hosts=other_hosts)
 
     def staging_dir(self, name: str) -> Path:
         """``staging/<name>/``, marked as this process's (see ``recover``)."""
@@ -709,7 +724,7 @@ class Store:
                 continue
             data = parquet_bytes(frame)
             rel = f"{kind}/{name}.parquet"
-            atomic_write_bytes(self.root / rel, data)
+            self.data.write(rel, data)
             written.append((rel, hashlib.sha256(data).hexdigest(), len(frame)))
             crash_point(f"after-{kind}-file")
         return written
@@ -730,20 +745,21 @@ class Store:
     def _keep_rejected(
         self, landed_copy: Path, file_name: str, outcome: Outcome, marker: Path
     ) -> BatchRecord:
-        folder = self.root / "rejected" / outcome.batch_id
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        kept = folder / file_name
+        folder = f"rejected/{outcome.batch_id}"
+        self.data.makedirs(folder)
+        kept = f"{folder}/{file_name}"
+        digest = sha256_file(Path(landed_copy))
         staging = (self.root / "staging").resolve()
         if Path(landed_copy).resolve().is_relative_to(staging):
-            os.replace(landed_copy, kept)
+            self.data.move_in(Path(landed_copy), kept)
         else:
-            atomic_write_bytes(kept, Path(landed_copy).read_bytes())
+            self.data.write(kept, Path(landed_copy).read_bytes())
         reason = {"file": outcome.source, "reason": outcome.reason, "sha256": outcome.sha256}
         text = (json.dumps(reason, indent=2) + "\n").encode()
-        atomic_write_bytes(folder / "reason.json", text)
+        self.data.write(f"{folder}/reason.json", text)
         written: list[tuple[str, str, int | None]] = [
-            (kept.relative_to(self.root).as_posix(), sha256_file(kept), None),
-            (f"rejected/{outcome.batch_id}/reason.json", hashlib.sha256(text).hexdigest(), None),
+            (kept, digest, None),
+            (f"{folder}/reason.json", hashlib.sha256(text).hexdigest(), None),
         ]
         return self._record(outcome, written, 0, 0, marker)
 
@@ -959,7 +975,9 @@ _MIGRATIONS: dict[int, Callable[[Store, LedgerTransaction], dict[str, Any]]] = {
 # --------------------------------------------------------------------------- opening and copying
 
 
-def open_store(config: Config | str | Path, *, create: bool = False) -> Store:
+def open_store(
+    config: Config | str | Path, *, create: bool = False, ledger: LedgerSettings | None = None
+) -> Store:
     """The store a config names (its folder, ledger and audit key), or the store in a folder.
 
     Every command, flow and library function opens its store here, so that where a
@@ -971,6 +989,9 @@ def open_store(config: Config | str | Path, *, create: bool = False) -> Store:
         A dataset's config, or a store's folder (its key in the default place).
     create : bool
         Create the store if it does not exist (``poisonguard init``).
+    ledger : LedgerSettings, optional
+        With a folder: its PostgreSQL ledger (default the embedded one). A config
+        names its own (``[store]``).
 
     Raises
     ------
@@ -978,35 +999,75 @@ def open_store(config: Config | str | Path, *, create: bool = False) -> Store:
         As ``Store`` does.
     """
     if isinstance(config, str | Path):
-        return Store(config, create=create)
-    return Store(config.store, key_path=config.audit_key, create=create)
+        return Store(config, create=create, ledger=ledger_for(config, ledger))
+    return Store(
+        config.store,
+        key_path=config.audit_key,
+        create=create,
+        ledger=ledger_for(config.store, config.ledger),
+        data=config.data,
+    )
 
 
-def has_store(root: str | Path) -> bool:
-    """Whether a store was created in the folder ``root`` (without opening it)."""
-    return SqliteLedger(root).exists()
+def ledger_for(root: str | Path, settings: LedgerSettings | None) -> Ledger:
+    """The ledger of the store in ``root``: PostgreSQL's when ``settings`` name one, else the
+    embedded one in the folder."""
+    if settings is None:
+        return SqliteLedger(root)
+    # psycopg is imported only by stores whose ledger is PostgreSQL.
+    from poisonguard.store.postgres import postgres_ledger
+
+    return postgres_ledger(settings.url, settings.schema)
 
 
-def copy_store(root: str | Path, dest: str | Path, key_path: str | Path) -> None:
+def has_store(root: str | Path, ledger: LedgerSettings | None = None) -> bool:
+    """Whether a store was created in the folder ``root`` with this ledger (default the
+    embedded one), without opening it."""
+    return ledger_for(root, ledger).exists()
+
+
+def copy_store(
+    root: str | Path,
+    dest: str | Path,
+    key_path: str | Path,
+    ledger: LedgerSettings | None = None,
+    data: str | Path | None = None,
+) -> None:
     """Copy a store to the folder ``dest``, with a new audit key at ``key_path``.
 
-    The ledger is copied as a consistent snapshot (even while a run writes), the
-    store's files byte for byte (not ``staging/`` or lock files). Nothing of the
-    original is written.
+    The copy is a store of one folder, whose ledger is the embedded one and whose
+    data files are in it, wherever the original's are (``data``). An embedded ledger is copied as
+    a consistent snapshot (even while a run writes); a PostgreSQL ledger
+    (``ledger``) record by record (``copy_ledger``) while the store's write lock is
+    held, so that no change lands mid-copy. The store's files are copied byte for
+    byte (not ``staging/`` or lock files). Nothing of the original is written.
     """
     root, dest = Path(root), Path(dest)
-    shutil.copytree(
-        root,
-        dest,
-        ignore=shutil.ignore_patterns("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"),
-    )
-    (dest / "staging").mkdir(mode=0o700, exist_ok=True)
-    SqliteLedger(root).copy_to(dest)
+    source = ledger_for(root, ledger)
+    with contextlib.ExitStack() as held:
+        if not isinstance(source, SqliteLedger):
+            held.enter_context(source.write_lock(LOCK_WAIT, f"the store {root}"))
+        shutil.copytree(
+            root,
+            dest,
+            ignore=shutil.ignore_patterns("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"),
+        )
+        (dest / "staging").mkdir(mode=0o700, exist_ok=True)
+        if data is not None:
+            files, copied = DataFiles(data), DataFiles(dest)
+            for rel in [a for kind in LISTED for a in files.find(kind)] + [ANCHOR]:
+                copied.write(rel, files.read_bytes(rel))
+        if isinstance(source, SqliteLedger):
+            source.copy_to(dest)
+        else:
+            copy_ledger(source, SqliteLedger(dest))
     write_new_key(Path(key_path))
 
 
-def read_verified(root: str | Path, record: FileRecord) -> pd.DataFrame:
+def read_verified(data: DataFiles | str | Path, record: FileRecord) -> pd.DataFrame:
     """A table's rows, read from bytes whose SHA-256 is the ledger's.
+
+    ``data`` is the store's data files, or their folder or URL (a manifest's ``data``).
 
     Raises
     ------
@@ -1014,7 +1075,8 @@ def read_verified(root: str | Path, record: FileRecord) -> pd.DataFrame:
         When the file's bytes are not those the ledger recorded (it changed
         after the gate checked it).
     """
-    data = (Path(root) / record.path).read_bytes()
-    if hashlib.sha256(data).hexdigest() != record.sha256:
+    files = data if isinstance(data, DataFiles) else DataFiles(data)
+    content = files.read_bytes(record.path)
+    if hashlib.sha256(content).hexdigest() != record.sha256:
         raise GateError([f"{record.path}: changed while the training set was read"])
-    return table_from_bytes(data)
+    return table_from_bytes(content)

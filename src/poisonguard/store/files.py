@@ -1,9 +1,12 @@
-"""Bytes on disk: atomic writes, Parquet tables, file hashes, and the kill tests' crash points.
+"""Bytes on disk: atomic writes, Parquet tables, file hashes, the store's data files, and the
+kill tests' crash points.
 
-Every file poisonguard writes goes through :func:`atomic_write_bytes` (a temporary
-name in the same folder, fsync, rename, fsync of the folder), so a reader sees the
-old file or the whole new one, never half of one. Tables are Parquet without the
-pandas index (:func:`parquet_bytes`, :func:`write_table`, :func:`read_parquet`).
+Every file poisonguard writes locally goes through :func:`atomic_write_bytes` (a
+temporary name in the same folder, fsync, rename, fsync of the folder), so a reader
+sees the old file or the whole new one, never half of one. Tables are Parquet
+without the pandas index (:func:`parquet_bytes`, :func:`write_table`,
+:func:`read_parquet`). The files the ledger lists and the audit anchor live where
+:class:`DataFiles` says: a local folder, or any fsspec filesystem.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ import errno
 import hashlib
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from poisonguard.errors import StoreError
 
 #: Fault injection for the kill-and-rerun tests: ``POISONGUARD_CRASH_AT=<point>[:<n>]``
 #: makes the process kill itself (SIGKILL, no clean-up) the n-th time (default
@@ -157,3 +165,190 @@ def parquet_rows(path: Path) -> int:
 def parquet_columns(path: Path) -> list[str]:
     """A Parquet file's column names, from its footer."""
     return list(pq.read_schema(path).names)
+
+
+# --------------------------------------------------------------------------- the data files
+
+
+class DataFiles:
+    """Where a store's data files live: the folders the ledger lists (``clean/``,
+    ``quarantine/``, ``rejected/``) and the audit anchor, in a local folder or on any
+    filesystem fsspec reaches. Paths given to its methods are relative (``clean/b1.parquet``).
+
+    Parameters
+    ----------
+    url : str or Path
+        A folder, or an fsspec URL: ``file://`` (what a bare path means),
+        ``memory://`` (tests), ``s3://``, ``gs://``, ``abfs://``... (with that
+        filesystem's fsspec package installed: s3fs, gcsfs, adlfs).
+
+    Notes
+    -----
+    What a write guarantees a reader, by where the files live:
+
+    a local folder (``file://``, an NFS or SMB mount too)
+        :func:`atomic_write_bytes`: a temporary name in the same folder, fsync,
+        rename, fsync of the folder. A reader sees the old file or the whole new
+        one; on NFS the rename is atomic on the server, and close-to-open
+        consistency shows other hosts the whole file once renamed. Reads go to
+        pyarrow's own reader, and links are never followed (a link where a file
+        should be is reported, never read).
+    an object store (S3, GCS, Azure Blob)
+        One PUT per file (fsspec's ``pipe_file``, ``put_file``): an object appears
+        whole or not at all. Object stores have no rename (a copy and a delete are
+        not atomic), so none is used. S3, GCS and Azure Blob show a write to every
+        reader at once (strong read-after-write consistency).
+    ``memory://``
+        A dict in this process: whole values, and only this process sees them.
+    any other fsspec filesystem
+        One ``pipe_file``, as atomic as that filesystem makes it.
+
+    On every one, a file is written before the ledger lists it, its hash is in
+    the ledger, and the gate reads only bytes whose hash matches: a reader that
+    caught a file half-written would be refused, never fed.
+    """
+
+    def __init__(self, url: str | Path) -> None:
+        self.url = str(url)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:
+            raise StoreError(
+                f"the store's data location {self.url} cannot be opened: {exc}"
+            ) from exc
+        self.root = root.rstrip("/")
+        #: The folder, when the files are local (the store's own atomic writes and reads).
+        self.local: Path | None = Path(root) if isinstance(self.fs, LocalFileSystem) else None
+
+    def where(self, rel: str = "") -> Path | str:
+        """A file's place as messages name it: its local path, or its URL."""
+        if self.local is not None:
+            return self.local / rel if rel else self.local
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{protocol}://{self._path(rel).lstrip('/')}"
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def makedirs(self, rel: str) -> None:
+        """Make a folder (owner-only when local; object stores have none to make)."""
+        if self.local is not None:
+            (self.local / rel).mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            self.fs.makedirs(self._path(rel), exist_ok=True)
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Write a whole file, as atomically as the filesystem allows (see the class notes)."""
+        if self.local is not None:
+            atomic_write_bytes(self.local / rel, data)
+        else:
+            self.fs.pipe_file(self._path(rel), data)
+
+    def move_in(self, source: Path, rel: str) -> None:
+        """Move a local file in (a rename when it can be one, else a whole copy, then the
+        source is removed)."""
+        if self.local is not None:
+            dest = self.local / rel
+            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                os.replace(source, dest)
+                _fsync_dir(dest.parent)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                atomic_write_bytes(dest, source.read_bytes())
+        else:
+            self.fs.put_file(str(source), self._path(rel))
+        source.unlink(missing_ok=True)
+
+    def read_bytes(self, rel: str) -> bytes:
+        if self.local is not None:
+            return (self.local / rel).read_bytes()
+        return bytes(self.fs.cat_file(self._path(rel)))
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def read_table(self, rel: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """A Parquet file as a frame."""
+        if self.local is not None:
+            return read_parquet(self.local / rel, columns)
+        return pq.read_table(self._path(rel), columns=columns, filesystem=self.fs).to_pandas()
+
+    def is_file(self, rel: str) -> bool:
+        """Whether a file is there (locally, following a link)."""
+        if self.local is not None:
+            return (self.local / rel).is_file()
+        return bool(self.fs.isfile(self._path(rel)))
+
+    def is_link(self, rel: str) -> bool:
+        """Whether a link is there (only local folders have them)."""
+        return self.local is not None and (self.local / rel).is_symlink()
+
+    def exists(self, rel: str) -> bool:
+        if self.local is not None:
+            return (self.local / rel).exists()
+        return bool(self.fs.exists(self._path(rel)))
+
+    def sha256(self, rel: str) -> str:
+        """Hex SHA-256 of a file's bytes."""
+        if self.local is not None:
+            return sha256_file(self.local / rel)
+        h = hashlib.sha256()
+        with self.fs.open(self._path(rel), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def _parquet(self, rel: str) -> pq.ParquetFile:
+        if self.local is not None:
+            return pq.ParquetFile(self.local / rel)
+        return pq.ParquetFile(self._path(rel), filesystem=self.fs)
+
+    def rows(self, rel: str) -> int:
+        """A Parquet file's row count, from its footer."""
+        return int(self._parquet(rel).metadata.num_rows)
+
+    def columns(self, rel: str) -> list[str]:
+        """A Parquet file's column names, from its footer."""
+        return list(self._parquet(rel).schema_arrow.names)
+
+    def find(self, folder: str) -> list[str]:
+        """Every entry below a folder that is not a folder (locally, links count as entries,
+        even to folders), as relative paths, sorted."""
+        if self.local is not None:
+            base = self.local / folder
+            found = [
+                p.relative_to(self.local).as_posix()
+                for p in base.rglob("*")
+                if p.is_symlink() or not p.is_dir()
+            ]
+            return sorted(found)
+        if not self.fs.exists(self._path(folder)):
+            return []
+        prefix = self.root + "/"
+        names = self.fs.find(self._path(folder), withdirs=False)
+        return sorted(str(n)[len(prefix) :] for n in names if str(n).startswith(prefix))
+
+    def remove(self, rel: str) -> None:
+        """Remove a file, if it is there."""
+        if self.local is not None:
+            (self.local / rel).unlink(missing_ok=True)
+        elif self.fs.exists(self._path(rel)):
+            self.fs.rm_file(self._path(rel))
+
+    def remove_tree(self, rel: str) -> None:
+        """Remove a folder and everything in it, if it is there."""
+        if self.local is not None:
+            shutil.rmtree(self.local / rel, ignore_errors=True)
+        elif self.fs.exists(self._path(rel)):
+            self.fs.rm(self._path(rel), recursive=True)
+
+    def temporaries(self, folder: str) -> list[str]:
+        """Temporary files interrupted local writes left in a folder (none elsewhere: an
+        object store's write leaves nothing half-made)."""
+        if self.local is None:
+            return []
+        return sorted(
+            p.relative_to(self.local).as_posix() for p in (self.local / folder).glob(".*.tmp")
+        )

@@ -8,8 +8,11 @@ protocols below are the operations the store needs, in its terms: a backend
 keeps its query language, its schema and its locks to itself.
 
 ``SqliteLedger`` (``poisonguard.store.sqlite``) is the embedded default, a
-SQLite file inside the store. A second backend implements :class:`Ledger`, and
-``open_store`` chooses it.
+SQLite file inside the store; ``PostgresLedger`` (``poisonguard.store.postgres``)
+keeps the same records in a PostgreSQL database, so that runners on several
+hosts share one store. ``open_store`` chooses one from the config
+(``[store] ledger``), and ``tests/test_ledger_contract.py`` holds both to this
+protocol.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from poisonguard.store.files import now
+
 #: The ledger schema this code reads and writes. A backend brings an older ledger
 #: to it in one transaction (``LedgerTransaction.upgrade``).
 SCHEMA_VERSION = 3
 
 #: Where a batch's rows are counted (``LedgerTransaction.move_rows``).
 ROW_COUNTS = ("clean", "quarantined", "rejected")
+
+#: The ``prev_hash`` of the audit chain's first entry.
+GENESIS = "0" * 64
 
 
 # --------------------------------------------------------------------------- records
@@ -178,6 +186,31 @@ def reference_digest(sha256s: Iterable[str]) -> str:
     return hashlib.sha256("".join(f"{h}\n" for h in sorted(sha256s)).encode()).hexdigest()
 
 
+def check_version(version: int, oldest: int) -> None:
+    """Refuse to create a ledger at a schema version a backend cannot write.
+
+    Raises
+    ------
+    ValueError
+        When ``version`` is not between ``oldest`` (the oldest schema the backend
+        migrates) and ``SCHEMA_VERSION``.
+    """
+    if not oldest <= version <= SCHEMA_VERSION:
+        raise ValueError(
+            f"The 'version' parameter of create() must be in [{oldest}, {SCHEMA_VERSION}]. "
+            f"Got {version!r} instead."
+        )
+
+
+def audit_moved(entry: AuditEntry) -> str:
+    """Why an append was refused: the chain's head is no longer the entry it follows."""
+    return (
+        f"the audit chain's head is no longer {entry.prev_hash[:12]}..., the entry this "
+        f"{entry.action!r} entry follows: another writer appended meanwhile; nothing was written "
+        "(appending after it would fork the chain)"
+    )
+
+
 # --------------------------------------------------------------------------- the protocols
 
 
@@ -282,7 +315,15 @@ class LedgerTransaction(LedgerView, Protocol):
 
     def add_audit(self, entry: AuditEntry) -> None:
         """Append an entry to the audit chain. ``entry.prev_hash`` was read from
-        ``audit_head`` in this transaction, and no other writer may append in between."""
+        ``audit_head`` in this transaction, and no other writer may append in between
+        (a backend holds the head from that read to the commit).
+
+        Raises
+        ------
+        StoreError
+            When ``entry.prev_hash`` is not the chain's head (``GENESIS`` for an empty
+            chain): the entry would fork the chain, and nothing is written.
+        """
         ...
 
     def upgrade(self, step: Callable[[int, int], None]) -> None:
@@ -306,8 +347,9 @@ class Ledger(LedgerView, Protocol):
         """Whether the ledger was created."""
         ...
 
-    def create(self) -> None:
-        """Create an empty ledger at ``SCHEMA_VERSION``."""
+    def create(self, version: int = SCHEMA_VERSION) -> None:
+        """Create an empty ledger at ``SCHEMA_VERSION`` (or at an older ``version`` the
+        backend migrates from, as an older poisonguard would have: the migration tests)."""
         ...
 
     def schema_version(self) -> int:
@@ -345,3 +387,39 @@ class Ledger(LedgerView, Protocol):
             At once, when another process holds it.
         """
         ...
+
+
+# --------------------------------------------------------------------------- copying
+
+
+def copy_ledger(source: LedgerView, target: Ledger) -> None:
+    """Copy every record of one ledger into a new one, in one transaction of the target.
+
+    Lists keep their order: files in the order they were recorded (all with the
+    copy's time), the audit chain entry by entry (so it verifies as the source's
+    did, under the source's key).
+    """
+    target.create()
+    with target.transaction() as tx:
+        for batch in source.batches():
+            tx.add_batch(batch)
+        tx.add_files(source.files(), now())
+        tx.add_reviews(source.reviews())
+        tx.block(source.blocked())
+        for landed in source.landed().values():
+            tx.remember(landed)
+        for ref in source.references(every=True):
+            tx.add_reference(ref)
+        for e in source.audit_log():
+            tx.add_audit(
+                AuditEntry(
+                    e["at"],
+                    e["action"],
+                    e["batch_id"],
+                    e["actor"],
+                    e["detail"],
+                    e["prev_hash"],
+                    e["hash"],
+                    e["mac"],
+                )
+            )

@@ -404,7 +404,7 @@ def _plan_hold(
     rec = store.batch(batch_id)
     if rec is None or rec.status != "committed":
         raise ReviewError(
-            f"batch {shown(batch_id)} is not a committed batch of {store.ledger_path} "
+            f"batch {shown(batch_id)} is not a committed batch of {store.ledger.location} "
             f"({'unknown' if rec is None else rec.status}); run `poisonguard rescan` again"
         )
     wanted = {int(r) for r in rows["pg_row"].tolist()}

@@ -1,7 +1,9 @@
 """The staging area: a batch's files between flow tasks, and recovery from a process that died.
 
 Each piece of work in flight has a folder ``staging/<name>/`` holding its owner's
-process id in ``.owner`` (:func:`staging_dir`). A batch's folder holds, in turn:
+process id and host name in ``.owner`` (:func:`staging_dir`), so that runners on
+several hosts sharing one store tell their own work from each other's. A batch's
+folder holds, in turn:
 
 ``landed<suffix>``
     The copy of the landed file, until its rows are staged (or it is rejected).
@@ -20,7 +22,6 @@ removes what a process that died mid-way left behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,9 @@ from typing import Any
 
 import pandas as pd
 
-from poisonguard.store.files import atomic_write_bytes, read_parquet, write_table
+from poisonguard.store.files import DataFiles, atomic_write_bytes, read_parquet, write_table
 from poisonguard.store.ledger import LedgerView
-from poisonguard.store.locking import pid_alive
+from poisonguard.store.locking import owner_alive, this_owner
 
 STAGED_ROWS = "rows.parquet"
 STAGED_PRIOR = "prior.parquet"
@@ -118,7 +119,7 @@ def staging_dir(root: Path, name: str) -> Path:
     """``staging/<name>/`` of the store at ``root``, marked as this process's (see ``recover``)."""
     path = root / "staging" / name
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (path / ".owner").write_text(str(os.getpid()))
+    (path / ".owner").write_text(this_owner())
     return path
 
 
@@ -127,15 +128,20 @@ def disown(folder: Path) -> None:
     (folder / ".owner").unlink(missing_ok=True)
 
 
-def _owner(marker: Path) -> int | None:
+def _owner_alive(marker: Path) -> bool | None:
+    """Whether a staging folder's owner runs: None when it ran on another host; False when
+    the folder has no owner (disowned, or cut short before its owner was written)."""
     try:
-        return int((marker / ".owner").read_text())
+        return owner_alive((marker / ".owner").read_text())
     except (OSError, ValueError):
-        return None
+        return False
 
 
-def recover(root: Path, ledger: LedgerView) -> list[Path]:
-    """Remove what a process that died mid-commit left in the store at ``root``, and nothing else.
+def recover(
+    root: Path, ledger: LedgerView, data: DataFiles, *, other_hosts: bool = False
+) -> list[Path | str]:
+    """Remove what a process that died mid-commit left in the store at ``root`` (its data
+    files in ``data``), and nothing else.
 
     Every commit starts by creating ``staging/<name>/`` (holding its owner's
     process id) and ends by removing it after the ledger transaction. A
@@ -144,22 +150,27 @@ def recover(root: Path, ledger: LedgerView) -> list[Path]:
     of interrupted atomic writes go too. Files nobody wrote through
     poisonguard are left for the gate to report.
 
+    A folder another host owns is taken only with ``other_hosts``: its process
+    cannot be asked whether it lives, so only a caller that holds both the run
+    lock and the write lock (no run and no change is in progress anywhere) may
+    take it (``Store.exclusive``).
+
     Returns
     -------
-    list of Path
-        The files and folders removed.
+    list of Path or str
+        The files and folders removed (local paths, or URLs).
     """
-    removed: list[Path] = []
+    removed: list[Path | str] = []
     markers = []
     for marker in sorted((root / "staging").iterdir()):
-        owner = _owner(marker)
-        if owner is not None and pid_alive(owner):
+        alive = _owner_alive(marker)
+        if alive or (alive is None and not other_hosts):
             continue  # a live process (this one included) is mid-way through it
         markers.append(marker)
     for sub in ("clean", "quarantine"):
-        for p in (root / sub).glob(".*.tmp"):
-            p.unlink(missing_ok=True)
-            removed.append(p)
+        for rel in data.temporaries(sub):
+            data.remove(rel)
+            removed.append(data.where(rel))
     if not markers:
         return removed
     known = {f.path for f in ledger.files()}
@@ -167,13 +178,13 @@ def recover(root: Path, ledger: LedgerView) -> list[Path]:
     for marker in markers:
         name = marker.name
         for sub in ("clean", "quarantine"):
-            p = root / sub / f"{name}.parquet"
-            if p.exists() and p.relative_to(root).as_posix() not in known:
-                p.unlink()
-                removed.append(p)
-        rejected = root / "rejected" / name
-        if rejected.exists() and name not in batches:
-            shutil.rmtree(rejected)
-            removed.append(rejected)
+            rel = f"{sub}/{name}.parquet"
+            if rel not in known and data.exists(rel):
+                data.remove(rel)
+                removed.append(data.where(rel))
+        rejected = f"rejected/{name}"
+        if name not in batches and data.exists(rejected):
+            data.remove_tree(rejected)
+            removed.append(data.where(rejected))
         shutil.rmtree(marker) if marker.is_dir() else marker.unlink()
     return removed
