@@ -147,12 +147,15 @@ def test_drift_counted_in_chunks_equals_drift_of_the_batch(chunk):
     rng = np.random.default_rng(3)
 
     def table(n: int, shift: float) -> Table:
-        raw = np.round(rng.normal(shift, 1.0, (n, 3)), 1)  # rounded: many ties
+        raw = rng.normal(shift, 1.0, (n, 3)) * [1.0, -1.0, 1.0]
+        raw[:, :2] = np.round(raw[:, :2], 1)  # many ties; the last column's batch values
+        # fall between the trusted ones
         raw[rng.random((n, 3)) < 0.05] = np.nan
         y = rng.integers(0, 4 if shift else 3, n)
         return Table(raw.astype(np.float32), raw, y, ("a", "b", "c"), classes=(0, 1, 2))
 
     reference, batch = table(400, 0.0), table(1000, 0.3)
+    reference.raw[:, 2] = np.round(reference.raw[:, 2], 1)
     counts = DriftCounts(reference)
     for start in range(0, batch.n_rows, chunk):
         counts.add(batch.take(np.arange(start, min(start + chunk, batch.n_rows))))
@@ -169,3 +172,21 @@ def test_drift_counted_in_chunks_equals_drift_of_the_batch(chunk):
         whole.label_p_value,
     )
     assert got.n_batch == batch.n_rows and got.is_drifted
+
+
+def test_drift_counts_find_the_distance_between_trusted_values():
+    """The KS distance can be reached by a batch value between two trusted ones (just below
+    a trusted value the trusted share jumps at): counted in chunks, it is found there."""
+    from poisonguard.detectors.base import Table
+    from poisonguard.detectors.drift import DriftCounts, _ks
+
+    def table(values: list[float]) -> Table:
+        raw = np.array(values)[:, None]
+        return Table(raw.astype(np.float32), raw, None, ("a",))
+
+    reference, batch = table([0.0, 1.0, 1.0, 1.0]), table([0.5, 0.6, 2.0])
+    counts = DriftCounts(reference)
+    counts.add(batch.take(np.array([2])))
+    counts.add(batch.take(np.array([0, 1])))
+    assert counts.report().ks_statistic[0] == _ks(reference.raw[:, 0], batch.raw[:, 0])[0]
+    assert counts.report().ks_statistic[0] == pytest.approx(2 / 3 - 1 / 4)
