@@ -146,12 +146,23 @@ print(flagged)
 """
 
 
-def big(sizes: list[int], kinds: list[str], work: Path) -> list[dict[str, Any]]:
+def big(
+    sizes: list[int],
+    kinds: list[str],
+    work: Path,
+    execution: dict[str, int] | None = None,
+    forest: bool = True,
+) -> list[dict[str, Any]]:
     records = []
     for kind in kinds:
         for rows in sizes:
             root = work / f"{kind}-{rows}"
             config = new_store(root, kind)
+            if execution:  # the chunked path's sizes ([execution], docs/decision.md 4b)
+                with open(config, "a") as f:
+                    f.write(
+                        "\n[execution]\n" + "".join(f"{k} = {v}\n" for k, v in execution.items())
+                    )
             batch = root / "batch.parquet"
             write_parquet(batch, kind, rows, seed=100)
             progress(f"{kind} {rows:,} rows: poisonguard run --local")
@@ -160,8 +171,10 @@ def big(sizes: list[int], kinds: list[str], work: Path) -> list[dict[str, Any]]:
             os.utime(landed, (time.time() - 60,) * 2)
             pg = measured(poisonguard("run", "--local", "--config", str(config)))
             progress(f"{kind} {rows:,} rows: IsolationForest")
-            forest = measured(
-                [sys.executable, "-c", IFOREST, str(root / "trusted.parquet"), str(batch)]
+            trees = (
+                measured([sys.executable, "-c", IFOREST, str(root / "trusted.parquet"), str(batch)])
+                if forest
+                else {"seconds": float("nan"), "peak_mb": float("nan")}
             )
             records.append(
                 {
@@ -170,8 +183,9 @@ def big(sizes: list[int], kinds: list[str], work: Path) -> list[dict[str, Any]]:
                     "rows": rows,
                     "poisonguard_s": pg["seconds"],
                     "poisonguard_peak_mb": pg["peak_mb"],
-                    "iforest_s": forest["seconds"],
-                    "iforest_peak_mb": forest["peak_mb"],
+                    "iforest_s": trees["seconds"],
+                    "iforest_peak_mb": trees["peak_mb"],
+                    "execution": dict(execution or {}),
                 }
             )
             shutil.rmtree(root)
@@ -350,6 +364,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--many-rows", type=int, default=500)
     parser.add_argument("--quick", action="store_true", help="20k rows, 20 small batches")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--chunk-rows", type=int, help="[execution] chunk_rows of the big part's stores"
+    )
+    parser.add_argument(
+        "--chunk-bytes", type=int, help="[execution] chunk_bytes of the big part's stores"
+    )
+    parser.add_argument("--no-iforest", action="store_true", help="big part: poisonguard only")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.many, args.tables = [20_000], 20, ["numeric"]
@@ -360,7 +381,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pg-scale-") as tmp:
         work = Path(tmp)
-        records = big(args.sizes, args.tables, work) if "big" in args.parts else []
+        execution = {
+            k: v
+            for k, v in (("chunk_rows", args.chunk_rows), ("chunk_bytes", args.chunk_bytes))
+            if v is not None
+        }
+        records = (
+            big(args.sizes, args.tables, work, execution, forest=not args.no_iforest)
+            if "big" in args.parts
+            else []
+        )
         fixed = many = None
         if "fixed" in args.parts:
             progress("fixed cost of a small batch")

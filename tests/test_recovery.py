@@ -159,3 +159,47 @@ def test_killed_prefect_flow_then_rerun_equals_uninterrupted(
     assert code == 1 and "batch-05-wrong-schema" in out, out
     assert snapshot(demo_project) == uninterrupted
     assert _servers_of(home) == []
+
+
+#: The demo's batches taken a chunk at a time (``[execution]``), each in chunks of 37 rows.
+CHUNKED = "\n[execution]\nchunk_bytes = 4096\nchunk_rows = 37\n"
+
+
+def _chunked_project(demo_inputs: Path, root: Path) -> Path:
+    from poisonguard.demo import LABEL
+    from poisonguard.initialize import init_dataset
+
+    shutil.copytree(demo_inputs, root)
+    # No id column: its uniqueness rule needs the whole batch (tests/test_streaming.py).
+    init_dataset(root / "trusted.parquet", label=LABEL, directory=root, name="digits")
+    with open(root / "poisonguard.toml", "a") as f:
+        f.write(CHUNKED)
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_chunked(demo_inputs, tmp_path_factory) -> dict:
+    root = _chunked_project(demo_inputs, tmp_path_factory.mktemp("chunked") / "demo")
+    process_landing(load_config(root / "poisonguard.toml"))
+    return snapshot(root)
+
+
+@pytest.mark.parametrize("crash", ["between-row-groups:3", "between-row-groups:12"])
+def test_killed_streamed_batch_then_rerun_equals_uninterrupted(
+    demo_inputs, tmp_path, uninterrupted_chunked, crash
+):
+    """A run killed between two row groups of a batch committed a chunk at a time, then run
+    again, leaves the store an uninterrupted run leaves: every row in exactly one place."""
+    root = _chunked_project(demo_inputs, tmp_path / "demo")
+    code, out = _run(root, "--local", crash=crash)
+    assert code == -signal.SIGKILL, out
+    leftovers = [
+        p.name for sub in ("clean", "quarantine") for p in (root / "store" / sub).iterdir()
+    ]
+    assert any(name.endswith(".tmp") for name in leftovers)  # killed mid-file
+    code, out = _run(root, "--local")
+    assert code == 1 and "batch-05-wrong-schema" in out, out
+    assert snapshot(root) == uninterrupted_chunked
+    store = Store(root / "store")
+    for batch in store.batches():
+        assert batch.rows_clean + batch.rows_quarantined + batch.rows_rejected == batch.rows_in

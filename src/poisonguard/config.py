@@ -97,6 +97,11 @@ DEFAULT_SETTLE_SECONDS = 2.0
 DEFAULT_MAX_SOURCE_SHARE = 0.5
 
 #: Defaults of the ``[gate]`` canary (``poisonguard.canary``; README, "The canary").
+#: A landed file larger than this (bytes), or a Parquet file of more rows than
+#: ``DEFAULT_CHUNK_ROWS``, is read, validated, judged and committed in chunks.
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+DEFAULT_CHUNK_ROWS = 500_000
+
 DEFAULT_CANARY_FOLDS = 5
 DEFAULT_CANARY_MARGIN = 0.03
 DEFAULT_CANARY_CLASS_MARGIN = 0.1
@@ -347,6 +352,30 @@ def _data_location(path: Path, base: Path, section: Mapping[str, Any]) -> str | 
 
 
 @dataclass(frozen=True)
+class ExecutionSettings:
+    """How a batch is read and held in memory (``[execution]``).
+
+    A batch whose landed file is larger than ``chunk_bytes``, or a Parquet batch of
+    more than ``chunk_rows`` rows, takes the chunked path (``pipeline``, docs/decision.md
+    section 4b): read, validated, judged and committed a chunk at a time, in memory
+    set by the chunk. Smaller batches are read whole. Either path reaches the same
+    decision.
+
+    Attributes
+    ----------
+    chunk_bytes : int
+        The largest file read whole, and about the size of a chunk (bytes of the
+        file: a CSV block, or Parquet rows by their uncompressed size), at least 1024.
+    chunk_rows : int
+        The largest number of rows in a chunk (and in a Parquet batch read whole),
+        at least 1.
+    """
+
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+
+@dataclass(frozen=True)
 class GateSettings:
     """The pre-training gate's canary (``[gate]``; see ``poisonguard.canary``).
 
@@ -435,6 +464,7 @@ class Config:
     sources: SourceTest = field(default_factory=SourceTest)
     ledger: LedgerSettings | None = None
     data: str | None = None
+    execution: ExecutionSettings = ExecutionSettings()
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -481,6 +511,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "sources": {"alarm_level": (float, int), "slack": (float, int)},
     "schedule": {"cron": str, "timezone": str},
     "store": {"ledger": str, "schema": str, "data": str},
+    "execution": {"chunk_bytes": int, "chunk_rows": int},
 }
 
 
@@ -636,6 +667,18 @@ def load_config(path: str | Path) -> Config:
     except ParamError as exc:
         raise exc.at_key(f"{path}: sources.{exc.param}") from exc
 
+    run = raw.get("execution", {})
+    execution = ExecutionSettings(
+        chunk_bytes=run.get("chunk_bytes", DEFAULT_CHUNK_BYTES),
+        chunk_rows=run.get("chunk_rows", DEFAULT_CHUNK_ROWS),
+    )
+    for key, least in (("chunk_bytes", 1024), ("chunk_rows", 1)):
+        if getattr(execution, key) < least:
+            raise ConfigError(
+                f"{path}: execution.{key} must be at least {least}. "
+                f"Got {getattr(execution, key)!r} instead."
+            )
+
     sched = raw.get("schedule", {})
     cron = sched.get("cron")
     if cron is not None and len(cron.split()) != 5:
@@ -676,6 +719,7 @@ def load_config(path: str | Path) -> Config:
         sources=sources,
         ledger=ledger,
         data=data,
+        execution=execution,
     )
 
 

@@ -42,7 +42,7 @@ size.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import betaincinv, gammaincinv
@@ -678,6 +678,9 @@ class ChunkedDecision:
         The largest combined p-value quarantined (0 when none is).
     p_cuts : tuple of float
         As ``Decision.p_cuts``.
+    window_flagged : ndarray of shape (n_flagged,), int64
+        Positions of the window's rows that the windowed detectors flag with this
+        batch (``Guard.window_suspects``); empty without a window.
     """
 
     log_combined: np.ndarray
@@ -688,6 +691,7 @@ class ChunkedDecision:
     detectors: tuple[str, ...]
     threshold: float
     p_cuts: tuple[float, ...]
+    window_flagged: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def n_rows(self) -> int:

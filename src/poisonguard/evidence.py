@@ -681,6 +681,7 @@ def build_report(
     evidence: Evidence | None = None,
     reference: ReferenceUsed | None = None,
     source_state: str | None = None,
+    counted: tuple[int, int] | None = None,
 ) -> BatchReport:
     """Build one batch's report: the only place a ``BatchReport`` is made.
 
@@ -707,6 +708,9 @@ def build_report(
         The reference version the detect step's detectors were fitted on.
     source_state : str, optional
         The landing source's evidence across batches, in words.
+    counted : (int, int), optional
+        The clean and quarantined rows, counted, for a batch committed a chunk at a
+        time; ``quarantine`` then holds only the held rows the report shows.
 
     Raises
     ------
@@ -717,8 +721,8 @@ def build_report(
     try:
         counts = Counts(
             rows_in=rows_in,
-            clean=0 if clean is None else len(clean),
-            quarantined=0 if quarantine is None else len(quarantine),
+            clean=counted[0] if counted else 0 if clean is None else len(clean),
+            quarantined=counted[1] if counted else 0 if quarantine is None else len(quarantine),
             rejected=rejected,
             held_by={s: int((held_by or {}).get(s, 0)) for s in STAGES},
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,21 @@ import numpy as np
 import pandas as pd
 
 from poisonguard.config import RESERVED_PREFIX, Config
-from poisonguard.decision import BatchDecision, batch_hold_reason, decide_batch
-from poisonguard.detectors.drift import batch_drift
+from poisonguard.decision import (
+    P_FLOOR,
+    STAGES,
+    BatchDecision,
+    ChunkedDecision,
+    Decision,
+    batch_hold_reason,
+    decide_batch,
+)
+from poisonguard.detectors.drift import DriftCounts, batch_drift
 from poisonguard.detectors.duplicates import DuplicatesDetector, find_near_copies
 from poisonguard.detectors.targets import robust_spread
 from poisonguard.errors import BatchError, ConfigError, ReviewError, StoreError, shown
 from poisonguard.evidence import (
+    TOP_ROWS,
     Evidence,
     ReferenceUsed,
     batch_evidence,
@@ -68,18 +77,26 @@ from poisonguard.store import (
     add_provenance,
     crash_point,
     data_columns,
+    decision_writer,
     entry_for,
+    is_large,
     now,
     open_store,
     parquet_bytes,
+    partition_chunks,
     read_batch,
+    read_chunks,
     read_decision,
+    read_decision_meta,
     read_evidence,
     row_hashes,
+    rows_writer,
     settled,
     stage_rows,
+    stage_written,
     survey,
     write_decision,
+    write_decision_meta,
     write_evidence,
 )
 
@@ -185,6 +202,9 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
     landed = store.stage(copy, batch_id)
     rows_in: int | None = None
     broken: list[dict] = []
+    run = config.execution
+    if is_large(landed, name=entry.name, chunk_bytes=run.chunk_bytes, chunk_rows=run.chunk_rows):
+        return _validate_chunks(entry, landed, batch_id, sha, started, config, store)
     try:
         frame, report = _read_and_validate(landed, entry.name, config)
         rows_in = len(frame)
@@ -195,29 +215,20 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
     except (OSError, StoreError, MemoryError):
         raise  # the store or the machine failed, not the batch: stop, retry next run
     except Exception as exc:  # fail closed: whatever else goes wrong, the batch is not used
-        reason = (
-            str(exc)
-            if isinstance(exc, BatchError)
-            else f"{shown(entry.name)}: could not be judged ({type(exc).__name__}: "
-            f"{shown(str(exc).splitlines()[0] if str(exc) else '', 200)})"
-        )
-        outcome = Outcome(
-            batch_id=batch_id,
-            sha256=sha,
-            source=entry.name,
-            status="rejected",
-            rows_in=rows_in,
-            rows_rejected=rows_in or 0,
-            reason=reason,
-            started_at=started,
-            landed=entry.identity,
-        )
-        write_batch_report(store, outcome, failed_expectations=_jsonable(broken))
-        name = safe_stem(entry.name) + (batch_suffix(entry.name) or "")
-        return Intake(record=store.reject(landed, name, outcome))
+        return _rejected(exc, entry, landed, batch_id, sha, started, rows_in, broken, store)
 
     add_provenance(frame, batch_id, hashes)
-    manifest = {
+    manifest = _manifest(entry, batch_id, sha, started, rows_in, broken)
+    folder = stage_rows(landed, frame, prior, manifest)
+    crash_point("after-stage")
+    return Intake(staged=folder)
+
+
+def _manifest(
+    entry: Entry, batch_id: str, sha: str, started: str, rows_in: int, broken: list[dict]
+) -> dict[str, Any]:
+    """What a staged batch's ``staged.json`` records (``Staged``)."""
+    return {
         "batch_id": batch_id,
         "sha256": sha,
         "source": entry.name,
@@ -226,16 +237,105 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         "failed_expectations": _jsonable(broken),
         "landed": list(entry.identity),
     }
-    folder = stage_rows(landed, frame, prior, manifest)
+
+
+def _rejected(
+    exc: Exception,
+    entry: Entry,
+    landed: Path,
+    batch_id: str,
+    sha: str,
+    started: str,
+    rows_in: int | None,
+    broken: list[dict],
+    store: Store,
+) -> Intake:
+    """Reject a landed file whole, keeping it with the reason ``exc`` gives."""
+    reason = (
+        str(exc)
+        if isinstance(exc, BatchError)
+        else f"{shown(entry.name)}: could not be judged ({type(exc).__name__}: "
+        f"{shown(str(exc).splitlines()[0] if str(exc) else '', 200)})"
+    )
+    outcome = Outcome(
+        batch_id=batch_id,
+        sha256=sha,
+        source=entry.name,
+        status="rejected",
+        rows_in=rows_in,
+        rows_rejected=rows_in or 0,
+        reason=reason,
+        started_at=started,
+        landed=entry.identity,
+    )
+    write_batch_report(store, outcome, failed_expectations=_jsonable(broken))
+    name = safe_stem(entry.name) + (batch_suffix(entry.name) or "")
+    return Intake(record=store.reject(landed, name, outcome))
+
+
+def _validate_chunks(
+    entry: Entry,
+    landed: Path,
+    batch_id: str,
+    sha: str,
+    started: str,
+    config: Config,
+    store: Store,
+) -> Intake:
+    """``validate_batch`` for a file too large to read whole: read, validated and staged a
+    chunk at a time (``ChunkedValidation``), each chunk one row group of the staged rows.
+
+    The expectations that need the whole batch at once reject it (see
+    ``ChunkedValidation``); anything else that rejects a batch read whole rejects it too.
+    """
+    from poisonguard.validation import ChunkedValidation, load_suite, string_columns
+
+    suite = load_suite(config.expectations)
+    run = config.execution
+    rows_in: int | None = None
+    broken: list[dict] = []
+    writer = rows_writer(landed)
+    try:
+        checks = ChunkedValidation(suite, source=shown(entry.name))
+        owners = store.id_owners(config.id_column) if config.id_column is not None else {}
+        held_ids: list[tuple[int, str, str]] = []
+        chunks = read_chunks(
+            landed,
+            name=entry.name,
+            strings=string_columns(suite),
+            chunk_bytes=run.chunk_bytes,
+            chunk_rows=run.chunk_rows,
+        )
+        for table in chunks:
+            frame = table.to_pandas()
+            if checks.n_rows == 0:
+                _check_reserved(frame, entry.name)
+            start = checks.n_rows
+            checks.add(frame)
+            held_ids += _held_ids(frame, owners, config, start)
+            hashes = row_hashes(frame, data_columns(frame))
+            add_provenance(frame, batch_id, hashes)
+            frame["pg_row"] += start
+            writer.write(frame)
+        report = checks.report()
+        rows_in = checks.n_rows
+        broken = [o.__dict__ for o in report.outcomes if not o.success]
+        report.raise_if_rejected(rows=rows_in)
+        writer.close()
+    except (OSError, StoreError, MemoryError):
+        writer.abort()
+        raise
+    except Exception as exc:  # fail closed, as validate_batch
+        writer.abort()
+        return _rejected(exc, entry, landed, batch_id, sha, started, rows_in, broken, store)
+    prior = _prior_frame(_held_by_expectations(report.row_failures) + held_ids)
+    manifest = _manifest(entry, batch_id, sha, started, rows_in, broken)
+    folder = stage_written(landed, prior, {**manifest, "chunked": True})
     crash_point("after-stage")
     return Intake(staged=folder)
 
 
-def _read_and_validate(path: Path, name: str, config: Config) -> tuple[pd.DataFrame, Any]:
-    from poisonguard.validation import load_suite, string_columns, validate
-
-    suite = load_suite(config.expectations)
-    frame = read_batch(path, name=name, strings=string_columns(suite)).reset_index(drop=True)
+def _check_reserved(frame: pd.DataFrame, name: str) -> None:
     reserved = [c for c in frame.columns if str(c).startswith(RESERVED_PREFIX)]
     if reserved:
         raise BatchError(
@@ -244,6 +344,14 @@ def _read_and_validate(path: Path, name: str, config: Config) -> tuple[pd.DataFr
             "which poisonguard reserves for its own bookkeeping",
             column=str(reserved[0]),
         )
+
+
+def _read_and_validate(path: Path, name: str, config: Config) -> tuple[pd.DataFrame, Any]:
+    from poisonguard.validation import load_suite, string_columns, validate
+
+    suite = load_suite(config.expectations)
+    frame = read_batch(path, name=name, strings=string_columns(suite)).reset_index(drop=True)
+    _check_reserved(frame, name)
     return frame, validate(frame, suite, source=shown(name))
 
 
@@ -260,23 +368,40 @@ def _held_before_scoring(
 
     Returns a frame of ``pg_row``, ``pg_stage`` and ``pg_reason``, one row per held row.
     """
+    owners = store.id_owners(config.id_column) if config.id_column is not None else {}
+    return _prior_frame(_held_by_expectations(failures) + _held_ids(frame, owners, config, 0))
+
+
+def _held_by_expectations(failures: dict[int, tuple[str, ...]]) -> list[tuple[int, str, str]]:
     held: list[tuple[int, str, str]] = []
     for row, why in failures.items():
         shown_ = "; ".join(why[:MAX_LISTED])
         more = f" (+{len(why) - MAX_LISTED} more)" if len(why) > MAX_LISTED else ""
         held.append((row, "expectations", f"failed expectation: {shown_}{more}"))
-    if config.id_column is not None and config.id_column in frame.columns:
-        owners = store.id_owners(config.id_column)
-        for row, value in enumerate(frame[config.id_column].astype("string").tolist()):
-            if value in owners:
-                held.append(
-                    (
-                        row,
-                        "expectations",
-                        f"{config.id_column} = {shown(str(value), 60)} is already in the "
-                        f"training set (batch {owners[value]}); ids must be unique",
-                    )
+    return held
+
+
+def _held_ids(
+    frame: pd.DataFrame, owners: dict[str, str], config: Config, start: int
+) -> list[tuple[int, str, str]]:
+    """Rows of ``frame`` (the batch's rows from ``start``) whose id the training set holds."""
+    held: list[tuple[int, str, str]] = []
+    if config.id_column is None or config.id_column not in frame.columns:
+        return held
+    for row, value in enumerate(frame[config.id_column].astype("string").tolist()):
+        if value in owners:
+            held.append(
+                (
+                    start + row,
+                    "expectations",
+                    f"{config.id_column} = {shown(str(value), 60)} is already in the "
+                    f"training set (batch {owners[value]}); ids must be unique",
                 )
+            )
+    return held
+
+
+def _prior_frame(held: list[tuple[int, str, str]]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "pg_row": np.array([h[0] for h in held], dtype=np.int64),
@@ -435,8 +560,13 @@ def window_findings(
     """
     if window.empty:
         return None
+    return _window_report(window, guard.window_suspects(data, window, source=shown(name)), name)
+
+
+def _window_report(window: pd.DataFrame, suspects: np.ndarray, name: str) -> dict[str, Any]:
+    """``window_findings`` from the window rows flagged (positions in ``window``)."""
     source = source_of(name)
-    flagged = window.iloc[guard.window_suspects(data, window, source=shown(name))]
+    flagged = window.iloc[suspects]
     accepted = flagged[flagged["pg_accepted"].to_numpy(dtype=bool)]
     by_batch = {
         str(b): sorted(int(r) for r in rows)
@@ -469,6 +599,8 @@ def detect_batch(
     """
     folder = Path(staged)
     meta = Staged.load(folder)
+    if meta.chunked:
+        return _detect_chunks(meta, config, store, guard)
     rows = meta.rows()
     prior = meta.prior()
     stages = prior["pg_stage"].to_numpy(dtype=object)
@@ -535,6 +667,228 @@ def detect_batch(
     return decided
 
 
+def _prior_holds(meta: Staged) -> tuple[dict[int, str], dict[int, str]]:
+    """Rows held before scoring (``prior.parquet``): by the expectations, by the blocklist."""
+    prior = meta.prior()
+    failed: dict[int, str] = {}
+    blocked: dict[int, str] = {}
+    for row, stage, why in zip(
+        prior["pg_row"].to_numpy(dtype=np.int64).tolist(),
+        prior["pg_stage"].to_numpy(dtype=object),
+        prior["pg_reason"].to_numpy(dtype=object),
+        strict=True,
+    ):
+        into = failed if stage == "expectations" else blocked
+        into[row] = f"{into[row]}; {why}" if row in into else str(why)
+    return failed, blocked
+
+
+def _positions(held: Mapping[int, str]) -> np.ndarray:
+    return np.sort(np.fromiter(held, np.int64, len(held)))
+
+
+def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | None) -> Path:
+    """``detect_batch`` for a batch staged a chunk at a time, in memory set by the chunk.
+
+    The same decision as on the batch whole: the blocklist chunk by chunk, the
+    detectors by ``Guard.judge_chunks`` over the rows the expectations and the
+    blocklist let through (its per-row arrays memory-mapped in the staging folder),
+    the batch's drift counted on its scoring read (``DriftCounts``), then the
+    decision table written a row group per staged row group. Not kept: the report's
+    evidence figures (histograms and projection need every scored row).
+    """
+    folder = meta.folder
+    n_rows = meta.rows_in
+    failed, blocked = _prior_holds(meta)
+    current = store.reference()
+    source = source_of(meta.source)
+    events = store.source_events()
+    state = source_states(events, config.sources).get(source)
+    columns = [c for c in meta.columns() if not c.startswith(RESERVED_PREFIX)]
+    unscored = _positions(failed)
+    rejected = store.rejected_rows() if unscored.size < n_rows else pd.DataFrame()
+    if not rejected.empty:
+        guard = guard or fit_guard(config, store, current)
+        for frame, start in _with_starts(meta.row_chunks(columns)):
+            keep = _kept(start, len(frame), unscored)
+            data = frame.iloc[keep].reset_index(drop=True)
+            for at, why in held_by_blocklist(data, rejected, guard).items():
+                blocked[int(start + keep[at])] = why
+    unscored = np.union1d(unscored, _positions(blocked))
+    found: ChunkedDecision | None = None
+    reference: ReferenceVersion | None = None
+    earlier: dict[str, Any] | None = None
+    batch_hold: str | None = None
+    if unscored.size < n_rows:
+        reference = current
+        guard = guard or fit_guard(config, store, reference)
+        window = source_window(config, store, meta.source, guard)
+
+        def chunks() -> Iterator[pd.DataFrame]:
+            for frame, start in _with_starts(meta.row_chunks(columns)):
+                yield frame.iloc[_kept(start, len(frame), unscored)].reset_index(drop=True)
+
+        drift = DriftCounts(guard.reference_)
+        found = guard.judge_chunks(
+            chunks, source=shown(meta.source), window=window, directory=folder, each=drift.add
+        )
+        if not window.empty:
+            earlier = _window_report(window, found.window_flagged, meta.source)
+        hold = batch_hold_reason(
+            drift.report(),
+            hold_label_shift=config.detection.hold_label_shift,
+            hold_feature_drift=config.detection.hold_feature_drift,
+        )
+        batch_hold = _joined(hold, _source_hold(state, config))
+        counts = batch_counts(found.combined, guard.clean_rates_, near_copies=len(blocked))
+    else:
+        counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
+    held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)
+    drifted = None if state is None else size_drift(state.sizes, n_rows)
+    this = Event(source, meta.batch_id, meta.rows_in, counts)
+    after = source_states([*events, this], config.sources)[source]
+    told = _joined(after.describe(config.sources), drifted)
+    decided = write_decision_meta(
+        folder,
+        {
+            "held_by": held_by,
+            "batch_hold": batch_hold,
+            "fdr": config.detection.fdr,
+            "threshold_p": None if found is None else found.threshold,
+            "reference": None
+            if reference is None
+            else {
+                "version": reference.version,
+                "digest": reference.digest,
+                "rows": reference.rows,
+            },
+            "source_evidence": counts.as_dict(),
+            "source_drift": drifted,
+            "source_state": told,
+            "window": earlier,
+        },
+    )
+    write_evidence(folder, None)
+    crash_point("after-detect")
+    return decided
+
+
+def _with_starts(frames: Iterable[pd.DataFrame]) -> Iterator[tuple[pd.DataFrame, int]]:
+    """Each frame with the batch position of its first row."""
+    start = 0
+    for frame in frames:
+        yield frame, start
+        start += len(frame)
+
+
+def _kept(start: int, n: int, held: np.ndarray) -> np.ndarray:
+    """Positions in a chunk of ``n`` rows from ``start`` that are not in ``held`` (sorted)."""
+    lo, hi = np.searchsorted(held, [start, start + n])
+    return np.setdiff1d(np.arange(n), held[lo:hi] - start, assume_unique=True)
+
+
+def _within(held: dict[int, str], start: int, n: int) -> dict[int, str]:
+    """The holds of the chunk of ``n`` rows from ``start``, by position in the chunk."""
+    return {r - start: why for r, why in held.items() if start <= r < start + n}
+
+
+def _write_decision_chunks(
+    meta: Staged,
+    found: ChunkedDecision | None,
+    failed: dict[int, str],
+    blocked: dict[int, str],
+    unscored: np.ndarray,
+    batch_hold: str | None,
+    config: Config,
+) -> dict[str, int]:
+    """Write the decision table a row group per staged row group; the rows held per stage.
+
+    Each chunk's rows go through ``decide_batch`` with the chunk's share of the holds and
+    of the detectors' decision, so that a row's stage and reasons are decided by the one
+    rule. A row's detector scores are kept for the rows the detectors held (the others'
+    are not kept by ``judge_chunks``; their suspicion is).
+    """
+    masker = Masker(config.pii)
+    names = () if found is None else found.detectors
+    held_by = dict.fromkeys(STAGES, 0)
+    done = 0  # scored rows before this chunk
+    with decision_writer(meta.folder) as writer:
+        for rows, start in _with_starts(meta.row_chunks()):
+            n = len(rows)
+            scored = _kept(start, n, unscored)
+            detectors: Decision | None = None
+            scores: dict[str, np.ndarray] = {}
+            if found is not None:
+                order = np.arange(done, done + scored.size)
+                lo, hi = np.searchsorted(found.held, [done, done + scored.size])
+                mine = found.held[lo:hi] - done
+                quarantined = np.zeros(scored.size, dtype=bool)
+                quarantined[mine] = True
+                reasons = np.full(scored.size, "", dtype=object)
+                reasons[mine] = found.reasons[lo:hi]
+                for name in names:
+                    scores[name] = np.full(scored.size, np.nan)
+                    scores[name][mine] = found.scores[name][lo:hi]
+                log_p = np.asarray(found.log_combined[order])
+                detectors = Decision(
+                    quarantined=quarantined,
+                    p_values=np.zeros((scored.size, 0)),
+                    combined=np.maximum(np.exp(log_p), P_FLOOR),
+                    suspicion=-log_p / np.log(10.0),
+                    reasons=tuple(reasons.tolist()),
+                    detectors=names,
+                    threshold=found.threshold,
+                    p_cuts=found.p_cuts,
+                )
+                done += scored.size
+            decision = decide_batch(
+                n,
+                failed=_within(failed, start, n),
+                blocked=_within(blocked, start, n),
+                scored=scored if found is not None else None,
+                detectors=detectors,
+                scores=scores,
+                batch_hold=batch_hold if found is not None else None,
+            )
+            table = pd.DataFrame(
+                {
+                    "pg_row": rows["pg_row"].to_numpy(),
+                    "pg_stage": decision.stage,
+                    "pg_reason": masker.reasons(rows, decision.reason),
+                    "pg_suspicion": decision.suspicion,
+                }
+            )
+            for name, s in decision.scores.items():
+                table[f"pg_score_{name}"] = s
+            writer.write(table)
+            for stage, count in decision.held_by().items():
+                held_by[stage] += count
+    return held_by
+
+
+def _commit_chunks(meta: Staged, config: Config, store: Store) -> BatchRecord:
+    """``commit_batch`` for a batch staged a chunk at a time: the clean and quarantine files
+    streamed a row group at a time (``Store.commit_chunks``), the ledger row last."""
+    decided = read_decision_meta(meta.folder)
+    n_held = sum(decided["held_by"].values())
+    parts, _ = partition_chunks(meta.folder)
+    top: pd.DataFrame | None = None
+    for _, held in parts:  # the held rows the report shows, before the ledger commits
+        if held.num_rows:
+            frame = held.to_pandas()
+            top = frame if top is None else pd.concat([top, frame], ignore_index=True)
+            top = top.sort_values("pg_suspicion", ascending=False, na_position="first").head(
+                TOP_ROWS
+            )
+    outcome = _committed(meta, decided, None, top)
+    counted = (meta.rows_in - n_held, n_held)
+    _write_commit_report(store, outcome, meta, decided, config, counted=counted)
+    parts, schemas = partition_chunks(meta.folder)
+    record = store.commit_chunks(outcome, parts, schemas)
+    _hold_window_suspects(store, decided.get("window"), meta.batch_id)
+    return record
+
+
 def _source_hold(state: SourceState | None, config: Config) -> str | None:
     """Why a batch is held whole: its source is in alarm."""
     if state is None or not state.alarmed:
@@ -591,9 +945,10 @@ def _write_decision(
 def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecord:
     """Partition a staged, decided batch into clean and quarantined rows and commit it."""
     meta = Staged.load(staged)
+    if meta.chunked:
+        return _commit_chunks(meta, config, store)
     rows = meta.rows()
     decision, decided = read_decision(meta.folder)
-    judged = None if decided.get("reference") is None else ReferenceUsed(**decided["reference"])
     if not np.array_equal(decision["pg_row"].to_numpy(), rows["pg_row"].to_numpy()):
         raise StoreError(f"batch {meta.batch_id}: the decision does not match the staged rows")
     held = decision["pg_stage"].to_numpy(dtype=object) != ""
@@ -602,7 +957,41 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
     for col in decision.columns:
         if col != "pg_row":
             quarantine[col] = decision.loc[held, col].to_numpy()
-    detail = {
+    outcome = _committed(meta, decided, clean, quarantine)
+    kept = read_evidence(meta.folder)
+    evidence = None if kept is None else loads(Evidence, kept[0], source=kept[1])
+    _write_commit_report(store, outcome, meta, decided, config, evidence=evidence)
+    record = store.commit(outcome)  # which also clears the staging folder
+    _hold_window_suspects(store, decided.get("window"), meta.batch_id)
+    return record
+
+
+def _committed(
+    meta: Staged,
+    decided: dict[str, Any],
+    clean: pd.DataFrame | None,
+    quarantine: pd.DataFrame | None,
+) -> Outcome:
+    """A staged, decided batch's outcome, as its commit records it."""
+    judged = decided.get("reference")
+    return Outcome(
+        batch_id=meta.batch_id,
+        sha256=meta.sha256,
+        source=meta.source,
+        status="committed",
+        rows_in=meta.rows_in,
+        clean=clean,
+        quarantine=quarantine,
+        started_at=meta.started_at,
+        detail=_commit_detail(meta, decided),
+        landed=meta.landed,
+        reference_version=None if judged is None else int(judged["version"]),
+    )
+
+
+def _commit_detail(meta: Staged, decided: dict[str, Any]) -> dict[str, Any]:
+    """What a commit's audit entry records of the batch's decision."""
+    return {
         "quarantined_by": decided["held_by"],
         "batch_hold": decided["batch_hold"],
         "failed_expectations": [
@@ -612,25 +1001,25 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         "source_drift": decided["source_drift"],
         **({"window": decided["window"]} if decided.get("window") else {}),
     }
-    outcome = Outcome(
-        batch_id=meta.batch_id,
-        sha256=meta.sha256,
-        source=meta.source,
-        status="committed",
-        rows_in=meta.rows_in,
-        clean=clean,
-        quarantine=quarantine,
-        started_at=meta.started_at,
-        detail=detail,
-        landed=meta.landed,
-        reference_version=None if judged is None else judged.version,
-    )
-    kept = read_evidence(meta.folder)
+
+
+def _write_commit_report(
+    store: Store,
+    outcome: Outcome,
+    meta: Staged,
+    decided: dict[str, Any],
+    config: Config,
+    *,
+    evidence: Evidence | None = None,
+    counted: tuple[int, int] | None = None,
+) -> None:
+    """A committed batch's report, from its decision (before its ledger commit)."""
+    judged = None if decided.get("reference") is None else ReferenceUsed(**decided["reference"])
     write_batch_report(
         store,
         outcome,
         failed_expectations=meta.failed_expectations,
-        evidence=None if kept is None else loads(Evidence, kept[0], source=kept[1]),
+        evidence=evidence,
         held_by=decided["held_by"],
         batch_hold=decided["batch_hold"],
         fdr=None if decided["threshold_p"] is None else decided["fdr"],
@@ -638,10 +1027,8 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         reference=judged,
         source_state=decided["source_state"],
         masker=Masker(config.pii),
+        counted=counted,
     )
-    record = store.commit(outcome)  # which also clears the staging folder
-    _hold_window_suspects(store, decided.get("window"), meta.batch_id)
-    return record
 
 
 def _hold_window_suspects(store: Store, window: dict[str, Any] | None, batch_id: str) -> None:
@@ -687,6 +1074,7 @@ def write_batch_report(
     reference: ReferenceUsed | None = None,
     source_state: str | None = None,
     masker: Masker | None = None,
+    counted: tuple[int, int] | None = None,
 ) -> tuple[Path, Path]:
     """Write a batch's HTML and JSON reports (before its ledger commit: a re-run rewrites them).
 
@@ -716,6 +1104,7 @@ def write_batch_report(
         evidence=evidence,
         reference=reference,
         source_state=source_state,
+        counted=counted,
     )
     json_path, html_path = write_report(report, store.reports_dir)
     return html_path, json_path

@@ -485,6 +485,7 @@ class Guard:
         window: pd.DataFrame | None = None,
         *,
         directory: str | Path | None = None,
+        each: Callable[[Table], None] | None = None,
     ) -> ChunkedDecision:
         """Judge a batch read in chunks, in memory set by the chunk, not the batch.
 
@@ -513,6 +514,9 @@ class Guard:
             Where to keep the per-row arrays (two float64 per row) as memory-mapped
             files rather than in memory. The files are unlinked as soon as they
             are mapped: nothing is left there, whatever happens.
+        each : callable, optional
+            Called with every chunk's encoded rows once, in order (on the scoring
+            read), for what the caller counts over the batch (``DriftCounts``).
 
         Returns
         -------
@@ -527,6 +531,8 @@ class Guard:
         log_combined = _RowColumn(directory)
         log_anchored = _RowColumn(directory if anchored else None)
         for table, positions in batch.tables():
+            if each is not None:
+                each(table)
             scores = self._scores(table, positions, summaries)
             logp, w, combined = combined_log_p(scores, self.calibrations_, weights)
             log_combined.append(combined)
@@ -559,6 +565,7 @@ class Guard:
                 held_scores[name].append(scores[name])
         logp_rows = np.concatenate(held_logp) if held_logp else np.zeros((0, len(names)))
         return ChunkedDecision(
+            window_flagged=self._window_flags(earlier, by_row.size, summaries),
             log_combined=by_row,
             held=rows,
             reasons=tuple(reasons),
@@ -592,9 +599,16 @@ class Guard:
         if earlier is None:
             return np.zeros(0, dtype=np.int64)
         table = self._encode(frame, source)
-        n = table.n_rows
-        whole = np.arange(n)
+        whole = np.arange(table.n_rows)
         summaries = self._summaries(lambda: [(table, whole)], earlier, self.windowed_)
+        return self._window_flags(earlier, table.n_rows, summaries)
+
+    def _window_flags(
+        self, earlier: Table | None, n: int, summaries: Mapping[str, Any]
+    ) -> np.ndarray:
+        """``window_suspects`` from the summaries of a batch of ``n`` rows and its window."""
+        if earlier is None or not self.windowed_:
+            return np.zeros(0, dtype=np.int64)
         weights = detector_weights(tuple(self.detectors_))
         total = sum(weights.values())
         settings = self.settings_

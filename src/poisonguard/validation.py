@@ -51,6 +51,7 @@ from poisonguard.errors import BatchError, ConfigError, param_error
 from poisonguard.store import atomic_write_bytes
 
 __all__ = [
+    "ChunkedValidation",
     "ExpectationOutcome",
     "ValidationReport",
     "infer_suite",
@@ -990,6 +991,7 @@ class _Run:
         self.errors: list[str] = []
         self.outcomes: dict[int, ExpectationOutcome] = {}
         self.failures: dict[int, list[str]] = {}
+        self.tally_guards = False
 
     def error(self, text: str) -> None:
         self.errors.append(f"{self.source}: {text}")
@@ -1170,18 +1172,23 @@ def validate(frame: pd.DataFrame, suite: dict, *, source: str) -> ValidationRepo
     suite_name = suite_name if isinstance(suite_name, str) and suite_name else "poisonguard"
     specs = _parse_suite(suite, f"Suite {suite_name!r}")
     run = _Run(source, specs)
+    _check_all(run, frame, suite_name)
+    return run.report()
 
+
+def _check_all(run: _Run, frame: pd.DataFrame, suite_name: str) -> None:
+    """Every check of ``run.specs`` on ``frame``, recorded in ``run``."""
     counts = pd.Index(frame.columns).value_counts()
     duplicated = [c for c in frame.columns if counts[c] > 1]
     if duplicated:
         for column in dict.fromkeys(duplicated):
             run.error(f"column {column!r} appears {int(counts[column])} times")
-        return run.report()
+        return
 
     _check_columns(run, frame)
     wrong = _check_types(run, frame)
     to_run = []
-    for spec in specs:
+    for spec in run.specs:
         if spec.index in run.outcomes:
             continue
         mistyped = [c for c in spec.columns if c in wrong]
@@ -1192,7 +1199,132 @@ def validate(frame: pd.DataFrame, suite: dict, *, source: str) -> ValidationRepo
     if to_run:
         _run_gx(run, frame.reset_index(drop=True), to_run, suite_name)
     _check_finite(run, frame, wrong)
-    return run.report()
+
+
+#: Table-level expectations the chunked path checks on its streamed row count.
+_ROW_COUNT = frozenset({"expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"})
+
+
+def _whole_batch_only(spec: _Spec) -> str | None:
+    """Why an expectation cannot be checked a chunk at a time; None when it can.
+
+    Column presence and types, and row-level rules without ``mostly``, hold row by
+    row (or column by column); the row count adds up. Anything that compares rows
+    with each other (``unique``), tolerates a share of the batch (``mostly``) or
+    aggregates over it (a mean, a distinct count) needs the batch whole.
+    """
+    if spec.type in _CHECKED_HERE or spec.type in _ROW_COUNT:
+        return None
+    if spec.level == SCHEMA and spec.note is None:
+        return "a table-level or aggregate expectation reads the whole batch at once"
+    if spec.type in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"):
+        return "uniqueness compares every row with every other"
+    if spec.type == "expect_select_column_values_to_be_unique_within_record":
+        return None
+    if spec.kwargs.get("mostly") not in (None, 1, 1.0):
+        return "'mostly' tolerates a share of the whole batch"
+    return None
+
+
+class ChunkedValidation:
+    """Validate a batch a chunk at a time: the report ``validate`` gives on it whole.
+
+    Column presence, column types, poisonguard's own finite-number rule and every
+    row-level expectation are checked on each chunk, with row positions counted over
+    the batch; an outcome's unexpected count is summed over the chunks. The row-count
+    expectations are checked on the rows counted. Expectations that need the whole
+    batch at once (``_whole_batch_only``: uniqueness, ``mostly``, aggregates such as a
+    column mean) are not checked: each is a schema error naming it, so the batch is
+    rejected rather than passed unchecked.
+
+    Use ``add(chunk)`` for every chunk in order, then ``report()``.
+
+    Parameters
+    ----------
+    suite : dict
+        As for ``validate``.
+    source : str
+        The batch's file (or other name), used in every message.
+    """
+
+    def __init__(self, suite: dict, *, source: str) -> None:
+        owner = "ChunkedValidation()"
+        if not isinstance(source, str) or not source:
+            raise param_error("source", owner, "a non-empty string", source)
+        name = suite.get("name") if isinstance(suite, Mapping) else None
+        self.suite_name = name if isinstance(name, str) and name else "poisonguard"
+        specs = _parse_suite(suite, f"Suite {self.suite_name!r}")
+        self.run = _Run(source, specs)
+        self.n_rows = 0
+        for spec in specs:
+            why = _whole_batch_only(spec)
+            if why is not None:
+                where = f" on column {spec.column!r}" if spec.column else ""
+                text = (
+                    f"{spec.type}{where} cannot be checked on a batch validated in chunks "
+                    f"({why}); the batch is rejected rather than passed unchecked: raise "
+                    "[execution] chunk_bytes and chunk_rows above its size, or drop the "
+                    "expectation"
+                )
+                self.run.error(text)
+                self.run.outcome(spec, False, error=text)
+        self.by_chunk = [
+            s for s in specs if s.index not in self.run.outcomes and s.type not in _ROW_COUNT
+        ]
+        self.counted: dict[int, ExpectationOutcome] = {}
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """Check one chunk (the batch's next rows)."""
+        part = _Run(self.run.source, self.by_chunk)
+        part.tally_guards = True
+        _check_all(part, frame.reset_index(drop=True), self.suite_name)
+        self.run.errors.extend(part.errors)
+        for row, why in part.failures.items():
+            self.run.failures[row + self.n_rows] = why
+        for index, new in part.outcomes.items():
+            old = self.counted.get(index)
+            self.counted[index] = (
+                new
+                if old is None
+                else ExpectationOutcome(
+                    type=old.type,
+                    column=old.column,
+                    kwargs=old.kwargs,
+                    level=old.level,
+                    success=old.success and new.success,
+                    unexpected_count=old.unexpected_count + new.unexpected_count,
+                    error=old.error or new.error,
+                )
+            )
+        self.n_rows += len(frame)
+
+    def report(self) -> ValidationReport:
+        """What the chunks added so far showed, as ``validate``'s report on them whole."""
+        run = self.run
+        run.outcomes.update(self.counted)
+        for spec in self.by_chunk:
+            done = self.counted.get(spec.index)
+            if spec.note is not None and done is not None and done.unexpected_count:
+                _reject_for(run, spec, done.unexpected_count)
+        for spec in run.specs:
+            if spec.type in _ROW_COUNT and spec.index not in run.outcomes:
+                _check_row_count(run, spec, self.n_rows)
+        return run.report()
+
+
+def _check_row_count(run: _Run, spec: _Spec, n_rows: int) -> None:
+    kw = spec.kwargs
+    if spec.type == "expect_table_row_count_to_equal":
+        ok = n_rows == kw.get("value")
+    else:
+        lo, hi = kw.get("min_value"), kw.get("max_value")
+        below = lo is not None and (n_rows <= lo if kw.get("strict_min") else n_rows < lo)
+        above = hi is not None and (n_rows >= hi if kw.get("strict_max") else n_rows > hi)
+        ok = not (below or above)
+    run.outcome(spec, ok)
+    if not ok:
+        expected = ", ".join(f"{k}={_fmt(v)}" for k, v in kw.items())
+        run.error(f"{spec.type} failed: expected {expected or 'nothing'}; observed {n_rows}")
 
 
 def _check_guard(run: _Run, frame: pd.DataFrame, spec: _Spec) -> bool:
@@ -1223,7 +1355,10 @@ def _check_guard(run: _Run, frame: pd.DataFrame, spec: _Spec) -> bool:
 
 def _reject_for(run: _Run, spec: _Spec, count: int) -> None:
     """A batch-level guard broke: the batch is rejected, and the values are not shown (the
-    guards are against personal data)."""
+    guards are against personal data). A chunk's run only counts (``ChunkedValidation``
+    gives the reason once, with the batch's count)."""
+    if run.tally_guards:
+        return
     run.error(f"{spec.column or 'a column'}: {count} rows break {spec.type} ({spec.note})")
 
 

@@ -122,10 +122,15 @@ def _ks(ref: np.ndarray, new: np.ndarray) -> tuple[float, float]:
             )
         )
     )
+    return d, _ks_p(d, m, n)
+
+
+def _ks_p(d: float, m: int, n: int) -> float:
+    """The asymptotic p-value of a two-sample KS distance ``d`` between m and n values."""
     en = np.sqrt(m * n / (m + n))
     # Stephens' small-sample correction to the Kolmogorov limit.
     p = float(special.kolmogorov((en + 0.12 + 0.11 / en) * d))
-    return d, min(max(p, 0.0), 1.0)
+    return min(max(p, 0.0), 1.0)
 
 
 def _psi(ref: np.ndarray, new: np.ndarray, n_bins: int) -> float:
@@ -178,47 +183,147 @@ def batch_drift(
         raise param_error("psi_threshold", owner, "a real number >= 0", psi_threshold)
     if not (isinstance(tv_threshold, int | float) and 0.0 <= tv_threshold <= 1.0):
         raise param_error("tv_threshold", owner, "in [0, 1]", tv_threshold)
-    columns = [(reference.raw[:, f], batch.raw[:, f]) for f in range(reference.raw.shape[1])]
-    names = list(batch.features)
-    if reference.target is not None and batch.target is not None:
-        # A regression target drifts like a feature: its distribution, not class shares.
-        columns.append((reference.target, batch.target))
-        names.append(f"{batch.label or 'target'} (target)")
-    d = len(columns)
-    ks = np.zeros(d)
-    ks_p = np.ones(d)
-    psi = np.zeros(d)
-    for f, (r, b) in enumerate(columns):
-        r, b = r[np.isfinite(r)], b[np.isfinite(b)]
-        ks[f], ks_p[f] = _ks(r, b)
-        psi[f] = _psi(r, b, n_bins)
-    tv = chi2 = p_label = None
-    if reference.y is not None and batch.y is not None and batch.n_rows:
-        k = reference.n_classes
-        slot = lambda y: np.where((y >= 0) & (y < k), y, k)  # noqa: E731
-        ref_counts = np.bincount(slot(reference.y), minlength=k + 1).astype(float)
-        new_counts = np.bincount(slot(batch.y), minlength=k + 1).astype(float)
-        ref_share = ref_counts / max(ref_counts.sum(), 1.0)
-        new_share = new_counts / new_counts.sum()
-        tv = float(0.5 * np.abs(new_share - ref_share).sum())
-        # Expected counts from add-half smoothed trusted shares: a label the
-        # reference never had is surprising, not a division by zero.
-        expected_share = (ref_counts + 0.5) / (ref_counts.sum() + 0.5 * (k + 1))
-        expected = expected_share * new_counts.sum()
-        chi2 = float(np.sum((new_counts - expected) ** 2 / expected))
-        dof = max(int(np.sum((ref_counts > 0) | (new_counts > 0))) - 1, 1)
-        p_label = float(special.chdtrc(dof, chi2))
-    return DriftReport(
-        features=tuple(names),
-        ks_statistic=ks,
-        ks_p_value=ks_p,
-        psi=psi,
-        label_tv=tv,
-        label_chi2=chi2,
-        label_p_value=p_label,
-        n_reference=reference.n_rows,
-        n_batch=batch.n_rows,
-        alpha=float(alpha),
-        psi_threshold=float(psi_threshold),
-        tv_threshold=float(tv_threshold),
-    )
+    counts = DriftCounts(reference, n_bins=n_bins)
+    counts.add(batch)
+    return counts.report(alpha=alpha, psi_threshold=psi_threshold, tv_threshold=tv_threshold)
+
+
+class DriftCounts:
+    """What ``batch_drift`` reads of a batch, counted a chunk at a time.
+
+    For each feature, the batch's finite values counted against the trusted values
+    (at or below, and below, each distinct trusted value: the two-sample KS distance
+    is reached at one of those steps) and against the PSI bins; the label counts.
+    The counts add over chunks, so ``report`` gives ``batch_drift``'s report on the
+    batch whole, to the last bit, in memory set by the reference.
+
+    Parameters
+    ----------
+    reference : Table
+    n_bins : int
+        As for ``batch_drift``.
+    """
+
+    def __init__(self, reference: Table, *, n_bins: int = 10) -> None:
+        self.reference = reference
+        columns = [reference.raw[:, f] for f in range(reference.raw.shape[1])]
+        self.names = list(reference.features)
+        if reference.target is not None:
+            columns.append(reference.target)
+            self.names.append(f"{reference.label or 'target'} (target)")
+        self.trusted = [np.sort(r[np.isfinite(r)]) for r in columns]
+        self.steps = [np.unique(r) for r in self.trusted]
+        self.edges = [
+            np.unique(np.quantile(r, np.linspace(0, 1, n_bins + 1)[1:-1])) if len(r) else r
+            for r in self.trusted
+        ]
+        self.at_or_below = [np.zeros(len(u) + 1, dtype=np.int64) for u in self.steps]
+        self.below = [np.zeros(len(u) + 1, dtype=np.int64) for u in self.steps]
+        self.binned = [np.zeros(len(e) + 1, dtype=np.int64) for e in self.edges]
+        self.finite = np.zeros(len(columns), dtype=np.int64)
+        k = reference.n_classes if reference.y is not None else 0
+        self.labels = np.zeros(k + 1, dtype=np.int64)
+        self.n_rows = 0
+        self.labelled = reference.y is not None
+
+    def add(self, batch: Table) -> None:
+        """Count one chunk of the batch (encoded like the reference)."""
+        columns = [batch.raw[:, f] for f in range(batch.raw.shape[1])]
+        if self.reference.target is not None:
+            columns.append(batch.target if batch.target is not None else np.zeros(batch.n_rows))
+        for f, b in enumerate(columns):
+            b = b[np.isfinite(b)]
+            self.finite[f] += b.size
+            steps = self.steps[f]
+            self.at_or_below[f] += np.bincount(
+                np.searchsorted(steps, b, "left"), minlength=steps.size + 1
+            )
+            self.below[f] += np.bincount(
+                np.searchsorted(steps, b, "right"), minlength=steps.size + 1
+            )
+            edges = self.edges[f]
+            if len(self.trusted[f]):
+                self.binned[f] += np.bincount(
+                    np.searchsorted(edges, b, side="right"), minlength=len(edges) + 1
+                )
+        if self.labelled and batch.y is not None:
+            k = self.labels.size - 1
+            slot = np.where((batch.y >= 0) & (batch.y < k), batch.y, k)
+            self.labels += np.bincount(slot, minlength=k + 1)
+        else:
+            self.labelled = False
+        self.n_rows += batch.n_rows
+
+    def _ks(self, f: int) -> tuple[float, float]:
+        ref = self.trusted[f]
+        m, n = len(ref), int(self.finite[f])
+        if m == 0 or n == 0:
+            return 0.0, 1.0
+        steps = self.steps[f]
+        trusted_le = np.searchsorted(ref, steps, side="right")
+        # At each trusted value u: the batch's share at or below u, against the trusted's;
+        # just below u: the batch's share below u, against the trusted share below u.
+        le = np.cumsum(self.at_or_below[f])[:-1]
+        lt = np.cumsum(self.below[f])[:-1]
+        trusted_lt = np.concatenate([[0], trusted_le[:-1]])
+        d = float(
+            max(
+                np.max(np.abs(trusted_le / m - le / n)),
+                np.max(np.abs(trusted_lt / m - lt / n)),
+            )
+        )
+        return d, _ks_p(d, m, n)
+
+    def _psi(self, f: int) -> float:
+        ref = self.trusted[f]
+        n = int(self.finite[f])
+        if len(ref) == 0 or n == 0:
+            return 0.0
+        edges = self.edges[f]
+        p = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1)
+        p = np.maximum(p / len(ref), _PSI_FLOOR)
+        q = np.maximum(self.binned[f] / n, _PSI_FLOOR)
+        return float(np.sum((q - p) * np.log(q / p)))
+
+    def report(
+        self, *, alpha: float = 0.01, psi_threshold: float = 0.1, tv_threshold: float = 0.05
+    ) -> DriftReport:
+        """``batch_drift``'s report on the rows counted (its parameters as there)."""
+        d = len(self.trusted)
+        ks = np.zeros(d)
+        ks_p = np.ones(d)
+        psi = np.zeros(d)
+        for f in range(d):
+            ks[f], ks_p[f] = self._ks(f)
+            psi[f] = self._psi(f)
+        tv = chi2 = p_label = None
+        reference = self.reference
+        if reference.y is not None and self.labelled and self.n_rows:
+            k = reference.n_classes
+            slot = lambda y: np.where((y >= 0) & (y < k), y, k)  # noqa: E731
+            ref_counts = np.bincount(slot(reference.y), minlength=k + 1).astype(float)
+            new_counts = self.labels.astype(float)
+            ref_share = ref_counts / max(ref_counts.sum(), 1.0)
+            new_share = new_counts / new_counts.sum()
+            tv = float(0.5 * np.abs(new_share - ref_share).sum())
+            # Expected counts from add-half smoothed trusted shares: a label the
+            # reference never had is surprising, not a division by zero.
+            expected_share = (ref_counts + 0.5) / (ref_counts.sum() + 0.5 * (k + 1))
+            expected = expected_share * new_counts.sum()
+            chi2 = float(np.sum((new_counts - expected) ** 2 / expected))
+            dof = max(int(np.sum((ref_counts > 0) | (new_counts > 0))) - 1, 1)
+            p_label = float(special.chdtrc(dof, chi2))
+        return DriftReport(
+            features=tuple(self.names),
+            ks_statistic=ks,
+            ks_p_value=ks_p,
+            psi=psi,
+            label_tv=tv,
+            label_chi2=chi2,
+            label_p_value=p_label,
+            n_reference=reference.n_rows,
+            n_batch=self.n_rows,
+            alpha=float(alpha),
+            psi_threshold=float(psi_threshold),
+            tv_threshold=float(tv_threshold),
+        )

@@ -33,13 +33,14 @@ import os
 import secrets
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from poisonguard.errors import GateError, ReviewError, StoreError, shown
 from poisonguard.landing import Entry, source_of
@@ -52,6 +53,7 @@ from poisonguard.store.files import (
     now,
     parquet_bytes,
     sha256_file,
+    stream_files,
     table_from_bytes,
     write_new_key,
 )
@@ -651,6 +653,43 @@ class Store:
                 written = self._write_files(
                     outcome.batch_id, (("clean", outcome.clean), ("quarantine", outcome.quarantine))
                 )
+                return self._record(outcome, written, n_clean, n_quar, marker)
+
+    def commit_chunks(
+        self,
+        outcome: Outcome,
+        parts: Iterable[tuple[pa.Table, pa.Table]],
+        schemas: tuple[pa.Schema, pa.Schema],
+    ) -> BatchRecord:
+        """``commit`` for a batch too large to hold: its clean and held rows arrive a chunk at
+        a time (``parts``, one (clean, quarantine) pair per chunk, with ``schemas``) and are
+        streamed into the two files as row groups (``files.stream_files``); the ledger
+        transaction still commits last. ``outcome.clean`` and ``outcome.quarantine`` are not
+        read.
+
+        Raises
+        ------
+        StoreError
+            As ``commit``: when the rows written do not account for every input row, or
+            the batch is already in the ledger.
+        """
+        with self.writing():
+            if self.batch_by_sha(outcome.sha256) is not None:
+                raise StoreError(f"batch {outcome.batch_id}: its content is already in the ledger")
+            marker = self.staging_dir(outcome.batch_id)
+            with self._undone_on_error(marker):
+                if self.data.local is not None:
+                    written = stream_files(self.data.local, outcome.batch_id, parts, schemas)
+                else:  # an object store takes whole files: stream beside, then one PUT each
+                    written = stream_files(marker, outcome.batch_id, parts, schemas)
+                    for rel, _, _ in written:
+                        self.data.move_in(marker / rel, rel)
+                n_clean, n_quar = (int(n or 0) for _, _, n in written)
+                if outcome.rows_in is not None and n_clean + n_quar != outcome.rows_in:
+                    raise StoreError(
+                        f"batch {outcome.batch_id}: {n_clean} clean + {n_quar} quarantined "
+                        f"!= {outcome.rows_in} rows in"
+                    )
                 return self._record(outcome, written, n_clean, n_quar, marker)
 
     @contextlib.contextmanager

@@ -18,7 +18,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -352,3 +352,120 @@ class DataFiles:
         return sorted(
             p.relative_to(self.local).as_posix() for p in (self.local / folder).glob(".*.tmp")
         )
+
+
+class RowGroupWriter:
+    """A Parquet file written a row group at a time, atomically: the rows go to a temporary
+    file beside ``path`` (``.<name>.<random>.tmp``, which ``staging.recover`` removes when a
+    process dies), which ``close`` fsyncs and renames; ``abort`` removes it.
+
+    Every table written is cast to the schema of the first (or to ``schema``), so that a
+    chunk whose column holds no values keeps the column's type.
+
+    Use as a context manager: the file is renamed into place when the block ends without
+    an error, and removed when it raises.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name[:100]}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.schema = schema
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, rows: pd.DataFrame | pa.Table) -> None:
+        """Append ``rows`` as one row group (or several, past pyarrow's row-group size)."""
+        if isinstance(rows, pd.DataFrame):
+            table = pa.Table.from_pandas(rows, schema=self.schema, preserve_index=False)
+        else:
+            table = rows if self.schema is None else rows.cast(self.schema)
+        if self._writer is None:
+            self.schema = table.schema
+            self._writer = pq.ParquetWriter(self.tmp, table.schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> Path:
+        """Finish the file (an empty one when nothing was written needs ``schema``) and
+        rename it into place; its path."""
+        if self._writer is None:
+            if self.schema is None:
+                raise ValueError(f"{self.path}: nothing written and no schema to write")
+            self._writer = pq.ParquetWriter(self.tmp, self.schema)
+        self._writer.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the temporary file."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> RowGroupWriter:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """A Parquet file's row groups in order, one Arrow table each."""
+    file = pq.ParquetFile(path)
+    for i in range(file.metadata.num_row_groups):
+        yield file.read_row_group(i, columns=columns)
+
+
+def row_group_sizes(path: Path) -> list[int]:
+    """The number of rows of each of a Parquet file's row groups, from its footer."""
+    meta = pq.ParquetFile(path).metadata
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def stream_files(
+    root: Path,
+    name: str,
+    parts: Iterable[tuple[pa.Table, pa.Table]],
+    schemas: tuple[pa.Schema, pa.Schema],
+) -> list[tuple[str, str, int | None]]:
+    """Write ``clean/<name>.parquet`` and ``quarantine/<name>.parquet`` under ``root`` a chunk
+    at a time (``parts``: one (clean rows, held rows) pair per chunk, row groups of the
+    two files), each atomically (``RowGroupWriter``); (path, sha256, rows) of each.
+
+    A process killed between row groups (crash point ``between-row-groups``) leaves
+    only temporary files, which ``staging.recover`` removes.
+    """
+    kinds = ("clean", "quarantine")
+    writers = [
+        RowGroupWriter(root / kind / f"{name}.parquet", s)
+        for kind, s in zip(kinds, schemas, strict=True)
+    ]
+    try:
+        for i, pair in enumerate(parts):
+            if i:
+                crash_point("between-row-groups")
+            for writer, rows in zip(writers, pair, strict=True):
+                if rows.num_rows:
+                    writer.write(rows)
+        written: list[tuple[str, str, int | None]] = []
+        for kind, writer in zip(kinds, writers, strict=True):
+            path = writer.close()
+            written.append((f"{kind}/{name}.parquet", sha256_file(path), writer.rows))
+            crash_point(f"after-{kind}-file")
+        return written
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise

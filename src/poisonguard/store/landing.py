@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -299,6 +299,25 @@ def _csv_header(path: Path, suffix: str) -> list[str | None]:
         return []
 
 
+def _kind_of(path: Path, name: str | None) -> tuple[str, str, str]:
+    """A batch file's name as shown, its suffix and its kind (``Parquet`` or ``CSV``)."""
+    source = shown(name if name is not None else path.name)
+    suffix = batch_suffix(name if name is not None else path.name)
+    if suffix is None:
+        raise BatchError(source, f"unknown file kind; expected one of {', '.join(BATCH_SUFFIXES)}")
+    return source, suffix, "Parquet" if suffix in (".parquet", ".pq") else "CSV"
+
+
+def _unreadable(exc: BaseException, path: Path, suffix: str, source: str, kind: str) -> BatchError:
+    """The error of a batch file that cannot be read, naming the CSV column when there is one."""
+    what = _first_line(exc)
+    at = re.search(r"In CSV column #(\d+)", str(exc))
+    column = _csv_header(path, suffix)[int(at.group(1))] if at else None
+    if column is not None and at is not None:
+        what = what.replace(at.group(0), f"in column {shown(column)!r}")
+    return BatchError(source, f"not a readable {kind} file ({what})", column=column)
+
+
 def read_batch(
     path: Path, *, name: str | None = None, strings: list[str] | None = None
 ) -> pd.DataFrame:
@@ -322,12 +341,7 @@ def read_batch(
         cannot judge (nested, binary).
     """
     path = Path(path)
-    name = name if name is not None else path.name
-    source = shown(name)
-    suffix = batch_suffix(name)
-    if suffix is None:
-        raise BatchError(source, f"unknown file kind; expected one of {', '.join(BATCH_SUFFIXES)}")
-    kind = "Parquet" if suffix in (".parquet", ".pq") else "CSV"
+    source, suffix, kind = _kind_of(path, name)
     try:
         if path.stat().st_size == 0:
             raise BatchError(source, f"the file is empty; expected a {kind} table with a header")
@@ -343,12 +357,92 @@ def read_batch(
     except BatchError:
         raise
     except (pa.ArrowException, OSError, ValueError, OverflowError, TypeError) as exc:
-        what = _first_line(exc)
-        at = re.search(r"In CSV column #(\d+)", str(exc))
-        column = _csv_header(path, suffix)[int(at.group(1))] if at else None
-        if column is not None:
-            what = what.replace(at.group(0), f"in column {shown(column)!r}")  # type: ignore[union-attr]
-        raise BatchError(source, f"not a readable {kind} file ({what})", column=column) from exc
+        raise _unreadable(exc, path, suffix, source, kind) from exc
     if len(frame) == 0:
         raise BatchError(source, "the file has a header but no rows; expected at least one row")
     return frame
+
+
+def is_large(path: Path, *, name: str | None = None, chunk_bytes: int, chunk_rows: int) -> bool:
+    """True when a batch file is read in chunks (``read_chunks``): it is larger than
+    ``chunk_bytes``, or a Parquet file (by its footer) of more than ``chunk_rows`` rows.
+
+    A file whose footer cannot be read is not large: ``read_batch`` rejects it whole.
+    """
+    path = Path(path)
+    if path.stat().st_size > chunk_bytes:
+        return True
+    if batch_suffix(name if name is not None else path.name) not in (".parquet", ".pq"):
+        return False
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows) > chunk_rows
+    except (pa.ArrowException, OSError):
+        return False
+
+
+def read_chunks(
+    path: Path,
+    *,
+    name: str | None = None,
+    strings: list[str] | None = None,
+    chunk_bytes: int,
+    chunk_rows: int,
+) -> Iterator[pa.Table]:
+    """Read a batch file a chunk at a time, as Arrow tables of flat columns, every chunk with
+    the types of the first (what ``read_batch`` reads whole, in pieces).
+
+    Parquet is read in batches of about ``chunk_bytes`` of uncompressed data, at most
+    ``chunk_rows`` rows; CSV in blocks of ``chunk_bytes`` with the column types fixed from
+    the first block (pyarrow's streaming reader), each block cut to ``chunk_rows`` rows.
+
+    Raises
+    ------
+    BatchError
+        As ``read_batch`` does, when the error is met (a CSV cell that does not fit its
+        column's type in a later block is met there).
+    """
+    path = Path(path)
+    source, suffix, kind = _kind_of(path, name)
+    rows = 0
+    schema: pa.Schema | None = None
+    try:
+        if path.stat().st_size == 0:
+            raise BatchError(source, f"the file is empty; expected a {kind} table with a header")
+        for table in _raw_chunks(path, suffix, kind, strings or [], chunk_bytes, chunk_rows):
+            table = _flatten(table, source)
+            if schema is None:
+                schema = table.schema
+            elif table.schema != schema:
+                table = table.cast(schema)
+            rows += table.num_rows
+            yield table
+    except BatchError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, OverflowError, TypeError) as exc:
+        raise _unreadable(exc, path, suffix, source, kind) from exc
+    if rows == 0:
+        raise BatchError(source, "the file has a header but no rows; expected at least one row")
+
+
+def _raw_chunks(
+    path: Path, suffix: str, kind: str, strings: list[str], chunk_bytes: int, chunk_rows: int
+) -> Iterator[pa.Table]:
+    if kind == "Parquet":
+        file = pq.ParquetFile(path)
+        meta = file.metadata
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        per_row = max(1, size // max(meta.num_rows, 1))
+        batch_size = max(1, min(chunk_rows, chunk_bytes // per_row))
+        for batch in file.iter_batches(batch_size=batch_size):
+            yield pa.Table.from_batches([batch])
+        return
+    reader = pacsv.open_csv(
+        _csv_stream(path, suffix),
+        read_options=pacsv.ReadOptions(block_size=chunk_bytes),
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in strings}),
+    )
+    with reader:
+        for batch in reader:
+            table = pa.Table.from_batches([batch])
+            for start in range(0, table.num_rows, chunk_rows):
+                yield table.slice(start, chunk_rows)

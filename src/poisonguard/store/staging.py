@@ -23,13 +23,27 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from poisonguard.store.files import DataFiles, atomic_write_bytes, read_parquet, write_table
+from poisonguard.errors import StoreError
+from poisonguard.store.files import (
+    DataFiles,
+    RowGroupWriter,
+    atomic_write_bytes,
+    parquet_columns,
+    read_parquet,
+    row_group_sizes,
+    row_groups,
+    write_table,
+)
 from poisonguard.store.ledger import LedgerView
 from poisonguard.store.locking import owner_alive, this_owner
 
@@ -53,6 +67,7 @@ class Staged:
     started_at: str
     failed_expectations: list[dict]
     landed: tuple[str, int, int] | None
+    chunked: bool = False  # staged a chunk at a time: judged and committed so too
 
     @classmethod
     def load(cls, folder: str | Path) -> Staged:
@@ -69,6 +84,19 @@ class Staged:
         """The rows held before scoring: ``pg_row``, ``pg_stage``, ``pg_reason``."""
         return read_parquet(self.folder / STAGED_PRIOR)
 
+    def columns(self) -> list[str]:
+        """The staged rows' column names."""
+        return parquet_columns(self.folder / STAGED_ROWS)
+
+    def row_chunks(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The rows a row group at a time (as staged by the chunked path, a chunk each)."""
+        for table in row_groups(self.folder / STAGED_ROWS, columns):
+            yield table.to_pandas()
+
+    def row_tables(self) -> Iterator[pa.Table]:
+        """The rows a row group at a time, as Arrow tables."""
+        return row_groups(self.folder / STAGED_ROWS)
+
 
 def stage_rows(
     landed: Path, rows: pd.DataFrame, prior: pd.DataFrame, manifest: dict[str, Any]
@@ -83,6 +111,76 @@ def stage_rows(
     landed.unlink()
     atomic_write_bytes(folder / STAGED_MANIFEST, json.dumps(manifest, indent=2).encode())
     return folder
+
+
+def rows_writer(landed: Path) -> RowGroupWriter:
+    """A writer of a batch's staged rows a chunk at a time (``rows.parquet`` beside its landed
+    copy); ``stage_written`` finishes the staging."""
+    return RowGroupWriter(landed.parent / STAGED_ROWS)
+
+
+def stage_written(landed: Path, prior: pd.DataFrame, manifest: dict[str, Any]) -> Path:
+    """Finish staging a batch whose rows ``rows_writer`` wrote: the held rows, the landed
+    copy removed, the manifest last (as ``stage_rows``); the folder."""
+    folder = landed.parent
+    write_table(folder / STAGED_PRIOR, prior)
+    landed.unlink()
+    atomic_write_bytes(folder / STAGED_MANIFEST, json.dumps(manifest, indent=2).encode())
+    return folder
+
+
+def decision_writer(folder: Path) -> RowGroupWriter:
+    """A writer of a staged batch's decision table a chunk at a time; ``write_decision_meta``
+    follows it."""
+    return RowGroupWriter(folder / DECISION)
+
+
+def write_decision_meta(folder: Path, meta: dict[str, Any]) -> Path:
+    """Write what a decision written by ``decision_writer`` recorded; the decision's path."""
+    atomic_write_bytes(folder / DECISION_META, json.dumps(meta).encode())
+    return folder / DECISION
+
+
+def decision_tables(folder: Path) -> Iterator[pa.Table]:
+    """A staged batch's decision table a row group at a time, as Arrow tables."""
+    return row_groups(folder / DECISION)
+
+
+def partition_chunks(
+    folder: Path,
+) -> tuple[Iterator[tuple[pa.Table, pa.Table]], tuple[pa.Schema, pa.Schema]]:
+    """A staged, decided batch's rows split by its decision a row group at a time, for
+    ``Store.commit_chunks``: per row group, the clean rows (``pg_stage`` empty) and the
+    held rows with the decision's columns; and the two files' schemas.
+
+    Raises
+    ------
+    StoreError
+        When the decision's row groups do not match the staged rows'.
+    """
+    rows, decision = folder / STAGED_ROWS, folder / DECISION
+    if row_group_sizes(rows) != row_group_sizes(decision):
+        raise StoreError(f"{folder.name}: the decision does not match the staged rows")
+    kept = pq.read_schema(rows)
+    extra = [f for f in pq.read_schema(decision) if f.name != "pg_row"]
+    schemas = (kept, pa.schema([*kept, *extra]))
+
+    def parts() -> Iterator[tuple[pa.Table, pa.Table]]:
+        for batch, decided in zip(row_groups(rows), row_groups(decision), strict=True):
+            if not batch.column("pg_row").equals(decided.column("pg_row")):
+                raise StoreError(f"{folder.name}: the decision does not match the staged rows")
+            held = pc.not_equal(decided.column("pg_stage"), "")
+            quarantine = batch.filter(held)
+            for f in extra:
+                quarantine = quarantine.append_column(f, decided.column(f.name).filter(held))
+            yield batch.filter(pc.invert(held)), quarantine
+
+    return parts(), schemas
+
+
+def read_decision_meta(folder: Path) -> dict[str, Any]:
+    """What a staged batch's decision recorded (``write_decision``, ``write_decision_meta``)."""
+    return dict(json.loads((folder / DECISION_META).read_text()))
 
 
 def write_decision(folder: Path, table: pd.DataFrame, meta: dict[str, Any]) -> Path:
