@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from poisonguard.decision import (
@@ -396,3 +396,19 @@ def test_decide_rejects_a_bad_fdr():
         match=r"The 'fdr' parameter of decide\(\) must be in \(0, 1\)\. Got 1\.5 instead\.",
     ):
         decide({"a": np.zeros(3)}, cal, fdr=1.5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 5000), st.floats(1e-6, 0.2), st.data())
+def test_the_excess_rule_may_skip_cuts_holding_no_more_than_their_mean(n, q, data):
+    """``excess_cut`` computes tails only for cuts holding more than ``floor(n * t)`` rows,
+    ``t`` the cut's p-value: a binomial's upper tail from at or below the floor of its mean
+    is at least 1/2, above any significance level ``level / n`` (``level`` <= 1, ``n`` >= 2),
+    however the clean share is raised above ``t``."""
+    from scipy.stats import binom
+
+    floor = int(np.floor(n * q))
+    assume(floor >= 1)
+    k = data.draw(st.integers(1, floor))
+    share = data.draw(st.floats(q, 1.0))
+    assert binom.sf(k - 1, n, share) >= 0.5 - 1e-12

@@ -36,10 +36,9 @@ def _config(root: Path, execution: ExecutionSettings | None = None) -> Config:
     return config if execution is None else dataclasses.replace(config, execution=execution)
 
 
-def _outcome(root: Path) -> dict:
-    """Where every row of every batch went, and why, without hashes or times."""
-    store = Store(root / "store")
-    ledger = sorted(
+def _ledger(store: Store) -> list[tuple]:
+    """Every batch's ledger row, without hashes or times, in batch order."""
+    return sorted(
         (
             b.batch_id,
             b.status,
@@ -51,6 +50,12 @@ def _outcome(root: Path) -> dict:
         )
         for b in store.batches()
     )
+
+
+def _outcome(root: Path) -> dict:
+    """Where every row of every batch went, and why, without hashes or times."""
+    store = Store(root / "store")
+    ledger = _ledger(store)
     files = {}
     for f in store.files():
         if f.kind not in ("clean", "quarantine"):
@@ -216,18 +221,7 @@ def test_a_chunked_batch_streams_into_an_object_store_data_location(
     config = _config(root, TINY)
     process_landing(config)
     store = Store(config.store, data=config.data)
-    ledger = sorted(
-        (
-            b.batch_id,
-            b.status,
-            b.rows_in,
-            b.rows_clean,
-            b.rows_quarantined,
-            b.rows_rejected,
-            b.reason,
-        )
-        for b in store.batches()
-    )
+    ledger = _ledger(store)
     assert ledger == both[0]["ledger"]
     for f in store.files("clean") + store.files("quarantine"):
         assert store.data.sha256(f.path) == f.sha256
