@@ -268,7 +268,9 @@ def _rejected(
         started_at=started,
         landed=entry.identity,
     )
-    write_batch_report(store, outcome, failed_expectations=_jsonable(broken))
+    write_batch_report(
+        store, outcome, failed_expectations=_jsonable(broken), masker=Masker(config.pii)
+    )
     name = safe_stem(entry.name) + (batch_suffix(entry.name) or "")
     return Intake(record=store.reject(landed, name, outcome))
 
@@ -1073,7 +1075,7 @@ def write_batch_report(
     threshold_p: float | None = None,
     reference: ReferenceUsed | None = None,
     source_state: str | None = None,
-    masker: Masker | None = None,
+    masker: Masker,
     counted: tuple[int, int] | None = None,
 ) -> tuple[Path, Path]:
     """Write a batch's HTML and JSON reports (before its ledger commit: a re-run rewrites them).
@@ -1093,7 +1095,7 @@ def write_batch_report(
         created_at=now(),
         rows_in=outcome.rows_in,
         clean=outcome.clean,
-        quarantine=(masker or Masker()).frame(outcome.quarantine),
+        quarantine=masker.frame(outcome.quarantine),
         rejected=outcome.rows_rejected,
         reason=outcome.reason,
         held_by=held_by,
