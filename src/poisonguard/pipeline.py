@@ -268,9 +268,8 @@ def _rejected(
         started_at=started,
         landed=entry.identity,
     )
-    write_batch_report(
-        store, outcome, failed_expectations=_jsonable(broken), masker=Masker(config.pii)
-    )
+    # A rejected batch's report shows no rows, so there is nothing to mask.
+    write_batch_report(store, outcome, failed_expectations=_jsonable(broken), masker=Masker())
     name = safe_stem(entry.name) + (batch_suffix(entry.name) or "")
     return Intake(record=store.reject(landed, name, outcome))
 
