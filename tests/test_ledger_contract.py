@@ -36,6 +36,7 @@ from poisonguard.store import (
     Landed,
     Ledger,
     Outcome,
+    ReferenceSample,
     ReferenceVersion,
     Review,
     Store,
@@ -163,11 +164,11 @@ def test_an_older_ledger_is_migrated_step_by_step_and_only_once(ledger):
         tx.add_batch(_batch("b1"))
         tx.add_files([_file("b1")], AT)
         tx.add_reference(ReferenceVersion(1, "d", 7, (_file("b1"),), "me", "", AT))
-    assert steps == [(2, SCHEMA_VERSION)] and ledger.schema_version() == SCHEMA_VERSION
+    assert steps == [(2, 3), (3, SCHEMA_VERSION)] and ledger.schema_version() == SCHEMA_VERSION
     assert ledger.references()[0].files == (_file("b1"),)
     with ledger.transaction() as tx:
         tx.upgrade(lambda version, to: steps.append((version, to)))
-    assert steps == [(2, SCHEMA_VERSION)]
+    assert steps == [(2, 3), (3, SCHEMA_VERSION)]
 
 
 def test_a_failed_migration_step_leaves_the_older_ledger_as_it_was(ledger):
@@ -207,8 +208,9 @@ def test_a_ledger_of_a_version_this_code_does_not_read_is_refused(spec, created)
 
 
 def test_a_store_on_an_older_ledger_migrates_its_seed_into_reference_version_1(spec, ledger):
-    """The store's data step runs inside the backend's upgrade: the seed becomes reference
-    version 1, both steps are audited, and the chain verifies."""
+    """The store's data steps run inside the backend's upgrade: the seed becomes reference
+    version 1, every step is audited, and the chain verifies. Its file is not there to draw a
+    sample from: the version keeps none, and the step says why."""
     ledger.create(version=2)
     with ledger.transaction() as tx:
         tx.add_audit(_entry(GENESIS, "init"))  # a schema-2 chain had entries already
@@ -221,7 +223,9 @@ def test_a_store_on_an_older_ledger_migrates_its_seed_into_reference_version_1(s
     assert ledger.schema_version() == SCHEMA_VERSION
     (v1,) = store.references()
     assert v1.batch_ids == ("seed-old",) and v1.rows == 5
-    assert [e["action"] for e in store.audit_log()] == ["init", "reference", "migrate"]
+    assert [e["action"] for e in store.audit_log()] == ["init", "reference", *["migrate"] * 2]
+    sampled = json.loads(store.audit_log()[-1]["detail"])
+    assert v1.sample is None and "clean/seed-old.parquet" in sampled["why"]
 
 
 def _insert_v2_seed(spec: dict[str, str]) -> None:
@@ -354,6 +358,23 @@ def test_reference_versions_keep_their_files_in_order(created):
     assert (v1.version, v1.files, v2.files) == (1, files[:1], files[::-1])
     assert created.references() == [v2] and created.references(1) == [v1]
     assert created.references(3) == []
+
+
+def test_a_reference_version_keeps_its_sample_given_with_it_or_set_later(created):
+    """A version's sample (path, hash, rows, rule) reads back as written, whether it came with
+    the version or was set afterwards (a migration); a version without one reads None."""
+    sample = ReferenceSample("reference/version-1.parquet", "s" * 64, 2**40, '{"limit": 9}')
+    with created.transaction() as tx:
+        tx.add_batch(_batch("seed", "seed"))
+        tx.add_files([_file("seed")], AT)
+        tx.add_reference(ReferenceVersion(1, "d", 7, (_file("seed"),), "pg", "", AT, sample))
+        tx.add_reference(ReferenceVersion(2, "e", 7, (_file("seed"),), "pg", "", AT))
+    v1, v2 = created.references(every=True)
+    assert (v1.sample, v2.sample) == (sample, None)
+    later = replace(sample, path="reference/version-2.parquet")
+    with created.transaction() as tx:
+        tx.set_sample(2, later)
+    assert created.references()[0].sample == later and created.references(1)[0].sample == sample
 
 
 def test_audit_entries_read_back_in_order_and_the_head_is_the_last(created):

@@ -359,6 +359,7 @@ def _ledger_against_audit(store: Store) -> list[str]:
                 f"{judged.get(rec.batch_id)}: the ledger was edited"
             )
     reasons += _references_against_audit(store, versions)
+    reasons += _samples_against_audit(store)
     missing = set(counts) - {r.batch_id for r in store.batches()}
     reasons += [
         f"batch {b}: ingested in the audit chain, but gone from the ledger" for b in missing
@@ -417,6 +418,24 @@ def _references_against_audit(
                 "the ledger was edited"
             )
     return reasons
+
+
+def _samples_against_audit(store: Store) -> list[str]:
+    """Each reference version's sample is the file its audit entry (the version's, or the
+    migration's that drew it) recorded: a sample replaced in the ledger and on disk together
+    still differs from the chain."""
+    recorded: dict[int, str] = {}
+    for entry in store.audit_log():
+        detail = json.loads(entry["detail"]) if entry["action"] in ("reference", "migrate") else {}
+        sample = detail.get("sample")
+        if isinstance(sample, dict) and "sha256" in sample:
+            recorded[int(sample.get("version", detail.get("version", 0)))] = sample["sha256"]
+    return [
+        f"reference version {ref.version}: its sample is not the file its audit entry "
+        "recorded: the ledger was edited"
+        for ref in store.references()
+        if (ref.sample.sha256 if ref.sample else None) != recorded.get(ref.version)
+    ]
 
 
 def _training_set(store: Store, config: Config) -> list[str]:

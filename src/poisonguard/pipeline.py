@@ -55,6 +55,7 @@ from poisonguard.evidence import (
 )
 from poisonguard.landing import Entry, batch_id_for, batch_suffix, safe_stem, source_of
 from poisonguard.pii import Masker
+from poisonguard.sampling import rule_for
 from poisonguard.scan import Guard
 from poisonguard.sources import (
     SOURCE_ALARM,
@@ -480,7 +481,7 @@ def held_by_blocklist(frame: pd.DataFrame, rejected: pd.DataFrame, guard: Guard)
     }
 
 
-#: Guards fitted in this process, by reference digest and guard settings (newest last).
+#: Guards fitted in this process, by reference sample digest and guard settings (newest last).
 _FITTED: OrderedDict[tuple[str, str], Guard] = OrderedDict()
 _FITTED_MAX = 2
 
@@ -489,18 +490,29 @@ def fit_guard(config: Config, store: Store, reference: ReferenceVersion | None =
     """Detectors fitted on a version of the store's pinned reference (default the current one).
 
     The reference is the seed and the batches promoted into it
-    (``poisonguard reference promote``), never merely the accepted rows. It changes
-    only by promotion, so a process that judges many batches (a served flow, a run of
-    many files) fits once per version: the fitted guard is kept by the version's
-    digest (its files' hashes) and the config's guard settings. Judging never changes
-    a fitted guard.
+    (``poisonguard reference promote``), never merely the accepted rows. The
+    detectors are fitted on its sample (at most ``detection.max_reference_rows``
+    rows, ``poisonguard.sampling``), which the store wrote with the version: only
+    that file is read, verified by its hash, however many rows the reference holds
+    (``Store.sample_frame``; a sample drawn under another label or limit than the
+    config's is drawn afresh from the version's files). It changes only by
+    promotion, so a process that judges many batches (a served flow, a run of many
+    files) fits once per version: the fitted guard is kept by the sample's digest
+    and the config's guard settings. Judging never changes a fitted guard.
+
+    Raises
+    ------
+    StoreError
+        When the store has no reference, or its sample file is missing or changed.
     """
     version = reference or store.reference()
-    key = ("" if version is None else version.digest, repr(_guard_args(config)))
+    rule = rule_for(config)
+    digest = "" if version is None else store.sample_digest(version, rule)
+    key = (digest, repr(_guard_args(config)))
     if version is not None and key in _FITTED:
         _FITTED.move_to_end(key)
         return _FITTED[key]
-    frame = pd.DataFrame() if version is None else store.reference_frame(version)
+    frame = pd.DataFrame() if version is None else store.sample_frame(version, rule)
     if frame.empty:
         raise StoreError(
             f"the store {store.root} has no trusted reference yet; "

@@ -41,6 +41,7 @@ from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
 from poisonguard.detectors._common import TIE_JITTER
 from poisonguard.detectors.base import SummaryFold, WithinBatchDetector
 from poisonguard.errors import BatchError, ConfigError, param_error
+from poisonguard.sampling import SampleRule, draw_sample, seed_key
 from poisonguard.sources import THRESHOLDS
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
@@ -221,8 +222,12 @@ class Guard:
         _check_kinds(self.columns, features, "Guard")
         rng = np.random.default_rng(settings.random_state)
         if len(reference) > settings.max_reference_rows:
-            keep = np.sort(rng.choice(len(reference), settings.max_reference_rows, replace=False))
-            reference = reference.iloc[keep]
+            # The store's rule (``poisonguard.sampling``), keyed by the seed: a store's
+            # sample is within the limit already and is kept whole.
+            rule = SampleRule(settings.max_reference_rows, self.label, self.task)
+            reference = draw_sample(
+                reference, rule.resolved(reference), seed_key(settings.random_state)
+            )
         if self.label is not None:
             reference = reference[reference[self.label].notna()]
 

@@ -5,6 +5,8 @@ Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
     ledger.sqlite            batches, files, reviews, blocklist, landing memo, reference
                              versions, audit chain (the embedded ledger)
     anchor.json              the audit chain's head, keyed (see ``audit``)
+    reference/version-<n>.parquet  reference version n's sample: the rows the detectors
+                             are fitted on (see ``samples``)
     clean/<batch>.parquet    rows that joined the training set, one file per batch
                              (plus one per release or re-scan hold: ``<batch>.release-<n>``,
                              ``<batch>.rescan-<n>``)
@@ -17,7 +19,7 @@ Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
 
 and beside it ``<store>.key``: the audit key (32 random bytes, owner-only; its
 place can be set with ``dataset.audit_key``). ``clean/``, ``quarantine/``,
-``rejected/`` and ``anchor.json`` are the store's data files: ``[store] data`` can
+``rejected/``, ``reference/`` and ``anchor.json`` are the store's data files: ``[store] data`` can
 put them in another folder or on any fsspec filesystem (``files.DataFiles``),
 for several runners sharing one store; the rest stays in the store's folder.
 
@@ -40,6 +42,9 @@ Modules:
     ``open_store``, the one way library code and flows open a store.
 ``revisions``
     Changes after a commit: reference versions, revocations, re-scan holds.
+``samples``
+    Each reference version's sample file, drawn (``poisonguard.sampling``) and written
+    with the version; what fitting reads.
 ``ledger``
     The ``Ledger`` protocol and the records it keeps; ``sql``: the SQL both ledgers
     speak; ``sqlite``: ``SqliteLedger``, the embedded default; ``postgres``:
@@ -108,6 +113,7 @@ from poisonguard.store.ledger import (
     Ledger,
     LedgerTransaction,
     LedgerView,
+    ReferenceSample,
     ReferenceVersion,
     Review,
     reference_digest,
@@ -150,6 +156,7 @@ __all__ = [
     "LedgerTransaction",
     "LedgerView",
     "Outcome",
+    "ReferenceSample",
     "ReferenceVersion",
     "Review",
     "Revocation",

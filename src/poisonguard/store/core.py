@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from poisonguard.errors import GateError, ReviewError, StoreError, shown
 from poisonguard.landing import Entry, source_of
+from poisonguard.sampling import SampleRule, rule_for, sample_key
 from poisonguard.sources import BatchCounts, Event
 from poisonguard.store import revisions
 from poisonguard.store.audit import ANCHOR, AuditChain, default_key_path, entry_hash
@@ -66,12 +67,14 @@ from poisonguard.store.ledger import (
     Landed,
     Ledger,
     LedgerTransaction,
+    ReferenceSample,
     ReferenceVersion,
     Review,
     copy_ledger,
     file_records,
 )
 from poisonguard.store.revisions import Revocation
+from poisonguard.store.samples import SAMPLES, draw_afresh, drawn_by, read_sample, write_sample
 from poisonguard.store.sqlite import LEDGER_FILE, SqliteLedger
 from poisonguard.store.staging import disown, recover, staging_dir
 
@@ -80,8 +83,9 @@ if TYPE_CHECKING:
 
 SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
 #: The folders of the files the ledger lists, one kind each: the store's data files, where
-#: ``[store] data`` puts them (the store's folder unless it says).
-LISTED = ("clean", "quarantine", "rejected")
+#: ``[store] data`` puts them (the store's folder unless it says). ``reference/`` holds the
+#: reference versions' samples (``samples``).
+LISTED = ("clean", "quarantine", "rejected", SAMPLES)
 #: The folders that stay in the store's own folder, wherever its data files are.
 LOCAL = ("reports", "staging")
 #: How long a writer waits for another process's lock before giving up.
@@ -140,9 +144,13 @@ class Store:
     ledger : Ledger, optional
         The ledger (default the embedded ``SqliteLedger`` in ``root``).
     data : str or Path, optional
-        Where the data files (``clean/``, ``quarantine/``, ``rejected/`` and the
-        audit anchor) live: a folder or an fsspec URL (``DataFiles``); default
+        Where the data files (``clean/``, ``quarantine/``, ``rejected/``,
+        ``reference/`` and the audit anchor) live: a folder or an fsspec URL (``DataFiles``); default
         ``root``. Reports and the staging area stay in ``root``.
+    sampling : SampleRule, optional
+        How the samples of new reference versions are drawn (default
+        ``sampling.rule_for(None)``: the default limit, no label); ``open_store`` gives
+        the config's.
 
     Attributes
     ----------
@@ -165,8 +173,11 @@ class Store:
         create: bool = False,
         ledger: Ledger | None = None,
         data: str | Path | None = None,
+        sampling: SampleRule | None = None,
     ) -> None:
         self.root = Path(root)
+        self.sampling = sampling if sampling is not None else rule_for(None)
+        self._markers: list[Path] = []  # staging markers of sample files: see transaction()
         self.key_path = Path(key_path) if key_path is not None else default_key_path(self.root)
         self.ledger: Ledger = ledger if ledger is not None else SqliteLedger(self.root)
         self.data = DataFiles(data if data is not None else self.root)
@@ -243,9 +254,24 @@ class Store:
         if not files:
             return {"reference": None}
         ref = revisions.add_reference(
-            tx, self._chain, files, actor="poisonguard", note="the seed (migration)"
+            self, tx, files, actor="poisonguard", note="the seed (migration)", sampled=False
         )
         return {"reference": ref.summary()}
+
+    def _migrate_to_4(self, tx: LedgerTransaction) -> dict[str, Any]:
+        """The current reference version's sample, drawn from its files (older versions keep
+        none: nothing fits on them). A version whose files cannot be read as recorded keeps
+        none either, and says why; fitting on it then reads the whole reference
+        (``sample_frame``), where the same problem stops it."""
+        (current,) = tx.references() or (None,)
+        if current is None:
+            return {"sample": None}
+        try:
+            sample = write_sample(self, current.version, current.files, None)
+        except (GateError, StoreError, OSError) as exc:
+            return {"sample": None, "version": current.version, "why": str(exc)}
+        tx.set_sample(current.version, sample)
+        return {"sample": {"version": current.version, **sample.__dict__}}
 
     # -- locks and transactions ----------------------------------------------
     @contextlib.contextmanager
@@ -267,12 +293,23 @@ class Store:
         """One write transaction on the ledger, under the write lock; commits together.
 
         When it appended to the audit chain, the anchor is moved to the new head
-        after the commit.
+        after the commit. A sample file written in it (``samples.write_sample``) is
+        removed when it rolls back.
         """
         with self.writing():
             self._chain.appended = False
-            with self.ledger.transaction() as tx:
-                yield tx
+            self._markers = []
+            try:
+                with self.ledger.transaction() as tx:
+                    yield tx
+            except BaseException:
+                if self._markers:  # a sample file no version will list
+                    for marker in self._markers:
+                        disown(marker)
+                    self.recover()
+                raise
+            for marker in self._markers:
+                shutil.rmtree(marker, ignore_errors=True)
             if self._chain.appended:
                 self._chain.write_anchor(self.ledger)
 
@@ -486,6 +523,34 @@ class Store:
         # A new object sharing the kept data: copy-on-write copies it if the caller writes.
         return frame.copy(deep=False)
 
+    def sample_key(self) -> str:
+        """The key of the reference samples' row priorities, derived from the audit key (so
+        that no one without it can predict, or steer rows into, a sample)."""
+        return sample_key(self._chain.key())
+
+    def sample_digest(self, reference: ReferenceVersion, rule: SampleRule) -> str:
+        """What names the rows ``sample_frame`` gives: the sample file's SHA-256, or the
+        version's digest and the rule when the file was drawn under another rule."""
+        sample = drawn_by(reference, rule)
+        return sample.sha256 if sample is not None else f"{reference.digest}\0{rule.to_json()}"
+
+    def sample_frame(self, reference: ReferenceVersion, rule: SampleRule) -> pd.DataFrame:
+        """The sample of a reference version that ``rule`` draws: its sample file, read
+        verified, when it was drawn under ``rule``; else drawn from every file of the version
+        (read verified), as a new version would draw it (``samples.draw_afresh``).
+
+        Raises
+        ------
+        StoreError
+            When the sample file is missing or changed.
+        GateError
+            When a file of the version changed (drawing afresh).
+        """
+        sample = drawn_by(reference, rule)
+        if sample is None:
+            return draw_afresh(self, reference, rule)
+        return read_sample(self, reference, sample)
+
     def reference(self, version: int | None = None) -> ReferenceVersion | None:
         """A reference version (default the current one, the highest); None if there is none.
 
@@ -558,7 +623,9 @@ class Store:
             if f.kind == "quarantine":
                 held_rows = self.data.read_table(f.path, ["pg_row"])["pg_row"].tolist()
                 held_by_batch[f.batch_id].update(held_rows)
-        listed = {f.path for f in records}
+        samples = [s for s in (r.sample for r in self.references()) if s is not None]
+        reasons += self._verify_samples(samples)
+        listed = {f.path for f in records} | {s.path for s in samples}
         for kind in LISTED:
             for rel in self.data.find(kind):
                 if rel not in listed:
@@ -576,6 +643,21 @@ class Store:
                     f"batch {rec.batch_id}: its files hold {clean} clean and {held} quarantined "
                     f"rows, the ledger counts {rec.rows_clean} and {want_held}"
                 )
+        return reasons
+
+    def _verify_samples(self, samples: list[ReferenceSample]) -> list[str]:
+        """Each reference sample is there with the hash and row count it was written with."""
+        reasons = []
+        for s in samples:
+            if not self.data.is_file(s.path) or self.data.is_link(s.path):
+                reasons.append(f"{s.path}: a reference sample the ledger lists, missing")
+            elif (digest := self.data.sha256(s.path)) != s.sha256:
+                reasons.append(
+                    f"{s.path}: changed behind poisonguard's back (SHA-256 {digest[:12]}..., "
+                    f"ledger has {s.sha256[:12]}...)"
+                )
+            elif (rows := self.data.rows(s.path)) != s.rows:
+                reasons.append(f"{s.path}: has {rows} rows, the ledger recorded {s.rows}")
         return reasons
 
     @property
@@ -745,9 +827,7 @@ class Store:
             self._chain.append(tx, "ingest", outcome.batch_id, "poisonguard", detail)
             if outcome.status == "seed":
                 seeded = [f for f in file_records(outcome.batch_id, written) if f.kind == "clean"]
-                revisions.add_reference(
-                    tx, self._chain, seeded, actor="poisonguard", note="the seed"
-                )
+                revisions.add_reference(self, tx, seeded, actor="poisonguard", note="the seed")
             crash_point("before-ledger-commit")
         crash_point("after-ledger-commit")
         shutil.rmtree(marker, ignore_errors=True)
@@ -1008,6 +1088,7 @@ class Store:
 #: The data step of each schema step, by the version it reaches (see ``Store._migrate``).
 _MIGRATIONS: dict[int, Callable[[Store, LedgerTransaction], dict[str, Any]]] = {
     3: Store._migrate_to_3,
+    4: Store._migrate_to_4,
 }
 
 
@@ -1045,6 +1126,7 @@ def open_store(
         create=create,
         ledger=ledger_for(config.store, config.ledger),
         data=config.data,
+        sampling=rule_for(config),
     )
 
 

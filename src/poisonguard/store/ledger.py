@@ -27,7 +27,7 @@ from poisonguard.store.files import now
 
 #: The ledger schema this code reads and writes. A backend brings an older ledger
 #: to it in one transaction (``LedgerTransaction.upgrade``).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Where a batch's rows are counted (``LedgerTransaction.move_rows``).
 ROW_COUNTS = ("clean", "quarantined", "rejected")
@@ -142,6 +142,26 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class ReferenceSample:
+    """A reference version's sample: the file of the rows its detectors are fitted on.
+
+    Attributes
+    ----------
+    path : str
+        Relative to the store's data files (``reference/version-<n>.parquet``).
+    sha256 : str
+    rows : int
+    rule : str
+        How it was drawn (``sampling.SampleRule.to_json``).
+    """
+
+    path: str
+    sha256: str
+    rows: int
+    rule: str
+
+
+@dataclass(frozen=True)
 class ReferenceVersion:
     """One version of the pinned reference: the clean files the detectors are fitted on.
 
@@ -156,6 +176,9 @@ class ReferenceVersion:
         In the order they joined the reference (the seed's first).
     actor, note, at : str
         Who made the version, why, and when (ISO 8601).
+    sample : ReferenceSample or None
+        Its sample (written with the version); None for a version an older
+        poisonguard wrote and the migration could not sample (``Store._migrate_to_4``).
     """
 
     version: int
@@ -165,6 +188,7 @@ class ReferenceVersion:
     actor: str
     note: str
     at: str
+    sample: ReferenceSample | None = None
 
     @property
     def batch_ids(self) -> tuple[str, ...]:
@@ -310,7 +334,11 @@ class LedgerTransaction(LedgerView, Protocol):
         ...
 
     def add_reference(self, ref: ReferenceVersion) -> None:
-        """Record a new reference version and its files, in their order."""
+        """Record a new reference version, its files in their order, and its sample."""
+        ...
+
+    def set_sample(self, version: int, sample: ReferenceSample) -> None:
+        """Record the sample of a reference version written without one (a migration)."""
         ...
 
     def add_audit(self, entry: AuditEntry) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from poisonguard.errors import ReviewError, StoreError, shown
 from poisonguard.landing import source_of
-from poisonguard.store.audit import AuditChain
 from poisonguard.store.files import crash_point, now
 from poisonguard.store.ledger import (
     BatchRecord,
@@ -32,6 +31,7 @@ from poisonguard.store.ledger import (
     file_records,
     reference_digest,
 )
+from poisonguard.store.samples import write_sample
 
 if TYPE_CHECKING:
     from poisonguard.store.core import Store
@@ -143,7 +143,7 @@ def promote(
                 raise ReviewError(f"batch {batch_id} {refused}")
             added += new
         _check_source_share(tx, [*current.files, *added], wanted, max_source_share)
-        return add_reference(tx, store._chain, added, actor=actor.strip(), note=note)
+        return add_reference(store, tx, added, actor=actor.strip(), note=note)
 
 
 def _check_source_share(
@@ -172,27 +172,32 @@ def _check_source_share(
 
 
 def add_reference(
+    store: Store,
     tx: LedgerTransaction,
-    chain: AuditChain,
     added: list[FileRecord],
     *,
     actor: str,
     note: str,
     without: str | None = None,
+    sampled: bool = True,
 ) -> ReferenceVersion:
     """Write the next reference version (the current one's files but those of batch
-    ``without``, then ``added``) and its audit entry, inside the caller's transaction."""
+    ``without``, then ``added``), its sample file (``samples.write_sample``; not when
+    ``sampled`` is False: a migration step before the ledger keeps samples) and its audit
+    entry, inside the caller's transaction."""
     (current,) = tx.references() or (None,)
     kept = [f for f in (current.files if current else ()) if f.batch_id != without]
     files = (*kept, *added)
+    version = 1 if current is None else current.version + 1
     ref = ReferenceVersion(
-        version=1 if current is None else current.version + 1,
+        version=version,
         digest=reference_digest(f.sha256 for f in files),
         rows=sum(f.rows or 0 for f in files),
         files=files,
         actor=actor,
         note=note,
         at=now(),
+        sample=write_sample(store, version, files, current) if sampled else None,
     )
     tx.add_reference(ref)
     batches = list(dict.fromkeys(f.batch_id for f in added)) or ([without] if without else [])
@@ -202,10 +207,11 @@ def add_reference(
         "files": [f.path for f in files],
         "note": note,
         **({"removed": [without]} if without else {}),
+        **({"sample": asdict(ref.sample)} if ref.sample else {}),
     }
     # The entry names its batch when it adds or removes one (the seed, a single
     # promotion, a revocation).
-    chain.append(tx, "reference", batches[0] if len(batches) == 1 else None, actor, detail)
+    store._chain.append(tx, "reference", batches[0] if len(batches) == 1 else None, actor, detail)
     return ref
 
 
@@ -325,8 +331,8 @@ def _record_revocation(
         reference = None
         if current is not None and rec.batch_id in current.batch_ids:
             reference = add_reference(
+                store,
                 tx,
-                store._chain,
                 [],
                 actor=actor,
                 note=f"revoked {rec.batch_id}: {note}",

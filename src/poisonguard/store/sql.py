@@ -25,6 +25,7 @@ from poisonguard.store.ledger import (
     Blocked,
     FileRecord,
     Landed,
+    ReferenceSample,
     ReferenceVersion,
     Review,
 )
@@ -51,15 +52,32 @@ _REFERENCE_SCHEMA = (
     "ALTER TABLE batches ADD COLUMN reference_version INTEGER",
 )
 
+# --------------------------------------------------------------------------- schema step 3 -> 4
+# The reference sample (issue 12, item 2): each version's sample file, the rows the
+# detectors are fitted on, with its hash, row count and the rule that drew it.
+_SAMPLE_SCHEMA = tuple(
+    f"ALTER TABLE reference_versions ADD COLUMN {column}"
+    for column in (
+        "sample_path TEXT",
+        "sample_sha256 TEXT",
+        "sample_rows BIGINT",
+        "sample_rule TEXT",
+    )
+)
+
 #: The oldest ledger schema this code migrates, and the steps after it, in order:
 #: (the version a step reaches, its statements), the same for both ledgers. Each step's
 #: data step is the store's (``upgrade``'s ``step``).
 BASE_SCHEMA_VERSION = 2
-SCHEMA_STEPS: tuple[tuple[int, tuple[str, ...]], ...] = ((3, _REFERENCE_SCHEMA),)
+SCHEMA_STEPS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (3, _REFERENCE_SCHEMA),
+    (4, _SAMPLE_SCHEMA),
+)
 
 _BATCH_COLUMNS = tuple(f.name for f in fields(BatchRecord))
 _LANDED_COLUMNS = tuple(f.name for f in fields(Landed))
 _FILE_COLUMNS = "path, batch_id, kind, sha256, rows"
+_SAMPLE_FIELDS = tuple(f.name for f in fields(ReferenceSample))
 _AUDIT_COLUMNS = "seq, at, action, batch_id, actor, detail, prev_hash, hash, mac"
 
 
@@ -147,7 +165,8 @@ class SqlRecords:
     def references(
         self, version: int | None = None, *, every: bool = False
     ) -> list[ReferenceVersion]:
-        query = "SELECT version, digest, rows, actor, note, at FROM reference_versions"
+        # Every column: a migration's earlier step reads versions before the sample's exist.
+        query = "SELECT * FROM reference_versions"
         if every:
             heads = self._all(f"{query} ORDER BY version")
         elif version is None:
@@ -161,7 +180,10 @@ class SqlRecords:
                 "JOIN files f ON f.path = r.path WHERE r.version = ? ORDER BY r.position",
                 head["version"],
             )
-            out.append(ReferenceVersion(files=tuple(FileRecord(**r) for r in rows), **head))
+            sampled = [head.pop(f"sample_{c}", None) for c in _SAMPLE_FIELDS]
+            sample = ReferenceSample(*sampled) if sampled[1] is not None else None
+            files = tuple(FileRecord(**r) for r in rows)
+            out.append(ReferenceVersion(files=files, sample=sample, **head))
         return out
 
     def audit_log(self) -> list[dict[str, Any]]:
@@ -272,9 +294,19 @@ class SqlTransaction(SqlRecords):
             ref.note,
             ref.at,
         )
+        if ref.sample is not None:
+            self.set_sample(ref.version, ref.sample)
         self._many(
             "INSERT INTO reference_files (version, position, path) VALUES (?, ?, ?)",
             [(ref.version, i, f.path) for i, f in enumerate(ref.files)],
+        )
+
+    def set_sample(self, version: int, sample: ReferenceSample) -> None:
+        sets = ", ".join(f"sample_{c} = ?" for c in _SAMPLE_FIELDS)
+        self._run(
+            f"UPDATE reference_versions SET {sets} WHERE version = ?",
+            *(getattr(sample, c) for c in _SAMPLE_FIELDS),
+            version,
         )
 
     def add_audit(self, entry: AuditEntry) -> None:

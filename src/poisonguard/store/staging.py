@@ -46,6 +46,7 @@ from poisonguard.store.files import (
 )
 from poisonguard.store.ledger import LedgerView
 from poisonguard.store.locking import owner_alive, this_owner
+from poisonguard.store.samples import SAMPLES, is_sample_name
 
 STAGED_ROWS = "rows.parquet"
 STAGED_PRIOR = "prior.parquet"
@@ -265,17 +266,21 @@ def recover(
         if alive or (alive is None and not other_hosts):
             continue  # a live process (this one included) is mid-way through it
         markers.append(marker)
-    for sub in ("clean", "quarantine"):
+    # A batch's files, and a reference version's sample (``samples``: marker ``version-<n>``).
+    written = ("clean", "quarantine", SAMPLES)
+    for sub in written:
         for rel in data.temporaries(sub):
             data.remove(rel)
             removed.append(data.where(rel))
     if not markers:
         return removed
     known = {f.path for f in ledger.files()}
+    if any(is_sample_name(m.name) for m in markers):
+        known |= {r.sample.path for r in ledger.references(every=True) if r.sample is not None}
     batches = {b.batch_id for b in ledger.batches()}
     for marker in markers:
         name = marker.name
-        for sub in ("clean", "quarantine"):
+        for sub in written:
             rel = f"{sub}/{name}.parquet"
             if rel not in known and data.exists(rel):
                 data.remove(rel)
