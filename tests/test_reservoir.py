@@ -22,8 +22,8 @@ from poisonguard.errors import GateError, StoreError
 from poisonguard.gate import gate
 from poisonguard.pipeline import data_columns, fit_guard, guard_for, process_landing
 from poisonguard.review import review, revoke
-from poisonguard.sampling import SampleRule, draw_sample, rule_for
-from poisonguard.store import CRASH_ENV, SCHEMA_VERSION, Store, open_store
+from poisonguard.sampling import SampleRule, draw_sample, key_id, rule_for
+from poisonguard.store import CRASH_ENV, SCHEMA_VERSION, Store, copy_store, open_store
 from poisonguard.store.files import DataFiles
 
 #: Under the demo seed's 718 rows, over its 10 classes' floors (500).
@@ -90,7 +90,8 @@ def test_init_writes_the_seed_sample_with_its_digest_in_the_ledger_and_the_audit
     content = (store.root / sample.path).read_bytes()
     assert hashlib.sha256(content).hexdigest() == sample.sha256
     assert sample.rows == v1.rows  # the seed is under the default limit: kept whole
-    assert SampleRule.from_json(sample.rule) == SampleRule(20000, LABEL, "classification")
+    drawn = SampleRule(20000, LABEL, "classification", key_id=key_id(store.sample_key()))
+    assert SampleRule.from_json(sample.rule) == drawn
     entry = next(e for e in store.audit_log() if e["action"] == "reference")
     assert json.loads(entry["detail"])["sample"]["sha256"] == sample.sha256
     assert store.verify_files() == []
@@ -230,3 +231,18 @@ def test_a_sample_replaced_in_the_ledger_and_on_disk_together_is_refused_by_the_
     assert store.verify_files() == []
     with pytest.raises(GateError, match="reference version 1: its sample is not the file its"):
         gate(config)
+
+
+def test_a_store_copied_with_a_new_key_draws_its_next_sample_afresh(demo_project, tmp_path):
+    """A copy gets a new audit key, so its rows rank otherwise: its next promotion draws the
+    sample from every file (under its own key) instead of merging one ranked under the old."""
+    config = _small(demo_project)
+    ids = _batches(config, demo_project, 2)
+    open_store(config).promote([ids[0]], actor="ana")
+    copy_store(config.store, tmp_path / "copy", tmp_path / "copy.key")
+    copy = Store(tmp_path / "copy", key_path=tmp_path / "copy.key", sampling=rule_for(config))
+    assert copy.sample_key() != open_store(config).sample_key()
+    copy.promote([ids[1]], actor="ana")
+    pd.testing.assert_frame_equal(
+        copy.sample_frame(copy.reference(), rule_for(config)), _from_scratch(copy, config)
+    )

@@ -64,12 +64,16 @@ class SampleRule:
         label is stratified.
     floor : int
         Rows each class keeps at least.
+    key_id : str
+        Which key drew the sample (``key_id``; not the key): a sample merges only with
+        rows ranked under the same key. Empty for a rule not yet drawn.
     """
 
     limit: int
     label: str | None = None
     task: str | None = None
     floor: int = CLASS_FLOOR
+    key_id: str = ""
 
     @property
     def strata(self) -> str | None:
@@ -87,7 +91,8 @@ class SampleRule:
 
     def draws(self, drawn: SampleRule) -> bool:
         """Whether a sample drawn under the resolved rule ``drawn`` is what this rule draws
-        (a task left to inference takes the one ``drawn`` settled on)."""
+        (a task left to inference takes the one ``drawn`` settled on; any key draws a
+        uniform sample)."""
         same = (drawn.limit, drawn.label, drawn.floor) == (self.limit, self.label, self.floor)
         return same and (self.task is None or self.task == drawn.task)
 
@@ -112,6 +117,13 @@ def sample_key(secret: bytes) -> str:
     audit key, or a seed's bytes) so that the key itself is never the secret."""
     digest = hmac.new(secret, b"poisonguard reference sample", hashlib.sha256).digest()
     return base64.b64encode(digest).decode()[:16]
+
+
+def key_id(key: str) -> str:
+    """A short public name of a priority key, to tell samples drawn under different keys
+    apart (a store copied with a new audit key): 48 bits of its SHA-256, which reveal
+    nothing useful about a 96-bit key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def seed_key(random_state: int) -> str:

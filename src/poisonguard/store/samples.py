@@ -9,9 +9,9 @@ is bounded by the limit, however long the reference's history.
 
 A promotion draws its sample from the previous version's sample and the files it
 adds, nothing else (the sample merges); a version that drops files (a revocation),
-a rule that changed (another label or limit) or too many classes for the floors
-draws it from every file of the version. Every file is read verified: its bytes
-must have the SHA-256 the ledger recorded.
+a rule that changed (another label or limit), another key (a copied store's) or too
+many classes for the floors draws it from every file of the version. Every file is
+read verified: its bytes must have the SHA-256 the ledger recorded.
 
 A sample file is written before its ledger transaction commits, under a staging
 marker ``staging/version-<n>/``; a process that dies in between leaves a file no
@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from poisonguard.errors import StoreError
-from poisonguard.sampling import SampleRule, draw_sample, merges
+from poisonguard.sampling import SampleRule, draw_sample, key_id, merges
 from poisonguard.store.files import crash_point, parquet_bytes, table_from_bytes
 from poisonguard.store.ledger import FileRecord, ReferenceSample, ReferenceVersion
 
@@ -117,13 +118,19 @@ def _draw(
     key = store.sample_key()
     known = () if previous is None else previous.files
     sample = None if previous is None else drawn_by(previous, rule)
-    if sample is not None and previous is not None and files[: len(known)] == known:
-        drawn = SampleRule.from_json(sample.rule)
+    drawn = None if sample is None else SampleRule.from_json(sample.rule)
+    if (
+        previous is not None
+        and sample is not None
+        and drawn is not None
+        and drawn.key_id == key_id(key)
+        and files[: len(known)] == known
+    ):
         frame = _concat([read_sample(store, previous, sample), *_read(store, files[len(known) :])])
         if merges(frame, drawn):
             return draw_sample(frame, drawn, key), drawn
     frame = _concat(_read(store, files))
-    resolved = rule.resolved(frame)
+    resolved = replace(rule.resolved(frame), key_id=key_id(key))
     return draw_sample(frame, resolved, key), resolved
 
 
