@@ -34,7 +34,7 @@ import secrets
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,8 +145,8 @@ class Store:
         The ledger (default the embedded ``SqliteLedger`` in ``root``).
     data : str or Path, optional
         Where the data files (``clean/``, ``quarantine/``, ``rejected/``,
-        ``reference/`` and the audit anchor) live: a folder or an fsspec URL (``DataFiles``); default
-        ``root``. Reports and the staging area stay in ``root``.
+        ``reference/`` and the audit anchor) live: a folder or an fsspec URL
+        (``DataFiles``); default ``root``. Reports and the staging area stay in ``root``.
     sampling : SampleRule, optional
         How the samples of new reference versions are drawn (default
         ``sampling.rule_for(None)``: the default limit, no label); ``open_store`` gives
@@ -271,7 +271,7 @@ class Store:
         except (GateError, StoreError, OSError) as exc:
             return {"sample": None, "version": current.version, "why": str(exc)}
         tx.set_sample(current.version, sample)
-        return {"sample": {"version": current.version, **sample.__dict__}}
+        return {"sample": {"version": current.version, **asdict(sample)}}
 
     # -- locks and transactions ----------------------------------------------
     @contextlib.contextmanager
