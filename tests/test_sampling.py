@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from poisonguard.config import DetectionSettings
 from poisonguard.sampling import (
+    CLASS_FLOOR,
     SampleRule,
     bottom_k,
+    class_floor,
     draw_sample,
     merges,
     row_priorities,
@@ -122,16 +124,17 @@ def test_a_rule_draws_the_sample_of_a_rule_that_resolved_its_task():
 
 def test_a_guard_without_a_store_samples_a_large_reference_keeping_rare_classes():
     """``Guard.fit`` keeps at most ``max_reference_rows`` rows of a larger reference, by the
-    same rule under a key from its seed: a class of 12 rows in 3,000 keeps all 12."""
+    same rule under a key from its seed: a class of 5 rows in 6,000 keeps all 5 (its floor;
+    its share would be 1 or 2)."""
     rng = np.random.default_rng(0)
-    n = 3000
+    n = 6000
     frame = pd.DataFrame(rng.normal(size=(n, 3)), columns=["a", "b", "c"])
-    frame["y"] = np.where(np.arange(n) < 12, "rare", np.where(np.arange(n) % 2, "x", "z"))
-    guard = Guard(label="y", settings=DetectionSettings(max_reference_rows=300)).fit(frame)
-    assert guard.reference_.n_rows == 300
+    frame["y"] = np.where(np.arange(n) < 5, "rare", np.where(np.arange(n) % 2, "x", "z"))
+    guard = Guard(label="y", settings=DetectionSettings(max_reference_rows=2000)).fit(frame)
+    assert guard.reference_.n_rows == 2000 and class_floor(2000) == 5
     classes = np.asarray(guard.reference_.classes, dtype=object)[guard.reference_.y]
-    assert int((classes == "rare").sum()) == 12
-    rule = SampleRule(300, "y", "classification")
+    assert int((classes == "rare").sum()) == 5
+    rule = SampleRule(2000, "y", "classification", floor=5)
     expected = draw_sample(frame, rule, seed_key(0))
     assert np.array_equal(guard.reference_.raw[:, 0], expected["a"].to_numpy())
 
@@ -140,3 +143,9 @@ def test_a_guard_without_a_store_samples_a_large_reference_keeping_rare_classes(
 def test_a_sample_of_fewer_rows_than_the_limit_keeps_them_all(limit):
     rows = _rows("b1", ["a"] * limit)
     assert draw_sample(rows, SampleRule(limit, "y", "classification"), KEY).equals(rows)
+
+
+def test_the_class_floor_is_bounded_by_the_limit():
+    """50 rows at the default limit, one in 400 of a smaller one, never none."""
+    assert class_floor(20000) == class_floor(10**7) == CLASS_FLOOR == 50
+    assert (class_floor(4000), class_floor(300), class_floor(50)) == (10, 1, 1)
