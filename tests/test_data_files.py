@@ -161,7 +161,7 @@ def test_a_landing_run_and_the_gate_read_data_files_kept_in_a_second_folder(
     )
     shared = tmp_path / "shared"
     shared.mkdir()
-    for name in ("clean", "quarantine", "rejected", "anchor.json"):
+    for name in ("clean", "quarantine", "rejected", "reference", "anchor.json"):
         shutil.move(root / "store" / name, shared / name)
     with open(root / "poisonguard.toml", "a") as f:
         f.write(f'\n[store]\ndata = "{shared.as_uri()}"\n')

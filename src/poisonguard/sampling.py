@@ -56,10 +56,8 @@ def class_floor(limit: int) -> int:
 
     A floor lifts a rare class above its share of the reference, and the calibration rows
     are drawn from the sample: the further the sample's class mix is from the batches',
-    the less a clean batch row is like a calibration row (measured on the benchmark's
-    ``default`` table, a floor of 50 in a 300-row sample held 1.8% of poison-free rows
-    against 0.4%). Bounding the floor by the limit bounds that shift: no class gains more
-    than 0.25% of the sample.
+    the less a clean batch row is like a calibration row. Bounding the floor by the limit
+    bounds that shift: no class gains more than 0.25% of the sample.
     """
     return max(1, min(CLASS_FLOOR, limit // FLOOR_SHARE))
 
