@@ -123,8 +123,14 @@ def rule_for(config: Config | None) -> SampleRule:
     (None: the default limit and no label)."""
     limit = (config.detection if config is not None else DetectionSettings()).max_reference_rows
     if config is None:
-        return SampleRule(limit, floor=class_floor(limit))
-    return SampleRule(limit, config.label, config.task, class_floor(limit))
+        return sample_rule(limit)
+    return sample_rule(limit, config.label, config.task)
+
+
+def sample_rule(limit: int, label: str | None = None, task: str | None = None) -> SampleRule:
+    """The rule of a sample of at most ``limit`` rows, stratified by a classification
+    ``label``, with its floor (``class_floor``): the store's and ``Guard``'s."""
+    return SampleRule(limit, label, task, class_floor(limit))
 
 
 def sample_key(secret: bytes) -> str:

@@ -41,7 +41,7 @@ from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
 from poisonguard.detectors._common import TIE_JITTER
 from poisonguard.detectors.base import SummaryFold, WithinBatchDetector
 from poisonguard.errors import BatchError, ConfigError, param_error
-from poisonguard.sampling import SampleRule, class_floor, draw_sample, seed_key
+from poisonguard.sampling import draw_sample, sample_rule, seed_key
 from poisonguard.sources import THRESHOLDS
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
@@ -224,8 +224,7 @@ class Guard:
         if len(reference) > settings.max_reference_rows:
             # The store's rule (``poisonguard.sampling``), keyed by the seed: a store's
             # sample is within the limit already and is kept whole.
-            limit = settings.max_reference_rows
-            rule = SampleRule(limit, self.label, self.task, class_floor(limit))
+            rule = sample_rule(settings.max_reference_rows, self.label, self.task)
             reference = draw_sample(
                 reference, rule.resolved(reference), seed_key(settings.random_state)
             )

@@ -93,7 +93,9 @@ def promote(
     Only committed batches with clean rows and no rows awaiting review can
     join, and only files not yet in the reference are added (rows a reviewer
     released after an earlier promotion join with a later one). The new
-    version and its audit entry (``reference``) are written in one transaction.
+    version's sample file (``samples.write_sample``: from the current sample and
+    the added files only) is written first, then the version and its audit entry
+    (``reference``) in one transaction.
 
     Parameters
     ----------
@@ -248,7 +250,8 @@ def revoke(store: Store, batch_id: str, *, actor: str, note: str) -> Revocation:
     its status becomes ``revoked``. When the batch is in the current
     reference, a new version without it is written, so that later batches
     are judged without it. All of it, with the ``revoke`` audit entry (and
-    the ``reference`` one), is one ledger transaction; no file is written.
+    the ``reference`` one), is one ledger transaction; the only file written is
+    that new version's sample, drawn from every file it keeps.
 
     Revoking a revoked batch changes nothing (``Revocation.already`` says
     when it was revoked).
