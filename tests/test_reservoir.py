@@ -246,3 +246,30 @@ def test_a_store_copied_with_a_new_key_draws_its_next_sample_afresh(demo_project
     pd.testing.assert_frame_equal(
         copy.sample_frame(copy.reference(), rule_for(config)), _from_scratch(copy, config)
     )
+
+
+def test_a_revocation_killed_before_its_commit_leaves_no_sample_behind(demo_project):
+    """A revocation of a batch in the reference writes the new version's sample before its
+    ledger transaction; killed there, it leaves a file the next change removes, and run again
+    it makes the version as if never interrupted."""
+    config = load_config(demo_project / "poisonguard.toml")
+    (batch_id,) = _batches(config, demo_project, 1)
+    store = open_store(config)
+    store.promote([batch_id], actor="ana")
+    env = {**os.environ, CRASH_ENV: "revoke-before-ledger-commit"}
+    argv = ["review", "revoke", batch_id, "--actor", "ana", "--note", "bad feed"]
+    cli = [sys.executable, "-m", "poisonguard.cli", *argv, "--config", str(config.path)]
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    orphan = store.root / "reference" / "version-3.parquet"
+    assert orphan.exists() and store.reference().version == 2
+    with store.writing():  # the next change recovers first
+        pass
+    assert not orphan.exists()
+    revoke(store, batch_id, actor="ana", note="bad feed")
+    v3 = store.reference()
+    assert v3.version == 3 and v3.sample.path == "reference/version-3.parquet"
+    assert store.verify_files() == [] and not list((store.root / "staging").iterdir())
+    pd.testing.assert_frame_equal(
+        store.sample_frame(v3, rule_for(config)), _from_scratch(store, config)
+    )
