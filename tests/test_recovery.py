@@ -170,7 +170,6 @@ def _chunked_project(demo_inputs: Path, root: Path) -> Path:
     from poisonguard.initialize import init_dataset
 
     shutil.copytree(demo_inputs, root)
-    # No id column: its uniqueness rule needs the whole batch (tests/test_streaming.py).
     init_dataset(root / "trusted.parquet", label=LABEL, directory=root, name="digits")
     with open(root / "poisonguard.toml", "a") as f:
         f.write(CHUNKED)

@@ -26,8 +26,10 @@ def _project(demo_inputs: Path, root: Path) -> Path:
     from poisonguard.initialize import init_dataset
 
     shutil.copytree(demo_inputs, root)
-    # No id column: the suite's uniqueness rule needs the whole batch (see test below).
-    init_dataset(root / "trusted.parquet", label=LABEL, directory=root, name="digits")
+    # The id column's uniqueness is counted across chunks (batch 2 repeats ids).
+    init_dataset(
+        root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
+    )
     return root
 
 
@@ -106,6 +108,14 @@ def test_chunked_batches_end_as_whole_ones(both):
         held += len(expected)
     stages = {s for f in whole["files"].values() if "pg_stage" in f for s in f["pg_stage"]}
     assert held > 0 and {"expectations", "detectors"} <= stages
+    # Batch 2's repeated ids, in different chunks of 37 rows, held as on the batch whole.
+    repeated = [
+        f.loc[f["pg_reason"].str.contains("is duplicated in the batch"), "pg_row"]
+        for f in chunked["files"].values()
+        if "pg_reason" in f
+    ]
+    rows = sorted(int(r) for part in repeated for r in part)
+    assert len(rows) == 4 and len({r // TINY.chunk_rows for r in rows}) > 1
 
 
 def test_schema_broken_batch_rejected_whole_in_chunks(both):
@@ -119,26 +129,29 @@ def test_schema_broken_batch_rejected_whole_in_chunks(both):
 
 
 def test_whole_batch_expectation_rejects_chunked_batch(demo_inputs, tmp_path):
-    """An expectation that needs the whole batch at once (uniqueness of an id) cannot be
-    checked chunk by chunk: the batch is rejected with a reason that says so, not passed."""
-    from poisonguard.demo import LABEL
-    from poisonguard.initialize import init_dataset
+    """An expectation that needs the whole batch at once (`mostly` tolerates a share of it)
+    cannot be checked chunk by chunk: the batch is rejected with a reason that says so, not
+    passed."""
+    import json
 
-    root = tmp_path / "demo"
-    shutil.copytree(demo_inputs, root)
-    init_dataset(
-        root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
+    root = _project(demo_inputs, tmp_path / "demo")
+    suite_path = root / "expectations" / "digits.json"
+    suite = json.loads(suite_path.read_text())
+    rule = next(
+        e for e in suite["expectations"] if e["type"] == "expect_column_values_to_be_unique"
     )
+    rule["kwargs"]["mostly"] = 0.99
+    suite_path.write_text(json.dumps(suite))
     for p in (root / "landing").iterdir():
         if p.name != "batch-04-clean.parquet":
             p.unlink()
     run = process_landing(_config(root, TINY))
     (record,) = run.records
     assert record.status == "rejected"
-    assert "expect_column_values_to_be_unique on column 'row_id' cannot be checked" in str(
-        record.reason
-    )
-    assert "chunk_bytes" in str(record.reason)
+    reason = str(record.reason)
+    assert "expect_column_values_to_be_unique on column 'row_id' cannot be checked" in reason
+    assert "'mostly' tolerates a share of the whole batch" in reason
+    assert "chunk_bytes" in reason
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 250, 1000])
