@@ -351,7 +351,7 @@ def _v2_store(project: Path, batches: list[tuple[str, str, pd.DataFrame]]) -> No
             frame = frame.reset_index(drop=True).copy()
             frame["pg_batch"] = batch_id
             frame["pg_row"] = np.arange(len(frame), dtype=np.int64)
-            frame["pg_row_hash"] = row_hashes(frame, data_columns(frame))
+            frame["pg_row_hash"] = row_hashes(frame, data_columns(frame), key=None)  # as main did
             data = parquet_bytes(frame)
             rel = f"clean/{batch_id}.parquet"
             (root / rel).write_bytes(data)
