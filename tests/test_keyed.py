@@ -24,6 +24,7 @@ from poisonguard.errors import StoreError
 from poisonguard.pipeline import process_landing
 from poisonguard.review import held_rows, review
 from poisonguard.store import (
+    Outcome,
     Store,
     blocklist_in,
     data_columns,
@@ -261,3 +262,37 @@ def default_key(config) -> Path:
     from poisonguard.store import default_key_path
 
     return config.audit_key or default_key_path(config.store)
+
+
+def test_what_a_run_leaves_only_while_it_runs_is_owner_only_too(tmp_path):
+    """Under a umask of 022, the files a run removes when it ends (a staging folder and its
+    owner marker, a batch's rows written a chunk at a time) and a copy of the store (the red
+    team's sandbox) are owner-only from their creation, parents made on the way included."""
+    from poisonguard.store import RowGroupWriter, copy_store
+
+    old = os.umask(0o022)
+    try:
+        store = Store(tmp_path / "a" / "b" / "store", create=True)
+        seed = pd.DataFrame({"x": [1.0, 2.0], "pg_row": [0, 1]})
+        store.commit(Outcome("seed", "s" * 64, "seed.csv", "seed", 2, clean=seed))
+        folder = store.staging_dir("probe")
+        with RowGroupWriter(folder / "deep" / "rows.parquet") as writer:
+            writer.write(pd.DataFrame({"x": [1.0, 2.0]}))
+        copy_store(store.root, tmp_path / "copy" / "store", tmp_path / "copy" / "store.key")
+    finally:
+        os.umask(old)
+    found = [tmp_path / "a", *sorted((tmp_path / "a").rglob("*"))]
+    found += [tmp_path / "copy", *sorted((tmp_path / "copy").rglob("*"))]
+    assert folder / ".owner" in found and folder / "deep" / "rows.parquet" in found
+    copied = tmp_path / "copy" / "store"
+    assert {
+        copied / "ledger.sqlite",
+        copied / "anchor.json",
+        copied / "clean" / "seed.parquet",
+    } <= set(found)
+    open_to_others = [
+        f"{p.relative_to(tmp_path)} {stat.filemode(p.lstat().st_mode)}"
+        for p in found
+        if p.lstat().st_mode & 0o077
+    ]
+    assert open_to_others == []
