@@ -351,7 +351,7 @@ def _v2_store(project: Path, batches: list[tuple[str, str, pd.DataFrame]]) -> No
             frame = frame.reset_index(drop=True).copy()
             frame["pg_batch"] = batch_id
             frame["pg_row"] = np.arange(len(frame), dtype=np.int64)
-            frame["pg_row_hash"] = row_hashes(frame, data_columns(frame))
+            frame["pg_row_hash"] = row_hashes(frame, data_columns(frame), key=None)  # as main did
             data = parquet_bytes(frame)
             rel = f"clean/{batch_id}.parquet"
             (root / rel).write_bytes(data)
@@ -399,7 +399,7 @@ def test_a_version_2_ledger_is_migrated_with_its_seed_as_reference_version_1(dem
     )
     assert _user_version(config.store) == 2
     store = open_store(config)
-    assert _user_version(config.store) == SCHEMA_VERSION == 3
+    assert _user_version(config.store) == SCHEMA_VERSION == 4
     assert {(b.batch_id, b.rows_clean, b.reference_version) for b in store.batches()} == {
         ("seed-old", len(trusted), None),
         ("accepted-old", 50, None),
@@ -407,15 +407,16 @@ def test_a_version_2_ledger_is_migrated_with_its_seed_as_reference_version_1(dem
     (v1,) = store.references()
     assert v1.version == 1 and v1.batch_ids == ("seed-old",) and v1.rows == len(trusted)
     actions = [e["action"] for e in store.audit_log()]
-    assert actions == ["ingest", "ingest", "reference", "migrate"]
-    migrate = json.loads(store.audit_log()[-1]["detail"])
+    # 2 -> 3 (the seed as reference version 1), then 3 -> 4 (the blocklist keyed; empty).
+    assert actions == ["ingest", "ingest", "reference", "migrate", "migrate"]
+    migrate = json.loads(store.audit_log()[-2]["detail"])
     assert (migrate["from"], migrate["to"]) == (2, 3)
     assert migrate["reference"]["digest"] == v1.digest
     assert store.verify_audit() is None
     assert len(gate(config)) == len(trusted) + 50
 
     open_store(config)
-    assert len(store.audit_log()) == 5  # the four, and the gate's entry: no second migration
+    assert len(store.audit_log()) == 6  # the five, and the gate's entry: no second migration
     assert _land(config, "b1.parquet", clean.iloc[50:150]).reference_version == 1
 
 

@@ -52,6 +52,7 @@ from poisonguard.store import (
     FileRecord,
     ReferenceVersion,
     Store,
+    blocklist_in,
     now,
     open_store,
     read_verified,
@@ -282,10 +283,10 @@ def _ledger_against_audit(store: Store) -> list[str]:
     counts: dict[str, list[int]] = {}
     status: dict[str, tuple[str, str]] = {}
     reviewed: set[tuple[str, int, str]] = set()
-    blocked: set[str] = set()
     judged: dict[str, int | None] = {}
     versions: dict[int, tuple[str, list[str]]] = {}
-    for entry in store.audit_log():
+    log = store.audit_log()
+    for entry in log:
         if entry["action"] == "reference":
             detail = json.loads(entry["detail"])
             versions[int(detail["version"])] = (detail["digest"], list(detail["files"]))
@@ -299,7 +300,6 @@ def _ledger_against_audit(store: Store) -> list[str]:
             _replay_revoke(detail, counts[batch], kinds)
             status[batch] = ("revoked", status[batch][1])
             reviewed.update((batch, int(r), "reject") for r in detail.get("rejected") or [])
-            blocked.update(detail.get("row_hashes") or [])
         elif entry["action"] == "rescan" and batch in counts:
             rows = detail.get("rows") or []
             counts[batch][0] -= len(rows)
@@ -321,7 +321,6 @@ def _ledger_against_audit(store: Store) -> list[str]:
             counts[batch][0 if entry["action"] == "release" else 2] += len(rows)
             counts[batch][1] -= len(rows)
             reviewed.update((batch, int(r), entry["action"]) for r in rows)
-            blocked.update(detail.get("row_hashes") or [])
     reasons = []
     records = store.files()
     listed = {f.path: f.sha256 for f in records}
@@ -373,7 +372,7 @@ def _ledger_against_audit(store: Store) -> list[str]:
             f"the ledger's reviews ({len(have_reviews)}) are not those the audit chain recorded "
             f"({len(reviewed)}): the ledger was edited"
         )
-    if store.blocklist() != blocked:
+    if store.blocklist() != blocklist_in(log):
         reasons.append(
             "the blocklist is not the set of rows reviewers rejected in the audit chain: "
             "the ledger was edited"

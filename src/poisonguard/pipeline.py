@@ -210,7 +210,7 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         rows_in = len(frame)
         broken = [o.__dict__ for o in report.outcomes if not o.success]
         report.raise_if_rejected(rows=rows_in)
-        hashes = row_hashes(frame, data_columns(frame))
+        hashes = store.row_hashes(frame)
         prior = _held_before_scoring(frame, report.row_failures, config, store)
     except (OSError, StoreError, MemoryError):
         raise  # the store or the machine failed, not the batch: stop, retry next run
@@ -313,9 +313,8 @@ def _validate_chunks(
                 _check_reserved(frame, entry.name)
             start = checks.n_rows
             checks.add(frame)
-            held_ids += _held_ids(frame, owners, config, start)
-            hashes = row_hashes(frame, data_columns(frame))
-            add_provenance(frame, batch_id, hashes)
+            held_ids += _held_ids(frame, owners, config, start, store)
+            add_provenance(frame, batch_id, store.row_hashes(frame))
             frame["pg_row"] += start
             writer.write(frame)
         report = checks.report()
@@ -370,7 +369,9 @@ def _held_before_scoring(
     Returns a frame of ``pg_row``, ``pg_stage`` and ``pg_reason``, one row per held row.
     """
     owners = store.id_owners(config.id_column) if config.id_column is not None else {}
-    return _prior_frame(_held_by_expectations(failures) + _held_ids(frame, owners, config, 0))
+    return _prior_frame(
+        _held_by_expectations(failures) + _held_ids(frame, owners, config, 0, store)
+    )
 
 
 def _held_by_expectations(failures: dict[int, tuple[str, ...]]) -> list[tuple[int, str, str]]:
@@ -383,20 +384,24 @@ def _held_by_expectations(failures: dict[int, tuple[str, ...]]) -> list[tuple[in
 
 
 def _held_ids(
-    frame: pd.DataFrame, owners: dict[str, str], config: Config, start: int
+    frame: pd.DataFrame, owners: dict[str, str], config: Config, start: int, store: Store
 ) -> list[tuple[int, str, str]]:
-    """Rows of ``frame`` (the batch's rows from ``start``) whose id the training set holds."""
+    """Rows of ``frame`` (the batch's rows from ``start``) whose id the training set holds.
+
+    Ids are matched, and named in the reason, by their keyed hash (``Store.id_owners``):
+    the reason is kept and shown, the id itself is in the row.
+    """
     held: list[tuple[int, str, str]] = []
     if config.id_column is None or config.id_column not in frame.columns:
         return held
-    for row, value in enumerate(frame[config.id_column].astype("string").tolist()):
-        if value in owners:
+    for row, key in enumerate(store.value_hashes(frame[config.id_column]).tolist()):
+        if key in owners:
             held.append(
                 (
                     start + row,
                     "expectations",
-                    f"{config.id_column} = {shown(str(value), 60)} is already in the "
-                    f"training set (batch {owners[value]}); ids must be unique",
+                    f"{config.id_column} of this row is already in the training set (batch "
+                    f"{owners[key]}, keyed id {key}); ids must be unique",
                 )
             )
     return held
@@ -450,8 +455,9 @@ def held_by_blocklist(frame: pd.DataFrame, rejected: pd.DataFrame, guard: Guard)
     known_keys: np.ndarray | None = None
     scale = 1.0
     if encoder.task == "classification" and encoder.label is not None:
-        batch_keys = row_hashes(frame, [encoder.label])
-        known_keys = row_hashes(known, [encoder.label])
+        # Labels compared in memory, never kept: no key needed.
+        batch_keys = row_hashes(frame, [encoder.label], key=None)
+        known_keys = row_hashes(known, [encoder.label], key=None)
     elif encoder.task == "regression" and guard.reference_.target is not None:
         scale = robust_spread(guard.reference_.target)
     match = find_near_copies(
@@ -1193,7 +1199,7 @@ def seed_store(sample: pd.DataFrame, source: str, config: Config, store: Store) 
     sha = seed_sha256(sample)
     frame = sample.reset_index(drop=True).copy()
     batch_id = f"seed-{sha[:12]}"
-    add_provenance(frame, batch_id)
+    add_provenance(frame, batch_id, store.row_hashes(frame))
     return store.commit(
         Outcome(
             batch_id=batch_id,

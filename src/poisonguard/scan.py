@@ -13,6 +13,7 @@ chunk, with the decision ``Guard.judge`` reaches on it whole (docs/decision.md, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -689,7 +690,9 @@ class _RowColumn:
         self.file: BinaryIO | None = None
         if directory is not None:
             path = Path(directory) / f"pg-rows-{uuid4().hex}.f8"
-            self.file = path.open("w+b")
+            # Owner-only from its creation: the rows' scores must not be readable by others.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            self.file = os.fdopen(fd, "w+b")
             path.unlink()
         self.size = 0
 

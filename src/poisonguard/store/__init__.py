@@ -21,6 +21,13 @@ place can be set with ``dataset.audit_key``). ``clean/``, ``quarantine/``,
 put them in another folder or on any fsspec filesystem (``files.DataFiles``),
 for several runners sharing one store; the rest stays in the store's folder.
 
+Rows are named by keyed hashes (``Store.row_hashes``): the blocklist, the audit
+entries and every table's ``pg_row_hash`` hold SipHash-2-4 under a row-hash key
+derived from the audit key (``schema.row_hash_key``), never stored, so a leaked
+ledger confirms no guessed row. Every file and folder the store creates is
+owner-only from its creation, whatever the umask (``files.make_private_dirs``,
+``files.create_private``).
+
 Writes are atomic: every file goes to a temporary name, is fsynced and renamed;
 the ledger transaction that lists it commits last. A file the ledger does not
 list, left by a process that died mid-commit, is removed by ``recover()``.
@@ -60,7 +67,7 @@ Modules:
     The re-entrant write lock, file locks, and staging folders' owners.
 """
 
-from poisonguard.store.audit import GENESIS, AuditChain, default_key_path
+from poisonguard.store.audit import GENESIS, AuditChain, blocklist_in, default_key_path
 from poisonguard.store.core import (
     LISTED,
     LOCK_WAIT,
@@ -76,8 +83,10 @@ from poisonguard.store.files import (
     CRASH_ENV,
     RowGroupWriter,
     atomic_write_bytes,
+    copy_private_tree,
     crash_point,
     is_disk_full,
+    make_private_dirs,
     now,
     parquet_bytes,
     read_parquet,
@@ -113,7 +122,14 @@ from poisonguard.store.ledger import (
     reference_digest,
 )
 from poisonguard.store.revisions import Revocation
-from poisonguard.store.schema import PROVENANCE, add_provenance, data_columns, row_hashes
+from poisonguard.store.schema import (
+    PROVENANCE,
+    add_provenance,
+    data_columns,
+    row_hash_key,
+    row_hashes,
+    siphash24,
+)
 from poisonguard.store.sqlite import LEDGER_ERRORS, SqliteLedger
 from poisonguard.store.staging import (
     Staged,
@@ -161,6 +177,8 @@ __all__ = [
     "Unsettled",
     "add_provenance",
     "atomic_write_bytes",
+    "blocklist_in",
+    "copy_private_tree",
     "copy_store",
     "crash_point",
     "data_columns",
@@ -171,6 +189,7 @@ __all__ = [
     "has_store",
     "is_disk_full",
     "is_large",
+    "make_private_dirs",
     "now",
     "open_store",
     "parquet_bytes",
@@ -184,10 +203,12 @@ __all__ = [
     "read_verified",
     "reference_digest",
     "row_group_sizes",
+    "row_hash_key",
     "row_hashes",
     "rows_writer",
     "settled",
     "sha256_file",
+    "siphash24",
     "snapshot",
     "stage_rows",
     "stage_written",

@@ -46,10 +46,18 @@ from poisonguard.errors import GateError, ReviewError, StoreError, shown
 from poisonguard.landing import Entry, source_of
 from poisonguard.sources import BatchCounts, Event
 from poisonguard.store import revisions
-from poisonguard.store.audit import ANCHOR, AuditChain, default_key_path, entry_hash
+from poisonguard.store.audit import (
+    ANCHOR,
+    AuditChain,
+    blocklist_in,
+    default_key_path,
+    entry_hash,
+)
 from poisonguard.store.files import (
     DataFiles,
+    copy_private_tree,
     crash_point,
+    make_private_dirs,
     now,
     parquet_bytes,
     sha256_file,
@@ -72,6 +80,7 @@ from poisonguard.store.ledger import (
     file_records,
 )
 from poisonguard.store.revisions import Revocation
+from poisonguard.store.schema import data_columns, row_hash_key, row_hashes
 from poisonguard.store.sqlite import LEDGER_FILE, SqliteLedger
 from poisonguard.store.staging import disown, recover, staging_dir
 
@@ -174,6 +183,7 @@ class Store:
         self._chain = AuditChain(self.key_path, self.data)
         self.anchor_path = self._chain.anchor_path
         self._window_files: dict[str, pd.DataFrame] = {}  # see source_rows
+        self._row_key: bytes | None = None  # see row_hashes
         if not self.ledger.exists():
             if not create:
                 raise StoreError(self._missing_ledger())
@@ -207,15 +217,15 @@ class Store:
                 "ledger: the store was deleted or moved; remove the key only if you mean to "
                 "start a new store there"
             )
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, 0o700)
+        make_private_dirs(self.root)
+        os.chmod(self.root, 0o700)  # a folder made before (empty: the ledger is not there yet)
         self._make_folders()
         self.ledger.create()
         write_new_key(self.key_path)
 
     def _make_folders(self) -> None:
         for sub in LOCAL:
-            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+            make_private_dirs(self.root / sub)
         for sub in LISTED:
             self.data.makedirs(sub)
 
@@ -246,6 +256,92 @@ class Store:
             tx, self._chain, files, actor="poisonguard", note="the seed (migration)"
         )
         return {"reference": ref.summary()}
+
+    def _migrate_to_4(self, tx: LedgerTransaction) -> dict[str, Any]:
+        """Key the blocklist: each entry's row, read from the file that holds it, hashed
+        under the store's row-hash key (``row_hashes``), replaces its unkeyed hash.
+
+        The audit entry records the keyed blocklist, which the gate replays from then on
+        (``audit.blocklist_in``). Entries and files written before keep the unkeyed
+        hashes they were written with: the chain and the files are never rewritten.
+
+        Raises
+        ------
+        StoreError
+            When the blocklist is not the one the audit chain recorded, or names a row
+            no file holds: it cannot be re-keyed, and nothing is migrated.
+        """
+        listed = tx.blocked()
+        if {b.row_hash for b in listed} != blocklist_in(tx.audit_log()):
+            raise StoreError(
+                f"{self.ledger.location}: the blocklist is not the one the audit chain "
+                "recorded, so it cannot be re-keyed; restore the ledger from a backup, or "
+                "run `poisonguard gate` with the poisonguard that wrote it to see what changed"
+            )
+        batches = {b.batch_id for b in listed}
+        keyed: dict[tuple[str, int], tuple[str, str]] = {}
+        for record in tx.files():
+            if record.kind not in ("quarantine", "revoked") or record.batch_id not in batches:
+                continue
+            rows = self.read(record)
+            pairs = zip(
+                rows["pg_row"].tolist(),
+                rows["pg_row_hash"].astype(str).tolist(),
+                self.row_hashes(rows).tolist(),
+                strict=True,
+            )
+            for pg_row, was, now_keyed in pairs:
+                keyed[(record.batch_id, int(pg_row))] = (was, now_keyed)
+        moved = []
+        for b in listed:
+            was, now_keyed = keyed.get((b.batch_id, int(b.pg_row)), (None, ""))
+            if was != b.row_hash:
+                where = (
+                    "no quarantine or revoked file holds it"
+                    if was is None
+                    else ("its file's pg_row_hash is another")
+                )
+                raise StoreError(
+                    f"{self.ledger.location}: the blocklist names row {b.pg_row} of batch "
+                    f"{b.batch_id}, but {where}, so it cannot be re-keyed; restore the batch's "
+                    "files and the ledger from a backup"
+                )
+            moved.append(Blocked(now_keyed, b.batch_id, b.pg_row, b.actor, b.at))
+        tx.unblock([b.row_hash for b in listed])
+        tx.block(moved)
+        return {"blocklist": sorted({b.row_hash for b in moved}), "row_hashes": "keyed"}
+
+    # -- keyed hashes ----------------------------------------------------------
+    def row_hashes(self, frame: pd.DataFrame, columns: list[str] | None = None) -> np.ndarray:
+        """Keyed content hashes of rows (16 hex digits each), under this store's row-hash key.
+
+        The one place that decides the key every hash the store keeps is made
+        with: ``schema.row_hash_key`` of the audit key (HMAC-SHA-256, never
+        stored or printed), through ``schema.row_hashes`` (SipHash-2-4 of each
+        row's 64-bit digest). Rows, ids and values the ledger, the audit chain,
+        the files' ``pg_row_hash`` and reasons name are hashed here.
+
+        Parameters
+        ----------
+        frame : DataFrame
+        columns : list of str, optional
+            The columns to hash (default the data columns, ``schema.data_columns``).
+
+        Raises
+        ------
+        StoreError
+            When the audit key is missing or is not a poisonguard key.
+        """
+        if self._row_key is None:
+            self._row_key = row_hash_key(self._chain.key())
+        cols = data_columns(frame) if columns is None else columns
+        return row_hashes(frame, cols, key=self._row_key)
+
+    def value_hashes(self, values: pd.Series) -> np.ndarray:
+        """Keyed hashes of single values compared as text (an id column's): how the store
+        names an id without keeping it (``row_hashes`` of the values as one text column)."""
+        text = pd.DataFrame({"value": values.astype("string").reset_index(drop=True)})
+        return self.row_hashes(text, ["value"])
 
     # -- locks and transactions ----------------------------------------------
     @contextlib.contextmanager
@@ -504,11 +600,12 @@ class Store:
         return self.ledger.references(every=True)
 
     def id_owners(self, id_column: str) -> dict[str, str]:
-        """Each id in the clean training set (as text) and the batch that holds it."""
+        """Each id in the clean training set, by its keyed hash (``value_hashes``), and the
+        batch that holds it."""
         trained = self.clean_frame()
         if id_column not in trained.columns:
             return {}
-        ids = trained[id_column].astype("string").tolist()
+        ids = self.value_hashes(trained[id_column]).tolist()
         return dict(zip(ids, trained["pg_batch"].tolist(), strict=True))
 
     # -- the files as written ------------------------------------------------
@@ -894,7 +991,9 @@ class Store:
             tx.move_rows(batch_id, n, "quarantined", "clean" if action == "release" else "rejected")
             tx.add_files(file_records(batch_id, written), at)
             tx.add_reviews([Review(batch_id, r, action, actor, note, at) for r in pg_rows])
-            hashes = [str(h) for h in rows["pg_row_hash"].tolist()]
+            # From the rows' content under the store's key, not their files' pg_row_hash:
+            # a file written before the store's hashes were keyed carries unkeyed ones.
+            hashes = self.row_hashes(rows).tolist() if action == "reject" else []
             if action == "reject":
                 tx.block(
                     [
@@ -1008,6 +1107,7 @@ class Store:
 #: The data step of each schema step, by the version it reaches (see ``Store._migrate``).
 _MIGRATIONS: dict[int, Callable[[Store, LedgerTransaction], dict[str, Any]]] = {
     3: Store._migrate_to_3,
+    4: Store._migrate_to_4,
 }
 
 
@@ -1086,12 +1186,8 @@ def copy_store(
     with contextlib.ExitStack() as held:
         if not isinstance(source, SqliteLedger):
             held.enter_context(source.write_lock(LOCK_WAIT, f"the store {root}"))
-        shutil.copytree(
-            root,
-            dest,
-            ignore=shutil.ignore_patterns("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"),
-        )
-        (dest / "staging").mkdir(mode=0o700, exist_ok=True)
+        copy_private_tree(root, dest, skip=("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"))
+        make_private_dirs(dest / "staging")
         if data is not None:
             files, copied = DataFiles(data), DataFiles(dest)
             for rel in [a for kind in LISTED for a in files.find(kind)] + [ANCHOR]:

@@ -27,7 +27,7 @@ from poisonguard.store.files import now
 
 #: The ledger schema this code reads and writes. A backend brings an older ledger
 #: to it in one transaction (``LedgerTransaction.upgrade``).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Where a batch's rows are counted (``LedgerTransaction.move_rows``).
 ROW_COUNTS = ("clean", "quarantined", "rejected")
@@ -303,6 +303,11 @@ class LedgerTransaction(LedgerView, Protocol):
 
     def block(self, entries: Sequence[Blocked]) -> None:
         """Add rows to the blocklist; a hash already on it keeps its first entry."""
+        ...
+
+    def unblock(self, row_hashes: Sequence[str]) -> None:
+        """Take these hashes off the blocklist (the migration that re-keys it puts each row
+        back under its keyed hash)."""
         ...
 
     def remember(self, landed: Landed) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from poisonguard.errors import ReviewError, StoreError, shown
@@ -278,7 +279,7 @@ def revoke(store: Store, batch_id: str, *, actor: str, note: str) -> Revocation:
                 "judged against; it cannot be revoked (seed a new store instead)"
             )
         files = [f for f in store.files("clean") if f.batch_id == batch_id]
-        clean = [store.read(f, ["pg_row", "pg_row_hash"]) for f in files]
+        clean = [store.read(f) for f in files]
         held = store.quarantine_frame(batch_id)
         done = set(store.reviews(batch_id)["pg_row"].astype(int))
         pending = held[~held["pg_row"].isin(done)] if len(held) else held
@@ -287,7 +288,19 @@ def revoke(store: Store, batch_id: str, *, actor: str, note: str) -> Revocation:
                 f"batch {batch_id}: the ledger counts {rec.rows_quarantined} rows awaiting "
                 f"review, its quarantine files {len(pending)}; run `poisonguard gate`"
             )
-        gone = pd.concat([*clean, pending.reindex(columns=["pg_row", "pg_row_hash"])])
+        parts = [p for p in (*clean, pending) if len(p)]
+        # From the rows' content under the store's key (see Store.commit_review), a file at a
+        # time: a frame's dtypes, which the canonical form follows, are its file's.
+        gone = pd.DataFrame(
+            {
+                "pg_row": np.concatenate(
+                    [np.zeros(0, np.int64)] + [p["pg_row"].to_numpy(dtype=np.int64) for p in parts]
+                ),
+                "pg_row_hash": np.concatenate(
+                    [np.zeros(0, object)] + [store.row_hashes(p) for p in parts]
+                ),
+            }
+        )
         return _record_revocation(store, rec, files, gone, pending, actor, note)
 
 

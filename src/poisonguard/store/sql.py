@@ -51,11 +51,19 @@ _REFERENCE_SCHEMA = (
     "ALTER TABLE batches ADD COLUMN reference_version INTEGER",
 )
 
+# --------------------------------------------------------------------------- schema step 3 -> 4
+# Keyed row hashes (issue 13, item 3): no table changes; the store's data step re-keys the
+# blocklist (``Store._migrate_to_4``).
+_KEYED_HASHES_SCHEMA: tuple[str, ...] = ()
+
 #: The oldest ledger schema this code migrates, and the steps after it, in order:
 #: (the version a step reaches, its statements), the same for both ledgers. Each step's
 #: data step is the store's (``upgrade``'s ``step``).
 BASE_SCHEMA_VERSION = 2
-SCHEMA_STEPS: tuple[tuple[int, tuple[str, ...]], ...] = ((3, _REFERENCE_SCHEMA),)
+SCHEMA_STEPS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (3, _REFERENCE_SCHEMA),
+    (4, _KEYED_HASHES_SCHEMA),
+)
 
 _BATCH_COLUMNS = tuple(f.name for f in fields(BatchRecord))
 _LANDED_COLUMNS = tuple(f.name for f in fields(Landed))
@@ -252,6 +260,9 @@ class SqlTransaction(SqlRecords):
             "ON CONFLICT (row_hash) DO NOTHING",
             [(b.row_hash, b.batch_id, b.pg_row, b.actor, b.at) for b in entries],
         )
+
+    def unblock(self, row_hashes: Sequence[str]) -> None:
+        self._many("DELETE FROM blocklist WHERE row_hash = ?", [(h,) for h in row_hashes])
 
     def remember(self, landed: Landed) -> None:
         updates = ", ".join(f"{c} = excluded.{c}" for c in _LANDED_COLUMNS if c != "name")

@@ -17,6 +17,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 from poisonguard.errors import StoreError
+from poisonguard.store.files import create_private
 from poisonguard.store.ledger import GENESIS, SCHEMA_VERSION, AuditEntry, audit_moved, check_version
 from poisonguard.store.locking import lock_for, run_lock
 from poisonguard.store.sql import BASE_SCHEMA_VERSION, SCHEMA_STEPS, SqlRecords, SqlTransaction
@@ -141,13 +142,14 @@ class SqliteLedger(SqlRecords):
 
     def create(self, version: int = SCHEMA_VERSION) -> None:
         check_version(version, BASE_SCHEMA_VERSION)
+        # Made owner-only before SQLite opens it; its -wal and -shm files take its mode.
+        os.close(create_private(self.path, exclusive=True))
         with self._db() as db:
             db.executescript(_SCHEMA)
             for to, statements in SCHEMA_STEPS:
                 for statement in statements if to <= version else ():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {version}")
-        os.chmod(self.path, 0o600)
 
     def schema_version(self) -> int:
         try:
@@ -187,6 +189,7 @@ class SqliteLedger(SqlRecords):
         """A consistent snapshot of the ledger (SQLite's online backup, safe while a run
         writes) as the ledger of the store folder ``root``."""
         source = sqlite3.connect(self.path, timeout=30)
+        os.close(create_private(root / LEDGER_FILE))
         target = sqlite3.connect(root / LEDGER_FILE)
         try:
             source.backup(target)

@@ -38,10 +38,12 @@ from poisonguard.store.files import (
     DataFiles,
     RowGroupWriter,
     atomic_write_bytes,
+    make_private_dirs,
     parquet_columns,
     read_parquet,
     row_group_sizes,
     row_groups,
+    write_private,
     write_table,
 )
 from poisonguard.store.ledger import LedgerView
@@ -216,8 +218,8 @@ def read_evidence(folder: Path) -> tuple[bytes, str] | None:
 def staging_dir(root: Path, name: str) -> Path:
     """``staging/<name>/`` of the store at ``root``, marked as this process's (see ``recover``)."""
     path = root / "staging" / name
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (path / ".owner").write_text(this_owner())
+    make_private_dirs(path)
+    write_private(path / ".owner", this_owner().encode())
     return path
 
 
