@@ -97,6 +97,9 @@ def test_purge_removes_exactly_the_due_files_keeps_history_and_the_gate_passes(d
     assert all(d.unreviewed > 0 and not d.reviewed for d in plan.overdue)
     flips_due = next(d for d in plan.due if d.batch_id == flips)
     assert flips_due.reviewed and flips_due.rows == len(held_rows(store, flips))
+    # Its age counts from the last review decision, not from the batch's commit.
+    decided = max(r.at for r in store.ledger.reviews(flips))
+    assert flips_due.since == decided != store.batch(flips).finished_at
 
     done = store.purge(settings, actor="dpo", now=at)
     gone = {p for d in done.purged for p in d.files}
@@ -371,3 +374,38 @@ def test_the_ingest_flow_purges_what_is_due_as_its_last_task(
     assert done["records"] == [] and sorted(done["purge"]["batches"]) == sorted([flips, whole])
     assert store.audit_log()[-1]["action"] == "purge"
     assert store.due(config.retention).due == ()
+
+
+def test_a_revoked_batch_is_purged_as_rejected_data_from_its_revocation(demo_project):
+    """A revoked batch's files (its revoked clean files, its quarantine) are rejected data:
+    due rejected_days after the revocation; the gate still passes, the training set keeps
+    every other batch, and an exact copy of a revoked row is still held."""
+    config, store, *_ = _ingested(demo_project)
+    victim = next(r for r in store.batches() if r.status == "committed" and r.rows_clean)
+    files = {f.path for f in store.files() if f.batch_id == victim.batch_id}
+    revoked_rows = store.read(
+        next(f for f in store.files("clean") if f.batch_id == victim.batch_id)
+    )
+    store.revoke(victim.batch_id, actor="ana", note="source compromised")
+    clean_before = {f.path for f in store.files("clean")}
+    revoked_at = next(e["at"] for e in store.audit_log() if e["action"] == "revoke")
+
+    item = next(
+        d for d in store.due(config.retention, _later(8)).due if d.batch_id == victim.batch_id
+    )
+    assert item.kind == "rejected" and item.since == revoked_at and set(item.files) == files
+    store.purge(config.retention, actor="dpo", now=_later(8))
+    assert {f.path for f in store.files(PURGED) if f.batch_id == victim.batch_id} == files
+    assert not any((store.root / p).exists() for p in files)
+    assert {f.path for f in store.files("clean")} == clean_before
+    report = check(config)
+    assert report.ok, report.reasons
+
+    data = [c for c in revoked_rows.columns if not str(c).startswith("pg_")]
+    resent = revoked_rows[data].head(3).copy()
+    resent.to_parquet(config.landing / "batch-08-revoked-again.parquet", index=False)
+    process_landing(config)
+    new = next(r for r in store.batches() if "revoked-again" in r.source)
+    held = store.quarantine_frame(new.batch_id)
+    assert new.rows_clean == 0 and len(held) == 3
+    assert held["pg_reason"].str.contains("since purged").all()
