@@ -138,23 +138,45 @@ def test_purge_removes_exactly_the_due_files_keeps_history_and_the_gate_passes(d
     assert store.audit_log()[-1]["action"] == "gate"  # ... and writes no entry
 
 
-def test_a_purged_rejected_row_sent_again_is_still_refused(demo_project):
-    """The blocklist keeps the hashes of purged rejected rows: an exact copy arriving later
-    is held, naming the rejection, though its content is gone."""
-    config, store, flips, rejected, _ = _ingested(demo_project)
+def _resend_after_purge(root: Path, fresh_rows: int) -> None:
+    """Purge the demo's rejected rows, send one again after ``fresh_rows`` clean ones: it is
+    held as a copy of the rejected row, its reason naming the rejection."""
+    config, store, flips, rejected, _ = _ingested(root)
     store.purge(config.retention, actor="dpo", now=_later(31))
     assert store.quarantine_frame(flips).empty
     data = [c for c in rejected.columns if not str(c).startswith("pg_")]
-    fresh = pd.read_parquet(demo_project / "landing" / "batch-04-clean.parquet").head(30)
+    fresh = pd.read_parquet(root / "landing" / "batch-04-clean.parquet").head(fresh_rows)
     resent = pd.concat([fresh, rejected[data].head(1)], ignore_index=True)
     resent.to_parquet(config.landing / "batch-06-resent.parquet", index=False)
     process_landing(config)
     new = next(r for r in store.batches() if "resent" in r.source)
-    hit = store.quarantine_frame(new.batch_id).set_index("pg_row").loc[30]
+    hit = store.quarantine_frame(new.batch_id).set_index("pg_row").loc[fresh_rows]
     assert hit["pg_stage"] == "blocklist"
     assert hit["pg_reason"].startswith("copy of a row rejected on ")
     assert f"by ana (batch {flips}, row {rejected['pg_row'].iloc[0]}" in hit["pg_reason"]
     assert "since purged" in hit["pg_reason"]
+
+
+def test_a_purged_rejected_row_sent_again_is_still_refused(demo_project):
+    """The blocklist keeps the hashes of purged rejected rows: an exact copy arriving later
+    is held, naming the rejection, though its content is gone."""
+    _resend_after_purge(demo_project, 30)
+
+
+def test_a_purged_rejected_row_sent_again_in_a_chunked_batch_is_still_refused(
+    demo_inputs, tmp_path
+):
+    """The same on the chunked path (``[execution]``), the row in a later chunk."""
+    from poisonguard.demo import LABEL
+    from poisonguard.initialize import init_dataset
+
+    root = tmp_path / "demo"
+    shutil.copytree(demo_inputs, root)
+    # No id column: its uniqueness rule needs the whole batch (tests/test_streaming.py).
+    init_dataset(root / "trusted.parquet", label=LABEL, directory=root, name="digits")
+    with open(root / "poisonguard.toml", "a") as f:
+        f.write("\n[execution]\nchunk_bytes = 4096\nchunk_rows = 37\n")
+    _resend_after_purge(root, 80)
 
 
 def test_unreviewed_rows_are_kept_under_keep_and_purged_as_rejected_under_purge(
