@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.schedules import Cron
@@ -22,6 +22,7 @@ from poisonguard.pipeline import (
     commit_batch,
     detect_batch,
     find_new_batches,
+    purge_after_run,
     report_paths,
     validate_batch,
 )
@@ -80,12 +81,23 @@ def publish(config_path: str, batch_id: str) -> str | None:
     return str(html_path)
 
 
+@task(cache_policy=NO_CACHE)
+def purge(config_path: str) -> dict | None:
+    """Purge what ``[retention]`` says is due (never fails the run: ``purge_after_run``)."""
+    config = load_config(config_path)
+    done = purge_after_run(config, open_store(config))
+    if done is not None and "error" in done:
+        get_run_logger().warning(done["error"])
+    return done
+
+
 @flow(name="poisonguard-ingest", log_prints=False)
 def ingest(config_path: str) -> dict:
     """Process every new batch file in the config's landing folder once.
 
-    Returns ``{"records": [...], "notices": [...]}``: the ledger record of each
-    batch taken, and a notice for each landing entry skipped or left waiting.
+    Returns ``{"records": [...], "notices": [...], "purge": ...}``: the ledger record
+    of each batch taken, a notice for each landing entry skipped or left waiting, and
+    what the retention purge at the end did (``pipeline.purge_after_run``).
     """
     config = load_config(config_path)
     store = open_store(config)
@@ -107,7 +119,8 @@ def ingest(config_path: str) -> dict:
             outcome = commit(config_path, step["staged"])
             publish(config_path, outcome["batch_id"])
             records.append(outcome)
-    return {"records": records, "notices": notices}
+        purged = purge(config_path)
+    return {"records": records, "notices": notices, "purge": purged}
 
 
 def serve(config_path: str) -> None:

@@ -128,6 +128,7 @@ def _run(config: Config, local: bool) -> dict:
         return {
             "records": [r.as_dict() for r in run.records],
             "notices": [n.as_dict() for n in run.notices],
+            "purge": run.purge,
         }
     import contextlib
 
@@ -153,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     done = _run(config, args.local)
     records, notices = done["records"], done["notices"]
+    _purge_line(done.get("purge"))
     if not records and not notices:
         _out(f"no new batches in {config.landing}")
         return 0
@@ -170,6 +172,65 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _purge_line(purged: dict | None) -> None:
+    """What a run's retention purge did, in one line (nothing when it purged nothing)."""
+    if purged is None:
+        return
+    if "error" in purged:
+        sys.stderr.write(f"poisonguard: warning: {purged['error']}\n")
+    elif purged["batches"]:
+        n = len(purged["batches"])
+        _out(f"retention: purged {purged['rows']} rows of {n} batch{'es' if n != 1 else ''}")
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Purge what ``[retention]`` says is due now; with ``--dry-run``, only list it."""
+    from poisonguard.store import open_store
+
+    config = _config(args)
+    settings = config.retention
+    if not settings.enabled:
+        raise ConfigError(
+            f"{config.path}: [retention] sets no age (quarantine_days, rejected_days), so "
+            "nothing is ever purged"
+        )
+    store = open_store(config)
+    at = _clock()
+    if args.dry_run:
+        plan = store.due(settings, at)
+        _out(_table([_due_row(d) for d in plan.due], DUE_COLUMNS) if plan.due else "nothing due")
+        if plan.leftover:
+            _out(f"{len(plan.leftover)} files of an interrupted purge are still there")
+        return 0
+    done = store.purge(settings, actor=args.by, now=at)
+    if done.finished:
+        _out(f"finished an interrupted purge: removed {len(done.finished)} files")
+    if not done.purged:
+        _out("nothing due")
+        return 0
+    _out(_table([_due_row(d) for d in done.purged], DUE_COLUMNS))
+    _out(
+        f"purged {done.rows} rows of {len(done.purged)} batches "
+        f"({len(done.files) - len(done.finished)} files); the blocklist keeps the rejected "
+        "rows' hashes"
+    )
+    return 0
+
+
+DUE_COLUMNS = ("batch_id", "kind", "rows", "age_days", "reviewed", "unreviewed")
+
+
+def _due_row(item: Any) -> dict:
+    return {**item.as_dict(), "age_days": round(item.age_days, 1), "reviewed": str(item.reviewed)}
+
+
+def _clock() -> Any:
+    """The time retention is judged at (``retention.utc_now``)."""
+    from poisonguard.store.retention import utc_now
+
+    return utc_now()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -271,6 +332,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     reference = None if current is None else current.summary()
     states = source_states(store.source_events(), config.sources)
     skipped = [s for s in store.landed().values() if s.outcome == "skipped"]
+    kept = store.due(config.retention, _clock()) if config.retention.enabled else None
     totals = {
         k: sum((r[k] or 0) for r in records if r["status"] != "seed")
         for k in ("rows_in", "rows_clean", "rows_quarantined", "rows_rejected")
@@ -300,6 +362,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                 {**dataclasses.asdict(s), "evidence": s.describe(config.sources)}
                 for s in states.values()
             ],
+            "retention": None
+            if kept is None
+            else {
+                "due": [d.as_dict() for d in kept.due],
+                "overdue_review": [d.as_dict() for d in kept.overdue],
+                "leftover": list(kept.leftover),
+            },
         }
         _out(json.dumps(doc, indent=2))
         return 0
@@ -321,7 +390,33 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(f"\nskipped landing entries ({len(skipped)}):")
         for entry in skipped:
             _out(f"  {shown(entry.name, 60)}: {entry.reason}")
+    if kept is not None:
+        _retention_lines(kept)
     return 0
+
+
+def _retention_lines(kept: Any) -> None:
+    """``status``'s retention part: what a purge would remove now, and overdue reviews."""
+    for kind in ("quarantine", "rejected"):
+        due = [d for d in kept.due if d.kind == kind]
+        if due:
+            _out(
+                f"retention: {kind} data of {len(due)} batches due for purge "
+                f"({sum(d.rows for d in due)} rows, oldest {max(d.age_days for d in due):.1f} "
+                "days); `poisonguard purge --by NAME` or the next run purges it"
+            )
+    if kept.overdue:
+        _out(
+            f"retention: {sum(d.unreviewed for d in kept.overdue)} held rows of "
+            f"{len(kept.overdue)} batches overdue for review (oldest "
+            f'{max(d.age_days for d in kept.overdue):.1f} days; kept: unreviewed = "keep"): '
+            + ", ".join(d.batch_id for d in kept.overdue[:5])
+            + (", ..." if len(kept.overdue) > 5 else "")
+        )
+    if kept.leftover:
+        _out(f"retention: {len(kept.leftover)} files of an interrupted purge are still there")
+    if not (kept.due or kept.overdue or kept.leftover):
+        _out("retention: nothing due")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -918,6 +1013,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = command("status", cmd_status, "per-batch table of where every row went")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = command(
+        "purge",
+        cmd_purge,
+        "remove quarantine and rejected data past the ages [retention] sets, with an audit entry",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="list what is due, remove nothing")
+    sp.add_argument("--by", required=True, help="who purges (recorded in the audit log)")
 
     sp = command(
         "demo", cmd_demo, "build a demo (digits or penguins) and run the gate on it", config=False

@@ -11,8 +11,8 @@ The gate passes only what it has verified. It refuses, with every reason it find
   kind (a revoked or superseded clean file listed as clean again), a batch's row
   counts, status or the reference version that judged it, a review, the
   blocklist, or a reference version (its files and digest);
-* a file the ledger lists (clean, quarantined, rejected, revoked or superseded)
-  is missing, or has another SHA-256 or row count than when written; a file sits
+* a file the ledger lists (clean, quarantined, rejected, revoked or superseded;
+  not one a retention purge removed, listed as ``purged``) is missing, or has another SHA-256 or row count than when written; a file sits
   in ``clean/``, ``quarantine/`` or ``rejected/`` that the ledger does not list;
   a batch's clean or quarantined rows are not all in its files;
 * the training set is empty, mixes column sets, has other columns than the
@@ -290,6 +290,8 @@ def _ledger_against_audit(store: Store) -> list[str]:
         if entry["action"] == "reference":
             detail = json.loads(entry["detail"])
             versions[int(detail["version"])] = (detail["digest"], list(detail["files"]))
+        if entry["action"] == "purge":
+            _replay_purge(json.loads(entry["detail"]), counts, kinds)
         if entry["action"] not in ("ingest", "release", "reject", "revoke", "rescan"):
             continue
         detail = json.loads(entry["detail"])
@@ -387,6 +389,19 @@ def _replay_revoke(detail: dict[str, Any], counts: list[int], kinds: dict[str, s
     counts[1] -= rejected
     counts[2] += revoked + rejected
     kinds.update((path, "revoked") for path in detail.get("revoked_files") or [])
+
+
+def _replay_purge(
+    detail: dict[str, Any], counts: dict[str, list[int]], kinds: dict[str, str]
+) -> None:
+    """A purge as its audit entry recorded it: its files listed as purged, and held rows
+    nobody reviewed counted as rejected."""
+    kinds.update((path, "purged") for path in detail.get("purged_files") or [])
+    for part in detail.get("batches") or []:
+        n = int(part.get("unreviewed", 0))
+        if n and part.get("batch_id") in counts:
+            counts[part["batch_id"]][1] -= n
+            counts[part["batch_id"]][2] += n
 
 
 def _references_against_audit(

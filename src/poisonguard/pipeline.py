@@ -21,6 +21,7 @@ itself (a full disk, a lost lock) stop a run, with nothing half-written.
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ from poisonguard.sources import (
 )
 from poisonguard.store import (
     BatchRecord,
+    Blocked,
     Outcome,
     ReferenceVersion,
     Staged,
@@ -103,6 +105,8 @@ from poisonguard.store import (
 #: A row's reason lists at most this many failed expectations, then a count.
 MAX_LISTED = 3
 
+_log = logging.getLogger("poisonguard")
+
 
 @dataclass(frozen=True)
 class Notice:
@@ -127,10 +131,12 @@ class Intake:
 
 @dataclass
 class Run:
-    """What one pass over the landing folder did."""
+    """What one pass over the landing folder did; ``purge``: what its retention purge did
+    (``purge_after_run``), None when ``[retention]`` purges nothing automatically."""
 
     records: list[BatchRecord] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
+    purge: dict[str, Any] | None = None
 
     @property
     def rejected(self) -> list[BatchRecord]:
@@ -486,6 +492,36 @@ def held_by_blocklist(frame: pd.DataFrame, rejected: pd.DataFrame, guard: Guard)
     }
 
 
+def held_as_purged(hashes: np.ndarray, purged: Mapping[str, Blocked]) -> dict[int, str]:
+    """Rows whose content hash is a rejected row's whose content retention purged.
+
+    ``held_by_blocklist`` compares rows with the rejected rows' values; once those
+    are purged only their hashes remain (``Store.purged_blocklist``), so an exact
+    copy is still held (a near-copy is then the detectors' to judge).
+
+    Parameters
+    ----------
+    hashes : ndarray of shape (n_rows,)
+        The rows' ``pg_row_hash``.
+    purged : mapping of str to Blocked
+
+    Returns
+    -------
+    dict of int to str
+        Row position -> ``copy of a row rejected on DATE by NAME (batch B, row R;
+        its content since purged)``.
+    """
+    held = {}
+    for at, digest in enumerate(hashes.tolist()):
+        entry = purged.get(str(digest))
+        if entry is not None:
+            held[at] = (
+                f"copy of a row rejected on {entry.at[:10]} by {shown(entry.actor, 60)} "
+                f"(batch {entry.batch_id}, row {entry.pg_row}; its content since purged)"
+            )
+    return held
+
+
 #: Guards fitted in this process, by reference digest and guard settings (newest last).
 _FITTED: OrderedDict[tuple[str, str], Guard] = OrderedDict()
 _FITTED_MAX = 2
@@ -629,6 +665,11 @@ def detect_batch(
         data = rows.iloc[passed][data_columns(rows)].reset_index(drop=True)
         for at, why in held_by_blocklist(data, rejected, guard).items():
             blocked[int(passed[at])] = why
+    purged = store.purged_blocklist() if passed.size else {}
+    if purged:
+        hashes = rows["pg_row_hash"].to_numpy(dtype=object)[passed]
+        for at, why in held_as_purged(hashes, purged).items():
+            blocked.setdefault(int(passed[at]), why)
     scored = np.setdiff1d(passed, np.fromiter(blocked, np.int64, len(blocked)))
     evidence: Evidence | None = None
     reference: ReferenceVersion | None = None  # the version that judged the batch, if any did
@@ -721,6 +762,13 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
             data = frame.iloc[keep].reset_index(drop=True)
             for at, why in held_by_blocklist(data, rejected, guard).items():
                 blocked[int(start + keep[at])] = why
+    purged = store.purged_blocklist() if unscored.size < n_rows else {}
+    if purged:
+        for frame, start in _with_starts(meta.row_chunks(["pg_row_hash"])):
+            keep = _kept(start, len(frame), unscored)
+            hashes = frame["pg_row_hash"].to_numpy(dtype=object)[keep]
+            for at, why in held_as_purged(hashes, purged).items():
+                blocked.setdefault(int(start + keep[at]), why)
     unscored = np.union1d(unscored, _positions(blocked))
     found: ChunkedDecision | None = None
     reference: ReferenceVersion | None = None
@@ -1151,7 +1199,37 @@ def process_landing(
                 run.notices.append(intake.notice)
         if progress:
             progress(len(entries), len(entries), "done")
+        run.purge = purge_after_run(config, store)
     return run
+
+
+def purge_after_run(config: Config, store: Store) -> dict[str, Any] | None:
+    """The end of every run: purge what ``[retention]`` says is due, when ``auto`` (the
+    default once an age is set); None when it purges nothing automatically.
+
+    A purge that fails does not fail the run: the batches are committed already. The
+    failure is logged in one line and returned (``{"error": ...}``); the next run, or
+    ``poisonguard purge``, tries again.
+
+    Returns
+    -------
+    dict or None
+        ``{"batches", "rows", "files"}`` purged, or ``{"error": message}``.
+    """
+    settings = config.retention
+    if not (settings.enabled and settings.auto):
+        return None
+    try:
+        done = store.purge(settings, actor="poisonguard")
+    except Exception as exc:  # whatever it is, the committed batches stand
+        message = f"retention purge failed, the run's batches are committed: {exc}"
+        _log.warning("poisonguard: %s", message)
+        return {"error": message}
+    return {
+        "batches": [d.batch_id for d in done.purged],
+        "rows": done.rows,
+        "files": len(done.files),
+    }
 
 
 def seed_sha256(sample: pd.DataFrame) -> str:

@@ -10,6 +10,7 @@ Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
                              ``<batch>.rescan-<n>``)
     quarantine/<batch>.parquet  held rows, with scores and reasons
     rejected/<batch>/        the rejected file as it arrived, plus reason.json
+                             (both purged after the ages ``[retention]`` sets)
     reports/                 per-batch reports
     staging/                 scratch space between flow tasks
     .lock, .run.lock         the write lock and the run lock (of the embedded ledger;
@@ -47,6 +48,9 @@ Modules:
     ``open_store``, the one way library code and flows open a store.
 ``revisions``
     Changes after a commit: reference versions, revocations, re-scan holds.
+``retention``
+    Quarantine and rejected data past the ages ``[retention]`` sets: what is due,
+    and the purge (files listed as ``purged``, one audit entry, then the bytes).
 ``ledger``
     The ``Ledger`` protocol and the records it keeps; ``sql``: the SQL both ledgers
     speak; ``sqlite``: ``SqliteLedger``, the embedded default; ``postgres``:
@@ -121,6 +125,7 @@ from poisonguard.store.ledger import (
     Review,
     reference_digest,
 )
+from poisonguard.store.retention import PURGED, Due, Purge, RetentionPlan
 from poisonguard.store.revisions import Revocation
 from poisonguard.store.schema import (
     PROVENANCE,
@@ -154,19 +159,23 @@ __all__ = [
     "LISTED",
     "LOCK_WAIT",
     "PROVENANCE",
+    "PURGED",
     "SCHEMA_VERSION",
     "SUBFOLDERS",
     "AuditChain",
     "AuditEntry",
     "BatchRecord",
     "Blocked",
+    "Due",
     "FileRecord",
     "Landed",
     "Ledger",
     "LedgerTransaction",
     "LedgerView",
     "Outcome",
+    "Purge",
     "ReferenceVersion",
+    "RetentionPlan",
     "Review",
     "Revocation",
     "RowGroupWriter",

@@ -45,7 +45,7 @@ import pyarrow as pa
 from poisonguard.errors import GateError, ReviewError, StoreError, shown
 from poisonguard.landing import Entry, source_of
 from poisonguard.sources import BatchCounts, Event
-from poisonguard.store import revisions
+from poisonguard.store import retention, revisions
 from poisonguard.store.audit import (
     ANCHOR,
     AuditChain,
@@ -85,7 +85,9 @@ from poisonguard.store.sqlite import LEDGER_FILE, SqliteLedger
 from poisonguard.store.staging import disown, recover, staging_dir
 
 if TYPE_CHECKING:
-    from poisonguard.config import Config, LedgerSettings
+    from datetime import datetime
+
+    from poisonguard.config import Config, LedgerSettings, RetentionSettings
 
 SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
 #: The folders of the files the ledger lists, one kind each: the store's data files, where
@@ -465,6 +467,10 @@ class Store:
             indicator=True,
         )
         lost = found[found["_merge"] != "both"]
+        # A purged row's content is gone on purpose; its hash stays on the blocklist
+        # (``purged_blocklist``), so an exact copy is still refused.
+        lost = lost[~lost["pg_batch"].isin(retention.purged_batches(self))]
+        found = found[found["_merge"] == "both"]
         if len(lost):
             # A rejection that cannot be matched any more would let its row back in: fail closed.
             raise StoreError(
@@ -504,7 +510,7 @@ class Store:
         if limit <= 0:
             return pd.DataFrame()
         batches = [b.batch_id for b in self.ledger.committed() if source_of(b.source) == source]
-        paths = {f.path for f in self.ledger.files()}
+        paths = {f.path for f in self.ledger.files() if f.kind != retention.PURGED}
         released = {
             (r.batch_id, int(r.pg_row)) for r in self.ledger.reviews() if r.action == "release"
         }
@@ -545,6 +551,12 @@ class Store:
     def blocklist(self) -> set[str]:
         """Every row hash a reviewer rejected."""
         return {b.row_hash for b in self.ledger.blocked()}
+
+    def purged_blocklist(self) -> dict[str, Blocked]:
+        """The blocklist entries whose row's content was purged (``retention``), by row hash:
+        ``rejected_rows`` no longer has them, so they are matched by hash alone."""
+        purged = retention.purged_batches(self)
+        return {b.row_hash: b for b in self.ledger.blocked() if b.batch_id in purged}
 
     def landed(self) -> dict[str, Landed]:
         """What the ledger remembers of each landing-folder name, by name."""
@@ -627,11 +639,15 @@ class Store:
         Each file the ledger lists must exist, have the SHA-256 and row count it
         was written with, and each batch's clean and quarantined rows must all be
         in its files; a file in ``clean/``, ``quarantine/`` or ``rejected/`` that
-        the ledger does not list is named. Returns every problem found, one line
-        each (the gate's reasons).
+        the ledger does not list is named. Files listed as ``purged`` are gone on
+        purpose (``retention``); of a batch whose held rows were purged, only the
+        reviewed rows still in its quarantine files are counted. Returns every
+        problem found, one line each (the gate's reasons).
         """
         reasons: list[str] = []
-        records = self.files()
+        every = self.files()
+        records = [f for f in every if f.kind != retention.PURGED]
+        purged = {f.batch_id for f in every if f.kind == retention.PURGED}
         rows_by_batch: dict[tuple[str, str], int] = defaultdict(int)
         # A row a re-scan held again after its release is in two quarantine files: count it once.
         held_by_batch: dict[str, set[int]] = defaultdict(set)
@@ -655,19 +671,24 @@ class Store:
             if f.kind == "quarantine":
                 held_rows = self.data.read_table(f.path, ["pg_row"])["pg_row"].tolist()
                 held_by_batch[f.batch_id].update(held_rows)
-        listed = {f.path for f in records}
+        listed = {f.path for f in every}
         for kind in LISTED:
             for rel in self.data.find(kind):
                 if rel not in listed:
                     reasons.append(f"{rel}: not written by poisonguard (not in the ledger)")
-        reviews = self.reviews()
-        n_reviewed = reviews.groupby("batch_id").size().to_dict() if len(reviews) else {}
+        reviewed: dict[str, set[int]] = defaultdict(set)
+        for r in self.ledger.reviews():
+            reviewed[r.batch_id].add(int(r.pg_row))
         for rec in self.batches():
             if rec.status == "rejected":
                 continue
             clean = rows_by_batch.get((rec.batch_id, "clean"), 0)
-            held = len(held_by_batch.get(rec.batch_id, ()))
-            want_held = rec.rows_quarantined + int(n_reviewed.get(rec.batch_id, 0))
+            holding = held_by_batch.get(rec.batch_id, set())
+            done = reviewed[rec.batch_id]
+            held = len(holding)
+            want_held = rec.rows_quarantined + len(
+                done & holding if rec.batch_id in purged else done
+            )
             if clean != rec.rows_clean or held != want_held:
                 reasons.append(
                     f"batch {rec.batch_id}: its files hold {clean} clean and {held} quarantined "
@@ -1029,6 +1050,19 @@ class Store:
         """Take a committed batch out of the training set and the reference, for good
         (``revisions.revoke``)."""
         return revisions.revoke(self, batch_id, actor=actor, note=note)
+
+    def due(
+        self, settings: RetentionSettings, now: datetime | None = None
+    ) -> retention.RetentionPlan:
+        """What ``[retention]`` says is past its age at ``now`` (``retention.plan``)."""
+        return retention.plan(self, settings, now)
+
+    def purge(
+        self, settings: RetentionSettings, *, actor: str, now: datetime | None = None
+    ) -> retention.Purge:
+        """Purge the quarantine and rejected data past its age, with a ``purge`` audit entry
+        (``retention.purge``)."""
+        return retention.purge(self, settings, actor=actor, now=now)
 
     def hold_rescanned(self, flagged: pd.DataFrame, *, actor: str, note: str) -> dict[str, int]:
         """Move rows a re-scan flagged out of the training set into quarantine, awaiting
