@@ -9,6 +9,7 @@ Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
                              (plus one per release or re-scan hold: ``<batch>.release-<n>``,
                              ``<batch>.rescan-<n>``)
     quarantine/<batch>.parquet  held rows, with scores and reasons
+                             (an erasure rewrites a file as ``<batch>.forget-<n>``)
     rejected/<batch>/        the rejected file as it arrived, plus reason.json
     reports/                 per-batch reports
     staging/                 scratch space between flow tasks
@@ -40,6 +41,9 @@ Modules:
     ``open_store``, the one way library code and flows open a store.
 ``revisions``
     Changes after a commit: reference versions, revocations, re-scan holds.
+``erasure``
+    A data subject's rows taken out of every file (``Store.forget``): files rewritten
+    without them, one ledger transaction, the old files deleted, the ledger compacted.
 ``ledger``
     The ``Ledger`` protocol and the records it keeps; ``sql``: the SQL both ledgers
     speak; ``sqlite``: ``SqliteLedger``, the embedded default; ``postgres``:
@@ -72,6 +76,7 @@ from poisonguard.store.core import (
     open_store,
     read_verified,
 )
+from poisonguard.store.erasure import Erasure, FileErasure
 from poisonguard.store.files import (
     CRASH_ENV,
     RowGroupWriter,
@@ -99,6 +104,7 @@ from poisonguard.store.landing import (
     survey,
 )
 from poisonguard.store.ledger import (
+    ERASED,
     SCHEMA_VERSION,
     AuditEntry,
     BatchRecord,
@@ -133,6 +139,7 @@ from poisonguard.store.staging import (
 
 __all__ = [
     "CRASH_ENV",
+    "ERASED",
     "GENESIS",
     "LEDGER_ERRORS",
     "LISTED",
@@ -144,6 +151,8 @@ __all__ = [
     "AuditEntry",
     "BatchRecord",
     "Blocked",
+    "Erasure",
+    "FileErasure",
     "FileRecord",
     "Landed",
     "Ledger",

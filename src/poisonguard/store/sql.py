@@ -235,6 +235,20 @@ class SqlTransaction(SqlRecords):
             batch_id,
         )
 
+    def forget_rows(
+        self, batch_id: str, clean: int, quarantined: int, rejected: int, *, rows_in: int
+    ) -> None:
+        self._run(
+            "UPDATE batches SET rows_in = rows_in - ?, rows_clean = rows_clean - ?, "
+            "rows_quarantined = rows_quarantined - ?, rows_rejected = rows_rejected - ? "
+            "WHERE batch_id = ?",
+            rows_in,
+            clean,
+            quarantined,
+            rejected,
+            batch_id,
+        )
+
     def add_reviews(self, reviews: Sequence[Review]) -> None:
         self._many(
             f"INSERT INTO reviews (batch_id, pg_row, action, actor, note, at) VALUES ({_marks(6)})",
@@ -252,6 +266,9 @@ class SqlTransaction(SqlRecords):
             "ON CONFLICT (row_hash) DO NOTHING",
             [(b.row_hash, b.batch_id, b.pg_row, b.actor, b.at) for b in entries],
         )
+
+    def unblock(self, row_hashes: Sequence[str]) -> None:
+        self._many("DELETE FROM blocklist WHERE row_hash = ?", [(h,) for h in row_hashes])
 
     def remember(self, landed: Landed) -> None:
         updates = ", ".join(f"{c} = excluded.{c}" for c in _LANDED_COLUMNS if c != "name")
