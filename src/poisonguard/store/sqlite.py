@@ -132,6 +132,8 @@ class SqliteLedger(SqlRecords):
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # A deleted record's bytes are overwritten, whatever SQLite's build default (erasure).
+            db.execute("PRAGMA secure_delete=ON")
             yield db
         finally:
             db.close()
