@@ -29,7 +29,7 @@ import pytest
 from poisonguard import pipeline
 from poisonguard.cli import main
 from poisonguard.config import load_config
-from poisonguard.errors import ReviewError
+from poisonguard.errors import ReviewError, StoreError
 from poisonguard.initialize import init_dataset
 from poisonguard.landing import source_of
 from poisonguard.pipeline import process_landing
@@ -313,6 +313,30 @@ def test_a_note_holding_the_value_is_refused(project):
     store = open_store(load_config(project / "poisonguard.toml"))
     with pytest.raises(ReviewError, match="leave the value out"):
         store.forget(subject_of("email", [MAIL]), actor="dpo", note=f"for {MAIL}")
+
+
+def test_a_value_left_in_free_text_is_named_and_exits_1(project, capsys):
+    """The rows go; a value someone typed into the audit log stays (the chain keeps it), and
+    forget says where, without printing it, and exits 1."""
+    store = open_store(load_config(project / "poisonguard.toml"))
+    store.audit("note", actor="ann", detail={"note": f"called by {NAME}"})
+    seq = store.audit_log()[-1]["seq"]
+    where = f"full_name == '{NAME}'"
+    assert main(["forget", "-c", _config(project), "--where", where, "--by", "dpo"]) == 1
+    out, err = capsys.readouterr()
+    assert "erased 3 rows" in out
+    assert f"still holds one of the subject's values: audit entry {seq} (note)" in err
+    assert NAME not in out + err
+    assert main(["audit", "verify", "-c", _config(project)]) == 0
+
+
+def test_work_in_flight_in_the_staging_area_is_refused(project):
+    """A live process's staged batch may hold the subject's rows: forget waits for it."""
+    store = open_store(load_config(project / "poisonguard.toml"))
+    store.staging_dir("b9-in-flight")
+    with pytest.raises(StoreError, match=r"staging/b9-in-flight .* let it finish"):
+        store.forget(subject_of("customer_id", [str(SUBJECT)]), actor="dpo")
+    assert store.files(ERASED) == []
 
 
 def test_a_values_file_erases_each_subject(project, tmp_path, capsys):
