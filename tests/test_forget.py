@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -475,3 +476,38 @@ def test_a_values_file_is_one_value_a_line_and_needs_one():
     assert subject_of("c", ["1", "2", "1"]).conditions[0].values == ("1", "2")
     with pytest.raises(ReviewError, match="at least one value"):
         subject_of("c", [])
+
+
+# --------------------------------------------------------------------------- wherever the data files are
+
+
+@pytest.fixture(params=["folder", "memory"])
+def data_url(request, tmp_path) -> str:
+    """A place for the data files apart from the store: a local folder, or ``memory://``."""
+    if request.param == "folder":
+        return str(tmp_path / "shared" / "data")
+    return f"memory://{uuid.uuid4().hex}/data"
+
+
+def test_an_erasure_rewrites_and_deletes_files_where_the_data_files_are(data_url, tmp_path):
+    from poisonguard.gate import _ledger_against_audit
+    from poisonguard.store import Outcome
+    from poisonguard.store.files import DataFiles
+
+    rows = pd.DataFrame({"x": [1.5, 424242.5, 3.5], "y": [0, 1, 0], "pg_row": [0, 1, 2]})
+    store = Store(tmp_path / "store", create=True, data=data_url)
+    store.commit(Outcome("b1", "a" * 64, "b1", "committed", 3, clean=rows))
+    landed = store.staging_dir("bad") / "landed.csv"
+    landed.write_bytes(b"x,y\n424242.5,1\n7.5,0\n")
+    store.reject(
+        landed, "bad.csv", Outcome("bad", "c" * 64, "bad.csv", "rejected", 2, rows_rejected=2)
+    )
+    done = store.forget(subject_of("x", ["424242.5"]), actor="dpo")
+    assert done.rows_by_batch == {"b1": 1, "bad": 1}
+    files = DataFiles(data_url)
+    kept = [rel for kind in ("clean", "rejected") for rel in files.find(kind)]
+    assert not any(b"424242.5" in files.read_bytes(rel) for rel in kept)
+    assert files.read_bytes("rejected/bad.forget-0/bad.csv") == b"x,y\n7.5,0\n"
+    assert store.read(store.files("clean")[0])["x"].tolist() == [1.5, 3.5]
+    assert store.verify_files() == [] and store.verify_audit() is None
+    assert _ledger_against_audit(store) == []
