@@ -494,20 +494,34 @@ def test_an_erasure_rewrites_and_deletes_files_where_the_data_files_are(data_url
     from poisonguard.store import Outcome
     from poisonguard.store.files import DataFiles
 
-    rows = pd.DataFrame({"x": [1.5, 424242.5, 3.5], "y": [0, 1, 0], "pg_row": [0, 1, 2]})
+    rows = pd.DataFrame(
+        {
+            "x": [1.5, 424242.5, 3.5],
+            "y": [0, 1, 0],
+            "pg_row": [0, 1, 2],
+            "pg_row_hash": ["h0", "h1", "h2"],
+        }
+    )
     store = Store(tmp_path / "store", create=True, data=data_url)
-    store.commit(Outcome("b1", "a" * 64, "b1", "committed", 3, clean=rows))
+    store.commit(Outcome("b1", "a" * 64, "b1", "committed", 3, clean=rows.assign(pg_batch="b1")))
+    # A revoked batch's file keeps its kind when rewritten; its blocklist entry goes.
+    again = rows.assign(pg_row_hash=["h3", "h4", "h5"], pg_batch="b2")
+    store.commit(Outcome("b2", "b" * 64, "b2", "committed", 3, clean=again))
+    store.revoke("b2", actor="ann", note="bad feed")
     landed = store.staging_dir("bad") / "landed.csv"
     landed.write_bytes(b"x,y\n424242.5,1\n7.5,0\n")
     store.reject(
         landed, "bad.csv", Outcome("bad", "c" * 64, "bad.csv", "rejected", 2, rows_rejected=2)
     )
     done = store.forget(subject_of("x", ["424242.5"]), actor="dpo")
-    assert done.rows_by_batch == {"b1": 1, "bad": 1}
+    assert done.rows_by_batch == {"b1": 1, "b2": 1, "bad": 1}
     files = DataFiles(data_url)
     kept = [rel for kind in ("clean", "rejected") for rel in files.find(kind)]
     assert not any(b"424242.5" in files.read_bytes(rel) for rel in kept)
     assert files.read_bytes("rejected/bad.forget-0/bad.csv") == b"x,y\n7.5,0\n"
     assert store.read(store.files("clean")[0])["x"].tolist() == [1.5, 3.5]
+    (revoked,) = store.files("revoked")
+    assert revoked.path == "clean/b2.forget-0.parquet" and revoked.rows == 2
+    assert store.blocklist() == {"h3", "h5"} and len(store.rejected_rows()) == 2
     assert store.verify_files() == [] and store.verify_audit() is None
     assert _ledger_against_audit(store) == []
