@@ -523,5 +523,7 @@ def test_an_erasure_rewrites_and_deletes_files_where_the_data_files_are(data_url
     (revoked,) = store.files("revoked")
     assert revoked.path == "clean/b2.forget-0.parquet" and revoked.rows == 2
     assert store.blocklist() == {"h3", "h5"} and len(store.rejected_rows()) == 2
+    counts = {b.batch_id: (b.rows_in, b.rows_clean, b.rows_rejected) for b in store.batches()}
+    assert counts == {"b1": (2, 2, 0), "b2": (2, 0, 2), "bad": (1, 0, 1)}
     assert store.verify_files() == [] and store.verify_audit() is None
     assert _ledger_against_audit(store) == []
