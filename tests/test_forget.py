@@ -19,7 +19,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -479,14 +478,6 @@ def test_a_values_file_is_one_value_a_line_and_needs_one():
 
 
 # --------------------------------------------------------------------------- wherever the data files are
-
-
-@pytest.fixture(params=["folder", "memory"])
-def data_url(request, tmp_path) -> str:
-    """A place for the data files apart from the store: a local folder, or ``memory://``."""
-    if request.param == "folder":
-        return str(tmp_path / "shared" / "data")
-    return f"memory://{uuid.uuid4().hex}/data"
 
 
 def test_an_erasure_rewrites_and_deletes_files_where_the_data_files_are(data_url, tmp_path):
