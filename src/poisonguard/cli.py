@@ -594,6 +594,54 @@ def cmd_review_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Erase a data subject's rows; exit 1 when one of its values is still written elsewhere."""
+    from poisonguard.pipeline import forget
+    from poisonguard.subject import parse_where, read_values, subject_of
+
+    if args.where is not None:
+        if args.column or args.value is not None or args.values_file:
+            raise ConfigError("--where names the rows by itself: leave out --column and --value")
+        subject = parse_where(args.where)
+    elif args.column is None or (args.value is None) == (args.values_file is None):
+        raise ConfigError(
+            "name the rows to erase: --column C with --value V or --values-file FILE, "
+            'or --where "C == V"'
+        )
+    elif args.value is not None:
+        subject = subject_of(args.column, [args.value])
+    else:
+        text = Path(args.values_file).read_text(encoding="utf-8")
+        subject = subject_of(args.column, read_values(text))
+    done = forget(_config(args), subject, actor=args.by, note=args.note, dry_run=args.dry_run)
+    verb = "would erase" if done.dry_run else "erased"
+    if not done.files:
+        _out(f"no rows match the subject {done.subject[:12]}...; nothing to erase")
+    else:
+        _out(
+            f"{verb} {done.rows} rows of the subject {done.subject[:12]}... from "
+            f"{len(done.rows_by_batch)} batches, {len(done.files)} files:"
+        )
+        rows = [
+            {
+                "file": f.path,
+                "batch": f.batch_id,
+                "kind": f.kind,
+                "rows": "whole file" if f.rows is None else f.rows,
+                "now": f.replaced_by or ("(deleted)" if not done.dry_run else ""),
+            }
+            for f in done.files
+        ]
+        _out(_table(rows, ["file", "batch", "kind", "rows", "now"]))
+    if done.reference is not None:
+        _out(_reference_line(done.reference.summary()))
+    if done.reports:
+        _out(f"reports deleted: {', '.join(done.reports)}")
+    for where in done.residues:
+        sys.stderr.write(f"poisonguard: still holds one of the subject's values: {where}\n")
+    return 1 if done.residues else 0
+
+
 RESCAN_SHOWN = 50
 
 
@@ -1085,6 +1133,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("batch")
     sp.add_argument("--actor", "--by", dest="actor", required=True, help="reviewer's name")
     sp.add_argument("--note", required=True, help="why (recorded in the audit log)")
+
+    sp = command(
+        "forget",
+        cmd_forget,
+        "erase a data subject's rows from every file of the store (clean, quarantine, "
+        "rejected), recorded in the audit log by keyed hash only",
+    )
+    sp.add_argument("--column", help="the column that identifies the subject")
+    sp.add_argument("--value", help="its value (compared as the column's type)")
+    sp.add_argument("--values-file", metavar="FILE", help="its values, one a line")
+    sp.add_argument(
+        "--where",
+        metavar="FILTER",
+        help="the rows by a filter: C == V, !=, <, <=, >, >=, C in (a, b), joined by 'and'",
+    )
+    sp.add_argument("--by", required=True, help="who asks (recorded in the audit log)")
+    sp.add_argument("--note", default="", help="why (recorded; never the value itself)")
+    sp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be erased (rows per batch and file, no values); change nothing",
+    )
 
     sp = command(
         "rescan",

@@ -12,7 +12,8 @@ The gate passes only what it has verified. It refuses, with every reason it find
   counts, status or the reference version that judged it, a review, the
   blocklist, or a reference version (its files and digest);
 * a file the ledger lists (clean, quarantined, rejected, revoked or superseded;
-  not one a retention purge removed, listed as ``purged``) is missing, or has another SHA-256 or row count than when written; a file sits
+  not one a retention purge removed, listed as ``purged``) is missing, or has another SHA-256
+  or row count than when written; a file an erasure listed as erased is still there; a file sits
   in ``clean/``, ``quarantine/`` or ``rejected/`` that the ledger does not list;
   a batch's clean or quarantined rows are not all in its files;
 * the training set is empty, mixes column sets, has other columns than the
@@ -49,6 +50,7 @@ from poisonguard.errors import ConfigError, GateError, PoisonguardError, StoreEr
 from poisonguard.review import awaiting_review
 from poisonguard.sources import POOLED, alarms, source_states
 from poisonguard.store import (
+    ERASED,
     FileRecord,
     ReferenceVersion,
     Store,
@@ -292,13 +294,15 @@ def _ledger_against_audit(store: Store) -> list[str]:
             versions[int(detail["version"])] = (detail["digest"], list(detail["files"]))
         if entry["action"] == "purge":
             _replay_purge(json.loads(entry["detail"]), counts, kinds)
-        if entry["action"] not in ("ingest", "release", "reject", "revoke", "rescan"):
+        if entry["action"] not in ("ingest", "release", "reject", "revoke", "rescan", "forget"):
             continue
         detail = json.loads(entry["detail"])
         batch = entry["batch_id"]
         files.update(detail.get("files") or {})
         kinds.update((path, path.split("/")[0]) for path in detail.get("files") or {})
-        if entry["action"] == "revoke" and batch in counts:
+        if entry["action"] == "forget":
+            _replay_forget(detail, counts, kinds, reviewed)
+        elif entry["action"] == "revoke" and batch in counts:
             _replay_revoke(detail, counts[batch], kinds)
             status[batch] = ("revoked", status[batch][1])
             reviewed.update((batch, int(r), "reject") for r in detail.get("rejected") or [])
@@ -402,6 +406,24 @@ def _replay_purge(
         if n and part.get("batch_id") in counts:
             counts[part["batch_id"]][1] -= n
             counts[part["batch_id"]][2] += n
+
+
+def _replay_forget(
+    detail: dict[str, Any],
+    counts: dict[str, list[int]],
+    kinds: dict[str, str],
+    reviewed: set[tuple[str, int, str]],
+) -> None:
+    """An erasure as its audit entry recorded it: the new files keep the kinds of those they
+    replace, which are erased; the rows leave their batches' counts and reviews (and the
+    blocklist: ``blocklist_in``)."""
+    kinds.update(detail.get("kinds") or {})
+    kinds.update((path, ERASED) for path in detail.get("erased") or {})
+    for batch, lost in (detail.get("batches") or {}).items():
+        if batch in counts:
+            for i, count in enumerate(("clean", "quarantined", "rejected")):
+                counts[batch][i] -= int(lost.get(count, 0))
+        reviewed.difference_update((batch, int(r), str(a)) for r, a in lost.get("reviews") or [])
 
 
 def _references_against_audit(

@@ -70,6 +70,7 @@ from poisonguard.sources import (
 from poisonguard.store import (
     BatchRecord,
     Blocked,
+    Erasure,
     Outcome,
     ReferenceVersion,
     Staged,
@@ -101,6 +102,7 @@ from poisonguard.store import (
     write_decision_meta,
     write_evidence,
 )
+from poisonguard.subject import Subject
 
 #: A row's reason lists at most this many failed expectations, then a count.
 MAX_LISTED = 3
@@ -553,6 +555,17 @@ def fit_guard(config: Config, store: Store, reference: ReferenceVersion | None =
     while len(_FITTED) > _FITTED_MAX:
         _FITTED.popitem(last=False)
     return guard
+
+
+def forget(
+    config: Config, subject: Subject, *, actor: str, note: str = "", dry_run: bool = False
+) -> Erasure:
+    """Erase a data subject's rows from the config's store (``Store.forget``) and drop every
+    guard this process fitted: a fitted guard keeps the reference rows it learned from."""
+    done = open_store(config).forget(subject, actor=actor, note=note, dry_run=dry_run)
+    if done.files and not dry_run:
+        _FITTED.clear()
+    return done
 
 
 def guard_for(config: Config) -> Guard:

@@ -9,6 +9,7 @@ Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
                              (plus one per release or re-scan hold: ``<batch>.release-<n>``,
                              ``<batch>.rescan-<n>``)
     quarantine/<batch>.parquet  held rows, with scores and reasons
+                             (an erasure rewrites a file as ``<batch>.forget-<n>``)
     rejected/<batch>/        the rejected file as it arrived, plus reason.json
                              (both purged after the ages ``[retention]`` sets)
     reports/                 per-batch reports
@@ -48,6 +49,9 @@ Modules:
     ``open_store``, the one way library code and flows open a store.
 ``revisions``
     Changes after a commit: reference versions, revocations, re-scan holds.
+``erasure``
+    A data subject's rows taken out of every file (``Store.forget``): files rewritten
+    without them, one ledger transaction, the old files deleted, the ledger compacted.
 ``retention``
     Quarantine and rejected data past the ages ``[retention]`` sets: what is due,
     and the purge (files listed as ``purged``, one audit entry, then the bytes).
@@ -83,6 +87,7 @@ from poisonguard.store.core import (
     open_store,
     read_verified,
 )
+from poisonguard.store.erasure import Erasure, FileErasure
 from poisonguard.store.files import (
     CRASH_ENV,
     RowGroupWriter,
@@ -112,6 +117,9 @@ from poisonguard.store.landing import (
     survey,
 )
 from poisonguard.store.ledger import (
+    ERASED,
+    GONE,
+    PURGED,
     SCHEMA_VERSION,
     AuditEntry,
     BatchRecord,
@@ -125,7 +133,7 @@ from poisonguard.store.ledger import (
     Review,
     reference_digest,
 )
-from poisonguard.store.retention import PURGED, Due, Purge, RetentionPlan
+from poisonguard.store.retention import Due, Purge, RetentionPlan
 from poisonguard.store.revisions import Revocation
 from poisonguard.store.schema import (
     PROVENANCE,
@@ -154,7 +162,9 @@ from poisonguard.store.staging import (
 
 __all__ = [
     "CRASH_ENV",
+    "ERASED",
     "GENESIS",
+    "GONE",
     "LEDGER_ERRORS",
     "LISTED",
     "LOCK_WAIT",
@@ -167,6 +177,8 @@ __all__ = [
     "BatchRecord",
     "Blocked",
     "Due",
+    "Erasure",
+    "FileErasure",
     "FileRecord",
     "Landed",
     "Ledger",

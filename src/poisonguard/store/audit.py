@@ -49,7 +49,7 @@ def blocklist_in(log: Iterable[dict[str, Any]]) -> set[str]:
     """The blocklist the audit chain recorded: every row hash a rejection (``reject``) or a
     revocation (``revoke``) blocked, in chain order; a migration that re-keyed the
     blocklist (``migrate`` with ``blocklist``) replaces what came before it with the
-    keyed hashes of the same rows.
+    keyed hashes of the same rows; an erasure (``forget``) takes its rows' hashes off.
 
     Parameters
     ----------
@@ -58,10 +58,12 @@ def blocklist_in(log: Iterable[dict[str, Any]]) -> set[str]:
     """
     blocked: set[str] = set()
     for entry in log:
-        if entry["action"] not in ("reject", "revoke", "migrate"):
+        if entry["action"] not in ("reject", "revoke", "migrate", "forget"):
             continue
         detail = json.loads(entry["detail"])
-        if entry["action"] != "migrate":
+        if entry["action"] == "forget":
+            blocked.difference_update(detail.get("unblocked") or [])
+        elif entry["action"] != "migrate":
             blocked.update(detail.get("row_hashes") or [])
         elif "blocklist" in detail:
             blocked = set(detail["blocklist"])

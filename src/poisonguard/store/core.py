@@ -17,6 +17,9 @@ bytes and its place, and the ledger lists it under another kind: ``revoked``
 when a reviewer revoked its batch (``revoke``), ``superseded`` when a re-scan
 moved some of its rows back to quarantine and wrote the others to a new clean
 file (``hold_rescanned``). The training set is the files of kind ``clean``.
+The one exception is erasure (``forget``, ``erasure``): a file holding a data
+subject's rows is replaced by a new one without them, listed as ``erased`` and
+deleted.
 
 The ledger is a ``Ledger``: the embedded ``SqliteLedger`` unless the config names
 a PostgreSQL one (``PostgresLedger``, ``[store] ledger``); the audit chain is
@@ -45,7 +48,7 @@ import pyarrow as pa
 from poisonguard.errors import GateError, ReviewError, StoreError, shown
 from poisonguard.landing import Entry, source_of
 from poisonguard.sources import BatchCounts, Event
-from poisonguard.store import retention, revisions
+from poisonguard.store import erasure, retention, revisions
 from poisonguard.store.audit import (
     ANCHOR,
     AuditChain,
@@ -53,6 +56,7 @@ from poisonguard.store.audit import (
     default_key_path,
     entry_hash,
 )
+from poisonguard.store.erasure import Erasure
 from poisonguard.store.files import (
     DataFiles,
     copy_private_tree,
@@ -67,6 +71,8 @@ from poisonguard.store.files import (
 )
 from poisonguard.store.landing import Unreadable, Unsettled, snapshot
 from poisonguard.store.ledger import (
+    ERASED,
+    PURGED,
     SCHEMA_VERSION,
     BatchRecord,
     Blocked,
@@ -88,6 +94,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from poisonguard.config import Config, LedgerSettings, RetentionSettings
+    from poisonguard.subject import Subject
 
 SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
 #: The folders of the files the ledger lists, one kind each: the store's data files, where
@@ -510,7 +517,7 @@ class Store:
         if limit <= 0:
             return pd.DataFrame()
         batches = [b.batch_id for b in self.ledger.committed() if source_of(b.source) == source]
-        paths = {f.path for f in self.ledger.files() if f.kind != retention.PURGED}
+        listed = {f.path: f for f in self.ledger.files()}
         released = {
             (r.batch_id, int(r.pg_row)) for r in self.ledger.reviews() if r.action == "release"
         }
@@ -522,8 +529,8 @@ class Store:
         for batch_id in batches:
             frames = []
             for kind in ("clean", "quarantine"):
-                rel = f"{kind}/{batch_id}.parquet"
-                if rel not in paths:
+                rel = erasure.as_arrived(listed, kind, batch_id)
+                if rel is None:
                     continue
                 frame = kept[rel] if rel in kept else self.data.read_table(rel)
                 self._window_files[rel] = frame
@@ -646,12 +653,19 @@ class Store:
         """
         reasons: list[str] = []
         every = self.files()
-        records = [f for f in every if f.kind != retention.PURGED]
-        purged = {f.batch_id for f in every if f.kind == retention.PURGED}
+        records = [f for f in every if f.kind != PURGED]
+        purged = {f.batch_id for f in every if f.kind == PURGED}
         rows_by_batch: dict[tuple[str, str], int] = defaultdict(int)
         # A row a re-scan held again after its release is in two quarantine files: count it once.
         held_by_batch: dict[str, set[int]] = defaultdict(set)
         for f in records:
+            if f.kind == ERASED:
+                if self.data.exists(f.path):
+                    reasons.append(
+                        f"{f.path}: erased, but still in the store; run `poisonguard forget` "
+                        "again to finish the erasure"
+                    )
+                continue
             if not self.data.is_file(f.path) or self.data.is_link(f.path):
                 reasons.append(f"{f.path}: listed in the ledger but missing from the store")
                 continue
@@ -1068,6 +1082,20 @@ class Store:
         """Move rows a re-scan flagged out of the training set into quarantine, awaiting
         review (``revisions.hold_rescanned``); rows held per batch."""
         return revisions.hold_rescanned(self, flagged, actor=actor, note=note)
+
+    # -- erasure (see ``erasure``) -------------------------------------------
+    def forget(
+        self, subject: Subject, *, actor: str, note: str = "", dry_run: bool = False
+    ) -> Erasure:
+        """Erase a data subject's rows from every file of the store in one commit
+        (``erasure.forget``), and from what this process keeps of the store's files."""
+        done = erasure.forget(self, subject, actor=actor, note=note, dry_run=dry_run)
+        if not dry_run:
+            prefix = f"{self.root.resolve()}\0"
+            for key in [k for k in _kept_frames if k.startswith(prefix)]:
+                del _kept_frames[key]
+            self._window_files.clear()
+        return done
 
     # -- audit chain ---------------------------------------------------------
     def audit(

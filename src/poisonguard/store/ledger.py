@@ -32,6 +32,13 @@ SCHEMA_VERSION = 4
 #: Where a batch's rows are counted (``LedgerTransaction.move_rows``).
 ROW_COUNTS = ("clean", "quarantined", "rejected")
 
+#: The kind of a file an erasure rewrote (``erasure``): listed, its bytes deleted.
+ERASED = "erased"
+#: The kind of a file a retention purge removed (``retention``): listed, its bytes deleted.
+PURGED = "purged"
+#: The kinds of files the ledger still lists whose bytes are gone on purpose.
+GONE = frozenset({ERASED, PURGED})
+
 #: The ``prev_hash`` of the audit chain's first entry.
 GENESIS = "0" * 64
 
@@ -293,6 +300,13 @@ class LedgerTransaction(LedgerView, Protocol):
         """Mark a batch ``revoked``: every row of it counts as rejected, with ``reason``."""
         ...
 
+    def forget_rows(
+        self, batch_id: str, clean: int, quarantined: int, rejected: int, *, rows_in: int
+    ) -> None:
+        """Take erased rows out of a batch: ``rows_in`` fewer arrived, and each count of
+        ``ROW_COUNTS`` loses its share."""
+        ...
+
     def add_reviews(self, reviews: Sequence[Review]) -> None:
         """Record review decisions (one per batch and row)."""
         ...
@@ -306,8 +320,8 @@ class LedgerTransaction(LedgerView, Protocol):
         ...
 
     def unblock(self, row_hashes: Sequence[str]) -> None:
-        """Take these hashes off the blocklist (the migration that re-keys it puts each row
-        back under its keyed hash)."""
+        """Take these hashes off the blocklist (an erasure's rows; the migration that re-keys it
+        puts each row back under its keyed hash)."""
         ...
 
     def remember(self, landed: Landed) -> None:
@@ -391,6 +405,14 @@ class Ledger(LedgerView, Protocol):
         StoreError
             At once, when another process holds it.
         """
+        ...
+
+    def compact(self) -> None:
+        """Rewrite the ledger's storage so that deleted records leave no bytes behind, as far
+        as the backend can promise (outside a transaction; an erasure's last step). SQLite:
+        ``VACUUM`` and an emptied write-ahead log. PostgreSQL: ``VACUUM (FULL)`` of the
+        tables an erasure changes; its write-ahead log, replicas and backups keep old row
+        versions until they age out (docs/privacy.md)."""
         ...
 
 

@@ -45,14 +45,12 @@ from typing import TYPE_CHECKING, Any
 
 from poisonguard.errors import param_error
 from poisonguard.store.files import crash_point
-from poisonguard.store.ledger import BatchRecord, FileRecord, Review
+from poisonguard.store.ledger import GONE, PURGED, BatchRecord, FileRecord, Review
 
 if TYPE_CHECKING:
     from poisonguard.config import RetentionSettings
     from poisonguard.store.core import Store
 
-#: The kind a purged file is listed under.
-PURGED = "purged"
 #: What a purge removes, by what the batch's data is.
 DUE_KINDS = ("quarantine", "rejected")
 
@@ -177,7 +175,7 @@ def plan(store: Store, settings: RetentionSettings, now: datetime | None = None)
         reviews[r.batch_id].append(r)
     items = []
     for rec in store.batches():
-        kept = [f for f in by_batch.get(rec.batch_id, []) if f.kind != PURGED]
+        kept = [f for f in by_batch.get(rec.batch_id, []) if f.kind not in GONE]
         if rec.status in ("rejected", "revoked"):
             since = rec.finished_at if rec.status == "rejected" else revoked.get(rec.batch_id)
             item = _rejected(rec, kept, since, settings, now)

@@ -180,11 +180,16 @@ def add_reference(
     actor: str,
     note: str,
     without: str | None = None,
+    replaced: dict[str, FileRecord] | None = None,
 ) -> ReferenceVersion:
     """Write the next reference version (the current one's files but those of batch
-    ``without``, then ``added``) and its audit entry, inside the caller's transaction."""
+    ``without``, each file of ``replaced`` in its place by its new one, then ``added``) and
+    its audit entry, inside the caller's transaction."""
     (current,) = tx.references() or (None,)
-    kept = [f for f in (current.files if current else ()) if f.batch_id != without]
+    swap = replaced or {}
+    kept = [
+        swap.get(f.path, f) for f in (current.files if current else ()) if f.batch_id != without
+    ]
     files = (*kept, *added)
     ref = ReferenceVersion(
         version=1 if current is None else current.version + 1,

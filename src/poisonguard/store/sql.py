@@ -243,6 +243,20 @@ class SqlTransaction(SqlRecords):
             batch_id,
         )
 
+    def forget_rows(
+        self, batch_id: str, clean: int, quarantined: int, rejected: int, *, rows_in: int
+    ) -> None:
+        self._run(
+            "UPDATE batches SET rows_in = rows_in - ?, rows_clean = rows_clean - ?, "
+            "rows_quarantined = rows_quarantined - ?, rows_rejected = rows_rejected - ? "
+            "WHERE batch_id = ?",
+            rows_in,
+            clean,
+            quarantined,
+            rejected,
+            batch_id,
+        )
+
     def add_reviews(self, reviews: Sequence[Review]) -> None:
         self._many(
             f"INSERT INTO reviews (batch_id, pg_row, action, actor, note, at) VALUES ({_marks(6)})",

@@ -133,6 +133,8 @@ class SqliteLedger(SqlRecords):
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # A deleted record's bytes are overwritten, whatever SQLite's build default (erasure).
+            db.execute("PRAGMA secure_delete=ON")
             yield db
         finally:
             db.close()
@@ -184,6 +186,14 @@ class SqliteLedger(SqlRecords):
 
     def run_lock(self) -> contextlib.AbstractContextManager[None]:
         return run_lock(self.root / ".run.lock")
+
+    def compact(self) -> None:
+        # VACUUM rebuilds the file from the live records (no free pages, no free space in a
+        # page keeps a deleted record's bytes); the checkpoint moves it out of the
+        # write-ahead log, which TRUNCATE then empties.
+        with self._db() as db:
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def copy_to(self, root: Path) -> None:
         """A consistent snapshot of the ledger (SQLite's online backup, safe while a run

@@ -46,7 +46,7 @@ from poisonguard.store.files import (
     write_private,
     write_table,
 )
-from poisonguard.store.ledger import LedgerView
+from poisonguard.store.ledger import ERASED, LedgerView
 from poisonguard.store.locking import owner_alive, this_owner
 
 STAGED_ROWS = "rows.parquet"
@@ -247,7 +247,8 @@ def recover(
     process id) and ends by removing it after the ledger transaction. A
     staging folder whose owner is gone marks a commit that may have been cut
     short: its files are removed unless the ledger lists them. Temporary files
-    of interrupted atomic writes go too. Files nobody wrote through
+    of interrupted atomic writes go too, and files the ledger lists as erased
+    (an erasure cut short after its commit). Files nobody wrote through
     poisonguard are left for the gate to report.
 
     A folder another host owns is taken only with ``other_hosts``: its process
@@ -261,6 +262,11 @@ def recover(
         The files and folders removed (local paths, or URLs).
     """
     removed: list[Path | str] = []
+    # An erasure that died after its commit: the files it rewrote must not outlive it.
+    for erased in ledger.files(ERASED):
+        if data.exists(erased.path):
+            data.remove(erased.path)
+            removed.append(data.where(erased.path))
     markers = []
     for marker in sorted((root / "staging").iterdir()):
         alive = _owner_alive(marker)
@@ -283,7 +289,8 @@ def recover(
                 data.remove(rel)
                 removed.append(data.where(rel))
         rejected = f"rejected/{name}"
-        if name not in batches and data.exists(rejected):
+        listed = any(path.startswith(f"{rejected}/") for path in known)  # an erasure's
+        if name not in batches and not listed and data.exists(rejected):
             data.remove_tree(rejected)
             removed.append(data.where(rejected))
         shutil.rmtree(marker) if marker.is_dir() else marker.unlink()
