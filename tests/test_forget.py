@@ -513,8 +513,41 @@ def test_an_erasure_rewrites_and_deletes_files_where_the_data_files_are(data_url
     assert store.read(store.files("clean")[0])["x"].tolist() == [1.5, 3.5]
     (revoked,) = store.files("revoked")
     assert revoked.path == "clean/b2.forget-0.parquet" and revoked.rows == 2
-    assert store.blocklist() == {"h3", "h5"} and len(store.rejected_rows()) == 2
+    # The revocation blocked the rows by their keyed content hashes; the erased row's goes.
+    kept_rows = again.drop(index=1).reset_index(drop=True)
+    assert store.blocklist() == set(store.row_hashes(kept_rows))
+    assert len(store.rejected_rows()) == 2
     counts = {b.batch_id: (b.rows_in, b.rows_clean, b.rows_rejected) for b in store.batches()}
     assert counts == {"b1": (2, 2, 0), "b2": (2, 0, 2), "bad": (1, 0, 1)}
     assert store.verify_files() == [] and store.verify_audit() is None
     assert _ledger_against_audit(store) == []
+
+
+def test_an_erasure_after_a_retention_purge_skips_the_purged_files_and_the_gate_passes(project):
+    """Retention purged the rejected batch (its file listed as purged, its bytes gone): an
+    erasure then rewrites what is still there, never reads what is gone, and the value is
+    nowhere; `audit verify` and the gate pass; a purge after the erasure finds nothing wrong."""
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    from poisonguard.config import RetentionSettings
+    from poisonguard.store import PURGED
+
+    config = load_config(project / "poisonguard.toml")
+    settings = RetentionSettings(quarantine_days=None, rejected_days=1)
+    config = dataclasses.replace(config, retention=settings)
+    later = datetime.now(UTC) + timedelta(days=30)
+    store = open_store(config)
+    purged = store.purge(settings, actor="ops", now=later)
+    assert purged.batches and store.files(PURGED)
+    assert any(f.batch_id.startswith("b3") for f in store.files(PURGED))
+
+    done = pipeline.forget(config, subject_of("customer_id", [str(SUBJECT)]), actor="dpo")
+    assert done.files and not done.residues
+    assert _raw_hits(project) == [] and _cell_hits(project) == []
+    assert main(["audit", "verify", "--config", _config(project)]) == 0
+    store = open_store(config)
+    assert store.verify_files() == []
+    assert main(["gate", "--config", _config(project)]) == 0
+    store.purge(settings, actor="ops", now=later + timedelta(days=30))
+    assert main(["gate", "--config", _config(project)]) == 0
