@@ -539,7 +539,7 @@ def test_an_erasure_after_a_retention_purge_skips_the_purged_files_and_the_gate_
     later = datetime.now(UTC) + timedelta(days=30)
     store = open_store(config)
     purged = store.purge(settings, actor="ops", now=later)
-    assert purged.batches and store.files(PURGED)
+    assert purged.purged and store.files(PURGED)
     assert any(f.batch_id.startswith("b3") for f in store.files(PURGED))
 
     done = pipeline.forget(config, subject_of("customer_id", [str(SUBJECT)]), actor="dpo")
