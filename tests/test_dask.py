@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from poisonguard.attacks import plant
-from poisonguard.cluster import Part, judge_on_cluster, local_cluster_options
+from poisonguard.cluster import judge_on_cluster, local_cluster_options
 from poisonguard.config import ExecutionSettings, load_config
 from poisonguard.detectors.drift import DriftCounts, batch_drift
 from poisonguard.errors import ClusterError, ConfigError
@@ -54,23 +54,24 @@ def on_cluster(address: str, **changes) -> ExecutionSettings:
     return dataclasses.replace(TINY, engine="dask", address=address, **changes)
 
 
-def staged_parts(frame: pd.DataFrame, path: Path, sizes: list[int], drop: np.ndarray):
-    """``frame`` written as row groups of ``sizes`` rows, and its parts less the rows ``drop``
-    (held before scoring); the rows judged, as one frame."""
+def staged_parts(frame: pd.DataFrame, folder: Path, sizes: list[int], drop: np.ndarray):
+    """``frame`` staged in ``folder`` as row groups of ``sizes`` rows, and its parts as the
+    pipeline makes them, less the rows ``drop`` (held before scoring); the rows judged."""
+    from poisonguard.pipeline import _parts
+    from poisonguard.store import Staged
+
     schema = pa.Schema.from_pandas(frame, preserve_index=False)
-    writer = pq.ParquetWriter(path, schema)
-    parts, start, judged = [], 0, 0
-    for group, n in enumerate(sizes):
-        rows = frame.iloc[start : start + n]
-        writer.write_table(
-            pa.Table.from_pandas(rows, schema=schema, preserve_index=False),
-            row_group_size=max(n, 1),
-        )
-        keep = np.setdiff1d(np.arange(n), drop[(drop >= start) & (drop < start + n)] - start)
-        parts.append(Part(str(path), group, n, keep, judged))
-        start += n
-        judged += keep.size
-    writer.close()
+    start = 0
+    with pq.ParquetWriter(folder / "rows.parquet", schema) as writer:
+        for n in sizes:
+            rows = frame.iloc[start : start + n]
+            writer.write_table(
+                pa.Table.from_pandas(rows, schema=schema, preserve_index=False),
+                row_group_size=max(n, 1),
+            )
+            start += n
+    meta = Staged(folder, "b", "", "b.parquet", len(frame), "", [], None, chunked=True)
+    parts = _parts(meta, drop)
     return parts, frame.drop(index=frame.index[drop]).reset_index(drop=True)
 
 
@@ -123,7 +124,7 @@ def test_parts_judged_on_workers_are_judged_as_the_batch_whole(kind, client, tmp
     guard = Guard(label="label").fit(blobs(2500, 1))
     attack = plant(blobs(900, 2), label="label", kind=kind, rate=0.05, random_state=7)
     drop = np.array([0, 5, 250, 251, 899])
-    parts, judged = staged_parts(attack.frame, tmp_path / "rows.parquet", [37, 0, 463, 400], drop)
+    parts, judged = staged_parts(attack.frame, tmp_path, [37, 0, 463, 400], drop)
     window = blobs(300, 9)
     _, scores, whole = guard.judge(judged, source="batch", window=window)
     drift = DriftCounts(guard.reference_)
@@ -163,9 +164,7 @@ def test_dates_are_read_in_the_batch_format_on_every_worker(client, tmp_path):
     batch.loc[41, "since"] = "25/12/2020"
     batch.loc[200:299, "since"] = [f"{d % 12 + 1:02d}/04/2021" for d in range(100)]
     attack = plant(batch, label="label", kind="category_swap", rate=0.05, random_state=4)
-    parts, judged = staged_parts(
-        attack.frame, tmp_path / "rows.parquet", [40, 160, 100, 300], np.zeros(0, dtype=np.int64)
-    )
+    parts, judged = staged_parts(attack.frame, tmp_path, [40, 160, 100, 300], np.array([3, 201]))
     _, scores, whole = guard.judge(judged, source="batch")
     found = judge_on_cluster(client, guard, parts, list(judged.columns), "batch")
     assert_decided_alike(found, whole, scores)
