@@ -151,6 +151,32 @@ def test_parts_judged_on_workers_are_judged_as_the_batch_whole(kind, client, tmp
     assert list(tmp_path.iterdir()) == [tmp_path / "rows.parquet"]  # nothing left behind
 
 
+def test_two_datasets_judged_at_once_share_the_cluster(cluster, tmp_path):
+    """Two datasets' batches (each its guard, its client, as two flow runs would have) judged
+    on the one cluster at the same time: each gets the decision of its batch judged whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import Client
+
+    def one(seed: int) -> None:
+        guard = Guard(label="label").fit(blobs(2000, seed))
+        attack = plant(
+            blobs(700, seed + 1), label="label", kind="random_flip", rate=0.05, random_state=seed
+        )
+        folder = tmp_path / f"dataset-{seed}"
+        folder.mkdir()
+        parts, judged = staged_parts(attack.frame, folder, [100] * 7, np.array([2, 350]))
+        _, scores, whole = guard.judge(judged, source="batch")
+        with Client(cluster, set_as_default=False) as client:
+            found = judge_on_cluster(client, guard, parts, list(judged.columns), "batch")
+        assert_decided_alike(found, whole, scores)
+        assert whole.quarantined.any()
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(one, 11), pool.submit(one, 21)]:
+            done.result()
+
+
 @pytest.mark.filterwarnings("ignore:Parsing dates in %d/%m/%Y format")
 def test_dates_are_read_in_the_batch_format_on_every_worker(client, tmp_path):
     """Dates written day first, the batch's first date (25/12/2020) in its second part, and a
@@ -225,10 +251,11 @@ def test_the_flow_runs_on_dask_task_runner(
     assert task_runner(_config(root, TINY)) is None
 
 
-def _crash_workers(client, value: str | None) -> None:
-    """Set (or clear) the crash point on the nannies, and then on every worker, so that a
-    worker (re)started kills itself (SIGKILL) at its first task. Clearing waits for both
-    workers first: one a nanny was starting when its environment was cleared still has it."""
+def _crash_workers(client, value: str | None, workers=None, nanny: bool = True) -> None:
+    """Set (or clear) the crash point on the nannies, and then on the workers (default all),
+    so that a worker (re)started kills itself (SIGKILL) at its first task. Clearing waits
+    for both workers first: one a nanny was starting when its environment was cleared
+    still has it."""
 
     def apply() -> None:
         if value is None:
@@ -236,10 +263,27 @@ def _crash_workers(client, value: str | None) -> None:
         else:
             os.environ[CRASH_ENV] = value
 
-    client.run(apply, nanny=True)
+    if nanny:
+        client.run(apply, nanny=True)
     if value is None:
         client.wait_for_workers(LOCAL.workers, timeout=180)
-    client.run(apply)
+    client.run(apply, workers=workers)
+
+
+def test_a_worker_dying_mid_batch_is_replaced_and_the_decision_holds(client, tmp_path):
+    """One worker killed at its first task: Dask runs its tasks again on the other (which holds
+    the guard too) and on the worker its nanny restarts, and the decision is the batch's
+    judged whole."""
+    guard = Guard(label="label").fit(blobs(2000, 5))
+    attack = plant(blobs(800, 6), label="label", kind="backdoor", rate=0.05, random_state=2)
+    parts, judged = staged_parts(attack.frame, tmp_path, [100] * 8, np.array([1, 420]))
+    _, scores, whole = guard.judge(judged, source="batch")
+    victim = sorted(client.scheduler_info()["workers"])[0]
+    _crash_workers(client, "cluster-task", workers=[victim], nanny=False)
+    found = judge_on_cluster(client, guard, parts, list(judged.columns), "batch")
+    assert_decided_alike(found, whole, scores)
+    assert victim not in client.scheduler_info()["workers"]  # it did die
+    client.wait_for_workers(LOCAL.workers, timeout=180)
 
 
 def test_workers_dying_mid_batch_fail_closed_and_a_rerun_succeeds(
