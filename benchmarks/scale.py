@@ -242,6 +242,8 @@ def dask_part(sizes: list[int], work: Path, memory: str, chunk_rows: int) -> lis
 
 
 def dask_report(records: list[dict[str, Any]]) -> str:
+    if not records:
+        return ""
     rows = [
         [
             r["engine"],
@@ -494,9 +496,7 @@ def main(argv: list[str] | None = None) -> None:
             many = in_child(
                 CHILD_MANY, new_store(work / "many", "numeric"), args.many, args.many_rows
             )
-    print(report(records, fixed, many))
-    if scaled:
-        print("\n" + dask_report(scaled))
+    print("\n\n".join(p for p in (report(records, fixed, many), dask_report(scaled)) if p))
     if args.json:
         args.json.write_text(
             json.dumps({"big": records, "fixed": fixed, "many": many, "dask": scaled}, indent=1)
