@@ -85,6 +85,13 @@ def test_chunked_batches_end_as_whole_ones(both):
     of the wrong schema) ends with the same ledger counts, the same clean rows and the same
     held rows, stages, reasons and suspicion, in chunks of 37 rows as whole."""
     whole, chunked, _ = both
+    assert_ends_alike(whole, chunked)
+
+
+def assert_ends_alike(whole: dict, chunked: dict) -> None:
+    """``_outcome`` of the demo batches in chunks (written chunk by chunk) is the one of the
+    batches taken whole: ledger, clean rows, held rows, stages, reasons, suspicion, and the
+    scores of the rows the detectors held."""
     assert len(chunked["row_groups"]) == 4  # every batch but the rejected one: held rows
     assert all(n > 3 for n in chunked["row_groups"].values())  # written chunk by chunk
     assert set(whole["row_groups"].values()) == {1}

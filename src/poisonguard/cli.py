@@ -141,9 +141,9 @@ def _run(config: Config, local: bool) -> dict:
         if not os.environ.get("PREFECT_API_URL"):
             # A loopback server that dies with this process (a temporary API would not).
             stack.enter_context(local_server(Path(os.environ["PREFECT_HOME"]), services=False))
-        from poisonguard_flows.ingest import ingest
+        from poisonguard_flows.ingest import ingest_flow
 
-        return ingest(str(config.path))
+        return ingest_flow(str(config.path))(str(config.path))
 
 
 RUN_COLUMNS = ("batch_id", "status", "rows_in", "rows_clean", "rows_quarantined", "rows_rejected")

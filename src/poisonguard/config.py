@@ -375,10 +375,25 @@ class ExecutionSettings:
     chunk_rows : int
         The largest number of rows in a chunk (and in a Parquet batch read whole),
         at least 1.
+    engine : {"local", "dask"}
+        Where a chunked batch's detectors run: in the judging process, or mapped over
+        its chunks on a Dask cluster (``poisonguard.cluster``; the same decision).
+    address : str
+        The Dask scheduler's address (``tcp://host:8786``); empty starts a local
+        cluster of ``workers`` processes on loopback for the run.
+    workers, threads_per_worker : int
+        The local cluster's worker processes and threads in each, at least 1.
+    memory_limit : str
+        Each local worker's memory limit, as Dask reads it (``"2GiB"``, ``"auto"``).
     """
 
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    engine: str = "local"
+    address: str = ""
+    workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -578,7 +593,15 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "sources": {"alarm_level": (float, int), "slack": (float, int)},
     "schedule": {"cron": str, "timezone": str},
     "store": {"ledger": str, "schema": str, "data": str},
-    "execution": {"chunk_bytes": int, "chunk_rows": int},
+    "execution": {
+        "chunk_bytes": int,
+        "chunk_rows": int,
+        "engine": str,
+        "address": str,
+        "workers": int,
+        "threads_per_worker": int,
+        "memory_limit": str,
+    },
     "retention": {"quarantine_days": int, "rejected_days": int, "unreviewed": str, "auto": bool},
 }
 
@@ -739,13 +762,9 @@ def load_config(path: str | Path) -> Config:
     execution = ExecutionSettings(
         chunk_bytes=run.get("chunk_bytes", DEFAULT_CHUNK_BYTES),
         chunk_rows=run.get("chunk_rows", DEFAULT_CHUNK_ROWS),
+        **{k: run[k] for k in _ENGINE_KEYS if k in run},
     )
-    for key, least in (("chunk_bytes", 1024), ("chunk_rows", 1)):
-        if getattr(execution, key) < least:
-            raise ConfigError(
-                f"{path}: execution.{key} must be at least {least}. "
-                f"Got {getattr(execution, key)!r} instead."
-            )
+    _check_execution(path, execution)
 
     sched = raw.get("schedule", {})
     cron = sched.get("cron")
@@ -798,6 +817,43 @@ def load_config(path: str | Path) -> Config:
         execution=execution,
         retention=retention,
     )
+
+
+_ENGINE_KEYS = ("engine", "address", "workers", "threads_per_worker", "memory_limit")
+ENGINES = ("local", "dask")
+
+
+def _check_execution(path: Path, execution: ExecutionSettings) -> None:
+    """``[execution]``'s ranges: chunk sizes, the engine, the scheduler address and the local
+    cluster's sizes (Dask itself is imported only when a batch is judged on it)."""
+    for key, least in (
+        ("chunk_bytes", 1024),
+        ("chunk_rows", 1),
+        ("workers", 1),
+        ("threads_per_worker", 1),
+    ):
+        if getattr(execution, key) < least:
+            raise ConfigError(
+                f"{path}: execution.{key} must be at least {least}. "
+                f"Got {getattr(execution, key)!r} instead."
+            )
+    if execution.engine not in ENGINES:
+        raise ConfigError(
+            f"{path}: execution.engine must be one of {', '.join(ENGINES)}. "
+            f"Got {execution.engine!r} instead."
+        )
+    address = execution.address
+    if address and not re.fullmatch(r"(tcp|tls|ucx)://[^\s/]+:\d+", address):
+        raise ConfigError(
+            f"{path}: execution.address must be a Dask scheduler address such as "
+            f'"tcp://10.0.0.5:8786" (or empty for a local cluster). Got {address!r} instead.'
+        )
+    limit = execution.memory_limit.strip().lower()
+    if limit != "auto" and not re.fullmatch(r"\d+(\.\d+)?\s*([kmgt]i?b?|b)?", limit):
+        raise ConfigError(
+            f'{path}: execution.memory_limit must be a size such as "2GiB" or "500MB", or '
+            f'"auto". Got {execution.memory_limit!r} instead.'
+        )
 
 
 def _check_key(path: Path, section: str, key: str, value: Any) -> None:

@@ -20,6 +20,7 @@ itself (a full disk, a lost lock) stop a run, with nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import OrderedDict
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard.cluster import Part, connect, judge_on_cluster, local_cluster
 from poisonguard.config import RESERVED_PREFIX, Config
 from poisonguard.decision import (
     P_FLOOR,
@@ -92,6 +94,7 @@ from poisonguard.store import (
     read_decision,
     read_decision_meta,
     read_evidence,
+    row_group_sizes,
     row_hashes,
     rows_writer,
     settled,
@@ -797,9 +800,22 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
                 yield frame.iloc[_kept(start, len(frame), unscored)].reset_index(drop=True)
 
         drift = DriftCounts(guard.reference_)
-        found = guard.judge_chunks(
-            chunks, source=shown(meta.source), window=window, directory=folder, each=drift.add
-        )
+        if config.execution.engine == "dask":
+            with connect(config.execution) as client:
+                found = judge_on_cluster(
+                    client,
+                    guard,
+                    _parts(meta, unscored),
+                    columns,
+                    shown(meta.source),
+                    window,
+                    directory=folder,
+                    drift=drift,
+                )
+        else:
+            found = guard.judge_chunks(
+                chunks, source=shown(meta.source), window=window, directory=folder, each=drift.add
+            )
         if not window.empty:
             earlier = _window_report(window, found.window_flagged, meta.source)
         hold = batch_hold_reason(
@@ -839,6 +855,19 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     write_evidence(folder, None)
     crash_point("after-detect")
     return decided
+
+
+def _parts(meta: Staged, unscored: np.ndarray) -> list[Part]:
+    """The staged batch's row groups as parts a cluster's worker reads by path, each with
+    the rows of it that are judged (not in ``unscored``)."""
+    parts = []
+    start = judged = 0
+    for group, n in enumerate(row_group_sizes(meta.rows_file)):
+        keep = _kept(start, n, unscored)
+        parts.append(Part(str(meta.rows_file), group, n, keep, judged))
+        start += n
+        judged += keep.size
+    return parts
 
 
 def _with_starts(frames: Iterable[pd.DataFrame]) -> Iterator[tuple[pd.DataFrame, int]]:
@@ -1197,19 +1226,22 @@ def process_landing(
     """Process every new batch in the landing folder once, in name order, without Prefect.
 
     ``progress(done, total, name)`` is called before each batch and once at the end.
+    With ``[execution] engine = "dask"`` and no address, the run's batches share one
+    local cluster, started when there is a batch to take.
     """
     store = store or open_store(config)
     run = Run()
     with store.exclusive():
         entries, run.notices = find_new_batches(config, store)
-        for i, entry in enumerate(entries):
-            if progress:
-                progress(i, len(entries), entry.name)
-            intake = process_batch(entry, config, store)
-            if intake.record is not None:
-                run.records.append(intake.record)
-            if intake.notice is not None:
-                run.notices.append(intake.notice)
+        with local_cluster(config) if entries else contextlib.nullcontext(config) as config:
+            for i, entry in enumerate(entries):
+                if progress:
+                    progress(i, len(entries), entry.name)
+                intake = process_batch(entry, config, store)
+                if intake.record is not None:
+                    run.records.append(intake.record)
+                if intake.notice is not None:
+                    run.notices.append(intake.notice)
         if progress:
             progress(len(entries), len(entries), "done")
         run.purge = purge_after_run(config, store)

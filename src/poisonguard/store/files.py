@@ -501,6 +501,12 @@ def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Tabl
         yield file.read_row_group(i, columns=columns)
 
 
+def read_row_group(path: str | Path, index: int, columns: list[str] | None = None) -> pd.DataFrame:
+    """Row group ``index`` of a Parquet file, as a frame (a cluster's worker reads its part of
+    a staged batch by path)."""
+    return pq.ParquetFile(path).read_row_group(index, columns=columns).to_pandas()
+
+
 def row_group_sizes(path: Path) -> list[int]:
     """The number of rows of each of a Parquet file's row groups, from its footer."""
     meta = pq.ParquetFile(path).metadata

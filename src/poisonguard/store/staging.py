@@ -86,6 +86,11 @@ class Staged:
         """The rows held before scoring: ``pg_row``, ``pg_stage``, ``pg_reason``."""
         return read_parquet(self.folder / STAGED_PRIOR)
 
+    @property
+    def rows_file(self) -> Path:
+        """The staged rows' Parquet file (a row group per chunk on the chunked path)."""
+        return self.folder / STAGED_ROWS
+
     def columns(self) -> list[str]:
         """The staged rows' column names."""
         return parquet_columns(self.folder / STAGED_ROWS)
