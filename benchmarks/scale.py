@@ -21,6 +21,15 @@ Four parts, each through the real store, Great Expectations suite and (where sai
     another through ``--local`` in one warm process: seconds per batch against batch number
     (first ten, last ten, and the slope of a least-squares line).
 
+``dask``
+    One numeric batch of each ``--dask-sizes`` rows in chunks of ``--dask-chunk-rows`` through
+    ``poisonguard run --local`` judged in its process (``engine = "local"``) and on a
+    two-worker local Dask cluster (``engine = "dask"``, each worker limited to
+    ``--dask-memory``): wall seconds and peak RSS (from ``wait4``: the largest of the run's
+    process and the worker processes it started), and the largest size each completes
+    within the per-worker limit (in-process: its peak RSS at or below the limit; Dask: its
+    workers are held to it, the nanny kills one that passes it).
+
 Run alone: every figure is a wall time on a shared 2-core machine.
 """
 
@@ -192,6 +201,75 @@ def big(
     return records
 
 
+def dask_part(sizes: list[int], work: Path, memory: str, chunk_rows: int) -> list[dict[str, Any]]:
+    """The same batch judged in-process and on a two-worker local cluster, per size."""
+    from dask.utils import parse_bytes
+
+    limit_mb = parse_bytes(memory) / 2**20
+    records = []
+    for rows in sizes:
+        for engine in ("local", "dask"):
+            root = work / f"dask-{engine}-{rows}"
+            config = new_store(root, "numeric")
+            with open(config, "a") as f:
+                f.write(
+                    f'\n[execution]\nchunk_rows = {chunk_rows}\nengine = "{engine}"\n'
+                    f'workers = 2\nthreads_per_worker = 1\nmemory_limit = "{memory}"\n'
+                )
+            _land(config, "numeric", rows, 100, "batch-0001.parquet")
+            progress(f"dask part: {rows:,} rows, engine {engine}")
+            try:
+                done = measured(poisonguard("run", "--local", "--config", str(config)))
+                ok = "committed" in done["stdout"]
+            except RuntimeError as exc:
+                done, ok = {"seconds": float("nan"), "peak_mb": float("nan")}, False
+                progress(f"  failed: {str(exc)[-300:]}")
+            within = ok and (engine == "dask" or done["peak_mb"] <= limit_mb)
+            records.append(
+                {
+                    "part": "dask",
+                    "engine": engine,
+                    "rows": rows,
+                    "seconds": done["seconds"],
+                    "peak_mb": done["peak_mb"],
+                    "completed": ok,
+                    "within_limit": within,
+                    "memory_limit": memory,
+                }
+            )
+            shutil.rmtree(root)
+    return records
+
+
+def dask_report(records: list[dict[str, Any]]) -> str:
+    if not records:
+        return ""
+    rows = [
+        [
+            r["engine"],
+            f"{r['rows']:,}",
+            fmt(r["seconds"], 1),
+            f"{r['peak_mb']:,.0f}",
+            "yes" if r["completed"] else "no",
+            "yes" if r["within_limit"] else "no",
+        ]
+        for r in records
+    ]
+    out = [
+        table(
+            f"One batch in chunks, judged in-process and on a two-worker local Dask cluster "
+            f"(per-worker memory limit {records[0]['memory_limit']})",
+            ["engine", "rows", "seconds", "peak MB", "completed", "within limit"],
+            rows,
+        )
+    ]
+    for engine in ("local", "dask"):
+        fits = [r["rows"] for r in records if r["engine"] == engine and r["within_limit"]]
+        largest = f"{max(fits):,} rows" if fits else "none of the sizes tried"
+        out.append(f"{engine}: largest batch completed within the limit: {largest}")
+    return "\n\n".join(out)
+
+
 CHILD_FIXED = "fixed"
 CHILD_MANY = "many"
 
@@ -360,7 +438,10 @@ def report(records: list[dict[str, Any]], fixed: dict | None, many: dict | None)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--parts", nargs="+", default=["big", "fixed", "many"], choices=["big", "fixed", "many"]
+        "--parts",
+        nargs="+",
+        default=["big", "fixed", "many", "dask"],
+        choices=["big", "fixed", "many", "dask"],
     )
     parser.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
@@ -376,9 +457,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chunk-bytes", type=int, help="[execution] chunk_bytes of the big part's stores"
     )
     parser.add_argument("--no-iforest", action="store_true", help="big part: poisonguard only")
+    parser.add_argument(
+        "--dask-sizes", nargs="+", type=int, default=[250_000, 1_000_000, 4_000_000]
+    )
+    parser.add_argument("--dask-memory", default="1GiB", help="dask part: per-worker limit")
+    parser.add_argument("--dask-chunk-rows", type=int, default=100_000)
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.many, args.tables = [20_000], 20, ["numeric"]
+        args.dask_sizes, args.dask_chunk_rows = [20_000, 80_000], 10_000
     return args
 
 
@@ -397,6 +484,11 @@ def main(argv: list[str] | None = None) -> None:
             else []
         )
         fixed = many = None
+        scaled = (
+            dask_part(args.dask_sizes, work, args.dask_memory, args.dask_chunk_rows)
+            if "dask" in args.parts
+            else []
+        )
         if "fixed" in args.parts:
             progress("fixed cost of a small batch")
             fixed = in_child(CHILD_FIXED, new_store(work / "fixed", "numeric"), args.fixed_rows)
@@ -404,9 +496,11 @@ def main(argv: list[str] | None = None) -> None:
             many = in_child(
                 CHILD_MANY, new_store(work / "many", "numeric"), args.many, args.many_rows
             )
-    print(report(records, fixed, many))
+    print("\n\n".join(p for p in (report(records, fixed, many), dask_report(scaled)) if p))
     if args.json:
-        args.json.write_text(json.dumps({"big": records, "fixed": fixed, "many": many}, indent=1))
+        args.json.write_text(
+            json.dumps({"big": records, "fixed": fixed, "many": many, "dask": scaled}, indent=1)
+        )
 
 
 if __name__ == "__main__":

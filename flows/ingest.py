@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from prefect import flow, task
+from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.schedules import Cron
+from prefect.task_runners import TaskRunner
 
-from poisonguard.config import load_config
+from poisonguard.cluster import at_address, local_cluster_options
+from poisonguard.config import Config, load_config
 from poisonguard.landing import Entry
 from poisonguard.pipeline import (
     commit_batch,
     detect_batch,
     find_new_batches,
+    purge_after_run,
     report_paths,
     validate_batch,
 )
@@ -54,8 +58,12 @@ def validate(config_path: str, name: str, path: str, size: int, mtime_ns: int) -
 
 
 @task(cache_policy=NO_CACHE)
-def detect(config_path: str, staged: str) -> str:
+def detect(config_path: str, staged: str, address: str | None = None) -> str:
+    """The batch's decision; a chunked batch judged on the Dask cluster at ``address`` when
+    the config's engine is dask (the flow's ``DaskTaskRunner``'s cluster)."""
     config = load_config(config_path)
+    if address:
+        config = at_address(config, address)
     return str(detect_batch(staged, config, open_store(config)))
 
 
@@ -80,12 +88,23 @@ def publish(config_path: str, batch_id: str) -> str | None:
     return str(html_path)
 
 
+@task(cache_policy=NO_CACHE)
+def purge(config_path: str) -> dict | None:
+    """Purge what ``[retention]`` says is due (never fails the run: ``purge_after_run``)."""
+    config = load_config(config_path)
+    done = purge_after_run(config, open_store(config))
+    if done is not None and "error" in done:
+        get_run_logger().warning(done["error"])
+    return done
+
+
 @flow(name="poisonguard-ingest", log_prints=False)
 def ingest(config_path: str) -> dict:
     """Process every new batch file in the config's landing folder once.
 
-    Returns ``{"records": [...], "notices": [...]}``: the ledger record of each
-    batch taken, and a notice for each landing entry skipped or left waiting.
+    Returns ``{"records": [...], "notices": [...], "purge": ...}``: the ledger record
+    of each batch taken, a notice for each landing entry skipped or left waiting, and
+    what the retention purge at the end did (``pipeline.purge_after_run``).
     """
     config = load_config(config_path)
     store = open_store(config)
@@ -103,17 +122,58 @@ def ingest(config_path: str) -> dict:
                 records.append(step["record"])
                 publish(config_path, step["record"]["batch_id"])
                 continue
-            detect(config_path, step["staged"])
+            detect(config_path, step["staged"], _cluster_address())
             outcome = commit(config_path, step["staged"])
             publish(config_path, outcome["batch_id"])
             records.append(outcome)
-    return {"records": records, "notices": notices}
+        purged = purge(config_path)
+    return {"records": records, "notices": notices, "purge": purged}
+
+
+def task_runner(config: Config) -> TaskRunner[Any] | None:
+    """The ingest flow's task runner for ``config``: with ``[execution] engine = "dask"``,
+    prefect-dask's ``DaskTaskRunner`` on the cluster at ``execution.address``, or on a local
+    cluster it starts for the flow run (the library's ``local_cluster_options``); else
+    None (Prefect's default)."""
+    run = config.execution
+    if run.engine != "dask":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if run.address:
+        return DaskTaskRunner(address=run.address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_options(run)
+    )
+
+
+def ingest_flow(config_path: str) -> Flow[[str], dict]:
+    """The ingest flow with the task runner ``config_path``'s ``[execution]`` asks for. Flow
+    runs of several configs may share one cluster (each its own run, in parallel)."""
+    runner = task_runner(load_config(config_path))
+    return ingest if runner is None else ingest.with_options(task_runner=runner)
+
+
+def _cluster_address() -> str | None:
+    """The scheduler address of this flow run's ``DaskTaskRunner`` (whose local cluster
+    starts here, at the first batch that needs it); None under any other runner.
+
+    The flow's tasks are called, not submitted, so they run in the flow's process: none
+    talks to Prefect's API from a Dask worker (where, under Prefect's temporary API, each
+    worker would start a server of its own). The workers run the library's detect phases,
+    which ``detect`` maps onto this cluster.
+    """
+    context = FlowRunContext.get()
+    runner = None if context is None else context.task_runner
+    if runner is None or type(runner).__name__ != "DaskTaskRunner":
+        return None
+    return str(cast(Any, runner).client.scheduler.address)
 
 
 def serve(config_path: str) -> None:
     """Serve the ingest flow as a deployment on the config's cron schedule, in its time zone
     (blocks)."""
-    ingest.serve(**deployment_options(config_path))
+    ingest_flow(config_path).serve(**deployment_options(config_path))
 
 
 def deployment_options(config_path: str) -> dict[str, Any]:

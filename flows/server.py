@@ -23,6 +23,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from poisonguard.store import make_private_dirs
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -30,8 +32,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _server_process() -> None:
+    """In the server's process, before it runs: what it creates (its database, under the
+    store) is owner-only, and it gets SIGTERM when the process that started it dies."""
+    os.umask(0o077)
+    _die_with_parent()
+
+
 def _die_with_parent() -> None:
-    """In the server's process, before it runs: SIGTERM when the process that started it dies."""
+    """SIGTERM when the process that started this one dies."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -50,11 +59,13 @@ def local_server(home: Path, timeout: float = 120.0, *, services: bool = True) -
     """
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    home.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(home)
     env = {**os.environ, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
-    home.chmod(0o700)
-    log = open(home / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
+    # Owner-only from its creation; lives as long as the server.
+    log = os.fdopen(
+        os.open(home / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -74,7 +85,7 @@ def local_server(home: Path, timeout: float = 120.0, *, services: bool = True) -
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_die_with_parent,  # the CLI runs no other thread yet
+        preexec_fn=_server_process,  # the CLI runs no other thread yet
     )
     try:
         deadline = time.monotonic() + timeout

@@ -118,3 +118,13 @@ def postgres():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["folder", "memory"])
+def data_url(request, tmp_path) -> str:
+    """A new place for data files: a local folder apart from the store, or ``memory://``."""
+    import uuid
+
+    if request.param == "folder":
+        return str(tmp_path / "shared" / "data")
+    return f"memory://{uuid.uuid4().hex}/data"

@@ -54,20 +54,25 @@ def assert_judged_alike(guard: Guard, frame: pd.DataFrame, chunkings, window=Non
     combined p-values (to 1e-12, relative), reasons, per-detector scores and p-values of
     the held rows, threshold and cuts. Returns the whole batch's decision."""
     _, scores, whole = guard.judge(frame, source="batch", window=window)
-    held = np.flatnonzero(whole.quarantined)
     for sizes in chunkings:
         found = guard.judge_chunks(pieces(frame, sizes), source="batch", window=window, **kwargs)
-        np.testing.assert_array_equal(found.held, held, err_msg=f"chunks of {sizes}")
-        np.testing.assert_allclose(found.combined, whole.combined, rtol=1e-12, atol=0)
-        np.testing.assert_allclose(found.suspicion, whole.suspicion, rtol=1e-12, atol=1e-300)
-        assert found.reasons == tuple(whole.reasons[r] for r in held)
-        np.testing.assert_allclose(found.p_values, whole.p_values[held], rtol=1e-12, atol=0)
-        for name, s in scores.items():
-            np.testing.assert_allclose(found.scores[name], s[held], rtol=1e-12, atol=1e-20)
-        assert found.threshold == pytest.approx(whole.threshold, rel=1e-12, abs=0)
-        assert found.p_cuts == pytest.approx(whole.p_cuts, rel=1e-12, abs=0)
-        assert found.detectors == whole.detectors and found.n_rows == len(frame)
+        assert_decided_alike(found, whole, scores, f"chunks of {sizes}")
     return whole
+
+
+def assert_decided_alike(found, whole, scores, what: str = "") -> None:
+    """A ``ChunkedDecision`` is the ``Decision`` (and raw ``scores``) of the batch whole."""
+    held = np.flatnonzero(whole.quarantined)
+    np.testing.assert_array_equal(found.held, held, err_msg=what)
+    np.testing.assert_allclose(found.combined, whole.combined, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(found.suspicion, whole.suspicion, rtol=1e-12, atol=1e-300)
+    assert found.reasons == tuple(whole.reasons[r] for r in held)
+    np.testing.assert_allclose(found.p_values, whole.p_values[held], rtol=1e-12, atol=0)
+    for name, s in scores.items():
+        np.testing.assert_allclose(found.scores[name], s[held], rtol=1e-12, atol=1e-20)
+    assert found.threshold == pytest.approx(whole.threshold, rel=1e-12, abs=0)
+    assert found.p_cuts == pytest.approx(whole.p_cuts, rel=1e-12, abs=0)
+    assert found.detectors == whole.detectors and found.n_rows == whole.combined.size
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ audit anchor, while the ledger, reports and staging stay where they were."""
 from __future__ import annotations
 
 import shutil
-import uuid
 
 import numpy as np
 import pandas as pd
@@ -19,14 +18,6 @@ from poisonguard.store.files import DataFiles
 
 def _frame(n: int, start: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"x": np.arange(start, start + n, dtype=float), "y": np.arange(n) % 2})
-
-
-@pytest.fixture(params=["folder", "memory"])
-def data_url(request, tmp_path) -> str:
-    """A new place for data files: a local folder apart from the store, or ``memory://``."""
-    if request.param == "folder":
-        return str(tmp_path / "shared" / "data")
-    return f"memory://{uuid.uuid4().hex}/data"
 
 
 def test_data_files_write_read_list_and_remove_alike_wherever_they_are(data_url, tmp_path):

@@ -28,7 +28,7 @@ def test_ingest_flow_takes_the_landing_zone_through_the_gate(demo_project, prefe
     score = evaluate_demo(demo_project, store)
     assert score.rows_accounted and score.recall >= 0.8 and score.clean_quarantined <= 0.05
     before = [r.as_dict() for r in store.batches()]
-    assert ingest(config_path) == {"records": [], "notices": []}
+    assert ingest(config_path) == {"records": [], "notices": [], "purge": None}
     assert [r.as_dict() for r in store.batches()] == before
 
 

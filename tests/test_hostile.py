@@ -280,7 +280,7 @@ CASES = [
         "id-already-trained",
         write("old-ids.csv", csv_text(ordinary(5, start=0))),
         "quarantined",
-        ("row_id = 0 is already in the training set",),
+        ("row_id of this row is already in the training set",),
     ),
     Case("one-row", write("one.csv", csv_text(ordinary(1))), "committed"),
     Case("200-columns", wide(194), "rejected", ("wide-194.parquet", "unexpected column", "more")),

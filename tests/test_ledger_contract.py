@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ import pytest
 
 from poisonguard.errors import StoreError
 from poisonguard.store import (
+    ERASED,
     GENESIS,
     LEDGER_ERRORS,
     SCHEMA_VERSION,
@@ -164,11 +166,12 @@ def test_an_older_ledger_is_migrated_step_by_step_and_only_once(ledger):
         tx.add_batch(_batch("b1"))
         tx.add_files([_file("b1")], AT)
         tx.add_reference(ReferenceVersion(1, "d", 7, (_file("b1"),), "me", "", AT))
-    assert steps == [(2, 3), (3, SCHEMA_VERSION)] and ledger.schema_version() == SCHEMA_VERSION
+    every_step = [(v, v + 1) for v in range(2, SCHEMA_VERSION)]
+    assert steps == every_step and ledger.schema_version() == SCHEMA_VERSION
     assert ledger.references()[0].files == (_file("b1"),)
     with ledger.transaction() as tx:
         tx.upgrade(lambda version, to: steps.append((version, to)))
-    assert steps == [(2, 3), (3, SCHEMA_VERSION)]
+    assert steps == every_step
 
 
 def test_a_failed_migration_step_leaves_the_older_ledger_as_it_was(ledger):
@@ -223,7 +226,8 @@ def test_a_store_on_an_older_ledger_migrates_its_seed_into_reference_version_1(s
     assert ledger.schema_version() == SCHEMA_VERSION
     (v1,) = store.references()
     assert v1.batch_ids == ("seed-old",) and v1.rows == 5
-    assert [e["action"] for e in store.audit_log()] == ["init", "reference", *["migrate"] * 2]
+    # 2 -> 3 (the seed's reference), 3 -> 4 (the blocklist keyed; it is empty), 4 -> 5 (samples).
+    assert [e["action"] for e in store.audit_log()] == ["init", "reference", *["migrate"] * 3]
     sampled = json.loads(store.audit_log()[-1]["detail"])
     assert v1.sample is None and "clean/seed-old.parquet" in sampled["why"]
 
@@ -340,6 +344,50 @@ def test_reviews_blocklist_and_landing_memo_read_back(created):
     with created.transaction() as tx:
         tx.drop_reviews("b1", [2])
     assert [r.pg_row for r in created.reviews("b1")] == [1]
+
+
+def test_an_erasure_takes_rows_out_of_counts_reviews_and_blocklist_and_compaction_keeps_the_rest(
+    spec, created
+):
+    """``forget_rows``, ``unblock`` and ``compact``: the other records read back as before and,
+    in the embedded ledger, a deleted note's bytes are in neither the file nor its log."""
+    note = "subject-note-4f1c9e"
+    # Another process's open connection keeps SQLite's write-ahead log from being removed
+    # when ours close: what compaction leaves in it is then there to be found.
+    other = contextlib.ExitStack()
+    if spec["backend"] == "sqlite":
+        held = other.enter_context(contextlib.closing(sqlite3.connect(created.path)))
+        held.execute("SELECT count(*) FROM batches").fetchone()
+    with created.transaction() as tx:
+        tx.add_batch(_batch("b1", rows_in=12, rows_rejected=2))
+        tx.add_files([_file("b1"), _file("b1", "quarantine", 3)], AT)
+        tx.add_reviews(
+            [
+                Review("b1", 2, "reject", "ann", note, AT),
+                Review("b1", 4, "release", "bob", "ok", AT),
+            ]
+        )
+        tx.block([Blocked("h1", "b1", 2, "ann", AT), Blocked("h2", "b1", 3, "ann", AT)])
+    with created.transaction() as tx:
+        tx.forget_rows("b1", 1, 1, 1, rows_in=3)
+        tx.drop_reviews("b1", [2])
+        tx.unblock(["h1"])
+        tx.set_kind(["clean/b1.parquet"], ERASED)
+    created.compact()
+    b1 = created.batch("b1")
+    assert b1 is not None
+    assert (b1.rows_in, b1.rows_clean, b1.rows_quarantined, b1.rows_rejected) == (9, 6, 2, 1)
+    assert created.blocked() == [Blocked("h2", "b1", 3, "ann", AT)]
+    assert created.reviews() == [Review("b1", 4, "release", "bob", "ok", AT)]
+    assert [f.kind for f in created.files()] == [ERASED, "quarantine"]
+    if spec["backend"] == "sqlite":
+        found = [
+            p.name
+            for p in Path(spec["root"]).glob("ledger.sqlite*")
+            if note.encode() in p.read_bytes()
+        ]
+        assert found == []
+    other.close()
 
 
 def test_reference_versions_keep_their_files_in_order(created):
@@ -590,7 +638,8 @@ def test_a_copy_of_a_store_has_an_embedded_ledger_with_every_record(spec, ledger
     assert (tmp_path / "copy" / "ledger.sqlite").is_file()
     assert copy.batches() == store.batches() and copy.files() == store.files()
     assert copy.references() == store.references() and copy.audit_log() == store.audit_log()
-    assert copy.reviews().equals(store.reviews()) and copy.blocklist() == {"h1"}
+    assert copy.reviews().equals(store.reviews())
+    assert copy.blocklist() == store.blocklist() == set(store.row_hashes(held.iloc[[1]]))
     assert copy.verify_files() == []
 
 

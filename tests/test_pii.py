@@ -361,3 +361,17 @@ def test_reasons_mask_personal_values_however_they_were_written():
     shown = masker.frame(rows)
     assert shown["email"].tolist() == ["a***@m***.example", ""]
     assert shown["plan"].tolist() == ["basic", "pro"]
+
+
+def test_reasons_mask_values_as_the_detectors_formatters_write_them():
+    """A detector writes a number through ``fmt_number`` (a 15-digit card number with its
+    thousands grouped) and a date as its day alone: the masks still replace them."""
+    from poisonguard.detectors.base import fmt_number
+    from poisonguard.pii import Masker
+
+    rows = pd.DataFrame({"card_number": [340000000000009.0], "dob": [pd.Timestamp("1950-03-04")]})
+    masker = Masker({"card_number": "card", "dob": "date_of_birth"})
+    reason = f"card_number = {fmt_number(340000000000009.0)}; dob = 1950-03-04 far from the trusted"
+    (masked,) = masker.reasons(rows, [reason])
+    assert "340,000,000,000,009" in reason and "340,000" not in masked
+    assert "1950-03-04" not in masked

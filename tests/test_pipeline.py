@@ -13,6 +13,8 @@ from poisonguard.demo import evaluate_demo
 from poisonguard.pipeline import process_batch, process_landing, row_hashes
 from poisonguard.store import Store, open_store
 
+KEY = bytes(range(16))  # a row-hash key, as a store derives one
+
 
 def _status(store: Store) -> list[tuple]:
     return [
@@ -118,8 +120,8 @@ def test_row_hashes_ignore_the_file_format():
     """A row read from CSV (ints) and from Parquet (floats) hashes alike."""
     a = pd.DataFrame({"x": [1, 2], "s": ["a", "b"]})
     b = pd.DataFrame({"x": [1.0, 2.0], "s": ["a", "b"]})
-    assert list(row_hashes(a)) == list(row_hashes(b))
-    assert row_hashes(a)[0] != row_hashes(a)[1]
+    assert list(row_hashes(a, key=KEY)) == list(row_hashes(b, key=KEY))
+    assert row_hashes(a, key=KEY)[0] != row_hashes(a, key=KEY)[1]
 
 
 def test_a_batch_whose_labels_shift_past_the_configured_level_is_held_whole(demo_project):

@@ -351,7 +351,7 @@ def _v2_store(project: Path, batches: list[tuple[str, str, pd.DataFrame]]) -> No
             frame = frame.reset_index(drop=True).copy()
             frame["pg_batch"] = batch_id
             frame["pg_row"] = np.arange(len(frame), dtype=np.int64)
-            frame["pg_row_hash"] = row_hashes(frame, data_columns(frame))
+            frame["pg_row_hash"] = row_hashes(frame, data_columns(frame), key=None)  # as main did
             data = parquet_bytes(frame)
             rel = f"clean/{batch_id}.parquet"
             (root / rel).write_bytes(data)
@@ -399,7 +399,7 @@ def test_a_version_2_ledger_is_migrated_with_its_seed_as_reference_version_1(dem
     )
     assert _user_version(config.store) == 2
     store = open_store(config)
-    assert _user_version(config.store) == SCHEMA_VERSION == 4
+    assert _user_version(config.store) == SCHEMA_VERSION == 5
     assert {(b.batch_id, b.rows_clean, b.reference_version) for b in store.batches()} == {
         ("seed-old", len(trusted), None),
         ("accepted-old", 50, None),
@@ -407,12 +407,13 @@ def test_a_version_2_ledger_is_migrated_with_its_seed_as_reference_version_1(dem
     (v1,) = store.references()
     assert v1.version == 1 and v1.batch_ids == ("seed-old",) and v1.rows == len(trusted)
     actions = [e["action"] for e in store.audit_log()]
-    assert actions == ["ingest", "ingest", "reference", "migrate", "migrate"]
-    migrate = json.loads(store.audit_log()[-2]["detail"])
+    # 2 -> 3 (the seed as reference version 1), 3 -> 4 (the blocklist keyed; empty), 4 -> 5.
+    assert actions == ["ingest", "ingest", "reference", "migrate", "migrate", "migrate"]
+    migrate = json.loads(store.audit_log()[-3]["detail"])
     assert (migrate["from"], migrate["to"]) == (2, 3)
     assert migrate["reference"]["digest"] == v1.digest
     sampled = json.loads(store.audit_log()[-1]["detail"])
-    assert (sampled["from"], sampled["to"]) == (3, 4)
+    assert (sampled["from"], sampled["to"]) == (4, 5)
     assert v1.sample is not None and sampled["sample"]["sha256"] == v1.sample.sha256
     assert store.verify_audit() is None
     assert len(gate(config)) == len(trusted) + 50

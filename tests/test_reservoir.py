@@ -189,7 +189,7 @@ def test_a_promotion_killed_after_its_sample_file_leaves_nothing_behind(demo_pro
     )
 
 
-def test_a_version_3_store_migrates_by_drawing_its_current_sample(demo_project):
+def test_a_version_4_store_migrates_by_drawing_its_current_sample(demo_project):
     """A store written before samples existed gets the current version's sample when opened,
     in one audited migration step; the gate passes and fitting reads that file."""
     config = load_config(demo_project / "poisonguard.toml")
@@ -198,14 +198,14 @@ def test_a_version_3_store_migrates_by_drawing_its_current_sample(demo_project):
     with sqlite3.connect(store.ledger_path) as db:
         for column in ("path", "sha256", "rows", "rule"):
             db.execute(f"ALTER TABLE reference_versions DROP COLUMN sample_{column}")
-        db.execute("PRAGMA user_version = 3")
+        db.execute("PRAGMA user_version = 4")
     migrated = open_store(config)
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     (v1,) = migrated.references()
     assert v1.sample is not None and (migrated.root / v1.sample.path).exists()
     entry = migrated.audit_log()[-1]
     detail = json.loads(entry["detail"])
-    assert entry["action"] == "migrate" and (detail["from"], detail["to"]) == (3, 4)
+    assert entry["action"] == "migrate" and (detail["from"], detail["to"]) == (4, 5)
     assert detail["sample"]["sha256"] == v1.sample.sha256
     assert migrated.verify_audit() is None and migrated.verify_files() == []
     pd.testing.assert_frame_equal(

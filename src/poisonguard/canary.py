@@ -124,11 +124,14 @@ def split_canary(
 
 
 def _hashes(frame: pd.DataFrame) -> np.ndarray:
+    """The rows' ``pg_row_hash`` (keyed, as the store wrote them); for a frame without it
+    (a plain table), unkeyed content hashes: folds are computed in memory and never kept,
+    and a fixed hash keeps the split the same from run to run."""
     if HASH_COLUMN in frame.columns:
         return frame[HASH_COLUMN].astype(str).to_numpy(dtype=object)
     from poisonguard.store import data_columns, row_hashes
 
-    return row_hashes(frame, data_columns(frame))
+    return row_hashes(frame, data_columns(frame), key=None)
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,7 @@ def _run(config: Config, local: bool) -> dict:
         return {
             "records": [r.as_dict() for r in run.records],
             "notices": [n.as_dict() for n in run.notices],
+            "purge": run.purge,
         }
     import contextlib
 
@@ -140,9 +141,9 @@ def _run(config: Config, local: bool) -> dict:
         if not os.environ.get("PREFECT_API_URL"):
             # A loopback server that dies with this process (a temporary API would not).
             stack.enter_context(local_server(Path(os.environ["PREFECT_HOME"]), services=False))
-        from poisonguard_flows.ingest import ingest
+        from poisonguard_flows.ingest import ingest_flow
 
-        return ingest(str(config.path))
+        return ingest_flow(str(config.path))(str(config.path))
 
 
 RUN_COLUMNS = ("batch_id", "status", "rows_in", "rows_clean", "rows_quarantined", "rows_rejected")
@@ -153,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     done = _run(config, args.local)
     records, notices = done["records"], done["notices"]
+    _purge_line(done.get("purge"))
     if not records and not notices:
         _out(f"no new batches in {config.landing}")
         return 0
@@ -170,6 +172,65 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _purge_line(purged: dict | None) -> None:
+    """What a run's retention purge did, in one line (nothing when it purged nothing)."""
+    if purged is None:
+        return
+    if "error" in purged:
+        sys.stderr.write(f"poisonguard: warning: {purged['error']}\n")
+    elif purged["batches"]:
+        n = len(purged["batches"])
+        _out(f"retention: purged {purged['rows']} rows of {n} batch{'es' if n != 1 else ''}")
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Purge what ``[retention]`` says is due now; with ``--dry-run``, only list it."""
+    from poisonguard.store import open_store
+
+    config = _config(args)
+    settings = config.retention
+    if not settings.enabled:
+        raise ConfigError(
+            f"{config.path}: [retention] sets no age (quarantine_days, rejected_days), so "
+            "nothing is ever purged"
+        )
+    store = open_store(config)
+    at = _clock()
+    if args.dry_run:
+        plan = store.due(settings, at)
+        _out(_table([_due_row(d) for d in plan.due], DUE_COLUMNS) if plan.due else "nothing due")
+        if plan.leftover:
+            _out(f"{len(plan.leftover)} files of an interrupted purge are still there")
+        return 0
+    done = store.purge(settings, actor=args.by, now=at)
+    if done.finished:
+        _out(f"finished an interrupted purge: removed {len(done.finished)} files")
+    if not done.purged:
+        _out("nothing due")
+        return 0
+    _out(_table([_due_row(d) for d in done.purged], DUE_COLUMNS))
+    _out(
+        f"purged {done.rows} rows of {len(done.purged)} batches "
+        f"({len(done.files) - len(done.finished)} files); the blocklist keeps the rejected "
+        "rows' hashes"
+    )
+    return 0
+
+
+DUE_COLUMNS = ("batch_id", "kind", "rows", "age_days", "reviewed", "unreviewed")
+
+
+def _due_row(item: Any) -> dict:
+    return {**item.as_dict(), "age_days": round(item.age_days, 1), "reviewed": str(item.reviewed)}
+
+
+def _clock() -> Any:
+    """The time retention is judged at (``retention.utc_now``)."""
+    from poisonguard.store.retention import utc_now
+
+    return utc_now()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -271,6 +332,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     reference = None if current is None else current.summary()
     states = source_states(store.source_events(), config.sources)
     skipped = [s for s in store.landed().values() if s.outcome == "skipped"]
+    kept = store.due(config.retention, _clock()) if config.retention.enabled else None
     totals = {
         k: sum((r[k] or 0) for r in records if r["status"] != "seed")
         for k in ("rows_in", "rows_clean", "rows_quarantined", "rows_rejected")
@@ -300,6 +362,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                 {**dataclasses.asdict(s), "evidence": s.describe(config.sources)}
                 for s in states.values()
             ],
+            "retention": None
+            if kept is None
+            else {
+                "due": [d.as_dict() for d in kept.due],
+                "overdue_review": [d.as_dict() for d in kept.overdue],
+                "leftover": list(kept.leftover),
+            },
         }
         _out(json.dumps(doc, indent=2))
         return 0
@@ -321,7 +390,33 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(f"\nskipped landing entries ({len(skipped)}):")
         for entry in skipped:
             _out(f"  {shown(entry.name, 60)}: {entry.reason}")
+    if kept is not None:
+        _retention_lines(kept)
     return 0
+
+
+def _retention_lines(kept: Any) -> None:
+    """``status``'s retention part: what a purge would remove now, and overdue reviews."""
+    for kind in ("quarantine", "rejected"):
+        due = [d for d in kept.due if d.kind == kind]
+        if due:
+            _out(
+                f"retention: {kind} data of {len(due)} batches due for purge "
+                f"({sum(d.rows for d in due)} rows, oldest {max(d.age_days for d in due):.1f} "
+                "days); `poisonguard purge --by NAME` or the next run purges it"
+            )
+    if kept.overdue:
+        _out(
+            f"retention: {sum(d.unreviewed for d in kept.overdue)} held rows of "
+            f"{len(kept.overdue)} batches overdue for review (oldest "
+            f'{max(d.age_days for d in kept.overdue):.1f} days; kept: unreviewed = "keep"): '
+            + ", ".join(d.batch_id for d in kept.overdue[:5])
+            + (", ..." if len(kept.overdue) > 5 else "")
+        )
+    if kept.leftover:
+        _out(f"retention: {len(kept.leftover)} files of an interrupted purge are still there")
+    if not (kept.due or kept.overdue or kept.leftover):
+        _out("retention: nothing due")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -497,6 +592,54 @@ def cmd_review_revoke(args: argparse.Namespace) -> int:
     if done.reference is not None:
         _out(_reference_line(done.reference.summary()))
     return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Erase a data subject's rows; exit 1 when one of its values is still written elsewhere."""
+    from poisonguard.pipeline import forget
+    from poisonguard.subject import parse_where, read_values, subject_of
+
+    if args.where is not None:
+        if args.column or args.value is not None or args.values_file:
+            raise ConfigError("--where names the rows by itself: leave out --column and --value")
+        subject = parse_where(args.where)
+    elif args.column is None or (args.value is None) == (args.values_file is None):
+        raise ConfigError(
+            "name the rows to erase: --column C with --value V or --values-file FILE, "
+            'or --where "C == V"'
+        )
+    elif args.value is not None:
+        subject = subject_of(args.column, [args.value])
+    else:
+        text = Path(args.values_file).read_text(encoding="utf-8")
+        subject = subject_of(args.column, read_values(text))
+    done = forget(_config(args), subject, actor=args.by, note=args.note, dry_run=args.dry_run)
+    verb = "would erase" if done.dry_run else "erased"
+    if not done.files:
+        _out(f"no rows match the subject {done.subject[:12]}...; nothing to erase")
+    else:
+        _out(
+            f"{verb} {done.rows} rows of the subject {done.subject[:12]}... from "
+            f"{len(done.rows_by_batch)} batches, {len(done.files)} files:"
+        )
+        rows = [
+            {
+                "file": f.path,
+                "batch": f.batch_id,
+                "kind": f.kind,
+                "rows": "whole file" if f.rows is None else f.rows,
+                "now": f.replaced_by or ("(deleted)" if not done.dry_run else ""),
+            }
+            for f in done.files
+        ]
+        _out(_table(rows, ["file", "batch", "kind", "rows", "now"]))
+    if done.reference is not None:
+        _out(_reference_line(done.reference.summary()))
+    if done.reports:
+        _out(f"reports deleted: {', '.join(done.reports)}")
+    for where in done.residues:
+        sys.stderr.write(f"poisonguard: still holds one of the subject's values: {where}\n")
+    return 1 if done.residues else 0
 
 
 RESCAN_SHOWN = 50
@@ -920,6 +1063,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = command(
+        "purge",
+        cmd_purge,
+        "remove quarantine and rejected data past the ages [retention] sets, with an audit entry",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="list what is due, remove nothing")
+    sp.add_argument("--by", required=True, help="who purges (recorded in the audit log)")
+
+    sp = command(
         "demo", cmd_demo, "build a demo (digits or penguins) and run the gate on it", config=False
     )
     sp.add_argument(
@@ -982,6 +1133,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("batch")
     sp.add_argument("--actor", "--by", dest="actor", required=True, help="reviewer's name")
     sp.add_argument("--note", required=True, help="why (recorded in the audit log)")
+
+    sp = command(
+        "forget",
+        cmd_forget,
+        "erase a data subject's rows from every file of the store (clean, quarantine, "
+        "rejected), recorded in the audit log by keyed hash only",
+    )
+    sp.add_argument("--column", help="the column that identifies the subject")
+    sp.add_argument("--value", help="its value (compared as the column's type)")
+    sp.add_argument("--values-file", metavar="FILE", help="its values, one a line")
+    sp.add_argument(
+        "--where",
+        metavar="FILTER",
+        help="the rows by a filter: C == V, !=, <, <=, >, >=, C in (a, b), joined by 'and'",
+    )
+    sp.add_argument("--by", required=True, help="who asks (recorded in the audit log)")
+    sp.add_argument("--note", default="", help="why (recorded; never the value itself)")
+    sp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be erased (rows per batch and file, no values); change nothing",
+    )
 
     sp = command(
         "rescan",

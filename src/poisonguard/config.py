@@ -49,6 +49,12 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     schema = "poisonguard_digits"  # default: poisonguard_<dataset name>
     data = "s3://bucket/digits"    # data files (clean, quarantine, rejected, anchor); default: the store folder
 
+    [retention]                    # optional: left out, nothing is ever purged
+    quarantine_days = 90           # held rows, counted from their review (or from when held)
+    rejected_days = 30             # rejected batches and rows, from their rejection
+    unreviewed = "keep"            # "keep": held rows nobody reviewed stay (overdue); "purge"
+    auto = true                    # purge what is due at the end of each run
+
 Relative paths are resolved against the folder holding the config file. The
 environment variable ``POISONGUARD_LEDGER_URL``, when set, replaces
 ``store.ledger`` (so that a password need not be written in a config file);
@@ -369,10 +375,25 @@ class ExecutionSettings:
     chunk_rows : int
         The largest number of rows in a chunk (and in a Parquet batch read whole),
         at least 1.
+    engine : {"local", "dask"}
+        Where a chunked batch's detectors run: in the judging process, or mapped over
+        its chunks on a Dask cluster (``poisonguard.cluster``; the same decision).
+    address : str
+        The Dask scheduler's address (``tcp://host:8786``); empty starts a local
+        cluster of ``workers`` processes on loopback for the run.
+    workers, threads_per_worker : int
+        The local cluster's worker processes and threads in each, at least 1.
+    memory_limit : str
+        Each local worker's memory limit, as Dask reads it (``"2GiB"``, ``"auto"``).
     """
 
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    engine: str = "local"
+    address: str = ""
+    workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -438,6 +459,66 @@ class GateSettings:
         return self
 
 
+#: What ``retention.unreviewed`` may say about held rows nobody reviewed in time.
+UNREVIEWED = ("keep", "purge")
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long quarantine and rejected data are kept (``[retention]``; docs/privacy.md).
+
+    Attributes
+    ----------
+    quarantine_days : int or None
+        A batch's held rows are purged once each was released or rejected at
+        least this many days ago (a rejected row also waits ``rejected_days``);
+        None keeps them for ever.
+    rejected_days : int or None
+        A batch rejected whole, or revoked, is purged this many days after its
+        rejection, and a row a reviewer rejected counts as due this long after
+        the decision; None keeps them for ever.
+    unreviewed : str
+        ``"keep"``: held rows nobody reviewed are kept past ``quarantine_days``
+        (counted from when they were held) and shown as overdue for review;
+        ``"purge"``: they are purged then too, counted as rejected.
+    auto : bool
+        Purge what is due at the end of each ``poisonguard run``.
+    """
+
+    quarantine_days: int | None = None
+    rejected_days: int | None = None
+    unreviewed: str = "keep"
+    auto: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is ever purged (an age is set)."""
+        return self.quarantine_days is not None or self.rejected_days is not None
+
+    def validated(
+        self, owner: str = "the retention settings", key_prefix: str | None = None
+    ) -> RetentionSettings:
+        """Return self after checking every value, or raise ConfigError naming the bad one
+        (the config key with ``key_prefix``, e.g. ``"FILE: retention"``)."""
+        from poisonguard.errors import param_error
+
+        def bad(name: str, rule: str, value: Any) -> ConfigError:
+            error = param_error(name, owner, rule, value)
+            return error if key_prefix is None else error.at_key(f"{key_prefix}.{name}")
+
+        for name in ("quarantine_days", "rejected_days"):
+            days = getattr(self, name)
+            if days is not None and (
+                isinstance(days, bool) or not isinstance(days, int) or days < 1
+            ):
+                raise bad(name, "an int >= 1 (days; left out = kept for ever)", days)
+        if self.unreviewed not in UNREVIEWED:
+            raise bad("unreviewed", f"one of {', '.join(map(repr, UNREVIEWED))}", self.unreviewed)
+        if self.auto not in (True, False):
+            raise bad("auto", "true or false", self.auto)
+        return self
+
+
 @dataclass(frozen=True)
 class Config:
     """A dataset's configuration, with paths resolved."""
@@ -465,6 +546,7 @@ class Config:
     ledger: LedgerSettings | None = None
     data: str | None = None
     execution: ExecutionSettings = ExecutionSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     def with_detection(self, **changes: Any) -> Config:
         return replace(self, detection=replace(self.detection, **changes).validated())
@@ -511,7 +593,16 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "sources": {"alarm_level": (float, int), "slack": (float, int)},
     "schedule": {"cron": str, "timezone": str},
     "store": {"ledger": str, "schema": str, "data": str},
-    "execution": {"chunk_bytes": int, "chunk_rows": int},
+    "execution": {
+        "chunk_bytes": int,
+        "chunk_rows": int,
+        "engine": str,
+        "address": str,
+        "workers": int,
+        "threads_per_worker": int,
+        "memory_limit": str,
+    },
+    "retention": {"quarantine_days": int, "rejected_days": int, "unreviewed": str, "auto": bool},
 }
 
 
@@ -671,13 +762,9 @@ def load_config(path: str | Path) -> Config:
     execution = ExecutionSettings(
         chunk_bytes=run.get("chunk_bytes", DEFAULT_CHUNK_BYTES),
         chunk_rows=run.get("chunk_rows", DEFAULT_CHUNK_ROWS),
+        **{k: run[k] for k in _ENGINE_KEYS if k in run},
     )
-    for key, least in (("chunk_bytes", 1024), ("chunk_rows", 1)):
-        if getattr(execution, key) < least:
-            raise ConfigError(
-                f"{path}: execution.{key} must be at least {least}. "
-                f"Got {getattr(execution, key)!r} instead."
-            )
+    _check_execution(path, execution)
 
     sched = raw.get("schedule", {})
     cron = sched.get("cron")
@@ -693,6 +780,14 @@ def load_config(path: str | Path) -> Config:
             f'{path}: schedule.timezone must be an IANA time zone name such as "UTC" or '
             f'"Europe/Berlin". Got {timezone!r} instead.'
         )
+    kept = raw.get("retention", {})
+    retention = RetentionSettings(
+        quarantine_days=kept.get("quarantine_days"),
+        rejected_days=kept.get("rejected_days"),
+        unreviewed=kept.get("unreviewed", "keep"),
+        auto=kept.get("auto", True),
+    ).validated(key_prefix=f"{path}: retention")
+
     name = ds.get("name", path.stem)
     ledger = ledger_settings(path, raw.get("store", {}), name)
     data = _data_location(path, base, raw.get("store", {}))
@@ -720,7 +815,45 @@ def load_config(path: str | Path) -> Config:
         ledger=ledger,
         data=data,
         execution=execution,
+        retention=retention,
     )
+
+
+_ENGINE_KEYS = ("engine", "address", "workers", "threads_per_worker", "memory_limit")
+ENGINES = ("local", "dask")
+
+
+def _check_execution(path: Path, execution: ExecutionSettings) -> None:
+    """``[execution]``'s ranges: chunk sizes, the engine, the scheduler address and the local
+    cluster's sizes (Dask itself is imported only when a batch is judged on it)."""
+    for key, least in (
+        ("chunk_bytes", 1024),
+        ("chunk_rows", 1),
+        ("workers", 1),
+        ("threads_per_worker", 1),
+    ):
+        if getattr(execution, key) < least:
+            raise ConfigError(
+                f"{path}: execution.{key} must be at least {least}. "
+                f"Got {getattr(execution, key)!r} instead."
+            )
+    if execution.engine not in ENGINES:
+        raise ConfigError(
+            f"{path}: execution.engine must be one of {', '.join(ENGINES)}. "
+            f"Got {execution.engine!r} instead."
+        )
+    address = execution.address
+    if address and not re.fullmatch(r"(tcp|tls|ucx)://[^\s/]+:\d+", address):
+        raise ConfigError(
+            f"{path}: execution.address must be a Dask scheduler address such as "
+            f'"tcp://10.0.0.5:8786" (or empty for a local cluster). Got {address!r} instead.'
+        )
+    limit = execution.memory_limit.strip().lower()
+    if limit != "auto" and not re.fullmatch(r"\d+(\.\d+)?\s*([kmgt]i?b?|b)?", limit):
+        raise ConfigError(
+            f'{path}: execution.memory_limit must be a size such as "2GiB" or "500MB", or '
+            f'"auto". Got {execution.memory_limit!r} instead.'
+        )
 
 
 def _check_key(path: Path, section: str, key: str, value: Any) -> None:
@@ -925,6 +1058,12 @@ def render_config(
         "[sources]            # a sequential test per landing source (docs/decision.md)",
         f"alarm_level = {SourceTest.alarm_level}   # alarm at e-value 1 / alarm_level",
         f"slack = {SourceTest.slack}",
+        "",
+        "# [retention]        # left out: quarantine and rejected data are kept for ever",
+        "# quarantine_days = 90   # held rows, this long after their review (docs/privacy.md)",
+        "# rejected_days = 30     # rejected batches and rows, this long after the rejection",
+        '# unreviewed = "keep"    # held rows nobody reviewed: "keep" (shown overdue) or "purge"',
+        "# auto = true            # purge what is due at the end of each run",
         "",
         "[schedule]",
         f"cron = {q(cron)}",

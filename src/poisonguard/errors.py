@@ -41,9 +41,22 @@ class BatchError(PoisonguardError, ValueError):
         self.rows = rows
         super().__init__(f"{source}: {reason}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised on a cluster's worker, it comes back to the judging process whole.
+        return (_batch_error, (self.source, self.reason, self.column, self.rows))
+
+
+def _batch_error(source: str, reason: str, column: str | None, rows: int | None) -> BatchError:
+    return BatchError(source, reason, column=column, rows=rows)
+
 
 class StoreError(PoisonguardError, RuntimeError):
     """The store on disk is inconsistent or cannot be written."""
+
+
+class ClusterError(PoisonguardError, RuntimeError):
+    """The Dask cluster judging a batch could not be reached or lost its work: the batch is
+    not decided (``poisonguard.cluster``)."""
 
 
 class ReviewError(PoisonguardError, ValueError):

@@ -11,8 +11,9 @@ The gate passes only what it has verified. It refuses, with every reason it find
   kind (a revoked or superseded clean file listed as clean again), a batch's row
   counts, status or the reference version that judged it, a review, the
   blocklist, or a reference version (its files and digest);
-* a file the ledger lists (clean, quarantined, rejected, revoked or superseded)
-  is missing, or has another SHA-256 or row count than when written; a file sits
+* a file the ledger lists (clean, quarantined, rejected, revoked or superseded;
+  not one a retention purge removed, listed as ``purged``) is missing, or has another SHA-256
+  or row count than when written; a file an erasure listed as erased is still there; a file sits
   in ``clean/``, ``quarantine/`` or ``rejected/`` that the ledger does not list;
   a batch's clean or quarantined rows are not all in its files;
 * the training set is empty, mixes column sets, has other columns than the
@@ -49,9 +50,11 @@ from poisonguard.errors import ConfigError, GateError, PoisonguardError, StoreEr
 from poisonguard.review import awaiting_review
 from poisonguard.sources import POOLED, alarms, source_states
 from poisonguard.store import (
+    ERASED,
     FileRecord,
     ReferenceVersion,
     Store,
+    blocklist_in,
     now,
     open_store,
     read_verified,
@@ -282,24 +285,27 @@ def _ledger_against_audit(store: Store) -> list[str]:
     counts: dict[str, list[int]] = {}
     status: dict[str, tuple[str, str]] = {}
     reviewed: set[tuple[str, int, str]] = set()
-    blocked: set[str] = set()
     judged: dict[str, int | None] = {}
     versions: dict[int, tuple[str, list[str]]] = {}
-    for entry in store.audit_log():
+    log = store.audit_log()
+    for entry in log:
         if entry["action"] == "reference":
             detail = json.loads(entry["detail"])
             versions[int(detail["version"])] = (detail["digest"], list(detail["files"]))
-        if entry["action"] not in ("ingest", "release", "reject", "revoke", "rescan"):
+        if entry["action"] == "purge":
+            _replay_purge(json.loads(entry["detail"]), counts, kinds)
+        if entry["action"] not in ("ingest", "release", "reject", "revoke", "rescan", "forget"):
             continue
         detail = json.loads(entry["detail"])
         batch = entry["batch_id"]
         files.update(detail.get("files") or {})
         kinds.update((path, path.split("/")[0]) for path in detail.get("files") or {})
-        if entry["action"] == "revoke" and batch in counts:
+        if entry["action"] == "forget":
+            _replay_forget(detail, counts, kinds, reviewed)
+        elif entry["action"] == "revoke" and batch in counts:
             _replay_revoke(detail, counts[batch], kinds)
             status[batch] = ("revoked", status[batch][1])
             reviewed.update((batch, int(r), "reject") for r in detail.get("rejected") or [])
-            blocked.update(detail.get("row_hashes") or [])
         elif entry["action"] == "rescan" and batch in counts:
             rows = detail.get("rows") or []
             counts[batch][0] -= len(rows)
@@ -321,7 +327,6 @@ def _ledger_against_audit(store: Store) -> list[str]:
             counts[batch][0 if entry["action"] == "release" else 2] += len(rows)
             counts[batch][1] -= len(rows)
             reviewed.update((batch, int(r), entry["action"]) for r in rows)
-            blocked.update(detail.get("row_hashes") or [])
     reasons = []
     records = store.files()
     listed = {f.path: f.sha256 for f in records}
@@ -374,7 +379,7 @@ def _ledger_against_audit(store: Store) -> list[str]:
             f"the ledger's reviews ({len(have_reviews)}) are not those the audit chain recorded "
             f"({len(reviewed)}): the ledger was edited"
         )
-    if store.blocklist() != blocked:
+    if store.blocklist() != blocklist_in(log):
         reasons.append(
             "the blocklist is not the set of rows reviewers rejected in the audit chain: "
             "the ledger was edited"
@@ -389,6 +394,37 @@ def _replay_revoke(detail: dict[str, Any], counts: list[int], kinds: dict[str, s
     counts[1] -= rejected
     counts[2] += revoked + rejected
     kinds.update((path, "revoked") for path in detail.get("revoked_files") or [])
+
+
+def _replay_purge(
+    detail: dict[str, Any], counts: dict[str, list[int]], kinds: dict[str, str]
+) -> None:
+    """A purge as its audit entry recorded it: its files listed as purged, and held rows
+    nobody reviewed counted as rejected."""
+    kinds.update((path, "purged") for path in detail.get("purged_files") or [])
+    for part in detail.get("batches") or []:
+        n = int(part.get("unreviewed", 0))
+        if n and part.get("batch_id") in counts:
+            counts[part["batch_id"]][1] -= n
+            counts[part["batch_id"]][2] += n
+
+
+def _replay_forget(
+    detail: dict[str, Any],
+    counts: dict[str, list[int]],
+    kinds: dict[str, str],
+    reviewed: set[tuple[str, int, str]],
+) -> None:
+    """An erasure as its audit entry recorded it: the new files keep the kinds of those they
+    replace, which are erased; the rows leave their batches' counts and reviews (and the
+    blocklist: ``blocklist_in``)."""
+    kinds.update(detail.get("kinds") or {})
+    kinds.update((path, ERASED) for path in detail.get("erased") or {})
+    for batch, lost in (detail.get("batches") or {}).items():
+        if batch in counts:
+            for i, count in enumerate(("clean", "quarantined", "rejected")):
+                counts[batch][i] -= int(lost.get(count, 0))
+        reviewed.difference_update((batch, int(r), str(a)) for r, a in lost.get("reviews") or [])
 
 
 def _references_against_audit(
@@ -422,11 +458,14 @@ def _references_against_audit(
 
 def _samples_against_audit(store: Store) -> list[str]:
     """Each reference version's sample is the file its audit entry (the version's, or the
-    migration's that drew it) recorded: a sample replaced in the ledger and on disk together
-    still differs from the chain."""
+    migration's that drew it) recorded, or none after an erasure dropped it: a sample replaced
+    in the ledger and on disk together still differs from the chain."""
     recorded: dict[int, str] = {}
     for entry in store.audit_log():
-        detail = json.loads(entry["detail"]) if entry["action"] in ("reference", "migrate") else {}
+        wanted = ("reference", "migrate", "forget")
+        detail = json.loads(entry["detail"]) if entry["action"] in wanted else {}
+        for version in detail.get("samples_dropped") or []:
+            recorded.pop(int(version), None)  # an erasure dropped it with the rows it held
         sample = detail.get("sample")
         if isinstance(sample, dict) and "sha256" in sample:
             recorded[int(sample.get("version", detail.get("version", 0)))] = sample["sha256"]

@@ -357,13 +357,22 @@ class Masker:
 
 
 def _written_forms(value: Any) -> list[str]:
-    """The ways a reason may have written ``value``, longest first."""
+    """The ways a reason may have written ``value``, longest first: as text, and as the
+    rules' and detectors' formatters write numbers (``fmt_number``: whole, thousands
+    grouped, significant digits) and dates (the day alone)."""
+    from poisonguard.detectors.base import fmt_number
+
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return []
     if isinstance(value, np.generic):
         value = value.item()
     forms = {str(value)}
-    if isinstance(value, float) and value == int(value):
-        forms.add(str(int(value)))
+    if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+        forms.add(fmt_number(value))
         forms.add(format(value, ".10g"))
+        if value == int(value):
+            forms.add(str(int(value)))
+    if isinstance(value, pd.Timestamp | np.datetime64) and not pd.isna(value):
+        day = pd.Timestamp(value)
+        forms.update({day.date().isoformat(), day.isoformat()})
     return sorted((f for f in forms if len(f) >= 3), key=len, reverse=True)

@@ -20,7 +20,9 @@ itself (a full disk, a lost lock) stop a run, with nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard.cluster import Part, connect, judge_on_cluster, local_cluster
 from poisonguard.config import RESERVED_PREFIX, Config
 from poisonguard.decision import (
     P_FLOOR,
@@ -69,6 +72,8 @@ from poisonguard.sources import (
 )
 from poisonguard.store import (
     BatchRecord,
+    Blocked,
+    Erasure,
     Outcome,
     ReferenceVersion,
     Staged,
@@ -90,6 +95,7 @@ from poisonguard.store import (
     read_decision,
     read_decision_meta,
     read_evidence,
+    row_group_sizes,
     row_hashes,
     rows_writer,
     settled,
@@ -100,9 +106,12 @@ from poisonguard.store import (
     write_decision_meta,
     write_evidence,
 )
+from poisonguard.subject import Subject
 
 #: A row's reason lists at most this many failed expectations, then a count.
 MAX_LISTED = 3
+
+_log = logging.getLogger("poisonguard")
 
 
 @dataclass(frozen=True)
@@ -128,10 +137,12 @@ class Intake:
 
 @dataclass
 class Run:
-    """What one pass over the landing folder did."""
+    """What one pass over the landing folder did; ``purge``: what its retention purge did
+    (``purge_after_run``), None when ``[retention]`` purges nothing automatically."""
 
     records: list[BatchRecord] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
+    purge: dict[str, Any] | None = None
 
     @property
     def rejected(self) -> list[BatchRecord]:
@@ -211,7 +222,7 @@ def validate_batch(entry: Entry, config: Config, store: Store) -> Intake:
         rows_in = len(frame)
         broken = [o.__dict__ for o in report.outcomes if not o.success]
         report.raise_if_rejected(rows=rows_in)
-        hashes = row_hashes(frame, data_columns(frame))
+        hashes = store.row_hashes(frame)
         prior = _held_before_scoring(frame, report.row_failures, config, store)
     except (OSError, StoreError, MemoryError):
         raise  # the store or the machine failed, not the batch: stop, retry next run
@@ -314,9 +325,8 @@ def _validate_chunks(
                 _check_reserved(frame, entry.name)
             start = checks.n_rows
             checks.add(frame)
-            held_ids += _held_ids(frame, owners, config, start)
-            hashes = row_hashes(frame, data_columns(frame))
-            add_provenance(frame, batch_id, hashes)
+            held_ids += _held_ids(frame, owners, config, start, store)
+            add_provenance(frame, batch_id, store.row_hashes(frame))
             frame["pg_row"] += start
             writer.write(frame)
         report = checks.report()
@@ -371,7 +381,9 @@ def _held_before_scoring(
     Returns a frame of ``pg_row``, ``pg_stage`` and ``pg_reason``, one row per held row.
     """
     owners = store.id_owners(config.id_column) if config.id_column is not None else {}
-    return _prior_frame(_held_by_expectations(failures) + _held_ids(frame, owners, config, 0))
+    return _prior_frame(
+        _held_by_expectations(failures) + _held_ids(frame, owners, config, 0, store)
+    )
 
 
 def _held_by_expectations(failures: dict[int, tuple[str, ...]]) -> list[tuple[int, str, str]]:
@@ -384,20 +396,24 @@ def _held_by_expectations(failures: dict[int, tuple[str, ...]]) -> list[tuple[in
 
 
 def _held_ids(
-    frame: pd.DataFrame, owners: dict[str, str], config: Config, start: int
+    frame: pd.DataFrame, owners: dict[str, str], config: Config, start: int, store: Store
 ) -> list[tuple[int, str, str]]:
-    """Rows of ``frame`` (the batch's rows from ``start``) whose id the training set holds."""
+    """Rows of ``frame`` (the batch's rows from ``start``) whose id the training set holds.
+
+    Ids are matched, and named in the reason, by their keyed hash (``Store.id_owners``):
+    the reason is kept and shown, the id itself is in the row.
+    """
     held: list[tuple[int, str, str]] = []
     if config.id_column is None or config.id_column not in frame.columns:
         return held
-    for row, value in enumerate(frame[config.id_column].astype("string").tolist()):
-        if value in owners:
+    for row, key in enumerate(store.value_hashes(frame[config.id_column]).tolist()):
+        if key in owners:
             held.append(
                 (
                     start + row,
                     "expectations",
-                    f"{config.id_column} = {shown(str(value), 60)} is already in the "
-                    f"training set (batch {owners[value]}); ids must be unique",
+                    f"{config.id_column} of this row is already in the training set (batch "
+                    f"{owners[key]}, keyed id {key}); ids must be unique",
                 )
             )
     return held
@@ -451,8 +467,9 @@ def held_by_blocklist(frame: pd.DataFrame, rejected: pd.DataFrame, guard: Guard)
     known_keys: np.ndarray | None = None
     scale = 1.0
     if encoder.task == "classification" and encoder.label is not None:
-        batch_keys = row_hashes(frame, [encoder.label])
-        known_keys = row_hashes(known, [encoder.label])
+        # Labels compared in memory, never kept: no key needed.
+        batch_keys = row_hashes(frame, [encoder.label], key=None)
+        known_keys = row_hashes(known, [encoder.label], key=None)
     elif encoder.task == "regression" and guard.reference_.target is not None:
         scale = robust_spread(guard.reference_.target)
     match = find_near_copies(
@@ -479,6 +496,36 @@ def held_by_blocklist(frame: pd.DataFrame, rejected: pd.DataFrame, guard: Guard)
             strict=True,
         )
     }
+
+
+def held_as_purged(hashes: np.ndarray, purged: Mapping[str, Blocked]) -> dict[int, str]:
+    """Rows whose content hash is a rejected row's whose content retention purged.
+
+    ``held_by_blocklist`` compares rows with the rejected rows' values; once those
+    are purged only their hashes remain (``Store.purged_blocklist``), so an exact
+    copy is still held (a near-copy is then the detectors' to judge).
+
+    Parameters
+    ----------
+    hashes : ndarray of shape (n_rows,)
+        The rows' ``pg_row_hash``.
+    purged : mapping of str to Blocked
+
+    Returns
+    -------
+    dict of int to str
+        Row position -> ``copy of a row rejected on DATE by NAME (batch B, row R;
+        its content since purged)``.
+    """
+    held = {}
+    for at, digest in enumerate(hashes.tolist()):
+        entry = purged.get(str(digest))
+        if entry is not None:
+            held[at] = (
+                f"copy of a row rejected on {entry.at[:10]} by {shown(entry.actor, 60)} "
+                f"(batch {entry.batch_id}, row {entry.pg_row}; its content since purged)"
+            )
+    return held
 
 
 #: Guards fitted in this process, by reference sample digest and guard settings (newest last).
@@ -523,6 +570,17 @@ def fit_guard(config: Config, store: Store, reference: ReferenceVersion | None =
     while len(_FITTED) > _FITTED_MAX:
         _FITTED.popitem(last=False)
     return guard
+
+
+def forget(
+    config: Config, subject: Subject, *, actor: str, note: str = "", dry_run: bool = False
+) -> Erasure:
+    """Erase a data subject's rows from the config's store (``Store.forget``) and drop every
+    guard this process fitted: a fitted guard keeps the reference rows it learned from."""
+    done = open_store(config).forget(subject, actor=actor, note=note, dry_run=dry_run)
+    if done.files and not dry_run:
+        _FITTED.clear()
+    return done
 
 
 def guard_for(config: Config) -> Guard:
@@ -635,6 +693,11 @@ def detect_batch(
         data = rows.iloc[passed][data_columns(rows)].reset_index(drop=True)
         for at, why in held_by_blocklist(data, rejected, guard).items():
             blocked[int(passed[at])] = why
+    purged = store.purged_blocklist() if passed.size else {}
+    if purged:
+        hashes = rows["pg_row_hash"].to_numpy(dtype=object)[passed]
+        for at, why in held_as_purged(hashes, purged).items():
+            blocked.setdefault(int(passed[at]), why)
     scored = np.setdiff1d(passed, np.fromiter(blocked, np.int64, len(blocked)))
     evidence: Evidence | None = None
     reference: ReferenceVersion | None = None  # the version that judged the batch, if any did
@@ -727,6 +790,13 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
             data = frame.iloc[keep].reset_index(drop=True)
             for at, why in held_by_blocklist(data, rejected, guard).items():
                 blocked[int(start + keep[at])] = why
+    purged = store.purged_blocklist() if unscored.size < n_rows else {}
+    if purged:
+        for frame, start in _with_starts(meta.row_chunks(["pg_row_hash"])):
+            keep = _kept(start, len(frame), unscored)
+            hashes = frame["pg_row_hash"].to_numpy(dtype=object)[keep]
+            for at, why in held_as_purged(hashes, purged).items():
+                blocked.setdefault(int(start + keep[at]), why)
     unscored = np.union1d(unscored, _positions(blocked))
     found: ChunkedDecision | None = None
     reference: ReferenceVersion | None = None
@@ -742,9 +812,22 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
                 yield frame.iloc[_kept(start, len(frame), unscored)].reset_index(drop=True)
 
         drift = DriftCounts(guard.reference_)
-        found = guard.judge_chunks(
-            chunks, source=shown(meta.source), window=window, directory=folder, each=drift.add
-        )
+        if config.execution.engine == "dask":
+            with connect(config.execution) as client:
+                found = judge_on_cluster(
+                    client,
+                    guard,
+                    _parts(meta, unscored),
+                    columns,
+                    shown(meta.source),
+                    window,
+                    directory=folder,
+                    drift=drift,
+                )
+        else:
+            found = guard.judge_chunks(
+                chunks, source=shown(meta.source), window=window, directory=folder, each=drift.add
+            )
         if not window.empty:
             earlier = _window_report(window, found.window_flagged, meta.source)
         hold = batch_hold_reason(
@@ -784,6 +867,19 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     write_evidence(folder, None)
     crash_point("after-detect")
     return decided
+
+
+def _parts(meta: Staged, unscored: np.ndarray) -> list[Part]:
+    """The staged batch's row groups as parts a cluster's worker reads by path, each with
+    the rows of it that are judged (not in ``unscored``)."""
+    parts = []
+    start = judged = 0
+    for group, n in enumerate(row_group_sizes(meta.rows_file)):
+        keep = _kept(start, n, unscored)
+        parts.append(Part(str(meta.rows_file), group, n, keep, judged))
+        start += n
+        judged += keep.size
+    return parts
 
 
 def _with_starts(frames: Iterable[pd.DataFrame]) -> Iterator[tuple[pd.DataFrame, int]]:
@@ -1142,22 +1238,55 @@ def process_landing(
     """Process every new batch in the landing folder once, in name order, without Prefect.
 
     ``progress(done, total, name)`` is called before each batch and once at the end.
+    With ``[execution] engine = "dask"`` and no address, the run's batches share one
+    local cluster, started when there is a batch to take.
     """
     store = store or open_store(config)
     run = Run()
     with store.exclusive():
         entries, run.notices = find_new_batches(config, store)
-        for i, entry in enumerate(entries):
-            if progress:
-                progress(i, len(entries), entry.name)
-            intake = process_batch(entry, config, store)
-            if intake.record is not None:
-                run.records.append(intake.record)
-            if intake.notice is not None:
-                run.notices.append(intake.notice)
+        with local_cluster(config) if entries else contextlib.nullcontext(config) as config:
+            for i, entry in enumerate(entries):
+                if progress:
+                    progress(i, len(entries), entry.name)
+                intake = process_batch(entry, config, store)
+                if intake.record is not None:
+                    run.records.append(intake.record)
+                if intake.notice is not None:
+                    run.notices.append(intake.notice)
         if progress:
             progress(len(entries), len(entries), "done")
+        run.purge = purge_after_run(config, store)
     return run
+
+
+def purge_after_run(config: Config, store: Store) -> dict[str, Any] | None:
+    """The end of every run: purge what ``[retention]`` says is due, when ``auto`` (the
+    default once an age is set); None when it purges nothing automatically.
+
+    A purge that fails does not fail the run: the batches are committed already. The
+    failure is logged in one line and returned (``{"error": ...}``); the next run, or
+    ``poisonguard purge``, tries again.
+
+    Returns
+    -------
+    dict or None
+        ``{"batches", "rows", "files"}`` purged, or ``{"error": message}``.
+    """
+    settings = config.retention
+    if not (settings.enabled and settings.auto):
+        return None
+    try:
+        done = store.purge(settings, actor="poisonguard")
+    except Exception as exc:  # whatever it is, the committed batches stand
+        message = f"retention purge failed, the run's batches are committed: {exc}"
+        _log.warning("poisonguard: %s", message)
+        return {"error": message}
+    return {
+        "batches": [d.batch_id for d in done.purged],
+        "rows": done.rows,
+        "files": len(done.files),
+    }
 
 
 def seed_sha256(sample: pd.DataFrame) -> str:
@@ -1205,7 +1334,7 @@ def seed_store(sample: pd.DataFrame, source: str, config: Config, store: Store) 
     sha = seed_sha256(sample)
     frame = sample.reset_index(drop=True).copy()
     batch_id = f"seed-{sha[:12]}"
-    add_provenance(frame, batch_id)
+    add_provenance(frame, batch_id, store.row_hashes(frame))
     return store.commit(
         Outcome(
             batch_id=batch_id,

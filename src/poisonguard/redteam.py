@@ -67,6 +67,7 @@ from poisonguard.scan import Guard
 from poisonguard.sources import SOURCE_ALARM
 from poisonguard.store import (
     Store,
+    copy_private_tree,
     copy_store,
     default_key_path,
     has_store,
@@ -145,7 +146,7 @@ def clone(config: Config, folder: str | Path) -> Config:
     """Copy a sandbox's folder (:func:`copy_project`, :meth:`Sandbox.seeded`) to ``folder``:
     store, ledger, audit key, suite and landing folder; the copy's config."""
     folder = Path(folder)
-    shutil.copytree(config.path.parent, folder)
+    copy_private_tree(config.path.parent, folder)
     key = config.audit_key or default_key_path(config.store)
     rel = {
         name: getattr(config, name).relative_to(config.path.parent)

@@ -187,11 +187,11 @@ def revoke(store: Store, batch_id: str, *, actor: str, note: str) -> Revocation:
 
 def _check_new_ids(store: Store, batch_id: str, ids: pd.Series, id_column: str) -> None:
     known = store.id_owners(id_column)
-    taken = [(row, v) for row, v in ids.astype("string").items() if v in known]
+    keys = store.value_hashes(ids)
+    taken = [row for row, key in zip(ids.index, keys, strict=True) if key in known]
     if taken:
-        row, value = taken[0]
         raise ReviewError(
-            f"row {row} of batch {batch_id} cannot be released: {id_column} = {value} is "
+            f"row {taken[0]} of batch {batch_id} cannot be released: its {id_column} is "
             f"already in the training set ({len(taken)} such rows); reject it instead"
         )
 

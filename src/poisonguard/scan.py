@@ -13,10 +13,11 @@ chunk, with the decision ``Guard.judge`` reaches on it whole (docs/decision.md, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Self, cast
+from typing import Any, BinaryIO, Protocol, Self, cast
 from uuid import uuid4
 
 import numpy as np
@@ -361,13 +362,14 @@ class Guard:
 
     def _summaries(
         self,
-        chunks: Callable[[], Iterable[tuple[Table, np.ndarray]]],
+        summarize: Summarize,
         earlier: Table | None,
         names: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
         """Phase 1 of the within-batch detectors (``WithinBatchDetector``): their summaries
-        of the batch's ``(table, positions)`` chunks, passes over them as many as the
-        detectors need, with the window's rows after the batch's for the windowed ones."""
+        of the batch, passes over its parts as many as the detectors need (``summarize``,
+        as ``BatchParts.summarize``), merged in batch order, with the window's rows after
+        the batch's for the windowed ones."""
         within = {
             name: cast(WithinBatchDetector, det)
             for name, det in self.detectors_.items()
@@ -379,10 +381,10 @@ class Guard:
             now = {name: det for name, det in within.items() if det.summary_passes > step}
             folds = {name: SummaryFold(det) for name, det in now.items()}
             n = 0
-            for table, positions in chunks():
-                for name, det in now.items():
-                    folds[name].add(det.summarize(table, positions=positions, prior=done.get(name)))
-                n += table.n_rows
+            for part, rows in summarize(tuple(now), done):
+                for name in now:
+                    folds[name].add(part[name])
+                n += rows
             if n == 0:  # a batch of no rows: the summary of an empty table
                 empty = self.reference_.take(np.zeros(0, dtype=np.int64))
                 for name, det in now.items():
@@ -394,6 +396,26 @@ class Guard:
                         folds[name].add(det.summarize(earlier, positions=at, prior=done.get(name)))
             done.update({name: fold.result() for name, fold in folds.items()})
         return done
+
+    def _summarize_part(
+        self,
+        table: Table,
+        positions: np.ndarray,
+        names: tuple[str, ...],
+        done: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Phase 1 on one part of a batch: the summaries of the within-batch detectors
+        ``names`` of its rows (at ``positions`` in the batch), on the pass after ``done``."""
+        out = {}
+        for name in names:
+            det = cast(WithinBatchDetector, self.detectors_[name])
+            out[name] = det.summarize(table, positions=positions, prior=done.get(name))
+        return out
+
+    def _whole(self, table: Table) -> Summarize:
+        """``summarize`` for a batch that is one part: ``table``."""
+        whole = np.arange(table.n_rows)
+        return lambda names, done: [(self._summarize_part(table, whole, names, done), table.n_rows)]
 
     def _scores(
         self, table: Table, positions: np.ndarray, summaries: Mapping[str, Any]
@@ -414,10 +436,10 @@ class Guard:
         table: Table,
         positions: np.ndarray,
         summaries: Mapping[str, Any],
-        earlier: Table | None,
+        n_earlier: int,
     ) -> Explainer:
-        """``explain(detector, rows)`` for rows of ``table`` (at ``positions`` in the batch)."""
-        n_earlier = 0 if earlier is None else earlier.n_rows
+        """``explain(detector, rows)`` for rows of ``table`` (at ``positions`` in the batch),
+        whose source sent ``n_earlier`` rows before (the window the windowed ones counted)."""
 
         def explain(name: str, rows: np.ndarray) -> list[str]:
             det = self.detectors_[name]
@@ -447,9 +469,8 @@ class Guard:
         that clean rows score 0 at any batch size (docs/decision.md, section 1).
         """
         table = self._encode(frame, source)
-        whole = np.arange(table.n_rows)
-        summaries = self._summaries(lambda: [(table, whole)], self._earlier(window, source))
-        return table, self._scores(table, whole, summaries)
+        summaries = self._summaries(self._whole(table), self._earlier(window, source))
+        return table, self._scores(table, np.arange(table.n_rows), summaries)
 
     def _decide_options(self) -> dict[str, Any]:
         settings = self.settings_
@@ -471,12 +492,13 @@ class Guard:
         table = self._encode(frame, source)
         earlier = self._earlier(window, source)
         whole = np.arange(table.n_rows)
-        summaries = self._summaries(lambda: [(table, whole)], earlier)
+        summaries = self._summaries(self._whole(table), earlier)
         scores = self._scores(table, whole, summaries)
+        n_earlier = 0 if earlier is None else earlier.n_rows
         decision = decide(
             scores,
             self.calibrations_,
-            explain=self._explainer(table, whole, summaries, earlier),
+            explain=self._explainer(table, whole, summaries, n_earlier),
             weights=detector_weights(tuple(scores)),
             anchored=self.anchored_,
             **self._decide_options(),
@@ -527,28 +549,36 @@ class Guard:
         -------
         ChunkedDecision
         """
-        batch = _Chunks(self, chunks, source)
+        return self.judge_parts(_Chunks(self, chunks, source, each), source, window, directory)
+
+    def judge_parts(
+        self,
+        parts: BatchParts,
+        source: str = "batch",
+        window: pd.DataFrame | None = None,
+        directory: str | Path | None = None,
+    ) -> ChunkedDecision:
+        """``judge_chunks`` over a batch's parts, each phase mapped over them by ``parts``
+        (in this process, or on a cluster: ``poisonguard.cluster``): the summaries merged
+        here, every row's combined p-values kept here (in ``directory`` as there), the cut
+        made here over all of them, then the held rows' reasons from the parts holding them."""
         earlier = self._earlier(window, source)
-        summaries = self._summaries(batch.tables, earlier)
+        summaries = self._summaries(parts.summarize, earlier)
         names = tuple(self.detectors_)
-        weights = detector_weights(names)
         anchored = self.settings_.excess_level > 0.0 and bool(self.anchored_)
         log_combined = _RowColumn(directory)
         log_anchored = _RowColumn(directory if anchored else None)
-        for table, positions in batch.tables():
-            if each is not None:
-                each(table)
-            scores = self._scores(table, positions, summaries)
-            logp, w, combined = combined_log_p(scores, self.calibrations_, weights)
+        for combined, over_anchored in parts.log_p(summaries, anchored):
             log_combined.append(combined)
-            if anchored:
-                log_anchored.append(
-                    cast(np.ndarray, anchored_log_p(logp, w, names, self.anchored_))
-                )
+            if over_anchored is not None:
+                log_anchored.append(over_anchored)
         by_row = log_combined.finish()
         anchored_rows = log_anchored.finish() if anchored else None
         held = cut(
-            by_row, shares(names, weights), log_anchored=anchored_rows, **self._decide_options()
+            by_row,
+            shares(names, detector_weights(names)),
+            log_anchored=anchored_rows,
+            **self._decide_options(),
         )
         del anchored_rows, log_anchored
         rows = np.flatnonzero(held.quarantined)
@@ -556,18 +586,12 @@ class Guard:
         reasons: list[str] = []
         held_scores: dict[str, list[np.ndarray]] = {name: [] for name in names}
         held_logp: list[np.ndarray] = []
-        for frame, start in batch.frames():
-            mine = rows[(rows >= start) & (rows < start + len(frame))]
-            if mine.size == 0:
-                continue
-            table = batch.encode(frame.iloc[mine - start])
-            scores = self._scores(table, mine, summaries)
-            logp = combined_log_p(scores, self.calibrations_, weights)[0]
-            explain = self._explainer(table, mine, summaries, earlier)
-            reasons += held_reasons(logp, names, held.p_cuts, explain)
-            held_logp.append(logp)
+        n_earlier = 0 if earlier is None else earlier.n_rows
+        for part in parts.held(rows, summaries, n_earlier, held.p_cuts):
+            reasons += part.reasons
+            held_logp.append(part.log_p)
             for name in names:
-                held_scores[name].append(scores[name])
+                held_scores[name].append(part.scores[name])
         logp_rows = np.concatenate(held_logp) if held_logp else np.zeros((0, len(names)))
         return ChunkedDecision(
             window_flagged=self._window_flags(earlier, by_row.size, summaries),
@@ -582,6 +606,34 @@ class Guard:
             threshold=held.threshold,
             p_cuts=held.p_cuts,
         )
+
+    def _log_p_part(
+        self, table: Table, positions: np.ndarray, summaries: Mapping[str, Any], anchored: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Phase 2 on one part of a batch: its rows' combined natural-log p-values, and
+        (``anchored``) the same over the anchored detectors, for the excess rule."""
+        names = tuple(self.detectors_)
+        scores = self._scores(table, positions, summaries)
+        logp, w, combined = combined_log_p(scores, self.calibrations_, detector_weights(names))
+        if not anchored:
+            return combined, None
+        return combined, cast(np.ndarray, anchored_log_p(logp, w, names, self.anchored_))
+
+    def _held_part(
+        self,
+        table: Table,
+        positions: np.ndarray,
+        summaries: Mapping[str, Any],
+        n_earlier: int,
+        p_cuts: tuple[float, ...],
+    ) -> HeldRows:
+        """Phase 3 on held rows of one part (``table``, at ``positions`` in the batch):
+        their scores, per-detector log p-values and reasons."""
+        names = tuple(self.detectors_)
+        scores = self._scores(table, positions, summaries)
+        logp = combined_log_p(scores, self.calibrations_, detector_weights(names))[0]
+        explain = self._explainer(table, positions, summaries, n_earlier)
+        return HeldRows(held_reasons(logp, names, p_cuts, explain), logp, scores)
 
     def window_suspects(
         self, frame: pd.DataFrame, window: pd.DataFrame, source: str = "batch"
@@ -604,8 +656,7 @@ class Guard:
         if earlier is None:
             return np.zeros(0, dtype=np.int64)
         table = self._encode(frame, source)
-        whole = np.arange(table.n_rows)
-        summaries = self._summaries(lambda: [(table, whole)], earlier, self.windowed_)
+        summaries = self._summaries(self._whole(table), earlier, self.windowed_)
         return self._window_flags(earlier, table.n_rows, summaries)
 
     def _window_flags(
@@ -633,8 +684,53 @@ class Guard:
         return _result(frame.index, scores, decision)
 
 
+#: ``summarize(names, done)``: per part of a batch, in order, the summaries of the
+#: within-batch detectors ``names`` on the pass after ``done``, and the part's row count.
+Summarize = Callable[[tuple[str, ...], Mapping[str, Any]], Iterable[tuple[dict[str, Any], int]]]
+
+
+@dataclass(frozen=True)
+class HeldRows:
+    """What judging keeps of some held rows of a batch part: one reason each, their
+    per-detector log p-values (n_rows, n_detectors) and raw scores."""
+
+    reasons: list[str]
+    log_p: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+class BatchParts(Protocol):
+    """A batch in parts, and each phase of judging it mapped over them, in batch order
+    (``Guard.judge_parts``): by this process (``judge_chunks``) or by a cluster's workers
+    (``poisonguard.cluster``). Each phase runs ``Guard``'s own step on every part."""
+
+    def summarize(
+        self, names: tuple[str, ...], done: Mapping[str, Any]
+    ) -> Iterable[tuple[dict[str, Any], int]]:
+        """Per part: ``Guard._summarize_part`` of it, and its row count."""
+        ...
+
+    def log_p(
+        self, summaries: Mapping[str, Any], anchored: bool
+    ) -> Iterable[tuple[np.ndarray, np.ndarray | None]]:
+        """Per part: ``Guard._log_p_part`` of it."""
+        ...
+
+    def held(
+        self,
+        rows: np.ndarray,
+        summaries: Mapping[str, Any],
+        n_earlier: int,
+        p_cuts: tuple[float, ...],
+    ) -> Iterable[HeldRows]:
+        """Per part holding some of ``rows`` (batch positions, ascending): ``Guard._held_part``
+        of those rows."""
+        ...
+
+
 class _Chunks:
-    """A batch's chunks, read as often as judging needs, encoded alike on every read.
+    """A batch's chunks, read as often as judging needs, encoded alike on every read
+    (``BatchParts`` in this process).
 
     The date columns of every chunk are parsed in the format of the batch's first
     date cell (``Encoder.date_anchors``), found on the first read: a column's cells
@@ -642,7 +738,11 @@ class _Chunks:
     """
 
     def __init__(
-        self, guard: Guard, chunks: Callable[[], Iterable[pd.DataFrame]], source: str
+        self,
+        guard: Guard,
+        chunks: Callable[[], Iterable[pd.DataFrame]],
+        source: str,
+        each: Callable[[Table], None] | None = None,
     ) -> None:
         if not callable(chunks):
             raise param_error(
@@ -651,6 +751,7 @@ class _Chunks:
         self.guard = guard
         self.chunks = chunks
         self.source = source
+        self.each = each
         self.anchors: dict[str, Any] = {}
         self.n_rows: int | None = None
 
@@ -683,6 +784,33 @@ class _Chunks:
         for frame, start in self.frames():
             yield self.encode(frame), np.arange(start, start + len(frame))
 
+    def summarize(
+        self, names: tuple[str, ...], done: Mapping[str, Any]
+    ) -> Iterator[tuple[dict[str, Any], int]]:
+        for table, positions in self.tables():
+            yield self.guard._summarize_part(table, positions, names, done), table.n_rows
+
+    def log_p(
+        self, summaries: Mapping[str, Any], anchored: bool
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        for table, positions in self.tables():
+            if self.each is not None:
+                self.each(table)
+            yield self.guard._log_p_part(table, positions, summaries, anchored)
+
+    def held(
+        self,
+        rows: np.ndarray,
+        summaries: Mapping[str, Any],
+        n_earlier: int,
+        p_cuts: tuple[float, ...],
+    ) -> Iterator[HeldRows]:
+        for frame, start in self.frames():
+            mine = rows[(rows >= start) & (rows < start + len(frame))]
+            if mine.size:
+                table = self.encode(frame.iloc[mine - start])
+                yield self.guard._held_part(table, mine, summaries, n_earlier, p_cuts)
+
 
 class _RowColumn:
     """A per-row float64 array written chunk by chunk: in memory, or, given a directory,
@@ -694,7 +822,9 @@ class _RowColumn:
         self.file: BinaryIO | None = None
         if directory is not None:
             path = Path(directory) / f"pg-rows-{uuid4().hex}.f8"
-            self.file = path.open("w+b")
+            # Owner-only from its creation: the rows' scores must not be readable by others.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            self.file = os.fdopen(fd, "w+b")
             path.unlink()
         self.size = 0
 

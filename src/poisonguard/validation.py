@@ -990,11 +990,17 @@ class _Run:
         self.specs = specs
         self.errors: list[str] = []
         self.outcomes: dict[int, ExpectationOutcome] = {}
-        self.failures: dict[int, list[str]] = {}
+        # Per row: (the spec's index, the reason), so the reasons come out in the suite's
+        # order however the checks were run (the chunked path checks uniqueness last).
+        self.failures: dict[int, list[tuple[int, str]]] = {}
         self.tally_guards = False
 
     def error(self, text: str) -> None:
         self.errors.append(f"{self.source}: {text}")
+
+    def fail(self, position: int, order: int, reason: str) -> None:
+        """Hold the row at ``position`` for ``reason`` (of the spec at index ``order``)."""
+        self.failures.setdefault(position, []).append((order, reason))
 
     def outcome(self, spec: _Spec, success: bool, count: int = 0, error: str | None = None) -> None:
         self.outcomes[spec.index] = ExpectationOutcome(
@@ -1014,7 +1020,10 @@ class _Run:
         return ValidationReport(
             source=self.source,
             schema_errors=tuple(dict.fromkeys(self.errors)),
-            row_failures={row: tuple(self.failures[row]) for row in sorted(self.failures)},
+            row_failures={
+                row: tuple(why for _, why in sorted(self.failures[row], key=lambda f: f[0]))
+                for row in sorted(self.failures)
+            },
             outcomes=tuple(self.outcomes[s.index] for s in self.specs),
         )
 
@@ -1135,7 +1144,7 @@ def _run_gx(run: _Run, frame: pd.DataFrame, specs: list[_Spec], suite_name: str)
         values = {c: frame[c].iloc[positions].tolist() for c in columns}
         reasons = _describe_failures(spec, values, len(positions))
         for position, reason in zip(positions.tolist(), reasons, strict=True):
-            run.failures.setdefault(position, []).append(reason)
+            run.fail(position, spec.index, reason)
 
 
 def validate(frame: pd.DataFrame, suite: dict, *, source: str) -> ValidationReport:
@@ -1217,13 +1226,136 @@ def _whole_batch_only(spec: _Spec) -> str | None:
         return None
     if spec.level == SCHEMA and spec.note is None:
         return "a table-level or aggregate expectation reads the whole batch at once"
-    if spec.type in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"):
-        return "uniqueness compares every row with every other"
-    if spec.type == "expect_select_column_values_to_be_unique_within_record":
-        return None
     if spec.kwargs.get("mostly") not in (None, 1, 1.0):
         return "'mostly' tolerates a share of the whole batch"
+    if spec.type in _UNIQUE and not _countable_unique(spec):
+        return "uniqueness under a row condition compares rows the chunks cannot select alone"
     return None
+
+
+#: Uniqueness over the batch: ``_Uniques`` counts it across chunks.
+_UNIQUE = frozenset({"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"})
+
+#: The order of a reason no spec gave (poisonguard's own finite-number rule): last.
+_AFTER_EVERY_SPEC = 1 << 30
+
+
+def _countable_unique(spec: _Spec) -> bool:
+    """Whether ``_Uniques`` decides ``spec`` as Great Expectations does on the batch whole:
+    no row condition, and for compound keys the default of skipping rows missing every
+    value."""
+    kw = spec.kwargs
+    return (
+        spec.type in _UNIQUE
+        and kw.get("row_condition") is None
+        and kw.get("ignore_row_if", "all_values_are_missing") == "all_values_are_missing"
+    )
+
+
+#: Mixed into whole numbers' bits, so that no whole number hashes as a missing cell (0).
+_WHOLE = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _key_hashes(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of each row's values in ``columns``, and which rows count.
+
+    Uniqueness as Great Expectations judges it on pandas (``duplicated(keep=False)``):
+    a single column skips its missing cells; a compound key skips the rows missing every
+    value. Values hash the same whichever chunk or reader carried them: whole numbers as
+    int64 (an int column read as float because of a missing cell elsewhere), other
+    numbers as float64 (0.0 and -0.0 alike), dates as nanoseconds, the rest as text.
+    """
+    canon = pd.DataFrame(index=range(len(frame)))
+    missing = np.zeros((len(frame), len(columns)), dtype=bool)
+    for j, c in enumerate(columns):
+        col = frame[c].reset_index(drop=True)
+        missing[:, j] = col.isna().to_numpy()
+        if pd.api.types.is_bool_dtype(col):
+            canon[c] = col.astype("Int64").fillna(-1).astype(np.int64)
+        elif pd.api.types.is_integer_dtype(col):
+            ints = col.to_numpy(dtype=np.int64, na_value=0).view(np.uint64) ^ _WHOLE
+            canon[c] = np.where(missing[:, j], np.uint64(0), ints)
+        elif pd.api.types.is_numeric_dtype(col):
+            v = col.to_numpy(dtype=np.float64, na_value=np.nan) + 0.0
+            whole = np.isfinite(v) & (v == np.floor(v)) & (np.abs(v) < 2.0**62)
+            bits = np.where(whole, 0.0, v).view(np.uint64).copy()
+            bits[whole] = v[whole].astype(np.int64).view(np.uint64) ^ _WHOLE
+            bits[np.isnan(v)] = np.uint64(0)
+            canon[c] = bits
+        elif pd.api.types.is_datetime64_any_dtype(col):
+            canon[c] = col.astype("datetime64[ns]").astype("int64")
+        else:
+            canon[c] = col.astype("string").fillna("\x00<NA>")
+    hashed = pd.util.hash_pandas_object(canon, index=False).to_numpy(dtype=np.uint64)
+    counts = ~missing.all(axis=1) if len(columns) > 1 else ~missing[:, 0]
+    return hashed, np.asarray(counts, dtype=bool)
+
+
+class _Uniques:
+    """Uniqueness expectations decided over a batch read in chunks.
+
+    Each chunk's key hashes are checked against every earlier chunk's (kept sorted, 16
+    bytes a row) and within the chunk: a row whose key appeared before or appears twice
+    is held, and so are the earlier rows with that key, with the reason the whole batch
+    would give them. Two different keys with the same 64-bit hash would hold both rows
+    (about one chance in 10^5 at 10^7 rows): the error is a held row, never a duplicate
+    passed.
+    """
+
+    def __init__(self, specs: list[_Spec]) -> None:
+        self.specs = specs
+        self.hashes = {s.index: np.empty(0, np.uint64) for s in specs}
+        self.positions = {s.index: np.empty(0, np.int64) for s in specs}
+        self.held: dict[int, set[int]] = {s.index: set() for s in specs}
+        self.missing: dict[int, str] = {}
+
+    def add(self, run: _Run, frame: pd.DataFrame, start: int) -> None:
+        """Check the chunk whose first row is the batch's row ``start``."""
+        for spec in self.specs:
+            columns = list(spec.columns)
+            absent = [c for c in columns if c not in frame.columns]
+            if absent:
+                run.error(f"missing column {absent[0]!r} (needed by {spec.type})")
+                self.missing[spec.index] = f"not run: missing column {absent[0]!r}"
+                continue
+            hashed, counts = _key_hashes(frame, columns)
+            local = np.flatnonzero(counts)
+            hashed = hashed[local]
+            seen, at = self.hashes[spec.index], self.positions[spec.index]
+            slot = np.minimum(np.searchsorted(seen, hashed), max(len(seen) - 1, 0))
+            before = seen[slot] == hashed if len(seen) else np.zeros(len(hashed), dtype=bool)
+            twice = pd.Series(hashed).duplicated(keep=False).to_numpy()
+            failing = np.flatnonzero(before | twice)
+            if failing.size:
+                rows = local[failing]
+                values = {c: frame[c].iloc[rows].tolist() for c in columns}
+                reasons = _describe_failures(spec, values, len(rows))
+                for row, reason in zip(rows.tolist(), reasons, strict=True):
+                    self._hold(run, spec, start + row, reason)
+                # Earlier rows with a key this chunk repeats: the same reason (the same value).
+                by_hash = dict(zip(hashed[failing].tolist(), reasons, strict=True))
+                keys = np.unique(hashed[failing[before[failing]]])
+                lows = np.searchsorted(seen, keys, side="left")
+                highs = np.searchsorted(seen, keys, side="right")
+                for key, lo, hi in zip(keys.tolist(), lows.tolist(), highs.tolist(), strict=True):
+                    for earlier in at[lo:hi].tolist():
+                        self._hold(run, spec, earlier, by_hash[key])
+            merged = np.concatenate([seen, hashed])
+            order = np.argsort(merged, kind="stable")
+            self.hashes[spec.index] = merged[order]
+            self.positions[spec.index] = np.concatenate([at, start + local])[order]
+
+    def _hold(self, run: _Run, spec: _Spec, position: int, reason: str) -> None:
+        if position not in self.held[spec.index]:
+            self.held[spec.index].add(position)
+            run.fail(position, spec.index, reason)
+
+    def outcomes(self, run: _Run) -> None:
+        """Record each expectation's outcome over the chunks added so far."""
+        for spec in self.specs:
+            count = len(self.held[spec.index])
+            error = self.missing.get(spec.index)
+            run.outcome(spec, count == 0 and error is None, count, error)
 
 
 class ChunkedValidation:
@@ -1233,9 +1365,10 @@ class ChunkedValidation:
     row-level expectation are checked on each chunk, with row positions counted over
     the batch; an outcome's unexpected count is summed over the chunks. The row-count
     expectations are checked on the rows counted. Expectations that need the whole
-    batch at once (``_whole_batch_only``: uniqueness, ``mostly``, aggregates such as a
-    column mean) are not checked: each is a schema error naming it, so the batch is
-    rejected rather than passed unchecked.
+    batch at once (``_whole_batch_only``: ``mostly``, aggregates such as a column mean,
+    uniqueness under a row condition) are not checked: each is a schema error naming
+    it, so the batch is rejected rather than passed unchecked. Uniqueness is counted
+    across the chunks (``_Uniques``).
 
     Use ``add(chunk)`` for every chunk in order, then ``report()``.
 
@@ -1268,9 +1401,9 @@ class ChunkedValidation:
                 )
                 self.run.error(text)
                 self.run.outcome(spec, False, error=text)
-        self.by_chunk = [
-            s for s in specs if s.index not in self.run.outcomes and s.type not in _ROW_COUNT
-        ]
+        pending = [s for s in specs if s.index not in self.run.outcomes]
+        self.uniques = _Uniques([s for s in pending if s.type in _UNIQUE])
+        self.by_chunk = [s for s in pending if s.type not in _ROW_COUNT and s.type not in _UNIQUE]
         self.counted: dict[int, ExpectationOutcome] = {}
 
     def add(self, frame: pd.DataFrame) -> None:
@@ -1281,6 +1414,7 @@ class ChunkedValidation:
         self.run.errors.extend(part.errors)
         for row, why in part.failures.items():
             self.run.failures[row + self.n_rows] = why
+        self.uniques.add(self.run, frame.reset_index(drop=True), self.n_rows)
         for index, new in part.outcomes.items():
             old = self.counted.get(index)
             self.counted[index] = (
@@ -1302,6 +1436,7 @@ class ChunkedValidation:
         """What the chunks added so far showed, as ``validate``'s report on them whole."""
         run = self.run
         run.outcomes.update(self.counted)
+        self.uniques.outcomes(run)
         for spec in self.by_chunk:
             done = self.counted.get(spec.index)
             if spec.note is not None and done is not None and done.unexpected_count:
@@ -1375,7 +1510,9 @@ def _check_finite(run: _Run, frame: pd.DataFrame, wrong: set[str]) -> None:
             continue
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
         for position in np.flatnonzero(np.isinf(values)).tolist():
-            run.failures.setdefault(position, []).append(
+            run.fail(
+                position,
+                _AFTER_EVERY_SPEC,
                 f"{column} = {values[position]:g} is not a finite number (poisonguard holds "
-                "rows with infinite values)"
+                "rows with infinite values)",
             )

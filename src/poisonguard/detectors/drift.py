@@ -6,7 +6,10 @@ batch as a whole, for people and for gate policies.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -253,6 +256,44 @@ class DriftCounts:
         else:
             self.labelled = False
         self.n_rows += batch.n_rows
+
+    def fresh(self) -> DriftCounts:
+        """Counts of nothing yet over the same reference (its sorted values shared)."""
+        out = copy.copy(self)
+        out._clear()
+        return out
+
+    def _clear(self) -> None:
+        self.at_or_below = [np.zeros_like(c) for c in self.at_or_below]
+        self.below = [np.zeros_like(c) for c in self.below]
+        self.binned = [np.zeros_like(c) for c in self.binned]
+        self.finite = np.zeros_like(self.finite)
+        self.labels = np.zeros_like(self.labels)
+        self.n_rows = 0
+        self.labelled = self.reference.y is not None
+
+    def tally(self) -> dict[str, Any]:
+        """The counts alone (a few numbers per trusted value), for ``add_tally`` elsewhere:
+        a cluster's worker counts its part of a batch, the judging process adds them up."""
+        return {
+            "at_or_below": self.at_or_below,
+            "below": self.below,
+            "binned": self.binned,
+            "finite": self.finite,
+            "labels": self.labels,
+            "n_rows": self.n_rows,
+            "labelled": self.labelled,
+        }
+
+    def add_tally(self, tally: Mapping[str, Any]) -> None:
+        """Add the counts of a part of the batch counted over the same reference (``tally``)."""
+        for key in ("at_or_below", "below", "binned"):
+            for mine, theirs in zip(getattr(self, key), tally[key], strict=True):
+                mine += theirs
+        self.finite += tally["finite"]
+        self.labels += tally["labels"]
+        self.n_rows += int(tally["n_rows"])
+        self.labelled = self.labelled and bool(tally["labelled"])
 
     def _ks(self, f: int) -> tuple[float, float]:
         ref = self.trusted[f]

@@ -11,7 +11,9 @@ Layout under the store root (owner-only: the folder is mode 0700, files 0600)::
                              (plus one per release or re-scan hold: ``<batch>.release-<n>``,
                              ``<batch>.rescan-<n>``)
     quarantine/<batch>.parquet  held rows, with scores and reasons
+                             (an erasure rewrites a file as ``<batch>.forget-<n>``)
     rejected/<batch>/        the rejected file as it arrived, plus reason.json
+                             (both purged after the ages ``[retention]`` sets)
     reports/                 per-batch reports
     staging/                 scratch space between flow tasks
     .lock, .run.lock         the write lock and the run lock (of the embedded ledger;
@@ -22,6 +24,13 @@ place can be set with ``dataset.audit_key``). ``clean/``, ``quarantine/``,
 ``rejected/``, ``reference/`` and ``anchor.json`` are the store's data files: ``[store] data`` can
 put them in another folder or on any fsspec filesystem (``files.DataFiles``),
 for several runners sharing one store; the rest stays in the store's folder.
+
+Rows are named by keyed hashes (``Store.row_hashes``): the blocklist, the audit
+entries and every table's ``pg_row_hash`` hold SipHash-2-4 under a row-hash key
+derived from the audit key (``schema.row_hash_key``), never stored, so a leaked
+ledger confirms no guessed row. Every file and folder the store creates is
+owner-only from its creation, whatever the umask (``files.make_private_dirs``,
+``files.create_private``).
 
 Writes are atomic: every file goes to a temporary name, is fsynced and renamed;
 the ledger transaction that lists it commits last. A file the ledger does not
@@ -42,6 +51,12 @@ Modules:
     ``open_store``, the one way library code and flows open a store.
 ``revisions``
     Changes after a commit: reference versions, revocations, re-scan holds.
+``erasure``
+    A data subject's rows taken out of every file (``Store.forget``): files rewritten
+    without them, one ledger transaction, the old files deleted, the ledger compacted.
+``retention``
+    Quarantine and rejected data past the ages ``[retention]`` sets: what is due,
+    and the purge (files listed as ``purged``, one audit entry, then the bytes).
 ``samples``
     Each reference version's sample file, drawn (``poisonguard.sampling``) and written
     with the version; what fitting reads.
@@ -65,7 +80,7 @@ Modules:
     The re-entrant write lock, file locks, and staging folders' owners.
 """
 
-from poisonguard.store.audit import GENESIS, AuditChain, default_key_path
+from poisonguard.store.audit import GENESIS, AuditChain, blocklist_in, default_key_path
 from poisonguard.store.core import (
     LISTED,
     LOCK_WAIT,
@@ -77,15 +92,19 @@ from poisonguard.store.core import (
     open_store,
     read_verified,
 )
+from poisonguard.store.erasure import Erasure, FileErasure
 from poisonguard.store.files import (
     CRASH_ENV,
     RowGroupWriter,
     atomic_write_bytes,
+    copy_private_tree,
     crash_point,
     is_disk_full,
+    make_private_dirs,
     now,
     parquet_bytes,
     read_parquet,
+    read_row_group,
     row_group_sizes,
     sha256_file,
     temporary_folder,
@@ -104,6 +123,9 @@ from poisonguard.store.landing import (
     survey,
 )
 from poisonguard.store.ledger import (
+    ERASED,
+    GONE,
+    PURGED,
     SCHEMA_VERSION,
     AuditEntry,
     BatchRecord,
@@ -118,8 +140,16 @@ from poisonguard.store.ledger import (
     Review,
     reference_digest,
 )
+from poisonguard.store.retention import Due, Purge, RetentionPlan
 from poisonguard.store.revisions import Revocation
-from poisonguard.store.schema import PROVENANCE, add_provenance, data_columns, row_hashes
+from poisonguard.store.schema import (
+    PROVENANCE,
+    add_provenance,
+    data_columns,
+    row_hash_key,
+    row_hashes,
+    siphash24,
+)
 from poisonguard.store.sqlite import LEDGER_ERRORS, SqliteLedger
 from poisonguard.store.staging import (
     Staged,
@@ -139,25 +169,33 @@ from poisonguard.store.staging import (
 
 __all__ = [
     "CRASH_ENV",
+    "ERASED",
     "GENESIS",
+    "GONE",
     "LEDGER_ERRORS",
     "LISTED",
     "LOCK_WAIT",
     "PROVENANCE",
+    "PURGED",
     "SCHEMA_VERSION",
     "SUBFOLDERS",
     "AuditChain",
     "AuditEntry",
     "BatchRecord",
     "Blocked",
+    "Due",
+    "Erasure",
+    "FileErasure",
     "FileRecord",
     "Landed",
     "Ledger",
     "LedgerTransaction",
     "LedgerView",
     "Outcome",
+    "Purge",
     "ReferenceSample",
     "ReferenceVersion",
+    "RetentionPlan",
     "Review",
     "Revocation",
     "RowGroupWriter",
@@ -168,6 +206,8 @@ __all__ = [
     "Unsettled",
     "add_provenance",
     "atomic_write_bytes",
+    "blocklist_in",
+    "copy_private_tree",
     "copy_store",
     "crash_point",
     "data_columns",
@@ -178,6 +218,7 @@ __all__ = [
     "has_store",
     "is_disk_full",
     "is_large",
+    "make_private_dirs",
     "now",
     "open_store",
     "parquet_bytes",
@@ -188,13 +229,16 @@ __all__ = [
     "read_decision_meta",
     "read_evidence",
     "read_parquet",
+    "read_row_group",
     "read_verified",
     "reference_digest",
     "row_group_sizes",
+    "row_hash_key",
     "row_hashes",
     "rows_writer",
     "settled",
     "sha256_file",
+    "siphash24",
     "snapshot",
     "stage_rows",
     "stage_written",

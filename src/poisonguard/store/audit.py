@@ -8,7 +8,8 @@ truncating the chain or deleting the ledger is therefore detected by anyone
 holding the key (:meth:`AuditChain.verify`).
 
 The key is 32 random bytes as hex in ``<store>.key`` beside the store (owner-only;
-its place can be set with ``dataset.audit_key``).
+its place can be set with ``dataset.audit_key``). The store's row-hash key, which
+keys every row hash it keeps, is derived from it (``schema.row_hash_key``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from poisonguard.errors import StoreError
 from poisonguard.store.files import DataFiles, now
 from poisonguard.store.ledger import GENESIS, AuditEntry, Ledger, LedgerTransaction, LedgerView
 
-__all__ = ["ANCHOR", "GENESIS", "AuditChain", "default_key_path", "entry_hash"]
+__all__ = ["ANCHOR", "GENESIS", "AuditChain", "blocklist_in", "default_key_path", "entry_hash"]
 
 #: The anchor's file among the store's data files.
 ANCHOR = "anchor.json"
@@ -41,6 +43,31 @@ def entry_hash(
     """An audit entry's hash: SHA-256 over the one before and its own fields, as JSON."""
     payload = json.dumps([prev, at, action, batch_id, actor, detail], separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def blocklist_in(log: Iterable[dict[str, Any]]) -> set[str]:
+    """The blocklist the audit chain recorded: every row hash a rejection (``reject``) or a
+    revocation (``revoke``) blocked, in chain order; a migration that re-keyed the
+    blocklist (``migrate`` with ``blocklist``) replaces what came before it with the
+    keyed hashes of the same rows; an erasure (``forget``) takes its rows' hashes off.
+
+    Parameters
+    ----------
+    log : iterable of dict
+        Audit entries, oldest first (``Ledger.audit_log``).
+    """
+    blocked: set[str] = set()
+    for entry in log:
+        if entry["action"] not in ("reject", "revoke", "migrate", "forget"):
+            continue
+        detail = json.loads(entry["detail"])
+        if entry["action"] == "forget":
+            blocked.difference_update(detail.get("unblocked") or [])
+        elif entry["action"] != "migrate":
+            blocked.update(detail.get("row_hashes") or [])
+        elif "blocklist" in detail:
+            blocked = set(detail["blocklist"])
+    return blocked
 
 
 class AuditChain:

@@ -17,6 +17,9 @@ bytes and its place, and the ledger lists it under another kind: ``revoked``
 when a reviewer revoked its batch (``revoke``), ``superseded`` when a re-scan
 moved some of its rows back to quarantine and wrote the others to a new clean
 file (``hold_rescanned``). The training set is the files of kind ``clean``.
+The one exception is erasure (``forget``, ``erasure``): a file holding a data
+subject's rows is replaced by a new one without them, listed as ``erased`` and
+deleted.
 
 The ledger is a ``Ledger``: the embedded ``SqliteLedger`` unless the config names
 a PostgreSQL one (``PostgresLedger``, ``[store] ledger``); the audit chain is
@@ -46,11 +49,20 @@ from poisonguard.errors import GateError, ReviewError, StoreError, shown
 from poisonguard.landing import Entry, source_of
 from poisonguard.sampling import SampleRule, rule_for, sample_key
 from poisonguard.sources import BatchCounts, Event
-from poisonguard.store import revisions
-from poisonguard.store.audit import ANCHOR, AuditChain, default_key_path, entry_hash
+from poisonguard.store import erasure, retention, revisions
+from poisonguard.store.audit import (
+    ANCHOR,
+    AuditChain,
+    blocklist_in,
+    default_key_path,
+    entry_hash,
+)
+from poisonguard.store.erasure import Erasure
 from poisonguard.store.files import (
     DataFiles,
+    copy_private_tree,
     crash_point,
+    make_private_dirs,
     now,
     parquet_bytes,
     sha256_file,
@@ -60,6 +72,8 @@ from poisonguard.store.files import (
 )
 from poisonguard.store.landing import Unreadable, Unsettled, snapshot
 from poisonguard.store.ledger import (
+    ERASED,
+    PURGED,
     SCHEMA_VERSION,
     BatchRecord,
     Blocked,
@@ -75,11 +89,15 @@ from poisonguard.store.ledger import (
 )
 from poisonguard.store.revisions import Revocation
 from poisonguard.store.samples import SAMPLES, draw_afresh, drawn_by, read_sample, write_sample
+from poisonguard.store.schema import data_columns, row_hash_key, row_hashes
 from poisonguard.store.sqlite import LEDGER_FILE, SqliteLedger
 from poisonguard.store.staging import disown, recover, staging_dir
 
 if TYPE_CHECKING:
-    from poisonguard.config import Config, LedgerSettings
+    from datetime import datetime
+
+    from poisonguard.config import Config, LedgerSettings, RetentionSettings
+    from poisonguard.subject import Subject
 
 SUBFOLDERS = ("clean", "quarantine", "rejected", "reports", "staging")
 #: The folders of the files the ledger lists, one kind each: the store's data files, where
@@ -185,6 +203,7 @@ class Store:
         self._chain = AuditChain(self.key_path, self.data)
         self.anchor_path = self._chain.anchor_path
         self._window_files: dict[str, pd.DataFrame] = {}  # see source_rows
+        self._row_key: bytes | None = None  # see row_hashes
         if not self.ledger.exists():
             if not create:
                 raise StoreError(self._missing_ledger())
@@ -218,15 +237,15 @@ class Store:
                 "ledger: the store was deleted or moved; remove the key only if you mean to "
                 "start a new store there"
             )
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, 0o700)
+        make_private_dirs(self.root)
+        os.chmod(self.root, 0o700)  # a folder made before (empty: the ledger is not there yet)
         self._make_folders()
         self.ledger.create()
         write_new_key(self.key_path)
 
     def _make_folders(self) -> None:
         for sub in LOCAL:
-            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+            make_private_dirs(self.root / sub)
         for sub in LISTED:
             self.data.makedirs(sub)
 
@@ -259,6 +278,60 @@ class Store:
         return {"reference": ref.summary()}
 
     def _migrate_to_4(self, tx: LedgerTransaction) -> dict[str, Any]:
+        """Key the blocklist: each entry's row, read from the file that holds it, hashed
+        under the store's row-hash key (``row_hashes``), replaces its unkeyed hash.
+
+        The audit entry records the keyed blocklist, which the gate replays from then on
+        (``audit.blocklist_in``). Entries and files written before keep the unkeyed
+        hashes they were written with: the chain and the files are never rewritten.
+
+        Raises
+        ------
+        StoreError
+            When the blocklist is not the one the audit chain recorded, or names a row
+            no file holds: it cannot be re-keyed, and nothing is migrated.
+        """
+        listed = tx.blocked()
+        if {b.row_hash for b in listed} != blocklist_in(tx.audit_log()):
+            raise StoreError(
+                f"{self.ledger.location}: the blocklist is not the one the audit chain "
+                "recorded, so it cannot be re-keyed; restore the ledger from a backup, or "
+                "run `poisonguard gate` with the poisonguard that wrote it to see what changed"
+            )
+        batches = {b.batch_id for b in listed}
+        keyed: dict[tuple[str, int], tuple[str, str]] = {}
+        for record in tx.files():
+            if record.kind not in ("quarantine", "revoked") or record.batch_id not in batches:
+                continue
+            rows = self.read(record)
+            pairs = zip(
+                rows["pg_row"].tolist(),
+                rows["pg_row_hash"].astype(str).tolist(),
+                self.row_hashes(rows).tolist(),
+                strict=True,
+            )
+            for pg_row, was, now_keyed in pairs:
+                keyed[(record.batch_id, int(pg_row))] = (was, now_keyed)
+        moved = []
+        for b in listed:
+            was, now_keyed = keyed.get((b.batch_id, int(b.pg_row)), (None, ""))
+            if was != b.row_hash:
+                where = (
+                    "no quarantine or revoked file holds it"
+                    if was is None
+                    else ("its file's pg_row_hash is another")
+                )
+                raise StoreError(
+                    f"{self.ledger.location}: the blocklist names row {b.pg_row} of batch "
+                    f"{b.batch_id}, but {where}, so it cannot be re-keyed; restore the batch's "
+                    "files and the ledger from a backup"
+                )
+            moved.append(Blocked(now_keyed, b.batch_id, b.pg_row, b.actor, b.at))
+        tx.unblock([b.row_hash for b in listed])
+        tx.block(moved)
+        return {"blocklist": sorted({b.row_hash for b in moved}), "row_hashes": "keyed"}
+
+    def _migrate_to_5(self, tx: LedgerTransaction) -> dict[str, Any]:
         """The current reference version's sample, drawn from its files (older versions keep
         none: nothing fits on them). A version whose files cannot be read as recorded keeps
         none either, and says why; fitting on it then reads the whole reference
@@ -272,6 +345,38 @@ class Store:
             return {"sample": None, "version": current.version, "why": str(exc)}
         tx.set_sample(current.version, sample)
         return {"sample": {"version": current.version, **asdict(sample)}}
+
+    # -- keyed hashes ----------------------------------------------------------
+    def row_hashes(self, frame: pd.DataFrame, columns: list[str] | None = None) -> np.ndarray:
+        """Keyed content hashes of rows (16 hex digits each), under this store's row-hash key.
+
+        The one place that decides the key every hash the store keeps is made
+        with: ``schema.row_hash_key`` of the audit key (HMAC-SHA-256, never
+        stored or printed), through ``schema.row_hashes`` (SipHash-2-4 of each
+        row's 64-bit digest). Rows, ids and values the ledger, the audit chain,
+        the files' ``pg_row_hash`` and reasons name are hashed here.
+
+        Parameters
+        ----------
+        frame : DataFrame
+        columns : list of str, optional
+            The columns to hash (default the data columns, ``schema.data_columns``).
+
+        Raises
+        ------
+        StoreError
+            When the audit key is missing or is not a poisonguard key.
+        """
+        if self._row_key is None:
+            self._row_key = row_hash_key(self._chain.key())
+        cols = data_columns(frame) if columns is None else columns
+        return row_hashes(frame, cols, key=self._row_key)
+
+    def value_hashes(self, values: pd.Series) -> np.ndarray:
+        """Keyed hashes of single values compared as text (an id column's): how the store
+        names an id without keeping it (``row_hashes`` of the values as one text column)."""
+        text = pd.DataFrame({"value": values.astype("string").reset_index(drop=True)})
+        return self.row_hashes(text, ["value"])
 
     # -- locks and transactions ----------------------------------------------
     @contextlib.contextmanager
@@ -406,6 +511,10 @@ class Store:
             indicator=True,
         )
         lost = found[found["_merge"] != "both"]
+        # A purged row's content is gone on purpose; its hash stays on the blocklist
+        # (``purged_blocklist``), so an exact copy is still refused.
+        lost = lost[~lost["pg_batch"].isin(retention.purged_batches(self))]
+        found = found[found["_merge"] == "both"]
         if len(lost):
             # A rejection that cannot be matched any more would let its row back in: fail closed.
             raise StoreError(
@@ -445,7 +554,7 @@ class Store:
         if limit <= 0:
             return pd.DataFrame()
         batches = [b.batch_id for b in self.ledger.committed() if source_of(b.source) == source]
-        paths = {f.path for f in self.ledger.files()}
+        listed = {f.path: f for f in self.ledger.files()}
         released = {
             (r.batch_id, int(r.pg_row)) for r in self.ledger.reviews() if r.action == "release"
         }
@@ -457,8 +566,8 @@ class Store:
         for batch_id in batches:
             frames = []
             for kind in ("clean", "quarantine"):
-                rel = f"{kind}/{batch_id}.parquet"
-                if rel not in paths:
+                rel = erasure.as_arrived(listed, kind, batch_id)
+                if rel is None:
                     continue
                 frame = kept[rel] if rel in kept else self.data.read_table(rel)
                 self._window_files[rel] = frame
@@ -486,6 +595,12 @@ class Store:
     def blocklist(self) -> set[str]:
         """Every row hash a reviewer rejected."""
         return {b.row_hash for b in self.ledger.blocked()}
+
+    def purged_blocklist(self) -> dict[str, Blocked]:
+        """The blocklist entries whose row's content was purged (``retention``), by row hash:
+        ``rejected_rows`` no longer has them, so they are matched by hash alone."""
+        purged = retention.purged_batches(self)
+        return {b.row_hash: b for b in self.ledger.blocked() if b.batch_id in purged}
 
     def landed(self) -> dict[str, Landed]:
         """What the ledger remembers of each landing-folder name, by name."""
@@ -569,11 +684,12 @@ class Store:
         return self.ledger.references(every=True)
 
     def id_owners(self, id_column: str) -> dict[str, str]:
-        """Each id in the clean training set (as text) and the batch that holds it."""
+        """Each id in the clean training set, by its keyed hash (``value_hashes``), and the
+        batch that holds it."""
         trained = self.clean_frame()
         if id_column not in trained.columns:
             return {}
-        ids = trained[id_column].astype("string").tolist()
+        ids = self.value_hashes(trained[id_column]).tolist()
         return dict(zip(ids, trained["pg_batch"].tolist(), strict=True))
 
     # -- the files as written ------------------------------------------------
@@ -595,15 +711,26 @@ class Store:
         Each file the ledger lists must exist, have the SHA-256 and row count it
         was written with, and each batch's clean and quarantined rows must all be
         in its files; a file in ``clean/``, ``quarantine/`` or ``rejected/`` that
-        the ledger does not list is named. Returns every problem found, one line
-        each (the gate's reasons).
+        the ledger does not list is named. Files listed as ``purged`` are gone on
+        purpose (``retention``); of a batch whose held rows were purged, only the
+        reviewed rows still in its quarantine files are counted. Returns every
+        problem found, one line each (the gate's reasons).
         """
         reasons: list[str] = []
-        records = self.files()
+        every = self.files()
+        records = [f for f in every if f.kind != PURGED]
+        purged = {f.batch_id for f in every if f.kind == PURGED}
         rows_by_batch: dict[tuple[str, str], int] = defaultdict(int)
         # A row a re-scan held again after its release is in two quarantine files: count it once.
         held_by_batch: dict[str, set[int]] = defaultdict(set)
         for f in records:
+            if f.kind == ERASED:
+                if self.data.exists(f.path):
+                    reasons.append(
+                        f"{f.path}: erased, but still in the store; run `poisonguard forget` "
+                        "again to finish the erasure"
+                    )
+                continue
             if not self.data.is_file(f.path) or self.data.is_link(f.path):
                 reasons.append(f"{f.path}: listed in the ledger but missing from the store")
                 continue
@@ -625,19 +752,24 @@ class Store:
                 held_by_batch[f.batch_id].update(held_rows)
         samples = [s for s in (r.sample for r in self.references()) if s is not None]
         reasons += self._verify_samples(samples)
-        listed = {f.path for f in records} | {s.path for s in samples}
+        listed = {f.path for f in every} | {s.path for s in samples}
         for kind in LISTED:
             for rel in self.data.find(kind):
                 if rel not in listed:
                     reasons.append(f"{rel}: not written by poisonguard (not in the ledger)")
-        reviews = self.reviews()
-        n_reviewed = reviews.groupby("batch_id").size().to_dict() if len(reviews) else {}
+        reviewed: dict[str, set[int]] = defaultdict(set)
+        for r in self.ledger.reviews():
+            reviewed[r.batch_id].add(int(r.pg_row))
         for rec in self.batches():
             if rec.status == "rejected":
                 continue
             clean = rows_by_batch.get((rec.batch_id, "clean"), 0)
-            held = len(held_by_batch.get(rec.batch_id, ()))
-            want_held = rec.rows_quarantined + int(n_reviewed.get(rec.batch_id, 0))
+            holding = held_by_batch.get(rec.batch_id, set())
+            done = reviewed[rec.batch_id]
+            held = len(holding)
+            want_held = rec.rows_quarantined + len(
+                done & holding if rec.batch_id in purged else done
+            )
             if clean != rec.rows_clean or held != want_held:
                 reasons.append(
                     f"batch {rec.batch_id}: its files hold {clean} clean and {held} quarantined "
@@ -974,7 +1106,9 @@ class Store:
             tx.move_rows(batch_id, n, "quarantined", "clean" if action == "release" else "rejected")
             tx.add_files(file_records(batch_id, written), at)
             tx.add_reviews([Review(batch_id, r, action, actor, note, at) for r in pg_rows])
-            hashes = [str(h) for h in rows["pg_row_hash"].tolist()]
+            # From the rows' content under the store's key, not their files' pg_row_hash:
+            # a file written before the store's hashes were keyed carries unkeyed ones.
+            hashes = self.row_hashes(rows).tolist() if action == "reject" else []
             if action == "reject":
                 tx.block(
                     [
@@ -1011,10 +1145,37 @@ class Store:
         (``revisions.revoke``)."""
         return revisions.revoke(self, batch_id, actor=actor, note=note)
 
+    def due(
+        self, settings: RetentionSettings, now: datetime | None = None
+    ) -> retention.RetentionPlan:
+        """What ``[retention]`` says is past its age at ``now`` (``retention.plan``)."""
+        return retention.plan(self, settings, now)
+
+    def purge(
+        self, settings: RetentionSettings, *, actor: str, now: datetime | None = None
+    ) -> retention.Purge:
+        """Purge the quarantine and rejected data past its age, with a ``purge`` audit entry
+        (``retention.purge``)."""
+        return retention.purge(self, settings, actor=actor, now=now)
+
     def hold_rescanned(self, flagged: pd.DataFrame, *, actor: str, note: str) -> dict[str, int]:
         """Move rows a re-scan flagged out of the training set into quarantine, awaiting
         review (``revisions.hold_rescanned``); rows held per batch."""
         return revisions.hold_rescanned(self, flagged, actor=actor, note=note)
+
+    # -- erasure (see ``erasure``) -------------------------------------------
+    def forget(
+        self, subject: Subject, *, actor: str, note: str = "", dry_run: bool = False
+    ) -> Erasure:
+        """Erase a data subject's rows from every file of the store in one commit
+        (``erasure.forget``), and from what this process keeps of the store's files."""
+        done = erasure.forget(self, subject, actor=actor, note=note, dry_run=dry_run)
+        if not dry_run:
+            prefix = f"{self.root.resolve()}\0"
+            for key in [k for k in _kept_frames if k.startswith(prefix)]:
+                del _kept_frames[key]
+            self._window_files.clear()
+        return done
 
     # -- audit chain ---------------------------------------------------------
     def audit(
@@ -1089,6 +1250,7 @@ class Store:
 _MIGRATIONS: dict[int, Callable[[Store, LedgerTransaction], dict[str, Any]]] = {
     3: Store._migrate_to_3,
     4: Store._migrate_to_4,
+    5: Store._migrate_to_5,
 }
 
 
@@ -1168,12 +1330,8 @@ def copy_store(
     with contextlib.ExitStack() as held:
         if not isinstance(source, SqliteLedger):
             held.enter_context(source.write_lock(LOCK_WAIT, f"the store {root}"))
-        shutil.copytree(
-            root,
-            dest,
-            ignore=shutil.ignore_patterns("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"),
-        )
-        (dest / "staging").mkdir(mode=0o700, exist_ok=True)
+        copy_private_tree(root, dest, skip=("staging", ".lock", ".run.lock", f"{LEDGER_FILE}*"))
+        make_private_dirs(dest / "staging")
         if data is not None:
             files, copied = DataFiles(data), DataFiles(dest)
             for rel in [a for kind in LISTED for a in files.find(kind)] + [ANCHOR]:

@@ -80,10 +80,61 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (mode 0600) so that readers see the old file or the whole new one."""
+#: The modes of every file and folder the store creates: owner-only.
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+
+
+def make_private_dirs(path: Path) -> None:
+    """Make a folder and any missing parent, each owner-only (0700) from the moment it exists.
+
+    ``Path.mkdir(parents=True, mode=...)`` gives the parents it makes the umask's
+    mode, not ``mode``; each missing level is made here with ``FOLDER_MODE``, which a
+    umask can only narrow, then set to exactly ``FOLDER_MODE`` while still empty.
+    Folders that already exist are left as they are.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, FOLDER_MODE)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # another process made it meanwhile
+        os.chmod(folder, FOLDER_MODE)
+
+
+def create_private(path: Path, *, exclusive: bool = False) -> int:
+    """Open ``path`` for writing, created owner-only (0600) if it is new; the descriptor.
+
+    An existing file is truncated (its mode kept), or, with ``exclusive``, an error
+    (``FileExistsError``).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a small file in place, owner-only from its creation (a staging folder's
+    marker: not atomic, see ``atomic_write_bytes`` for that)."""
+    with os.fdopen(create_private(Path(path)), "wb") as f:
+        f.write(data)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (mode 0600) so that readers see the old file or the whole new one.
+
+    Folders it makes are owner-only (``make_private_dirs``); the temporary file is
+    created 0600 (``tempfile.mkstemp``), so the bytes are never readable by others.
+    """
+    path = Path(path)
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -117,12 +168,34 @@ def write_new_secret(path: Path, data: bytes) -> None:
     FileExistsError
         When ``path`` exists (a secret is never overwritten).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    make_private_dirs(path.parent)
+    fd = create_private(path, exclusive=True)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def copy_private_tree(root: Path, dest: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy a folder's tree byte for byte, every folder and file owner-only from its creation
+    (``shutil.copytree`` makes them with the umask's mode first); names matching ``skip``
+    (glob patterns) are left out, at any depth."""
+    ignore = shutil.ignore_patterns(*skip)
+    make_private_dirs(dest)
+    for folder, subfolders, names in os.walk(root):
+        here = Path(folder)
+        left_out = ignore(folder, [*subfolders, *names])
+        subfolders[:] = [d for d in subfolders if d not in left_out]
+        target = dest / here.relative_to(root)
+        make_private_dirs(target)
+        for name in names:
+            if name in left_out:
+                continue
+            with (
+                open(here / name, "rb") as src,
+                os.fdopen(create_private(target / name), "wb") as out,
+            ):
+                shutil.copyfileobj(src, out)
 
 
 @contextlib.contextmanager
@@ -233,7 +306,7 @@ class DataFiles:
     def makedirs(self, rel: str) -> None:
         """Make a folder (owner-only when local; object stores have none to make)."""
         if self.local is not None:
-            (self.local / rel).mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(self.local / rel)
         else:
             self.fs.makedirs(self._path(rel), exist_ok=True)
 
@@ -249,7 +322,7 @@ class DataFiles:
         source is removed)."""
         if self.local is not None:
             dest = self.local / rel
-            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(dest.parent)
             try:
                 os.replace(source, dest)
                 _fsync_dir(dest.parent)
@@ -368,7 +441,7 @@ class RowGroupWriter:
 
     def __init__(self, path: Path, schema: pa.Schema | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)
         fd, tmp = tempfile.mkstemp(
             prefix=f".{self.path.name[:100]}.", suffix=".tmp", dir=self.path.parent
         )
@@ -426,6 +499,12 @@ def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Tabl
     file = pq.ParquetFile(path)
     for i in range(file.metadata.num_row_groups):
         yield file.read_row_group(i, columns=columns)
+
+
+def read_row_group(path: str | Path, index: int, columns: list[str] | None = None) -> pd.DataFrame:
+    """Row group ``index`` of a Parquet file, as a frame (a cluster's worker reads its part of
+    a staged batch by path)."""
+    return pq.ParquetFile(path).read_row_group(index, columns=columns).to_pandas()
 
 
 def row_group_sizes(path: Path) -> list[int]:

@@ -31,6 +31,7 @@ from poisonguard.landing import (
     in_progress,
     is_source_name,
 )
+from poisonguard.store.files import create_private, make_private_dirs
 
 _CHUNK = 1 << 20
 
@@ -179,7 +180,7 @@ def snapshot(entry: Entry, folder: Path) -> tuple[Path, str]:
     OSError
         When the copy cannot be written (the store's disk, not the file).
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(folder)
     try:
         fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError as exc:
@@ -195,7 +196,7 @@ def snapshot(entry: Entry, folder: Path) -> tuple[Path, str]:
         if (before.st_size, before.st_mtime_ns) != (entry.size, entry.mtime_ns):
             raise Unsettled(entry.name)
         copied = 0
-        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        out = create_private(dest)
         try:
             while True:
                 try:

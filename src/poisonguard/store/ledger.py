@@ -27,10 +27,17 @@ from poisonguard.store.files import now
 
 #: The ledger schema this code reads and writes. A backend brings an older ledger
 #: to it in one transaction (``LedgerTransaction.upgrade``).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Where a batch's rows are counted (``LedgerTransaction.move_rows``).
 ROW_COUNTS = ("clean", "quarantined", "rejected")
+
+#: The kind of a file an erasure rewrote (``erasure``): listed, its bytes deleted.
+ERASED = "erased"
+#: The kind of a file a retention purge removed (``retention``): listed, its bytes deleted.
+PURGED = "purged"
+#: The kinds of files the ledger still lists whose bytes are gone on purpose.
+GONE = frozenset({ERASED, PURGED})
 
 #: The ``prev_hash`` of the audit chain's first entry.
 GENESIS = "0" * 64
@@ -178,7 +185,7 @@ class ReferenceVersion:
         Who made the version, why, and when (ISO 8601).
     sample : ReferenceSample or None
         Its sample (written with the version); None for a version an older
-        poisonguard wrote and the migration could not sample (``Store._migrate_to_4``).
+        poisonguard wrote and the migration could not sample (``Store._migrate_to_5``).
     """
 
     version: int
@@ -317,6 +324,13 @@ class LedgerTransaction(LedgerView, Protocol):
         """Mark a batch ``revoked``: every row of it counts as rejected, with ``reason``."""
         ...
 
+    def forget_rows(
+        self, batch_id: str, clean: int, quarantined: int, rejected: int, *, rows_in: int
+    ) -> None:
+        """Take erased rows out of a batch: ``rows_in`` fewer arrived, and each count of
+        ``ROW_COUNTS`` loses its share."""
+        ...
+
     def add_reviews(self, reviews: Sequence[Review]) -> None:
         """Record review decisions (one per batch and row)."""
         ...
@@ -329,6 +343,11 @@ class LedgerTransaction(LedgerView, Protocol):
         """Add rows to the blocklist; a hash already on it keeps its first entry."""
         ...
 
+    def unblock(self, row_hashes: Sequence[str]) -> None:
+        """Take these hashes off the blocklist (an erasure's rows; the migration that re-keys it
+        puts each row back under its keyed hash)."""
+        ...
+
     def remember(self, landed: Landed) -> None:
         """Remember a landing-folder name (replacing what was remembered of it)."""
         ...
@@ -337,8 +356,9 @@ class LedgerTransaction(LedgerView, Protocol):
         """Record a new reference version, its files in their order, and its sample."""
         ...
 
-    def set_sample(self, version: int, sample: ReferenceSample) -> None:
-        """Record the sample of a reference version written without one (a migration)."""
+    def set_sample(self, version: int, sample: ReferenceSample | None) -> None:
+        """Record the sample of a reference version written without one (a migration), or
+        drop a version's sample (None: an erasure took rows it held)."""
         ...
 
     def add_audit(self, entry: AuditEntry) -> None:
@@ -414,6 +434,14 @@ class Ledger(LedgerView, Protocol):
         StoreError
             At once, when another process holds it.
         """
+        ...
+
+    def compact(self) -> None:
+        """Rewrite the ledger's storage so that deleted records leave no bytes behind, as far
+        as the backend can promise (outside a transaction; an erasure's last step). SQLite:
+        ``VACUUM`` and an emptied write-ahead log. PostgreSQL: ``VACUUM (FULL)`` of the
+        tables an erasure changes; its write-ahead log, replicas and backups keep old row
+        versions until they age out (docs/privacy.md)."""
         ...
 
 

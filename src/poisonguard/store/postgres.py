@@ -391,6 +391,12 @@ class PostgresLedger(_Dialect, SqlRecords):
             yield _Transaction(db)
             self._write_lock().check_alive()
 
+    def compact(self) -> None:
+        # The tables an erasure deletes from or rewrites, each rewritten without dead row
+        # versions; MVCC's write-ahead log, replicas and backups are beyond reach.
+        with self.errors(), self.connect(autocommit=True) as db:
+            db.execute("VACUUM (FULL) batches, files, reviews, blocklist, landed")
+
     def _write_lock(self) -> AdvisoryLock:
         """The process's one write lock on this ledger."""
         key = advisory_key(self.schema, "write")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from poisonguard.errors import ReviewError, StoreError, shown
@@ -181,14 +182,19 @@ def add_reference(
     actor: str,
     note: str,
     without: str | None = None,
+    replaced: dict[str, FileRecord] | None = None,
     sampled: bool = True,
 ) -> ReferenceVersion:
     """Write the next reference version (the current one's files but those of batch
-    ``without``, then ``added``), its sample file (``samples.write_sample``; not when
+    ``without``, each file of ``replaced`` in its place by its new one, then ``added``), its
+    sample file (``samples.write_sample``; drawn afresh when files were replaced; not when
     ``sampled`` is False: a migration step before the ledger keeps samples) and its audit
     entry, inside the caller's transaction."""
     (current,) = tx.references() or (None,)
-    kept = [f for f in (current.files if current else ()) if f.batch_id != without]
+    swap = replaced or {}
+    kept = [
+        swap.get(f.path, f) for f in (current.files if current else ()) if f.batch_id != without
+    ]
     files = (*kept, *added)
     version = 1 if current is None else current.version + 1
     ref = ReferenceVersion(
@@ -287,7 +293,7 @@ def revoke(store: Store, batch_id: str, *, actor: str, note: str) -> Revocation:
                 "judged against; it cannot be revoked (seed a new store instead)"
             )
         files = [f for f in store.files("clean") if f.batch_id == batch_id]
-        clean = [store.read(f, ["pg_row", "pg_row_hash"]) for f in files]
+        clean = [store.read(f) for f in files]
         held = store.quarantine_frame(batch_id)
         done = set(store.reviews(batch_id)["pg_row"].astype(int))
         pending = held[~held["pg_row"].isin(done)] if len(held) else held
@@ -296,7 +302,19 @@ def revoke(store: Store, batch_id: str, *, actor: str, note: str) -> Revocation:
                 f"batch {batch_id}: the ledger counts {rec.rows_quarantined} rows awaiting "
                 f"review, its quarantine files {len(pending)}; run `poisonguard gate`"
             )
-        gone = pd.concat([*clean, pending.reindex(columns=["pg_row", "pg_row_hash"])])
+        parts = [p for p in (*clean, pending) if len(p)]
+        # From the rows' content under the store's key (see Store.commit_review), a file at a
+        # time: a frame's dtypes, which the canonical form follows, are its file's.
+        gone = pd.DataFrame(
+            {
+                "pg_row": np.concatenate(
+                    [np.zeros(0, np.int64)] + [p["pg_row"].to_numpy(dtype=np.int64) for p in parts]
+                ),
+                "pg_row_hash": np.concatenate(
+                    [np.zeros(0, object)] + [store.row_hashes(p) for p in parts]
+                ),
+            }
+        )
         return _record_revocation(store, rec, files, gone, pending, actor, note)
 
 

@@ -53,6 +53,11 @@ _REFERENCE_SCHEMA = (
 )
 
 # --------------------------------------------------------------------------- schema step 3 -> 4
+# Keyed row hashes (issue 13, item 3): no table changes; the store's data step re-keys the
+# blocklist (``Store._migrate_to_4``).
+_KEYED_HASHES_SCHEMA: tuple[str, ...] = ()
+
+# --------------------------------------------------------------------------- schema step 4 -> 5
 # The reference sample (issue 12, item 2): each version's sample file, the rows the
 # detectors are fitted on, with its hash, row count and the rule that drew it.
 _SAMPLE_SCHEMA = tuple(
@@ -71,7 +76,8 @@ _SAMPLE_SCHEMA = tuple(
 BASE_SCHEMA_VERSION = 2
 SCHEMA_STEPS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (3, _REFERENCE_SCHEMA),
-    (4, _SAMPLE_SCHEMA),
+    (4, _KEYED_HASHES_SCHEMA),
+    (5, _SAMPLE_SCHEMA),
 )
 
 _BATCH_COLUMNS = tuple(f.name for f in fields(BatchRecord))
@@ -257,6 +263,20 @@ class SqlTransaction(SqlRecords):
             batch_id,
         )
 
+    def forget_rows(
+        self, batch_id: str, clean: int, quarantined: int, rejected: int, *, rows_in: int
+    ) -> None:
+        self._run(
+            "UPDATE batches SET rows_in = rows_in - ?, rows_clean = rows_clean - ?, "
+            "rows_quarantined = rows_quarantined - ?, rows_rejected = rows_rejected - ? "
+            "WHERE batch_id = ?",
+            rows_in,
+            clean,
+            quarantined,
+            rejected,
+            batch_id,
+        )
+
     def add_reviews(self, reviews: Sequence[Review]) -> None:
         self._many(
             f"INSERT INTO reviews (batch_id, pg_row, action, actor, note, at) VALUES ({_marks(6)})",
@@ -274,6 +294,9 @@ class SqlTransaction(SqlRecords):
             "ON CONFLICT (row_hash) DO NOTHING",
             [(b.row_hash, b.batch_id, b.pg_row, b.actor, b.at) for b in entries],
         )
+
+    def unblock(self, row_hashes: Sequence[str]) -> None:
+        self._many("DELETE FROM blocklist WHERE row_hash = ?", [(h,) for h in row_hashes])
 
     def remember(self, landed: Landed) -> None:
         updates = ", ".join(f"{c} = excluded.{c}" for c in _LANDED_COLUMNS if c != "name")
@@ -301,11 +324,11 @@ class SqlTransaction(SqlRecords):
             [(ref.version, i, f.path) for i, f in enumerate(ref.files)],
         )
 
-    def set_sample(self, version: int, sample: ReferenceSample) -> None:
+    def set_sample(self, version: int, sample: ReferenceSample | None) -> None:
         sets = ", ".join(f"sample_{c} = ?" for c in _SAMPLE_FIELDS)
         self._run(
             f"UPDATE reference_versions SET {sets} WHERE version = ?",
-            *(getattr(sample, c) for c in _SAMPLE_FIELDS),
+            *(None if sample is None else getattr(sample, c) for c in _SAMPLE_FIELDS),
             version,
         )
 

@@ -17,6 +17,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 from poisonguard.errors import StoreError
+from poisonguard.store.files import create_private
 from poisonguard.store.ledger import GENESIS, SCHEMA_VERSION, AuditEntry, audit_moved, check_version
 from poisonguard.store.locking import lock_for, run_lock
 from poisonguard.store.sql import BASE_SCHEMA_VERSION, SCHEMA_STEPS, SqlRecords, SqlTransaction
@@ -132,6 +133,8 @@ class SqliteLedger(SqlRecords):
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # A deleted record's bytes are overwritten, whatever SQLite's build default (erasure).
+            db.execute("PRAGMA secure_delete=ON")
             yield db
         finally:
             db.close()
@@ -141,13 +144,14 @@ class SqliteLedger(SqlRecords):
 
     def create(self, version: int = SCHEMA_VERSION) -> None:
         check_version(version, BASE_SCHEMA_VERSION)
+        # Made owner-only before SQLite opens it; its -wal and -shm files take its mode.
+        os.close(create_private(self.path, exclusive=True))
         with self._db() as db:
             db.executescript(_SCHEMA)
             for to, statements in SCHEMA_STEPS:
                 for statement in statements if to <= version else ():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {version}")
-        os.chmod(self.path, 0o600)
 
     def schema_version(self) -> int:
         try:
@@ -183,10 +187,19 @@ class SqliteLedger(SqlRecords):
     def run_lock(self) -> contextlib.AbstractContextManager[None]:
         return run_lock(self.root / ".run.lock")
 
+    def compact(self) -> None:
+        # VACUUM rebuilds the file from the live records (no free pages, no free space in a
+        # page keeps a deleted record's bytes); the checkpoint moves it out of the
+        # write-ahead log, which TRUNCATE then empties.
+        with self._db() as db:
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def copy_to(self, root: Path) -> None:
         """A consistent snapshot of the ledger (SQLite's online backup, safe while a run
         writes) as the ledger of the store folder ``root``."""
         source = sqlite3.connect(self.path, timeout=30)
+        os.close(create_private(root / LEDGER_FILE))
         target = sqlite3.connect(root / LEDGER_FILE)
         try:
             source.backup(target)

@@ -38,13 +38,15 @@ from poisonguard.store.files import (
     DataFiles,
     RowGroupWriter,
     atomic_write_bytes,
+    make_private_dirs,
     parquet_columns,
     read_parquet,
     row_group_sizes,
     row_groups,
+    write_private,
     write_table,
 )
-from poisonguard.store.ledger import LedgerView
+from poisonguard.store.ledger import ERASED, LedgerView
 from poisonguard.store.locking import owner_alive, this_owner
 from poisonguard.store.samples import SAMPLES, is_sample_name
 
@@ -84,6 +86,11 @@ class Staged:
     def prior(self) -> pd.DataFrame:
         """The rows held before scoring: ``pg_row``, ``pg_stage``, ``pg_reason``."""
         return read_parquet(self.folder / STAGED_PRIOR)
+
+    @property
+    def rows_file(self) -> Path:
+        """The staged rows' Parquet file (a row group per chunk on the chunked path)."""
+        return self.folder / STAGED_ROWS
 
     def columns(self) -> list[str]:
         """The staged rows' column names."""
@@ -217,8 +224,8 @@ def read_evidence(folder: Path) -> tuple[bytes, str] | None:
 def staging_dir(root: Path, name: str) -> Path:
     """``staging/<name>/`` of the store at ``root``, marked as this process's (see ``recover``)."""
     path = root / "staging" / name
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (path / ".owner").write_text(this_owner())
+    make_private_dirs(path)
+    write_private(path / ".owner", this_owner().encode())
     return path
 
 
@@ -246,7 +253,8 @@ def recover(
     process id) and ends by removing it after the ledger transaction. A
     staging folder whose owner is gone marks a commit that may have been cut
     short: its files are removed unless the ledger lists them. Temporary files
-    of interrupted atomic writes go too. Files nobody wrote through
+    of interrupted atomic writes go too, and files the ledger lists as erased
+    (an erasure cut short after its commit). Files nobody wrote through
     poisonguard are left for the gate to report.
 
     A folder another host owns is taken only with ``other_hosts``: its process
@@ -260,6 +268,11 @@ def recover(
         The files and folders removed (local paths, or URLs).
     """
     removed: list[Path | str] = []
+    # An erasure that died after its commit: the files it rewrote must not outlive it.
+    for erased in ledger.files(ERASED):
+        if data.exists(erased.path):
+            data.remove(erased.path)
+            removed.append(data.where(erased.path))
     markers = []
     for marker in sorted((root / "staging").iterdir()):
         alive = _owner_alive(marker)
@@ -286,7 +299,8 @@ def recover(
                 data.remove(rel)
                 removed.append(data.where(rel))
         rejected = f"rejected/{name}"
-        if name not in batches and data.exists(rejected):
+        listed = any(path.startswith(f"{rejected}/") for path in known)  # an erasure's
+        if name not in batches and not listed and data.exists(rejected):
             data.remove_tree(rejected)
             removed.append(data.where(rejected))
         shutil.rmtree(marker) if marker.is_dir() else marker.unlink()
