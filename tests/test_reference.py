@@ -419,7 +419,7 @@ def test_a_version_2_ledger_is_migrated_with_its_seed_as_reference_version_1(dem
     assert len(gate(config)) == len(trusted) + 50
 
     open_store(config)
-    assert len(store.audit_log()) == 6  # the five, and the gate's entry: no second migration
+    assert len(store.audit_log()) == 7  # the six, and the gate's entry: no second migration
     assert _land(config, "b1.parquet", clean.iloc[50:150]).reference_version == 1
 
 
