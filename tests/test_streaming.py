@@ -241,7 +241,13 @@ def test_a_chunked_batch_streams_into_an_object_store_data_location(
     memory = fsspec.filesystem("memory")
     for path in (root / "store").rglob("*"):
         rel = path.relative_to(root / "store")
-        if path.is_file() and rel.parts[0] in ("clean", "quarantine", "rejected", "anchor.json"):
+        if path.is_file() and rel.parts[0] in (
+            "clean",
+            "quarantine",
+            "rejected",
+            "reference",
+            "anchor.json",
+        ):
             memory.pipe_file(f"{url.removeprefix('memory://')}/{rel.as_posix()}", path.read_bytes())
             path.unlink()
     with open(root / "poisonguard.toml", "a") as f:
