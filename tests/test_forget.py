@@ -551,3 +551,35 @@ def test_an_erasure_after_a_retention_purge_skips_the_purged_files_and_the_gate_
     assert main(["gate", "--config", _config(project)]) == 0
     store.purge(settings, actor="ops", now=later + timedelta(days=30))
     assert main(["gate", "--config", _config(project)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("customer 12 asked", True),
+        ("ids 1012 and 120, hash a12f, batch-0012", False),
+        ('{"note": "12"}', True),
+        ("mail ana@mail.example then", True),
+        ("mail xana@mail.example then", False),
+    ],
+)
+def test_a_value_is_found_in_text_only_as_a_whole_token(text, found):
+    """Residues and reports are searched for a value as a whole token: a short id such as 12
+    is not found inside 1012 or a hash (a user erasing id 12 was told every audit
+    entry still held it, and every report was deleted)."""
+    from poisonguard.store.erasure import holds
+
+    assert holds(text, ["12", "ana@mail.example"]) is found
+
+
+def test_a_short_id_leaves_no_false_residues(project, capsys):
+    """Erasing a subject whose id is a short number names no audit entry or record as still
+    holding it merely because the digits occur inside hashes, times or longer ids."""
+    config = load_config(project / "poisonguard.toml")
+    store = open_store(config)
+    seed = store.read(store.files("clean")[0])
+    short = int(seed["customer_id"].iloc[0])
+    assert short < 10_000  # people() numbers customers from 1000
+    done = pipeline.forget(config, subject_of("customer_id", [str(short)]), actor="dpo")
+    assert done.rows == 1
+    assert done.residues == ()

@@ -32,11 +32,12 @@ import contextlib
 import gzip
 import hashlib
 import io
+import json
 import re
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -176,7 +177,7 @@ def forget(
     if not actor:
         raise ReviewError("erasing a subject needs the name of who asks (--by NAME)")
     for column, value in subject.values():
-        if value in note or value in actor:
+        if holds(note, [value]) or holds(actor, [value]):
             raise ReviewError(
                 f"the note or name holds the {shown(column)} value being erased; the audit "
                 "log keeps both for good: leave the value out"
@@ -442,15 +443,42 @@ def _new_reference(
     )
 
 
+def holds(text: str, values: list[str]) -> bool:
+    """Whether ``text`` writes one of ``values`` as a whole token: not inside a longer run of
+    letters and digits, so an id ``12`` is not found in ``1012``, a hash or a timestamp."""
+    return any(
+        re.search(rf"(?<![0-9A-Za-z]){re.escape(v)}(?![0-9A-Za-z])", text) for v in values if v
+    )
+
+
+def _text_leaves(detail: str) -> list[str]:
+    """The strings of an audit entry's JSON detail (its numbers are counts and row numbers the
+    store wrote, never a cell); the detail whole when it is not JSON."""
+    try:
+        stack: list[Any] = [json.loads(detail)]
+    except ValueError:
+        return [detail]
+    out = []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str):
+            out.append(item)
+    return out
+
+
 def _drop_reports(store: Store, subject: Subject, batches: set[str]) -> tuple[str, ...]:
     """Delete the affected batches' reports, and any report holding one of the subject's values."""
-    values = [v.encode() for _, v in subject.values()]
+    values = [v for _, v in subject.values()]
     removed = []
     for path in sorted(store.reports_dir.rglob("*")):
         if not path.is_file():
             continue
         stem = path.name.removesuffix(".html").removesuffix(".json")
-        if stem in batches or any(v in path.read_bytes() for v in values):
+        if stem in batches or holds(path.read_bytes().decode(errors="replace"), values):
             path.unlink()
             removed.append(path.relative_to(store.root).as_posix())
     return tuple(removed)
@@ -469,7 +497,7 @@ def _residues(store: Store, subject: Subject) -> list[str]:
     found = []
 
     def check(where: str, *texts: object) -> None:
-        if any(v in str(t) for t in texts if t is not None for v in values):
+        if any(holds(str(t), values) for t in texts if t is not None):
             found.append(where)
 
     for b in store.batches():
@@ -481,7 +509,7 @@ def _residues(store: Store, subject: Subject) -> list[str]:
     for r in store.ledger.reviews():
         check(f"the review of row {r.pg_row} of batch {r.batch_id} (its note)", r.note, r.actor)
     for e in store.audit_log():
-        check(f"audit entry {e['seq']} ({e['action']})", e["detail"], e["actor"])
+        check(f"audit entry {e['seq']} ({e['action']})", *_text_leaves(e["detail"]), e["actor"])
     for f in store.files("rejected"):
         if f.path.endswith(f"/{_REASON}"):
             check(f"{f.path}", store.data.read_text(f.path))
