@@ -303,7 +303,7 @@ def test_no_personal_value_is_shown_in_reports_artifacts_logs_or_review(project:
 
     secrets = _personal_values(batch)
     assert "secret.person3@private-mail.example" in secrets
-    data_dirs = {"clean", "quarantine", "rejected", "staging"}
+    data_dirs = {"clean", "quarantine", "rejected", "staging", "reference"}
     checked = 0
     for path in project.rglob("*"):
         if not path.is_file() or path.parent == project / "landing" or path.suffix == ".csv":
