@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from poisonguard.canary import canary_folds, split_canary
+from poisonguard.canary import canary_folds, run_canary, split_canary
 from poisonguard.cli import main
 from poisonguard.config import load_config
 from poisonguard.demo import LABEL, digits_frame
@@ -261,3 +261,48 @@ def test_a_required_canary_needs_a_label(tmp_path):
     path.write_text('[dataset]\nexpectations = "suite.json"\n[gate]\ncanary = true\n')
     with pytest.raises(ConfigError, match=r"pg\.toml: gate\.canary = true needs dataset\.label"):
         load_config(path)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_labels_no_model_can_learn_leave_the_canary_unable_to_judge(tmp_path, task):
+    """Labels drawn apart from every feature: the reference's own models do no better than
+    the commonest class (or the mean target), so the canary does not judge, whatever fold
+    each row falls in, where a model of noise would fail a clean batch by chance; the same
+    features with a label they decide are judged and pass."""
+    rng = np.random.default_rng(5)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "row_id": np.arange(n),
+            "a": rng.normal(size=n),
+            "b": rng.normal(size=n),
+            "plan": rng.choice(["basic", "plus", "pro"], n),
+        }
+    )
+    noise = (
+        rng.choice(["yes", "no"], n, p=[0.6, 0.4])
+        if task == "classification"
+        else (rng.normal(size=n))
+    )
+    learnt = (
+        np.where(frame["a"] > 0, "yes", "no")
+        if task == "classification"
+        else (3 * frame["a"] + rng.normal(scale=0.1, size=n))
+    )
+    for target, judged in ((noise, False), (learnt, True)):
+        table = frame.assign(target=target)
+        project = tmp_path / str(judged)
+        project.mkdir()
+        table.iloc[:300].to_parquet(project / "trusted.parquet", index=False)
+        init_dataset(
+            project / "trusted.parquet", label="target", id_column="row_id", directory=project
+        )
+        config = load_config(project / "poisonguard.toml")
+        for key in range(3):  # other row hashes, so other folds
+            reference = table.iloc[:300].assign(pg_row_hash=[f"{key}-{i}" for i in range(300)])
+            batch = table.iloc[300:].assign(pg_row_hash=[f"{key}-{i}" for i in range(300, n)])
+            result = run_canary(reference, pd.concat([reference, batch]), config)
+            assert result.judged is judged, result.unable
+            assert not result.reasons
+            if not judged:
+                assert "own models predict its " in str(result.unable)

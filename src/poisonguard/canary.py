@@ -26,6 +26,11 @@ and canary rows share the reference's sample: the margins, not the test, absorb
 a clean batch that moves a coarse model's threshold (``benchmarks/canary.py``).
 Canary rows are clean reference rows, so a backdoor (a trigger no canary row
 carries) does not show here; the detectors are the defence against it.
+
+A canary needs labels a model can learn. When the reference's own models do no
+better on the canary rows than always answering the commonest class (by the same
+level), or no better than the mean target (R^2 at most 0), the canary cannot
+judge: any training set moves a model of noise by chance, class against class.
 """
 
 from __future__ import annotations
@@ -356,6 +361,14 @@ def run_canary(reference: pd.DataFrame, training: pd.DataFrame, config: Config) 
                     table.x32[rows], np.asarray(table.y)[rows], ref_t.x32[split.canary]
                 )
     ref_right, train_right = ref_pred == truth, train_pred == truth
+    commonest = float(np.bincount(truth).max() / truth.size)
+    if stats.binom.sf(ref_right.sum() - 1, truth.size, commonest) > settings.canary_level:
+        return _unable(
+            f"the reference's own models predict its labels no better than its commonest "
+            f"class (accuracy {ref_right.mean():.3f} against {commonest:.3f} on {truth.size} "
+            "canary rows)",
+            start,
+        )
     present = [c for c in range(len(encoder.classes_)) if (truth == c).any()]
     level = settings.canary_level / (1 + len(present))
     reasons = []
@@ -454,6 +467,12 @@ def _judge_target(
                     model.predict(ref_t.x32[split.canary]) - y[split.canary]
                 ) ** 2
     r2_ref, r2_train = (1.0 - float(e.sum()) / spread for e in errors)
+    if r2_ref <= 0.0:
+        return _unable(
+            f"the reference's own models predict its targets no better than their mean "
+            f"(R^2 {r2_ref:.3f} on {y.size} canary rows)",
+            start,
+        )
     diff = errors[1] - errors[0]
     p = 1.0
     if np.ptp(diff) > 0:
