@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from poisonguard.detectors._common import TIE_JITTER, tie_break
 from poisonguard.detectors._kernels import (
     _assign_cells,
     _best_cells,
@@ -710,3 +711,22 @@ def test_rank_left_matches_searchsorted(a, x):
     """Ranks equal numpy's searchsorted(side='left'), ties, infinities and NaN included."""
     a = np.sort(a)
     np.testing.assert_array_equal(_rank_left(a, x), np.searchsorted(a, x, side="left"))
+
+
+def test_tie_break_is_a_rows_own_and_uniform_below_the_jitter():
+    """The jitter is the fractional part of a fixed projection of the row (0 for a row with
+    a missing or infinite cell): the same for a row alone, in any slice or in the batch, and
+    spread over [0, TIE_JITTER)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5000, 7)).astype(np.float32)
+    X[3, 2], X[4, 0] = np.nan, np.inf
+    jitter = tie_break(X)
+    w = np.random.default_rng(0x5EED).uniform(1e3, 1e4, size=7)
+    z = (X.astype(np.float64) * w).sum(axis=1)
+    expected = np.where(np.isfinite(z), np.mod(np.nan_to_num(z, posinf=0.0), 1.0), 0.0)
+    np.testing.assert_allclose(jitter / TIE_JITTER, expected, atol=1e-6)
+    assert jitter[3] == jitter[4] == 0.0
+    assert np.array_equal(tie_break(X[100:110]), jitter[100:110])
+    assert tie_break(X[[42]])[0] == jitter[42]
+    assert (jitter >= 0).all() and (jitter < TIE_JITTER).all()
+    assert np.histogram(jitter, bins=10, range=(0, TIE_JITTER))[0].min() > 400

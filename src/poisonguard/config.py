@@ -70,7 +70,7 @@ import re
 import tomllib
 import urllib.parse
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,18 @@ _LEDGER_SCHEMES = ("postgresql", "postgres")
 
 # Columns of a suite listed in a message before "...".
 _MAX_COLUMNS_SHOWN = 10
+
+
+def _setting_error(owner: str, key_prefix: str | None) -> Callable[[str, str, Any], ConfigError]:
+    """How a settings class names a bad value: by its parameter, or by its config key
+    (``key_prefix``, e.g. ``"FILE: gate"``) when read from a file."""
+    from poisonguard.errors import param_error
+
+    def bad(name: str, rule: str, value: Any) -> ConfigError:
+        error = param_error(name, owner, rule, value)
+        return error if key_prefix is None else error.at_key(f"{key_prefix}.{name}")
+
+    return bad
 
 
 @dataclass(frozen=True)
@@ -201,11 +213,8 @@ class DetectionSettings:
         by the detector's own ``from_params``, the same check that builds it.
         """
         from poisonguard.detectors import REGISTRY
-        from poisonguard.errors import param_error
 
-        def bad(name: str, rule: str, value: Any) -> ConfigError:
-            error = param_error(name, owner, rule, value)
-            return error if key_prefix is None else error.at_key(f"{key_prefix}.{name}")
+        bad = _setting_error(owner, key_prefix)
 
         if not 0.0 < self.fdr < 1.0:
             raise bad("fdr", "in (0, 1)", self.fdr)
@@ -440,11 +449,7 @@ class GateSettings:
     ) -> GateSettings:
         """Return self after checking every value, or raise ConfigError naming the bad one
         (the config key with ``key_prefix``, e.g. ``"FILE: gate"``)."""
-        from poisonguard.errors import param_error
-
-        def bad(name: str, rule: str, value: Any) -> ConfigError:
-            error = param_error(name, owner, rule, value)
-            return error if key_prefix is None else error.at_key(f"{key_prefix}.{name}")
+        bad = _setting_error(owner, key_prefix)
 
         if self.canary not in (None, True, False):
             raise bad("canary", "true, false or left out", self.canary)
@@ -500,11 +505,7 @@ class RetentionSettings:
     ) -> RetentionSettings:
         """Return self after checking every value, or raise ConfigError naming the bad one
         (the config key with ``key_prefix``, e.g. ``"FILE: retention"``)."""
-        from poisonguard.errors import param_error
-
-        def bad(name: str, rule: str, value: Any) -> ConfigError:
-            error = param_error(name, owner, rule, value)
-            return error if key_prefix is None else error.at_key(f"{key_prefix}.{name}")
+        bad = _setting_error(owner, key_prefix)
 
         for name in ("quarantine_days", "rejected_days"):
             days = getattr(self, name)

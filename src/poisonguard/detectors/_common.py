@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from poisonguard.detectors._kernels import _row_fraction
 from poisonguard.detectors.base import Table
 from poisonguard.errors import BatchError, ConfigError, ParamError, param_error
 
@@ -401,16 +402,10 @@ def tie_break(X: np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (n_rows,), float64
     """
-    d = X.shape[1]
     # Fixed pseudo-random weights: the fractional part of a large random
-    # projection is close to uniform and costs one matrix-vector product.
-    w = np.random.default_rng(0x5EED).uniform(1e3, 1e4, size=d)
-    with np.errstate(all="ignore"):
-        # A sum per row, not a matrix product: BLAS rounds a row's product differently
-        # with the number of rows, and a row must get its jitter alone, in a chunk or in
-        # its batch (a jitter-sized score sits in a tail fitted to jitters).
-        z = np.nan_to_num((X.astype(np.float64) * w).sum(axis=1), nan=0.0, posinf=0.0, neginf=0.0)
-    return np.mod(z, 1.0) * TIE_JITTER
+    # projection is close to uniform and costs one pass over the rows.
+    w = np.asarray(np.random.default_rng(0x5EED).uniform(1e3, 1e4, size=X.shape[1]))
+    return _row_fraction(np.ascontiguousarray(X), w) * TIE_JITTER
 
 
 def subsample(n_rows: int, max_rows: int, labels: np.ndarray | None, seed: int, min_per_class: int):

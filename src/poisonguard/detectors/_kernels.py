@@ -1207,3 +1207,18 @@ def _beta_binomial_log_tail(
                 lp += math.log((m - x) * (x + ai)) - math.log((x + 1) * (m - x - 1 + bi))
         out[i] = min(top + math.log(acc), 0.0)
     return out
+
+
+@njit(cache=True, parallel=True)
+def _row_fraction(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The fractional part of each row's ``sum(X[i] * w)`` in float64, summed in column
+    order (so a row gets the same value alone, in a chunk or in its batch); 0 where the
+    sum is not finite."""
+    n, d = X.shape
+    out = np.empty(n)
+    for i in prange(n):
+        z = 0.0
+        for f in range(d):
+            z += np.float64(X[i, f]) * w[f]
+        out[i] = z - np.floor(z) if np.isfinite(z) else 0.0
+    return out
