@@ -115,7 +115,7 @@ def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}): {err[-2000:]}")
-    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "stdout": out}
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "stdout": out, "stderr": err}
 
 
 def poisonguard(*args: str) -> list[str]:
@@ -179,6 +179,8 @@ def big(
             shutil.copy(batch, landed)
             _arrived_earlier(landed)
             pg = measured(poisonguard("run", "--local", "--config", str(config)))
+            progress(f"{kind} {rows:,} rows: poisonguard gate")
+            gated = measured(poisonguard("gate", "--config", str(config)))
             progress(f"{kind} {rows:,} rows: IsolationForest")
             trees = (
                 measured([sys.executable, "-c", IFOREST, str(root / "trusted.parquet"), str(batch)])
@@ -194,6 +196,9 @@ def big(
                     "poisonguard_peak_mb": pg["peak_mb"],
                     "iforest_s": trees["seconds"],
                     "iforest_peak_mb": trees["peak_mb"],
+                    "gate_s": gated["seconds"],
+                    "gate_peak_mb": gated["peak_mb"],
+                    "gate_says": (gated["stdout"] + gated["stderr"]).strip()[:300],
                     "execution": dict(execution or {}),
                 }
             )
@@ -379,6 +384,8 @@ def report(records: list[dict[str, Any]], fixed: dict | None, many: dict | None)
                 f"{r['rows'] / r['iforest_s']:,.0f}",
                 f"{r['iforest_peak_mb']:,.0f}",
                 fmt(ratio(r["iforest_s"], r["poisonguard_s"]), 2),
+                fmt(r.get("gate_s", float("nan")), 1),
+                f"{r.get('gate_peak_mb', float('nan')):,.0f}",
             ]
         )
     if rows:
@@ -396,6 +403,8 @@ def report(records: list[dict[str, Any]], fixed: dict | None, many: dict | None)
                     "IF rows/s",
                     "IF peak MB",
                     "IF/pg speed",
+                    "gate s",
+                    "gate peak MB",
                 ],
                 rows,
             )

@@ -18,6 +18,7 @@ from poisonguard.gate import check, gate
 from poisonguard.initialize import init_dataset
 from poisonguard.pipeline import process_landing
 from poisonguard.review import review
+from poisonguard.sampling import draw_sample, sample_rule
 from poisonguard.sources import source_states
 from poisonguard.store import open_store
 
@@ -306,3 +307,39 @@ def test_labels_no_model_can_learn_leave_the_canary_unable_to_judge(tmp_path, ta
             assert not result.reasons
             if not judged:
                 assert "own models predict its " in str(result.unable)
+
+
+@pytest.mark.parametrize("flip_threes", [False, True])
+def test_past_canary_rows_the_training_set_is_a_keyed_sample(demo_project, flip_threes):
+    """``canary_rows`` below the training set's size: its models train on a sample of at most
+    that many rows, the one ``draw_sample`` takes of every row at once under the store's key
+    (folded file by file), the same on every run; the manifest records how many rows the
+    training set holds; a clean store passes and flipped 3s still fail class 3."""
+    config = _digits_store(demo_project, flip_threes=flip_threes)
+    text = config.path.read_text()
+    assert "canary_rows = 100000" in text
+    config.path.write_text(text.replace("canary_rows = 100000", "canary_rows = 600", 1))
+    config = load_config(config.path)
+    store = open_store(config)
+    files = tuple(store.files("clean"))
+    total = sum(f.rows for f in files)
+    assert len(files) > 1 and total > 1500
+    rule = sample_rule(600, LABEL, "classification")
+    sample, read = store.training_sample(files, rule)
+    every = pd.concat([store.read_verified(f) for f in files], ignore_index=True)
+    whole = draw_sample(every, rule, store.sample_key())
+    assert read == total and len(sample) == len(whole) <= 600
+    assert sample["pg_row_hash"].tolist() == whole["pg_row_hash"].tolist()
+    shares = sample[LABEL].value_counts(normalize=True)
+    assert (abs(shares - every[LABEL].value_counts(normalize=True)) < 0.05).all()
+
+    report = check(config)
+    record = report.manifest["canary"]
+    assert record["run"] and record["training_set_rows"] == total
+    # Each fold's training set: the sample less that fold's canary rows.
+    assert 400 < record["training_rows"] < 600
+    assert _figures(check(config).manifest) == _figures(report.manifest)
+    if flip_threes:
+        assert any(r.startswith("canary: class '3': accuracy on ") for r in report.reasons)
+    else:
+        assert report.ok, report.reasons

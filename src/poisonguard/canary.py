@@ -1,7 +1,8 @@
 """The pre-training canary: does the training set teach a worse model than the reference?
 
 The detectors judge rows; the canary judges what the rows do to a model. The
-pinned reference's rows are split into ``gate.canary_folds`` folds by each
+gate gives it the pinned reference's sample and a sample of the training set past
+``gate.canary_rows`` (README, "The canary"). The reference's rows are split into ``gate.canary_folds`` folds by each
 row's content hash, so that a row always falls in the same fold. Each fold in
 turn is the *canary*: one quick model is trained on the other reference rows,
 another on the candidate training set (what ``gate()`` returns) less every row

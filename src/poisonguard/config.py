@@ -35,6 +35,7 @@ Example (every key but ``dataset.label`` and ``dataset.expectations`` has a defa
     canary_class_margin = 0.1      # ... or one class's accuracy drops more than this ...
     canary_r2_margin = 0.02        # ... or, for a regression target, R^2 drops more than this,
     canary_level = 0.01            # and the drop is significant at this level
+    canary_rows = 100000           # the training set's models train on a keyed sample past this
 
     [sources]
     alarm_level = 0.001            # a landing source alarms at e-value 1 / alarm_level
@@ -113,6 +114,7 @@ DEFAULT_CANARY_MARGIN = 0.03
 DEFAULT_CANARY_CLASS_MARGIN = 0.1
 DEFAULT_CANARY_R2_MARGIN = 0.02
 DEFAULT_CANARY_LEVEL = 0.01
+DEFAULT_CANARY_ROWS = 100_000
 
 #: Columns with this prefix are poisonguard's own bookkeeping; input batches may not use it.
 RESERVED_PREFIX = "pg_"
@@ -435,6 +437,10 @@ class GateSettings:
         worse than the reference's at this level, in (0, 1), split (Bonferroni)
         over the overall figure and the classes (the noise of which rows are
         canaries; the margins absorb the noise of which rows a clean batch brought).
+    canary_rows : int
+        The training set's models train on at most this many of its rows: past it, a
+        keyed sample (each class keeps its share), read file by file, so the gate's
+        memory and time do not grow with the training set's history (at least 100).
     """
 
     canary: bool | None = None
@@ -443,6 +449,7 @@ class GateSettings:
     canary_class_margin: float = DEFAULT_CANARY_CLASS_MARGIN
     canary_r2_margin: float = DEFAULT_CANARY_R2_MARGIN
     canary_level: float = DEFAULT_CANARY_LEVEL
+    canary_rows: int = DEFAULT_CANARY_ROWS
 
     def validated(
         self, owner: str = "the gate settings", key_prefix: str | None = None
@@ -461,6 +468,9 @@ class GateSettings:
                 raise bad(name, "in [0, 1)", getattr(self, name))
         if not 0.0 < self.canary_level < 1.0:
             raise bad("canary_level", "in (0, 1)", self.canary_level)
+        rows = self.canary_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 100:
+            raise bad("canary_rows", "an int >= 100", rows)
         return self
 
 
@@ -590,6 +600,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "canary_class_margin": (float, int),
         "canary_r2_margin": (float, int),
         "canary_level": (float, int),
+        "canary_rows": int,
     },
     "sources": {"alarm_level": (float, int), "slack": (float, int)},
     "schedule": {"cron": str, "timezone": str},
@@ -743,6 +754,7 @@ def load_config(path: str | Path) -> Config:
         canary_class_margin=float(gate.get("canary_class_margin", DEFAULT_CANARY_CLASS_MARGIN)),
         canary_r2_margin=float(gate.get("canary_r2_margin", DEFAULT_CANARY_R2_MARGIN)),
         canary_level=float(gate.get("canary_level", DEFAULT_CANARY_LEVEL)),
+        canary_rows=gate.get("canary_rows", DEFAULT_CANARY_ROWS),
     ).validated(key_prefix=f"{path}: gate")
     if gate_settings.canary and "label" not in ds:
         raise ConfigError(
@@ -1055,6 +1067,7 @@ def render_config(
         f"canary_class_margin = {DEFAULT_CANARY_CLASS_MARGIN}  # accuracy points, per class",
         f"canary_r2_margin = {DEFAULT_CANARY_R2_MARGIN}     # R^2 points, for a regression target",
         f"canary_level = {DEFAULT_CANARY_LEVEL}        # a drop counts when significant at this level",
+        f"canary_rows = {DEFAULT_CANARY_ROWS}     # the training set's models train on a sample past this",
         "",
         "[sources]            # a sequential test per landing source (docs/decision.md)",
         f"alarm_level = {SourceTest.alarm_level}   # alarm at e-value 1 / alarm_level",

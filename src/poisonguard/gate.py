@@ -42,12 +42,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from poisonguard.canary import CanaryResult, run_canary
 from poisonguard.config import RESERVED_PREFIX, Config, suite_columns
 from poisonguard.errors import ConfigError, GateError, PoisonguardError, StoreError
 from poisonguard.review import awaiting_review
+from poisonguard.sampling import rule_for, sample_rule
 from poisonguard.sources import POOLED, alarms, source_states
 from poisonguard.store import (
     ERASED,
@@ -193,25 +195,31 @@ def _canary(
 ) -> tuple[CanaryResult | None, dict[str, Any]]:
     """Run the canary on the verified bytes of the training set and the reference.
 
-    Returns the result (None when it did not run) and what the manifest records.
-    A canary that fails to run at all is a result whose reason says why.
+    The reference's side is the pinned version's sample (the rows the detectors are
+    fitted on); the training set's side is at most ``gate.canary_rows`` of its rows,
+    drawn the same way under the store's key (each class keeps its share), read file
+    by file: neither grows with the store's history. Returns the result (None when it
+    did not run) and what the manifest records. A canary that fails to run at all is
+    a result whose reason says why.
     """
     if mode is False:
         return None, {"run": False, "note": "off (gate.canary = false, or --no-canary)"}
     if not checked:
         return None, {"run": False, "note": "not run: the store failed the checks above"}
+    total = 0
     try:
-        frames = {f.path: store.read_verified(f) for f in files}
-        refs = () if current is None else current.files
-        reference = pd.concat(
-            [frames[f.path] if f.path in frames else store.read_verified(f) for f in refs]
-            or [pd.DataFrame()],
-            ignore_index=True,
-        )
-        result = run_canary(reference, pd.concat(list(frames.values()), ignore_index=True), config)
+        rule = rule_for(config)
+        reference = pd.DataFrame() if current is None else store.sample_frame(current, rule)
+        task = rule.resolved(reference).task
+        drawn = sample_rule(config.gate.canary_rows, rule.label, task)
+        training, total = store.training_sample(files, drawn)
+        result = run_canary(reference, training, config)
     except (PoisonguardError, OSError, ValueError) as exc:
         result = CanaryResult.without_figures(reasons=(f"canary: could not run ({exc})",))
-    return result, result.as_dict()
+    record = result.as_dict()
+    if record["run"]:
+        record["training_set_rows"] = total
+    return result, record
 
 
 def _head_or_none(store: Store) -> dict[str, Any] | None:
@@ -505,23 +513,52 @@ def _training_set(store: Store, config: Config) -> list[str]:
             f"{config.expectations.name} expects {_few(expected)}"
         )
     if config.id_column is not None and first is not None and config.id_column in first[1]:
-        seen: Counter[str] = Counter()
-        where: dict[str, str] = {}
-        for f in files:
-            try:
-                ids = store.read(f, columns=[config.id_column])[config.id_column]
-            except (OSError, ValueError, KeyError):
-                continue
-            for value in ids.astype("string").tolist():
-                seen[value] += 1
-                where.setdefault(value, f.path)
-        twice = [v for v, k in seen.items() if k > 1]
-        if twice:
-            reasons.append(
-                f"{len(twice)} ids appear more than once in the training set, e.g. "
-                f"{config.id_column} = {twice[0]} (first in {where[twice[0]]}); ids must be unique"
-            )
+        reasons += _repeated_ids(store, files, config.id_column)
     return reasons
+
+
+def _repeated_ids(store: Store, files: list[FileRecord], column: str) -> list[str]:
+    """A reason when an id is in the training set more than once, naming one by its keyed
+    hash (the id itself is personal data, and the reason is kept).
+
+    Counted over 64-bit digests of the ids (8 bytes a row, not a Python string), file by
+    file; only the ids whose digest repeats are then read as values and compared, so a
+    digest collision cannot make a false alarm.
+    """
+
+    def ids_of(record: FileRecord) -> pd.Series | None:
+        try:
+            return store.read(record, columns=[column])[column].astype("string")
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def digests(ids: pd.Series) -> np.ndarray:
+        return pd.util.hash_pandas_object(ids, index=False).to_numpy()
+
+    parts = [digests(ids) for f in files if (ids := ids_of(f)) is not None]
+    if not parts:
+        return []
+    values, counts = np.unique(np.concatenate(parts), return_counts=True)
+    suspects = values[counts > 1]
+    if suspects.size == 0:
+        return []
+    seen: Counter[str] = Counter()
+    where: dict[str, str] = {}
+    for f in files:
+        ids = ids_of(f)
+        if ids is None:
+            continue
+        for value in ids[np.isin(digests(ids), suspects)].tolist():
+            seen[str(value)] += 1
+            where.setdefault(str(value), f.path)
+    twice = [v for v, k in seen.items() if k > 1]
+    if not twice:
+        return []
+    keyed = store.value_hashes(pd.Series([twice[0]], dtype="string"))[0]
+    return [
+        f"{len(twice)} ids appear more than once in the training set, e.g. {column} with "
+        f"keyed id {keyed} (first in {where[twice[0]]}); ids must be unique"
+    ]
 
 
 def _few(columns: list[str], limit: int = 8) -> str:

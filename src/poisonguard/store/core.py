@@ -88,7 +88,14 @@ from poisonguard.store.ledger import (
     file_records,
 )
 from poisonguard.store.revisions import Revocation
-from poisonguard.store.samples import SAMPLES, draw_afresh, drawn_by, read_sample, write_sample
+from poisonguard.store.samples import (
+    SAMPLES,
+    draw_afresh,
+    drawn_by,
+    read_sample,
+    sample_files,
+    write_sample,
+)
 from poisonguard.store.schema import data_columns, row_hash_key, row_hashes
 from poisonguard.store.sqlite import LEDGER_FILE, SqliteLedger
 from poisonguard.store.staging import disown, recover, staging_dir
@@ -704,6 +711,13 @@ class Store:
     def read_verified(self, record: FileRecord) -> pd.DataFrame:
         """A table's rows, read from bytes whose SHA-256 is the ledger's (``read_verified``)."""
         return read_verified(self.data, record)
+
+    def training_sample(
+        self, files: tuple[FileRecord, ...], rule: SampleRule
+    ) -> tuple[pd.DataFrame, int]:
+        """At most ``rule.limit`` rows of ``files``, the sample a resolved ``rule`` draws under
+        the store's key, and how many rows the files hold (``samples.sample_files``)."""
+        return sample_files(self, files, rule)
 
     def verify_files(self) -> list[str]:
         """Every listed file is there as written; nothing else sits among them.
@@ -1354,8 +1368,19 @@ def read_verified(data: DataFiles | str | Path, record: FileRecord) -> pd.DataFr
         When the file's bytes are not those the ledger recorded (it changed
         after the gate checked it).
     """
+    return table_from_bytes(verified_bytes(data, record))
+
+
+def verified_bytes(data: DataFiles | str | Path, record: FileRecord) -> bytes:
+    """A file's bytes, checked against the SHA-256 the ledger recorded (``read_verified``).
+
+    Raises
+    ------
+    GateError
+        When they are not those the ledger recorded.
+    """
     files = data if isinstance(data, DataFiles) else DataFiles(data)
     content = files.read_bytes(record.path)
     if hashlib.sha256(content).hexdigest() != record.sha256:
         raise GateError([f"{record.path}: changed while the training set was read"])
-    return table_from_bytes(content)
+    return content

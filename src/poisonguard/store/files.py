@@ -230,6 +230,14 @@ def table_from_bytes(data: bytes) -> pd.DataFrame:
     return pq.read_table(pa.BufferReader(data)).to_pandas()
 
 
+def row_groups_from_bytes(data: bytes) -> Iterator[pd.DataFrame]:
+    """Parquet bytes already in memory (and already checked), a row group at a time: the
+    frame of one row group is held at once, not the file's."""
+    parquet = pq.ParquetFile(pa.BufferReader(data))
+    for index in range(parquet.num_row_groups):
+        yield parquet.read_row_group(index).to_pandas()
+
+
 def parquet_rows(path: Path) -> int:
     """A Parquet file's row count, from its footer."""
     return int(pq.ParquetFile(path).metadata.num_rows)
