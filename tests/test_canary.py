@@ -343,3 +343,18 @@ def test_past_canary_rows_the_training_set_is_a_keyed_sample(demo_project, flip_
         assert any(r.startswith("canary: class '3': accuracy on ") for r in report.reasons)
     else:
         assert report.ok, report.reasons
+
+
+def test_the_training_sample_reads_only_files_with_the_ledgers_bytes(demo_project):
+    """A clean file whose bytes changed after it was listed stops the sample in one line
+    naming it, before any of its rows are used."""
+    config = _digits_store(demo_project, flip_threes=False)
+    store = open_store(config)
+    files = tuple(store.files("clean"))
+    path = Path(store.data.where(files[-1].path))
+    path.write_bytes(path.read_bytes()[:-8] + b"tampered")
+    rule = sample_rule(600, LABEL, "classification")
+    with pytest.raises(GateError, match=rf"{files[-1].path}: changed while the training set"):
+        store.training_sample(files, rule)
+    report = check(config)
+    assert not report.ok and any(files[-1].path in r for r in report.reasons)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import secrets
 import shutil
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from poisonguard.errors import StoreError
+from poisonguard.errors import GateError, StoreError
 
 #: Fault injection for the kill-and-rerun tests: ``POISONGUARD_CRASH_AT=<point>[:<n>]``
 #: makes the process kill itself (SIGKILL, no clean-up) the n-th time (default
@@ -230,14 +231,6 @@ def table_from_bytes(data: bytes) -> pd.DataFrame:
     return pq.read_table(pa.BufferReader(data)).to_pandas()
 
 
-def row_groups_from_bytes(data: bytes) -> Iterator[pd.DataFrame]:
-    """Parquet bytes already in memory (and already checked), a row group at a time: the
-    frame of one row group is held at once, not the file's."""
-    parquet = pq.ParquetFile(pa.BufferReader(data))
-    for index in range(parquet.num_row_groups):
-        yield parquet.read_row_group(index).to_pandas()
-
-
 def parquet_rows(path: Path) -> int:
     """A Parquet file's row count, from its footer."""
     return int(pq.ParquetFile(path).metadata.num_rows)
@@ -381,6 +374,36 @@ class DataFiles:
                 h.update(chunk)
         return h.hexdigest()
 
+    def verified_row_groups(self, rel: str, sha256: str) -> Iterator[pd.DataFrame]:
+        """A Parquet file a row group at a time, read through one open handle whose bytes
+        were first hashed (streamed) and found to be ``sha256``: one row group is held at
+        once, not the file. A local file written to in place while it is read (its size or
+        modification time changed) fails too.
+
+        Raises
+        ------
+        GateError
+            When the bytes are not those, or the file changed while it was read.
+        """
+        changed = GateError([f"{rel}: changed while the training set was read"])
+        with (
+            self.local.joinpath(rel).open("rb")
+            if self.local is not None
+            else self.fs.open(self._path(rel), "rb") as handle
+        ):
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+            if digest.hexdigest() != sha256:
+                raise changed
+            before = _stamp(handle)
+            handle.seek(0)
+            parquet = pq.ParquetFile(handle)
+            for index in range(parquet.num_row_groups):
+                yield parquet.read_row_group(index).to_pandas()
+            if _stamp(handle) != before:
+                raise changed
+
     def _parquet(self, rel: str) -> pq.ParquetFile:
         if self.local is not None:
             return pq.ParquetFile(self.local / rel)
@@ -507,6 +530,15 @@ def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Tabl
     file = pq.ParquetFile(path)
     for i in range(file.metadata.num_row_groups):
         yield file.read_row_group(i, columns=columns)
+
+
+def _stamp(handle: object) -> tuple[int, int] | None:
+    """A local file's size and modification time (None for a remote handle)."""
+    try:
+        info = os.fstat(handle.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    return info.st_size, info.st_mtime_ns
 
 
 def read_row_group(path: str | Path, index: int, columns: list[str] | None = None) -> pd.DataFrame:

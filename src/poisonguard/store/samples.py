@@ -32,7 +32,6 @@ from poisonguard.sampling import SampleRule, draw_sample, key_id, merges
 from poisonguard.store.files import (
     crash_point,
     parquet_bytes,
-    row_groups_from_bytes,
     table_from_bytes,
 )
 from poisonguard.store.ledger import FileRecord, ReferenceSample, ReferenceVersion
@@ -145,23 +144,22 @@ def sample_files(
     """The rows of ``files`` a resolved ``rule`` keeps under the store's key, and how many
     rows the files hold.
 
-    Each file is read verified, then a row group at a time, and the sample is folded
-    with each: the bottom-k of everything is the bottom-k of the sample so far and the
-    next rows (while the classes' floors fit in the limit; past that, the floors are
-    cut as the rows come). So at most the sample, one file's bytes and one row group's
-    rows are held, however many rows the files hold.
+    Each file is hashed (streamed) against the ledger's SHA-256, then read a row group
+    at a time through the same handle, and the sample is folded with each: the bottom-k
+    of everything is the bottom-k of the sample so far and the next rows (while the
+    classes' floors fit in the limit; past that, the floors are cut as the rows come).
+    So at most the sample and one row group's rows are held, however many rows the
+    files hold.
 
     Raises
     ------
     GateError
         When a file's bytes are not those the ledger recorded.
     """
-    from poisonguard.store.core import verified_bytes
-
     key = store.sample_key()
     sample, total = pd.DataFrame(), 0
     for record in files:
-        for part in row_groups_from_bytes(verified_bytes(store.data, record)):
+        for part in store.data.verified_row_groups(record.path, record.sha256):
             total += len(part)
             sample = draw_sample(_concat([sample, part]), rule, key)
     return sample, total
