@@ -74,6 +74,7 @@ from poisonguard.store import (
     BatchRecord,
     Blocked,
     Erasure,
+    IdOwners,
     Outcome,
     ReferenceVersion,
     Staged,
@@ -85,6 +86,7 @@ from poisonguard.store import (
     data_columns,
     decision_writer,
     entry_for,
+    hex_digits,
     is_large,
     now,
     open_store,
@@ -310,7 +312,7 @@ def _validate_chunks(
     writer = rows_writer(landed)
     try:
         checks = ChunkedValidation(suite, source=shown(entry.name))
-        owners = store.id_owners(config.id_column) if config.id_column is not None else {}
+        owners = store.id_owners(config.id_column) if config.id_column is not None else None
         held_ids: list[tuple[int, str, str]] = []
         chunks = read_chunks(
             landed,
@@ -380,7 +382,7 @@ def _held_before_scoring(
 
     Returns a frame of ``pg_row``, ``pg_stage`` and ``pg_reason``, one row per held row.
     """
-    owners = store.id_owners(config.id_column) if config.id_column is not None else {}
+    owners = store.id_owners(config.id_column) if config.id_column is not None else None
     return _prior_frame(
         _held_by_expectations(failures) + _held_ids(frame, owners, config, 0, store)
     )
@@ -396,27 +398,28 @@ def _held_by_expectations(failures: dict[int, tuple[str, ...]]) -> list[tuple[in
 
 
 def _held_ids(
-    frame: pd.DataFrame, owners: dict[str, str], config: Config, start: int, store: Store
+    frame: pd.DataFrame, owners: IdOwners | None, config: Config, start: int, store: Store
 ) -> list[tuple[int, str, str]]:
     """Rows of ``frame`` (the batch's rows from ``start``) whose id the training set holds.
 
     Ids are matched, and named in the reason, by their keyed hash (``Store.id_owners``):
     the reason is kept and shown, the id itself is in the row.
     """
-    held: list[tuple[int, str, str]] = []
-    if config.id_column is None or config.id_column not in frame.columns:
-        return held
-    for row, key in enumerate(store.value_hashes(frame[config.id_column]).tolist()):
-        if key in owners:
-            held.append(
-                (
-                    start + row,
-                    "expectations",
-                    f"{config.id_column} of this row is already in the training set (batch "
-                    f"{owners[key]}, keyed id {key}); ids must be unique",
-                )
-            )
-    return held
+    column = config.id_column
+    if owners is None or column is None or column not in frame.columns or not len(owners):
+        return []
+    keys = store.value_keys(frame[column])
+    found = owners.find(keys)
+    rows = np.flatnonzero(found >= 0)
+    return [
+        (
+            start + int(row),
+            "expectations",
+            f"{column} of this row is already in the training set (batch "
+            f"{owners.batches[found[row]]}, keyed id {name}); ids must be unique",
+        )
+        for row, name in zip(rows.tolist(), hex_digits(keys[rows]).tolist(), strict=True)
+    ]
 
 
 def _prior_frame(held: list[tuple[int, str, str]]) -> pd.DataFrame:

@@ -186,9 +186,7 @@ def revoke(store: Store, batch_id: str, *, actor: str, note: str) -> Revocation:
 
 
 def _check_new_ids(store: Store, batch_id: str, ids: pd.Series, id_column: str) -> None:
-    known = store.id_owners(id_column)
-    keys = store.value_hashes(ids)
-    taken = [row for row, key in zip(ids.index, keys, strict=True) if key in known]
+    taken = ids.index[store.id_owners(id_column).find(store.value_keys(ids)) >= 0].tolist()
     if taken:
         raise ReviewError(
             f"row {taken[0]} of batch {batch_id} cannot be released: its {id_column} is "

@@ -111,6 +111,7 @@ from poisonguard.store.files import (
     write_new_secret,
     write_table,
 )
+from poisonguard.store.ids import IdOwners
 from poisonguard.store.landing import (
     Unreadable,
     Unsettled,
@@ -146,8 +147,10 @@ from poisonguard.store.schema import (
     PROVENANCE,
     add_provenance,
     data_columns,
+    hex_digits,
     row_hash_key,
     row_hashes,
+    row_keys,
     siphash24,
 )
 from poisonguard.store.sqlite import LEDGER_ERRORS, SqliteLedger
@@ -187,6 +190,7 @@ __all__ = [
     "Erasure",
     "FileErasure",
     "FileRecord",
+    "IdOwners",
     "Landed",
     "Ledger",
     "LedgerTransaction",
@@ -216,6 +220,7 @@ __all__ = [
     "default_key_path",
     "entry_for",
     "has_store",
+    "hex_digits",
     "is_disk_full",
     "is_large",
     "make_private_dirs",
@@ -235,6 +240,7 @@ __all__ = [
     "row_group_sizes",
     "row_hash_key",
     "row_hashes",
+    "row_keys",
     "rows_writer",
     "settled",
     "sha256_file",

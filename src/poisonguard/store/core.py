@@ -70,6 +70,7 @@ from poisonguard.store.files import (
     table_from_bytes,
     write_new_key,
 )
+from poisonguard.store.ids import IdOwners
 from poisonguard.store.landing import Unreadable, Unsettled, snapshot
 from poisonguard.store.ledger import (
     ERASED,
@@ -96,7 +97,13 @@ from poisonguard.store.samples import (
     sample_files,
     write_sample,
 )
-from poisonguard.store.schema import data_columns, row_hash_key, row_hashes
+from poisonguard.store.schema import (
+    data_columns,
+    hex_digits,
+    row_hash_key,
+    row_hashes,
+    row_keys,
+)
 from poisonguard.store.sqlite import LEDGER_FILE, SqliteLedger
 from poisonguard.store.staging import disown, recover, staging_dir
 
@@ -119,6 +126,8 @@ LOCK_WAIT = 60.0
 # Store root and slot ("clean", "reference", "rejected") -> (the files read so far, their rows):
 # see Store._frame_of.
 _kept_frames: dict[str, tuple[tuple[FileRecord, ...], pd.DataFrame]] = {}
+# The same for the id index of each store root and id column: see Store.id_owners.
+_kept_ids: dict[str, tuple[tuple[FileRecord, ...], IdOwners]] = {}
 
 
 @dataclass(frozen=True)
@@ -381,9 +390,15 @@ class Store:
 
     def value_hashes(self, values: pd.Series) -> np.ndarray:
         """Keyed hashes of single values compared as text (an id column's): how the store
-        names an id without keeping it (``row_hashes`` of the values as one text column)."""
+        names an id without keeping it (``value_keys`` as 16 hex digits)."""
+        return hex_digits(self.value_keys(values))
+
+    def value_keys(self, values: pd.Series) -> np.ndarray:
+        """``value_hashes`` as uint64 (``row_hashes`` of the values as one text column)."""
+        if self._row_key is None:
+            self._row_key = row_hash_key(self._chain.key())
         text = pd.DataFrame({"value": values.astype("string").reset_index(drop=True)})
-        return self.row_hashes(text, ["value"])
+        return row_keys(text, ["value"], key=self._row_key)
 
     # -- locks and transactions ----------------------------------------------
     @contextlib.contextmanager
@@ -690,14 +705,25 @@ class Store:
         """Every reference version, the first (the seed) first."""
         return self.ledger.references(every=True)
 
-    def id_owners(self, id_column: str) -> dict[str, str]:
-        """Each id in the clean training set, by its keyed hash (``value_hashes``), and the
-        batch that holds it."""
-        trained = self.clean_frame()
-        if id_column not in trained.columns:
-            return {}
-        ids = self.value_hashes(trained[id_column]).tolist()
-        return dict(zip(ids, trained["pg_batch"].tolist(), strict=True))
+    def id_owners(self, id_column: str) -> IdOwners:
+        """Each id in the clean training set, by its keyed hash (``value_keys``), and the
+        batch that holds it (``ids.IdOwners``).
+
+        Only the id and batch columns are read, and the index is kept for the process
+        like ``clean_frame``: a later call reads only the files committed since.
+        """
+        files = tuple(self.files("clean"))
+        key = f"{self.root.resolve()}\0{id_column}"
+        known, owners = _kept_ids.get(key, ((), IdOwners.empty()))
+        if files[: len(known)] != known:
+            known, owners = (), IdOwners.empty()
+        for record in files[len(known) :]:
+            if id_column not in self.column_names(record):
+                continue
+            part = self.read(record, columns=[id_column, "pg_batch"])
+            owners = owners.extended(self.value_keys(part[id_column]), part["pg_batch"].to_numpy())
+        _kept_ids[key] = (files, owners)
+        return owners
 
     # -- the files as written ------------------------------------------------
     def file_exists(self, record: FileRecord) -> bool:
@@ -1186,8 +1212,9 @@ class Store:
         done = erasure.forget(self, subject, actor=actor, note=note, dry_run=dry_run)
         if not dry_run:
             prefix = f"{self.root.resolve()}\0"
-            for key in [k for k in _kept_frames if k.startswith(prefix)]:
-                del _kept_frames[key]
+            for kept in (_kept_frames, _kept_ids):
+                for key in [k for k in kept if k.startswith(prefix)]:
+                    del kept[key]
             self._window_files.clear()
         return done
 

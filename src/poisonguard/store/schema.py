@@ -57,7 +57,15 @@ def row_hash_key(audit_key: bytes) -> bytes:
 def row_hashes(
     frame: pd.DataFrame, columns: list[str] | None = None, *, key: bytes | None
 ) -> np.ndarray:
-    """A content hash per row (16 hex digits), the same whichever file format carried it.
+    """A content hash per row (16 hex digits), the same whichever file format carried it:
+    ``row_keys`` written as text."""
+    return hex_digits(row_keys(frame, columns, key=key))
+
+
+def row_keys(
+    frame: pd.DataFrame, columns: list[str] | None = None, *, key: bytes | None
+) -> np.ndarray:
+    """A content hash per row as a uint64 (``row_hashes`` writes it as 16 hex digits).
 
     Numbers are compared as float64 and everything else as text, so a row read
     from CSV and the same row read from Parquet hash alike.
@@ -90,8 +98,7 @@ def row_hashes(
 
     Returns
     -------
-    ndarray of shape (n_rows,), object
-        Each row's hash as 16 lowercase hex digits.
+    ndarray of shape (n_rows,), uint64
     """
     if key is not None and len(key) != ROW_HASH_KEY_BYTES:
         raise ValueError(
@@ -107,7 +114,7 @@ def row_hashes(
         else:
             canon[str(c)] = col.astype("string").fillna("\x00<NA>")
     digests = pd.util.hash_pandas_object(canon, index=False).to_numpy(dtype=np.uint64)
-    return _hex(digests if key is None else siphash24(digests, key))
+    return digests if key is None else siphash24(digests, key)
 
 
 # --------------------------------------------------------------------------- SipHash-2-4
@@ -179,7 +186,7 @@ def siphash24(messages: np.ndarray, key: bytes) -> np.ndarray:
     return v[0] ^ v[1] ^ v[2] ^ v[3]
 
 
-def _hex(values: np.ndarray) -> np.ndarray:
+def hex_digits(values: np.ndarray) -> np.ndarray:
     """Each uint64 as 16 lowercase hex digits (big-endian), vectorised."""
     octets = values.astype(">u8").view(np.uint8).reshape(-1, 8)
     digits = np.empty((len(values), 16), dtype=np.uint8)
