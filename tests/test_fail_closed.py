@@ -297,11 +297,12 @@ def test_mixed_schemas_duplicate_ids_and_an_empty_set_fail_the_gate(tmp_path, ca
     code, text = _gate(capsys, twice)
     assert code == 1 and "ids must be unique" in text
     # Named by keyed hash, not by value: the reason is kept, and an id is personal data.
-    keyed = Store(twice / "store").value_hashes(pd.Series(["1"], dtype="string"))[0]
-    assert (
-        f"2 ids appear more than once in the training set, e.g. row_id with keyed id {keyed}"
-        in text
-    )
+    keyed = Store(twice / "store").value_hashes(pd.Series(["1", "2"], dtype="string")).tolist()
+    assert any(
+        f"2 ids appear more than once in the training set, e.g. row_id with keyed id {k} "
+        "(first in batch b0); ids must be unique" in text
+        for k in keyed
+    ), text
     assert "row_id = 1" not in text
     empty = _store_with(tmp_path / "3", a.head(0))
     code, text = _gate(capsys, empty)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -57,6 +56,7 @@ from poisonguard.store import (
     ReferenceVersion,
     Store,
     blocklist_in,
+    hex_digits,
     now,
     open_store,
     read_verified,
@@ -519,45 +519,24 @@ def _training_set(store: Store, config: Config) -> list[str]:
 
 def _repeated_ids(store: Store, files: list[FileRecord], column: str) -> list[str]:
     """A reason when an id is in the training set more than once, naming one by its keyed
-    hash (the id itself is personal data, and the reason is kept).
-
-    Counted over 64-bit digests of the ids (8 bytes a row, not a Python string), file by
-    file; only the ids whose digest repeats are then read as values and compared, so a
-    digest collision cannot make a false alarm.
-    """
-
-    def ids_of(record: FileRecord) -> pd.Series | None:
-        try:
-            return store.read(record, columns=[column])[column].astype("string")
-        except (OSError, ValueError, KeyError):
-            return None
-
-    def digests(ids: pd.Series) -> np.ndarray:
-        return pd.util.hash_pandas_object(ids, index=False).to_numpy()
-
-    parts = [digests(ids) for f in files if (ids := ids_of(f)) is not None]
-    if not parts:
+    hash and the first batch holding it (the id itself is personal data, and the reason is
+    kept). Counted on the store's id index (``Store.id_owners``), whose keys are sorted:
+    a repeated id is a run of equal keys. ``files`` are the clean files the gate checked."""
+    try:
+        owners = store.id_owners(column)
+    except (OSError, ValueError, KeyError):
+        return []  # an unreadable or missing file is a reason of its own (verify_files)
+    if not files or len(owners) < 2:
         return []
-    values, counts = np.unique(np.concatenate(parts), return_counts=True)
-    suspects = values[counts > 1]
-    if suspects.size == 0:
+    starts = np.flatnonzero(owners.keys[1:] == owners.keys[:-1])
+    if starts.size == 0:
         return []
-    seen: Counter[str] = Counter()
-    where: dict[str, str] = {}
-    for f in files:
-        ids = ids_of(f)
-        if ids is None:
-            continue
-        for value in ids[np.isin(digests(ids), suspects)].tolist():
-            seen[str(value)] += 1
-            where.setdefault(str(value), f.path)
-    twice = [v for v, k in seen.items() if k > 1]
-    if not twice:
-        return []
-    keyed = store.value_hashes(pd.Series([twice[0]], dtype="string"))[0]
+    twice = np.unique(owners.keys[starts])
+    first = owners.batches[owners.find(twice[:1])[0]]
+    keyed = hex_digits(twice[:1])[0]
     return [
-        f"{len(twice)} ids appear more than once in the training set, e.g. {column} with "
-        f"keyed id {keyed} (first in {where[twice[0]]}); ids must be unique"
+        f"{twice.size} ids appear more than once in the training set, e.g. {column} with "
+        f"keyed id {keyed} (first in batch {first}); ids must be unique"
     ]
 
 
