@@ -603,6 +603,57 @@ def test_backdoor_trigger_rows_score_above_normal_rows():
     assert clean.startswith("no feature value here")
 
 
+def _paired(n: int, seed: int) -> pd.DataFrame:
+    """``blobs`` with two categories drawn apart from everything, each value common, and the
+    pair (north, phone) never drawn."""
+    frame = blobs(n, seed)
+    rng = np.random.default_rng(seed + 50)
+    frame["region"] = rng.choice(["north", "south", "east", "west"], n)
+    frame["channel"] = rng.choice(["web", "store", "phone"], n)
+    clash = (frame["region"] == "north") & (frame["channel"] == "phone")
+    frame.loc[clash, "channel"] = "web"
+    return frame
+
+
+@pytest.mark.parametrize("max_pairs", [300, 0])
+def test_backdoor_finds_a_trigger_made_of_two_common_values(max_pairs):
+    """Rows of every class stamped region = north and channel = phone (a quarter and a third
+    of the rows carry each value; no trusted row carries both) and relabelled c outscore
+    every other row, and the reason names the pair. Without pair cells (max_pairs = 0) each
+    value's own cell hides them among the honest rows that carry it."""
+    columns = [*FEATURES, "region", "channel"]
+    reference, batch = _paired(2000, 1), _paired(3000, 2)
+    poisoned = np.random.default_rng(7).choice(len(batch), 60, replace=False)
+    batch.loc[poisoned, ["region", "channel", "label"]] = ["north", "phone", "c"]
+    enc = Encoder.fit(reference, columns, "label")
+    det = REGISTRY["backdoor"](max_pairs=max_pairs).fit(enc.transform(reference, "reference"))
+    table = enc.transform(batch)
+    s = det.score(table)
+    mask = np.zeros(len(batch), dtype=bool)
+    mask[poisoned] = True
+    if max_pairs == 0:
+        assert s[mask].min() <= s[~mask].max()
+        return
+    assert s[mask].min() > s[~mask].max()
+    (reason,) = det.explain(table, poisoned[:1])
+    assert reason.startswith(
+        "region = 'north' and channel = 'phone', together, are shared by 60 batch rows (0 "
+        "expected from trusted rows, 0 of 2,000 carry them), 100% labelled c"
+    )
+
+
+def test_backdoor_pairs_stop_at_their_count_budget():
+    """Pairs of columns with the fewest joint values come first, up to max_pairs and the
+    cell budget; each pair's cells follow the previous pair's."""
+    from poisonguard.detectors.backdoor import _pair_columns
+
+    pairs, offsets = _pair_columns([3, 50, 4, 50], max_pairs=300, max_cells=12 + 150 + 200)
+    assert pairs.tolist() == [[0, 2], [0, 1], [0, 3]] and offsets.tolist() == [0, 12, 162, 312]
+    pairs, offsets = _pair_columns([3, 50, 4, 50], max_pairs=1, max_cells=10**6)
+    assert pairs.tolist() == [[0, 2]] and offsets.tolist() == [0, 12]
+    assert _pair_columns([3, 50, 4, 50], max_pairs=300, max_cells=11)[0].shape == (0, 2)
+
+
 def test_explanations_do_not_depend_on_which_batch_was_scored_last():
     """backdoor keeps its last scan and the kNN detectors their last search, for explain; a
     reason for a row is the same whether its batch, another batch or nothing was scored before."""

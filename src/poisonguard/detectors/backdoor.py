@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import combinations
 from typing import ClassVar, Self
 
 import numpy as np
@@ -26,6 +27,9 @@ from poisonguard.detectors.base import Table
 # Cells not even this surprising (-log p) on the cheap bounds are left with
 # those bounds; only the rest get exact tails (saves time only).
 _OVER_SCREEN = 3.0
+# Pair cells x label slots counted at most (8 bytes each, in the summary and the fit):
+# a table with many wide categorical columns and many classes examines fewer pairs.
+_PAIR_COUNTS = 1 << 22
 # A value is counted exactly over the batch when the sample holds it this often. At most
 # min_support (>= 2), so in a batch no larger than the sample every value that could
 # reach min_support is counted.
@@ -39,6 +43,34 @@ def _sorted_quantiles(col: np.ndarray, qs: np.ndarray) -> np.ndarray:
     hi = np.minimum(lo + 1, len(col) - 1)
     low = col[lo].astype(np.float64)
     return low + (col[hi].astype(np.float64) - low) * (at - lo)
+
+
+def _pair_columns(
+    sizes: list[int], max_pairs: int, max_cells: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of categorical columns examined (the fewest joint values first, at most
+    ``max_pairs`` and ``max_cells`` cells in all) and where each pair's cells start among
+    all pair cells.
+
+    Returns
+    -------
+    pairs : ndarray of shape (n_pairs, 2), int64
+    offsets : ndarray of shape (n_pairs + 1,), int64
+        Pair ``p``'s cells are ``offsets[p]`` up to ``offsets[p + 1]``.
+    """
+    every = sorted(combinations(range(len(sizes)), 2), key=lambda ab: sizes[ab[0]] * sizes[ab[1]])
+    widths = np.array([sizes[a] * sizes[b] for a, b in every], dtype=np.int64)
+    n = min(max_pairs, int(np.sum(np.cumsum(widths) <= max_cells)))
+    pairs = np.array(every[:n], dtype=np.int64).reshape(-1, 2)
+    return pairs, np.concatenate([[0], np.cumsum(widths[:n])]).astype(np.int64)
+
+
+def _pair_cells(codes: np.ndarray, sizes: np.ndarray, a: int, b: int, offset: int) -> np.ndarray:
+    """Each row's cell of the column pair ``(a, b)``: its two values' codes, a value the
+    trusted rows never show coded as the column's last level."""
+    ca = np.where(codes[:, a] >= 0, codes[:, a], sizes[a] - 1)
+    cb = np.where(codes[:, b] >= 0, codes[:, b], sizes[b] - 1)
+    return offset + ca * sizes[b] + cb
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,12 +121,16 @@ class CellCounts:
     labels : ndarray of shape (n_bins + n_candidates, n_slots), int64
         Rows of each label slot in every feature's bins (rows at a candidate value
         left out) and at every candidate value.
+    pair_labels : ndarray of shape (n_pair_cells, n_slots), int64
+        Rows of each label slot at every pair of categorical values
+        (``BackdoorDetector.pairs_``).
     """
 
     n_rows: int
     candidates: np.ndarray
     candidate_counts: np.ndarray
     labels: np.ndarray
+    pair_labels: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,8 +151,14 @@ class _Cells:
         Whether a cell is an exact value (else a bin).
     labels, trusted : ndarray of shape (n_cells, n_slots), int64
         Each cell's batch and trusted rows per label slot.
-    log_tests : float
-        ``log`` of the (cell, label) pairs examined.
+    pair_scores : ndarray of shape (n_pair_cells, n_slots), float64
+        Every pair cell's score for every label; its rows per label are
+        ``CellCounts.pair_labels`` and ``BackdoorDetector.pair_trusted_``.
+    log_tests, log_pair_tests : float
+        What each family's best score is corrected by: ``log`` of the (cell, label)
+        pairs it examined, plus ``log`` of the number of families (Bonferroni with
+        each family's share of the level: features' cells, and pair cells when the
+        table has pairs).
     """
 
     n_rows: int
@@ -128,7 +170,9 @@ class _Cells:
     is_exact: np.ndarray
     labels: np.ndarray
     trusted: np.ndarray
+    pair_scores: np.ndarray
     log_tests: float
+    log_pair_tests: float
 
 
 class BackdoorDetector(WithinBatchBase):
@@ -153,10 +197,17 @@ class BackdoorDetector(WithinBatchBase):
     (cell, label) pairs examined (Bonferroni, so that clean batches score
     about 0 whatever their size), floored at 0; most rows score 0 (plus a
     deterministic jitter below ``1e-9`` from the row's hash, so tied rows get
-    uniform rather than unit conformal p-values). Combinations
-    of features are not examined (a trigger on several features is caught on
-    each of them). The score depends on the batch as a whole: a trigger seen
-    on only a handful of rows cannot stand out.
+    uniform rather than unit conformal p-values). The score depends on the
+    batch as a whole: a trigger seen on only a handful of rows cannot stand out.
+
+    Pairs of categorical (and boolean) values are cells too: a trigger made of
+    two values that are each common (``plan = 'basic'`` and ``region =
+    'north'``) hides in each value's cell among the honest rows that carry it,
+    but its pair is as rare among trusted rows as the trigger is new. Every
+    pair of categorical columns is examined, those with the fewest joint values
+    first, up to ``max_pairs``; a value the trusted rows never show is one more
+    value of its column. Pair cells are scored as the others and count in the
+    Bonferroni correction.
 
     Which values get a cell of their own is decided on a sample, so that the
     scan's summary stays small however large the batch (``WithinBatchDetector``):
@@ -179,6 +230,9 @@ class BackdoorDetector(WithinBatchBase):
         Pseudo-rows of the class prior added to each cell's trusted labels (> 0).
     max_batch : int
         Rows sampled to find the values worth a cell of their own (>= 2).
+    max_pairs : int
+        Most pairs of categorical columns examined (>= 0); fewer when their cells times
+        the labels pass about four million counts.
     random_state : int
         Key of the sample's hash: a deployment that sets its own keeps an attacker
         from placing a trigger on rows the sample leaves out.
@@ -205,12 +259,14 @@ class BackdoorDetector(WithinBatchBase):
         n_bins: int = 64,
         smoothing: float = 10.0,
         max_batch: int = 32768,
+        max_pairs: int = 300,
         random_state: int = 0,
     ):
         self.min_support = min_support
         self.n_bins = n_bins
         self.smoothing = smoothing
         self.max_batch = max_batch
+        self.max_pairs = max_pairs
         self.random_state = random_state
 
     def _validate_params(self) -> None:
@@ -218,6 +274,7 @@ class BackdoorDetector(WithinBatchBase):
         self._check_int("n_bins", 1)
         self._check_real("smoothing", 0.0, low_open=True)
         self._check_int("max_batch", 2)
+        self._check_int("max_pairs", 0)
         self._check_seed()
 
     def _fit(self, reference: Table) -> Self:
@@ -264,8 +321,32 @@ class BackdoorDetector(WithinBatchBase):
             np.concatenate(self.edges_).astype(np.float64) if self.edges_ else np.zeros(0)
         )
         self.features_ = reference.features
+        self._fit_pairs(reference)
         self._ready = None
         return self
+
+    def _fit_pairs(self, reference: Table) -> None:
+        """The pairs of categorical columns examined and their trusted rows per label."""
+        codes = reference.codes
+        k = codes.shape[1] if codes.ndim == 2 else 0
+        self.categories_ = reference.categories
+        # One more level per column: values the trusted rows never show.
+        self.pair_sizes_ = np.array([len(v) + 1 for _, v in reference.categories], np.int64)
+        self.pairs_, self.pair_offsets_ = _pair_columns(
+            list(self.pair_sizes_),
+            int(self.max_pairs) if k >= 2 else 0,
+            _PAIR_COUNTS // self.n_slots_,
+        )
+        self.pair_trusted_ = self._pair_counts(codes, self.ref_y_)
+
+    def _pair_counts(self, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Rows per label slot at every pair cell, ndarray of shape (n_pair_cells, n_slots)."""
+        n_cells, n_slots = int(self.pair_offsets_[-1]), self.n_slots_
+        out = np.zeros(n_cells * n_slots, dtype=np.int64)
+        for p, (a, b) in enumerate(self.pairs_):
+            cells = _pair_cells(codes, self.pair_sizes_, a, b, int(self.pair_offsets_[p]))
+            out += np.bincount(cells * n_slots + slots, minlength=n_cells * n_slots)
+        return out.reshape(n_cells, n_slots)
 
     def _slots(self, y: np.ndarray) -> np.ndarray:
         ok = (y >= 0) & (y < self.n_slots_ - 1)
@@ -315,7 +396,9 @@ class BackdoorDetector(WithinBatchBase):
         y = self._slots(labels_of(batch, self.name, "batch"))
         candidates, counts = prior.repeated
         _, labels = self._assign(batch.x32, y, candidates, counts)
-        return CellCounts(batch.n_rows, candidates, counts, labels)
+        return CellCounts(
+            batch.n_rows, candidates, counts, labels, self._pair_counts(batch.codes, y)
+        )
 
     def _merge(self, parts: list[ValueSample | CellCounts]) -> ValueSample | CellCounts:
         if len(parts) == 1:
@@ -332,7 +415,8 @@ class BackdoorDetector(WithinBatchBase):
             raise ValueError("backdoor: summaries of different passes cannot be merged")
         first = counts[0]
         labels = np.sum([p.labels for p in counts], axis=0)
-        return CellCounts(n, first.candidates, first.candidate_counts, labels)
+        pair_labels = np.sum([p.pair_labels for p in counts], axis=0)
+        return CellCounts(n, first.candidates, first.candidate_counts, labels, pair_labels)
 
     def _assign(
         self, X: np.ndarray, y: np.ndarray, exact: np.ndarray, exact_counts: np.ndarray
@@ -398,10 +482,15 @@ class BackdoorDetector(WithinBatchBase):
         count = labels.sum(axis=1)
         # Bonferroni over every (cell, label) examined: a clean batch's best
         # cell then scores about 0 whatever the batch size, so batch rows and
-        # the smaller calibration folds stay comparable.
+        # the smaller calibration folds stay comparable. The features' cells and
+        # the pair cells each have half the level: numeric bins are many, and would
+        # otherwise drown the few pairs of a table's categories.
+        pair_count = summary.pair_labels.sum(axis=1)
         n_tests = (int(frequent.sum()) + int(np.sum(count[:n_bins] >= self.min_support_))) * (
             self.n_slots_
         )
+        n_pair_tests = int(np.sum(pair_count >= self.min_support_)) * self.n_slots_
+        log_families = float(np.log(2.0)) if len(self.pairs_) else 0.0
         cells = _Cells(
             n_rows=n,
             scores=self._cell_scores(count, labels, trusted, n),
@@ -412,7 +501,9 @@ class BackdoorDetector(WithinBatchBase):
             is_exact=np.arange(len(count)) >= n_bins,
             labels=labels,
             trusted=trusted,
-            log_tests=float(np.log(max(n_tests, 1))),
+            pair_scores=self._cell_scores(pair_count, summary.pair_labels, self.pair_trusted_, n),
+            log_tests=float(np.log(max(n_tests, 1))) + log_families,
+            log_pair_tests=float(np.log(max(n_pair_tests, 1))) + log_families,
         )
         self._ready = (summary, cells)
         return cells
@@ -437,7 +528,16 @@ class BackdoorDetector(WithinBatchBase):
             self.n_slots_,
         )
         best, which = _best_cells(cell, y, cells.scores)
-        return y, np.maximum(best - cells.log_tests, 0.0), which, cells
+        best = best - cells.log_tests
+        # Pair cells are numbered after the others.
+        n_cells = len(cells.scores)
+        for p, (a, b) in enumerate(self.pairs_):
+            at = _pair_cells(batch.codes, self.pair_sizes_, a, b, int(self.pair_offsets_[p]))
+            s = cells.pair_scores[at, y] - cells.log_pair_tests
+            better = s > best
+            best = np.where(better, s, best)
+            which = np.where(better, n_cells + at, which)
+        return y, np.maximum(best, 0.0), which, cells
 
     _fitted_attr: ClassVar[str] = "sorted_"
 
@@ -449,17 +549,26 @@ class BackdoorDetector(WithinBatchBase):
         self, batch: Table, rows: np.ndarray, summary: CellCounts, positions: np.ndarray
     ) -> list[str]:
         y, score, which, cells = self._scan(batch, summary)
+        n_cells = len(cells.scores)
         out: list[str] = []
         for r in rows:
-            c = which[r]
+            c = int(which[r])
             if c < 0 or score[r] <= 0.0:
                 out.append(
                     "no feature value here is both unusually common in this batch and label-pure"
                 )
                 continue
-            f = cells.feature[c]
+            if c < n_cells:
+                lab, tr = cells.labels[c], cells.trusted[c]
+                where = batch.describe(r, int(cells.feature[c])) + (
+                    " is shared by" if cells.is_exact[c] else " falls in a bin shared by"
+                )
+                carry = ""
+            else:
+                lab, tr = summary.pair_labels[c - n_cells], self.pair_trusted_[c - n_cells]
+                where = f"{self._pair_text(batch, r, c - n_cells)}, together, are shared by"
+                carry = f", {int(tr.sum()):,} of {self.m_:,} carry them"
             label = int(y[r])
-            lab, tr = cells.labels[c], cells.trusted[c]
             count = int(lab.sum())
             expected = cells.n_rows * float(tr.sum()) / max(self.m_, 1)
             share = float(lab[label]) / max(count, 1)
@@ -467,10 +576,23 @@ class BackdoorDetector(WithinBatchBase):
                 (tr[label] + self.smoothing_ * self.prior_[label]) / (tr.sum() + self.smoothing_)
             )
             shown = batch.label_of(label) if label < self.n_slots_ - 1 else "<unseen>"
-            where_text = "is shared by" if cells.is_exact[c] else "falls in a bin shared by"
             out.append(
-                f"{batch.describe(r, f)} {where_text} {count} batch rows ({expected:.2g} "
-                f"expected from trusted rows), {100 * share:.0f}% labelled {shown} "
-                f"({100 * share_expected:.0f}% expected)"
+                f"{where} {count} batch rows ({expected:.2g} expected from trusted rows{carry}), "
+                f"{100 * share:.0f}% labelled {shown} ({100 * share_expected:.0f}% expected)"
             )
         return out
+
+    def _pair_text(self, batch: Table, row: int, cell: int) -> str:
+        """The two values of a row's pair cell as a person reads them."""
+        p = int(np.searchsorted(self.pair_offsets_, cell, side="right")) - 1
+        bits = []
+        for j in self.pairs_[p]:
+            column, values = self.categories_[int(j)]
+            code = int(batch.codes[row, j])
+            if code < 0:
+                bits.append(f"{column} = a value no trusted row shows")
+            elif values[code] is None:
+                bits.append(f"{column} is missing")
+            else:
+                bits.append(f"{column} = {values[code]!r}")
+        return " and ".join(bits)
