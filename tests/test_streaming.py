@@ -4,6 +4,7 @@ at a time, and ends exactly where the same batch taken whole ends."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -73,7 +74,11 @@ def _outcome(root: Path) -> dict:
             )
         files[f.path] = frame
     groups = {f.path: len(row_group_sizes(store.root / f.path)) for f in store.files("quarantine")}
-    return {"ledger": ledger, "files": files, "row_groups": groups}
+    reports = {
+        path.name: json.loads(path.read_text())["evidence"]
+        for path in sorted((store.root / "reports").glob("*.json"))
+    }
+    return {"ledger": ledger, "files": files, "row_groups": groups, "evidence": reports}
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +96,31 @@ def test_chunked_batches_end_as_whole_ones(both):
     held rows, stages, reasons and suspicion, in chunks of 37 rows as whole."""
     whole, chunked, _ = both
     assert_ends_alike(whole, chunked)
+
+
+def test_chunked_batches_report_the_figures_of_whole_ones(both):
+    """Each batch's report has the figures a whole batch's has, counted chunk by chunk:
+    the same histograms, cuts, class balance and drift, and the same projection up to
+    the rounding of its matrix products."""
+    whole, chunked, _ = both
+    assert sorted(chunked["evidence"]) == sorted(whole["evidence"])
+    drawn = 0
+    for name, expected in whole["evidence"].items():
+        got = chunked["evidence"][name]
+        if expected is None:  # the batch of the wrong schema: rejected, never scored
+            assert got is None, name
+            continue
+        drawn += 1
+        assert got["detectors"] == expected["detectors"], name
+        assert got["class_balance"] == expected["class_balance"], name
+        assert got["drift"] == expected["drift"], name
+        shown, want = got["projection"], expected["projection"]
+        assert shown["reference"] == want["reference"], name
+        for key in ("n_reference", "n_clean", "n_held"):
+            assert shown[key] == want[key], name
+        for key in ("clean", "held"):
+            np.testing.assert_allclose(shown[key], want[key], atol=2e-3, err_msg=name)
+    assert drawn >= 3
 
 
 def assert_ends_alike(whole: dict, chunked: dict) -> None:

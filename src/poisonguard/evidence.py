@@ -29,8 +29,9 @@ import json
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -41,6 +42,7 @@ from poisonguard.detectors import Table
 from poisonguard.detectors.base import fmt_number
 from poisonguard.detectors.drift import DriftReport
 from poisonguard.errors import StoreError
+from poisonguard.store.scratch import RowFile
 
 #: At most this many projection points per group (trusted, batch kept, batch held).
 MAX_POINTS = 3000
@@ -450,12 +452,14 @@ def _points(xy: np.ndarray) -> tuple[Point, ...]:
     return tuple((float(a), float(b)) for a, b in rounded.tolist())
 
 
-def projection(reference: Table, batch: Table, held: np.ndarray) -> Projection | None:
-    """The trusted rows and the batch's kept and held rows on the trusted first two PCs.
+#: A projection's fitted half: the trusted PCs and the trusted sample's points.
+Projector = tuple[Any, tuple[Point, ...]]
 
-    Each group keeps a fixed random sample of at most ``MAX_POINTS`` rows. None
-    when the trusted data has fewer than two features or three rows.
-    """
+
+def _projector(reference: Table) -> Projector | None:
+    """The trusted data's first two principal components (fitted on a fixed sample of at
+    most ``MAX_POINTS`` trusted rows) and that sample's points; None when the trusted data
+    has fewer than two features or three rows."""
     from sklearn.decomposition import PCA
 
     if reference.X.shape[1] < 2 or reference.n_rows < 3:
@@ -463,13 +467,23 @@ def projection(reference: Table, batch: Table, held: np.ndarray) -> Projection |
     # x32: finite and bounded, so every point is a JSON number.
     keep = _sample(reference.n_rows, MAX_POINTS, seed=0)
     pca = PCA(n_components=2, random_state=0).fit(reference.x32[keep])
+    return pca, _points(pca.transform(reference.x32[keep]))
+
+
+def _projection(
+    reference: Table,
+    projector: Projector,
+    points: Callable[[np.ndarray], np.ndarray],
+    held: np.ndarray,
+) -> Projection:
+    """The projection given every batch row's point (``points(rows)``) and which are held."""
     clean_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
     groups = []
     for seed, rows in ((1, clean_rows), (2, held_rows)):
         shown = rows[_sample(rows.size, MAX_POINTS, seed=seed)]
-        groups.append(_points(pca.transform(batch.x32[shown])) if shown.size else ())
+        groups.append(_points(points(shown)) if shown.size else ())
     return Projection(
-        reference=_points(pca.transform(reference.x32[keep])),
+        reference=projector[1],
         clean=groups[0],
         held=groups[1],
         n_reference=reference.n_rows,
@@ -478,27 +492,71 @@ def projection(reference: Table, batch: Table, held: np.ndarray) -> Projection |
     )
 
 
-def class_balance(reference: Table, batch: Table) -> ClassBalance | None:
-    """Each trusted label's share among trusted rows and among the batch's rows; for a
-    regression target, the shares of its trusted deciles (and of values beyond them)."""
-    if reference.target is not None and batch.target is not None:
-        return _target_balance(reference.target, batch.target)
-    if reference.y is None or batch.y is None or not reference.n_classes:
+def projection(reference: Table, batch: Table, held: np.ndarray) -> Projection | None:
+    """The trusted rows and the batch's kept and held rows on the trusted first two PCs.
+
+    Each group keeps a fixed random sample of at most ``MAX_POINTS`` rows. None
+    when the trusted data has fewer than two features or three rows.
+    """
+    projector = _projector(reference)
+    if projector is None:
         return None
-    k = reference.n_classes
-    ref_counts = np.bincount(reference.y[reference.y >= 0], minlength=k)
-    b_counts = np.bincount(batch.y[batch.y >= 0], minlength=k)
-    return ClassBalance(
-        labels=tuple(str(c) for c in reference.classes),
-        reference=tuple((ref_counts / max(ref_counts.sum(), 1)).round(4).tolist()),
-        batch=tuple((b_counts / max(b_counts.sum(), 1)).round(4).tolist()),
+    return _projection(
+        reference, projector, lambda rows: projector[0].transform(batch.x32[rows]), held
     )
 
 
-def _target_balance(reference: np.ndarray, batch: np.ndarray) -> ClassBalance | None:
-    ref, new = reference[np.isfinite(reference)], batch[np.isfinite(batch)]
-    if ref.size == 0:
-        return None
+class _Balance:
+    """Batch rows counted per trusted label, or per range of the trusted targets (their
+    deciles, one range below and one above), against the trusted rows' shares."""
+
+    def __init__(self, reference: Table) -> None:
+        self.kind: str | None = None
+        self.cuts = np.zeros(0)
+        self.labels: tuple[str, ...] = ()
+        self.reference: tuple[float, ...] = ()
+        self.complete = True
+        if reference.target is not None:
+            ref = reference.target[np.isfinite(reference.target)]
+            if ref.size:
+                self.kind = "target"
+                self.cuts, self.labels = _target_ranges(ref)
+                self.reference = _shares(self._count(ref))
+        elif reference.y is not None and reference.n_classes:
+            self.kind = "class"
+            self.labels = tuple(str(c) for c in reference.classes)
+            self.reference = _shares(self._count(reference.y))
+        self.counts = np.zeros(len(self.labels))
+
+    def _count(self, values: np.ndarray) -> np.ndarray:
+        k = len(self.labels)
+        if self.kind == "target":
+            x = values[np.isfinite(values)]
+            # Right-closed inner bins, so the trusted maximum falls in the last decile.
+            return np.bincount(np.searchsorted(self.cuts[1:-1], x, side="left"), minlength=k)
+        return np.bincount(values[values >= 0], minlength=k)
+
+    def add(self, batch: Table) -> None:
+        values = batch.target if self.kind == "target" else batch.y
+        if values is None:
+            self.complete = False
+        elif self.kind is not None:
+            self.counts += self._count(values)
+
+    def result(self) -> ClassBalance | None:
+        if self.kind is None or not self.complete:
+            return None
+        return ClassBalance(self.labels, self.reference, _shares(self.counts), kind=self.kind)
+
+
+def _shares(counts: np.ndarray) -> tuple[float, ...]:
+    counts = np.asarray(counts, dtype=np.float64)
+    return tuple((counts / max(counts.sum(), 1.0)).round(4).tolist())
+
+
+def _target_ranges(ref: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The cuts of the trusted targets' deciles (with -inf and inf at the ends) and each
+    range's name."""
     edges = np.unique(np.quantile(ref, np.linspace(0.0, 1.0, 11)))
     # Below the trusted minimum, each decile, above the trusted maximum.
     cuts = np.concatenate([[-np.inf], edges[:-1], [edges[-1], np.inf]]) if edges.size > 1 else None
@@ -509,14 +567,15 @@ def _target_balance(reference: np.ndarray, batch: np.ndarray) -> ClassBalance | 
         f"{fmt_number(a, 3)} to {fmt_number(b, 3)}" for a, b in itertools.pairwise(cuts[1:-1])
     ]
     labels.append(f"> {fmt_number(cuts[-2], 3)}")
+    return cuts, tuple(labels)
 
-    def shares(x: np.ndarray) -> tuple[float, ...]:
-        # Right-closed inner bins, so the trusted maximum falls in the last decile.
-        idx = np.searchsorted(cuts[1:-1], x, side="left")
-        counts = np.bincount(idx, minlength=len(labels)).astype(float)
-        return tuple((counts / max(counts.sum(), 1.0)).round(4).tolist())
 
-    return ClassBalance(tuple(labels), shares(ref), shares(new), kind="target")
+def class_balance(reference: Table, batch: Table) -> ClassBalance | None:
+    """Each trusted label's share among trusted rows and among the batch's rows; for a
+    regression target, the shares of its trusted deciles (and of values beyond them)."""
+    balance = _Balance(reference)
+    balance.add(batch)
+    return balance.result()
 
 
 def drift_figures(drift: DriftReport) -> Drift:
@@ -588,6 +647,69 @@ def batch_evidence(
         class_balance=class_balance(reference, batch),
         drift=None if drift is None else drift_figures(drift),
     )
+
+
+class EvidenceCounts:
+    """A batch's report figures counted chunk by chunk, for a batch judged in chunks.
+
+    ``add`` takes each chunk's encoded rows and raw scores (``Guard.judge_chunks``'s
+    ``each``): every row's scores and its point on the trusted PCs go to unlinked files
+    of ``directory`` (``RowFile``: a few numbers a row, not in memory), its label to a
+    count. ``evidence`` then draws ``batch_evidence``'s figures from them, once the
+    decision says which rows are held: the same figures, up to the rounding of the
+    projection's matrix products.
+
+    Parameters
+    ----------
+    reference : Table
+        The trusted rows the detectors were fitted on (``Guard.reference_``).
+    directory : str or Path, optional
+        Where the per-row files are made; None keeps them in memory.
+    """
+
+    def __init__(self, reference: Table, directory: str | Path | None = None) -> None:
+        self.reference = reference
+        self.directory = directory
+        self.projector = _projector(reference)
+        self.points = RowFile(directory, width=2) if self.projector is not None else None
+        self.scores: dict[str, RowFile] = {}
+        self.balance = _Balance(reference)
+
+    def add(self, batch: Table, scores: Mapping[str, np.ndarray]) -> None:
+        """Count one chunk: its encoded rows and every detector's raw scores of them."""
+        for name, values in scores.items():
+            if name not in self.scores:
+                self.scores[name] = RowFile(self.directory)
+            self.scores[name].append(values)
+        if self.projector is not None and self.points is not None:
+            self.points.append(self.projector[0].transform(batch.x32))
+        self.balance.add(batch)
+
+    def evidence(
+        self,
+        held: np.ndarray,
+        calibrations: Mapping[str, Calibration],
+        detectors: tuple[str, ...],
+        p_cuts: tuple[float, ...],
+        drift: DriftReport | None = None,
+    ) -> Evidence:
+        """The figures, given which rows counted are held (in the order they were added)
+        and the decision's per-detector cuts (``ChunkedDecision.p_cuts``)."""
+        held = np.asarray(held, dtype=bool)
+        panels = tuple(
+            detector_panel(name, self.scores[name].finish(), held, calibrations[name], p_cut)
+            for name, p_cut in zip(detectors, p_cuts, strict=True)
+        )
+        shown = None
+        if self.projector is not None and self.points is not None:
+            points = self.points.finish()
+            shown = _projection(self.reference, self.projector, lambda rows: points[rows], held)
+        return Evidence(
+            detectors=panels,
+            projection=shown,
+            class_balance=self.balance.result(),
+            drift=None if drift is None else drift_figures(drift),
+        )
 
 
 # ----------------------------------------------------------------------------- the report

@@ -43,6 +43,7 @@ from poisonguard.decision import (
     batch_hold_reason,
     decide_batch,
 )
+from poisonguard.detectors import Table
 from poisonguard.detectors.drift import DriftCounts, batch_drift
 from poisonguard.detectors.duplicates import DuplicatesDetector, find_near_copies
 from poisonguard.detectors.targets import robust_spread
@@ -50,6 +51,7 @@ from poisonguard.errors import BatchError, ConfigError, ReviewError, StoreError,
 from poisonguard.evidence import (
     TOP_ROWS,
     Evidence,
+    EvidenceCounts,
     ReferenceUsed,
     batch_evidence,
     build_report,
@@ -773,8 +775,8 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     detectors by ``Guard.judge_chunks`` over the rows the expectations and the
     blocklist let through (its per-row arrays memory-mapped in the staging folder),
     the batch's drift counted on its scoring read (``DriftCounts``), then the
-    decision table written a row group per staged row group. Not kept: the report's
-    evidence figures (histograms and projection need every scored row).
+    decision table written a row group per staged row group. The report's figures are
+    counted on the scoring read (``EvidenceCounts``), in process only.
     """
     folder = meta.folder
     n_rows = meta.rows_in
@@ -805,6 +807,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     reference: ReferenceVersion | None = None
     earlier: dict[str, Any] | None = None
     batch_hold: str | None = None
+    evidence: Evidence | None = None
     if unscored.size < n_rows:
         reference = current
         guard = guard or fit_guard(config, store, reference)
@@ -815,6 +818,9 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
                 yield frame.iloc[_kept(start, len(frame), unscored)].reset_index(drop=True)
 
         drift = DriftCounts(guard.reference_)
+        # The report's figures are counted on the scoring read in this process; a cluster's
+        # workers keep no per-row scores, and their batches' reports go without figures.
+        figures: EvidenceCounts | None = None
         if config.execution.engine == "dask":
             with connect(config.execution) as client:
                 found = judge_on_cluster(
@@ -828,18 +834,32 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
                     drift=drift,
                 )
         else:
+            figures = counted = EvidenceCounts(guard.reference_, folder)
+
+            def each(table: Table, scores: Mapping[str, np.ndarray]) -> None:
+                drift.add(table)
+                counted.add(table, scores)
+
             found = guard.judge_chunks(
-                chunks, source=shown(meta.source), window=window, directory=folder, each=drift.add
+                chunks, source=shown(meta.source), window=window, directory=folder, each=each
             )
         if not window.empty:
             earlier = _window_report(window, found.window_flagged, meta.source)
+        shift = drift.report()
         hold = batch_hold_reason(
-            drift.report(),
+            shift,
             hold_label_shift=config.detection.hold_label_shift,
             hold_feature_drift=config.detection.hold_feature_drift,
         )
         batch_hold = _joined(hold, _source_hold(state, config))
         counts = batch_counts(found.combined, guard.clean_rates_, near_copies=len(blocked))
+        if figures is not None:
+            # Held as the whole path's figures draw them: every scored row under a batch hold.
+            held = np.full(found.n_rows, batch_hold is not None)
+            held[found.held] = True
+            evidence = figures.evidence(
+                held, guard.calibrations_, found.detectors, found.p_cuts, shift
+            )
     else:
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
     held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)
@@ -867,7 +887,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
             "window": earlier,
         },
     )
-    write_evidence(folder, None)
+    write_evidence(folder, None if evidence is None else dumps(evidence))
     crash_point("after-detect")
     return decided
 
@@ -978,6 +998,12 @@ def _write_decision_chunks(
     return held_by
 
 
+def _staged_evidence(meta: Staged) -> Evidence | None:
+    """The report figures the detect step kept beside the staged batch, if it kept some."""
+    kept = read_evidence(meta.folder)
+    return None if kept is None else loads(Evidence, kept[0], source=kept[1])
+
+
 def _commit_chunks(meta: Staged, config: Config, store: Store) -> BatchRecord:
     """``commit_batch`` for a batch staged a chunk at a time: the clean and quarantine files
     streamed a row group at a time (``Store.commit_chunks``), the ledger row last."""
@@ -994,7 +1020,9 @@ def _commit_chunks(meta: Staged, config: Config, store: Store) -> BatchRecord:
             )
     outcome = _committed(meta, decided, None, top)
     counted = (meta.rows_in - n_held, n_held)
-    _write_commit_report(store, outcome, meta, decided, config, counted=counted)
+    _write_commit_report(
+        store, outcome, meta, decided, config, evidence=_staged_evidence(meta), counted=counted
+    )
     parts, schemas = partition_chunks(meta.folder)
     record = store.commit_chunks(outcome, parts, schemas)
     _hold_window_suspects(store, decided.get("window"), meta.batch_id)
@@ -1070,9 +1098,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
         if col != "pg_row":
             quarantine[col] = decision.loc[held, col].to_numpy()
     outcome = _committed(meta, decided, clean, quarantine)
-    kept = read_evidence(meta.folder)
-    evidence = None if kept is None else loads(Evidence, kept[0], source=kept[1])
-    _write_commit_report(store, outcome, meta, decided, config, evidence=evidence)
+    _write_commit_report(store, outcome, meta, decided, config, evidence=_staged_evidence(meta))
     record = store.commit(outcome)  # which also clears the staging folder
     _hold_window_suspects(store, decided.get("window"), meta.batch_id)
     return record

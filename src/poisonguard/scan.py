@@ -13,12 +13,10 @@ chunk, with the decision ``Guard.judge`` reaches on it whole (docs/decision.md, 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, Self, cast
-from uuid import uuid4
+from typing import Any, Protocol, Self, cast
 
 import numpy as np
 import pandas as pd
@@ -44,6 +42,7 @@ from poisonguard.detectors.base import SummaryFold, WithinBatchDetector
 from poisonguard.errors import BatchError, ConfigError, param_error
 from poisonguard.sampling import draw_sample, sample_rule, seed_key
 from poisonguard.sources import THRESHOLDS
+from poisonguard.store.scratch import RowFile
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
 #: at most this share of poison (its top scores are left out of the calibration).
@@ -512,7 +511,7 @@ class Guard:
         window: pd.DataFrame | None = None,
         *,
         directory: str | Path | None = None,
-        each: Callable[[Table], None] | None = None,
+        each: Callable[[Table, Mapping[str, np.ndarray]], None] | None = None,
     ) -> ChunkedDecision:
         """Judge a batch read in chunks, in memory set by the chunk, not the batch.
 
@@ -542,8 +541,9 @@ class Guard:
             files rather than in memory. The files are unlinked as soon as they
             are mapped: nothing is left there, whatever happens.
         each : callable, optional
-            Called with every chunk's encoded rows once, in order (on the scoring
-            read), for what the caller counts over the batch (``DriftCounts``).
+            Called with every chunk's encoded rows and their raw scores (detector name
+            to array) once, in order (on the scoring read), for what the caller counts
+            over the batch (``DriftCounts``, ``EvidenceCounts``).
 
         Returns
         -------
@@ -566,8 +566,8 @@ class Guard:
         summaries = self._summaries(parts.summarize, earlier)
         names = tuple(self.detectors_)
         anchored = self.settings_.excess_level > 0.0 and bool(self.anchored_)
-        log_combined = _RowColumn(directory)
-        log_anchored = _RowColumn(directory if anchored else None)
+        log_combined = RowFile(directory)
+        log_anchored = RowFile(directory if anchored else None)
         for combined, over_anchored in parts.log_p(summaries, anchored):
             log_combined.append(combined)
             if over_anchored is not None:
@@ -612,8 +612,13 @@ class Guard:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Phase 2 on one part of a batch: its rows' combined natural-log p-values, and
         (``anchored``) the same over the anchored detectors, for the excess rule."""
+        return self._log_p_of(self._scores(table, positions, summaries), anchored)
+
+    def _log_p_of(
+        self, scores: Mapping[str, np.ndarray], anchored: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``_log_p_part`` from the part's raw scores."""
         names = tuple(self.detectors_)
-        scores = self._scores(table, positions, summaries)
         logp, w, combined = combined_log_p(scores, self.calibrations_, detector_weights(names))
         if not anchored:
             return combined, None
@@ -742,7 +747,7 @@ class _Chunks:
         guard: Guard,
         chunks: Callable[[], Iterable[pd.DataFrame]],
         source: str,
-        each: Callable[[Table], None] | None = None,
+        each: Callable[[Table, Mapping[str, np.ndarray]], None] | None = None,
     ) -> None:
         if not callable(chunks):
             raise param_error(
@@ -794,9 +799,10 @@ class _Chunks:
         self, summaries: Mapping[str, Any], anchored: bool
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         for table, positions in self.tables():
+            scores = self.guard._scores(table, positions, summaries)
             if self.each is not None:
-                self.each(table)
-            yield self.guard._log_p_part(table, positions, summaries, anchored)
+                self.each(table, scores)
+            yield self.guard._log_p_of(scores, anchored)
 
     def held(
         self,
@@ -810,41 +816,6 @@ class _Chunks:
             if mine.size:
                 table = self.encode(frame.iloc[mine - start])
                 yield self.guard._held_part(table, mine, summaries, n_earlier, p_cuts)
-
-
-class _RowColumn:
-    """A per-row float64 array written chunk by chunk: in memory, or, given a directory,
-    in a file there that is unlinked as soon as it is opened and read back with
-    ``np.memmap`` (the open file and the mapping keep it; nothing stays on disk)."""
-
-    def __init__(self, directory: str | Path | None) -> None:
-        self.parts: list[np.ndarray] = []
-        self.file: BinaryIO | None = None
-        if directory is not None:
-            path = Path(directory) / f"pg-rows-{uuid4().hex}.f8"
-            # Owner-only from its creation: the rows' scores must not be readable by others.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            self.file = os.fdopen(fd, "w+b")
-            path.unlink()
-        self.size = 0
-
-    def append(self, values: np.ndarray) -> None:
-        values = np.ascontiguousarray(values, dtype=np.float64)
-        self.size += values.size
-        if self.file is None:
-            self.parts.append(values)
-        else:
-            values.tofile(self.file)
-
-    def finish(self) -> np.ndarray:
-        """The whole column, read-only."""
-        if self.file is None:
-            return np.concatenate(self.parts) if self.parts else np.zeros(0)
-        with self.file:
-            self.file.flush()
-            if self.size == 0:
-                return np.zeros(0)
-            return np.memmap(self.file, dtype=np.float64, mode="r", shape=(self.size,))
 
 
 def _result(index: pd.Index, scores: Mapping[str, np.ndarray], decision: Decision) -> ScanResult:
