@@ -23,7 +23,14 @@ from poisonguard.pipeline import process_landing
 from poisonguard.scan import Guard
 from poisonguard.store import CRASH_ENV
 from test_chunks import assert_decided_alike, blobs, mixed_table
-from test_streaming import TINY, _config, _outcome, _project, assert_ends_alike
+from test_streaming import (
+    TINY,
+    _config,
+    _outcome,
+    _project,
+    assert_ends_alike,
+    assert_figures_alike,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -210,11 +217,13 @@ def test_chunked_batches_judged_on_the_cluster_end_as_whole_ones(
 ):
     """Every demo batch in chunks of 37 rows, its chunks judged on the two workers: the same
     ledger, clean rows, held rows, stages, reasons and suspicion as the batches taken whole
-    in this process."""
+    in this process, and the same report figures (each worker works out its parts' share)."""
     root = _project(demo_inputs, tmp_path / "demo")
     run = process_landing(_config(root, on_cluster(cluster)))
     assert sorted(r.status for r in run.records) == ["committed"] * 4 + ["rejected"]
-    assert_ends_alike(whole_run, _outcome(root))
+    outcome = _outcome(root)
+    assert_ends_alike(whole_run, outcome)
+    assert_figures_alike(whole_run, outcome)
 
 
 def test_the_flow_runs_on_dask_task_runner(

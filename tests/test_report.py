@@ -1075,16 +1075,6 @@ def test_a_batch_with_no_row_scored_keeps_no_stale_evidence(demo_project, rng):
     assert "every row was held before the detectors scored it" in page
 
 
-def test_a_scored_batch_without_figures_says_it_was_judged_on_a_cluster(rng):
-    """A cluster's workers keep no per-row scores: the page of a scored batch with no
-    evidence says so, not that no row was scored."""
-    report = dataclasses.replace(sample_report(rng), evidence=None)
-    assert report.counts.clean > 0
-    page = render_html(report)
-    assert "judged on a Dask cluster, whose workers keep no per-row scores" in page
-    assert "every row was held before the detectors scored it" not in page
-
-
 def test_a_hostile_file_name_shows_as_text_on_its_report(demo_project):
     """A landed file named with markup, quotes and a line break is rejected, and its report
     shows the name as text."""

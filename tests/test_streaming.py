@@ -103,6 +103,11 @@ def test_chunked_batches_report_the_figures_of_whole_ones(both):
     the same histograms, cuts, class balance and drift, and the same projection up to
     the rounding of its matrix products."""
     whole, chunked, _ = both
+    assert_figures_alike(whole, chunked)
+
+
+def assert_figures_alike(whole: dict, chunked: dict) -> None:
+    """``_outcome``'s report figures of batches in chunks are those of the batches whole."""
     assert sorted(chunked["evidence"]) == sorted(whole["evidence"])
     drawn = 0
     for name, expected in whole["evidence"].items():

@@ -41,6 +41,7 @@ from poisonguard.decision import ChunkedDecision
 from poisonguard.detectors import Table
 from poisonguard.detectors.drift import DriftCounts
 from poisonguard.errors import BatchError, ClusterError
+from poisonguard.evidence import EvidenceCounts, FigureParts
 from poisonguard.scan import Guard, HeldRows
 from poisonguard.store import crash_point, read_row_group
 
@@ -141,6 +142,7 @@ def judge_on_cluster(
     *,
     directory: str | Path | None = None,
     drift: DriftCounts | None = None,
+    figures: EvidenceCounts | None = None,
 ) -> ChunkedDecision:
     """``Guard.judge_chunks`` of a staged batch with its parts judged on ``client``'s cluster.
 
@@ -161,6 +163,9 @@ def judge_on_cluster(
         As in ``Guard.judge_chunks``.
     drift : DriftCounts, optional
         Counts every judged row (each worker counts its parts; they are added here).
+    figures : EvidenceCounts, optional
+        Keeps every judged row's share of the report's figures (each worker works out its
+        parts' shares, ``FigureParts``; they are kept here).
 
     Returns
     -------
@@ -180,7 +185,7 @@ def judge_on_cluster(
 
     batch: _ClusterParts | None = None
     try:
-        batch = _ClusterParts(client, guard, parts, tuple(columns), source, drift)
+        batch = _ClusterParts(client, guard, parts, tuple(columns), source, drift, figures)
         return guard.judge_parts(batch, source, window, directory)
     except (KilledWorker, CommClosedError, CancelledError) as exc:
         raise ClusterError(
@@ -203,13 +208,16 @@ class _ClusterParts:
         columns: tuple[str, ...],
         source: str,
         drift: DriftCounts | None,
+        figures: EvidenceCounts | None = None,
     ) -> None:
         self.client = client
         self.parts = list(parts)
         self.drift = drift
+        self.figures = figures
         self.shared: list[Future] = []
         self.sent: tuple[Mapping[str, Any], Future] | None = None
         self.counts = None if drift is None else self._broadcast(drift.fresh())
+        self.figure_parts = None if figures is None else self._broadcast(figures.parts)
         self.job: dict[str, Any] = {
             "guard": self._broadcast(guard),
             "columns": columns,
@@ -263,12 +271,15 @@ class _ClusterParts:
             "summaries": self._summaries(summaries),
             "anchored": anchored,
             "counts": self.counts,
+            "figures": self.figure_parts,
         }
-        for combined, over_anchored, tally in self._each(
+        for combined, over_anchored, tally, share in self._each(
             _log_p_task, [(p, extra) for p in self.parts]
         ):
             if self.drift is not None:
                 self.drift.add_tally(tally)
+            if self.figures is not None:
+                self.figures.add_part(share)
             yield combined, over_anchored
 
     def held(
@@ -374,16 +385,20 @@ def _log_p_task(
     summaries: Mapping[str, Any],
     anchored: bool,
     counts: DriftCounts | None,
-) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any] | None]:
+    figures: FigureParts | None,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any] | None, dict[str, Any] | None]:
     table, positions = _table(part, job)
     tally = None
     if counts is not None:
         mine = counts.fresh()
         mine.add(table)
         tally = mine.tally()
+    guard = job["guard"]
     with _DETECTORS:
-        combined, over_anchored = job["guard"]._log_p_part(table, positions, summaries, anchored)
-    return combined, over_anchored, tally
+        scores = guard._scores(table, positions, summaries)
+        combined, over_anchored = guard._log_p_of(scores, anchored)
+    share = None if figures is None else figures.of(table, scores)
+    return combined, over_anchored, tally, share
 
 
 def _held_task(

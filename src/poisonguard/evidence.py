@@ -536,12 +536,19 @@ class _Balance:
             return np.bincount(np.searchsorted(self.cuts[1:-1], x, side="left"), minlength=k)
         return np.bincount(values[values >= 0], minlength=k)
 
-    def add(self, batch: Table) -> None:
+    def count(self, batch: Table) -> np.ndarray | None:
+        """A batch's rows per label (or target range); None when it has no labels."""
         values = batch.target if self.kind == "target" else batch.y
         if values is None:
+            return None
+        return self._count(values) if self.kind is not None else np.zeros(0)
+
+    def add(self, counts: np.ndarray | None) -> None:
+        """Add a part's ``count``."""
+        if counts is None:
             self.complete = False
         elif self.kind is not None:
-            self.counts += self._count(values)
+            self.counts += counts
 
     def result(self) -> ClassBalance | None:
         if self.kind is None or not self.complete:
@@ -574,7 +581,7 @@ def class_balance(reference: Table, batch: Table) -> ClassBalance | None:
     """Each trusted label's share among trusted rows and among the batch's rows; for a
     regression target, the shares of its trusted deciles (and of values beyond them)."""
     balance = _Balance(reference)
-    balance.add(batch)
+    balance.add(balance.count(batch))
     return balance.result()
 
 
@@ -649,15 +656,40 @@ def batch_evidence(
     )
 
 
-class EvidenceCounts:
-    """A batch's report figures counted chunk by chunk, for a batch judged in chunks.
+class FigureParts:
+    """What a part of a batch adds to its report figures (``EvidenceCounts``), worked out
+    where the part is (this process, or a cluster's worker): its rows' raw scores, their
+    points on the trusted PCs and its label counts. Small and picklable: the trusted PCs
+    and the label ranges only.
 
-    ``add`` takes each chunk's encoded rows and raw scores (``Guard.judge_chunks``'s
-    ``each``): every row's scores and its point on the trusted PCs go to unlinked files
-    of ``directory`` (``RowFile``: a few numbers a row, not in memory), its label to a
-    count. ``evidence`` then draws ``batch_evidence``'s figures from them, once the
-    decision says which rows are held: the same figures, up to the rounding of the
-    projection's matrix products.
+    Parameters
+    ----------
+    reference : Table
+        The trusted rows the detectors were fitted on (``Guard.reference_``).
+    """
+
+    def __init__(self, reference: Table) -> None:
+        self.projector = _projector(reference)
+        self.balance = _Balance(reference)
+
+    def of(self, batch: Table, scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """One part's share: ``{"scores", "points", "labels"}`` for ``EvidenceCounts.add_part``."""
+        return {
+            "scores": {name: np.asarray(s, dtype=np.float64) for name, s in scores.items()},
+            "points": None if self.projector is None else self.projector[0].transform(batch.x32),
+            "labels": self.balance.count(batch),
+        }
+
+
+class EvidenceCounts:
+    """A batch's report figures counted part by part, for a batch judged in chunks.
+
+    Each part's share (``FigureParts.of``: in this process through ``add``, on a cluster's
+    worker and then ``add_part``) is kept: every row's scores and its point on the trusted
+    PCs in unlinked files of ``directory`` (``RowFile``: a few numbers a row, not in
+    memory), its labels as counts. ``evidence`` then draws ``batch_evidence``'s figures
+    from them, once the decision says which rows are held: the same figures, up to the
+    rounding of the projection's matrix products.
 
     Parameters
     ----------
@@ -670,20 +702,24 @@ class EvidenceCounts:
     def __init__(self, reference: Table, directory: str | Path | None = None) -> None:
         self.reference = reference
         self.directory = directory
-        self.projector = _projector(reference)
-        self.points = RowFile(directory, width=2) if self.projector is not None else None
+        self.parts = FigureParts(reference)
+        self.points = RowFile(directory, width=2) if self.parts.projector is not None else None
         self.scores: dict[str, RowFile] = {}
         self.balance = _Balance(reference)
 
     def add(self, batch: Table, scores: Mapping[str, np.ndarray]) -> None:
         """Count one chunk: its encoded rows and every detector's raw scores of them."""
-        for name, values in scores.items():
+        self.add_part(self.parts.of(batch, scores))
+
+    def add_part(self, part: Mapping[str, Any]) -> None:
+        """Count one part's share (``FigureParts.of``), parts in batch order."""
+        for name, values in part["scores"].items():
             if name not in self.scores:
                 self.scores[name] = RowFile(self.directory)
             self.scores[name].append(values)
-        if self.projector is not None and self.points is not None:
-            self.points.append(self.projector[0].transform(batch.x32))
-        self.balance.add(batch)
+        if self.points is not None:
+            self.points.append(part["points"])
+        self.balance.add(part["labels"])
 
     def evidence(
         self,
@@ -701,9 +737,10 @@ class EvidenceCounts:
             for name, p_cut in zip(detectors, p_cuts, strict=True)
         )
         shown = None
-        if self.projector is not None and self.points is not None:
+        if self.parts.projector is not None and self.points is not None:
             points = self.points.finish()
-            shown = _projection(self.reference, self.projector, lambda rows: points[rows], held)
+            projector = self.parts.projector
+            shown = _projection(self.reference, projector, lambda rows: points[rows], held)
         return Evidence(
             detectors=panels,
             projection=shown,

@@ -776,7 +776,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     blocklist let through (its per-row arrays memory-mapped in the staging folder),
     the batch's drift counted on its scoring read (``DriftCounts``), then the
     decision table written a row group per staged row group. The report's figures are
-    counted on the scoring read (``EvidenceCounts``), in process only.
+    counted on the scoring read (``EvidenceCounts``), here or on the cluster's workers.
     """
     folder = meta.folder
     n_rows = meta.rows_in
@@ -818,9 +818,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
                 yield frame.iloc[_kept(start, len(frame), unscored)].reset_index(drop=True)
 
         drift = DriftCounts(guard.reference_)
-        # The report's figures are counted on the scoring read in this process; a cluster's
-        # workers keep no per-row scores, and their batches' reports go without figures.
-        figures: EvidenceCounts | None = None
+        figures = EvidenceCounts(guard.reference_, folder)
         if config.execution.engine == "dask":
             with connect(config.execution) as client:
                 found = judge_on_cluster(
@@ -832,13 +830,13 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
                     window,
                     directory=folder,
                     drift=drift,
+                    figures=figures,
                 )
         else:
-            figures = counted = EvidenceCounts(guard.reference_, folder)
 
             def each(table: Table, scores: Mapping[str, np.ndarray]) -> None:
                 drift.add(table)
-                counted.add(table, scores)
+                figures.add(table, scores)
 
             found = guard.judge_chunks(
                 chunks, source=shown(meta.source), window=window, directory=folder, each=each
@@ -853,13 +851,10 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
         )
         batch_hold = _joined(hold, _source_hold(state, config))
         counts = batch_counts(found.combined, guard.clean_rates_, near_copies=len(blocked))
-        if figures is not None:
-            # Held as the whole path's figures draw them: every scored row under a batch hold.
-            held = np.full(found.n_rows, batch_hold is not None)
-            held[found.held] = True
-            evidence = figures.evidence(
-                held, guard.calibrations_, found.detectors, found.p_cuts, shift
-            )
+        # Held as the whole path's figures draw them: every scored row under a batch hold.
+        held = np.full(found.n_rows, batch_hold is not None)
+        held[found.held] = True
+        evidence = figures.evidence(held, guard.calibrations_, found.detectors, found.p_cuts, shift)
     else:
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
     held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)

@@ -996,12 +996,6 @@ def _check_report(report: Any, owner: str) -> BatchReport:
     return report
 
 
-def _scored(report: BatchReport) -> bool:
-    """Whether any row of the batch reached the detectors."""
-    held = report.counts.held_by
-    return report.counts.clean + held["detectors"] + held["batch_hold"] > 0
-
-
 def render_html(report: BatchReport) -> str:
     """Render one batch's report as a self-contained HTML page.
 
@@ -1039,8 +1033,6 @@ def render_html(report: BatchReport) -> str:
     if missing:
         if report.status == "rejected":
             why = " (the batch was rejected before it was scored)"
-        elif evidence is None and _scored(report):
-            why = " (the batch was judged on a Dask cluster, whose workers keep no per-row scores)"
         elif evidence is None:
             why = " (every row was held before the detectors scored it)"
         else:
