@@ -1051,6 +1051,33 @@ def test_a_batch_hold_is_counted_and_named_on_the_page(demo_project):
     assert "Held for review: batch held for review" in markdown_summary(report, Path("x"))
 
 
+def test_figures_counted_in_parts_with_empty_ones_are_the_whole_batchs(tmp_path):
+    """EvidenceCounts fed a batch's rows in parts, empty parts among them (a row group whose
+    every row was held before scoring), draws the figures it draws from the batch in one."""
+    from sklearn.datasets import load_digits
+
+    from poisonguard.evidence import EvidenceCounts
+    from poisonguard.scan import Guard
+
+    data = load_digits(as_frame=True).frame.rename(columns={"target": "label"})
+    guard = Guard(label="label").fit(data.iloc[:900])
+    table, scores, decision = guard.judge(data.iloc[900:1300].reset_index(drop=True))
+    held = np.asarray(decision.quarantined)
+    args = (held, guard.calibrations_, decision.detectors, decision.p_cuts)
+    whole = EvidenceCounts(guard.reference_, tmp_path)
+    whole.add(table, scores)
+    parts = EvidenceCounts(guard.reference_, tmp_path)
+    for lo, hi in [(0, 0), (0, 150), (150, 150), (150, 400), (400, 400)]:
+        rows = np.arange(lo, hi)
+        parts.add(table.take(rows), {name: s[rows] for name, s in scores.items()})
+    got, want = parts.evidence(*args), whole.evidence(*args)
+    assert got.detectors == want.detectors and got.class_balance == want.class_balance
+    assert got.projection is not None and want.projection is not None
+    np.testing.assert_allclose(got.projection.clean, want.projection.clean, atol=2e-3)
+    assert held.sum() > 0 and len(got.projection.held) == held.sum()
+    assert list(tmp_path.iterdir()) == []  # the per-row files are unlinked at once
+
+
 def test_a_batch_with_no_row_scored_keeps_no_stale_evidence(demo_project, rng):
     """Every row broke an expectation, so no detector ran: detect leaves no evidence.json (not
     even one an earlier run left), and the page says why it has no detector scores."""

@@ -674,9 +674,13 @@ class FigureParts:
 
     def of(self, batch: Table, scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """One part's share: ``{"scores", "points", "labels"}`` for ``EvidenceCounts.add_part``."""
+        points = None
+        if self.projector is not None:
+            # A part may have no rows (every row of a row group held before scoring).
+            points = self.projector[0].transform(batch.x32) if batch.n_rows else np.zeros((0, 2))
         return {
             "scores": {name: np.asarray(s, dtype=np.float64) for name, s in scores.items()},
-            "points": None if self.projector is None else self.projector[0].transform(batch.x32),
+            "points": points,
             "labels": self.balance.count(batch),
         }
 
