@@ -637,22 +637,10 @@ def batch_evidence(
     found = decision.detectors
     if found is None or batch.n_rows != decision.scored.size:
         raise ValueError("batch_evidence() needs the decision of the batch's scored rows")
-    held = decision.quarantined[decision.scored]
-    panels = tuple(
-        detector_panel(
-            name,
-            decision.scores[name][decision.scored],
-            held,
-            calibrations[name],
-            p_cut,
-        )
-        for name, p_cut in zip(found.detectors, found.p_cuts, strict=True)
-    )
-    return Evidence(
-        detectors=panels,
-        projection=projection(reference, batch, held),
-        class_balance=class_balance(reference, batch),
-        drift=None if drift is None else drift_figures(drift),
+    counts = EvidenceCounts(reference)
+    counts.add(batch, {name: decision.scores[name][decision.scored] for name in found.detectors})
+    return counts.evidence(
+        decision.quarantined[decision.scored], calibrations, found.detectors, found.p_cuts, drift
     )
 
 

@@ -607,17 +607,12 @@ class Guard:
             p_cuts=held.p_cuts,
         )
 
-    def _log_p_part(
-        self, table: Table, positions: np.ndarray, summaries: Mapping[str, Any], anchored: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Phase 2 on one part of a batch: its rows' combined natural-log p-values, and
-        (``anchored``) the same over the anchored detectors, for the excess rule."""
-        return self._log_p_of(self._scores(table, positions, summaries), anchored)
-
     def _log_p_of(
         self, scores: Mapping[str, np.ndarray], anchored: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """``_log_p_part`` from the part's raw scores."""
+        """Phase 2 on one part of a batch, from its raw scores (``_scores``): its rows'
+        combined natural-log p-values, and (``anchored``) the same over the anchored
+        detectors, for the excess rule."""
         names = tuple(self.detectors_)
         logp, w, combined = combined_log_p(scores, self.calibrations_, detector_weights(names))
         if not anchored:
@@ -718,7 +713,7 @@ class BatchParts(Protocol):
     def log_p(
         self, summaries: Mapping[str, Any], anchored: bool
     ) -> Iterable[tuple[np.ndarray, np.ndarray | None]]:
-        """Per part: ``Guard._log_p_part`` of it."""
+        """Per part: ``Guard._log_p_of`` its ``Guard._scores``."""
         ...
 
     def held(
