@@ -397,7 +397,7 @@ def test_model_label_does_not_call_a_far_outliers_label_unseen(digits):
     object.__setattr__(far, "X", X)
     det = REGISTRY["model_label"]().fit(reference)
     # Each row labelled with the class the model finds least likely for it.
-    object.__setattr__(far, "y", det._log_prob(far).argmin(axis=1).astype(np.int64))
+    object.__setattr__(far, "y", det.log_proba(far).argmin(axis=1).astype(np.int64))
     reasons = det.explain(far, np.arange(3))
     for reason in reasons:
         assert "never seen" not in reason and reason.startswith("model gives label")

@@ -15,10 +15,13 @@ from poisonguard.errors import ConfigError, GateError, ReviewError
 from poisonguard.gate import gate
 from poisonguard.sources import (
     BETS,
+    FLOW_BETS,
     POOLED,
     THRESHOLDS,
     BatchCounts,
     Event,
+    FlowCounts,
+    LabelFlows,
     SourceTest,
     alarms,
     batch_counts,
@@ -152,6 +155,123 @@ def test_the_counts_survive_the_audit_entry_round_trip():
     counts = batch_counts(np.array([0.5, 0.005, 0.0005, 0.00001]), [0.0, 0.001, 0.0], 2)
     assert counts.rows == 6 and counts.below == (5, 4, 3)
     assert BatchCounts.from_dict(counts.as_dict()) == counts
+
+
+# ----------------------------------------------------------------------------- label flows
+
+CLASSES = ("a", "b", "c", "d")
+
+
+def _model_rows(rng: np.random.Generator, n: int, mix=None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rows of a model's log-probabilities over four classes and labels drawn from them
+    (a calibrated model), the rows' likeliest class drawn from ``mix``."""
+    mix = np.full(4, 0.25) if mix is None else np.asarray(mix)
+    top = rng.choice(4, size=n, p=mix)
+    logits = rng.normal(0.0, 1.0, size=(n, 4))
+    logits[np.arange(n), top] += rng.uniform(0.0, 5.0, size=n)
+    log_q = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    y = np.array([rng.choice(4, p=np.exp(row)) for row in log_q])
+    return log_q, y
+
+
+def _flows(rng: np.random.Generator) -> LabelFlows:
+    return LabelFlows.fit(*_model_rows(rng, 2000), CLASSES)
+
+
+def _flow_events(
+    source: str, flows: LabelFlows, batches: list[tuple[np.ndarray, np.ndarray]], start: int = 0
+) -> list[Event]:
+    """Events whose rows are all unremarkable to the row-level tests, with their label flows."""
+    out = []
+    for i, (log_q, y) in enumerate(batches):
+        tally = FlowCounts(flows)
+        tally.add(flows.log_evalues(log_q, y))
+        counts = batch_counts(np.full(len(y), 0.5), NO_RATES, flows=tally.pairs())
+        out.append(Event(source, f"{source}-{start + i}", len(y), counts))
+    return out
+
+
+def _relabelled(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of ``n`` rows where ``k`` rows the model gives to class 0 carry label 2."""
+    log_q, y = _model_rows(rng, n)
+    mine = np.flatnonzero(np.exp(log_q[:, 0]) > 0.8)[:k]
+    y[mine] = 2
+    return log_q, y
+
+
+def test_a_batch_label_flow_e_value_averages_at_most_one_when_labels_follow_the_model():
+    """Labels drawn as a calibrated model says: every pair's batch e-value, under every bet,
+    has expectation at most 1."""
+    rng = np.random.default_rng(20)
+    flows = _flows(rng)
+    e = np.array([np.exp(flows.log_evalues(*_model_rows(rng, 50))) for _ in range(3000)])
+    assert e.shape == (3000, 4, 4, len(FLOW_BETS))
+    bound = 1 + 4 * e.std(axis=0) / np.sqrt(len(e))
+    assert (e.mean(axis=0) <= bound).all()
+    assert (flows.weight.diagonal() == 0).all() and (flows.weight <= 0.5).all()
+
+
+def test_rows_moved_from_one_class_to_another_alarm_their_source_when_no_row_stands_out():
+    """Two rows a batch that the model gives to 'a' arrive labelled 'c', every row's p-value
+    unremarkable: the source alarms within ten batches (eight here) through its label
+    flows, and the words name the flow. Without flows the same batches raise nothing."""
+    rng = np.random.default_rng(21)
+    flows = _flows(rng)
+    events = _flow_events("partner", flows, [_relabelled(rng, 50, 2) for _ in range(16)])
+    at = _first_alarm(events, SourceTest(), "partner")
+    assert at is not None and at <= 10
+    state = source_states(events, SourceTest())["partner"]
+    assert state.flow == ("a", "c")
+    assert "rows labelled 'c' that the trusted rows' model gives to 'a'" in state.describe(
+        SourceTest()
+    )
+    bare = [
+        Event(e.source, e.batch_id, e.rows_in, batch_counts(np.full(50, 0.5), NO_RATES))
+        for e in events
+    ]
+    assert not source_states(bare, SourceTest())["partner"].alarmed
+
+
+def test_a_clean_source_with_its_own_mix_of_classes_does_not_alarm_on_label_flows():
+    """200 batches whose rows are mostly of class 'b' (features that say so, labels that
+    follow them), five sources: a mix of classes the trusted rows explain is not evidence."""
+    rng = np.random.default_rng(22)
+    flows = _flows(rng)
+    events = [
+        e
+        for s in "vwxyz"
+        for e in _flow_events(
+            s, flows, [_model_rows(rng, 50, [0.1, 0.7, 0.1, 0.1]) for _ in range(200)]
+        )
+    ]
+    states = source_states(events, SourceTest())
+    assert alarms(states) == []
+
+
+def test_a_model_that_overstates_odds_on_trusted_rows_is_trusted_less():
+    """Trusted rows labelled 'c' where an overconfident model gives 'a' high odds: the pair's
+    weight falls below the slack's, so honest rows like them are not evidence."""
+    rng = np.random.default_rng(23)
+    log_q, y = _model_rows(rng, 2000)
+    honest = np.flatnonzero(np.exp(log_q[:, 0]) > 0.8)[:200]
+    y[honest] = 2  # 'c' happens where the model says 'a' far more often than it claims
+    weight = LabelFlows.fit(log_q, y, CLASSES).weight
+    assert weight[0, 2] < 0.1 < weight[1, 2]
+
+
+def test_label_flows_add_up_over_chunks_and_survive_the_audit_entry():
+    rng = np.random.default_rng(24)
+    flows = _flows(rng)
+    log_q, y = _model_rows(rng, 90)
+    whole = flows.log_evalues(log_q, y)
+    tally = FlowCounts(flows)
+    for part in np.array_split(np.arange(90), [0, 7, 40]):
+        tally.add(flows.log_evalues(log_q[part], y[part]))
+    assert tally.log_e is not None and np.allclose(tally.log_e, whole)
+    counts = batch_counts(np.array([0.5]), NO_RATES, flows=tally.pairs())
+    assert len(counts.flows) == 12
+    assert BatchCounts.from_dict(counts.as_dict()) == counts
+    assert FlowCounts(None).pairs() == () and FlowCounts(flows).pairs() == ()
 
 
 def test_a_batch_far_from_a_source_s_usual_size_is_drift():

@@ -78,7 +78,14 @@ def _outcome(root: Path) -> dict:
         path.name: json.loads(path.read_text())["evidence"]
         for path in sorted((store.root / "reports").glob("*.json"))
     }
-    return {"ledger": ledger, "files": files, "row_groups": groups, "evidence": reports}
+    flows = {e.batch_id: e.counts.flows for e in store.source_events() if e.counts is not None}
+    return {
+        "ledger": ledger,
+        "files": files,
+        "row_groups": groups,
+        "evidence": reports,
+        "flows": flows,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +133,18 @@ def assert_figures_alike(whole: dict, chunked: dict) -> None:
         for key in ("clean", "held"):
             np.testing.assert_allclose(shown[key], want[key], atol=2e-3, err_msg=name)
     assert drawn >= 3
+    # What each batch tells its source: the same label flows, summed chunk by chunk.
+    assert sorted(chunked["flows"]) == sorted(whole["flows"])
+    followed = 0
+    for batch, expected in whole["flows"].items():
+        got = chunked["flows"][batch]
+        assert [(a, c) for a, c, _ in got] == [(a, c) for a, c, _ in expected], batch
+        if expected:
+            followed += 1
+            np.testing.assert_allclose(
+                [e for *_, e in got], [e for *_, e in expected], rtol=1e-9, atol=1e-9
+            )
+    assert followed >= 3
 
 
 def assert_ends_alike(whole: dict, chunked: dict) -> None:

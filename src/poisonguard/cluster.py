@@ -43,6 +43,7 @@ from poisonguard.detectors.drift import DriftCounts
 from poisonguard.errors import BatchError, ClusterError
 from poisonguard.evidence import EvidenceCounts, FigureParts
 from poisonguard.scan import Guard, HeldRows
+from poisonguard.sources import FlowCounts
 from poisonguard.store import crash_point, read_row_group
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ def judge_on_cluster(
     directory: str | Path | None = None,
     drift: DriftCounts | None = None,
     figures: EvidenceCounts | None = None,
+    flows: FlowCounts | None = None,
 ) -> ChunkedDecision:
     """``Guard.judge_chunks`` of a staged batch with its parts judged on ``client``'s cluster.
 
@@ -166,6 +168,8 @@ def judge_on_cluster(
     figures : EvidenceCounts, optional
         Keeps every judged row's share of the report's figures (each worker works out its
         parts' shares, ``FigureParts``; they are kept here).
+    flows : FlowCounts, optional
+        Adds up the batch's label flows (each worker works out its parts').
 
     Returns
     -------
@@ -185,7 +189,7 @@ def judge_on_cluster(
 
     batch: _ClusterParts | None = None
     try:
-        batch = _ClusterParts(client, guard, parts, tuple(columns), source, drift, figures)
+        batch = _ClusterParts(client, guard, parts, tuple(columns), source, drift, figures, flows)
         return guard.judge_parts(batch, source, window, directory)
     except (KilledWorker, CommClosedError, CancelledError) as exc:
         raise ClusterError(
@@ -209,11 +213,13 @@ class _ClusterParts:
         source: str,
         drift: DriftCounts | None,
         figures: EvidenceCounts | None = None,
+        flows: FlowCounts | None = None,
     ) -> None:
         self.client = client
         self.parts = list(parts)
         self.drift = drift
         self.figures = figures
+        self.flows = flows
         self.shared: list[Future] = []
         self.sent: tuple[Mapping[str, Any], Future] | None = None
         self.counts = None if drift is None else self._broadcast(drift.fresh())
@@ -273,13 +279,15 @@ class _ClusterParts:
             "counts": self.counts,
             "figures": self.figure_parts,
         }
-        for combined, over_anchored, tally, share in self._each(
+        for combined, over_anchored, tally, share, flows in self._each(
             _log_p_task, [(p, extra) for p in self.parts]
         ):
             if self.drift is not None:
                 self.drift.add_tally(tally)
             if self.figures is not None:
                 self.figures.add_part(share)
+            if self.flows is not None:
+                self.flows.add(flows)
             yield combined, over_anchored
 
     def held(
@@ -386,7 +394,9 @@ def _log_p_task(
     anchored: bool,
     counts: DriftCounts | None,
     figures: FigureParts | None,
-) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any] | None, dict[str, Any] | None]:
+) -> tuple[
+    np.ndarray, np.ndarray | None, dict[str, Any] | None, dict[str, Any] | None, np.ndarray | None
+]:
     table, positions = _table(part, job)
     tally = None
     if counts is not None:
@@ -398,7 +408,7 @@ def _log_p_task(
         scores = guard._scores(table, positions, summaries)
         combined, over_anchored = guard._log_p_of(scores, anchored)
     share = None if figures is None else figures.of(table, scores)
-    return combined, over_anchored, tally, share
+    return combined, over_anchored, tally, share, guard.flow_log_e(table)
 
 
 def _held_task(

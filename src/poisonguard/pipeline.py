@@ -67,6 +67,7 @@ from poisonguard.sources import (
     THRESHOLDS,
     BatchCounts,
     Event,
+    FlowCounts,
     SourceState,
     batch_counts,
     size_drift,
@@ -720,7 +721,11 @@ def detect_batch(
             hold_label_shift=config.detection.hold_label_shift,
             hold_feature_drift=config.detection.hold_feature_drift,
         )
-        counts = batch_counts(found.combined, guard.clean_rates_, near_copies=len(blocked))
+        flows = FlowCounts(guard.label_flows_)
+        flows.add(guard.flow_log_e(table))
+        counts = batch_counts(
+            found.combined, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
+        )
         decision = decide_batch(
             len(rows),
             failed=failed,
@@ -819,6 +824,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
 
         drift = DriftCounts(guard.reference_)
         figures = EvidenceCounts(guard.reference_, folder)
+        flows = FlowCounts(guard.label_flows_)
         if config.execution.engine == "dask":
             with connect(config.execution) as client:
                 found = judge_on_cluster(
@@ -831,12 +837,14 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
                     directory=folder,
                     drift=drift,
                     figures=figures,
+                    flows=flows,
                 )
         else:
 
             def each(table: Table, scores: Mapping[str, np.ndarray]) -> None:
                 drift.add(table)
                 figures.add(table, scores)
+                flows.add(guard.flow_log_e(table))
 
             found = guard.judge_chunks(
                 chunks, source=shown(meta.source), window=window, directory=folder, each=each
@@ -850,7 +858,9 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
             hold_feature_drift=config.detection.hold_feature_drift,
         )
         batch_hold = _joined(hold, _source_hold(state, config))
-        counts = batch_counts(found.combined, guard.clean_rates_, near_copies=len(blocked))
+        counts = batch_counts(
+            found.combined, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
+        )
         # Held as the whole path's figures draw them: every scored row under a batch hold.
         held = np.full(found.n_rows, batch_hold is not None)
         held[found.held] = True

@@ -39,9 +39,10 @@ from poisonguard.decision import (
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
 from poisonguard.detectors._common import TIE_JITTER
 from poisonguard.detectors.base import SummaryFold, WithinBatchDetector
+from poisonguard.detectors.labels import ModelLabelDetector
 from poisonguard.errors import BatchError, ConfigError, param_error
 from poisonguard.sampling import draw_sample, sample_rule, seed_key
-from poisonguard.sources import THRESHOLDS
+from poisonguard.sources import MAX_FLOW_CLASSES, THRESHOLDS, LabelFlows
 from poisonguard.store.scratch import RowFile
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
@@ -156,6 +157,15 @@ class ScanResult:
     @property
     def n_quarantined(self) -> int:
         return int(self.quarantined.sum())
+
+
+#: The detector whose model of labels given features the label flows are tested against.
+FLOW_MODEL = "model_label"
+
+
+def _follows_flows(names: tuple[str, ...], table: Table) -> bool:
+    """Whether a guard of these detectors on this encoded reference follows label flows."""
+    return FLOW_MODEL in names and table.y is not None and 2 <= table.n_classes <= MAX_FLOW_CLASSES
 
 
 class Guard:
@@ -316,10 +326,25 @@ class Guard:
         # Fold by fold, so detectors sharing a neighbour search share it here too;
         # within-batch detectors see each fold as a batch of its own size.
         cal_scores: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        follow = _follows_flows(names, table)
+        cal_log_q: list[np.ndarray] = []
         for scorer, fold in zip(scorers, folds, strict=True):
             held = table.take(fold)
             for name in names:
                 cal_scores[name].append(scorer[name].score(held))
+            if follow:
+                cal_log_q.append(cast(ModelLabelDetector, scorer[FLOW_MODEL]).log_proba(held))
+        # The label flows each batch of a source adds to its evidence (``sources``),
+        # tested against what the trusted rows showed when scored out of fold.
+        self.label_flows_ = (
+            LabelFlows.fit(
+                np.concatenate(cal_log_q),
+                cast(np.ndarray, table.y)[np.concatenate(folds)],
+                [str(table.label_of(c)) for c in range(table.n_classes)],
+            )
+            if follow
+            else None
+        )
         held_scores = {name: np.concatenate(s) for name, s in cal_scores.items()}
         calibrations = {name: calibrate(name, s) for name, s in held_scores.items()}
         self.clean_rates_ = _clean_rates(cal_scores, names)
@@ -335,6 +360,18 @@ class Guard:
         return fitted, calibrations
 
     # ----------------------------------------------------------------- scan
+    def flow_log_e(self, table: Table) -> np.ndarray | None:
+        """The label flows of these encoded rows (``LabelFlows.log_evalues``: a sum over
+        rows, so a batch's is the sum of its chunks'), or None where the guard does not
+        follow them."""
+        flows = self.label_flows_
+        if flows is None:
+            return None
+        if table.n_rows == 0:
+            return flows.log_evalues(np.zeros((0, len(flows.classes))), np.zeros(0, np.int64))
+        model = cast(ModelLabelDetector, self.detectors_[FLOW_MODEL])
+        return flows.log_evalues(model.log_proba(table), np.asarray(table.y, dtype=np.int64))
+
     @property
     def windowed_(self) -> tuple[str, ...]:
         """The active detectors that score a batch together with a window of its source's rows."""

@@ -27,6 +27,20 @@ source and one over every source pooled:
   ``1 / alarm_level``; it forgets a long clean history, so poison that starts
   late is seen as fast as poison that starts at once.
 
+Poison that no row-level test finds suspicious enough to count (flips chosen to
+look honest) still moves labels: rows of one class arrive labelled as another.
+So each batch also records, for every ordered pair of classes ``(a, c)``, the
+e-value of a **label flow** from ``a`` to ``c`` (:class:`LabelFlows`): the
+likelihood ratio of "a share ``eps`` of the rows of class ``a`` were relabelled
+``c``" against the trusted rows' model of labels given features. A row labelled
+``c`` that the model gives to ``a`` counts up to its odds ``q(a|x) / q(c|x)``;
+every row labelled ``a`` costs ``1 - eps``. Under the null (labels drawn as the
+trusted rows' model says, whatever the mix of features a source sends) its
+expectation is at most 1, so a source sending more of one class than another
+is not evidence; only labels the features do not explain are. Its Shiryaev-Roberts
+statistics, per pair and bet, are averaged, and a source's statistic is the
+mean of the row-count statistic and this one.
+
 A source **alarms** when its statistic reaches ``1 / alarm_level``; the pooled
 statistic alarming alarms every source that contributed evidence (the product
 of its batches' e-values since it was last cleared exceeds 1 under some bet), so poison split over many sources is still seen. An
@@ -66,6 +80,15 @@ LOG_MAX = 700.0
 SOURCE_ALARM = "source alarm"
 #: The name of the statistic over every source pooled.
 POOLED = "all sources"
+#: The label flows' bets: the share of a class's rows the alternative says were relabelled.
+FLOW_BETS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+#: A row's odds for the class it may have come from count up to this: one honest row the
+#: model is sure of the wrong way cannot carry a source alone.
+FLOW_ODDS_CAP = 50.0
+#: Label flows are followed on tables of at most this many classes (K (K - 1) pairs a batch).
+MAX_FLOW_CLASSES = 20
+#: How far, as a factor, the model may overstate a row's odds on clean rows.
+FLOW_SLACK = 2.0
 
 
 #: How the defaults were chosen (development data only: the dev tables of
@@ -106,6 +129,128 @@ class SourceTest:
         return self
 
 
+#: How the label flows' settings were chosen (development data only: scikit-learn's
+#: digits, 40% trusted, three seeds, two flips of 3 into 9 per batch of 48 rows chosen
+#: to be the least suspicious to the gate, and clean batches of 48 rows resampled 200
+#: times, 20 trials): an odds cap of 20 alarmed at batches 10, 8 and 10, 50 at 5, 7 and
+#: 8, 100 at 4 with a clean run's statistic reaching 8.9 nats once in 20 (the alarm is
+#: at 6.9); at 50 no clean run passed 2.9 nats.
+@dataclass(frozen=True, eq=False)
+class LabelFlows:
+    """The label-flow test of one fitted guard: per pair of classes, how much a row's odds count.
+
+    A batch's e-value for the flow ``a -> c`` at bet ``eps`` is the product, over its
+    rows labelled ``c``, of ``1 + eps * w[a, c] * min(FLOW_ODDS_CAP, q(a|x) / q(c|x))``
+    and, over its rows labelled ``a``, of ``1 - eps``. For a model ``q`` of labels
+    given features that is calibrated, its expectation is at most 1 when
+    ``w <= 1``; ``w`` is ``1 / FLOW_SLACK``, lowered further for a pair where the trusted
+    rows, scored out of fold, reach high odds more often than ``q`` says (``fit``).
+
+    Attributes
+    ----------
+    classes : tuple of str
+        The classes, as the reasons name them, in code order.
+    weight : ndarray of shape (K, K)
+        ``w[a, c]``; the diagonal is 0.
+    """
+
+    classes: tuple[str, ...]
+    weight: np.ndarray
+
+    @classmethod
+    def fit(cls, log_q: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> LabelFlows:
+        """The test, from trusted rows the model scored without having seen them.
+
+        Parameters
+        ----------
+        log_q : ndarray of shape (n, K)
+            Out-of-fold log-probabilities of every class (``-inf`` for none).
+        y : ndarray of shape (n,)
+            Their label codes.
+        classes : sequence of str
+        """
+        k = len(classes)
+        odds, known = _odds(log_q, y, k)
+        y_known = y[known]
+        honest = np.zeros((k, k))  # mean over rows of 1[y = c] * odds(a), as [a, c]
+        for c in range(k):
+            mine = y_known == c
+            if mine.any():
+                honest[:, c] = odds[mine].sum(axis=0) / max(len(y), 1)
+        share = np.bincount(y_known, minlength=k)[:k] / max(len(y), 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(honest > 0, share[:, None] / honest, 1.0)
+        weight = np.minimum(room, 1.0) / FLOW_SLACK
+        np.fill_diagonal(weight, 0.0)
+        return cls(tuple(str(c) for c in classes), weight)
+
+    def log_evalues(self, log_q: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """ndarray of shape (K, K, len(FLOW_BETS)): the log e-value of the flow ``a -> c``
+        (as ``[a, c]``) from these rows, under each bet; 0 on the diagonal. A sum over
+        rows: a batch's is the sum of its chunks'."""
+        k = len(self.classes)
+        out = np.zeros((k, k, len(FLOW_BETS)))
+        odds, known = _odds(log_q, y, k)
+        y_known = y[known]
+        eps = np.asarray(FLOW_BETS)
+        for c in range(k):
+            mine = y_known == c
+            if mine.any():
+                gain = eps[None, None, :] * (odds[mine] * self.weight[:, c])[:, :, None]
+                out[:, c, :] += np.log1p(gain).sum(axis=0)
+        n_a = np.bincount(y_known, minlength=k)[:k].astype(np.float64)
+        out += n_a[:, None, None] * np.log1p(-eps)[None, None, :]
+        out[np.arange(k), np.arange(k), :] = 0.0
+        return out
+
+    def pairs(self, log_e: np.ndarray) -> tuple[tuple[str, str, tuple[float, ...]], ...]:
+        """``log_evalues``'s result as ``BatchCounts.flows`` records it, by class name."""
+        k = len(self.classes)
+        return tuple(
+            (self.classes[a], self.classes[c], tuple(float(v) for v in log_e[a, c]))
+            for a in range(k)
+            for c in range(k)
+            if a != c
+        )
+
+
+class FlowCounts:
+    """A batch's label flows added up over its parts (``Guard.flow_log_e`` of each).
+
+    Parameters
+    ----------
+    flows : LabelFlows or None
+        The guard's (``Guard.label_flows_``); None when it does not follow them.
+    """
+
+    def __init__(self, flows: LabelFlows | None) -> None:
+        self.flows = flows
+        self.log_e: np.ndarray | None = None
+
+    def add(self, log_e: np.ndarray | None) -> None:
+        """Count one part's flows."""
+        if log_e is not None:
+            self.log_e = log_e if self.log_e is None else self.log_e + log_e
+
+    def pairs(self) -> tuple[tuple[str, str, tuple[float, ...]], ...]:
+        """What ``BatchCounts.flows`` records: () when nothing was counted."""
+        if self.flows is None or self.log_e is None:
+            return ()
+        return self.flows.pairs(self.log_e)
+
+
+def _odds(log_q: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of a known label's capped odds ``q(a|x) / q(y|x)`` for every class ``a``
+    (ndarray of shape (n_known, K)), and which rows those are."""
+    y = np.asarray(y, dtype=np.int64)
+    known = (y >= 0) & (y < k)
+    lq = np.asarray(log_q, dtype=np.float64)[known]
+    own = lq[np.arange(len(lq)), y[known]][:, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_odds = np.where(np.isneginf(lq), -np.inf, lq - np.maximum(own, -700.0))
+    return np.minimum(np.exp(np.minimum(log_odds, 700.0)), FLOW_ODDS_CAP), known
+
+
 @dataclass(frozen=True)
 class BatchCounts:
     """What one batch tells the test: its scored rows, how many fell below each
@@ -126,13 +271,17 @@ class BatchCounts:
     rows: int
     below: tuple[int, ...]
     clean: tuple[float, ...] = (0.0,) * len(THRESHOLDS)
+    flows: tuple[tuple[str, str, tuple[float, ...]], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "rows": self.rows,
             "below": {f"{a:g}": k for a, k in zip(THRESHOLDS, self.below, strict=True)},
             "clean": {f"{a:g}": c for a, c in zip(THRESHOLDS, self.clean, strict=True)},
         }
+        if self.flows:
+            out["flows"] = [[a, c, list(e)] for a, c, e in self.flows]
+        return out
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> BatchCounts:
@@ -141,6 +290,9 @@ class BatchCounts:
             int(value["rows"]),
             tuple(int(below.get(f"{a:g}", 0)) for a in THRESHOLDS),
             tuple(float(clean.get(f"{a:g}", 0.0)) for a in THRESHOLDS),
+            tuple(
+                (str(a), str(c), tuple(float(v) for v in e)) for a, c, e in value.get("flows") or ()
+            ),
         )
 
     def null_rates(self, slack: float) -> np.ndarray:
@@ -151,7 +303,10 @@ class BatchCounts:
 
 
 def batch_counts(
-    combined: np.ndarray, clean: Sequence[float] | np.ndarray, near_copies: int = 0
+    combined: np.ndarray,
+    clean: Sequence[float] | np.ndarray,
+    near_copies: int = 0,
+    flows: tuple[tuple[str, str, tuple[float, ...]], ...] = (),
 ) -> BatchCounts:
     """The counts a batch records from its scored rows' combined p-values.
 
@@ -163,10 +318,12 @@ def batch_counts(
     near_copies : int
         Rows held before scoring as near-copies of rejected rows: evidence as
         strong as any (a clean source does not resend what a reviewer rejected).
+    flows : tuple
+        The scored rows' label flows (``LabelFlows.pairs``), if the guard follows them.
     """
     p = np.asarray(combined, dtype=np.float64)
     below = tuple(int(np.count_nonzero(p <= a)) + near_copies for a in THRESHOLDS)
-    return BatchCounts(int(p.size) + near_copies, below, tuple(float(c) for c in clean))
+    return BatchCounts(int(p.size) + near_copies, below, tuple(float(c) for c in clean), flows)
 
 
 def log_evalues(counts: BatchCounts, slack: float) -> np.ndarray:
@@ -204,6 +361,10 @@ class SourceState:
         The rows in of the source's recent batches (oldest first).
     pooled_alarm : bool
         Alarmed because the pooled statistic alarmed and this source contributed.
+    flow : tuple of (str, str) or None
+        The label flow ``(from, to)`` with the largest statistic, if labels are followed.
+    flow_statistic : float
+        Its statistic (averaged over the bets).
     """
 
     source: str
@@ -215,6 +376,8 @@ class SourceState:
     below: tuple[int, ...] = (0,) * len(THRESHOLDS)
     sizes: tuple[int, ...] = field(default=())
     pooled_alarm: bool = False
+    flow: tuple[str, str] | None = None
+    flow_statistic: float = 0.0
 
     def describe(self, test: SourceTest) -> str:
         """The evidence in words: ``partner-b: 9 of its 1,600 scored rows at p <= 0.001 ...``."""
@@ -224,8 +387,16 @@ class SourceState:
         words = (
             f"{self.source}: {k:,} of its {self.rows:,} scored rows at p <= {a:g} "
             f"({share:.1%}) over {self.batches} batches, clean rows at most "
-            f"{test.slack * a:.1%}; e = {self.statistic:.3g}"
+            f"{test.slack * a:.1%}"
         )
+        if self.flow is not None and self.flow_statistic > 1.0:
+            was, now = self.flow
+            words += (
+                f"; rows labelled {now!r} that the trusted rows' model gives to {was!r} "
+                f"arrive more often than clean rows allow (e = {self.flow_statistic:.3g} "
+                "for that pair)"
+            )
+        words += f"; e = {self.statistic:.3g}"
         if self.alarmed:
             how = ", with every source's evidence pooled" if self.pooled_alarm else ""
             words += (
@@ -252,10 +423,14 @@ def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, Source
     state: dict[str, dict] = {}
 
     log_product: dict[str, np.ndarray] = {}  # per bet, since the last clear
+    # The label flows' statistics and products, per pair (from, to) and bet.
+    flow_r: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+    flow_product: dict[str, dict[tuple[str, str], np.ndarray]] = {}
 
     def fresh(name: str) -> dict:
         log_r[name] = np.full(len(BETS), -np.inf)
         log_product[name] = np.zeros(len(BETS))
+        flow_r[name], flow_product[name] = {}, {}
         return {
             "alarmed_at": None,
             "pooled": False,
@@ -281,25 +456,36 @@ def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, Source
         if ev.counts is None:
             continue
         e = log_evalues(ev.counts, test.slack)
+        flows = {(a, c): np.asarray(v, dtype=np.float64) for a, c, v in ev.counts.flows}
         for name in (ev.source, POOLED):
             s = state[name]
             log_r[name] = np.logaddexp(log_r[name], 0.0) + e
             log_product[name] += e
+            _step_flows(flow_r[name], flow_product[name], flows)
             s["batches"] += 1
             s["rows"] += ev.counts.rows
             s["below"] += np.asarray(ev.counts.below)
-            if s["alarmed_at"] is None and _log_mean(log_r[name]) >= np.log(alarm_at):
+            if s["alarmed_at"] is None and _statistic(log_r[name], flow_r[name]) >= np.log(
+                alarm_at
+            ):
                 s["alarmed_at"] = ev.batch_id
         if state[POOLED]["alarmed_at"] is not None:
             for name, s in state.items():
                 # A source contributed when its own evidence, taken whole since it was
                 # last cleared, favours poison under some bet.
-                if name != POOLED and s["alarmed_at"] is None and log_product[name].max() > 0:
+                if (
+                    name != POOLED
+                    and s["alarmed_at"] is None
+                    and max(
+                        [log_product[name].max(), *(v.max() for v in flow_product[name].values())]
+                    )
+                    > 0
+                ):
                     s["alarmed_at"], s["pooled"] = ev.batch_id, True
     return {
         name: SourceState(
             source=name,
-            statistic=float(np.exp(min(_log_mean(log_r[name]), LOG_MAX))),
+            statistic=float(np.exp(min(_statistic(log_r[name], flow_r[name]), LOG_MAX))),
             alarmed=s["alarmed_at"] is not None,
             alarmed_at=s["alarmed_at"],
             batches=s["batches"],
@@ -307,9 +493,45 @@ def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, Source
             below=tuple(int(k) for k in s["below"]),
             sizes=tuple(sizes.get(name, [])[-SIZE_HISTORY:]),
             pooled_alarm=s["pooled"],
+            **_top_flow(flow_r[name]),
         )
         for name, s in state.items()
     }
+
+
+def _step_flows(
+    log_r: dict[tuple[str, str], np.ndarray],
+    log_product: dict[tuple[str, str], np.ndarray],
+    flows: Mapping[tuple[str, str], np.ndarray],
+) -> None:
+    """One batch's label flows into the per-pair statistics (in place). A pair followed
+    before that the batch does not record counts as an e-value of 1."""
+    for pair in set(log_r) | set(flows):
+        e = flows.get(pair)
+        if e is None:
+            e = np.zeros(len(FLOW_BETS))
+        r = log_r.get(pair, np.full(len(FLOW_BETS), -np.inf))
+        log_r[pair] = np.logaddexp(r, 0.0) + e
+        log_product[pair] = log_product.get(pair, np.zeros(len(FLOW_BETS))) + e
+
+
+def _statistic(log_r: np.ndarray, flow_r: Mapping[tuple[str, str], np.ndarray]) -> float:
+    """The log of a source's statistic: the row counts' (mean over their bets), or, where
+    label flows are followed, the mean of that and the flows' (mean over pairs and bets).
+    A mean of Shiryaev-Roberts statistics is one: at most ``t`` in expectation after ``t``
+    clean batches."""
+    counts = _log_mean(log_r)
+    if not flow_r:
+        return counts
+    flows = _log_mean(np.concatenate(list(flow_r.values())))
+    return float(np.logaddexp(counts, flows) - np.log(2.0))
+
+
+def _top_flow(flow_r: Mapping[tuple[str, str], np.ndarray]) -> dict[str, Any]:
+    if not flow_r:
+        return {}
+    pair, r = max(flow_r.items(), key=lambda item: _log_mean(item[1]))
+    return {"flow": pair, "flow_statistic": float(np.exp(min(_log_mean(r), LOG_MAX)))}
 
 
 def _log_mean(log_values: np.ndarray) -> float:

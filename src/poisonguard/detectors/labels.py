@@ -606,8 +606,9 @@ class ModelLabelDetector(DetectorBase):
             self.model_ = est
         return self
 
-    def _log_prob(self, batch: Table) -> np.ndarray:
+    def log_proba(self, batch: Table) -> np.ndarray:
         """Log-probabilities, ndarray of shape (n_rows, n_classes); -inf for classes never fitted."""
+        self._check_fitted(self._fitted_attr)
         n = batch.n_rows
         out = np.full((n, self.n_classes_), -np.inf)
         if self.model_ is None:
@@ -639,7 +640,7 @@ class ModelLabelDetector(DetectorBase):
 
     def _score(self, batch: Table) -> np.ndarray:
         y = labels_of(batch, self.name, "batch")
-        lp = self._log_prob(batch)
+        lp = self.log_proba(batch)
         unseen = (y < 0) | (y >= self.n_classes_)
         given = lp[np.arange(len(y)), np.where(unseen, 0, y)]
         unseen |= ~np.isfinite(given)
@@ -648,7 +649,7 @@ class ModelLabelDetector(DetectorBase):
     def _explain(self, batch: Table, rows: np.ndarray) -> list[str]:
         sub = batch.take(rows)
         y = labels_of(sub, self.name, "batch")
-        lp = self._log_prob(sub)
+        lp = self.log_proba(sub)
         prob = np.exp(lp)
         n = len(rows)
         top = lp.argmax(axis=1)
