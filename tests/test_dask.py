@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,9 @@ from test_streaming import (
     assert_ends_alike,
     assert_figures_alike,
 )
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 pytestmark = pytest.mark.slow
 
@@ -260,26 +265,22 @@ def test_the_flow_runs_on_dask_task_runner(
     assert task_runner(_config(root, TINY)) is None
 
 
-def _crash_workers(client, value: str | None, workers=None, nanny: bool = True) -> None:
-    """Set (or clear) the crash point on the nannies, and then on the workers (default all),
-    so that a worker (re)started kills itself (SIGKILL) at its first task. Clearing waits
-    for both workers first: one a nanny was starting when its environment was cleared
-    still has it."""
+@contextlib.contextmanager
+def doomed_cluster(crash_at: str | None = None) -> Iterator[tuple[str, Client]]:
+    """A two-worker cluster of the module's sizes for one test that kills its workers, so that
+    a nanny giving up on a worker never leaves the module's cluster short; with
+    ``crash_at``, every worker process it starts kills itself (SIGKILL) at its first task."""
+    from distributed import Client, LocalCluster
 
-    def apply() -> None:
-        if value is None:
-            os.environ.pop(CRASH_ENV, None)
-        else:
-            os.environ[CRASH_ENV] = value
-
-    if nanny:
-        client.run(apply, nanny=True)
-    if value is None:
-        client.wait_for_workers(LOCAL.workers, timeout=180)
-    client.run(apply, workers=workers)
+    env = {} if crash_at is None else {CRASH_ENV: crash_at}
+    with (
+        LocalCluster(**local_cluster_options(LOCAL), env=env) as running,
+        Client(running, set_as_default=False) as connected,
+    ):
+        yield str(running.scheduler_address), connected
 
 
-def test_a_worker_dying_mid_batch_is_replaced_and_the_decision_holds(client, tmp_path):
+def test_a_worker_dying_mid_batch_is_replaced_and_the_decision_holds(tmp_path):
     """One worker killed at its first task: Dask runs its tasks again on the other (which holds
     the guard too) and on the worker its nanny restarts, and the decision is the batch's
     judged whole."""
@@ -287,31 +288,29 @@ def test_a_worker_dying_mid_batch_is_replaced_and_the_decision_holds(client, tmp
     attack = plant(blobs(800, 6), label="label", kind="backdoor", rate=0.05, random_state=2)
     parts, judged = staged_parts(attack.frame, tmp_path, [100] * 8, np.array([1, 420]))
     _, scores, whole = guard.judge(judged, source="batch")
-    victim = sorted(client.scheduler_info()["workers"])[0]
-    _crash_workers(client, "cluster-task", workers=[victim], nanny=False)
-    found = judge_on_cluster(client, guard, parts, list(judged.columns), "batch")
+    with doomed_cluster() as (_, client):
+        victim = sorted(client.scheduler_info()["workers"])[0]
+        client.run(lambda: os.environ.update({CRASH_ENV: "cluster-task"}), workers=[victim])
+        found = judge_on_cluster(client, guard, parts, list(judged.columns), "batch")
+        assert victim not in client.scheduler_info()["workers"]  # it did die
     assert_decided_alike(found, whole, scores)
-    assert victim not in client.scheduler_info()["workers"]  # it did die
-    client.wait_for_workers(LOCAL.workers, timeout=180)
 
 
 def test_workers_dying_mid_batch_fail_closed_and_a_rerun_succeeds(
-    whole_run, client, cluster, demo_inputs, tmp_path
+    whole_run, cluster, demo_inputs, tmp_path
 ):
     """Every worker killed at its first task, again after each restart, until Dask gives the
     task up: the run stops with ClusterError, no batch is committed (only the seed is in the
-    ledger, no data file is written); with the workers healthy again, a rerun ends as the
-    batches taken whole."""
+    ledger, no data file is written); on a healthy cluster, a rerun ends as the batches taken
+    whole."""
     root = _project(demo_inputs, tmp_path / "demo")
-    config = _config(root, on_cluster(cluster))
     seed = _outcome(root)
-    _crash_workers(client, "cluster-task")
-    try:
-        with pytest.raises(ClusterError, match="lost the batch's work"):
-            process_landing(config)
-    finally:
-        _crash_workers(client, None)
+    with (
+        doomed_cluster("cluster-task") as (address, _),
+        pytest.raises(ClusterError, match="lost the batch's work"),
+    ):
+        process_landing(_config(root, on_cluster(address)))
     after = _outcome(root)
     assert after["ledger"] == seed["ledger"] and sorted(after["files"]) == sorted(seed["files"])
-    process_landing(config)
+    process_landing(_config(root, on_cluster(cluster)))
     assert_ends_alike(whole_run, _outcome(root))
