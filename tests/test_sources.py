@@ -248,6 +248,23 @@ def test_a_clean_source_with_its_own_mix_of_classes_does_not_alarm_on_label_flow
     assert alarms(states) == []
 
 
+def test_clean_sources_beside_one_that_alarms_on_label_flows_are_not_swept_into_its_alarm():
+    """A partner moving labels alarms, and with it the pooled test; clean sources sending at
+    the same time, their labels following the model, stay clear: their evidence is weighed
+    over every pair and bet as their statistic is, not by the one of sixteen pairs and four
+    bets that a clean source's evidence favours by chance."""
+    rng = np.random.default_rng(23)
+    flows = _flows(rng)
+    events = []
+    for b in range(16):
+        events += _flow_events("partner", flows, [_relabelled(rng, 50, 6)], start=b)
+        for s in "xyz":
+            events += _flow_events(s, flows, [_model_rows(rng, 50)], start=b)
+    states = source_states(events, SourceTest())
+    assert states["partner"].alarmed and states[POOLED].alarmed
+    assert {s.source for s in alarms(states)} == {"partner", POOLED}
+
+
 def test_a_model_that_overstates_odds_on_trusted_rows_is_trusted_less():
     """Trusted rows labelled 'c' where an overconfident model gives 'a' high odds: the pair's
     weight falls below the slack's, so honest rows like them are not evidence."""

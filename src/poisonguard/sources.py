@@ -43,7 +43,9 @@ mean of the row-count statistic and this one.
 
 A source **alarms** when its statistic reaches ``1 / alarm_level``; the pooled
 statistic alarming alarms every source that contributed evidence (the product
-of its batches' e-values since it was last cleared exceeds 1 under some bet), so poison split over many sources is still seen. An
+of its batches' e-values since it was last cleared, averaged as the statistic
+is, over bets and pairs, exceeds 1), so poison split over many sources is still
+seen. An
 alarm holds the source's new batches for review and fails the gate until a
 reviewer clears it (``poisonguard source clear``), which restarts its
 statistic and the pooled one, with an audit entry.
@@ -472,14 +474,13 @@ def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, Source
         if state[POOLED]["alarmed_at"] is not None:
             for name, s in state.items():
                 # A source contributed when its own evidence, taken whole since it was
-                # last cleared, favours poison under some bet.
+                # last cleared and weighed as its statistic is (a mean over bets, and over
+                # pairs of classes), favours poison: not when one of many pairs or bets
+                # happens to, as a clean source's often does.
                 if (
                     name != POOLED
                     and s["alarmed_at"] is None
-                    and max(
-                        [log_product[name].max(), *(v.max() for v in flow_product[name].values())]
-                    )
-                    > 0
+                    and _statistic(log_product[name], flow_product[name]) > 0
                 ):
                     s["alarmed_at"], s["pooled"] = ev.batch_id, True
     return {
@@ -519,7 +520,7 @@ def _statistic(log_r: np.ndarray, flow_r: Mapping[tuple[str, str], np.ndarray]) 
     """The log of a source's statistic: the row counts' (mean over their bets), or, where
     label flows are followed, the mean of that and the flows' (mean over pairs and bets).
     A mean of Shiryaev-Roberts statistics is one: at most ``t`` in expectation after ``t``
-    clean batches."""
+    clean batches; a mean of products (e-values) is an e-value."""
     counts = _log_mean(log_r)
     if not flow_r:
         return counts
