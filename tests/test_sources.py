@@ -13,6 +13,7 @@ from poisonguard.config import load_config
 from poisonguard.demo import LABEL
 from poisonguard.errors import ConfigError, GateError, ReviewError
 from poisonguard.gate import gate
+from poisonguard.pipeline import fit_guard
 from poisonguard.sources import (
     BETS,
     FLOW_BETS,
@@ -324,6 +325,50 @@ def _batch(clean: pd.DataFrame, rng: np.random.Generator, i: int, flips: int) ->
     hit = rng.choice(len(rows), flips, replace=False)
     rows.loc[hit, LABEL] = (rows.loc[hit, LABEL] + 5) % 10
     return rows
+
+
+def test_rows_that_follow_the_label_flow_a_source_alarmed_on_leave_the_training_set(
+    demo_project,
+):
+    """A partner moves two rows of 3 to 8 in every batch past a gate set to hold almost
+    nothing row by row (fdr 1e-6, no per-row level, no excess rule), so they are accepted:
+    the source alarms on that flow, and the moved rows it sent before leave the training
+    set for review (stage ``rescan``), each with the flow in its reason; none of the
+    partner's honest rows go with them."""
+    config = load_config(demo_project / "poisonguard.toml").with_detection(
+        fdr=1e-6, row_level=0.0, excess_level=0.0
+    )
+    clean = pd.read_parquet(config.landing / "batch-04-clean.parquet")
+    for f in config.landing.iterdir():
+        f.unlink()
+    threes = clean[clean[LABEL] == 3].sample(frac=1.0, random_state=0)
+    others = clean[clean[LABEL] != 3].sample(frac=1.0, random_state=0)
+    moved_ids: set[int] = set()
+    batches = []
+    for i in range(8):
+        rows = pd.concat([threes.iloc[3 * i : 3 * i + 3], others.iloc[27 * i : 27 * i + 27]])
+        rows = rows.reset_index(drop=True)
+        rows.loc[:1, LABEL] = 8  # two of its three 3s, relabelled
+        moved_ids |= set(rows.loc[:1, "row_id"].tolist())
+        rec = _land(config, f"partner-b/b{i}.parquet", rows)
+        batches.append(rec.batch_id)
+    store = open_store(config)
+    state = source_states(store.source_events(), config.sources)["partner-b"]
+    assert state.alarmed and state.flow == ("3", "8")
+    held = pd.concat([store.quarantine_frame(b) for b in batches], ignore_index=True)
+    by_flow = held[held["pg_reason"].str.contains("label flows", regex=False)]
+    assert len(by_flow) and (by_flow["pg_stage"] == "rescan").all()
+    assert set(by_flow["row_id"].tolist()) <= moved_ids
+    assert (
+        "follow the label flow it alarmed on (labelled '8', given to '3'"
+        in by_flow["pg_reason"].iloc[0]
+    )
+    # What the partner sent before its last batch and is still training data: no row of
+    # it follows the flow (the last batch's are taken with the next, which never came).
+    training = store.clean_frame()
+    kept = training[training["pg_batch"].isin(batches[:-1])].reset_index(drop=True)
+    assert len(kept) and fit_guard(config, store).flow_rows(kept, ("3", "8")).size == 0
+    assert len(moved_ids - set(training["row_id"].tolist())) > len(by_flow) / 2
 
 
 def test_a_source_that_alarms_has_its_batches_held_and_the_gate_refuses(demo_project, capsys):

@@ -63,6 +63,7 @@ from poisonguard.pii import Masker
 from poisonguard.sampling import rule_for
 from poisonguard.scan import Guard
 from poisonguard.sources import (
+    FLOW_ROW_ODDS,
     SOURCE_ALARM,
     THRESHOLDS,
     BatchCounts,
@@ -666,6 +667,57 @@ def _window_report(window: pd.DataFrame, suspects: np.ndarray, name: str) -> dic
     }
 
 
+def flow_findings(
+    guard: Guard, window: pd.DataFrame, after: SourceState, config: Config, name: str
+) -> dict[str, Any] | None:
+    """When the batch's source is in alarm on a label flow, the rows it sent before, still
+    in the training set, that follow the flow (``Guard.flow_rows``): what a re-scan takes
+    out for review. None when there is no such alarm or no such row.
+
+    The flow must carry the alarm on its own (its statistic at the alarm's level): a
+    source alarmed on its row counts has no flow to follow. Each batch the alarm lasts
+    looks again, so the rows of the batch that raised it are taken with the next one.
+    """
+    level = config.sources.alarm_level
+    if (
+        window.empty
+        or not after.alarmed
+        or after.flow is None
+        or level == 0
+        or (after.flow_statistic or 0.0) < 1.0 / level
+    ):
+        return None
+    found = window.iloc[guard.flow_rows(window, after.flow, source=shown(name))]
+    accepted = found[found["pg_accepted"].to_numpy(dtype=bool)]
+    if accepted.empty:
+        return None
+    by_batch = {
+        str(b): sorted(int(r) for r in rows)
+        for b, rows in accepted.groupby("pg_batch", sort=True)["pg_row"]
+    }
+    source, (moved_from, moved_to) = source_of(name), after.flow
+    listed = ", ".join(f"{b} ({len(r)})" for b, r in by_batch.items())
+    return {
+        "flow": [moved_from, moved_to],
+        "accepted_flagged": by_batch,
+        "message": (
+            f"{len(accepted)} row{'s' * (len(accepted) != 1)} accepted earlier from source "
+            f"{shown(source)!r} follow the label flow it alarmed on (labelled {moved_to!r}, "
+            f"given to {moved_from!r} by the trusted rows' model at odds >= "
+            f"{FLOW_ROW_ODDS:g}): batches {listed}"
+        ),
+    }
+
+
+def _with_flow(
+    earlier: dict[str, Any] | None, flow: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The window's findings with the label flow's added (key ``flow``)."""
+    if flow is None:
+        return earlier
+    return {**(earlier or {}), "flow": flow}
+
+
 def detect_batch(
     staged: str | Path, config: Config, store: Store, guard: Guard | None = None
 ) -> Path:
@@ -708,6 +760,7 @@ def detect_batch(
     evidence: Evidence | None = None
     reference: ReferenceVersion | None = None  # the version that judged the batch, if any did
     earlier: dict[str, Any] | None = None  # what the backdoor scan's window showed
+    window: pd.DataFrame | None = None
     if scored.size:
         reference = current
         guard = guard or fit_guard(config, store, reference)
@@ -744,6 +797,8 @@ def detect_batch(
     this = Event(source, meta.batch_id, meta.rows_in, counts)
     after = source_states([*events, this], config.sources)[source]
     told = _joined(after.describe(config.sources), drifted)
+    if guard is not None and window is not None:
+        earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
     decided = _write_decision(
         folder, rows, decision, config, reference, counts, drifted, earlier, told
     )
@@ -811,6 +866,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     found: ChunkedDecision | None = None
     reference: ReferenceVersion | None = None
     earlier: dict[str, Any] | None = None
+    window: pd.DataFrame | None = None
     batch_hold: str | None = None
     evidence: Evidence | None = None
     if unscored.size < n_rows:
@@ -872,6 +928,8 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     this = Event(source, meta.batch_id, meta.rows_in, counts)
     after = source_states([*events, this], config.sources)[source]
     told = _joined(after.describe(config.sources), drifted)
+    if guard is not None and window is not None:
+        earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
     decided = write_decision_meta(
         folder,
         {
@@ -1175,26 +1233,47 @@ def _write_commit_report(
 
 
 def _hold_window_suspects(store: Store, window: dict[str, Any] | None, batch_id: str) -> None:
-    """Take the rows accepted earlier that the backdoor scan's window now flags out of the
-    training set, into quarantine for review (stage ``rescan``; fail closed).
+    """Take the rows accepted earlier that the backdoor scan's window now flags, or that
+    follow the label flow their source alarmed on, out of the training set, into
+    quarantine for review (stage ``rescan``; fail closed).
 
     Rows in the pinned reference stay (a reviewer promoted them; ``review revoke`` takes a
     batch out). This runs after the batch's own commit, in a transaction of its own: a
     crash between the two leaves the rows reported in the batch's audit entry, for
     ``poisonguard rescan``.
     """
-    found = (window or {}).get("accepted_flagged") or {}
+    window = window or {}
     current = store.reference()
     pinned = set() if current is None else set(current.batch_ids)
-    rows = [(b, int(r)) for b, listed in found.items() if b not in pinned for r in listed]
-    if not rows:
+    held: dict[tuple[str, int], str] = {}
+    scans: list[tuple[dict[str, Any], str]] = [(window.get("flow") or {}, "label flows")]
+    for found, scan in [*scans, (window, "backdoor scan")]:
+        for b, listed in (found.get("accepted_flagged") or {}).items():
+            if b in pinned:
+                continue
+            for r in listed:
+                held[(b, int(r))] = (
+                    f"the {scan} of batch {batch_id}, with this row in its source's window: "
+                    f"{found['message']}"
+                )
+    # The window lists rows as they arrived: one a re-scan took out since is no longer
+    # training data, and asking to hold it again would refuse the whole hold.
+    live = {
+        (str(b), int(r))
+        for f in store.files("clean")
+        if f.batch_id in {b for b, _ in held}
+        for b, r in store.read(f)[["pg_batch", "pg_row"]].itertuples(index=False)
+    }
+    held = {key: why for key, why in held.items() if key in live}
+    if not held:
         return
-    why = f"the backdoor scan of batch {batch_id}, with this row in its source's window: " + str(
-        window["message"] if window else ""
+    flagged = pd.DataFrame(
+        [(b, r, why) for (b, r), why in held.items()], columns=["pg_batch", "pg_row", "pg_reason"]
     )
-    flagged = pd.DataFrame(rows, columns=["pg_batch", "pg_row"]).assign(pg_reason=why)
     try:
-        store.hold_rescanned(flagged, actor="poisonguard", note=why)
+        store.hold_rescanned(
+            flagged, actor="poisonguard", note="; ".join(sorted(set(held.values())))
+        )
     except ReviewError:  # a row moved meanwhile (held or reviewed): the audit entry names them
         return
 

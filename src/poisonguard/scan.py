@@ -42,7 +42,7 @@ from poisonguard.detectors.base import SummaryFold, WithinBatchDetector
 from poisonguard.detectors.labels import ModelLabelDetector
 from poisonguard.errors import BatchError, ConfigError, param_error
 from poisonguard.sampling import draw_sample, sample_rule, seed_key
-from poisonguard.sources import MAX_FLOW_CLASSES, THRESHOLDS, LabelFlows
+from poisonguard.sources import FLOW_ROW_ODDS, MAX_FLOW_CLASSES, THRESHOLDS, LabelFlows
 from poisonguard.store.scratch import RowFile
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
@@ -371,6 +371,24 @@ class Guard:
             return flows.log_evalues(np.zeros((0, len(flows.classes))), np.zeros(0, np.int64))
         model = cast(ModelLabelDetector, self.detectors_[FLOW_MODEL])
         return flows.log_evalues(model.log_proba(table), np.asarray(table.y, dtype=np.int64))
+
+    def flow_rows(
+        self, window: pd.DataFrame, flow: tuple[str, str], source: str = "batch"
+    ) -> np.ndarray:
+        """Rows of ``window`` (a source's earlier rows) that follow the label flow ``flow`` =
+        (from, to): labelled ``to`` where the trusted rows' model gives ``from`` at least
+        ``FLOW_ROW_ODDS`` times the odds of ``to``. Positions in ``window``, ascending;
+        empty where the guard follows no flows or reads no window."""
+        flows = self.label_flows_
+        earlier = self._earlier(window, source)
+        if flows is None or earlier is None or not set(flow) <= set(flows.classes):
+            return np.zeros(0, dtype=np.int64)
+        a, c = (flows.classes.index(name) for name in flow)
+        log_q = cast(ModelLabelDetector, self.detectors_[FLOW_MODEL]).log_proba(earlier)
+        follows = (np.asarray(earlier.y) == c) & (
+            log_q[:, a] - log_q[:, c] >= np.log(FLOW_ROW_ODDS)
+        )
+        return np.flatnonzero(follows)
 
     @property
     def windowed_(self) -> tuple[str, ...]:

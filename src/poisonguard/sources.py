@@ -91,6 +91,10 @@ FLOW_ODDS_CAP = 50.0
 MAX_FLOW_CLASSES = 20
 #: How far, as a factor, the model may overstate a row's odds on clean rows.
 FLOW_SLACK = 2.0
+#: Once a source alarms on a label flow (a, c), its accepted rows labelled c whose odds for
+#: a are at least this are held for review: rows the flow's evidence rests on, which a
+#: calibrated model says are honest at most one time in eleven.
+FLOW_ROW_ODDS = 10.0
 
 
 #: How the defaults were chosen (development data only: the dev tables of
