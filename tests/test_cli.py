@@ -86,13 +86,13 @@ def test_status_json_after_a_run_accounts_for_every_landed_row(demo_project, cap
     t = doc["totals"]
     assert t["rows_in"] == sum(
         len(pd.read_parquet(p)) if p.suffix == ".parquet" else len(pd.read_csv(p))
-        for p in (demo_project / "landing").iterdir()
+        for p in (demo_project / "landing").glob("*/*")
     )
     assert t["rows_in"] == t["rows_clean"] + t["rows_quarantined"] + t["rows_rejected"]
 
 
 def test_scan_writes_clean_and_quarantine_files(demo_inputs, tmp_path, capsys):
-    batch = demo_inputs / "landing" / "batch-01-label-flips.parquet"
+    batch = demo_inputs / "landing" / "labelling" / "batch-01-label-flips.parquet"
     code = main(
         [
             "scan",
@@ -114,7 +114,7 @@ def test_scan_writes_clean_and_quarantine_files(demo_inputs, tmp_path, capsys):
 
 
 def test_scan_without_a_label_runs_label_free_detectors(demo_inputs, tmp_path):
-    batch = demo_inputs / "landing" / "batch-02-outliers.parquet"
+    batch = demo_inputs / "landing" / "sensors" / "batch-02-outliers.parquet"
     assert (
         main(
             [

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from landed import keep_only
 from poisonguard.config import load_config
 from poisonguard.errors import ConfigError, StoreError
 from poisonguard.store import Outcome, Store, parquet_bytes
@@ -144,9 +145,7 @@ def test_a_landing_run_and_the_gate_read_data_files_kept_in_a_second_folder(
     monkeypatch.delenv("POISONGUARD_LEDGER_URL", raising=False)
     root = tmp_path / "demo"
     shutil.copytree(demo_inputs, root)
-    for path in (root / "landing").iterdir():
-        if "clean" not in path.name:
-            path.unlink()
+    keep_only(root / "landing", "batch-04-clean.parquet")
     init_dataset(
         root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
     )

@@ -36,10 +36,10 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture
 def ran(demo_project) -> Path:
     """The demo, initialised and run once (four batches committed, one rejected), and its
-    landing source's alarm cleared by a reviewer."""
+    labelling source's alarm cleared by a reviewer."""
     config = load_config(demo_project / "poisonguard.toml")
     process_landing(config)
-    open_store(config).clear_source("default", actor="steward", note="reviewed")
+    open_store(config).clear_source("labelling", actor="steward", note="reviewed")
     return demo_project
 
 
@@ -92,7 +92,9 @@ def test_a_released_row_may_not_bring_an_id_already_trained_on(ran):
     # Land a copy of a trusted row with a flipped label: held (id already trained on).
     row = trusted.head(1).copy()
     row["digit"] = (row["digit"] + 1) % 10
-    extra = pd.concat([pd.read_parquet(ran / "landing" / "batch-04-clean.parquet").head(30), row])
+    extra = pd.concat(
+        [pd.read_parquet(ran / "landing" / "partner" / "batch-04-clean.parquet").head(30), row]
+    )
     extra.to_parquet(config.landing / "batch-06-known-id.parquet", index=False)
     (rec,) = process_landing(config).records
     held = held_rows(store, rec.batch_id)
@@ -183,7 +185,7 @@ def test_a_clean_file_replaced_with_its_hash_in_the_ledger_fails_the_gate(ran, c
     """The attacker swaps a clean file and writes its new hash into the ledger's files table:
     the audit entry that wrote the file still holds the original hash."""
     store = open_store(load_config(ran / "poisonguard.toml"))
-    victim = next(f for f in store.files("clean") if "label-flips" in f.path)
+    victim = next(f for f in store.files("clean") if "batch-04-clean" in f.path)
     frame = store.read(victim)
     frame.loc[:, "digit"] = 0
     frame.to_parquet(store.root / victim.path, index=False)
@@ -242,7 +244,7 @@ def test_a_rolled_back_store_fails_a_gate_given_the_last_manifest(demo_project, 
     old = demo_project.parent / "old-store"
     shutil.copytree(config.store, old)
     process_landing(config)
-    open_store(config).clear_source("default", actor="steward", note="reviewed")
+    open_store(config).clear_source("labelling", actor="steward", note="reviewed")
     manifest = demo_project / "run-1.json"
     assert _gate(capsys, demo_project, "--manifest", str(manifest))[0] == 0
     shutil.rmtree(config.store)

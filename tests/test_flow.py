@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from poisonguard.config import load_config
-from poisonguard.demo import evaluate_demo
+from poisonguard.demo import DATASETS, evaluate_demo
 from poisonguard.store import open_store
 
 pytestmark = pytest.mark.slow
@@ -25,6 +23,9 @@ def test_ingest_flow_takes_the_landing_zone_through_the_gate(demo_project, prefe
     for o in outcomes:
         assert o["rows_in"] == o["rows_clean"] + o["rows_quarantined"] + o["rows_rejected"]
     store = open_store(load_config(config_path))
+    # Each batch keeps the source folder it landed in (its source's test is its own).
+    landed = {r.source for r in store.batches() if r.status != "seed"}
+    assert landed == {b.path for b in DATASETS["digits"].batches}
     score = evaluate_demo(demo_project, store)
     assert score.rows_accounted and score.recall >= 0.8 and score.clean_quarantined <= 0.05
     before = [r.as_dict() for r in store.batches()]
@@ -40,16 +41,19 @@ def test_flow_tasks_pass_paths_not_frames(demo_project, prefect_harness):
     found = module.find_new.fn(cfg)
     entries = found["entries"]
     assert entries and found["notices"] == []
-    assert all(isinstance(p, str) and isinstance(n, int) for p, n, _ in entries)
-    path, size, mtime = next(e for e in entries if not e[0].endswith(".csv"))
-    step = module.validate.fn(cfg, Path(path).name, path, size, mtime)
+    assert all(
+        isinstance(name, str) and isinstance(p, str) and isinstance(n, int)
+        for name, p, n, _ in entries
+    )
+    name, path, size, mtime = next(e for e in entries if not e[0].endswith(".csv"))
+    step = module.validate.fn(cfg, name, path, size, mtime)
     staged = step["staged"]
     assert isinstance(staged, str)
     assert isinstance(module.detect.fn(cfg, staged), str)
     assert isinstance(module.commit.fn(cfg, staged), dict)
     # The demo's wrong-schema file is rejected whole; its ledger record comes back.
     (bad,) = [e for e in entries if "wrong-schema" in e[0]]
-    step = module.validate.fn(cfg, Path(bad[0]).name, *bad)
+    step = module.validate.fn(cfg, *bad)
     assert "staged" not in step and step["record"]["status"] == "rejected"
 
 

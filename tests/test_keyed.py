@@ -117,7 +117,7 @@ def test_a_leaked_store_confirms_no_guessed_row(demo_project):
     config = load_config(demo_project / "poisonguard.toml")
     records = process_landing(config).records
     store = open_store(config)
-    batch = next(r for r in records if r.rows_quarantined)
+    batch = next(r for r in records if "label-flips" in r.source)
     held = held_rows(store, batch.batch_id)
     chosen = held.head(2)
     review(store, batch.batch_id, "reject", by="ana", note="poison", rows=chosen["pg_row"].tolist())

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from landed import keep_only
 from poisonguard.errors import StoreError
 from poisonguard.store import (
     ERASED,
@@ -744,21 +745,20 @@ def test_a_batch_goes_through_process_landing_and_the_gate_on_a_postgresql_ledge
     monkeypatch.setenv(LEDGER_URL_ENV, url)
     root = tmp_path / "demo"
     shutil.copytree(demo_inputs, root)
-    first, *later = sorted((root / "landing").iterdir())
-    for path in later:
-        path.unlink()
+    first = root / "landing" / "labelling" / "batch-01-label-flips.parquet"
+    keep_only(root / "landing", first.name)
     init_dataset(
         root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
     )
     config = load_config(root / "poisonguard.toml")
     assert config.ledger is not None and config.ledger.schema == "poisonguard_digits"
     (record,) = process_landing(config).records
-    assert record.status == "committed" and record.source == first.name
+    assert record.status == "committed" and record.source == f"labelling/{first.name}"
     assert record.rows_quarantined > 0
     assert not (config.store / "ledger.sqlite").exists()
     ledger = PostgresLedger(url, "poisonguard_digits")
     assert {b.status for b in ledger.batches()} == {"seed", "committed"}
-    open_store(config).clear_source("default", actor="steward", note="flips held")
+    open_store(config).clear_source("labelling", actor="steward", note="flips held")
     trained = gate(config)
     seed_rows = next(b.rows_clean for b in ledger.batches() if b.status == "seed")
     assert len(trained) == seed_rows + record.rows_clean

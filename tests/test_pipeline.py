@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from landed import empty as empty_landing
 from poisonguard.config import load_config
 from poisonguard.demo import evaluate_demo
 from poisonguard.pipeline import process_batch, process_landing, row_hashes
@@ -43,17 +44,18 @@ def test_every_input_row_ends_in_exactly_one_place(demo_project):
 
 
 def test_the_demo_catches_planted_poison(demo_project):
-    """The gate holds >= 80% of the planted poison and <= 5% of the clean rows; the demo's one
-    landing source, having sent a batch of flipped labels, alarms, so its later batches are
-    held whole for review."""
+    """The gate holds >= 80% of the planted poison and <= 5% of the clean rows; the source
+    that sent a batch of flipped labels alarms with that batch, which is held whole for
+    review, and the alarm holds no other source's batches."""
     config = load_config(demo_project / "poisonguard.toml")
     process_landing(config)
     score = evaluate_demo(demo_project, open_store(config))
     assert score.rows_accounted
     assert score.recall >= 0.8
     assert score.clean_quarantined <= 0.05
-    assert "batch-04-clean.parquet" in score.held_whole
-    assert "batch-01-label-flips.parquet" not in score.held_whole
+    assert score.held_whole == ("batch-01-label-flips.parquet",)
+    flips = score.table.set_index("batch").loc["batch-01-label-flips.parquet"]
+    assert flips["clean"] == 0 and flips["caught"] >= 0.8 * flips["planted"]
 
 
 def test_the_same_content_is_skipped_whatever_its_file_name(demo_project):
@@ -62,12 +64,12 @@ def test_the_same_content_is_skipped_whatever_its_file_name(demo_project):
     store = open_store(config)
     before = _status(store)
     landing = demo_project / "landing"
-    shutil.copy(landing / "batch-04-clean.parquet", landing / "batch-99-copy.parquet")
+    shutil.copy(landing / "partner" / "batch-04-clean.parquet", landing / "batch-99-copy.parquet")
     run = process_landing(config)
     assert run.records == []
     (notice,) = run.notices
     assert notice.file == "batch-99-copy.parquet" and notice.status == "skipped"
-    assert notice.reason.startswith("same content as batch batch-04-clean-")
+    assert notice.reason.startswith("same content as batch partner_batch-04-clean-")
     assert process_landing(config).notices == []  # said once, remembered by the ledger
     assert process_batch(landing / "batch-99-copy.parquet", config, store).record is None
     assert _status(store) == before
@@ -76,10 +78,11 @@ def test_the_same_content_is_skipped_whatever_its_file_name(demo_project):
 def test_a_wrong_schema_batch_is_rejected_and_the_others_go_on(demo_project):
     config = load_config(demo_project / "poisonguard.toml")
     records = {r.source: r for r in process_landing(config).records}
-    bad = records["batch-05-wrong-schema.csv"]
+    bad = records["export/batch-05-wrong-schema.csv"]
     assert bad.status == "rejected" and "px10" in bad.reason
     assert "batch-05-wrong-schema.csv" in bad.reason
-    assert (config.store / "rejected" / bad.batch_id / "batch-05-wrong-schema.csv").is_file()
+    # Kept under a name of safe characters (the source folder joined by an underscore).
+    assert (config.store / "rejected" / bad.batch_id / "export_batch-05-wrong-schema.csv").is_file()
     assert (
         "batch-05-wrong-schema.csv"
         in (config.store / "rejected" / bad.batch_id / "reason.json").read_text()
@@ -107,10 +110,11 @@ def test_a_corrupt_file_is_rejected_with_a_reason_naming_it(demo_project, conten
 
 def test_a_wrong_type_rejects_the_batch_naming_the_column(demo_project):
     config = load_config(demo_project / "poisonguard.toml")
-    frame = pd.read_parquet(demo_project / "landing" / "batch-04-clean.parquet").head(20)
+    frame = pd.read_parquet(demo_project / "landing" / "partner" / "batch-04-clean.parquet").head(
+        20
+    )
     frame["px03"] = "dark"
-    for f in config.landing.iterdir():
-        f.unlink()
+    empty_landing(config.landing)
     frame.to_parquet(config.landing / "typed.parquet", index=False)
     (rec,) = process_landing(config).records
     assert rec.status == "rejected" and "px03" in rec.reason and "typed.parquet" in rec.reason
@@ -131,8 +135,7 @@ def test_a_batch_whose_labels_shift_past_the_configured_level_is_held_whole(demo
         path.read_text().replace("[detection]\n", "[detection]\nhold_label_shift = 0.3\n")
     )
     config = load_config(path)
-    for f in config.landing.iterdir():
-        f.unlink()
+    empty_landing(config.landing)
     trusted = pd.read_parquet(demo_project / "trusted.parquet")
     ones = trusted[trusted["digit"] == 1].copy()
     ones["row_id"] = ones["row_id"] + 100_000
@@ -194,7 +197,7 @@ def resent(demo_run, tmp_path_factory):
     shutil.copytree(demo_run[0], root)
     config = load_config(root / "poisonguard.toml")
     store = open_store(config)
-    flips = next(r for r in store.batches() if r.source == "batch-01-label-flips.parquet")
+    flips = next(r for r in store.batches() if r.source == "labelling/batch-01-label-flips.parquet")
     held = store.quarantine_frame(flips.batch_id).sort_values("pg_row")
     chosen = held["pg_row"].iloc[: len(RESENT)].tolist()
     review(store, flips.batch_id, "reject", rows=chosen, by="alice", note="flipped labels")
@@ -228,8 +231,7 @@ def resent(demo_run, tmp_path_factory):
             row.loc[0, column] = value + move * tol * scale
         rows[way] = row
 
-    for f in config.landing.iterdir():
-        f.unlink()
+    empty_landing(config.landing)
     csv = [w for w in RESENT if w.startswith("csv")]
     pd.concat([rows[w] for w in csv]).to_csv(config.landing / "resent-1.csv", index=False)
     parquet = [w for w in RESENT if not w.startswith("csv")]

@@ -17,6 +17,7 @@ from poisonguard.demo import LABEL
 from poisonguard.errors import ConfigError
 from poisonguard.pipeline import data_columns
 from poisonguard.redteam import ATTACKS, Carrier, Sandbox, copy_project, first_free_id, redteam
+from poisonguard.sources import SourceTest
 from poisonguard.store import open_store
 
 
@@ -91,7 +92,8 @@ def test_the_trusting_baseline_promotes_what_it_accepts_and_the_gated_store_does
     demo_run, tmp_path
 ):
     """A trusting sandbox rejects a batch's held rows and promotes the rest into the reference,
-    accepted flips included; the gated sandbox judges with the reference it started with."""
+    an accepted flip included; the gated sandbox judges with the reference it started with.
+    (One flip: four in 80 rows raise the source's alarm with this batch, held whole.)"""
     root, _ = demo_run
     config = load_config(root / "poisonguard.toml")
     worlds = {}
@@ -99,8 +101,8 @@ def test_the_trusting_baseline_promotes_what_it_accepts_and_the_gated_store_does
         sandbox = Sandbox(copy_project(config, tmp_path / world), trusting=world == "trusting")
         rows = Carrier(_outside_reference(sandbox).iloc[:80], "row_id", 10**6).take(80)
         poison = np.zeros(80, dtype=bool)
-        poison[:4] = True
-        rows.loc[:3, LABEL] = (rows.loc[:3, LABEL] + 1) % 10
+        poison[:1] = True
+        rows.loc[:0, LABEL] = (rows.loc[:0, LABEL] + 1) % 10
         version = sandbox.store.reference().version
         delivery = sandbox.send(rows, poison, source="partner")
         worlds[world] = (sandbox, delivery, version)
@@ -126,10 +128,14 @@ def _outside_reference(sandbox: Sandbox) -> pd.DataFrame:
 def test_a_batch_held_whole_for_drift_is_not_a_source_alarm(demo_run, tmp_path):
     """Only a hold whose reason names the source counts as an alarm: a batch of mostly one
     class, held whole because its label shares moved past hold_label_shift, is held (none of
-    it accepted) but raises no alarm."""
+    it accepted) but is not reported as an alarm. (The source's alarms are off here: its
+    rows, 18 of 26 one class, are evidence enough to raise one with this very batch.)"""
     root, _ = demo_run
     config = load_config(root / "poisonguard.toml")
-    copy = copy_project(config, tmp_path / "copy").with_detection(hold_label_shift=0.5)
+    copy = replace(
+        copy_project(config, tmp_path / "copy").with_detection(hold_label_shift=0.5),
+        sources=SourceTest(alarm_level=0),
+    )
     sandbox = Sandbox(copy)
     rows = _outside_reference(sandbox)
     # 18 of 26 rows one class (the demo's later batches, held whole by its source's alarm,

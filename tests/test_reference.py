@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from landed import empty as empty_landing
 from poisonguard.cli import main
 from poisonguard.config import load_config
 from poisonguard.demo import LABEL
@@ -42,9 +43,8 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def _fresh_landing(project: Path) -> pd.DataFrame:
     """Empty the demo's landing folder; the clean demo batch's rows, to build batches from."""
-    clean = pd.read_parquet(project / "landing" / "batch-04-clean.parquet")
-    for f in (project / "landing").iterdir():
-        f.unlink()
+    clean = pd.read_parquet(project / "landing" / "partner" / "batch-04-clean.parquet")
+    empty_landing(project / "landing")
     return clean
 
 
@@ -252,10 +252,10 @@ def test_promoting_an_unknown_rejected_or_unreviewed_batch_fails_in_one_line(dem
     process_landing(config)
     store = open_store(config)
     by_file = {b.source: b for b in store.batches()}
-    rejected = by_file["batch-05-wrong-schema.csv"].batch_id
+    rejected = by_file["export/batch-05-wrong-schema.csv"].batch_id
     waiting, n_waiting = (
-        by_file["batch-01-label-flips.parquet"].batch_id,
-        by_file["batch-01-label-flips.parquet"].rows_quarantined,
+        by_file["labelling/batch-01-label-flips.parquet"].batch_id,
+        by_file["labelling/batch-01-label-flips.parquet"].rows_quarantined,
     )
     seed = store.references()[0].batch_ids[0]
     cases = [
@@ -273,7 +273,7 @@ def test_promoting_an_unknown_rejected_or_unreviewed_batch_fails_in_one_line(dem
     code, _, err = _cli(capsys, "reference", "promote", waiting, "--actor", " ", "--config", cfg)
     assert code == 2 and "the promoter's name" in err
     assert [v.version for v in store.references()] == [1]  # nothing was written
-    fine = by_file["batch-04-clean.parquet"].batch_id
+    fine = by_file["partner/batch-04-clean.parquet"].batch_id
     review(store, fine, "release", by="ana", note="held whole by the source alarm; clean")
     with pytest.raises(ReviewError, match="no batch 'nope'"):
         store.promote([fine, "nope"], actor="ana")

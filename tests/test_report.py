@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import poisonguard.report as report_module
+from landed import empty as empty_landing
 from poisonguard.config import load_config
 from poisonguard.decision import STAGES, Calibration, decide, decide_batch
 from poisonguard.detectors import Table
@@ -997,8 +998,8 @@ def test_every_count_on_the_demos_pages_equals_the_ledger(demo_run):
         report = _assert_report_matches_the_ledger(store, record)
         by_stage[record.source] = report.counts.held_by
         assert (report.evidence is None) == (record.status == "rejected")
-    assert by_stage["batch-03-broken-rows.csv"]["expectations"] > 0
-    assert by_stage["batch-01-label-flips.parquet"]["detectors"] > 0
+    assert by_stage["export/batch-03-broken-rows.csv"]["expectations"] > 0
+    assert by_stage["labelling/batch-01-label-flips.parquet"]["detectors"] > 0
 
 
 def test_a_row_rejected_before_is_counted_under_the_blocklist(demo_run, tmp_path):
@@ -1009,14 +1010,16 @@ def test_a_row_rejected_before_is_counted_under_the_blocklist(demo_run, tmp_path
     shutil.copytree(root, copy)
     config = load_config(copy / "poisonguard.toml")
     store = open_store(config)
-    flips = next(r for r in records if r.source == "batch-01-label-flips.parquet")
+    flips = next(r for r in records if r.source == "labelling/batch-01-label-flips.parquet")
     held = store.quarantine_frame(flips.batch_id)
     review(store, flips.batch_id, "reject", by="ana", note="mislabelled vendor feed")
-    data = held[[c for c in held.columns if not str(c).startswith("pg_")]]
+    # Every other rejected row (the batch was held whole: all of it is the file that landed).
+    again = held.iloc[::2]
+    data = again[[c for c in held.columns if not str(c).startswith("pg_")]]
     data.to_parquet(config.landing / "batch-06-again.parquet", index=False)
     (record,) = process_landing(config).records
     report = _assert_report_matches_the_ledger(store, record)
-    assert report.counts.held_by["blocklist"] == len(held) == record.rows_quarantined
+    assert report.counts.held_by["blocklist"] == len(again) == record.rows_quarantined
     assert all(r.stage == "blocklist" for r in report.top_rows)
     assert report.top_rows[0].reason.startswith("near-copy of a row rejected on ")
 
@@ -1031,10 +1034,9 @@ def test_a_batch_hold_is_counted_and_named_on_the_page(demo_project):
     config = load_config(path)
     landed = pd.concat(
         pd.read_parquet(config.landing / f)
-        for f in ("batch-04-clean.parquet", "batch-02-outliers.parquet")
+        for f in ("partner/batch-04-clean.parquet", "sensors/batch-02-outliers.parquet")
     )
-    for f in config.landing.iterdir():
-        f.unlink()
+    empty_landing(config.landing)
     ones = landed["digit"] == 1
     pd.concat([landed[ones], landed[~ones].head(40)]).to_parquet(
         config.landing / "mostly-ones.parquet", index=False
@@ -1082,9 +1084,8 @@ def test_a_batch_with_no_row_scored_keeps_no_stale_evidence(demo_project, rng):
     """Every row broke an expectation, so no detector ran: detect leaves no evidence.json (not
     even one an earlier run left), and the page says why it has no detector scores."""
     config = load_config(demo_project / "poisonguard.toml")
-    frame = pd.read_parquet(config.landing / "batch-04-clean.parquet").head(20)
-    for f in config.landing.iterdir():
-        f.unlink()
+    frame = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet").head(20)
+    empty_landing(config.landing)
     frame["px03"] = 99.0
     frame.to_parquet(config.landing / "all-broken.parquet", index=False)
     store = open_store(config)
@@ -1106,8 +1107,7 @@ def test_a_hostile_file_name_shows_as_text_on_its_report(demo_project):
     """A landed file named with markup, quotes and a line break is rejected, and its report
     shows the name as text."""
     config = load_config(demo_project / "poisonguard.toml")
-    for f in config.landing.iterdir():
-        f.unlink()
+    empty_landing(config.landing)
     name = '<script>window.__pg_pwned=3;"\n<img src=x onerror="window.__pg_pwned=4">.parquet'
     (config.landing / name).write_bytes(b"PAR1garbage")
     (record,) = process_landing(config).records

@@ -60,6 +60,8 @@ from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
+from landed import keep_only  # noqa: E402
+
 
 @dataclass
 class Loaded:
@@ -143,9 +145,7 @@ def demo_page(browser, demo_inputs, tmp_path_factory) -> tuple[Loaded, Any]:
 
     root = tmp_path_factory.mktemp("demo-page") / "demo"
     shutil.copytree(demo_inputs, root)
-    for f in (root / "landing").iterdir():
-        if f.name != "batch-01-label-flips.parquet":
-            f.unlink()
+    keep_only(root / "landing", "batch-01-label-flips.parquet")
     init_dataset(
         root / "trusted.parquet", label=LABEL, directory=root, id_column="row_id", name="digits"
     )

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from landed import empty as empty_landing
 from poisonguard.config import Config, load_config
 from poisonguard.demo import LABEL
 from poisonguard.errors import GateError, StoreError
@@ -41,9 +42,8 @@ def _small(project: Path) -> Config:
 def _batches(config: Config, project: Path, n: int) -> list[str]:
     """Land ``n`` batches of the demo's clean rows, one at a time; each one settled (its held
     rows rejected) so that it may be promoted. Their ids."""
-    clean = pd.read_parquet(project / "landing" / "batch-04-clean.parquet")
-    for f in config.landing.iterdir():
-        f.unlink()
+    clean = pd.read_parquet(project / "landing" / "partner" / "batch-04-clean.parquet")
+    empty_landing(config.landing)
     store = open_store(config)
     ids = []
     for i, part in enumerate(np.array_split(np.arange(len(clean)), n)):

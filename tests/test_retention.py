@@ -52,7 +52,7 @@ def _ingested(root: Path, unreviewed: str = "keep") -> tuple:
     released = held["pg_row"].iloc[:2].tolist()
     review(store, flips.batch_id, "release", by="ana", note="fine", rows=released)
     review(store, flips.batch_id, "reject", by="ana", note="flipped labels")
-    store.clear_source("default", actor="ana", note="flips rejected")
+    store.clear_source("labelling", actor="ana", note="flips rejected")
     rejected = held[~held["pg_row"].isin(released)]
     whole = next(r for r in store.batches() if r.status == "rejected")
     return config, store, flips.batch_id, rejected, whole.batch_id
@@ -145,7 +145,9 @@ def _resend_after_purge(root: Path, fresh_rows: int) -> None:
     store.purge(config.retention, actor="dpo", now=_later(31))
     assert store.quarantine_frame(flips).empty
     data = [c for c in rejected.columns if not str(c).startswith("pg_")]
-    fresh = pd.read_parquet(root / "landing" / "batch-04-clean.parquet").head(fresh_rows)
+    fresh = pd.read_parquet(root / "landing" / "partner" / "batch-04-clean.parquet").head(
+        fresh_rows
+    )
     resent = pd.concat([fresh, rejected[data].head(1)], ignore_index=True)
     resent.to_parquet(config.landing / "batch-06-resent.parquet", index=False)
     process_landing(config)
@@ -285,7 +287,7 @@ def test_a_run_purges_what_is_due_and_a_failed_purge_does_not_fail_it(
     html = store.root / "reports" / f"{flips}.html"
     html.unlink()
     html.mkdir()
-    more = pd.read_parquet(config.landing / "batch-04-clean.parquet").head(20)
+    more = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet").head(20)
     more.assign(row_id=more["row_id"] + 10_000).to_parquet(
         config.landing / "batch-07-more.parquet", index=False
     )

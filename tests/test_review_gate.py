@@ -116,7 +116,9 @@ def test_the_whole_loop_through_the_cli(demo_project, capsys):
     # A rejected row arriving again, in another batch, is held with the reviewer's name.
     again = held[held["pg_row"] == reject[0]]
     data_cols = [c for c in again.columns if not str(c).startswith("pg_")]
-    fresh = pd.read_parquet(demo_project / "landing" / "batch-04-clean.parquet").head(30)
+    fresh = pd.read_parquet(demo_project / "landing" / "partner" / "batch-04-clean.parquet").head(
+        30
+    )
     resent = pd.concat([fresh, again[data_cols]], ignore_index=True)
     resent.to_parquet(config.landing / "batch-06-resent.parquet", index=False)
     assert _cli(capsys, "run", "--local", "--config", cfg)[0] == 0
@@ -126,11 +128,11 @@ def test_the_whole_loop_through_the_cli(demo_project, capsys):
     assert len(hit) == 1 and hit["pg_reason"].iloc[0].startswith("near-copy of a row rejected on ")
     assert f"by ana (batch {flips.batch_id}, row {reject[0]})" in hit["pg_reason"].iloc[0]
 
-    # The demo's source sent flipped labels: it is in alarm, and the gate refuses until a
+    # The demo's labelling source sent flipped labels: it is in alarm, and the gate refuses until a
     # reviewer clears it.
     code, _, err = _cli(capsys, "gate", "--config", cfg)
-    assert code == 1 and "source alarm: default:" in err
-    clear = ("source", "clear", "default", "--by", "ana", "--note", "flips rejected")
+    assert code == 1 and "source alarm: labelling:" in err
+    clear = ("source", "clear", "labelling", "--by", "ana", "--note", "flips rejected")
     assert _cli(capsys, *clear, "--config", cfg)[0] == 0
 
     # The gate passes and its manifest lists exactly the clean files and rows.
@@ -179,7 +181,7 @@ def test_gate_names_files_added_or_removed_behind_its_back(demo_project):
 def test_gate_fails_on_rows_waiting_too_long_and_exit_codes(demo_project, capsys):
     cfg = str(demo_project / "poisonguard.toml")
     main(["run", "--local", "--config", cfg])
-    main(["source", "clear", "default", "--by", "ana", "--note", "reviewed", "--config", cfg])
+    main(["source", "clear", "labelling", "--by", "ana", "--note", "reviewed", "--config", cfg])
     capsys.readouterr()
     assert _cli(capsys, "gate", "--config", cfg, "--max-pending", "7d")[0] == 0
     code, _, err = _cli(capsys, "gate", "--config", cfg, "--max-pending", "0s")

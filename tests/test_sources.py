@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from landed import empty as empty_landing
 from poisonguard.cli import main
 from poisonguard.config import load_config
 from poisonguard.demo import LABEL
@@ -338,9 +339,8 @@ def test_rows_that_follow_the_label_flow_a_source_alarmed_on_leave_the_training_
     config = load_config(demo_project / "poisonguard.toml").with_detection(
         fdr=1e-6, row_level=0.0, excess_level=0.0
     )
-    clean = pd.read_parquet(config.landing / "batch-04-clean.parquet")
-    for f in config.landing.iterdir():
-        f.unlink()
+    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
+    empty_landing(config.landing)
     threes = clean[clean[LABEL] == 3].sample(frac=1.0, random_state=0)
     others = clean[clean[LABEL] != 3].sample(frac=1.0, random_state=0)
     moved_ids: set[int] = set()
@@ -377,9 +377,8 @@ def test_a_source_that_alarms_has_its_batches_held_and_the_gate_refuses(demo_pro
     a reviewer clears it (audited) the gate no longer names it. Batches of another source
     are not held."""
     config = load_config(demo_project / "poisonguard.toml")
-    clean = pd.read_parquet(config.landing / "batch-04-clean.parquet")
-    for f in config.landing.iterdir():
-        f.unlink()
+    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
+    empty_landing(config.landing)
     rng = np.random.default_rng(7)
     held_whole = []
     for i in range(8):

@@ -441,7 +441,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     seed, _landing = build_demo(root, dataset=spec.name)
     _out(f"{spec.name} demo in {root}: trusted seed {seed.name}, landing batches:")
     for b in spec.batches:
-        _out(f"  {b.file:32s} {b.what}")
+        _out(f"  {b.path:42s} {b.what}")
     done = init_dataset(seed, label=spec.label, directory=root, id_column=ID, name=spec.name)
     _out(
         f"init: {done.n_expectations} expectations inferred; seeded {done.seed.rows_clean} trusted rows"

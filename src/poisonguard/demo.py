@@ -54,8 +54,20 @@ def penguins_frame() -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class DemoBatch:
+    """One landing batch of a demo: its file, the source folder it lands in, what it holds.
+
+    Each batch comes from a source of its own, as batches from a labelling vendor, a
+    sensor feed and a partner's export would: a source in alarm holds its own batches,
+    not the others'."""
+
     file: str
     what: str
+    source: str
+
+    @property
+    def path(self) -> str:
+        """Where it lands, relative to the landing folder (``<source>/<file>``)."""
+        return f"{self.source}/{self.file}"
 
 
 @dataclass(frozen=True)
@@ -95,17 +107,20 @@ def _broken_penguin(row: pd.DataFrame, rng: np.random.Generator, k: int) -> pd.D
     return row
 
 
+#: The demos' landing sources (``landing/<source>/``).
+LABELLING, SENSORS, EXPORT, PARTNER = "labelling", "sensors", "export", "partner"
+
 DATASETS: dict[str, DemoDataset] = {
     "digits": DemoDataset(
         "digits",
         "digit",
         digits_frame,
         (
-            DemoBatch("batch-01-label-flips.parquet", "10% of labels flipped at random"),
-            DemoBatch("batch-02-outliers.parquet", "10% injected far outliers"),
-            DemoBatch("batch-03-broken-rows.csv", "5% rows breaking expectations (CSV)"),
-            DemoBatch("batch-04-clean.parquet", "no poison"),
-            DemoBatch("batch-05-wrong-schema.csv", "a column missing: rejected whole"),
+            DemoBatch("batch-01-label-flips.parquet", "10% of labels flipped at random", LABELLING),
+            DemoBatch("batch-02-outliers.parquet", "10% injected far outliers", SENSORS),
+            DemoBatch("batch-03-broken-rows.csv", "5% rows breaking expectations (CSV)", EXPORT),
+            DemoBatch("batch-04-clean.parquet", "no poison", PARTNER),
+            DemoBatch("batch-05-wrong-schema.csv", "a column missing: rejected whole", EXPORT),
         ),
         ("random_flip", "far_outlier"),
         _broken_pixels,
@@ -116,17 +131,21 @@ DATASETS: dict[str, DemoDataset] = {
         "species",
         penguins_frame,
         (
-            DemoBatch("batch-01-label-flips.parquet", "10% of species flipped at random"),
+            DemoBatch(
+                "batch-01-label-flips.parquet", "10% of species flipped at random", LABELLING
+            ),
             DemoBatch(
                 "batch-02-category-swap.parquet",
                 "10% rows with island and sex swapped to combinations their species never shows",
+                SENSORS,
             ),
             DemoBatch(
                 "batch-03-broken-rows.csv",
                 "5% rows breaking expectations: an unknown island, a 42 kg penguin, an unknown species",
+                EXPORT,
             ),
-            DemoBatch("batch-04-clean.parquet", "no poison"),
-            DemoBatch("batch-05-wrong-schema.csv", "a column missing: rejected whole"),
+            DemoBatch("batch-04-clean.parquet", "no poison", PARTNER),
+            DemoBatch("batch-05-wrong-schema.csv", "a column missing: rejected whole", EXPORT),
         ),
         ("random_flip", "category_swap"),
         _broken_penguin,
@@ -177,7 +196,7 @@ def build_demo(root: Path, *, dataset: str = "digits", random_state: int = 7) ->
             reference=seed,
             random_state=random_state,
         )
-        write_table(landing / name, attack.frame)
+        write_table(_landed(landing, batches[part]), attack.frame)
         record(name, attack.frame, attack.is_poison, kind)
 
     broken = rest.iloc[parts[2]].reset_index(drop=True).copy()
@@ -186,19 +205,26 @@ def build_demo(root: Path, *, dataset: str = "digits", random_state: int = 7) ->
     broken = broken.astype({c: object for c in broken.columns if broken[c].dtype == "string"})
     for k, row in enumerate(np.nonzero(bad)[0]):
         broken.loc[[row]] = spec.broken(broken.loc[[row]].copy(), rng, k)
-    (landing / batches[2].file).write_text(broken.to_csv(index=False))
+    _landed(landing, batches[2]).write_text(broken.to_csv(index=False))
     record(batches[2].file, broken, bad, "broken_row")
 
     clean = rest.iloc[parts[3]].reset_index(drop=True)
-    write_table(landing / batches[3].file, clean)
+    write_table(_landed(landing, batches[3]), clean)
     record(batches[3].file, clean, np.zeros(len(clean), dtype=bool), "none")
 
     wrong = clean.head(40).drop(columns=[spec.dropped])
-    (landing / batches[4].file).write_text(wrong.to_csv(index=False))
+    _landed(landing, batches[4]).write_text(wrong.to_csv(index=False))
     record(batches[4].file, wrong, np.ones(len(wrong), dtype=bool), "wrong_schema")
 
     write_table(root / TRUTH, pd.concat(truth, ignore_index=True))
     return root / SEED_FILE, landing
+
+
+def _landed(landing: Path, batch: DemoBatch) -> Path:
+    """Where ``batch`` lands, its source folder made."""
+    path = landing / batch.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @dataclass(frozen=True)
@@ -277,10 +303,11 @@ def evaluate_demo(root: Path, store: Store) -> DemoScore:
             }
         )
     return DemoScore(
-        table=pd.DataFrame(rows),
+        # In the order the demo numbers its batches, whatever order their sources ran in.
+        table=pd.DataFrame(rows).sort_values("batch", kind="stable", ignore_index=True),
         recall=held_poison / planted if planted else float("nan"),
         precision=held_poison / held if held else float("nan"),
         clean_quarantined=clean_held / clean_total if clean_total else 0.0,
         rows_accounted=bool(accounted),
-        held_whole=tuple(whole),
+        held_whole=tuple(sorted(whole)),
     )

@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -779,6 +779,7 @@ def detect_batch(
         counts = batch_counts(
             found.combined, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
         )
+        after = _after(events, source, meta, counts, config)
         decision = decide_batch(
             len(rows),
             failed=failed,
@@ -786,16 +787,14 @@ def detect_batch(
             scored=scored,
             detectors=found,
             scores=scores,
-            batch_hold=_joined(hold, _source_hold(state, config)),
+            batch_hold=_joined(hold, _source_hold(after, config)),
         )
         evidence = batch_evidence(guard.reference_, table, guard.calibrations_, decision, drift)
     else:
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
+        after = _after(events, source, meta, counts, config)
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
     drifted = None if state is None else size_drift(state.sizes, len(rows))
-    # The source's evidence with this batch's counted, as its report shows it.
-    this = Event(source, meta.batch_id, meta.rows_in, counts)
-    after = source_states([*events, this], config.sources)[source]
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
         earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
@@ -913,20 +912,20 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
             hold_label_shift=config.detection.hold_label_shift,
             hold_feature_drift=config.detection.hold_feature_drift,
         )
-        batch_hold = _joined(hold, _source_hold(state, config))
         counts = batch_counts(
             found.combined, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
         )
+        after = _after(events, source, meta, counts, config)
+        batch_hold = _joined(hold, _source_hold(after, config))
         # Held as the whole path's figures draw them: every scored row under a batch hold.
         held = np.full(found.n_rows, batch_hold is not None)
         held[found.held] = True
         evidence = figures.evidence(held, guard.calibrations_, found.detectors, found.p_cuts, shift)
     else:
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
+        after = _after(events, source, meta, counts, config)
     held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)
     drifted = None if state is None else size_drift(state.sizes, n_rows)
-    this = Event(source, meta.batch_id, meta.rows_in, counts)
-    after = source_states([*events, this], config.sources)[source]
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
         earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
@@ -1090,6 +1089,17 @@ def _commit_chunks(meta: Staged, config: Config, store: Store) -> BatchRecord:
     record = store.commit_chunks(outcome, parts, schemas)
     _hold_window_suspects(store, decided.get("window"), meta.batch_id)
     return record
+
+
+def _after(
+    events: Sequence[Event], source: str, meta: Staged, counts: BatchCounts, config: Config
+) -> SourceState:
+    """The batch's source as it stands with the batch's own evidence counted: the state
+    that decides whether the batch is held whole and that its report shows. A batch whose
+    evidence raises the alarm is held with the batches after it; it is no less suspect
+    than they are."""
+    this = Event(source, meta.batch_id, meta.rows_in, counts)
+    return source_states([*events, this], config.sources)[source]
 
 
 def _source_hold(state: SourceState | None, config: Config) -> str | None:

@@ -45,9 +45,9 @@ A source **alarms** when its statistic reaches ``1 / alarm_level``; the pooled
 statistic alarming alarms every source that contributed evidence (the product
 of its batches' e-values since it was last cleared, averaged as the statistic
 is, over bets and pairs, exceeds 1), so poison split over many sources is still
-seen. An
-alarm holds the source's new batches for review and fails the gate until a
-reviewer clears it (``poisonguard source clear``), which restarts its
+seen. An alarm holds for review the batch whose evidence raised it (the pipeline
+counts a batch's evidence before deciding it) and the source's later batches, and
+fails the gate until a reviewer clears it (``poisonguard source clear``), which restarts its
 statistic and the pooled one, with an audit entry.
 
 Each source's batch sizes are watched too: a batch far outside the sizes the
