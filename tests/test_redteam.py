@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from poisonguard.attacks import least_suspicious_flips
 from poisonguard.cli import main
 from poisonguard.config import load_config
 from poisonguard.demo import LABEL
@@ -92,17 +93,19 @@ def test_the_trusting_baseline_promotes_what_it_accepts_and_the_gated_store_does
     demo_run, tmp_path
 ):
     """A trusting sandbox rejects a batch's held rows and promotes the rest into the reference,
-    an accepted flip included; the gated sandbox judges with the reference it started with.
-    (One flip: four in 80 rows raise the source's alarm with this batch, held whole.)"""
+    the flips it accepted included; the gated sandbox judges with the reference it started
+    with. (Two flips, the least suspicious to the gate: confident ones, four in 80 rows, raise
+    the source's alarm with their batch, which is then held whole.)"""
     root, _ = demo_run
     config = load_config(root / "poisonguard.toml")
     worlds = {}
     for world in ("gated", "trusting"):
         sandbox = Sandbox(copy_project(config, tmp_path / world), trusting=world == "trusting")
-        rows = Carrier(_outside_reference(sandbox).iloc[:80], "row_id", 10**6).take(80)
-        poison = np.zeros(80, dtype=bool)
-        poison[:1] = True
-        rows.loc[:0, LABEL] = (rows.loc[:0, LABEL] + 1) % 10
+        clean = Carrier(_outside_reference(sandbox).iloc[:80], "row_id", 10**6).take(80)
+        attack = least_suspicious_flips(
+            clean, label=LABEL, guard=sandbox.guard(), rate=2 / 80, random_state=0
+        )
+        rows, poison = attack.frame, attack.is_poison
         version = sandbox.store.reference().version
         delivery = sandbox.send(rows, poison, source="partner")
         worlds[world] = (sandbox, delivery, version)
@@ -113,6 +116,7 @@ def test_the_trusting_baseline_promotes_what_it_accepts_and_the_gated_store_does
     assert trusting.store.reference().version == version + 1
     assert set(trusting.reference_frame()["pg_batch"]) >= {delivery.batch_id}
     accepted_poison = int((delivery.accepted & delivery.is_poison).sum())
+    assert accepted_poison > 0
     assert trusting.poison_in(trusting.reference_frame()) == accepted_poison
     assert trusting.store.batch(delivery.batch_id).rows_quarantined == 0  # rejected by review
 
