@@ -442,6 +442,8 @@ def test_audit_entries_read_back_in_order_and_the_head_is_the_last(created):
     ]
     assert set(log[0]) == {"seq", *AuditEntry.__dataclass_fields__}
     assert created.audit_head() == (2, second.hash)
+    assert created.audit_since(0) == log
+    assert created.audit_since(1) == log[1:] and created.audit_since(2) == []
 
 
 def test_an_entry_that_does_not_follow_the_head_is_refused_and_nothing_is_written(created):

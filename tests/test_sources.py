@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from poisonguard.sources import (
     Event,
     FlowCounts,
     LabelFlows,
+    SourceReplay,
     SourceTest,
     alarms,
     batch_counts,
@@ -291,6 +293,96 @@ def test_label_flows_add_up_over_chunks_and_survive_the_audit_entry():
     assert len(counts.flows) == 12
     assert BatchCounts.from_dict(counts.as_dict()) == counts
     assert FlowCounts(None).pairs() == () and FlowCounts(flows).pairs() == ()
+
+
+def _flows_by_hand(events: list[Event], test: SourceTest, source: str) -> float:
+    """A source's log statistic computed pair by pair from its own events (no clears):
+    the Shiryaev-Roberts recursion per pair and bet, a pair followed from its first record
+    on (an e-value of 1 in a batch without it), averaged with the row counts' statistic."""
+    counts = np.full(len(BETS), -np.inf)
+    pairs: dict[tuple[str, str], np.ndarray] = {}
+    for ev in events:
+        if ev.source != source or ev.counts is None:
+            continue
+        counts = np.logaddexp(counts, 0.0) + log_evalues(ev.counts, test.slack)
+        recorded = {(a, c): np.asarray(e) for a, c, e in ev.counts.flows}
+        for pair in set(pairs) | set(recorded):
+            before = pairs.get(pair, np.full(len(FLOW_BETS), -np.inf))
+            pairs[pair] = np.logaddexp(before, 0.0) + recorded.get(pair, 0.0)
+    mean_counts = np.logaddexp.reduce(counts) - np.log(counts.size)
+    if not pairs:
+        return float(mean_counts)
+    flat = np.concatenate(list(pairs.values()))
+    return float(
+        np.logaddexp(mean_counts, np.logaddexp.reduce(flat) - np.log(flat.size)) - np.log(2)
+    )
+
+
+def test_the_label_flow_statistic_follows_each_pair_from_its_first_record():
+    """Two sources, pairs that appear late or skip batches: each source's statistic is the
+    pair-by-pair recursion's (the replay keeps every pair as a row of one array)."""
+    rng = np.random.default_rng(31)
+    test = SourceTest(alarm_level=0)
+    every = [(a, c) for a in CLASSES for c in CLASSES if a != c]
+    events = []
+    for i in range(40):
+        source = "p" if i % 3 else "q"
+        # Early batches know two classes only; later ones every pair, some batches none.
+        known = every[:2] if i < 10 else every if i % 7 else []
+        shift = 0.3 if source == "p" else -0.2
+        flows = tuple((a, c, tuple(rng.normal(shift, 0.5, len(FLOW_BETS)))) for a, c in known)
+        counts = batch_counts(rng.uniform(size=50), NO_RATES, flows=flows)
+        events.append(Event(source, f"{source}-{i}", 50, counts))
+    states = source_states(events, test)
+    for source in ("p", "q"):
+        expected = _flows_by_hand(events, test, source)
+        assert np.log(states[source].statistic) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert states["p"].flow in every and states["p"].flow_statistic > 1.0
+    # Taken in pieces, with a clear between them, and a copy added to: the same states.
+    events.insert(25, Event("q", cleared=True))
+    whole = source_states(events, test)
+    replay = SourceReplay(test).add(events[:10])
+    before = replay.states()
+    replay.copy().add(events[10:])
+    assert replay.states() == before
+    assert replay.add(events[10:30]).add(events[30:]).states() == whole
+    assert replay.sizes("p") == tuple(e.rows_in for e in events if e.source == "p")[-20:]
+
+
+def test_the_source_events_read_once_are_not_read_again_and_match_a_fresh_read(demo_project):
+    """Source events are kept per ledger with the entry they run to: new entries are added
+    as they come, and equal a read of the whole chain; a store made again in the same place
+    is read afresh."""
+    from poisonguard.initialize import init_dataset
+    from poisonguard.store import core
+
+    config = load_config(demo_project / "poisonguard.toml")
+    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
+    empty_landing(config.landing)
+    rng = np.random.default_rng(3)
+    store = open_store(config)
+    _land(config, "partner/a.parquet", _batch(clean, rng, 0, flips=0))
+    first = store.source_events()
+    assert [e.source for e in first] == ["partner"]
+    _land(config, "partner/b.parquet", _batch(clean, rng, 1, flips=3))
+    kept = store.source_events()
+    assert len(kept) == 2 and kept[0] == first[0]
+    store.clear_source("partner", actor="ana", note="checked")
+    _land(config, "partner/c.parquet", _batch(clean, rng, 2, flips=3))
+    kept = store.source_events()
+    assert [e.cleared for e in kept] == [False, False, True, False]
+    replayed = store.source_replay(config.sources).states()
+    core._kept_events.clear()
+    assert store.source_events() == kept
+    assert replayed == source_states(kept, config.sources) != {}
+    # The same place, a new store: its own (no) events, not the old ones.
+    (demo_project / "poisonguard.toml").unlink()
+    shutil.rmtree(config.store)
+    (demo_project / "store.key").unlink()
+    init_dataset(
+        demo_project / "trusted.parquet", label=LABEL, directory=demo_project, id_column="row_id"
+    )
+    assert open_store(config).source_events() == []
 
 
 def test_a_batch_far_from_a_source_s_usual_size_is_drift():

@@ -318,7 +318,7 @@ def _reference_line(summary: dict | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from poisonguard.sources import alarms, source_states
+    from poisonguard.sources import alarms
     from poisonguard.store import open_store
 
     config = _config(args)
@@ -330,7 +330,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         r["judged_by"] = None if r["reference_version"] is None else f"v{r['reference_version']}"
     current = store.reference()
     reference = None if current is None else current.summary()
-    states = source_states(store.source_events(), config.sources)
+    states = store.source_replay(config.sources).states()
     skipped = [s for s in store.landed().values() if s.outcome == "skipped"]
     kept = store.due(config.retention, _clock()) if config.retention.enabled else None
     totals = {
@@ -758,11 +758,11 @@ def _source_rows(states: dict) -> list[dict]:
 
 
 def cmd_source_show(args: argparse.Namespace) -> int:
-    from poisonguard.sources import alarms, source_states
+    from poisonguard.sources import alarms
     from poisonguard.store import open_store
 
     config = _config(args)
-    states = source_states(open_store(config).source_events(), config.sources)
+    states = open_store(config).source_replay(config.sources).states()
     if args.json:
         doc = [
             {**dataclasses.asdict(s), "evidence": s.describe(config.sources)}

@@ -49,7 +49,7 @@ from poisonguard.config import RESERVED_PREFIX, Config, suite_columns
 from poisonguard.errors import ConfigError, GateError, PoisonguardError, StoreError
 from poisonguard.review import awaiting_review
 from poisonguard.sampling import rule_for, sample_rule
-from poisonguard.sources import POOLED, alarms, source_states
+from poisonguard.sources import POOLED, alarms
 from poisonguard.store import (
     ERASED,
     FileRecord,
@@ -251,7 +251,7 @@ def _reasons(
         reasons += _ledger_against_audit(store)
     reasons += store.verify_files()
     reasons += _training_set(store, config)
-    for state in alarms(source_states(store.source_events(), config.sources)):
+    for state in alarms(store.source_replay(config.sources).states()):
         then = (
             f"review its batches, then `poisonguard source clear {state.source}`"
             if state.source != POOLED

@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,10 +69,10 @@ from poisonguard.sources import (
     BatchCounts,
     Event,
     FlowCounts,
+    SourceReplay,
     SourceState,
     batch_counts,
     size_drift,
-    source_states,
 )
 from poisonguard.store import (
     BatchRecord,
@@ -743,8 +743,7 @@ def detect_batch(
     passed = np.setdiff1d(np.arange(len(rows)), held_rows)  # what the expectations let through
     current = store.reference()
     source = source_of(meta.source)
-    events = store.source_events()  # read once: the hold below, the report's line after
-    state = source_states(events, config.sources).get(source)
+    replay = store.source_replay(config.sources)  # the hold below, the report's line after
     rejected = store.rejected_rows() if passed.size else pd.DataFrame()
     if not rejected.empty:
         guard = guard or fit_guard(config, store, current)
@@ -779,7 +778,7 @@ def detect_batch(
         counts = batch_counts(
             found.combined, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
         )
-        after = _after(events, source, meta, counts, config)
+        after = _after(replay, source, meta, counts)
         decision = decide_batch(
             len(rows),
             failed=failed,
@@ -792,9 +791,9 @@ def detect_batch(
         evidence = batch_evidence(guard.reference_, table, guard.calibrations_, decision, drift)
     else:
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
-        after = _after(events, source, meta, counts, config)
+        after = _after(replay, source, meta, counts)
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
-    drifted = None if state is None else size_drift(state.sizes, len(rows))
+    drifted = size_drift(replay.sizes(source), len(rows))
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
         earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
@@ -842,8 +841,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     failed, blocked = _prior_holds(meta)
     current = store.reference()
     source = source_of(meta.source)
-    events = store.source_events()
-    state = source_states(events, config.sources).get(source)
+    replay = store.source_replay(config.sources)
     columns = [c for c in meta.columns() if not c.startswith(RESERVED_PREFIX)]
     unscored = _positions(failed)
     rejected = store.rejected_rows() if unscored.size < n_rows else pd.DataFrame()
@@ -915,7 +913,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
         counts = batch_counts(
             found.combined, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
         )
-        after = _after(events, source, meta, counts, config)
+        after = _after(replay, source, meta, counts)
         batch_hold = _joined(hold, _source_hold(after, config))
         # Held as the whole path's figures draw them: every scored row under a batch hold.
         held = np.full(found.n_rows, batch_hold is not None)
@@ -923,9 +921,9 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
         evidence = figures.evidence(held, guard.calibrations_, found.detectors, found.p_cuts, shift)
     else:
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
-        after = _after(events, source, meta, counts, config)
+        after = _after(replay, source, meta, counts)
     held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)
-    drifted = None if state is None else size_drift(state.sizes, n_rows)
+    drifted = size_drift(replay.sizes(source), n_rows)
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
         earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
@@ -1091,15 +1089,13 @@ def _commit_chunks(meta: Staged, config: Config, store: Store) -> BatchRecord:
     return record
 
 
-def _after(
-    events: Sequence[Event], source: str, meta: Staged, counts: BatchCounts, config: Config
-) -> SourceState:
+def _after(replay: SourceReplay, source: str, meta: Staged, counts: BatchCounts) -> SourceState:
     """The batch's source as it stands with the batch's own evidence counted: the state
     that decides whether the batch is held whole and that its report shows. A batch whose
     evidence raises the alarm is held with the batches after it; it is no less suspect
-    than they are."""
+    than they are. ``replay`` is left as it was."""
     this = Event(source, meta.batch_id, meta.rows_in, counts)
-    return source_states([*events, this], config.sources)[source]
+    return replay.copy().add([this]).state(source)
 
 
 def _source_hold(state: SourceState | None, config: Config) -> str | None:

@@ -54,11 +54,14 @@ Each source's batch sizes are watched too: a batch far outside the sizes the
 source usually sends is reported as drift (an attacker diluting poison in a
 large batch changes its size).
 
-This module is pure: the store hands it the history (``Store.source_history``).
+This module is pure: the store hands it the history (``Store.source_events``), and
+keeps a :class:`SourceReplay` per ledger that each new entry of the audit chain is
+added to (``Store.source_replay``), so a batch's cost does not grow with the history.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -422,121 +425,198 @@ class Event:
     cleared: bool = False
 
 
-def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, SourceState]:
-    """Every source's state after ``events`` (ledger order), and the pooled one as :data:`POOLED`."""
-    alarm_at = np.inf if test.alarm_level == 0 else 1.0 / test.alarm_level
-    log_r: dict[str, np.ndarray] = {}  # the statistic per bet, in logs: it can pass 1e308
-    state: dict[str, dict] = {}
+class _Flows:
+    """One source's label-flow statistics: per pair of classes and bet, the Shiryaev-Roberts
+    statistic and the product since the last clear, in logs, as arrays over every pair
+    any source has recorded (``pairs``: pair to row); ``followed`` marks the pairs this
+    source has recorded since it was last cleared, the only ones its statistic averages.
+    One numpy step a batch, whatever the number of pairs: a history of thousands of
+    batches of a table of many classes replays in milliseconds."""
 
-    log_product: dict[str, np.ndarray] = {}  # per bet, since the last clear
-    # The label flows' statistics and products, per pair (from, to) and bet.
-    flow_r: dict[str, dict[tuple[str, str], np.ndarray]] = {}
-    flow_product: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+    def __init__(self, pairs: dict[tuple[str, str], int]) -> None:
+        self.pairs = pairs
+        self.log_r = np.full((0, len(FLOW_BETS)), -np.inf)
+        self.log_product = np.zeros((0, len(FLOW_BETS)))
+        self.followed = np.zeros(0, dtype=bool)
 
-    def fresh(name: str) -> dict:
-        log_r[name] = np.full(len(BETS), -np.inf)
-        log_product[name] = np.zeros(len(BETS))
-        flow_r[name], flow_product[name] = {}, {}
-        return {
-            "alarmed_at": None,
-            "pooled": False,
-            "batches": 0,
-            "rows": 0,
-            "below": np.zeros(len(THRESHOLDS), dtype=np.int64),
-        }
+    def _grow(self) -> None:
+        extra = len(self.pairs) - len(self.followed)
+        if extra > 0:
+            self.log_r = np.vstack([self.log_r, np.full((extra, len(FLOW_BETS)), -np.inf)])
+            self.log_product = np.vstack([self.log_product, np.zeros((extra, len(FLOW_BETS)))])
+            self.followed = np.concatenate([self.followed, np.zeros(extra, dtype=bool)])
 
-    state[POOLED] = fresh(POOLED)
-    sizes: dict[str, list[int]] = {}
-    for ev in events:
-        if ev.source not in state:
-            state[ev.source] = fresh(ev.source)
+    def step(self, e: np.ndarray, present: np.ndarray) -> None:
+        """One batch's flows: ``e`` (n_pairs, bets) its log e-values, 0 where it recorded
+        none; ``present`` the pairs it recorded. A pair followed before that the batch does
+        not record counts as an e-value of 1."""
+        self._grow()
+        self.followed |= present
+        f = self.followed
+        self.log_r[f] = np.logaddexp(self.log_r[f], 0.0) + e[f]
+        self.log_product[f] += e[f]
+
+    def statistic(self) -> np.ndarray | None:
+        """The followed pairs' statistics (n_followed, bets), None when none is followed."""
+        return self.log_r[self.followed] if self.followed.any() else None
+
+    def product(self) -> np.ndarray | None:
+        return self.log_product[self.followed] if self.followed.any() else None
+
+    def top(self) -> dict[str, Any]:
+        """The followed pair with the largest statistic (mean over bets), and that statistic."""
+        if not self.followed.any():
+            return {}
+        rows = np.flatnonzero(self.followed)
+        means = np.logaddexp.reduce(self.log_r[rows], axis=1) - np.log(len(FLOW_BETS))
+        best = int(rows[int(np.argmax(means))])
+        pair = next(p for p, i in self.pairs.items() if i == best)
+        return {"flow": pair, "flow_statistic": float(np.exp(min(float(means.max()), LOG_MAX)))}
+
+
+def _batch_flows(
+    flows: Sequence[tuple[str, str, Sequence[float]]], pairs: dict[tuple[str, str], int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's recorded flows as arrays over every pair known (new pairs added to
+    ``pairs``): log e-values (n_pairs, bets), 0 where not recorded, and which it recorded."""
+    rows = [pairs.setdefault((a, c), len(pairs)) for a, c, _ in flows]
+    e = np.zeros((len(pairs), len(FLOW_BETS)))
+    present = np.zeros(len(pairs), dtype=bool)
+    if rows:
+        e[rows] = np.asarray([v for _, _, v in flows], dtype=np.float64)
+        present[rows] = True
+    return e, present
+
+
+class _Running:
+    """One source's (or the pooled) running test since it was last cleared."""
+
+    def __init__(self, pairs: dict[tuple[str, str], int]) -> None:
+        self.log_r = np.full(len(BETS), -np.inf)  # per bet, in logs: it can pass 1e308
+        self.log_product = np.zeros(len(BETS))  # per bet, since the last clear
+        self.flows = _Flows(pairs)
+        self.alarmed_at: str | None = None
+        self.pooled = False
+        self.batches = 0
+        self.rows = 0
+        self.below = np.zeros(len(THRESHOLDS), dtype=np.int64)
+
+    def statistic(self) -> float:
+        return _statistic(self.log_r, self.flows.statistic())
+
+    def evidence(self) -> float:
+        """The log of its e-value since it was last cleared, weighed as its statistic is."""
+        return _statistic(self.log_product, self.flows.product())
+
+
+class SourceReplay:
+    """The per-source tests run over a history, one event at a time: add events as the
+    ledger records them, read every source's state at any point. ``source_states`` runs
+    one over a whole history; the store keeps one per ledger, so a batch adds only its own
+    event however long the history (``Store.source_replay``).
+
+    Parameters
+    ----------
+    test : SourceTest
+    """
+
+    def __init__(self, test: SourceTest) -> None:
+        self.test = test
+        self._alarm_at = np.inf if test.alarm_level == 0 else 1.0 / test.alarm_level
+        self._pairs: dict[tuple[str, str], int] = {}  # every label-flow pair recorded, to its row
+        self._run: dict[str, _Running] = {POOLED: _Running(self._pairs)}
+        self._sizes: dict[str, list[int]] = {}
+
+    def copy(self) -> SourceReplay:
+        """An independent copy (its label-flow pairs shared with its runs, as here)."""
+        return copy.deepcopy(self)
+
+    def add(self, events: Iterable[Event]) -> SourceReplay:
+        """Run the tests over ``events`` (ledger order, after those added before); self."""
+        for ev in events:
+            self._add(ev)
+        return self
+
+    def _add(self, ev: Event) -> None:
+        run = self._run
+        if ev.source not in run:
+            run[ev.source] = _Running(self._pairs)
         if ev.cleared:
-            state[ev.source] = fresh(ev.source)
-            state[POOLED] = fresh(POOLED)
-            for s in state.values():  # a pooled alarm clears with its cause
-                if s["pooled"]:
-                    s["alarmed_at"], s["pooled"] = None, False
-            continue
+            run[ev.source] = _Running(self._pairs)
+            run[POOLED] = _Running(self._pairs)
+            for r in run.values():  # a pooled alarm clears with its cause
+                if r.pooled:
+                    r.alarmed_at, r.pooled = None, False
+            return
         if ev.rows_in is not None:
-            sizes.setdefault(ev.source, []).append(int(ev.rows_in))
+            self._sizes.setdefault(ev.source, []).append(int(ev.rows_in))
+            del self._sizes[ev.source][:-SIZE_HISTORY]
         if ev.counts is None:
-            continue
-        e = log_evalues(ev.counts, test.slack)
-        flows = {(a, c): np.asarray(v, dtype=np.float64) for a, c, v in ev.counts.flows}
+            return
+        e = log_evalues(ev.counts, self.test.slack)
+        flow_e, present = _batch_flows(ev.counts.flows, self._pairs)
         for name in (ev.source, POOLED):
-            s = state[name]
-            log_r[name] = np.logaddexp(log_r[name], 0.0) + e
-            log_product[name] += e
-            _step_flows(flow_r[name], flow_product[name], flows)
-            s["batches"] += 1
-            s["rows"] += ev.counts.rows
-            s["below"] += np.asarray(ev.counts.below)
-            if s["alarmed_at"] is None and _statistic(log_r[name], flow_r[name]) >= np.log(
-                alarm_at
-            ):
-                s["alarmed_at"] = ev.batch_id
-        if state[POOLED]["alarmed_at"] is not None:
-            for name, s in state.items():
+            r = run[name]
+            r.log_r = np.logaddexp(r.log_r, 0.0) + e
+            r.log_product += e
+            r.flows.step(flow_e, present)
+            r.batches += 1
+            r.rows += ev.counts.rows
+            r.below += np.asarray(ev.counts.below)
+            if r.alarmed_at is None and r.statistic() >= np.log(self._alarm_at):
+                r.alarmed_at = ev.batch_id
+        if run[POOLED].alarmed_at is not None:
+            for name, r in run.items():
                 # A source contributed when its own evidence, taken whole since it was
                 # last cleared and weighed as its statistic is (a mean over bets, and over
                 # pairs of classes), favours poison: not when one of many pairs or bets
                 # happens to, as a clean source's often does.
-                if (
-                    name != POOLED
-                    and s["alarmed_at"] is None
-                    and _statistic(log_product[name], flow_product[name]) > 0
-                ):
-                    s["alarmed_at"], s["pooled"] = ev.batch_id, True
-    return {
-        name: SourceState(
+                if name != POOLED and r.alarmed_at is None and r.evidence() > 0:
+                    r.alarmed_at, r.pooled = ev.batch_id, True
+
+    def sizes(self, source: str) -> tuple[int, ...]:
+        """The rows in of ``source``'s last :data:`SIZE_HISTORY` batches, oldest first
+        (clears do not forget them)."""
+        return tuple(self._sizes.get(source, ()))
+
+    def state(self, name: str) -> SourceState:
+        """One source's state (:data:`POOLED` for the pooled one); a source never seen has
+        the state of one that sent nothing."""
+        r = self._run.get(name)
+        if r is None:
+            return SourceState(source=name, sizes=self.sizes(name))
+        return SourceState(
             source=name,
-            statistic=float(np.exp(min(_statistic(log_r[name], flow_r[name]), LOG_MAX))),
-            alarmed=s["alarmed_at"] is not None,
-            alarmed_at=s["alarmed_at"],
-            batches=s["batches"],
-            rows=s["rows"],
-            below=tuple(int(k) for k in s["below"]),
-            sizes=tuple(sizes.get(name, [])[-SIZE_HISTORY:]),
-            pooled_alarm=s["pooled"],
-            **_top_flow(flow_r[name]),
+            statistic=float(np.exp(min(r.statistic(), LOG_MAX))),
+            alarmed=r.alarmed_at is not None,
+            alarmed_at=r.alarmed_at,
+            batches=r.batches,
+            rows=r.rows,
+            below=tuple(int(k) for k in r.below),
+            sizes=self.sizes(name),
+            pooled_alarm=r.pooled,
+            **r.flows.top(),
         )
-        for name, s in state.items()
-    }
+
+    def states(self) -> dict[str, SourceState]:
+        """Every source's state, and the pooled one as :data:`POOLED`."""
+        return {name: self.state(name) for name in self._run}
 
 
-def _step_flows(
-    log_r: dict[tuple[str, str], np.ndarray],
-    log_product: dict[tuple[str, str], np.ndarray],
-    flows: Mapping[tuple[str, str], np.ndarray],
-) -> None:
-    """One batch's label flows into the per-pair statistics (in place). A pair followed
-    before that the batch does not record counts as an e-value of 1."""
-    for pair in set(log_r) | set(flows):
-        e = flows.get(pair)
-        if e is None:
-            e = np.zeros(len(FLOW_BETS))
-        r = log_r.get(pair, np.full(len(FLOW_BETS), -np.inf))
-        log_r[pair] = np.logaddexp(r, 0.0) + e
-        log_product[pair] = log_product.get(pair, np.zeros(len(FLOW_BETS))) + e
+def source_states(events: Iterable[Event], test: SourceTest) -> dict[str, SourceState]:
+    """Every source's state after ``events`` (ledger order), and the pooled one as :data:`POOLED`."""
+    return SourceReplay(test).add(events).states()
 
 
-def _statistic(log_r: np.ndarray, flow_r: Mapping[tuple[str, str], np.ndarray]) -> float:
+def _statistic(log_r: np.ndarray, flow_r: np.ndarray | None) -> float:
     """The log of a source's statistic: the row counts' (mean over their bets), or, where
     label flows are followed, the mean of that and the flows' (mean over pairs and bets).
     A mean of Shiryaev-Roberts statistics is one: at most ``t`` in expectation after ``t``
     clean batches; a mean of products (e-values) is an e-value."""
     counts = _log_mean(log_r)
-    if not flow_r:
+    if flow_r is None:
         return counts
-    flows = _log_mean(np.concatenate(list(flow_r.values())))
-    return float(np.logaddexp(counts, flows) - np.log(2.0))
-
-
-def _top_flow(flow_r: Mapping[tuple[str, str], np.ndarray]) -> dict[str, Any]:
-    if not flow_r:
-        return {}
-    pair, r = max(flow_r.items(), key=lambda item: _log_mean(item[1]))
-    return {"flow": pair, "flow_statistic": float(np.exp(min(_log_mean(r), LOG_MAX)))}
+    return float(np.logaddexp(counts, _log_mean(flow_r.ravel())) - np.log(2.0))
 
 
 def _log_mean(log_values: np.ndarray) -> float:

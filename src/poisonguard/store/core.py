@@ -48,7 +48,7 @@ import pyarrow as pa
 from poisonguard.errors import GateError, ReviewError, StoreError, shown
 from poisonguard.landing import Entry, source_of
 from poisonguard.sampling import SampleRule, rule_for, sample_key
-from poisonguard.sources import BatchCounts, Event
+from poisonguard.sources import BatchCounts, Event, SourceReplay, SourceTest
 from poisonguard.store import erasure, retention, revisions
 from poisonguard.store.audit import (
     ANCHOR,
@@ -128,6 +128,24 @@ LOCK_WAIT = 60.0
 _kept_frames: dict[str, tuple[tuple[FileRecord, ...], pd.DataFrame]] = {}
 # The same for the id index of each store root and id column: see Store.id_owners.
 _kept_ids: dict[str, tuple[tuple[FileRecord, ...], IdOwners]] = {}
+
+
+@dataclass
+class _History:
+    """The source events read from one ledger's audit chain, up to the entry ``seq`` whose
+    hash is ``hash``, and the per-source tests run over them, per test settings, with the
+    number of events each has taken."""
+
+    seq: int
+    hash: str
+    events: list[Event]
+    replays: dict[SourceTest, tuple[int, SourceReplay]]
+
+
+# Per ledger (its location): its _History. Entries are only ever appended, and each hash
+# covers the one before, so a chain whose entry at that ``seq`` has the same hash holds the
+# same entries up to it: only later ones are read (``Store.source_events``).
+_kept_events: dict[str, _History] = {}
 
 
 @dataclass(frozen=True)
@@ -1242,24 +1260,39 @@ class Store:
         (``source_evidence`` in its ingest entry) and ``source_clear`` entries.
         Seed batches are not a source's evidence.
         """
-        events = []
-        for entry in self.audit_log():
-            if entry["action"] not in ("ingest", "source_clear"):
-                continue
-            detail = json.loads(entry["detail"])
-            if entry["action"] == "source_clear":
-                events.append(Event(str(detail["source"]), cleared=True))
-            elif detail.get("status") != "seed":
-                counts = detail.get("source_evidence")
-                events.append(
-                    Event(
-                        source_of(str(detail["source"])),
-                        entry["batch_id"],
-                        detail.get("rows_in"),
-                        None if counts is None else BatchCounts.from_dict(counts),
-                    )
-                )
-        return events
+        return list(self._history().events)
+
+    def source_replay(self, test: SourceTest) -> SourceReplay:
+        """The per-source tests run over every source event (``source_events``), a copy the
+        caller may add to: ``.states()`` is ``source_states(store.source_events(), test)``."""
+        history = self._history()
+        taken, replay = history.replays.get(test, (0, SourceReplay(test)))
+        replay.add(history.events[taken:])
+        history.replays[test] = (len(history.events), replay)
+        return replay.copy()
+
+    def _history(self) -> _History:
+        """The source events and tests of this ledger, with the audit entries written since
+        they were last read in this process added (``_kept_events``): a batch's cost does
+        not grow with the store's history."""
+        key = self.ledger.location
+        history = _kept_events.get(key)
+        seq = 0 if history is None else history.seq
+        entries = self.ledger.audit_since(max(seq - 1, 0))
+        if history is not None and (
+            not entries or (entries[0]["seq"], entries[0]["hash"]) != (seq, history.hash)
+        ):
+            # Not the chain read before (a store made again in the same place): all of it.
+            history, entries = None, self.ledger.audit_log()
+        elif history is not None:
+            entries = entries[1:]
+        if history is None:
+            history = _History(0, "", [], {})
+        if entries:
+            history.events.extend(_source_events(entries))
+            history.seq, history.hash = int(entries[-1]["seq"]), str(entries[-1]["hash"])
+            _kept_events[key] = history
+        return history
 
     def clear_source(self, source: str, *, actor: str, note: str) -> None:
         """Restart a landing source's sequential test (and the pooled one), with an audit entry."""
@@ -1296,6 +1329,28 @@ _MIGRATIONS: dict[int, Callable[[Store, LedgerTransaction], dict[str, Any]]] = {
 
 
 # --------------------------------------------------------------------------- opening and copying
+
+
+def _source_events(entries: Iterable[dict[str, Any]]) -> list[Event]:
+    """The source events among audit entries (``Store.source_events``)."""
+    events = []
+    for entry in entries:
+        if entry["action"] not in ("ingest", "source_clear"):
+            continue
+        detail = json.loads(entry["detail"])
+        if entry["action"] == "source_clear":
+            events.append(Event(str(detail["source"]), cleared=True))
+        elif detail.get("status") != "seed":
+            counts = detail.get("source_evidence")
+            events.append(
+                Event(
+                    source_of(str(detail["source"])),
+                    entry["batch_id"],
+                    detail.get("rows_in"),
+                    None if counts is None else BatchCounts.from_dict(counts),
+                )
+            )
+    return events
 
 
 def open_store(

@@ -296,6 +296,10 @@ class LedgerView(Protocol):
         """Every audit entry as a dict of its fields (``seq`` first), oldest first."""
         ...
 
+    def audit_since(self, seq: int) -> list[dict[str, Any]]:
+        """The audit entries after ``seq`` (``seq`` 0: every one), as ``audit_log``, oldest first."""
+        ...
+
     def audit_head(self) -> tuple[int, str] | None:
         """The last audit entry's ``seq`` and ``hash``; None for an empty chain."""
         ...

@@ -195,6 +195,9 @@ class SqlRecords:
     def audit_log(self) -> list[dict[str, Any]]:
         return self._all(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq")
 
+    def audit_since(self, seq: int) -> list[dict[str, Any]]:
+        return self._all(f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq", seq)
+
     def audit_head(self) -> tuple[int, str] | None:
         row = self._one(self._HEAD_QUERY)
         if row is None or row["seq"] == 0:
