@@ -35,6 +35,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -144,8 +145,10 @@ class _History:
 
 # Per ledger (its location): its _History. Entries are only ever appended, and each hash
 # covers the one before, so a chain whose entry at that ``seq`` has the same hash holds the
-# same entries up to it: only later ones are read (``Store.source_events``).
+# same entries up to it: only later ones are read (``Store.source_events``). Threads of one
+# process (a served flow's runs, status) share it under the lock.
 _kept_events: dict[str, _History] = {}
+_kept_events_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -1260,21 +1263,23 @@ class Store:
         (``source_evidence`` in its ingest entry) and ``source_clear`` entries.
         Seed batches are not a source's evidence.
         """
-        return list(self._history().events)
+        with _kept_events_lock:
+            return list(self._history().events)
 
     def source_replay(self, test: SourceTest) -> SourceReplay:
         """The per-source tests run over every source event (``source_events``), a copy the
         caller may add to: ``.states()`` is ``source_states(store.source_events(), test)``."""
-        history = self._history()
-        taken, replay = history.replays.get(test, (0, SourceReplay(test)))
-        replay.add(history.events[taken:])
-        history.replays[test] = (len(history.events), replay)
-        return replay.copy()
+        with _kept_events_lock:
+            history = self._history()
+            taken, replay = history.replays.get(test, (0, SourceReplay(test)))
+            replay.add(history.events[taken:])
+            history.replays[test] = (len(history.events), replay)
+            return replay.copy()
 
     def _history(self) -> _History:
         """The source events and tests of this ledger, with the audit entries written since
-        they were last read in this process added (``_kept_events``): a batch's cost does
-        not grow with the store's history."""
+        they were last read in this process added (``_kept_events``, whose lock the caller
+        holds): a batch's cost does not grow with the store's history."""
         key = self.ledger.location
         history = _kept_events.get(key)
         seq = 0 if history is None else history.seq
