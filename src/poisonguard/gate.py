@@ -236,7 +236,10 @@ def _reasons(
     previous: dict[str, Any] | None,
 ) -> list[str]:
     reasons: list[str] = []
-    broken = store.verify_audit()
+    # One read of the chain for every check below: they judge the same chain, and a long
+    # history is not read again for each of them.
+    log = store.audit_log()
+    broken = store.verify_audit(log)
     if broken:
         reasons.append(f"audit chain broken: {broken}")
     if store.key_path.exists() and store.key_path.stat().st_mode & 0o077:
@@ -246,9 +249,9 @@ def _reasons(
             f"run chmod 600 {store.key_path}"
         )
     if previous is not None:
-        reasons += _previous_head(store, previous)
+        reasons += _previous_head(log, previous)
     if not broken:
-        reasons += _ledger_against_audit(store)
+        reasons += _ledger_against_audit(store, log)
     reasons += store.verify_files()
     reasons += _training_set(store, config)
     for state in alarms(store.source_replay(config.sources).states()):
@@ -268,11 +271,11 @@ def _reasons(
     return reasons
 
 
-def _previous_head(store: Store, previous: dict[str, Any]) -> list[str]:
+def _previous_head(log: list[dict[str, Any]], previous: dict[str, Any]) -> list[str]:
     head = previous.get("audit_head")
     if not isinstance(head, dict):
         return ["the previous manifest names no audit head to check the chain against"]
-    chain = {int(e["seq"]): e["hash"] for e in store.audit_log()}
+    chain = {int(e["seq"]): e["hash"] for e in log}
     try:
         seq, digest = int(head["seq"]), str(head["hash"])
     except (KeyError, TypeError, ValueError):
@@ -285,9 +288,9 @@ def _previous_head(store: Store, previous: dict[str, Any]) -> list[str]:
     return []
 
 
-def _ledger_against_audit(store: Store) -> list[str]:
-    """Replay the audit chain; the ledger's files (hash and kind), counts, reviews and
-    blocklist must agree."""
+def _ledger_against_audit(store: Store, log: list[dict[str, Any]] | None = None) -> list[str]:
+    """Replay the audit chain (``log``, as read by the caller; read here when not given); the
+    ledger's files (hash and kind), counts, reviews and blocklist must agree."""
     files: dict[str, str] = {}
     kinds: dict[str, str] = {}
     counts: dict[str, list[int]] = {}
@@ -295,7 +298,7 @@ def _ledger_against_audit(store: Store) -> list[str]:
     reviewed: set[tuple[str, int, str]] = set()
     judged: dict[str, int | None] = {}
     versions: dict[int, tuple[str, list[str]]] = {}
-    log = store.audit_log()
+    log = store.audit_log() if log is None else log
     for entry in log:
         if entry["action"] == "reference":
             detail = json.loads(entry["detail"])
@@ -372,7 +375,7 @@ def _ledger_against_audit(store: Store) -> list[str]:
                 f"{judged.get(rec.batch_id)}: the ledger was edited"
             )
     reasons += _references_against_audit(store, versions)
-    reasons += _samples_against_audit(store)
+    reasons += _samples_against_audit(store, log)
     missing = set(counts) - {r.batch_id for r in store.batches()}
     reasons += [
         f"batch {b}: ingested in the audit chain, but gone from the ledger" for b in missing
@@ -464,12 +467,12 @@ def _references_against_audit(
     return reasons
 
 
-def _samples_against_audit(store: Store) -> list[str]:
+def _samples_against_audit(store: Store, log: list[dict[str, Any]]) -> list[str]:
     """Each reference version's sample is the file its audit entry (the version's, or the
     migration's that drew it) recorded, or none after an erasure dropped it: a sample replaced
     in the ledger and on disk together still differs from the chain."""
     recorded: dict[int, str] = {}
-    for entry in store.audit_log():
+    for entry in log:
         wanted = ("reference", "migrate", "forget")
         detail = json.loads(entry["detail"]) if entry["action"] in wanted else {}
         for version in detail.get("samples_dropped") or []:

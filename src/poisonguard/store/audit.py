@@ -165,13 +165,14 @@ class AuditChain:
             anchor["vouched"] = vouched
         self.files.write(ANCHOR, (json.dumps(anchor, indent=2) + "\n").encode())
 
-    def verify(self, ledger: Ledger) -> str | None:
+    def verify(self, ledger: Ledger, log: list[dict[str, Any]] | None = None) -> str | None:
         """Check the chain, its keyed MACs and its anchor; the first problem, or None.
 
         The chain must be unbroken from the first entry, every entry's MAC must
         match the audit key, and the anchored head and the head the gate last
         vouched for must both still be in it (so truncation and deletion are
-        errors, not an intact shorter chain).
+        errors, not an intact shorter chain). ``log`` is the chain as the caller read
+        it (``ledger.audit_log()``; read here when not given).
         """
         try:
             self.key()
@@ -179,7 +180,7 @@ class AuditChain:
             return str(exc)
         prev = GENESIS
         by_seq: dict[int, str] = {}
-        log = ledger.audit_log()
+        log = ledger.audit_log() if log is None else log
         for entry in log:
             if entry["prev_hash"] != prev:
                 return f"audit entry {entry['seq']} does not follow the entry before it (prev_hash)"

@@ -1319,10 +1319,11 @@ class Store:
         with self.writing():
             self._chain.write_anchor(self.ledger, vouched=head)
 
-    def verify_audit(self) -> str | None:
+    def verify_audit(self, log: list[dict[str, Any]] | None = None) -> str | None:
         """Check the chain, its keyed MACs and its anchor; the first problem, or None
-        (``AuditChain.verify``)."""
-        return self._chain.verify(self.ledger)
+        (``AuditChain.verify``). ``log``: the chain as read by the caller (``audit_log``),
+        so that every check of one gate reads one chain."""
+        return self._chain.verify(self.ledger, log)
 
 
 #: The data step of each schema step, by the version it reaches (see ``Store._migrate``).
