@@ -744,6 +744,7 @@ def detect_batch(
     current = store.reference()
     source = source_of(meta.source)
     replay = store.source_replay(config.sources)  # the hold below, the report's line after
+    drifted = size_drift(replay.sizes(source), len(rows))  # before the batch joins it
     rejected = store.rejected_rows() if passed.size else pd.DataFrame()
     if not rejected.empty:
         guard = guard or fit_guard(config, store, current)
@@ -793,7 +794,6 @@ def detect_batch(
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
         after = _after(replay, source, meta, counts)
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
-    drifted = size_drift(replay.sizes(source), len(rows))
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
         earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
@@ -842,6 +842,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     current = store.reference()
     source = source_of(meta.source)
     replay = store.source_replay(config.sources)
+    drifted = size_drift(replay.sizes(source), n_rows)  # before the batch joins it
     columns = [c for c in meta.columns() if not c.startswith(RESERVED_PREFIX)]
     unscored = _positions(failed)
     rejected = store.rejected_rows() if unscored.size < n_rows else pd.DataFrame()
@@ -923,7 +924,6 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
         counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
         after = _after(replay, source, meta, counts)
     held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)
-    drifted = size_drift(replay.sizes(source), n_rows)
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
         earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
@@ -1093,9 +1093,10 @@ def _after(replay: SourceReplay, source: str, meta: Staged, counts: BatchCounts)
     """The batch's source as it stands with the batch's own evidence counted: the state
     that decides whether the batch is held whole and that its report shows. A batch whose
     evidence raises the alarm is held with the batches after it; it is no less suspect
-    than they are. ``replay`` is left as it was."""
+    than they are. The batch is added to ``replay``, the caller's own copy
+    (``Store.source_replay``)."""
     this = Event(source, meta.batch_id, meta.rows_in, counts)
-    return replay.copy().add([this]).state(source)
+    return replay.add([this]).state(source)
 
 
 def _source_hold(state: SourceState | None, config: Config) -> str | None:
