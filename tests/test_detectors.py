@@ -43,6 +43,7 @@ BAD_PARAMS: dict[str, tuple[str, object]] = {
     "model_residual": ("max_iter", 0),
     "combination": ("smoothing", 0.0),
     "label_excess": ("n_neighbors", 1),
+    "crowding": ("max_batch", 1),
 }
 
 
@@ -840,6 +841,65 @@ def test_label_excess_scores_an_unpoisoned_batch_like_trusted_rows():
     s_clean = det.score(clean)
     assert np.mean(s_clean > -np.log(1e-3)) < 0.01
     assert np.median(det.score(poisoned)[flipped]) > np.quantile(s_clean, 0.99)
+
+
+# ------------------------------------------------------------ crowding
+
+
+def _crowding_setup() -> tuple[Encoder, Table]:
+    reference = blobs(1500, 1)
+    encoder = Encoder.fit(reference, FEATURES, "label")
+    return encoder, encoder.transform(reference, "reference")
+
+
+@pytest.mark.parametrize(("n", "seed"), [(300, 2), (3000, 3)])
+def test_crowding_is_a_valid_tail_on_clean_batches_of_any_size(n, seed):
+    """On a clean batch, small or past the sample's size, -log P(C <= c) is a valid tail:
+    the share of rows at or past -log(a) stays near a (sampling error allowed), the same at
+    both sizes, so the score does not grow with the batch."""
+    encoder, reference = _crowding_setup()
+    s = REGISTRY["crowding"]().fit(reference).score(encoder.transform(blobs(n, seed)))
+    for a in (0.2, 0.05, 0.01):
+        assert np.mean(s >= -np.log(a)) <= 1.3 * a + 3.0 * np.sqrt(a / n)
+    assert 0.7 < s.mean() < 1.4
+
+
+def test_crowding_finds_a_flood_of_jittered_copies_the_duplicates_grid_misses():
+    """Ten copies each of three rows, jittered far past the duplicate grid but well inside
+    the rows' natural spacing: most copies outscore 99% of the honest rows (a copy of a row
+    in the densest part of the table has trusted rows close by), the duplicates detector
+    scores none of them, and the reason gives the counts."""
+    encoder, reference = _crowding_setup()
+    honest = blobs(600, 5)
+    rng = np.random.default_rng(6)
+    copies = honest.loc[np.repeat([0, 1, 2], 10)].reset_index(drop=True)
+    copies[FEATURES] += rng.normal(0.0, 0.05, (30, len(FEATURES)))
+    batch = encoder.transform(pd.concat([honest.iloc[3:], copies], ignore_index=True))
+    flood = np.arange(batch.n_rows - 30, batch.n_rows)
+    det = REGISTRY["crowding"]().fit(reference)
+    s = det.score(batch)
+    top = np.quantile(s[: flood[0]], 0.99)
+    assert np.median(s[flood]) > top and np.mean(s[flood] > top) >= 0.6
+    assert np.all(REGISTRY["duplicates"]().fit(reference).score(batch)[flood] == 0.0)
+    reason = det.explain(batch, flood[:1])[0]
+    assert reason.startswith("10 rows of this batch lie within ") and "trusted rows" in reason
+
+
+def test_crowding_does_not_score_repeats_the_trusted_rows_also_show():
+    """Exact repeats of a value the trusted rows repeat as often (a coarse table) score below
+    one nat, far from any hold: ties count for the trusted rows."""
+    rng = np.random.default_rng(7)
+
+    def draw(n: int) -> pd.DataFrame:
+        level = rng.integers(0, 4, n)
+        return pd.DataFrame(
+            {"x0": level.astype(float), "x1": (level % 2).astype(float), "label": level % 2}
+        )
+
+    encoder = Encoder.fit(draw(800), ["x0", "x1"], "label")
+    reference = encoder.transform(draw(800), "reference")
+    s = REGISTRY["crowding"]().fit(reference).score(encoder.transform(draw(400)))
+    assert np.all(s < 1.0)
 
 
 def test_beta_binomial_tail_matches_the_summed_pmf():

@@ -14,6 +14,7 @@ from poisonguard.detectors.drift import DriftReport, batch_drift
 from poisonguard.detectors.duplicates import DuplicatesDetector
 from poisonguard.detectors.labels import (
     BatchKnnLabelDetector,
+    CrowdingDetector,
     InterpolationDetector,
     KnnLabelDetector,
     LabelExcessDetector,
@@ -37,6 +38,7 @@ REGISTRY: dict[str, type[Detector]] = {
         KnnLabelDetector,
         BatchKnnLabelDetector,
         LabelExcessDetector,
+        CrowdingDetector,
         ModelLabelDetector,
         InterpolationDetector,
         DuplicatesDetector,
@@ -52,12 +54,15 @@ REGISTRY: dict[str, type[Detector]] = {
 #: the deeper a row sits among another label) and by a model (``model_label``);
 #: rows interpolated between trusted rows of two labels (``interpolation``);
 #: whole-row outliers (``knn_distance``); copy floods and conflicts
-#: (``duplicates``); backdoor triggers (``backdoor``). ``knn_label``,
+#: (``duplicates``); backdoor triggers (``backdoor``); labels in excess around a row
+#: (``label_excess``) and regions the batch crowds (``crowding``, floods of near-copies
+#: past the duplicate grid), which share one pair of searches. ``knn_label``,
 #: ``interpolation`` and ``knn_distance`` share one neighbour search. Every
 #: detector costs its share of the Cauchy combination when it alone fires, so
 #: the suite is kept to detectors that each catch something the others miss
 #: (measured on the detection benchmark); ``duplicates`` and ``backdoor``,
-#: whose evidence is extreme when real, take half a share each. Left out:
+#: whose evidence is extreme when real, and ``crowding``, whose evidence marks a
+#: region, take half a share each. Left out:
 #: ``tail`` (far outliers are already caught by ``knn_distance`` and the label
 #: detectors, and on labelled benchmarks it lowered mean F1), ``class_*``
 #: (slower, subsumed), ``batch_knn_label`` (depends on batch size and make-up).
@@ -70,6 +75,7 @@ DEFAULT_DETECTORS: tuple[str, ...] = (
     "backdoor",
     "combination",
     "label_excess",
+    "crowding",
 )
 
 #: What a scan without a label column runs by default: with no label

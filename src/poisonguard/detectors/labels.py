@@ -34,6 +34,7 @@ from poisonguard.detectors._kernels import (
     _trust_ratio,
 )
 from poisonguard.detectors._neighbours import SAMPLE_ROWS, Neighbours, search
+from poisonguard.detectors._stats import binomial_surprise
 from poisonguard.detectors.base import Table, fingerprint
 from poisonguard.errors import BatchError
 
@@ -839,6 +840,20 @@ class LabelExcessDetector(_BatchSampled):
 
     _fitted_attr: ClassVar[str] = "R_"
 
+    def _both(
+        self, batch: Table, y: np.ndarray, positions: np.ndarray, summary: LabelSample
+    ) -> tuple[np.ndarray, Neighbours, Neighbours]:
+        """The batch sample's labels, each row's nearest rows of it (itself left out) and
+        its nearest trusted rows of the same reach (as many as make the same share of the
+        trusted sample, so both lists cover about the same region). Both searches are of
+        the whole table, memoised."""
+        b_y, near = self._neighbours(batch, y, positions, summary)
+        kb = near.index.shape[1]
+        m = len(self.r_y_)
+        kt = int(min(m, max(kb, round(kb * m / len(b_y)))))
+        trusted = search(batch.x32, self.R_, kt, r_key=self.r_key_, q_key=batch.key)
+        return b_y, near, trusted
+
     def _counts(
         self,
         batch: Table,
@@ -855,12 +870,7 @@ class LabelExcessDetector(_BatchSampled):
         if summary.n_rows < 2:
             zero = np.zeros(len(rows), np.int64)
             return y[rows], seen[rows], zero, zero, zero, zero
-        b_y, near = self._neighbours(batch, y, positions, summary)
-        kb = near.index.shape[1]
-        m = len(self.r_y_)
-        # The same reach among trusted rows: the same share of the sample.
-        kt = int(min(m, max(kb, round(kb * m / len(b_y)))))
-        trusted = search(batch.x32, self.R_, kt, r_key=self.r_key_, q_key=batch.key)
+        b_y, near, trusted = self._both(batch, y, positions, summary)
         near_index, trusted_index = near.index[rows], trusted.index[rows]
         ok_b = near_index >= 0
         lab_b = np.where(ok_b, b_y[np.maximum(near_index, 0)], -1)
@@ -902,3 +912,103 @@ class LabelExcessDetector(_BatchSampled):
             f"against {ot} of its {kt} nearest trusted rows"
             for c, kb, ob, kt, ot in zip(y, k_b, o_b, k_t, o_t, strict=True)
         ]
+
+
+class CrowdingDetector(LabelExcessDetector):
+    """Rows the batch crowds together far more densely than the trusted rows lie there.
+
+    A flood of near-copies (each jittered below the duplicate detector's grid),
+    a cluster of rows injected inside the expectations, rows synthesised around
+    one point: each makes a small region of the feature space much denser in
+    the batch than among trusted rows, while no single row need be an outlier.
+    For each batch row, take the distance to its ``n_neighbors``-th nearest row
+    of the batch's sample (itself left out) and count the trusted sample's rows
+    within it. Where batch and trusted rows are drawn alike, the pooled samples'
+    rows nearest a point are batch rows with chance ``p = n_b / (n_b + n_t)``
+    (the two samples' sizes), so the ``c`` trusted rows met before the ``k``-th
+    batch row are negative binomial: score ``-log P(C <= c)``, that is ``-log
+    P(Binomial(k + c, p) >= k)``, in nats; at most ``k log(1 / p)`` (no trusted
+    row at all within the reach of ``k`` batch rows). The statistic depends on
+    the samples' sizes only, not on the batch's. Ties count for the trusted
+    rows, and ``c`` counts at most the trusted rows listed (as many as the
+    reach's share of the trusted sample), so honest repeats that the trusted
+    rows also show score below one nat. Searches are ``label_excess``'s with
+    the same settings, so the detector costs no search of its own.
+
+    Parameters
+    ----------
+    n_neighbors : int
+        Batch neighbours whose reach is compared (>= 2).
+    max_batch : int
+        Most batch rows searched as neighbours (a stratified sample past it, >= 2).
+    max_reference : int
+        Most trusted rows searched (>= 2).
+    random_state : int
+    """
+
+    name: ClassVar[str] = "crowding"
+    # -log of a tail probability: exponential above the threshold.
+    tail_shape: ClassVar[float | None] = 0.0
+    # Its evidence marks a region (honest rows beside a flood score with it), as a flood's
+    # does: half a share, so it dilutes the row-level detectors less (docs/decision.md).
+    weight: ClassVar[float] = 0.5
+
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 10,
+        max_batch: int = SAMPLE_ROWS,
+        max_reference: int = SAMPLE_ROWS,
+        random_state: int = 0,
+    ):
+        super().__init__(
+            n_neighbors=n_neighbors,
+            max_batch=max_batch,
+            max_reference=max_reference,
+            random_state=random_state,
+        )
+
+    def _crowd(
+        self, batch: Table, summary: LabelSample, positions: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """Per row of ``rows``: batch neighbours counted, the squared reach of the last,
+        the trusted rows within it; and the two samples' sizes."""
+        y = labels_of(batch, self.name, "batch")
+        if summary.n_rows < 2:
+            zero = np.zeros(len(rows), np.int64)
+            return zero, np.zeros(len(rows)), zero, 1.0, float(len(self.r_y_))
+        b_y, near, trusted = self._both(batch, y, positions, summary)
+        ok = near.index[rows] >= 0
+        k_b = ok.sum(axis=1)
+        reach = near.dist[rows, -1]
+        # A row with fewer neighbours than asked reaches its last one.
+        short = k_b < near.index.shape[1]
+        if short.any():
+            reach = reach.copy()
+            last = np.maximum(k_b[short] - 1, 0)
+            reach[short] = near.dist[rows[short], last]
+        within = ((trusted.dist[rows] <= reach[:, None]) & (trusted.index[rows] >= 0)).sum(axis=1)
+        return k_b, reach, within, float(max(len(b_y) - 1, 1)), float(len(self.r_y_))
+
+    def _score_with(self, batch: Table, summary: LabelSample, positions: np.ndarray) -> np.ndarray:
+        k_b, _, within, n_b, n_t = self._crowd(batch, summary, positions, np.arange(batch.n_rows))
+        if k_b.size == 0:
+            return np.zeros(0)
+        # k and c are small counts (the two neighbour lists' lengths): every tail once, in a
+        # table, then one lookup per row.
+        k, c = np.ogrid[: int(k_b.max()) + 1, : int(within.max()) + 1]
+        table = binomial_surprise(k, k + c, n_b / (n_b + n_t))
+        return table[k_b, within]
+
+    def _explain_with(
+        self, batch: Table, rows: np.ndarray, summary: LabelSample, positions: np.ndarray
+    ) -> list[str]:
+        k_b, reach, within, n_b, n_t = self._crowd(batch, summary, positions, rows)
+        out = []
+        for kb, r, c in zip(k_b.tolist(), np.sqrt(reach).tolist(), within.tolist(), strict=True):
+            expected = kb * n_t / n_b
+            out.append(
+                f"{kb} rows of this batch lie within {r:.3g} of it, but only {c} of "
+                f"{int(n_t)} sampled trusted rows do (about {expected:.0f} expected)"
+            )
+        return out
