@@ -203,7 +203,12 @@ class BackdoorDetector(WithinBatchBase):
     Pairs of categorical (and boolean) values are cells too: a trigger made of
     two values that are each common (``plan = 'basic'`` and ``region =
     'north'``) hides in each value's cell among the honest rows that carry it,
-    but its pair is as rare among trusted rows as the trigger is new. Every
+    but its pair is as rare among trusted rows as the trigger is new. A pair
+    cell's purity is measured against what its values already say: its
+    pseudo-rows are drawn from the label shares of whichever of its two values
+    (among trusted rows) gives the label the larger share, so a pair is not
+    label-pure by chance when one of its values alone decides the label (every
+    penguin of Torgersen island is an Adelie, so Torgersen females are too). Every
     pair of categorical columns is examined, those with the fewest joint values
     first, up to ``max_pairs``; a value the trusted rows never show is one more
     value of its column. Pair cells are scored as the others and count in the
@@ -338,6 +343,30 @@ class BackdoorDetector(WithinBatchBase):
             _PAIR_COUNTS // self.n_slots_,
         )
         self.pair_trusted_ = self._pair_counts(codes, self.ref_y_)
+        # Each value's trusted label shares, smoothed as a cell's are (the pair cells' base).
+        n_slots, s = self.n_slots_, self.smoothing_
+        self.value_shares_ = []
+        for j in range(k):
+            at = np.where(codes[:, j] >= 0, codes[:, j], self.pair_sizes_[j] - 1)
+            size = int(self.pair_sizes_[j])
+            cnt = np.bincount(at * n_slots + self.ref_y_, minlength=size * n_slots)
+            cnt = cnt.reshape(size, n_slots)
+            self.value_shares_.append((cnt + s * self.prior_) / (cnt.sum(axis=1)[:, None] + s))
+
+    def _pair_base(self, cells: np.ndarray) -> np.ndarray:
+        """Per pair cell of ``cells``, each label's share its pseudo-rows are drawn with:
+        the larger of its two values' trusted shares, ndarray (len(cells), n_slots)."""
+        p = np.searchsorted(self.pair_offsets_, cells, side="right") - 1
+        out = np.empty((len(cells), self.n_slots_))
+        for q in np.unique(p):
+            a, b = (int(j) for j in self.pairs_[q])
+            mine = p == q
+            local = cells[mine] - self.pair_offsets_[q]
+            size_b = int(self.pair_sizes_[b])
+            out[mine] = np.maximum(
+                self.value_shares_[a][local // size_b], self.value_shares_[b][local % size_b]
+            )
+        return out
 
     def _pair_counts(self, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Rows per label slot at every pair cell, ndarray of shape (n_pair_cells, n_slots)."""
@@ -353,7 +382,13 @@ class BackdoorDetector(WithinBatchBase):
         return np.where(ok, y, self.n_slots_ - 1).astype(np.int64)
 
     def _cell_scores(
-        self, count: np.ndarray, label_counts: np.ndarray, trusted: np.ndarray, n: int
+        self,
+        count: np.ndarray,
+        label_counts: np.ndarray,
+        trusted: np.ndarray,
+        n: int,
+        *,
+        pairs: bool = False,
     ) -> np.ndarray:
         """Scores of cells x labels, ndarray of shape (n_cells, n_slots).
 
@@ -361,7 +396,7 @@ class BackdoorDetector(WithinBatchBase):
         their noise is accounted for: over-representation conditions on the
         cell's total over batch and trusted rows; purity uses a beta-binomial
         whose prior is the cell's trusted labels plus ``smoothing`` pseudo-rows
-        of the class prior. Without this, clean batches would score higher
+        of the class prior (for pair cells, ``pairs``, of ``_pair_base``). Without this, clean batches would score higher
         the larger they are.
         """
         cell = np.zeros(label_counts.shape)
@@ -371,7 +406,8 @@ class BackdoorDetector(WithinBatchBase):
         total_trusted = trusted.sum(axis=1)
         q = n / (n + self.m_)
         over = binomial_surprise(count, count + total_trusted, q)
-        a = trusted + self.smoothing_ * self.prior_
+        base = self._pair_base(live) if pairs else self.prior_
+        a = trusted + self.smoothing_ * base
         b = (total_trusted + self.smoothing_)[:, None] - a
         # Plain binomial purity is a cheap upper bound on the beta-binomial one;
         # only cells it cannot rule out get the exact (slower) tail.
@@ -501,7 +537,9 @@ class BackdoorDetector(WithinBatchBase):
             is_exact=np.arange(len(count)) >= n_bins,
             labels=labels,
             trusted=trusted,
-            pair_scores=self._cell_scores(pair_count, summary.pair_labels, self.pair_trusted_, n),
+            pair_scores=self._cell_scores(
+                pair_count, summary.pair_labels, self.pair_trusted_, n, pairs=True
+            ),
             log_tests=float(np.log(max(n_tests, 1))) + log_families,
             log_pair_tests=float(np.log(max(n_pair_tests, 1))) + log_families,
         )
@@ -564,16 +602,18 @@ class BackdoorDetector(WithinBatchBase):
                     " is shared by" if cells.is_exact[c] else " falls in a bin shared by"
                 )
                 carry = ""
+                base = self.prior_
             else:
                 lab, tr = summary.pair_labels[c - n_cells], self.pair_trusted_[c - n_cells]
                 where = f"{self._pair_text(batch, r, c - n_cells)}, together, are shared by"
                 carry = f", {int(tr.sum()):,} of {self.m_:,} carry them"
+                base = self._pair_base(np.array([c - n_cells]))[0]
             label = int(y[r])
             count = int(lab.sum())
             expected = cells.n_rows * float(tr.sum()) / max(self.m_, 1)
             share = float(lab[label]) / max(count, 1)
             share_expected = float(
-                (tr[label] + self.smoothing_ * self.prior_[label]) / (tr.sum() + self.smoothing_)
+                (tr[label] + self.smoothing_ * base[label]) / (tr.sum() + self.smoothing_)
             )
             shown = batch.label_of(label) if label < self.n_slots_ - 1 else "<unseen>"
             out.append(
