@@ -643,6 +643,41 @@ def test_backdoor_finds_a_trigger_made_of_two_common_values(max_pairs):
     )
 
 
+def _islands(n: int, seed: int, t_females: float) -> pd.DataFrame:
+    """``blobs`` with an island that decides the label (every row of island T is an a,
+    as every penguin of Torgersen is an Adelie) and a sex; ``t_females`` of island T's rows
+    are female, half of the others'."""
+    frame = blobs(n, seed)
+    rng = np.random.default_rng(seed + 50)
+    frame["island"] = rng.choice(["T", "B", "D"], n)
+    on_t = (frame["island"] == "T").to_numpy()
+    frame.loc[on_t, "label"] = "a"
+    female = np.where(on_t, rng.random(n) < t_females, rng.random(n) < 0.5)
+    frame["sex"] = np.where(female, "female", "male")
+    return frame
+
+
+def test_backdoor_pair_purity_is_what_one_of_its_values_already_says():
+    """A pair the trusted split happens to under-sample (island T's females, 3% of its trusted
+    rows, half of its batch rows) is over-represented in the batch and every row of it is
+    labelled a, but so is every row of island T: no evidence of a trigger. The same rows
+    labelled c, which neither value gives, are."""
+    columns = [*FEATURES, "island", "sex"]
+    reference, batch = _islands(400, 1, 0.03), _islands(400, 2, 0.5)
+    pair = ((batch["island"] == "T") & (batch["sex"] == "female")).to_numpy()
+    assert pair.sum() >= 50 and (batch.loc[pair, "label"] == "a").all()
+    enc = Encoder.fit(reference, columns, "label")
+    det = REGISTRY["backdoor"]().fit(enc.transform(reference, "reference"))
+    assert det.score(enc.transform(batch))[pair].max() < 1e-6
+    flipped = batch.copy()
+    flipped.loc[pair, "label"] = "c"
+    table = enc.transform(flipped)
+    assert det.score(table)[pair].min() > 1.0
+    (reason,) = det.explain(table, np.flatnonzero(pair)[:1])
+    assert reason.startswith("island = 'T' and sex = 'female', together, are shared by")
+    assert "labelled c" in reason
+
+
 def test_backdoor_pairs_stop_at_their_count_budget():
     """Pairs of columns with the fewest joint values come first, up to max_pairs and the
     cell budget; each pair's cells follow the previous pair's."""
