@@ -759,7 +759,70 @@ class InterpolationDetector(_TrustedNeighbours):
         return out
 
 
-class LabelExcessDetector(_BatchSampled):
+class _Regional(_BatchSampled):
+    """What ``label_excess`` and ``crowding`` share: each batch row's nearest rows of the
+    batch's sample (itself left out) and its nearest trusted rows of the same reach.
+
+    Both search ``knn_label``'s trusted sample with the same settings, so a scan running
+    them all searches it once.
+    """
+
+    needs_label: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    # -log of a tail probability: exponential above the threshold.
+    tail_shape: ClassVar[float | None] = 0.0
+
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 10,
+        max_batch: int = SAMPLE_ROWS,
+        max_reference: int = SAMPLE_ROWS,
+        random_state: int = 0,
+    ):
+        self.n_neighbors = n_neighbors
+        self.max_batch = max_batch
+        self.max_reference = max_reference
+        self.random_state = random_state
+
+    def _validate_params(self) -> None:
+        self._check_int("n_neighbors", 2)
+        self._check_int("max_batch", 2)
+        self._check_int("max_reference", 2)
+        self._check_seed()
+
+    def _fit(self, reference: Table) -> Self:
+        # knn_label's sample with the same settings: when the batch sample is as
+        # large as this one, the trusted search is knn_label's own.
+        _, self.R_, self.r_y_, self.r_key_ = _trusted_sample(
+            reference,
+            self.name,
+            int(self.max_reference),
+            int(self.random_state),
+            int(self.n_neighbors),
+        )
+        self.n_classes_ = reference.n_classes
+        self.k_ = int(self.n_neighbors)
+        return self
+
+    _fitted_attr: ClassVar[str] = "R_"
+
+    def _both(
+        self, batch: Table, y: np.ndarray, positions: np.ndarray, summary: LabelSample
+    ) -> tuple[np.ndarray, Neighbours, Neighbours]:
+        """The batch sample's labels, each row's nearest rows of it (itself left out) and
+        its nearest trusted rows of the same reach (as many as make the same share of the
+        trusted sample, so both lists cover about the same region). Both searches are of
+        the whole table, memoised."""
+        b_y, near = self._neighbours(batch, y, positions, summary)
+        kb = near.index.shape[1]
+        m = len(self.r_y_)
+        kt = int(min(m, max(kb, round(kb * m / len(b_y)))))
+        trusted = search(batch.x32, self.R_, kt, r_key=self.r_key_, q_key=batch.key)
+        return b_y, near, trusted
+
+
+class LabelExcessDetector(_Regional):
     """Rows whose label is far more common among the batch rows around them than among trusted ones.
 
     Poison aimed at a population (every row of one group relabelled, the rows a
@@ -796,10 +859,6 @@ class LabelExcessDetector(_BatchSampled):
     """
 
     name: ClassVar[str] = "label_excess"
-    needs_label: ClassVar[bool] = True
-    tasks: ClassVar[tuple[str, ...]] = ("classification",)
-    # -log of a tail probability: exponential above the threshold.
-    tail_shape: ClassVar[float | None] = 0.0
 
     def __init__(
         self,
@@ -810,49 +869,23 @@ class LabelExcessDetector(_BatchSampled):
         smoothing: float = 1.0,
         random_state: int = 0,
     ):
-        self.n_neighbors = n_neighbors
-        self.max_batch = max_batch
-        self.max_reference = max_reference
+        super().__init__(
+            n_neighbors=n_neighbors,
+            max_batch=max_batch,
+            max_reference=max_reference,
+            random_state=random_state,
+        )
         self.smoothing = smoothing
-        self.random_state = random_state
 
     def _validate_params(self) -> None:
-        self._check_int("n_neighbors", 2)
-        self._check_int("max_batch", 2)
-        self._check_int("max_reference", 2)
+        super()._validate_params()
         self._check_real("smoothing", 0.0, low_open=True)
-        self._check_seed()
 
     def _fit(self, reference: Table) -> Self:
-        # knn_label's sample with the same settings: when the batch sample is as
-        # large as this one, the trusted search is knn_label's own.
-        y, self.R_, self.r_y_, self.r_key_ = _trusted_sample(
-            reference,
-            self.name,
-            int(self.max_reference),
-            int(self.random_state),
-            int(self.n_neighbors),
-        )
-        self.n_classes_ = reference.n_classes
-        self.k_ = int(self.n_neighbors)
+        super()._fit(reference)
+        y = labels_of(reference, self.name, "reference")
         self.prior_ = class_prior(y, reference.n_classes)
         return self
-
-    _fitted_attr: ClassVar[str] = "R_"
-
-    def _both(
-        self, batch: Table, y: np.ndarray, positions: np.ndarray, summary: LabelSample
-    ) -> tuple[np.ndarray, Neighbours, Neighbours]:
-        """The batch sample's labels, each row's nearest rows of it (itself left out) and
-        its nearest trusted rows of the same reach (as many as make the same share of the
-        trusted sample, so both lists cover about the same region). Both searches are of
-        the whole table, memoised."""
-        b_y, near = self._neighbours(batch, y, positions, summary)
-        kb = near.index.shape[1]
-        m = len(self.r_y_)
-        kt = int(min(m, max(kb, round(kb * m / len(b_y)))))
-        trusted = search(batch.x32, self.R_, kt, r_key=self.r_key_, q_key=batch.key)
-        return b_y, near, trusted
 
     def _counts(
         self,
@@ -914,7 +947,7 @@ class LabelExcessDetector(_BatchSampled):
         ]
 
 
-class CrowdingDetector(LabelExcessDetector):
+class CrowdingDetector(_Regional):
     """Rows the batch crowds together far more densely than the trusted rows lie there.
 
     A flood of near-copies (each jittered below the duplicate detector's grid),
@@ -947,26 +980,9 @@ class CrowdingDetector(LabelExcessDetector):
     """
 
     name: ClassVar[str] = "crowding"
-    # -log of a tail probability: exponential above the threshold.
-    tail_shape: ClassVar[float | None] = 0.0
     # Its evidence marks a region (honest rows beside a flood score with it), as a flood's
     # does: half a share, so it dilutes the row-level detectors less (docs/decision.md).
     weight: ClassVar[float] = 0.5
-
-    def __init__(
-        self,
-        *,
-        n_neighbors: int = 10,
-        max_batch: int = SAMPLE_ROWS,
-        max_reference: int = SAMPLE_ROWS,
-        random_state: int = 0,
-    ):
-        super().__init__(
-            n_neighbors=n_neighbors,
-            max_batch=max_batch,
-            max_reference=max_reference,
-            random_state=random_state,
-        )
 
     def _crowd(
         self, batch: Table, summary: LabelSample, positions: np.ndarray, rows: np.ndarray
