@@ -99,7 +99,8 @@ def test_a_trigger_split_over_batches_is_held_once_the_window_holds_enough_of_it
     store = open_store(config)
     first, first_trigger = _piece(rest, 0)
     one = _land(config, "partner/b0.parquet", first)
-    assert not set(_held(store, one).get("pg_row", [])) & set(np.flatnonzero(first_trigger))
+    held_first = _held(store, one)
+    assert not set(held_first.get("pg_row", [])) & set(np.flatnonzero(first_trigger))
     second, second_trigger = _piece(rest, 1)
     two = _land(config, "partner/b1.parquet", second)
     held = _held(store, two)
@@ -126,6 +127,13 @@ def test_a_trigger_split_over_batches_is_held_once_the_window_holds_enough_of_it
     assert again["pg_reason"].str.contains(f"the backdoor scan of batch {two.batch_id}").all()
     assert not set(again.index) & set(
         store.clean_frame().query("pg_batch == @one.batch_id")["pg_row"]
+    )
+    # The window still reads them as they arrived, but no longer as training rows.
+    rows = store.source_rows("partner", len(first) + len(second))
+    mine = rows[rows["pg_batch"] == one.batch_id].set_index("pg_row")
+    assert len(mine) == len(first)
+    assert set(mine.index[~mine["pg_accepted"]]) == set(again.index) | set(
+        held_first.get("pg_row", [])
     )
 
 

@@ -591,16 +591,18 @@ class Store:
         -------
         DataFrame
             The rows' data columns, ``pg_batch``, ``pg_row`` and ``pg_accepted``: whether
-            the row is in the training set (accepted when its batch was committed, or
-            released by a reviewer). Empty when the source sent nothing before.
+            the row is in the training set now (in one of its batch's clean files: accepted
+            when its batch was committed, or released by a reviewer, and not since held
+            by a re-scan or revoked). Empty when the source sent nothing before.
         """
         if limit <= 0:
             return pd.DataFrame()
         batches = [b.batch_id for b in self.ledger.committed() if source_of(b.source) == source]
         listed = {f.path: f for f in self.ledger.files()}
-        released = {
-            (r.batch_id, int(r.pg_row)) for r in self.ledger.reviews() if r.action == "release"
-        }
+        training: dict[str, list[str]] = {}  # each batch's clean files: its training rows
+        for f in listed.values():
+            if f.kind == "clean":
+                training.setdefault(f.batch_id, []).append(f.path)
         parts: list[pd.DataFrame] = []
         taken = 0
         # Committed files never change: the files of the last window are kept, so a run
@@ -608,18 +610,32 @@ class Store:
         kept, self._window_files = self._window_files, {}
         for batch_id in batches:
             frames = []
+            arrived = erasure.as_arrived(listed, "clean", batch_id)
+            live = training.get(batch_id, [])
+            # Usually the clean file it arrived in is the batch's only one; otherwise its
+            # training rows are read from every clean file it has now.
+            whole = live == [arrived]
+            rows_in = (
+                set()
+                if whole
+                else {
+                    int(r)
+                    for rel in live
+                    for r in self.data.read_table(rel, ["pg_row"])["pg_row"].tolist()
+                }
+            )
             for kind in ("clean", "quarantine"):
-                rel = erasure.as_arrived(listed, kind, batch_id)
+                rel = arrived if kind == "clean" else erasure.as_arrived(listed, kind, batch_id)
                 if rel is None:
                     continue
                 frame = kept[rel] if rel in kept else self.data.read_table(rel)
                 self._window_files[rel] = frame
                 if kind == "quarantine":
                     frame = frame[~frame["pg_stage"].isin(list(skip_stages))]
-                    keys = zip(frame["pg_batch"].tolist(), frame["pg_row"].tolist(), strict=True)
-                    accepted = [(b, int(r)) in released for b, r in keys]
+                if whole:
+                    accepted = [kind == "clean"] * len(frame)
                 else:
-                    accepted = [True] * len(frame)
+                    accepted = [int(r) in rows_in for r in frame["pg_row"].tolist()]
                 keep = [c for c in frame.columns if not str(c).startswith("pg_")]
                 frames.append(
                     frame[[*keep, "pg_batch", "pg_row"]].assign(
