@@ -396,8 +396,8 @@ class BackdoorDetector(WithinBatchBase):
         their noise is accounted for: over-representation conditions on the
         cell's total over batch and trusted rows; purity uses a beta-binomial
         whose prior is the cell's trusted labels plus ``smoothing`` pseudo-rows
-        of the class prior (for pair cells, ``pairs``, of ``_pair_base``). Without this, clean batches would score higher
-        the larger they are.
+        of the class prior (of ``_pair_base`` for pair cells, ``pairs``).
+        Without this, clean batches would score higher the larger they are.
         """
         cell = np.zeros(label_counts.shape)
         # Cells with fewer than min_support batch rows score 0: only the others are tested.
