@@ -608,34 +608,31 @@ class Store:
         # Committed files never change: the files of the last window are kept, so a run
         # judging batch after batch reads only the files its source committed since.
         kept, self._window_files = self._window_files, {}
+
+        def read(rel: str) -> pd.DataFrame:
+            frame = kept[rel] if rel in kept else self.data.read_table(rel)
+            self._window_files[rel] = frame
+            return frame
+
         for batch_id in batches:
             frames = []
             arrived = erasure.as_arrived(listed, "clean", batch_id)
             live = training.get(batch_id, [])
             # Usually the clean file it arrived in is the batch's only one; otherwise its
-            # training rows are read from every clean file it has now.
+            # training rows are those of every clean file it has now.
             whole = live == [arrived]
-            rows_in = (
-                set()
-                if whole
-                else {
-                    int(r)
-                    for rel in live
-                    for r in self.data.read_table(rel, ["pg_row"])["pg_row"].tolist()
-                }
-            )
+            rows_in = None if whole else np.concatenate([[], *(read(r)["pg_row"] for r in live)])
             for kind in ("clean", "quarantine"):
                 rel = arrived if kind == "clean" else erasure.as_arrived(listed, kind, batch_id)
                 if rel is None:
                     continue
-                frame = kept[rel] if rel in kept else self.data.read_table(rel)
-                self._window_files[rel] = frame
+                frame = read(rel)
                 if kind == "quarantine":
                     frame = frame[~frame["pg_stage"].isin(list(skip_stages))]
-                if whole:
-                    accepted = [kind == "clean"] * len(frame)
+                if rows_in is None:
+                    accepted = np.full(len(frame), kind == "clean")
                 else:
-                    accepted = [int(r) in rows_in for r in frame["pg_row"].tolist()]
+                    accepted = np.isin(frame["pg_row"].to_numpy(), rows_in)
                 keep = [c for c in frame.columns if not str(c).startswith("pg_")]
                 frames.append(
                     frame[[*keep, "pg_batch", "pg_row"]].assign(
