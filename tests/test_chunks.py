@@ -73,6 +73,8 @@ def assert_decided_alike(found, whole, scores, what: str = "") -> None:
     assert found.threshold == pytest.approx(whole.threshold, rel=1e-12, abs=0)
     assert found.p_cuts == pytest.approx(whole.p_cuts, rel=1e-12, abs=0)
     assert found.detectors == whole.detectors and found.n_rows == whole.combined.size
+    assert (found.tally.rows, found.tally.below) == (whole.tally.rows, whole.tally.below)
+    assert found.tally.within_p() == pytest.approx(whole.tally.within_p(), rel=1e-12, abs=0)
 
 
 @pytest.fixture(scope="module")

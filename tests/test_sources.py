@@ -25,6 +25,7 @@ from poisonguard.sources import (
     Event,
     FlowCounts,
     LabelFlows,
+    RowTally,
     SourceReplay,
     SourceTest,
     alarms,
@@ -47,9 +48,14 @@ def _poisoned(rng: np.random.Generator, n: int = 100, k: int = 2, p: float = 1e-
     return np.concatenate([rng.uniform(size=n - k), np.full(k, p)])
 
 
+def _counts(p: np.ndarray, rates=NO_RATES, near_copies: int = 0, flows=()) -> BatchCounts:
+    """A batch's counts from its rows' p-values over the anchored detectors."""
+    return batch_counts(RowTally.of(np.log(p), None), rates, near_copies, flows)
+
+
 def _events(source: str, batches: list[np.ndarray], rates=NO_RATES, start: int = 0) -> list[Event]:
     return [
-        Event(source, f"{source}-{start + i}", len(p), batch_counts(p, rates))
+        Event(source, f"{source}-{start + i}", len(p), _counts(p, rates))
         for i, p in enumerate(batches)
     ]
 
@@ -72,7 +78,7 @@ def test_a_batch_e_value_averages_at_most_one_on_clean_rows():
     rng = np.random.default_rng(0)
     for n in (10, 100, 1000):
         e = np.array(
-            [np.exp(log_evalues(batch_counts(_clean(rng, n), NO_RATES), 1.0)) for _ in range(4000)]
+            [np.exp(log_evalues(_counts(_clean(rng, n), NO_RATES), 1.0)) for _ in range(4000)]
         )
         assert e.shape == (4000, len(BETS))
         # Monte Carlo mean within a few standard errors of at most 1.
@@ -156,9 +162,64 @@ def test_trusted_rows_that_reach_the_tail_raise_what_a_clean_source_may_send():
 
 
 def test_the_counts_survive_the_audit_entry_round_trip():
-    counts = batch_counts(np.array([0.5, 0.005, 0.0005, 0.00001]), [0.0, 0.001, 0.0], 2)
+    counts = _counts(np.array([0.5, 0.005, 0.0005, 0.00001]), [0.0, 0.001, 0.0], 2)
     assert counts.rows == 6 and counts.below == (5, 4, 3)
     assert BatchCounts.from_dict(counts.as_dict()) == counts
+
+
+def test_within_batch_evidence_counts_once_a_batch_however_many_rows_share_it():
+    """Rows the within-batch detectors find in one dense corner share their evidence: the
+    batch counts it once, as one more row at the smallest p-value times the rows
+    (Bonferroni). Four rows of one cluster at p = 5e-8 weigh what one does, far short of
+    an alarm, where counted row by row they would alarm a new source at once; and the
+    batch e-value stays a fair bet when the within-batch p-values are valid."""
+    anchored = np.log(np.full(100, 0.5))
+    within = np.zeros(100)
+    within[:4] = np.log(5e-8)
+    tally = RowTally.of(anchored, within)
+    assert tally.within_p() == pytest.approx(100 * 5e-8)
+    one = within.copy()
+    one[1:4] = 0.0
+    np.testing.assert_allclose(
+        log_evalues(batch_counts(tally, NO_RATES), 2.0),
+        log_evalues(batch_counts(RowTally.of(anchored, one), NO_RATES), 2.0),
+    )
+    once = batch_counts(tally, NO_RATES)
+    by_row = _counts(np.exp(np.minimum(anchored, within)))
+    assert not source_states([Event("s", "s-0", 100, once)], SourceTest())["s"].alarmed
+    assert source_states([Event("s", "s-0", 100, by_row)], SourceTest())["s"].alarmed
+    assert BatchCounts.from_dict(once.as_dict()) == once
+    rng = np.random.default_rng(9)
+    e = np.array(
+        [
+            np.exp(
+                log_evalues(
+                    batch_counts(RowTally.of(*np.log(rng.uniform(size=(2, 100)))), NO_RATES), 1.0
+                )
+            )
+            for _ in range(4000)
+        ]
+    )
+    assert (e.mean(axis=0) <= 1 + 4 * e.std(axis=0) / np.sqrt(len(e))).all(), e.mean(0)
+
+
+def test_a_flood_in_one_batch_is_held_but_cannot_alarm_its_source_alone(demo_project):
+    """Ten copies of one honest row in a demo batch: the gate holds them (the copy detector
+    reads the batch), and the batch's e-value for its source stays below the alarm under
+    every bet, where the same rows' combined p-values counted one by one would alarm it."""
+    config = load_config(demo_project / "poisonguard.toml")
+    guard = fit_guard(config, open_store(config))
+    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
+    batch = pd.concat([clean.iloc[:90], clean.iloc[[0] * 10]], ignore_index=True)
+    batch["row_id"] = np.arange(len(batch)) + 10**6
+    _, _, found = guard.judge(batch)
+    assert found.quarantined[90:].all()
+    assert found.tally.rows == 100 and guard.anchored_ and found.tally.within_p() is not None
+    limit = np.log(1.0 / config.sources.alarm_level)
+    counted = log_evalues(batch_counts(found.tally, guard.clean_rates_), config.sources.slack)
+    assert counted.max() < limit
+    rows = RowTally.of(np.log(found.combined), None)
+    assert log_evalues(batch_counts(rows, guard.clean_rates_), config.sources.slack).max() > limit
 
 
 # ----------------------------------------------------------------------------- label flows
@@ -190,7 +251,7 @@ def _flow_events(
     for i, (log_q, y) in enumerate(batches):
         tally = FlowCounts(flows)
         tally.add(flows.log_evalues(log_q, y))
-        counts = batch_counts(np.full(len(y), 0.5), NO_RATES, flows=tally.pairs())
+        counts = _counts(np.full(len(y), 0.5), NO_RATES, flows=tally.pairs())
         out.append(Event(source, f"{source}-{start + i}", len(y), counts))
     return out
 
@@ -230,8 +291,7 @@ def test_rows_moved_from_one_class_to_another_alarm_their_source_when_no_row_sta
         SourceTest()
     )
     bare = [
-        Event(e.source, e.batch_id, e.rows_in, batch_counts(np.full(50, 0.5), NO_RATES))
-        for e in events
+        Event(e.source, e.batch_id, e.rows_in, _counts(np.full(50, 0.5), NO_RATES)) for e in events
     ]
     assert not source_states(bare, SourceTest())["partner"].alarmed
 
@@ -289,7 +349,7 @@ def test_label_flows_add_up_over_chunks_and_survive_the_audit_entry():
     for part in np.array_split(np.arange(90), [0, 7, 40]):
         tally.add(flows.log_evalues(log_q[part], y[part]))
     assert tally.log_e is not None and np.allclose(tally.log_e, whole)
-    counts = batch_counts(np.array([0.5]), NO_RATES, flows=tally.pairs())
+    counts = _counts(np.array([0.5]), NO_RATES, flows=tally.pairs())
     assert len(counts.flows) == 12
     assert BatchCounts.from_dict(counts.as_dict()) == counts
     assert FlowCounts(None).pairs() == () and FlowCounts(flows).pairs() == ()
@@ -331,7 +391,7 @@ def test_the_label_flow_statistic_follows_each_pair_from_its_first_record():
         known = every[:2] if i < 10 else every if i % 7 else []
         shift = 0.3 if source == "p" else -0.2
         flows = tuple((a, c, tuple(rng.normal(shift, 0.5, len(FLOW_BETS)))) for a, c in known)
-        counts = batch_counts(rng.uniform(size=50), NO_RATES, flows=flows)
+        counts = _counts(rng.uniform(size=50), NO_RATES, flows=flows)
         events.append(Event(source, f"{source}-{i}", 50, counts))
     states = source_states(events, test)
     for source in ("p", "q"):

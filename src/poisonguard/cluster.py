@@ -43,7 +43,7 @@ from poisonguard.detectors.drift import DriftCounts
 from poisonguard.errors import BatchError, ClusterError
 from poisonguard.evidence import EvidenceCounts, FigureParts
 from poisonguard.scan import Guard, HeldRows
-from poisonguard.sources import FlowCounts
+from poisonguard.sources import FlowCounts, RowTally
 from poisonguard.store import crash_point, read_row_group
 
 if TYPE_CHECKING:
@@ -272,14 +272,14 @@ class _ClusterParts:
 
     def log_p(
         self, summaries: Mapping[str, Any], anchored: bool
-    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None, RowTally]]:
         extra = {
             "summaries": self._summaries(summaries),
             "anchored": anchored,
             "counts": self.counts,
             "figures": self.figure_parts,
         }
-        for combined, over_anchored, tally, share, flows in self._each(
+        for combined, over_anchored, rows, tally, share, flows in self._each(
             _log_p_task, [(p, extra) for p in self.parts]
         ):
             if self.drift is not None:
@@ -288,7 +288,7 @@ class _ClusterParts:
                 self.figures.add_part(share)
             if self.flows is not None:
                 self.flows.add(flows)
-            yield combined, over_anchored
+            yield combined, over_anchored, rows
 
     def held(
         self,
@@ -395,7 +395,12 @@ def _log_p_task(
     counts: DriftCounts | None,
     figures: FigureParts | None,
 ) -> tuple[
-    np.ndarray, np.ndarray | None, dict[str, Any] | None, dict[str, Any] | None, np.ndarray | None
+    np.ndarray,
+    np.ndarray | None,
+    RowTally,
+    dict[str, Any] | None,
+    dict[str, Any] | None,
+    np.ndarray | None,
 ]:
     table, positions = _table(part, job)
     tally = None
@@ -406,9 +411,9 @@ def _log_p_task(
     guard = job["guard"]
     with _DETECTORS:
         scores = guard._scores(table, positions, summaries)
-        combined, over_anchored = guard._log_p_of(scores, anchored)
+        combined, over_anchored, rows = guard._log_p_of(scores, anchored)
     share = None if figures is None else figures.of(table, scores)
-    return combined, over_anchored, tally, share, guard.flow_log_e(table)
+    return combined, over_anchored, rows, tally, share, guard.flow_log_e(table)
 
 
 def _held_task(

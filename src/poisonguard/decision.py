@@ -50,6 +50,7 @@ from scipy.special import betaincinv, gammaincinv
 from poisonguard.detectors._kernels import _log_cauchy, _rank_left
 from poisonguard.detectors.drift import DriftReport
 from poisonguard.errors import param_error
+from poisonguard.sources import RowTally
 
 #: The smallest p-value reported, so that logs stay finite.
 P_FLOOR = 1e-300
@@ -421,6 +422,8 @@ class Decision:
         times the batch's threshold (times the first Benjamini-Hochberg step,
         ``fdr / n_rows``, when nothing was quarantined). Reasons name a detector
         when its p-value passes its cut; reports draw the same line.
+    tally : sources.RowTally
+        What the rows give their source's test (``row_tally``).
     """
 
     quarantined: np.ndarray
@@ -431,6 +434,7 @@ class Decision:
     detectors: tuple[str, ...]
     threshold: float
     p_cuts: tuple[float, ...]
+    tally: RowTally = field(default_factory=RowTally)
 
 
 Explainer = Callable[[str, np.ndarray], list[str]]
@@ -470,7 +474,24 @@ def anchored_log_p(
         The detectors, in column order.
     anchored : tuple of str or None
     """
-    cols = [j for j, name in enumerate(names) if anchored is None or name in anchored]
+    return _over(
+        logp, shares, [j for j, n in enumerate(names) if anchored is None or n in anchored]
+    )
+
+
+def row_tally(
+    logp: np.ndarray, shares: np.ndarray, names: tuple[str, ...], anchored: tuple[str, ...] | None
+) -> RowTally:
+    """What these rows give their source's test (``sources.RowTally``): the combined
+    log p-values over the ``anchored`` detectors (default all), row by row, and over
+    the others, the ones that read the batch, counted once."""
+    within = None
+    if anchored is not None:
+        within = _over(logp, shares, [j for j, n in enumerate(names) if n not in anchored])
+    return RowTally.of(anchored_log_p(logp, shares, names, anchored), within)
+
+
+def _over(logp: np.ndarray, shares: np.ndarray, cols: list[int]) -> np.ndarray | None:
     if not cols:
         return None
     return log_cauchy_combine(logp[:, cols], shares[cols]) if len(logp) else np.empty(0)
@@ -649,6 +670,7 @@ def decide(
         names,
         held.threshold,
         held.p_cuts,
+        row_tally(logp, w, names, anchored),
     )
 
 
@@ -681,6 +703,8 @@ class ChunkedDecision:
     window_flagged : ndarray of shape (n_flagged,), int64
         Positions of the window's rows that the windowed detectors flag with this
         batch (``Guard.window_suspects``); empty without a window.
+    tally : sources.RowTally
+        As ``Decision.tally``, summed over the chunks.
     """
 
     log_combined: np.ndarray
@@ -692,6 +716,7 @@ class ChunkedDecision:
     threshold: float
     p_cuts: tuple[float, ...]
     window_flagged: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    tally: RowTally = field(default_factory=RowTally)
 
     @property
     def n_rows(self) -> int:

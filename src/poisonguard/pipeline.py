@@ -69,6 +69,7 @@ from poisonguard.sources import (
     BatchCounts,
     Event,
     FlowCounts,
+    RowTally,
     SourceReplay,
     SourceState,
     batch_counts,
@@ -777,7 +778,7 @@ def detect_batch(
         flows = FlowCounts(guard.label_flows_)
         flows.add(guard.flow_log_e(table))
         counts = batch_counts(
-            found.combined, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
+            found.tally, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
         )
         after = _after(replay, source, meta, counts)
         decision = decide_batch(
@@ -791,7 +792,7 @@ def detect_batch(
         )
         evidence = batch_evidence(guard.reference_, table, guard.calibrations_, decision, drift)
     else:
-        counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
+        counts = batch_counts(RowTally(), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
         after = _after(replay, source, meta, counts)
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
     told = _joined(after.describe(config.sources), drifted)
@@ -912,7 +913,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
             hold_feature_drift=config.detection.hold_feature_drift,
         )
         counts = batch_counts(
-            found.combined, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
+            found.tally, guard.clean_rates_, near_copies=len(blocked), flows=flows.pairs()
         )
         after = _after(replay, source, meta, counts)
         batch_hold = _joined(hold, _source_hold(after, config))
@@ -921,7 +922,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
         held[found.held] = True
         evidence = figures.evidence(held, guard.calibrations_, found.detectors, found.p_cuts, shift)
     else:
-        counts = batch_counts(np.empty(0), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
+        counts = batch_counts(RowTally(), np.zeros(len(THRESHOLDS)), near_copies=len(blocked))
         after = _after(replay, source, meta, counts)
     held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)
     told = _joined(after.describe(config.sources), drifted)

@@ -34,6 +34,7 @@ from poisonguard.decision import (
     cut,
     decide,
     held_reasons,
+    row_tally,
     shares,
 )
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
@@ -42,7 +43,7 @@ from poisonguard.detectors.base import SummaryFold, WithinBatchDetector
 from poisonguard.detectors.labels import ModelLabelDetector
 from poisonguard.errors import BatchError, ConfigError, param_error
 from poisonguard.sampling import draw_sample, sample_rule, seed_key
-from poisonguard.sources import FLOW_ROW_ODDS, MAX_FLOW_CLASSES, THRESHOLDS, LabelFlows
+from poisonguard.sources import FLOW_ROW_ODDS, MAX_FLOW_CLASSES, THRESHOLDS, LabelFlows, RowTally
 from poisonguard.store.scratch import RowFile
 
 #: With no trusted reference, the batch calibrates itself and is assumed to hold
@@ -83,10 +84,13 @@ def calibrate(name: str, scores: np.ndarray) -> Calibration:
 
 def _clean_rates(fold_scores: Mapping[str, list[np.ndarray]], names: tuple[str, ...]) -> np.ndarray:
     """ndarray of shape (len(THRESHOLDS),): how often clean rows reach each of
-    ``sources.THRESHOLDS``, from the trusted rows whose combined p-value,
+    ``sources.THRESHOLDS``, from the trusted rows whose combined p-value over
+    ``names`` (the anchored detectors, which the source test counts row by row),
     calibrated without their own fold, is at or below it, counted as a conformal
     p-value counts: ``(1 + k) / (1 + n)``. Below ``1 / n`` a p-value is the tail
     model's, not the data's; this is what the data can vouch for."""
+    if not names:  # no row is counted: the thresholds themselves
+        return np.asarray(THRESHOLDS, dtype=np.float64)
     n_folds = len(next(iter(fold_scores.values())))
     if n_folds < 2:
         return np.ones(len(THRESHOLDS))
@@ -347,10 +351,12 @@ class Guard:
         )
         held_scores = {name: np.concatenate(s) for name, s in cal_scores.items()}
         calibrations = {name: calibrate(name, s) for name, s in held_scores.items()}
-        self.clean_rates_ = _clean_rates(cal_scores, names)
-        # The calibration rows' own combined p-values over the detectors that judge a
-        # row against the trusted set alone: how clean rows combine, at any batch size.
+        # The detectors that judge a row against the trusted set alone: the source
+        # test counts their evidence row by row (``sources.RowTally``).
         self.anchored_ = tuple(n for n in names if not REGISTRY[n].within_batch)
+        self.clean_rates_ = _clean_rates(cal_scores, self.anchored_)
+        # The calibration rows' own combined p-values over them: how clean rows
+        # combine, at any batch size.
         anchored = {n: held_scores[n] for n in self.anchored_}
         self.null_ = (
             np.sort(combined_log_p(anchored, calibrations, detector_weights(self.anchored_))[2])
@@ -623,8 +629,10 @@ class Guard:
         anchored = self.settings_.excess_level > 0.0 and bool(self.anchored_)
         log_combined = RowFile(directory)
         log_anchored = RowFile(directory if anchored else None)
-        for combined, over_anchored in parts.log_p(summaries, anchored):
+        tally = RowTally()
+        for combined, over_anchored, part_tally in parts.log_p(summaries, anchored):
             log_combined.append(combined)
+            tally += part_tally
             if over_anchored is not None:
                 log_anchored.append(over_anchored)
         by_row = log_combined.finish()
@@ -660,19 +668,21 @@ class Guard:
             detectors=names,
             threshold=held.threshold,
             p_cuts=held.p_cuts,
+            tally=tally,
         )
 
     def _log_p_of(
         self, scores: Mapping[str, np.ndarray], anchored: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    ) -> tuple[np.ndarray, np.ndarray | None, RowTally]:
         """Phase 2 on one part of a batch, from its raw scores (``_scores``): its rows'
-        combined natural-log p-values, and (``anchored``) the same over the anchored
-        detectors, for the excess rule."""
+        combined natural-log p-values, (``anchored``) the same over the anchored
+        detectors, for the excess rule, and what they give the source test."""
         names = tuple(self.detectors_)
         logp, w, combined = combined_log_p(scores, self.calibrations_, detector_weights(names))
+        tally = row_tally(logp, w, names, self.anchored_)
         if not anchored:
-            return combined, None
-        return combined, cast(np.ndarray, anchored_log_p(logp, w, names, self.anchored_))
+            return combined, None, tally
+        return combined, cast(np.ndarray, anchored_log_p(logp, w, names, self.anchored_)), tally
 
     def _held_part(
         self,
@@ -767,7 +777,7 @@ class BatchParts(Protocol):
 
     def log_p(
         self, summaries: Mapping[str, Any], anchored: bool
-    ) -> Iterable[tuple[np.ndarray, np.ndarray | None]]:
+    ) -> Iterable[tuple[np.ndarray, np.ndarray | None, RowTally]]:
         """Per part: ``Guard._log_p_of`` its ``Guard._scores``."""
         ...
 
@@ -847,7 +857,7 @@ class _Chunks:
 
     def log_p(
         self, summaries: Mapping[str, Any], anchored: bool
-    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None, RowTally]]:
         for table, positions in self.tables():
             scores = self.guard._scores(table, positions, summaries)
             if self.each is not None:

@@ -2,8 +2,10 @@
 
 An attacker who knows that each batch is judged on its own sends a little poison
 in many batches. Every batch therefore leaves its evidence in the audit chain
-(how many of its scored rows had a combined p-value at or below each of
-:data:`THRESHOLDS`; rows a reviewer rejected before count below all of them), and
+(how many of its scored rows had a combined p-value over the anchored detectors,
+which judge each row against the trusted rows alone, at or below each of
+:data:`THRESHOLDS`; rows a reviewer rejected before count below all of them; and
+the within-batch detectors' evidence once, as one more row: :class:`RowTally`), and
 this module folds that evidence, batch by batch, into an **e-detector** per
 source and one over every source pooled:
 
@@ -261,6 +263,63 @@ def _odds(log_q: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 
 
 @dataclass(frozen=True)
+class RowTally:
+    """What a batch's scored rows give its source's test, summed chunk by chunk.
+
+    The anchored detectors judge each row against the trusted rows alone, so the
+    rows of a clean batch are independent and their e-values multiply: each
+    counts. The within-batch detectors read the batch itself: rows of one dense
+    cluster share their evidence, and counted row by row a handful of honest rows
+    in one corner would carry a clean source to an alarm. Their evidence counts
+    once a batch: the smallest p-value they give any row, times the rows
+    (Bonferroni, valid however the rows depend on each other).
+
+    Attributes
+    ----------
+    rows : int
+        Rows scored.
+    below : tuple of int
+        ``below[j]``: rows whose combined p-value over the anchored detectors is at
+        or below ``THRESHOLDS[j]``.
+    log_within : float or None
+        The smallest combined natural-log p-value over the within-batch detectors
+        (0 for no rows); None when the guard runs none.
+    """
+
+    rows: int = 0
+    below: tuple[int, ...] = (0,) * len(THRESHOLDS)
+    log_within: float | None = None
+
+    @classmethod
+    def of(cls, log_anchored: np.ndarray | None, log_within: np.ndarray | None) -> RowTally:
+        """The tally of rows with these combined log p-values (None: no such detectors;
+        rows without anchored detectors count at p = 1)."""
+        sizes = [len(x) for x in (log_anchored, log_within) if x is not None]
+        below = (0,) * len(THRESHOLDS)
+        if log_anchored is not None:
+            below = tuple(int(np.count_nonzero(log_anchored <= np.log(a))) for a in THRESHOLDS)
+        least = None
+        if log_within is not None:
+            least = float(np.min(log_within)) if len(log_within) else 0.0
+        return cls(max(sizes, default=0), below, least)
+
+    def __add__(self, other: RowTally) -> RowTally:
+        least = [x for x in (self.log_within, other.log_within) if x is not None]
+        return RowTally(
+            self.rows + other.rows,
+            tuple(a + b for a, b in zip(self.below, other.below, strict=True)),
+            min(least) if least else None,
+        )
+
+    def within_p(self) -> float | None:
+        """The batch's p-value from the within-batch detectors: the smallest row's,
+        times the rows (None without such detectors or rows)."""
+        if self.log_within is None or self.rows == 0:
+            return None
+        return float(min(1.0, self.rows * np.exp(self.log_within)))
+
+
+@dataclass(frozen=True)
 class BatchCounts:
     """What one batch tells the test: its scored rows, how many fell below each
     threshold, and how often clean rows do.
@@ -275,12 +334,18 @@ class BatchCounts:
         ``clean[j]``: the share of trusted rows at or below ``THRESHOLDS[j]`` when
         calibrated without them (``Guard.clean_rates_``): what clean rows of this
         table reach, tail model included.
+    flows : tuple
+        The batch's label flows (``LabelFlows.pairs``), if the guard follows them.
+    within : float or None
+        The batch's p-value from the within-batch detectors (``RowTally.within_p``),
+        counted as one more row; None without them (and in entries written before).
     """
 
     rows: int
     below: tuple[int, ...]
     clean: tuple[float, ...] = (0.0,) * len(THRESHOLDS)
     flows: tuple[tuple[str, str, tuple[float, ...]], ...] = ()
+    within: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -290,6 +355,8 @@ class BatchCounts:
         }
         if self.flows:
             out["flows"] = [[a, c, list(e)] for a, c, e in self.flows]
+        if self.within is not None:
+            out["within"] = self.within
         return out
 
     @classmethod
@@ -302,6 +369,7 @@ class BatchCounts:
             tuple(
                 (str(a), str(c), tuple(float(v) for v in e)) for a, c, e in value.get("flows") or ()
             ),
+            None if value.get("within") is None else float(value["within"]),
         )
 
     def null_rates(self, slack: float) -> np.ndarray:
@@ -312,16 +380,16 @@ class BatchCounts:
 
 
 def batch_counts(
-    combined: np.ndarray,
+    tally: RowTally,
     clean: Sequence[float] | np.ndarray,
     near_copies: int = 0,
     flows: tuple[tuple[str, str, tuple[float, ...]], ...] = (),
 ) -> BatchCounts:
-    """The counts a batch records from its scored rows' combined p-values.
+    """The counts a batch records from its scored rows' tally.
 
     Parameters
     ----------
-    combined : ndarray of shape (n_scored,)
+    tally : RowTally
     clean : sequence of float
         The guard's ``clean_rates_``.
     near_copies : int
@@ -330,9 +398,10 @@ def batch_counts(
     flows : tuple
         The scored rows' label flows (``LabelFlows.pairs``), if the guard follows them.
     """
-    p = np.asarray(combined, dtype=np.float64)
-    below = tuple(int(np.count_nonzero(p <= a)) + near_copies for a in THRESHOLDS)
-    return BatchCounts(int(p.size) + near_copies, below, tuple(float(c) for c in clean), flows)
+    below = tuple(k + near_copies for k in tally.below)
+    return BatchCounts(
+        tally.rows + near_copies, below, tuple(float(c) for c in clean), flows, tally.within_p()
+    )
 
 
 def log_evalues(counts: BatchCounts, slack: float) -> np.ndarray:
@@ -346,6 +415,8 @@ def log_evalues(counts: BatchCounts, slack: float) -> np.ndarray:
     g = np.concatenate([[0.0], steps])  # above every threshold, below the first, ...
     nested = np.concatenate([[counts.rows], below])
     in_bucket = nested - np.concatenate([below, [0.0]])
+    if counts.within is not None:  # one more row, in the bucket its p-value falls in
+        in_bucket[int(np.count_nonzero(counts.within <= np.asarray(THRESHOLDS)))] += 1.0
     lam = np.asarray(BETS)[:, None]
     return (in_bucket[None, :] * np.log1p(lam * (g[None, :] - 1.0))).sum(axis=1)
 
