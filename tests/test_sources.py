@@ -321,12 +321,33 @@ def test_clean_sources_beside_one_that_alarms_on_label_flows_are_not_swept_into_
     flows = _flows(rng)
     events = []
     for b in range(16):
-        events += _flow_events("partner", flows, [_relabelled(rng, 50, 6)], start=b)
+        events += _flow_events("partner", flows, [_relabelled(rng, 120, 6)], start=b)
         for s in "xyz":
             events += _flow_events(s, flows, [_model_rows(rng, 50)], start=b)
     states = source_states(events, SourceTest())
     assert states["partner"].alarmed and states[POOLED].alarmed
     assert {s.source for s in alarms(states)} == {"partner", POOLED}
+
+
+def test_a_flow_spread_one_batch_a_source_alarms_every_source_that_sends_it_after_the_pool():
+    """Twenty-four sources each send one batch of 120 rows, up to five of class 'a' labelled
+    'c', beside three clean sources: the pooled test alarms on the flow a -> c, and from
+    then on every source whose batch carries that flow is alarmed (its batch held), though
+    its evidence weighed over every pair would not be; the clean sources stay clear."""
+    rng = np.random.default_rng(24)
+    flows = _flows(rng)
+    events = []
+    for b in range(24):
+        events += _flow_events(f"partner-{b}", flows, [_relabelled(rng, 120, 5)], start=b)
+        for s in "xyz":
+            events += _flow_events(s, flows, [_model_rows(rng, 50)], start=b)
+    states = source_states(events, SourceTest())
+    assert states[POOLED].alarmed and states[POOLED].flow == ("a", "c")
+    first = int(str(states[POOLED].alarmed_at).rsplit("-", 1)[1])
+    assert first < 12
+    assert not any(states[s].alarmed for s in "xyz")
+    late = [f"partner-{b}" for b in range(first, 24)]
+    assert all(states[s].alarmed and states[s].pooled_alarm for s in late)
 
 
 def test_a_model_that_overstates_odds_on_trusted_rows_is_trusted_less():

@@ -46,9 +46,11 @@ mean of the row-count statistic and this one.
 A source **alarms** when its statistic reaches ``1 / alarm_level``; the pooled
 statistic alarming alarms every source that contributed evidence (the product
 of its batches' e-values since it was last cleared, averaged as the statistic
-is, over bets and pairs, exceeds 1), so poison split over many sources is still
-seen. An alarm holds for review the batch whose evidence raised it (the pipeline
-counts a batch's evidence before deciding it) and the source's later batches, and
+is, over bets and pairs, exceeds 1; or, when one label flow carries the pooled
+alarm on its own, its product on that flow, averaged over bets, exceeds 1), so
+poison split over many sources is still seen. An alarm holds for review the
+batch whose evidence raised it (the pipeline counts a batch's evidence before
+deciding it) and the source's later batches, and
 fails the gate until a reviewer clears it (``poisonguard source clear``), which restarts its
 statistic and the pooled one, with an audit entry.
 
@@ -534,15 +536,30 @@ class _Flows:
     def product(self) -> np.ndarray | None:
         return self.log_product[self.followed] if self.followed.any() else None
 
-    def top(self) -> dict[str, Any]:
-        """The followed pair with the largest statistic (mean over bets), and that statistic."""
+    def best(self) -> tuple[int, float] | None:
+        """The followed pair (its row) with the largest statistic and that statistic's log,
+        both as means over bets; None when no pair is followed."""
         if not self.followed.any():
-            return {}
+            return None
         rows = np.flatnonzero(self.followed)
         means = np.logaddexp.reduce(self.log_r[rows], axis=1) - np.log(len(FLOW_BETS))
-        best = int(rows[int(np.argmax(means))])
-        pair = next(p for p, i in self.pairs.items() if i == best)
-        return {"flow": pair, "flow_statistic": float(np.exp(min(float(means.max()), LOG_MAX)))}
+        at = int(np.argmax(means))
+        return int(rows[at]), float(means[at])
+
+    def top(self) -> dict[str, Any]:
+        """The followed pair with the largest statistic (mean over bets), and that statistic."""
+        found = self.best()
+        if found is None:
+            return {}
+        pair = next(p for p, i in self.pairs.items() if i == found[0])
+        return {"flow": pair, "flow_statistic": float(np.exp(min(found[1], LOG_MAX)))}
+
+    def favours(self, row: int) -> bool:
+        """Whether the evidence on the pair at ``row`` since the last clear (the product of
+        its batch e-values, mean over bets) favours the flow."""
+        if row >= len(self.followed) or not self.followed[row]:
+            return False
+        return float(np.logaddexp.reduce(self.log_product[row]) - np.log(len(FLOW_BETS))) > 0.0
 
 
 def _batch_flows(
@@ -636,13 +653,23 @@ class SourceReplay:
             r.below += np.asarray(ev.counts.below)
             if r.alarmed_at is None and r.statistic() >= np.log(self._alarm_at):
                 r.alarmed_at = ev.batch_id
-        if run[POOLED].alarmed_at is not None:
+        pooled = run[POOLED]
+        if pooled.alarmed_at is not None:
+            # The label flow that carries the pooled alarm on its own, if one does.
+            best = pooled.flows.best()
+            flow = best[0] if best is not None and best[1] >= np.log(self._alarm_at) else None
             for name, r in run.items():
                 # A source contributed when its own evidence, taken whole since it was
                 # last cleared and weighed as its statistic is (a mean over bets, and over
                 # pairs of classes), favours poison: not when one of many pairs or bets
-                # happens to, as a clean source's often does.
-                if name != POOLED and r.alarmed_at is None and r.evidence() > 0:
+                # happens to, as a clean source's often does. Or when its evidence on the
+                # one flow the pooled test alarmed on favours that flow: the pair was
+                # chosen by every source's rows, not by this one's, and a source that
+                # sends a batch or two of a spread attack has too little evidence to
+                # outweigh the other pairs' costs.
+                if name == POOLED or r.alarmed_at is not None:
+                    continue
+                if r.evidence() > 0 or (flow is not None and r.flows.favours(flow)):
                     r.alarmed_at, r.pooled = ev.batch_id, True
 
     def sizes(self, source: str) -> tuple[int, ...]:
