@@ -348,6 +348,10 @@ def test_a_flow_spread_one_batch_a_source_alarms_every_source_that_sends_it_afte
     assert not any(states[s].alarmed for s in "xyz")
     late = [f"partner-{b}" for b in range(first, 24)]
     assert all(states[s].alarmed and states[s].pooled_alarm for s in late)
+    assert all(states[s].pooled_flow == ("a", "c") for s in late)
+    assert "with every source's evidence pooled, on rows labelled 'c'" in states[late[0]].describe(
+        SourceTest()
+    )
 
 
 def test_a_model_that_overstates_odds_on_trusted_rows_is_trusted_less():
@@ -542,6 +546,42 @@ def test_rows_that_follow_the_label_flow_a_source_alarmed_on_leave_the_training_
     kept = training[training["pg_batch"].isin(batches[:-1])].reset_index(drop=True)
     assert len(kept) and fit_guard(config, store).flow_rows(kept, ("3", "8")).size == 0
     assert not set(by_flow["row_id"].tolist()) & set(training["row_id"].tolist())
+
+
+def test_rows_of_a_flow_spread_over_sources_leave_when_their_source_sends_after_the_pool(
+    demo_project,
+):
+    """Four partners each move two rows of 3 to 8 in a batch, twice, past a gate set to hold
+    almost nothing row by row: no partner alarms on its own evidence, the pooled test alarms
+    on the flow 3 -> 8, and a partner swept into it takes the moved rows it sent before out
+    of the training set with its next batch (stage ``rescan``, the pooled flow in the
+    reason); none of the partners' honest rows go with them."""
+    config = load_config(demo_project / "poisonguard.toml").with_detection(
+        fdr=1e-6, row_level=0.0, excess_level=0.0
+    )
+    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
+    empty_landing(config.landing)
+    threes = clean[clean[LABEL] == 3].sample(frac=1.0, random_state=1)
+    others = clean[clean[LABEL] != 3].sample(frac=1.0, random_state=1)
+    moved_ids: set[int] = set()
+    batches = []
+    for i in range(8):
+        rows = pd.concat([threes.iloc[3 * i : 3 * i + 3], others.iloc[27 * i : 27 * i + 27]])
+        rows = rows.reset_index(drop=True)
+        rows.loc[:1, LABEL] = 8
+        moved_ids |= set(rows.loc[:1, "row_id"].tolist())
+        batches.append(_land(config, f"partner-{i % 4}/b{i}.parquet", rows).batch_id)
+    store = open_store(config)
+    states = source_states(store.source_events(), config.sources)
+    assert states[POOLED].alarmed and states[POOLED].flow == ("3", "8")
+    partners = [states[f"partner-{k}"] for k in range(4)]
+    assert all(s.pooled_alarm for s in partners if s.alarmed)
+    assert any(s.pooled_flow == ("3", "8") for s in partners)
+    held = pd.concat([store.quarantine_frame(b) for b in batches], ignore_index=True)
+    pooled = held[held["pg_reason"].str.contains("every source's evidence pooled alarmed on")]
+    assert len(pooled) and (pooled["pg_stage"] == "rescan").all()
+    assert set(pooled["row_id"].tolist()) <= moved_ids
+    assert not set(pooled["row_id"].tolist()) & set(store.clean_frame()["row_id"].tolist())
 
 
 def test_a_source_that_alarms_has_its_batches_held_and_the_gate_refuses(demo_project, capsys):

@@ -675,20 +675,19 @@ def flow_findings(
     in the training set, that follow the flow (``Guard.flow_rows``): what a re-scan takes
     out for review. None when there is no such alarm or no such row.
 
-    The flow must carry the alarm on its own (its statistic at the alarm's level): a
+    The flow must carry the alarm on its own (its statistic at the alarm's level), the
+    source's own or the pooled one it was swept into (``SourceState.pooled_flow``): a
     source alarmed on its row counts has no flow to follow. Each batch the alarm lasts
     looks again, so the rows of the batch that raised it are taken with the next one.
     """
     level = config.sources.alarm_level
-    if (
-        window.empty
-        or not after.alarmed
-        or after.flow is None
-        or level == 0
-        or (after.flow_statistic or 0.0) < 1.0 / level
-    ):
+    if window.empty or not after.alarmed or level == 0:
         return None
-    found = window.iloc[guard.flow_rows(window, after.flow, source=shown(name))]
+    own = after.flow is not None and (after.flow_statistic or 0.0) >= 1.0 / level
+    flow = after.flow if own else after.pooled_flow
+    if flow is None:
+        return None
+    found = window.iloc[guard.flow_rows(window, flow, source=shown(name))]
     accepted = found[found["pg_accepted"].to_numpy(dtype=bool)]
     if accepted.empty:
         return None
@@ -696,14 +695,15 @@ def flow_findings(
         str(b): sorted(int(r) for r in rows)
         for b, rows in accepted.groupby("pg_batch", sort=True)["pg_row"]
     }
-    source, (moved_from, moved_to) = source_of(name), after.flow
+    source, (moved_from, moved_to) = source_of(name), flow
+    whose = "it" if own else "every source's evidence pooled"
     listed = ", ".join(f"{b} ({len(r)})" for b, r in by_batch.items())
     return {
         "flow": [moved_from, moved_to],
         "accepted_flagged": by_batch,
         "message": (
             f"{len(accepted)} row{'s' * (len(accepted) != 1)} accepted earlier from source "
-            f"{shown(source)!r} follow the label flow it alarmed on (labelled {moved_to!r}, "
+            f"{shown(source)!r} follow the label flow {whose} alarmed on (labelled {moved_to!r}, "
             f"given to {moved_from!r} by the trusted rows' model at odds >= "
             f"{FLOW_ROW_ODDS:g}): batches {listed}"
         ),

@@ -447,6 +447,8 @@ class SourceState:
         The label flow ``(from, to)`` with the largest statistic, if labels are followed.
     flow_statistic : float
         Its statistic (averaged over the bets).
+    pooled_flow : tuple of (str, str) or None
+        The label flow that carried the pooled alarm this source was swept into, if one did.
     """
 
     source: str
@@ -460,6 +462,7 @@ class SourceState:
     pooled_alarm: bool = False
     flow: tuple[str, str] | None = None
     flow_statistic: float = 0.0
+    pooled_flow: tuple[str, str] | None = None
 
     def describe(self, test: SourceTest) -> str:
         """The evidence in words: ``partner-b: 9 of its 1,600 scored rows at p <= 0.001 ...``."""
@@ -481,6 +484,9 @@ class SourceState:
         words += f"; e = {self.statistic:.3g}"
         if self.alarmed:
             how = ", with every source's evidence pooled" if self.pooled_alarm else ""
+            if self.pooled_flow is not None:
+                was, now = self.pooled_flow
+                how += f", on rows labelled {now!r} that the trusted rows' model gives to {was!r}"
             words += (
                 f" (alarm at batch {self.alarmed_at}{how}; level e >= {1 / test.alarm_level:g})"
             )
@@ -551,8 +557,14 @@ class _Flows:
         found = self.best()
         if found is None:
             return {}
-        pair = next(p for p, i in self.pairs.items() if i == found[0])
-        return {"flow": pair, "flow_statistic": float(np.exp(min(found[1], LOG_MAX)))}
+        return {
+            "flow": self.pair(found[0]),
+            "flow_statistic": float(np.exp(min(found[1], LOG_MAX))),
+        }
+
+    def pair(self, row: int) -> tuple[str, str]:
+        """The pair of classes at ``row``."""
+        return next(p for p, i in self.pairs.items() if i == row)
 
     def favours(self, row: int) -> bool:
         """Whether the evidence on the pair at ``row`` since the last clear (the product of
@@ -585,6 +597,7 @@ class _Running:
         self.flows = _Flows(pairs)
         self.alarmed_at: str | None = None
         self.pooled = False
+        self.pooled_flow: int | None = None  # the pair that carried the pooled alarm, if one did
         self.batches = 0
         self.rows = 0
         self.below = np.zeros(len(THRESHOLDS), dtype=np.int64)
@@ -634,7 +647,7 @@ class SourceReplay:
             run[POOLED] = _Running(self._pairs)
             for r in run.values():  # a pooled alarm clears with its cause
                 if r.pooled:
-                    r.alarmed_at, r.pooled = None, False
+                    r.alarmed_at, r.pooled, r.pooled_flow = None, False, None
             return
         if ev.rows_in is not None:
             self._sizes.setdefault(ev.source, []).append(int(ev.rows_in))
@@ -670,7 +683,7 @@ class SourceReplay:
                 if name == POOLED or r.alarmed_at is not None:
                     continue
                 if r.evidence() > 0 or (flow is not None and r.flows.favours(flow)):
-                    r.alarmed_at, r.pooled = ev.batch_id, True
+                    r.alarmed_at, r.pooled, r.pooled_flow = ev.batch_id, True, flow
 
     def sizes(self, source: str) -> tuple[int, ...]:
         """The rows in of ``source``'s last :data:`SIZE_HISTORY` batches, oldest first
@@ -693,6 +706,7 @@ class SourceReplay:
             below=tuple(int(k) for k in r.below),
             sizes=self.sizes(name),
             pooled_alarm=r.pooled,
+            pooled_flow=None if r.pooled_flow is None else r.flows.pair(r.pooled_flow),
             **r.flows.top(),
         )
 
