@@ -279,7 +279,7 @@ class _ClusterParts:
             "counts": self.counts,
             "figures": self.figure_parts,
         }
-        for combined, over_anchored, rows, tally, share, flows in self._each(
+        for combined, over_anchored, source_tally, tally, share, flows in self._each(
             _log_p_task, [(p, extra) for p in self.parts]
         ):
             if self.drift is not None:
@@ -288,7 +288,7 @@ class _ClusterParts:
                 self.figures.add_part(share)
             if self.flows is not None:
                 self.flows.add(flows)
-            yield combined, over_anchored, rows
+            yield combined, over_anchored, source_tally
 
     def held(
         self,
@@ -411,9 +411,9 @@ def _log_p_task(
     guard = job["guard"]
     with _DETECTORS:
         scores = guard._scores(table, positions, summaries)
-        combined, over_anchored, rows = guard._log_p_of(scores, anchored)
+        combined, over_anchored, source_tally = guard._log_p_of(scores, anchored)
     share = None if figures is None else figures.of(table, scores)
-    return combined, over_anchored, rows, tally, share, guard.flow_log_e(table)
+    return combined, over_anchored, source_tally, tally, share, guard.flow_log_e(table)
 
 
 def _held_task(
