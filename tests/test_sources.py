@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 
 from landed import empty as empty_landing
 from poisonguard.cli import main
-from poisonguard.config import load_config
+from poisonguard.config import Config, load_config
 from poisonguard.demo import LABEL
 from poisonguard.errors import ConfigError, GateError, ReviewError
 from poisonguard.gate import gate
@@ -505,6 +506,30 @@ def _batch(clean: pd.DataFrame, rng: np.random.Generator, i: int, flips: int) ->
     return rows
 
 
+def _moved_threes(
+    demo_project, source: Callable[[int], str], seed: int
+) -> tuple[Config, list[str], set[int]]:
+    """Eight demo batches of 30 rows, two of each batch's three 3s relabelled 8, landed from
+    ``source(i)`` past a gate set to hold almost nothing row by row (fdr 1e-6, no per-row
+    level, no excess rule): the config, the batches and the moved rows' ids."""
+    config = load_config(demo_project / "poisonguard.toml").with_detection(
+        fdr=1e-6, row_level=0.0, excess_level=0.0
+    )
+    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
+    empty_landing(config.landing)
+    threes = clean[clean[LABEL] == 3].sample(frac=1.0, random_state=seed)
+    others = clean[clean[LABEL] != 3].sample(frac=1.0, random_state=seed)
+    moved_ids: set[int] = set()
+    batches = []
+    for i in range(8):
+        rows = pd.concat([threes.iloc[3 * i : 3 * i + 3], others.iloc[27 * i : 27 * i + 27]])
+        rows = rows.reset_index(drop=True)
+        rows.loc[:1, LABEL] = 8  # two of its three 3s, relabelled
+        moved_ids |= set(rows.loc[:1, "row_id"].tolist())
+        batches.append(_land(config, f"{source(i)}/b{i}.parquet", rows).batch_id)
+    return config, batches, moved_ids
+
+
 def test_rows_that_follow_the_label_flow_a_source_alarmed_on_leave_the_training_set(
     demo_project,
 ):
@@ -513,22 +538,7 @@ def test_rows_that_follow_the_label_flow_a_source_alarmed_on_leave_the_training_
     the source alarms on that flow, and the moved rows it sent before leave the training
     set for review (stage ``rescan``), each with the flow in its reason; none of the
     partner's honest rows go with them."""
-    config = load_config(demo_project / "poisonguard.toml").with_detection(
-        fdr=1e-6, row_level=0.0, excess_level=0.0
-    )
-    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
-    empty_landing(config.landing)
-    threes = clean[clean[LABEL] == 3].sample(frac=1.0, random_state=0)
-    others = clean[clean[LABEL] != 3].sample(frac=1.0, random_state=0)
-    moved_ids: set[int] = set()
-    batches = []
-    for i in range(8):
-        rows = pd.concat([threes.iloc[3 * i : 3 * i + 3], others.iloc[27 * i : 27 * i + 27]])
-        rows = rows.reset_index(drop=True)
-        rows.loc[:1, LABEL] = 8  # two of its three 3s, relabelled
-        moved_ids |= set(rows.loc[:1, "row_id"].tolist())
-        rec = _land(config, f"partner-b/b{i}.parquet", rows)
-        batches.append(rec.batch_id)
+    config, batches, moved_ids = _moved_threes(demo_project, lambda i: "partner-b", seed=0)
     store = open_store(config)
     state = source_states(store.source_events(), config.sources)["partner-b"]
     assert state.alarmed and state.flow == ("3", "8")
@@ -556,21 +566,7 @@ def test_rows_of_a_flow_spread_over_sources_leave_when_their_source_sends_after_
     on the flow 3 -> 8, and a partner swept into it takes the moved rows it sent before out
     of the training set with its next batch (stage ``rescan``, the pooled flow in the
     reason); none of the partners' honest rows go with them."""
-    config = load_config(demo_project / "poisonguard.toml").with_detection(
-        fdr=1e-6, row_level=0.0, excess_level=0.0
-    )
-    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
-    empty_landing(config.landing)
-    threes = clean[clean[LABEL] == 3].sample(frac=1.0, random_state=1)
-    others = clean[clean[LABEL] != 3].sample(frac=1.0, random_state=1)
-    moved_ids: set[int] = set()
-    batches = []
-    for i in range(8):
-        rows = pd.concat([threes.iloc[3 * i : 3 * i + 3], others.iloc[27 * i : 27 * i + 27]])
-        rows = rows.reset_index(drop=True)
-        rows.loc[:1, LABEL] = 8
-        moved_ids |= set(rows.loc[:1, "row_id"].tolist())
-        batches.append(_land(config, f"partner-{i % 4}/b{i}.parquet", rows).batch_id)
+    config, batches, moved_ids = _moved_threes(demo_project, lambda i: f"partner-{i % 4}", seed=1)
     store = open_store(config)
     states = source_states(store.source_events(), config.sources)
     assert states[POOLED].alarmed and states[POOLED].flow == ("3", "8")
