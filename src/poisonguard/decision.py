@@ -423,7 +423,7 @@ class Decision:
         ``fdr / n_rows``, when nothing was quarantined). Reasons name a detector
         when its p-value passes its cut; reports draw the same line.
     tally : sources.RowTally
-        What the rows give their source's test (``row_tally``).
+        What the rows give their source's test.
     """
 
     quarantined: np.ndarray
@@ -479,16 +479,15 @@ def anchored_log_p(
     )
 
 
-def row_tally(
+def within_log_p(
     logp: np.ndarray, shares: np.ndarray, names: tuple[str, ...], anchored: tuple[str, ...] | None
-) -> RowTally:
-    """What these rows give their source's test (``sources.RowTally``): the combined
-    log p-values over the ``anchored`` detectors (default all), row by row, and over
-    the others, the ones that read the batch, counted once."""
-    within = None
-    if anchored is not None:
-        within = _over(logp, shares, [j for j, n in enumerate(names) if n not in anchored])
-    return RowTally.of(anchored_log_p(logp, shares, names, anchored), within)
+) -> np.ndarray | None:
+    """Each row's combined log p-value over the detectors not ``anchored``, the ones that
+    read the batch, which the source test counts once a batch (``sources.RowTally``);
+    None when there are none (``anchored`` None means every detector is)."""
+    if anchored is None:
+        return None
+    return _over(logp, shares, [j for j, n in enumerate(names) if n not in anchored])
 
 
 def _over(logp: np.ndarray, shares: np.ndarray, cols: list[int]) -> np.ndarray | None:
@@ -638,6 +637,7 @@ def decide(
         raise ValueError("decide() needs the scores of at least one detector")
     n = len(next(iter(scores.values())))
     logp, w, log_combined = combined_log_p(scores, calibrations, weights)
+    over_anchored = anchored_log_p(logp, w, names, anchored)
     held = cut(
         log_combined,
         w,
@@ -645,7 +645,7 @@ def decide(
         row_level=row_level,
         excess_level=excess_level,
         null=null,
-        log_anchored=anchored_log_p(logp, w, names, anchored) if excess_level > 0.0 else None,
+        log_anchored=over_anchored if excess_level > 0.0 else None,
     )
     reasons = [""] * n
     rows = np.flatnonzero(held.quarantined)
@@ -670,7 +670,7 @@ def decide(
         names,
         held.threshold,
         held.p_cuts,
-        row_tally(logp, w, names, anchored),
+        RowTally.of(over_anchored, within_log_p(logp, w, names, anchored)),
     )
 
 

@@ -34,8 +34,8 @@ from poisonguard.decision import (
     cut,
     decide,
     held_reasons,
-    row_tally,
     shares,
+    within_log_p,
 )
 from poisonguard.detectors import REGISTRY, Detector, Encoder, Table
 from poisonguard.detectors._common import TIE_JITTER
@@ -679,10 +679,9 @@ class Guard:
         detectors, for the excess rule, and what they give the source test."""
         names = tuple(self.detectors_)
         logp, w, combined = combined_log_p(scores, self.calibrations_, detector_weights(names))
-        tally = row_tally(logp, w, names, self.anchored_)
-        if not anchored:
-            return combined, None, tally
-        return combined, cast(np.ndarray, anchored_log_p(logp, w, names, self.anchored_)), tally
+        over_anchored = anchored_log_p(logp, w, names, self.anchored_)
+        tally = RowTally.of(over_anchored, within_log_p(logp, w, names, self.anchored_))
+        return combined, over_anchored if anchored else None, tally
 
     def _held_part(
         self,
