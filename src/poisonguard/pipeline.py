@@ -675,18 +675,13 @@ def flow_findings(
     in the training set, that follow the flow (``Guard.flow_rows``): what a re-scan takes
     out for review. None when there is no such alarm or no such row.
 
-    The flow must carry the alarm on its own (its statistic at the alarm's level), the
-    source's own or the pooled one it was swept into (``SourceState.pooled_flow``): a
-    source alarmed on its row counts has no flow to follow. Each batch the alarm lasts
-    looks again, so the rows of the batch that raised it are taken with the next one.
+    The flow is ``SourceState.followed_flow``'s. Each batch the alarm lasts looks again,
+    so the rows of the batch that raised it are taken with the next one.
     """
-    level = config.sources.alarm_level
-    if window.empty or not after.alarmed or level == 0:
+    followed = after.followed_flow(config.sources)
+    if window.empty or followed is None:
         return None
-    own = after.flow is not None and (after.flow_statistic or 0.0) >= 1.0 / level
-    flow = after.flow if own else after.pooled_flow
-    if flow is None:
-        return None
+    flow, pooled = followed
     found = window.iloc[guard.flow_rows(window, flow, source=shown(name))]
     accepted = found[found["pg_accepted"].to_numpy(dtype=bool)]
     if accepted.empty:
@@ -696,7 +691,7 @@ def flow_findings(
         for b, rows in accepted.groupby("pg_batch", sort=True)["pg_row"]
     }
     source, (moved_from, moved_to) = source_of(name), flow
-    whose = "it" if own else "every source's evidence pooled"
+    whose = "every source's evidence pooled" if pooled else "it"
     listed = ", ".join(f"{b} ({len(r)})" for b, r in by_batch.items())
     return {
         "flow": [moved_from, moved_to],

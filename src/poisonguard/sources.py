@@ -464,6 +464,18 @@ class SourceState:
     flow_statistic: float = 0.0
     pooled_flow: tuple[str, str] | None = None
 
+    def followed_flow(self, test: SourceTest) -> tuple[tuple[str, str], bool] | None:
+        """The label flow whose rows leave the training set while the alarm lasts, and
+        whether it is the pooled test's: the source's own top flow when that carries the
+        alarm on its own (its statistic at ``1 / alarm_level``), else the flow of the
+        pooled alarm it was swept into; None when neither is (an alarm on row counts has
+        no flow to follow)."""
+        if not self.alarmed or test.alarm_level == 0:
+            return None
+        if self.flow is not None and self.flow_statistic >= 1.0 / test.alarm_level:
+            return self.flow, False
+        return None if self.pooled_flow is None else (self.pooled_flow, True)
+
     def describe(self, test: SourceTest) -> str:
         """The evidence in words: ``partner-b: 9 of its 1,600 scored rows at p <= 0.001 ...``."""
         a = THRESHOLDS[1]
