@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from poisonguard.demo import LABEL
 from poisonguard.errors import ConfigError, GateError, ReviewError
 from poisonguard.gate import gate
 from poisonguard.pipeline import fit_guard
+from poisonguard.review import review
 from poisonguard.sources import (
     BETS,
     FLOW_BETS,
@@ -536,8 +538,8 @@ def test_rows_that_follow_the_label_flow_a_source_alarmed_on_leave_the_training_
     """A partner moves two rows of 3 to 8 in every batch past a gate set to hold almost
     nothing row by row (fdr 1e-6, no per-row level, no excess rule), so they are accepted:
     the source alarms on that flow, and the moved rows it sent before leave the training
-    set for review (stage ``rescan``), each with the flow in its reason; none of the
-    partner's honest rows go with them."""
+    set for review (stage ``rescan``), each with the flow in its reason; the partner's
+    honest rows go with them as the alarm's take-back, not as rows of the flow."""
     config, batches, moved_ids = _moved_threes(demo_project, lambda i: "partner-b", seed=0)
     store = open_store(config)
     state = source_states(store.source_events(), config.sources)["partner-b"]
@@ -550,12 +552,10 @@ def test_rows_that_follow_the_label_flow_a_source_alarmed_on_leave_the_training_
         "follow the label flow it alarmed on (labelled '8', given to '3'"
         in by_flow["pg_reason"].iloc[0]
     )
-    # What the partner sent before its last batch and is still training data: no row of
-    # it follows the flow (the last batch's are taken with the next, which never came).
-    training = store.clean_frame()
-    kept = training[training["pg_batch"].isin(batches[:-1])].reset_index(drop=True)
-    assert len(kept) and fit_guard(config, store).flow_rows(kept, ("3", "8")).size == 0
-    assert not set(by_flow["row_id"].tolist()) & set(training["row_id"].tolist())
+    # The rest of what the partner sent before the alarm left as the alarm's take-back.
+    assert not set(store.clean_frame()["pg_batch"]) & set(batches)
+    rest = held[(held["pg_stage"] == "rescan") & ~held.index.isin(by_flow.index)]
+    assert len(rest) and rest["pg_reason"].str.contains("since its last clean checkpoint").all()
 
 
 def test_rows_of_a_flow_spread_over_sources_leave_when_their_source_sends_after_the_pool(
@@ -578,6 +578,61 @@ def test_rows_of_a_flow_spread_over_sources_leave_when_their_source_sends_after_
     assert len(pooled) and (pooled["pg_stage"] == "rescan").all()
     assert set(pooled["row_id"].tolist()) <= moved_ids
     assert not set(pooled["row_id"].tolist()) & set(store.clean_frame()["row_id"].tolist())
+
+
+def _ingest_detail(store, batch_id: str) -> dict:
+    (entry,) = [
+        e for e in store.audit_log() if e["action"] == "ingest" and e["batch_id"] == batch_id
+    ]
+    return json.loads(entry["detail"])
+
+
+def test_the_batch_that_raises_an_alarm_takes_back_what_its_source_sent_since_its_checkpoint(
+    demo_project,
+):
+    """A partner sends three clean batches: the first is promoted into the reference, and
+    a reviewer clears the partner after the second (its checkpoints). Then two flipped
+    labels in every batch until it alarms. The batch that raises the alarm takes every
+    batch the partner sent after its last checkpoint out of the training set for review
+    (stage ``rescan``, the alarm in the reason, an audit entry); the batches up to the
+    checkpoint and another source's batch stay."""
+    config = load_config(demo_project / "poisonguard.toml")
+    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
+    clean = clean.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    empty_landing(config.landing)
+    store = open_store(config)
+
+    def send(name: str, rows: pd.DataFrame, flips: int = 0) -> str:
+        rows = rows.reset_index(drop=True)
+        rows.loc[: flips - 1, LABEL] = (rows.loc[: flips - 1, LABEL] + 5) % 10
+        return _land(config, name, rows).batch_id
+
+    other = send("default-0.parquet", clean.iloc[:30])
+    early = [send("partner-b/c0.parquet", clean.iloc[30:60])]
+    if len(store.quarantine_frame(early[0])):  # promotion needs no row awaiting review
+        review(store, early[0], "release", by="ana", note="checked")
+    store.promote([early[0]], actor="ana")
+    early.append(send("partner-b/c1.parquet", clean.iloc[60:90]))
+    store.clear_source("partner-b", actor="ana", note="checked")
+    after = [send("partner-b/c2.parquet", clean.iloc[90:120])]
+    sent = []
+    for i, start in enumerate(range(120, len(clean) - 24, 25)):
+        batch_id = send(f"partner-b/f{i}.parquet", clean.iloc[start : start + 25], flips=2)
+        state = source_states(store.source_events(), config.sources)["partner-b"]
+        if state.alarmed:
+            break
+        sent.append(batch_id)
+    assert state.alarmed_at == batch_id and sent, "no accepted poisoned batch before the alarm"
+    taken = _ingest_detail(store, batch_id)["window"]["alarm"]
+    assert taken["batches"] == after + sent
+    training = store.clean_frame()
+    assert set(training["pg_batch"]) >= {other, *early}
+    assert not set(training["pg_batch"]) & {*after, *sent, batch_id}
+    back = pd.concat([store.quarantine_frame(b) for b in after + sent], ignore_index=True)
+    back = back[back["pg_stage"] == "rescan"]  # the others were held when they arrived
+    assert len(back) >= len(after) * 30
+    assert back["pg_reason"].str.contains(f"alarmed at batch {batch_id}", regex=False).all()
+    assert {e["batch_id"] for e in store.audit_log() if e["action"] == "rescan"} == {*after, *sent}
 
 
 def test_a_source_that_alarms_has_its_batches_held_and_the_gate_refuses(demo_project, capsys):

@@ -705,13 +705,55 @@ def flow_findings(
     }
 
 
-def _with_flow(
-    earlier: dict[str, Any] | None, flow: dict[str, Any] | None
+def alarm_takeback(
+    store: Store, after: SourceState, batch_id: str, config: Config
 ) -> dict[str, Any] | None:
-    """The window's findings with the label flow's added (key ``flow``)."""
+    """When ``batch_id`` raises its source's alarm on the source's own evidence, the
+    source's earlier batches whose rows leave the training set for review: every batch
+    since its last clean checkpoint (the later of its last cleared alarm and its newest
+    batch in the pinned reference). None when the batch raises no such alarm or there is
+    no such batch.
+
+    The alarm is a statement about what the source sent since it was last cleared, not
+    only about what it sends next: the batches whose evidence raised it are no more
+    verified than the ones held after it (fail closed). An alarm a source is swept into
+    by the pooled test takes back only the rows that follow its flow (``flow_findings``).
+    """
+    if not after.alarmed or after.alarmed_at != batch_id or after.pooled_alarm:
+        return None
+    since: list[str] = []
+    for ev in store.source_events():
+        if ev.source != after.source:
+            continue
+        if ev.cleared:
+            since.clear()
+        elif ev.batch_id is not None and ev.batch_id != batch_id:
+            since.append(ev.batch_id)
+    current = store.reference()
+    pinned = set() if current is None else set(current.batch_ids)
+    newest = max((i for i, b in enumerate(since) if b in pinned), default=-1)
+    taken = [b for b in since[newest + 1 :] if b not in pinned]
+    if not taken:
+        return None
+    return {
+        "batches": taken,
+        "message": (
+            f"source {shown(after.source)!r} alarmed at batch {batch_id}: the "
+            f"{len(taken)} batch{'es' * (len(taken) != 1)} it sent before, since its last "
+            f"clean checkpoint, leave the training set for review "
+            f"({after.describe(config.sources)})"
+        ),
+    }
+
+
+def _with_flow(
+    earlier: dict[str, Any] | None, flow: dict[str, Any] | None, key: str = "flow"
+) -> dict[str, Any] | None:
+    """The window's findings with the label flow's (key ``flow``) or the alarm's
+    take-back (``alarm``) added."""
     if flow is None:
         return earlier
-    return {**(earlier or {}), "flow": flow}
+    return {**(earlier or {}), key: flow}
 
 
 def detect_batch(
@@ -793,6 +835,7 @@ def detect_batch(
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
         earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
+    earlier = _with_flow(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
     decided = _write_decision(
         folder, rows, decision, config, reference, counts, drifted, earlier, told
     )
@@ -923,6 +966,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
         earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
+    earlier = _with_flow(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
     decided = write_decision_meta(
         folder,
         {
@@ -1236,9 +1280,10 @@ def _write_commit_report(
 
 
 def _hold_window_suspects(store: Store, window: dict[str, Any] | None, batch_id: str) -> None:
-    """Take the rows accepted earlier that the backdoor scan's window now flags, or that
-    follow the label flow their source alarmed on, out of the training set, into
-    quarantine for review (stage ``rescan``; fail closed).
+    """Take the rows accepted earlier that the backdoor scan's window now flags, that
+    follow the label flow their source alarmed on, or that the batches an alarm takes
+    back hold (``alarm_takeback``), out of the training set, into quarantine for review
+    (stage ``rescan``; fail closed).
 
     Rows in the pinned reference stay (a reviewer promoted them; ``review revoke`` takes a
     batch out). This runs after the batch's own commit, in a transaction of its own: a
@@ -1259,15 +1304,21 @@ def _hold_window_suspects(store: Store, window: dict[str, Any] | None, batch_id:
                     f"the {scan} of batch {batch_id}, with this row in its source's window: "
                     f"{found['message']}"
                 )
+    takeback = window.get("alarm") or {}
+    whole = set(takeback.get("batches") or ()) - pinned
     # The window lists rows as they arrived: one a re-scan took out since is no longer
     # training data, and asking to hold it again would refuse the whole hold.
+    wanted = whole | {b for b, _ in held}
     live = {
-        (str(b), int(r))
+        (str(b), int(r)): f.batch_id in whole
         for f in store.files("clean")
-        if f.batch_id in {b for b, _ in held}
-        for b, r in store.read(f)[["pg_batch", "pg_row"]].itertuples(index=False)
+        if f.batch_id in wanted
+        for b, r in store.read(f, ["pg_batch", "pg_row"]).itertuples(index=False)
     }
     held = {key: why for key, why in held.items() if key in live}
+    for key, taken in live.items():
+        if taken:
+            held.setdefault(key, f"batch {batch_id}: {takeback['message']}")
     if not held:
         return
     flagged = pd.DataFrame(
