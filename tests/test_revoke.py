@@ -254,6 +254,59 @@ def test_rescan_holds_released_poison_for_review_again(demo_project, capsys):
     assert store.verify_audit() is None
 
 
+def test_rejecting_rows_re_scans_their_source_and_holds_its_accepted_poison(demo_project, capsys):
+    """Flipped rows a reviewer released by mistake are in the training set. When the same
+    source's next flips are held and a reviewer rejects them (`review reject`), the source's
+    accepted rows are re-scanned at once: the released flips go back to quarantine (stage
+    `rescan`, the rejection named in the audit entry), every row still in exactly one place.
+    Another source's batch is not re-scanned."""
+    clean, cfg, config, store = _start(demo_project)
+    seed = pd.read_parquet(demo_project / "trusted.parquet")
+    threes = seed[seed[LABEL] == 3]
+    first = _land(
+        config,
+        "partner/b1.parquet",
+        pd.concat([clean.iloc[:120], _flipped_copies(threes.head(8), 1, 100_000, seed=0)]),
+    )
+    review(store, first.batch_id, "release", by="ana", note="looked fine to me")
+    store.clear_source("partner", actor="ana", note="looked fine to me")
+    other = _land(config, "b2.parquet", clean.iloc[120:200])
+    third = _land(
+        config,
+        "partner/b3.parquet",
+        pd.concat([clean.iloc[200:260], _flipped_copies(threes.iloc[8:11], 1, 200_000, seed=1)]),
+    )
+    training = store.clean_frame()
+    assert len(training[training["pg_batch"] == first.batch_id]) == 128
+    others = set(training.loc[training["pg_batch"] == other.batch_id, "pg_row"])
+    assert len(store.quarantine_frame(third.batch_id))
+
+    code, out, err = _cli(
+        capsys,
+        "review",
+        "reject",
+        third.batch_id,
+        "--by",
+        "carl",
+        "--note",
+        "flips",
+        "--config",
+        cfg,
+    )
+    assert code == 0, err
+    assert "re-scanned" in out and "accepted rows of source partner: held" in out
+    places = _places(store, config, first.batch_id)
+    assert len(places["awaiting"] & set(range(120, 128))) >= 6
+    assert _exactly_once(places, 128)
+    entries = [e for e in store.audit_log() if e["action"] == "rescan"]
+    assert {e["batch_id"] for e in entries} <= {first.batch_id, third.batch_id}
+    assert all(
+        f"rows of batch {third.batch_id} were rejected" in json.loads(e["detail"])["note"]
+        for e in entries
+    )
+    assert _places(store, config, other.batch_id)["training"] == others
+
+
 def test_rescan_after_revoking_a_poisoned_reference_batch_finds_what_it_vouched_for(
     demo_project,
 ):

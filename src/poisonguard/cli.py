@@ -547,8 +547,9 @@ def _review(args: argparse.Namespace, action: str) -> int:
                 f"--rows takes row numbers separated by commas. Got {args.rows!r} instead."
             ) from None
     config = _config(args)
+    store = open_store(config)
     done = review(
-        open_store(config),
+        store,
         args.batch,
         action,
         by=args.by,
@@ -561,6 +562,20 @@ def _review(args: argparse.Namespace, action: str) -> int:
         f"{verb} {len(done.applied)} rows of {args.batch}"
         + (f"; {len(done.already)} were already {verb}" if done.already else "")
     )
+    if action == "reject" and done.applied:
+        from poisonguard.pipeline import rescan_after_rejection
+
+        report, held = rescan_after_rejection(config, store, args.batch, actor=args.by)
+        (scope,) = report.scopes
+        _out(
+            f"re-scanned {scope.rows:,} accepted rows of source {shown(scope.source)}: "
+            + (
+                f"held {sum(held.values())} rows of {len(held)} "
+                f"batch{'es' if len(held) != 1 else ''} for review"
+                if held
+                else "none would be held now"
+            )
+        )
     return 0
 
 

@@ -1696,6 +1696,34 @@ def rescan(
     return _rescan_report(reference.version, tuple(scopes), scanned, parts, Masker(config.pii))
 
 
+def rescan_after_rejection(
+    config: Config, store: Store, batch_id: str, *, actor: str
+) -> tuple[RescanReport, dict[str, int]]:
+    """After a reviewer rejects rows of ``batch_id``, re-score what its source sent since its
+    last clean checkpoint (``rescan``, with the rejected rows now among the known-bad ones)
+    and hold what the re-scan flags for review (``Store.hold_rescanned``, stage ``rescan``).
+
+    A rejection says the source sent poison; rows it sent before, accepted one batch at a
+    time, are judged again with that known. Returns the report and the rows held per batch
+    (empty when nothing was flagged).
+    """
+    batch = store.batch(batch_id)
+    if batch is None:
+        raise ReviewError(f"no batch {shown(batch_id)!r} in {store.ledger.location}")
+    report = rescan(config, store, source=source_of(batch.source))
+    if not len(report.pg_row):
+        return report, {}
+    held = store.hold_rescanned(
+        report.flagged(),
+        actor=actor,
+        note=(
+            f"re-scan after rows of batch {batch_id} were rejected, against reference "
+            f"version {report.reference_version}"
+        ),
+    )
+    return report, held
+
+
 def _rescan_decision(
     rows: pd.DataFrame, guard: Guard, rejected: pd.DataFrame, source: str
 ) -> BatchDecision:
