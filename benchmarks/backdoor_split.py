@@ -20,8 +20,10 @@ flags leave the training set for review. This script measures it.
     accepted, clean rows held, and attack success (the share of held-out test
     rows of other classes, trigger stamped, that a HistGradientBoosting model
     trained on the trusted rows plus the batch rows puts in the target class)
-    with no poison (``clean``), every batch row accepted (``no gate``) and the
-    rows the store accepted (``gated``). Tables: ``--split dev`` (sklearn's
+    with no poison (``clean``), every batch row accepted (``no gate``), the
+    rows the store accepted as each batch arrived (``gated``) and the rows still in
+    the training set after the last batch, once later batches took back what they
+    found (``in training``). Tables: ``--split dev`` (sklearn's
     digits and breast_cancer, and the dev split of ``benchmarks/tables.py``:
     credit_card, default, titanic), on which ``backdoor_window`` was chosen;
     ``--split holdout`` (the holdout classification tables of ``tables.py``:
@@ -190,10 +192,13 @@ def _gated(
     is_poison: np.ndarray,
     pieces: list[np.ndarray],
     run: GateRun,
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Land the batches ``pieces`` of ``batch`` one after another. Returns the accepted
-    rows (as ``batch`` holds them), per batch how many of its poison rows it held, and
-    the positions in ``batch`` of accepted rows a later batch's window reported."""
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pd.DataFrame]:
+    """Land the batches ``pieces`` of ``batch`` one after another. Returns the rows each
+    batch accepted when it arrived (as ``batch`` holds them), per batch how many of its
+    poison rows it held, the positions in ``batch`` of accepted rows a later batch's
+    window reported, and the rows still in the training set after the last batch (what
+    later batches took back for review is gone: the window's findings, rows that follow
+    a label flow, an alarm's take-back)."""
     accepted_at: list[np.ndarray] = []
     held_poison = []
     position: dict[tuple[str, int], int] = {}
@@ -206,7 +211,14 @@ def _gated(
         held_poison.append(int(is_poison[piece].sum() - is_poison[took].sum()))
     taken = np.concatenate(accepted_at) if accepted_at else np.zeros(0, np.int64)
     reported = np.array(sorted(position[k] for k in run.reported()), dtype=np.int64)
-    return batch.iloc[np.sort(taken)], np.asarray(held_poison), reported
+    rows = run.accepted()
+    final = [position[(b, int(r))] for b, r in zip(rows["pg_batch"], rows["pg_row"], strict=True)]
+    return (
+        batch.iloc[np.sort(taken)],
+        np.asarray(held_poison),
+        reported,
+        batch.iloc[np.sort(np.asarray(final, dtype=np.int64))],
+    )
 
 
 def backdoor_split(
@@ -261,7 +273,7 @@ def backdoor_split(
             start = time.perf_counter()
             run = GateRun(trusted, spec.label, window, guard)
             try:
-                accepted, held, reported = _gated(poisoned, is_poison, pieces, run)
+                accepted, held, reported, training = _gated(poisoned, is_poison, pieces, run)
                 guard = run.guard
             finally:
                 run.close()
@@ -284,6 +296,11 @@ def backdoor_split(
                     "success_reported_out": attack_success(
                         sc, sc.encoded(rescanned), triggered, planted.target
                     ),
+                    "poison_in_training": int(is_poison[training.index.to_numpy()].sum()),
+                    "clean_in_training": int((~is_poison[training.index.to_numpy()]).sum()),
+                    "success_in_training": attack_success(
+                        sc, sc.encoded(training), triggered, planted.target
+                    ),
                     "seconds": time.perf_counter() - start,
                 }
             )
@@ -292,7 +309,7 @@ def backdoor_split(
     for window in windows:
         run = GateRun(trusted, spec.label, window, guard)
         try:
-            accepted, _, reported = _gated(
+            accepted, _, reported, training = _gated(
                 batch[columns], np.zeros(len(batch), bool), clean_pieces, run
             )
             guard = run.guard
@@ -312,6 +329,7 @@ def backdoor_split(
                 "poison_accepted": 0,
                 "clean_held": len(batch) - len(accepted),
                 "clean_reported": len(reported),
+                "clean_in_training": len(training),
             }
         )
     return records
@@ -336,6 +354,8 @@ def backdoor_split_report(records: pd.DataFrame) -> str:
                 fmt(g["success_no_gate"].mean()),
                 fmt(g["success_gated"].mean()),
                 fmt(g["success_reported_out"].mean()),
+                f"{int(g['poison_in_training'].sum())}/{int(g['poison'].sum())}",
+                fmt(g["success_in_training"].mean()),
             ]
         )
     header = [
@@ -349,13 +369,16 @@ def backdoor_split_report(records: pd.DataFrame) -> str:
         "no gate",
         "gated",
         "gated - reported",
+        "poison in training",
+        "success, training",
     ]
     out.append(
         table(
             f"[backdoor_split] a {BACKDOOR_RATE:.0%} backdoor budget in one batch and split over "
             f"{BACKDOOR_PIECES} batches of one source (seeds summed, success averaged; "
             "reported: accepted poison + clean rows a later batch's window reported as a "
-            "trigger; gated - reported: success once those are taken out)",
+            "trigger; gated - reported: success once those are taken out; in training: "
+            "what the training set holds after the last batch, every take-back done)",
             header,
             rows,
         )
@@ -363,6 +386,7 @@ def backdoor_split_report(records: pd.DataFrame) -> str:
     gap = attacked.assign(
         gap=attacked["success_gated"] - attacked["success_clean"],
         gap_out=attacked["success_reported_out"] - attacked["success_clean"],
+        gap_end=attacked["success_in_training"] - attacked["success_clean"],
     )
     overall = gap.groupby("condition", sort=False).agg(
         poison=("poison", "sum"),
@@ -373,6 +397,9 @@ def backdoor_split_report(records: pd.DataFrame) -> str:
         worst_gap=("gap", "max"),
         mean_gap_out=("gap_out", "mean"),
         worst_gap_out=("gap_out", "max"),
+        in_training=("poison_in_training", "sum"),
+        mean_gap_end=("gap_end", "mean"),
+        worst_gap_end=("gap_end", "max"),
     )
     rows = [
         [
@@ -384,6 +411,9 @@ def backdoor_split_report(records: pd.DataFrame) -> str:
             fmt(r["worst_gap"]),
             fmt(r["mean_gap_out"]),
             fmt(r["worst_gap_out"]),
+            f"{int(r['in_training'])}/{int(r['poison'])}",
+            fmt(r["mean_gap_end"]),
+            fmt(r["worst_gap_end"]),
         ]
         for c, r in overall.iterrows()
     ]
@@ -400,6 +430,9 @@ def backdoor_split_report(records: pd.DataFrame) -> str:
                 "worst gap",
                 "mean gap, reported out",
                 "worst",
+                "poison in training",
+                "mean gap, in training",
+                "worst",
             ],
             rows,
         )
@@ -407,19 +440,20 @@ def backdoor_split_report(records: pd.DataFrame) -> str:
     clean = records[records["kind"] == "none"]
     if not clean.empty:
         held = clean.groupby(["table", "condition"], sort=False)[
-            ["clean_held", "clean_reported", "rows"]
+            ["clean_held", "clean_reported", "clean_in_training", "rows"]
         ].sum()
         out.append(
             table(
                 f"[backdoor_split] the same {BACKDOOR_PIECES} batches without poison: rows held, "
                 "and accepted rows a later window reported",
-                ["table", "condition", "rows held", "reported"],
+                ["table", "condition", "rows held", "reported", "out of training at the end"],
                 [
                     [
                         t,
                         c,
                         f"{int(r['clean_held'])}/{int(r['rows'])}",
                         str(int(r["clean_reported"])),
+                        f"{int(r['rows'] - r['clean_in_training'])}/{int(r['rows'])}",
                     ]
                     for (t, c), r in held.iterrows()
                 ],

@@ -189,7 +189,8 @@ def test_backdoor_split_tables_keep_dev_and_holdout_apart():
 
 def test_the_backdoor_split_report_sets_gated_success_against_clean():
     """The report gives poison accepted and the gap between attack success after the gate and
-    with no poison, per condition, and the clean rows held without poison."""
+    with no poison, per condition, as each batch arrived and in the training set after the last
+    one, and the clean rows held without poison."""
     base = {"scenario": "backdoor_split", "table": "t", "seed": 80, "kind": "backdoor"}
     success = {"success_clean": 0.1, "success_no_gate": 0.9, "success_reported_out": 0.1}
     records = pd.DataFrame(
@@ -205,6 +206,9 @@ def test_the_backdoor_split_report_sets_gated_success_against_clean():
                 "clean_reported": 0,
                 "clean_held": 2,
                 "success_gated": 0.7,
+                "poison_in_training": 25,
+                "clean_in_training": 158,
+                "success_in_training": 0.7,
             },
             {
                 **base,
@@ -217,6 +221,9 @@ def test_the_backdoor_split_report_sets_gated_success_against_clean():
                 "clean_reported": 1,
                 "clean_held": 3,
                 "success_gated": 0.2,
+                "poison_in_training": 2,
+                "clean_in_training": 150,
+                "success_in_training": 0.12,
             },
             {
                 **base,
@@ -227,9 +234,12 @@ def test_the_backdoor_split_report_sets_gated_success_against_clean():
                 "poison_accepted": 0,
                 "clean_held": 1,
                 "clean_reported": 0,
+                "clean_in_training": 196,
             },
         ]
     )
     text = backdoor_split_report(records)
     assert "30/40" in text and "5/40" in text and "5+1" in text
     assert "0.600" in text and "0.100" in text and "1/200" in text
+    # After the last batch: what later batches took back is out of the training set.
+    assert "25/40" in text and "2/40" in text and "0.020" in text and "4/200" in text
