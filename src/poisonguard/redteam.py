@@ -313,13 +313,20 @@ class Sandbox:
 
     def poison_in(self, frame: pd.DataFrame) -> int:
         """How many rows of a store frame (with ``pg_batch`` and ``pg_row``) are poison sent here."""
+        return self._sent_in(frame, poison=True)
+
+    def clean_in(self, frame: pd.DataFrame) -> int:
+        """How many rows of a store frame are clean rows sent here (the seed's are not)."""
+        return self._sent_in(frame, poison=False)
+
+    def _sent_in(self, frame: pd.DataFrame, *, poison: bool) -> int:
         if frame.empty:
             return 0
         keys = {
             (d.batch_id, int(r))
             for d in self.deliveries
             if d.batch_id is not None
-            for r in np.flatnonzero(d.is_poison)
+            for r in np.flatnonzero(d.is_poison == poison)
         }
         pairs = zip(frame["pg_batch"].tolist(), frame["pg_row"].tolist(), strict=True)
         return sum((b, int(r)) in keys for b, r in pairs)
@@ -663,7 +670,8 @@ class Figures:
     poison_in_reference : int
         Poison rows in the pinned reference afterwards.
     clean_sent, clean_held : int
-        Clean rows sent, and those not accepted (held or rejected).
+        Clean rows sent, and those not in the training set afterwards (held, rejected, or
+        taken back for review by a later batch).
     first_alarm : int or None
         The 1-based number of the first batch a source alarm held whole; None if none did.
     resent, resent_accepted : int
@@ -709,16 +717,18 @@ def figures(
     """Count what the gate did with every batch ``sandbox`` sent."""
     ds = sandbox.deliveries
     alarms = [i + 1 for i, d in enumerate(ds) if d.alarm]
+    training = sandbox.store.clean_frame()
+    clean_sent = sum(int((~d.is_poison).sum()) for d in ds)
     return Figures(
         attack=attack,
         budget=budget,
         batches=len(ds),
         batch_rows=batch_rows,
         poison_sent=sum(int(d.is_poison.sum()) for d in ds),
-        poison_accepted=sandbox.poison_in(sandbox.store.clean_frame()),
+        poison_accepted=sandbox.poison_in(training),
         poison_in_reference=sandbox.poison_in(sandbox.reference_frame()),
-        clean_sent=sum(int((~d.is_poison).sum()) for d in ds),
-        clean_held=sum(int((~d.is_poison & ~d.accepted).sum()) for d in ds),
+        clean_sent=clean_sent,
+        clean_held=clean_sent - sandbox.clean_in(training),
         first_alarm=alarms[0] if alarms else None,
         resent=sum(int(d.resent.sum()) for d in ds),
         resent_accepted=sum(int((d.resent & d.accepted).sum()) for d in ds),
