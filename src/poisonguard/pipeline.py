@@ -746,14 +746,14 @@ def alarm_takeback(
     }
 
 
-def _with_flow(
-    earlier: dict[str, Any] | None, flow: dict[str, Any] | None, key: str = "flow"
+def _with_finding(
+    earlier: dict[str, Any] | None, found: dict[str, Any] | None, key: str
 ) -> dict[str, Any] | None:
-    """The window's findings with the label flow's (key ``flow``) or the alarm's
-    take-back (``alarm``) added."""
-    if flow is None:
+    """The window's findings with another added under ``key``: the label flow's
+    (``flow``), the alarm's take-back (``alarm``)."""
+    if found is None:
         return earlier
-    return {**(earlier or {}), key: flow}
+    return {**(earlier or {}), key: found}
 
 
 def detect_batch(
@@ -834,8 +834,10 @@ def detect_batch(
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
-        earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
-    earlier = _with_flow(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
+        earlier = _with_finding(
+            earlier, flow_findings(guard, window, after, config, meta.source), "flow"
+        )
+    earlier = _with_finding(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
     decided = _write_decision(
         folder, rows, decision, config, reference, counts, drifted, earlier, told
     )
@@ -965,8 +967,10 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
-        earlier = _with_flow(earlier, flow_findings(guard, window, after, config, meta.source))
-    earlier = _with_flow(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
+        earlier = _with_finding(
+            earlier, flow_findings(guard, window, after, config, meta.source), "flow"
+        )
+    earlier = _with_finding(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
     decided = write_decision_meta(
         folder,
         {
