@@ -580,6 +580,27 @@ def test_rows_of_a_flow_spread_over_sources_leave_when_their_source_sends_after_
     assert not set(pooled["row_id"].tolist()) & set(store.clean_frame()["row_id"].tolist())
 
 
+def test_a_source_that_sent_a_spread_flow_once_gives_it_back_when_the_pool_alarms(demo_project):
+    """Eight partners each send one batch with two rows of 3 relabelled 8, past a gate set to
+    hold almost nothing row by row: the pooled test alarms on the flow 3 -> 8, and the
+    partners it sweeps in at that batch, which never send again, give back the moved rows
+    they sent (stage ``rescan``, the pooled flow in the reason), with no honest row."""
+    config, batches, moved_ids = _moved_threes(demo_project, lambda i: f"partner-{i}", seed=2)
+    store = open_store(config)
+    states = source_states(store.source_events(), config.sources)
+    assert states[POOLED].alarmed and states[POOLED].flow == ("3", "8")
+    alarm = batches.index(states[POOLED].alarmed_at)
+    assert alarm > 0
+    earlier = batches[:alarm]  # each from a partner that sent nothing after it
+    held = pd.concat([store.quarantine_frame(b) for b in earlier], ignore_index=True)
+    pooled = held[held["pg_reason"].str.contains("every source's evidence pooled alarmed on")]
+    assert len(pooled) and (pooled["pg_stage"] == "rescan").all()
+    assert set(pooled["pg_batch"]) - {batches[alarm]} and set(pooled["row_id"]) <= moved_ids
+    detail = _ingest_detail(store, batches[alarm])["window"]["swept"]
+    assert {b for found in detail for b in found["accepted_flagged"]} <= set(earlier)
+    assert not set(pooled["row_id"]) & set(store.clean_frame()["row_id"])
+
+
 def _ingest_detail(store, batch_id: str) -> dict:
     (entry,) = [
         e for e in store.audit_log() if e["action"] == "ingest" and e["batch_id"] == batch_id

@@ -64,6 +64,7 @@ from poisonguard.sampling import rule_for
 from poisonguard.scan import Guard
 from poisonguard.sources import (
     FLOW_ROW_ODDS,
+    POOLED,
     SOURCE_ALARM,
     THRESHOLDS,
     BatchCounts,
@@ -669,11 +670,11 @@ def _window_report(window: pd.DataFrame, suspects: np.ndarray, name: str) -> dic
 
 
 def flow_findings(
-    guard: Guard, window: pd.DataFrame, after: SourceState, config: Config, name: str
+    guard: Guard, window: pd.DataFrame, after: SourceState, config: Config
 ) -> dict[str, Any] | None:
-    """When the batch's source is in alarm on a label flow, the rows it sent before, still
-    in the training set, that follow the flow (``Guard.flow_rows``): what a re-scan takes
-    out for review. None when there is no such alarm or no such row.
+    """When a source (``after``) is in alarm on a label flow, the rows it sent before
+    (``window``), still in the training set, that follow the flow (``Guard.flow_rows``):
+    what a re-scan takes out for review. None when there is no such alarm or no such row.
 
     The flow is ``SourceState.followed_flow``'s. Each batch the alarm lasts looks again,
     so the rows of the batch that raised it are taken with the next one.
@@ -682,7 +683,7 @@ def flow_findings(
     if window.empty or followed is None:
         return None
     flow, pooled = followed
-    found = window.iloc[guard.flow_rows(window, flow, source=shown(name))]
+    found = window.iloc[guard.flow_rows(window, flow, source=shown(after.source))]
     accepted = found[found["pg_accepted"].to_numpy(dtype=bool)]
     if accepted.empty:
         return None
@@ -690,7 +691,7 @@ def flow_findings(
         str(b): sorted(int(r) for r in rows)
         for b, rows in accepted.groupby("pg_batch", sort=True)["pg_row"]
     }
-    source, (moved_from, moved_to) = source_of(name), flow
+    source, (moved_from, moved_to) = after.source, flow
     whose = "every source's evidence pooled" if pooled else "it"
     listed = ", ".join(f"{b} ({len(r)})" for b, r in by_batch.items())
     return {
@@ -703,6 +704,35 @@ def flow_findings(
             f"{FLOW_ROW_ODDS:g}): batches {listed}"
         ),
     }
+
+
+def swept_findings(
+    guard: Guard,
+    store: Store,
+    replay: SourceReplay,
+    after: SourceState,
+    batch_id: str,
+    config: Config,
+) -> list[dict[str, Any]] | None:
+    """The rows that follow the pooled flow, still in the training set, of every source
+    but the batch's own (``after``) that ``batch_id`` swept into a pooled alarm (``flow_findings`` over each one's
+    window): what they take back at once. None when it swept none or they hold none.
+
+    A source swept in is otherwise looked at when it next sends a batch; one that has sent
+    its share of a spread attack and sends nothing more would keep it.
+    """
+    limit = config.detection.backdoor_window if guard.windowed_ else 0
+    found = []
+    for name, state in replay.states().items():
+        if name in (POOLED, after.source) or state.alarmed_at != batch_id:
+            continue
+        if not state.pooled_alarm or state.pooled_flow is None:
+            continue
+        window = store.source_rows(name, limit, skip_stages=UNSCORED_STAGES)
+        flow = flow_findings(guard, window, state, config)
+        if flow is not None:
+            found.append(flow)
+    return found or None
 
 
 def alarm_takeback(
@@ -746,11 +776,10 @@ def alarm_takeback(
     }
 
 
-def _with_finding(
-    earlier: dict[str, Any] | None, found: dict[str, Any] | None, key: str
-) -> dict[str, Any] | None:
+def _with_finding(earlier: dict[str, Any] | None, found: Any, key: str) -> dict[str, Any] | None:
     """The window's findings with another added under ``key``: the label flow's
-    (``flow``), the alarm's take-back (``alarm``)."""
+    (``flow``), those of the sources a pooled alarm swept in (``swept``), the alarm's
+    take-back (``alarm``)."""
     if found is None:
         return earlier
     return {**(earlier or {}), key: found}
@@ -834,8 +863,9 @@ def detect_batch(
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
+        earlier = _with_finding(earlier, flow_findings(guard, window, after, config), "flow")
         earlier = _with_finding(
-            earlier, flow_findings(guard, window, after, config, meta.source), "flow"
+            earlier, swept_findings(guard, store, replay, after, meta.batch_id, config), "swept"
         )
     earlier = _with_finding(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
     decided = _write_decision(
@@ -967,8 +997,9 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
     held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)
     told = _joined(after.describe(config.sources), drifted)
     if guard is not None and window is not None:
+        earlier = _with_finding(earlier, flow_findings(guard, window, after, config), "flow")
         earlier = _with_finding(
-            earlier, flow_findings(guard, window, after, config, meta.source), "flow"
+            earlier, swept_findings(guard, store, replay, after, meta.batch_id, config), "swept"
         )
     earlier = _with_finding(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
     decided = write_decision_meta(
@@ -1298,7 +1329,9 @@ def _hold_window_suspects(store: Store, window: dict[str, Any] | None, batch_id:
     current = store.reference()
     pinned = set() if current is None else set(current.batch_ids)
     held: dict[tuple[str, int], str] = {}
-    scans: list[tuple[dict[str, Any], str]] = [(window.get("flow") or {}, "label flows")]
+    scans: list[tuple[dict[str, Any], str]] = [
+        (found, "label flows") for found in [window.get("flow") or {}, *window.get("swept", ())]
+    ]
     for found, scan in [*scans, (window, "backdoor scan")]:
         for b, listed in (found.get("accepted_flagged") or {}).items():
             if b in pinned:
