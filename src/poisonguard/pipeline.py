@@ -715,12 +715,15 @@ def swept_findings(
     config: Config,
 ) -> list[dict[str, Any]] | None:
     """The rows that follow the pooled flow, still in the training set, of every source
-    but the batch's own (``after``) that ``batch_id`` swept into a pooled alarm (``flow_findings`` over each one's
-    window): what they take back at once. None when it swept none or they hold none.
+    but the batch's own (``after``) that ``batch_id`` swept into a pooled alarm
+    (``flow_findings`` over each one's window): what they take back at once. None when it
+    swept none or they hold none.
 
     A source swept in is otherwise looked at when it next sends a batch; one that has sent
     its share of a spread attack and sends nothing more would keep it.
     """
+    if not replay.state(POOLED).alarmed:
+        return None
     limit = config.detection.backdoor_window if guard.windowed_ else 0
     found = []
     for name, state in replay.states().items():
