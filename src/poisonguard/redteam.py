@@ -31,7 +31,8 @@ The attacks (:data:`ATTACKS`), each at a budget of poisoned rows per batch:
     value ranges, carrying another class.
 
 Per attack, :class:`Figures`: poison sent and accepted (rows of the copy's clean
-training set), poison in the copy's reference, clean rows held, the first batch
+training set after the last batch), poison in the copy's reference, clean rows out
+of that training set (held, rejected or taken back by a later batch), the first batch
 a source alarm held whole (quarantined rows of stage ``batch_hold`` whose reason
 starts ``source ``), and the damage: test accuracy of a logistic regression on
 held-out clean rows, trained on the clean rows alone, on every row sent (no
