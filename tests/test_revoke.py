@@ -254,31 +254,30 @@ def test_rescan_holds_released_poison_for_review_again(demo_project, capsys):
     assert store.verify_audit() is None
 
 
-def test_rejecting_rows_re_scans_their_source_and_holds_its_accepted_poison(demo_project, capsys):
-    """Flipped rows a reviewer released by mistake are in the training set. When the same
-    source's next flips are held and a reviewer rejects them (`review reject`), the source's
-    accepted rows are re-scanned at once: the released flips go back to quarantine (stage
-    `rescan`, the rejection named in the audit entry), every row still in exactly one place.
-    Another source's batch is not re-scanned."""
+def test_rejecting_rows_re_scans_their_source_and_takes_back_released_copies(demo_project, capsys):
+    """Flipped rows a reviewer released by mistake are in the training set. The same source
+    later sends copies of three of them, which are held, and a reviewer rejects those
+    (`review reject`): the source's accepted rows are re-scanned at once, and the three
+    released originals, near-copies of rejected rows now, go back to quarantine (stage
+    `rescan`, the rejection named in the audit entry). The other released flips stay
+    released (a release overrides the detectors, not a later rejection), every row is still
+    in exactly one place, and another source's batch is not touched."""
     clean, cfg, config, store = _start(demo_project)
     seed = pd.read_parquet(demo_project / "trusted.parquet")
-    threes = seed[seed[LABEL] == 3]
-    first = _land(
-        config,
-        "partner/b1.parquet",
-        pd.concat([clean.iloc[:120], _flipped_copies(threes.head(8), 1, 100_000, seed=0)]),
-    )
+    threes = seed[seed[LABEL] == 3].head(8)
+    flips = _flipped_copies(threes, 1, 100_000, seed=0)
+    first = _land(config, "partner/b1.parquet", pd.concat([clean.iloc[:120], flips]))
     review(store, first.batch_id, "release", by="ana", note="looked fine to me")
     store.clear_source("partner", actor="ana", note="looked fine to me")
     other = _land(config, "b2.parquet", clean.iloc[120:200])
+    training = store.clean_frame()
+    assert set(training.loc[training["pg_batch"] == first.batch_id, "pg_row"]) == set(range(128))
+    others = set(training.loc[training["pg_batch"] == other.batch_id, "pg_row"])
     third = _land(
         config,
         "partner/b3.parquet",
-        pd.concat([clean.iloc[200:260], _flipped_copies(threes.iloc[8:11], 1, 200_000, seed=1)]),
+        pd.concat([clean.iloc[200:260], flips.head(3).assign(row_id=[200_000, 200_001, 200_002])]),
     )
-    training = store.clean_frame()
-    assert len(training[training["pg_batch"] == first.batch_id]) == 128
-    others = set(training.loc[training["pg_batch"] == other.batch_id, "pg_row"])
     assert len(store.quarantine_frame(third.batch_id))
 
     code, out, err = _cli(
@@ -294,16 +293,19 @@ def test_rejecting_rows_re_scans_their_source_and_holds_its_accepted_poison(demo
         cfg,
     )
     assert code == 0, err
-    assert "re-scanned" in out and "accepted rows of source partner: held" in out
+    assert "accepted rows of source partner: held" in out
+    rejected = held_rows(store, third.batch_id)
+    rejected = rejected.loc[rejected["pg_review"] == "reject", "row_id"]
+    originals = {120 + i - 200_000 for i in rejected if i >= 200_000}  # their rows in b1
+    assert originals
     places = _places(store, config, first.batch_id)
-    assert len(places["awaiting"] & set(range(120, 128))) >= 6
+    assert places["awaiting"] == originals
+    assert set(range(123, 128)) <= places["training"]  # released, and no copy rejected
     assert _exactly_once(places, 128)
-    entries = [e for e in store.audit_log() if e["action"] == "rescan"]
-    assert {e["batch_id"] for e in entries} <= {first.batch_id, third.batch_id}
-    assert all(
-        f"rows of batch {third.batch_id} were rejected" in json.loads(e["detail"])["note"]
-        for e in entries
-    )
+    (entry,) = [
+        e for e in store.audit_log() if (e["action"], e["batch_id"]) == ("rescan", first.batch_id)
+    ]
+    assert f"rows of batch {third.batch_id} were rejected" in json.loads(entry["detail"])["note"]
     assert _places(store, config, other.batch_id)["training"] == others
 
 

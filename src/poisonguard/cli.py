@@ -573,7 +573,7 @@ def _review(args: argparse.Namespace, action: str) -> int:
                 f"held {sum(held.values())} rows of {len(held)} "
                 f"batch{'es' if len(held) != 1 else ''} for review"
                 if held
-                else "none would be held now"
+                else "none held"
             )
         )
     return 0

@@ -1744,17 +1744,34 @@ def rescan_after_rejection(
     and hold what the re-scan flags for review (``Store.hold_rescanned``, stage ``rescan``).
 
     A rejection says the source sent poison; rows it sent before, accepted one batch at a
-    time, are judged again with that known. Returns the report and the rows held per batch
-    (empty when nothing was flagged).
+    time, are judged again with that known. A row a reviewer released stays released unless
+    it is a near-copy of a rejected row (the blocklist): the release overrode the detectors'
+    judgement, not the rejection that came after it (``poisonguard rescan --hold`` re-opens
+    released rows too). Returns the report and the rows held per batch (empty when nothing
+    was held).
     """
     batch = store.batch(batch_id)
     if batch is None:
         raise ReviewError(f"no batch {shown(batch_id)!r} in {store.ledger.location}")
     report = rescan(config, store, source=source_of(batch.source))
-    if not len(report.pg_row):
+    reviews = store.reviews()
+    released = set(
+        zip(
+            reviews.loc[reviews["action"] == "release", "batch_id"],
+            reviews.loc[reviews["action"] == "release", "pg_row"].astype(int),
+            strict=True,
+        )
+    )
+    flagged = report.flagged()
+    keep = [
+        stage == "blocklist" or (str(b), int(r)) not in released
+        for stage, b, r in zip(report.stage, flagged["pg_batch"], flagged["pg_row"], strict=True)
+    ]
+    flagged = flagged[np.asarray(keep, dtype=bool)]
+    if flagged.empty:
         return report, {}
     held = store.hold_rescanned(
-        report.flagged(),
+        flagged,
         actor=actor,
         note=(
             f"re-scan after rows of batch {batch_id} were rejected, against reference "
