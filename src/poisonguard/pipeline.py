@@ -779,13 +779,27 @@ def alarm_takeback(
     }
 
 
-def _with_finding(earlier: dict[str, Any] | None, found: Any, key: str) -> dict[str, Any] | None:
-    """The window's findings with another added under ``key``: the label flow's
-    (``flow``), those of the sources a pooled alarm swept in (``swept``), the alarm's
-    take-back (``alarm``)."""
-    if found is None:
-        return earlier
-    return {**(earlier or {}), key: found}
+def _taken_back(
+    earlier: dict[str, Any] | None,
+    guard: Guard | None,
+    window: pd.DataFrame | None,
+    store: Store,
+    replay: SourceReplay,
+    after: SourceState,
+    batch_id: str,
+    config: Config,
+) -> dict[str, Any] | None:
+    """The window's findings (``earlier``) with what the sources' states after the batch
+    take back from the training set: the rows that follow the source's label flow
+    (``flow``), those of the sources a pooled alarm swept in (``swept``), and the batches
+    an alarm takes back (``alarm``); ``_hold_window_suspects`` holds them at commit."""
+    found: dict[str, Any] = {}
+    if guard is not None and window is not None:
+        found["flow"] = flow_findings(guard, window, after, config)
+        found["swept"] = swept_findings(guard, store, replay, after, batch_id, config)
+    found["alarm"] = alarm_takeback(store, after, batch_id, config)
+    found = {key: value for key, value in found.items() if value is not None}
+    return {**(earlier or {}), **found} if found else earlier
 
 
 def detect_batch(
@@ -865,12 +879,7 @@ def detect_batch(
         after = _after(replay, source, meta, counts)
         decision = decide_batch(len(rows), failed=failed, blocked=blocked)
     told = _joined(after.describe(config.sources), drifted)
-    if guard is not None and window is not None:
-        earlier = _with_finding(earlier, flow_findings(guard, window, after, config), "flow")
-        earlier = _with_finding(
-            earlier, swept_findings(guard, store, replay, after, meta.batch_id, config), "swept"
-        )
-    earlier = _with_finding(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
+    earlier = _taken_back(earlier, guard, window, store, replay, after, meta.batch_id, config)
     decided = _write_decision(
         folder, rows, decision, config, reference, counts, drifted, earlier, told
     )
@@ -999,12 +1008,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
         after = _after(replay, source, meta, counts)
     held_by = _write_decision_chunks(meta, found, failed, blocked, unscored, batch_hold, config)
     told = _joined(after.describe(config.sources), drifted)
-    if guard is not None and window is not None:
-        earlier = _with_finding(earlier, flow_findings(guard, window, after, config), "flow")
-        earlier = _with_finding(
-            earlier, swept_findings(guard, store, replay, after, meta.batch_id, config), "swept"
-        )
-    earlier = _with_finding(earlier, alarm_takeback(store, after, meta.batch_id, config), "alarm")
+    earlier = _taken_back(earlier, guard, window, store, replay, after, meta.batch_id, config)
     decided = write_decision_meta(
         folder,
         {
