@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from poisonguard.sources import (
     source_states,
 )
 from poisonguard.store import open_store
+from test_backdoor_window import _window_entry
 from test_reference import _land
 
 NO_RATES = np.zeros(len(THRESHOLDS))
@@ -595,17 +595,10 @@ def test_a_source_that_sent_a_spread_flow_once_gives_it_back_when_the_pool_alarm
     held = pd.concat([store.quarantine_frame(b) for b in earlier], ignore_index=True)
     pooled = held[held["pg_reason"].str.contains("every source's evidence pooled alarmed on")]
     assert len(pooled) and (pooled["pg_stage"] == "rescan").all()
-    assert set(pooled["pg_batch"]) - {batches[alarm]} and set(pooled["row_id"]) <= moved_ids
-    detail = _ingest_detail(store, batches[alarm])["window"]["swept"]
+    assert set(pooled["row_id"]) <= moved_ids
+    detail = _window_entry(store, store.batch(batches[alarm]))["swept"]
     assert {b for found in detail for b in found["accepted_flagged"]} <= set(earlier)
     assert not set(pooled["row_id"]) & set(store.clean_frame()["row_id"])
-
-
-def _ingest_detail(store, batch_id: str) -> dict:
-    (entry,) = [
-        e for e in store.audit_log() if e["action"] == "ingest" and e["batch_id"] == batch_id
-    ]
-    return json.loads(entry["detail"])
 
 
 def test_the_batch_that_raises_an_alarm_takes_back_what_its_source_sent_since_its_checkpoint(
@@ -644,7 +637,7 @@ def test_the_batch_that_raises_an_alarm_takes_back_what_its_source_sent_since_it
             break
         sent.append(batch_id)
     assert state.alarmed_at == batch_id and sent, "no accepted poisoned batch before the alarm"
-    taken = _ingest_detail(store, batch_id)["window"]["alarm"]
+    taken = _window_entry(store, store.batch(batch_id))["alarm"]
     assert taken["batches"] == after + sent
     training = store.clean_frame()
     assert set(training["pg_batch"]) >= {other, *early}
