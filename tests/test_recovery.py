@@ -14,11 +14,17 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from landed import empty as empty_landing
 from poisonguard.config import load_config
+from poisonguard.demo import LABEL
 from poisonguard.pipeline import process_landing
-from poisonguard.store import CRASH_ENV, FileRecord, Store
+from poisonguard.sources import source_states
+from poisonguard.store import CRASH_ENV, FileRecord, Store, open_store
+from test_backdoor_window import _window_entry
+from test_reference import _land
 
 pytestmark = pytest.mark.slow
 
@@ -218,3 +224,44 @@ def test_killed_streamed_batch_then_rerun_equals_uninterrupted(
     store = Store(root / "store")
     for batch in store.batches():
         assert batch.rows_clean + batch.rows_quarantined + batch.rows_rejected == batch.rows_in
+
+
+def test_a_run_killed_after_an_alarm_batch_commits_has_taken_back_what_the_alarm_takes(
+    demo_project, tmp_path
+):
+    """The batch that raises a source's alarm takes back what the source sent before it in
+    its own ledger transaction. A run killed just after that transaction leaves the batch
+    committed *and* those batches out of the training set, as an uninterrupted run does:
+    never the batch in the ledger with the rows it takes back still training data."""
+    config = load_config(demo_project / "poisonguard.toml")
+    clean = pd.read_parquet(config.landing / "partner" / "batch-04-clean.parquet")
+    clean = clean.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    empty_landing(config.landing)
+    before = tmp_path / "before"
+    for i, start in enumerate(range(0, len(clean) - 24, 25)):
+        rows = clean.iloc[start : start + 25].reset_index(drop=True)
+        rows.loc[:1, LABEL] = (rows.loc[:1, LABEL] + 5) % 10
+        name = f"partner-b/f{i}.parquet"
+        shutil.rmtree(before, ignore_errors=True)
+        shutil.copytree(demo_project, before)
+        record = _land(config, name, rows)
+        if source_states(open_store(config).source_events(), config.sources)["partner-b"].alarmed:
+            break
+    else:
+        pytest.fail("the partner never alarmed")
+    store = open_store(config)
+    taken = _window_entry(store, record)["alarm"]["batches"]
+    assert taken and not set(taken) & set(store.clean_frame()["pg_batch"])
+
+    # The same batch landed in the store as it stood before it, in a run killed just after
+    # the batch's ledger transaction commits.
+    landing = before / config.landing.relative_to(demo_project)
+    rows.to_parquet(landing / name, index=False)
+    code, out = _run(before, "--local", crash="after-ledger-commit")
+    assert code == -signal.SIGKILL, out
+    store = open_store(load_config(before / "poisonguard.toml"))
+    (last,) = [b for b in store.batches() if b.sha256 == record.sha256]
+    assert _window_entry(store, last)["alarm"]["batches"] == taken
+    assert not set(taken) & set(store.clean_frame()["pg_batch"])
+    rescans = {e["batch_id"] for e in store.audit_log() if e["action"] == "rescan"}
+    assert rescans == set(taken)

@@ -85,6 +85,7 @@ from poisonguard.store import (
     ReferenceVersion,
     Staged,
     Store,
+    TakeBack,
     Unreadable,
     Unsettled,
     add_provenance,
@@ -792,7 +793,7 @@ def _taken_back(
     """The window's findings (``earlier``) with what the sources' states after the batch
     take back from the training set: the rows that follow the source's label flow
     (``flow``), those of the sources a pooled alarm swept in (``swept``), and the batches
-    an alarm takes back (``alarm``); ``_hold_window_suspects`` holds them at commit."""
+    an alarm takes back (``alarm``); ``_takeback`` holds them at commit."""
     found: dict[str, Any] = {}
     if guard is not None and window is not None:
         found["flow"] = flow_findings(guard, window, after, config)
@@ -1166,9 +1167,7 @@ def _commit_chunks(meta: Staged, config: Config, store: Store) -> BatchRecord:
         store, outcome, meta, decided, config, evidence=_staged_evidence(meta), counted=counted
     )
     parts, schemas = partition_chunks(meta.folder)
-    record = store.commit_chunks(outcome, parts, schemas)
-    _hold_window_suspects(store, decided.get("window"), meta.batch_id)
-    return record
+    return store.commit_chunks(outcome, parts, schemas, takeback=_takeback_of(store, decided, meta))
 
 
 def _after(replay: SourceReplay, source: str, meta: Staged, counts: BatchCounts) -> SourceState:
@@ -1251,9 +1250,8 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
             quarantine[col] = decision.loc[held, col].to_numpy()
     outcome = _committed(meta, decided, clean, quarantine)
     _write_commit_report(store, outcome, meta, decided, config, evidence=_staged_evidence(meta))
-    record = store.commit(outcome)  # which also clears the staging folder
-    _hold_window_suspects(store, decided.get("window"), meta.batch_id)
-    return record
+    # which also clears the staging folder
+    return store.commit(outcome, takeback=_takeback_of(store, decided, meta))
 
 
 def _committed(
@@ -1321,20 +1319,27 @@ def _write_commit_report(
     )
 
 
-def _hold_window_suspects(store: Store, window: dict[str, Any] | None, batch_id: str) -> None:
-    """Take the rows accepted earlier that the backdoor scan's window now flags, that
-    follow the label flow their source alarmed on, or that the batches an alarm takes
-    back hold (``alarm_takeback``), out of the training set, into quarantine for review
-    (stage ``rescan``; fail closed).
+def _takeback_of(store: Store, decided: dict[str, Any], meta: Staged) -> TakeBack:
+    """``_takeback`` of a decided batch, as ``Store.commit`` asks for it."""
+    return lambda: _takeback(store, decided.get("window"), meta.batch_id)
+
+
+def _takeback(
+    store: Store, window: dict[str, Any] | None, batch_id: str
+) -> tuple[pd.DataFrame, str]:
+    """The rows accepted earlier that batch ``batch_id`` takes out of the training set, into
+    quarantine for review (stage ``rescan``; fail closed), and why: those the backdoor
+    scan's window now flags, those that follow the label flow their source alarmed on, and
+    the batches an alarm takes back (``alarm_takeback``). ``Store.commit`` asks for them under
+    its write lock and holds them in the batch's own ledger transaction.
 
     Rows in the pinned reference stay (a reviewer promoted them; ``review revoke`` takes a
-    batch out). This runs after the batch's own commit, in a transaction of its own: a
-    crash between the two leaves the rows reported in the batch's audit entry, for
-    ``poisonguard rescan``.
+    batch out).
     """
     window = window or {}
     current = store.reference()
     pinned = set() if current is None else set(current.batch_ids)
+    pinned_files = set() if current is None else {f.path for f in current.files}
     held: dict[tuple[str, int], str] = {}
     scans: list[tuple[dict[str, Any], str]] = [
         (found, "label flows") for found in [window.get("flow") or {}, *window.get("swept", ())]
@@ -1356,24 +1361,17 @@ def _hold_window_suspects(store: Store, window: dict[str, Any] | None, batch_id:
     live = {
         (str(b), int(r)): f.batch_id in whole
         for f in store.files("clean")
-        if f.batch_id in wanted
+        if f.batch_id in wanted and f.path not in pinned_files
         for b, r in store.read(f, ["pg_batch", "pg_row"]).itertuples(index=False)
     }
     held = {key: why for key, why in held.items() if key in live}
     for key, taken in live.items():
         if taken:
             held.setdefault(key, f"batch {batch_id}: {takeback['message']}")
-    if not held:
-        return
     flagged = pd.DataFrame(
         [(b, r, why) for (b, r), why in held.items()], columns=["pg_batch", "pg_row", "pg_reason"]
     )
-    try:
-        store.hold_rescanned(
-            flagged, actor="poisonguard", note="; ".join(sorted(set(held.values())))
-        )
-    except ReviewError:  # a row moved meanwhile (held or reviewed): the audit entry names them
-        return
+    return flagged, "; ".join(sorted(set(held.values())))
 
 
 def report_paths(store: Store, batch_id: str) -> tuple[Path, Path]:

@@ -123,6 +123,9 @@ LISTED = ("clean", "quarantine", "rejected", SAMPLES)
 LOCAL = ("reports", "staging")
 #: How long a writer waits for another process's lock before giving up.
 LOCK_WAIT = 60.0
+#: What a commit takes back with it (``Store.commit``): the rows accepted earlier to hold for
+#: review, as ``hold_rescanned`` takes them, and why.
+TakeBack = Callable[[], tuple[pd.DataFrame, str]]
 
 # Store root and slot ("clean", "reference", "rejected") -> (the files read so far, their rows):
 # see Store._frame_of.
@@ -914,8 +917,14 @@ class Store:
         self.discard(copy)
         return landed
 
-    def commit(self, outcome: Outcome) -> BatchRecord:
+    def commit(self, outcome: Outcome, takeback: TakeBack | None = None) -> BatchRecord:
         """Write a batch's outcome: files first (atomically), then one ledger transaction.
+
+        ``takeback``, when given, is asked under the write lock for the rows accepted
+        earlier that this batch takes back out of the training set (``pg_batch``,
+        ``pg_row``, ``pg_reason``, as ``hold_rescanned`` takes them) and why; they are
+        held in the same ledger transaction as the batch's commit, so no crash leaves the
+        batch in the ledger and them in the training set.
 
         Raises
         ------
@@ -937,23 +946,26 @@ class Store:
             if self.batch_by_sha(outcome.sha256) is not None:
                 raise StoreError(f"batch {outcome.batch_id}: its content is already in the ledger")
             marker = self.staging_dir(outcome.batch_id)
-            with self._undone_on_error(marker):
+            with contextlib.ExitStack() as undo:
+                undo.enter_context(self._undone_on_error(marker))
                 written = self._write_files(
                     outcome.batch_id, (("clean", outcome.clean), ("quarantine", outcome.quarantine))
                 )
-                return self._record(outcome, written, n_clean, n_quar, marker)
+                holds = self._take_back(takeback, undo)
+                return self._record(outcome, written, n_clean, n_quar, marker, holds)
 
     def commit_chunks(
         self,
         outcome: Outcome,
         parts: Iterable[tuple[pa.Table, pa.Table]],
         schemas: tuple[pa.Schema, pa.Schema],
+        takeback: TakeBack | None = None,
     ) -> BatchRecord:
         """``commit`` for a batch too large to hold: its clean and held rows arrive a chunk at
         a time (``parts``, one (clean, quarantine) pair per chunk, with ``schemas``) and are
         streamed into the two files as row groups (``files.stream_files``); the ledger
         transaction still commits last. ``outcome.clean`` and ``outcome.quarantine`` are not
-        read.
+        read; ``takeback`` is ``commit``'s.
 
         Raises
         ------
@@ -965,7 +977,8 @@ class Store:
             if self.batch_by_sha(outcome.sha256) is not None:
                 raise StoreError(f"batch {outcome.batch_id}: its content is already in the ledger")
             marker = self.staging_dir(outcome.batch_id)
-            with self._undone_on_error(marker):
+            with contextlib.ExitStack() as undo:
+                undo.enter_context(self._undone_on_error(marker))
                 if self.data.local is not None:
                     written = stream_files(self.data.local, outcome.batch_id, parts, schemas)
                 else:  # an object store takes whole files: stream beside, then one PUT each
@@ -978,7 +991,8 @@ class Store:
                         f"batch {outcome.batch_id}: {n_clean} clean + {n_quar} quarantined "
                         f"!= {outcome.rows_in} rows in"
                     )
-                return self._record(outcome, written, n_clean, n_quar, marker)
+                holds = self._take_back(takeback, undo)
+                return self._record(outcome, written, n_clean, n_quar, marker, holds)
 
     @contextlib.contextmanager
     def _undone_on_error(self, marker: Path) -> Iterator[None]:
@@ -990,6 +1004,17 @@ class Store:
             self.recover()
             raise
 
+    def _take_back(
+        self, takeback: TakeBack | None, undo: contextlib.ExitStack
+    ) -> tuple[revisions.Holds, str] | None:
+        """The rows a commit takes back, planned and their files written (``commit``)."""
+        if takeback is None:
+            return None
+        flagged, note = takeback()
+        if flagged.empty:
+            return None
+        return revisions.write_holds(self, flagged, undo), note
+
     def _record(
         self,
         outcome: Outcome,
@@ -997,6 +1022,7 @@ class Store:
         n_clean: int,
         n_quar: int,
         marker: Path,
+        holds: tuple[revisions.Holds, str] | None = None,
     ) -> BatchRecord:
         finished = now()
         record = BatchRecord(
@@ -1031,12 +1057,16 @@ class Store:
                 **(outcome.detail or {}),
             }
             self._chain.append(tx, "ingest", outcome.batch_id, "poisonguard", detail)
+            if holds is not None:
+                revisions.record_holds(self, tx, holds[0], "poisonguard", holds[1])
             if outcome.status == "seed":
                 seeded = [f for f in file_records(outcome.batch_id, written) if f.kind == "clean"]
                 revisions.add_reference(self, tx, seeded, actor="poisonguard", note="the seed")
             crash_point("before-ledger-commit")
         crash_point("after-ledger-commit")
         shutil.rmtree(marker, ignore_errors=True)
+        if holds is not None:
+            holds[0].done()
         return record
 
     def _write_files(

@@ -14,6 +14,7 @@ import contextlib
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -404,24 +405,56 @@ def hold_rescanned(store: Store, flagged: pd.DataFrame, *, actor: str, note: str
     if flagged.empty:
         return {}
     with store.writing(), contextlib.ExitStack() as undo:
-        current = store.reference()
-        pinned = {f.path for f in current.files} if current is not None else set()
-        clean = [f for f in store.files("clean") if f.path not in pinned]
-        taken = {f.path for f in store.files()}
-        plans = []
-        for batch_id, rows in flagged.groupby("pg_batch", sort=False):
-            plan = _plan_hold(store, str(batch_id), rows, clean, taken)
-            marker = store.staging_dir(plan.name)
-            undo.enter_context(store._undone_on_error(marker))
-            plans.append((plan, marker))
-        written = [
-            store._write_files(p.name, (("clean", p.kept), ("quarantine", p.moved)))
-            for p, _ in plans
-        ]
-        _record_holds(store, [p for p, _ in plans], written, actor, note)
-    for _, marker in plans:
-        shutil.rmtree(marker, ignore_errors=True)
-    return {p.batch_id: len(p.moved) for p, _ in plans}
+        holds = write_holds(store, flagged, undo)
+        with store.transaction() as tx:
+            record_holds(store, tx, holds, actor, note)
+            crash_point("rescan-before-ledger-commit")
+    return holds.done()
+
+
+@dataclass(frozen=True)
+class Holds:
+    """A re-scan hold with its files written, awaiting the ledger transaction that lists them
+    (``write_holds``, then ``record_holds``)."""
+
+    plans: tuple[_Hold, ...]
+    written: tuple[list[tuple[str, str, int | None]], ...]
+    markers: tuple[Path, ...]
+
+    def done(self) -> dict[str, int]:
+        """Rows held per batch; clears the files' staging markers (after the ledger commit)."""
+        for marker in self.markers:
+            shutil.rmtree(marker, ignore_errors=True)
+        return {p.batch_id: len(p.moved) for p in self.plans}
+
+
+def write_holds(store: Store, flagged: pd.DataFrame, undo: contextlib.ExitStack) -> Holds:
+    """Plan a re-scan hold of ``flagged`` (as ``hold_rescanned`` takes it) and write its
+    files, under the write lock the caller holds. Each batch's files are undone through
+    ``undo`` if the caller fails before its ledger transaction commits.
+
+    Raises
+    ------
+    ReviewError
+        As ``hold_rescanned``.
+    """
+    if flagged.empty:
+        return Holds((), (), ())
+    current = store.reference()
+    pinned = {f.path for f in current.files} if current is not None else set()
+    clean = [f for f in store.files("clean") if f.path not in pinned]
+    taken = {f.path for f in store.files()}
+    plans, markers = [], []
+    for batch_id, rows in flagged.groupby("pg_batch", sort=False):
+        plan = _plan_hold(store, str(batch_id), rows, clean, taken)
+        marker = store.staging_dir(plan.name)
+        undo.enter_context(store._undone_on_error(marker))
+        plans.append(plan)
+        markers.append(marker)
+    written = tuple(
+        store._write_files(p.name, (("clean", p.kept), ("quarantine", p.moved))) for p in plans
+    )
+    return Holds(tuple(plans), written, tuple(markers))
 
 
 def _plan_hold(
@@ -460,33 +493,27 @@ def _plan_hold(
     )
 
 
-def _record_holds(
-    store: Store,
-    plans: list[_Hold],
-    written: list[list[tuple[str, str, int | None]]],
-    actor: str,
-    note: str,
-) -> None:
+def record_holds(store: Store, tx: LedgerTransaction, holds: Holds, actor: str, note: str) -> None:
+    """List a written hold's files in the ledger transaction ``tx``, move its rows' counts
+    from clean to quarantined and append one ``rescan`` audit entry per batch."""
     at = now()
-    with store.transaction() as tx:
-        for plan, files in zip(plans, written, strict=True):
-            rows = sorted(int(r) for r in plan.moved["pg_row"].tolist())
-            held = set(rows)
-            reopened = sorted(
-                int(r.pg_row)
-                for r in tx.reviews(plan.batch_id)
-                if r.action == "release" and r.pg_row in held
-            )
-            tx.drop_reviews(plan.batch_id, reopened)
-            tx.set_kind(plan.superseded, "superseded", was="clean")
-            tx.add_files(file_records(plan.batch_id, files), at)
-            tx.move_rows(plan.batch_id, len(rows), "clean", "quarantined")
-            detail = {
-                "rows": rows,
-                "files": {p: h for p, h, _ in files},
-                "superseded": list(plan.superseded),
-                "reopened": reopened,
-                "note": note,
-            }
-            store._chain.append(tx, "rescan", plan.batch_id, actor, detail)
-        crash_point("rescan-before-ledger-commit")
+    for plan, files in zip(holds.plans, holds.written, strict=True):
+        rows = sorted(int(r) for r in plan.moved["pg_row"].tolist())
+        held = set(rows)
+        reopened = sorted(
+            int(r.pg_row)
+            for r in tx.reviews(plan.batch_id)
+            if r.action == "release" and r.pg_row in held
+        )
+        tx.drop_reviews(plan.batch_id, reopened)
+        tx.set_kind(plan.superseded, "superseded", was="clean")
+        tx.add_files(file_records(plan.batch_id, files), at)
+        tx.move_rows(plan.batch_id, len(rows), "clean", "quarantined")
+        detail = {
+            "rows": rows,
+            "files": {p: h for p, h, _ in files},
+            "superseded": list(plan.superseded),
+            "reopened": reopened,
+            "note": note,
+        }
+        store._chain.append(tx, "rescan", plan.batch_id, actor, detail)
