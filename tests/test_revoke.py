@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,7 +22,7 @@ from poisonguard.errors import GateError, ReviewError
 from poisonguard.gate import gate
 from poisonguard.pipeline import fit_guard, process_landing, rescan
 from poisonguard.review import held_rows, review, revoke
-from poisonguard.store import Store, open_store
+from poisonguard.store import CRASH_ENV, Store, open_store
 from test_reference import _cli, _flipped_copies, _fresh_landing, _land, _settle
 
 
@@ -254,16 +259,13 @@ def test_rescan_holds_released_poison_for_review_again(demo_project, capsys):
     assert store.verify_audit() is None
 
 
-def test_rejecting_rows_re_scans_their_source_and_takes_back_released_copies(demo_project, capsys):
-    """Flipped rows a reviewer released by mistake are in the training set. The same source
-    later sends copies of three of them, which are held, and a reviewer rejects those
-    (`review reject`): the source's accepted rows are re-scanned at once, and the three
-    released originals, near-copies of rejected rows now, go back to quarantine (stage
-    `rescan`, the rejection named in the audit entry). The other released flips stay
-    released (a release overrides the detectors, not a later rejection), every row is still
-    in exactly one place, and another source's batch is not touched."""
-    clean, cfg, config, store = _start(demo_project)
-    seed = pd.read_parquet(demo_project / "trusted.parquet")
+def _released_flips_then_copies(project: Path) -> tuple[str, Config, Store, Any, Any, Any]:
+    """Eight flipped rows a reviewer released by mistake (batch ``first`` of source
+    ``partner``), a batch of another source (``other``), then a ``partner`` batch with
+    copies of three of the flips, held (``third``): the config's path, the config, the
+    store and the three batches' records."""
+    clean, cfg, config, store = _start(project)
+    seed = pd.read_parquet(project / "trusted.parquet")
     threes = seed[seed[LABEL] == 3].head(8)
     flips = _flipped_copies(threes, 1, 100_000, seed=0)
     first = _land(config, "partner/b1.parquet", pd.concat([clean.iloc[:120], flips]))
@@ -272,26 +274,32 @@ def test_rejecting_rows_re_scans_their_source_and_takes_back_released_copies(dem
     other = _land(config, "b2.parquet", clean.iloc[120:200])
     training = store.clean_frame()
     assert set(training.loc[training["pg_batch"] == first.batch_id, "pg_row"]) == set(range(128))
-    others = set(training.loc[training["pg_batch"] == other.batch_id, "pg_row"])
     third = _land(
         config,
         "partner/b3.parquet",
         pd.concat([clean.iloc[200:260], flips.head(3).assign(row_id=[200_000, 200_001, 200_002])]),
     )
     assert len(store.quarantine_frame(third.batch_id))
+    return cfg, config, store, first, other, third
 
-    code, out, err = _cli(
-        capsys,
-        "review",
-        "reject",
-        third.batch_id,
-        "--by",
-        "carl",
-        "--note",
-        "flips",
-        "--config",
-        cfg,
-    )
+
+def _reject(batch_id: str, cfg: str) -> tuple[str, ...]:
+    """`poisonguard review reject` of every held row of a batch."""
+    return ("review", "reject", batch_id, "--by", "carl", "--note", "flips", "--config", cfg)
+
+
+def test_rejecting_rows_re_scans_their_source_and_takes_back_released_copies(demo_project, capsys):
+    """Flipped rows a reviewer released by mistake are in the training set. The same source
+    later sends copies of three of them, which are held, and a reviewer rejects those
+    (`review reject`): the source's accepted rows are re-scanned at once, and the three
+    released originals, near-copies of rejected rows now, go back to quarantine (stage
+    `rescan`, the rejection named in the audit entry). The other released flips stay
+    released (a release overrides the detectors, not a later rejection), every row is still
+    in exactly one place, and another source's batch is not touched."""
+    cfg, config, store, first, other, third = _released_flips_then_copies(demo_project)
+    training = store.clean_frame()
+    others = set(training.loc[training["pg_batch"] == other.batch_id, "pg_row"])
+    code, out, err = _cli(capsys, *_reject(third.batch_id, cfg))
     assert code == 0, err
     assert "accepted rows of source partner: held" in out
     rejected = held_rows(store, third.batch_id)
@@ -307,6 +315,34 @@ def test_rejecting_rows_re_scans_their_source_and_takes_back_released_copies(dem
     ]
     assert f"rows of batch {third.batch_id} were rejected" in json.loads(entry["detail"])["note"]
     assert _places(store, config, other.batch_id)["training"] == others
+
+
+def test_a_rejection_killed_after_its_re_scan_has_held_what_the_re_scan_found(demo_project, capsys):
+    """`review reject` re-scans the source before it records the rejection. Killed in
+    between, the released originals of the rows to reject are already back in quarantine
+    and those rows still await review (fail closed: never a rejection whose re-scan was
+    lost); the same command again rejects them, and every row is in exactly one place."""
+    cfg, config, store, first, _, third = _released_flips_then_copies(demo_project)
+    copies = held_rows(store, third.batch_id)["row_id"]
+    originals = {120 + i - 200_000 for i in copies if i >= 200_000}
+    assert originals
+    env = {**os.environ, CRASH_ENV: "after-rejection-rescan"}
+    command = [sys.executable, "-m", "poisonguard.cli", *_reject(third.batch_id, cfg)]
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    store = open_store(config)
+    assert _places(store, config, first.batch_id)["awaiting"] == originals
+    assert set(held_rows(store, third.batch_id)["pg_review"]) == {"pending"}
+
+    code, out, err = _cli(capsys, *_reject(third.batch_id, cfg))
+    assert code == 0, err
+    assert "re-scanned" in out
+    # Every row of the batch awaiting review now, the re-scan's own holds among them.
+    third_places = _places(store, config, third.batch_id)
+    assert third_places["rejected"] == set(held_rows(store, third.batch_id)["pg_row"])
+    places = _places(store, config, first.batch_id)
+    assert places["awaiting"] >= originals
+    assert _exactly_once(places, 128)
 
 
 def test_rescan_after_revoking_a_poisoned_reference_batch_finds_what_it_vouched_for(

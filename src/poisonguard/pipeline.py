@@ -1641,7 +1641,12 @@ class RescanReport:
 
 
 def rescan(
-    config: Config, store: Store, *, source: str | None = None, since: str | None = None
+    config: Config,
+    store: Store,
+    *,
+    source: str | None = None,
+    since: str | None = None,
+    rejecting: pd.DataFrame | None = None,
 ) -> RescanReport:
     """Re-score rows already in the training set against the pinned reference.
 
@@ -1670,6 +1675,9 @@ def rescan(
         One landing source (default every source with committed batches).
     since : str, optional
         A batch id: re-score the rows of its source's batches committed after it.
+    rejecting : DataFrame, optional
+        Rows about to be rejected (``review.rejecting``), counted among the rejected
+        ones.
 
     Raises
     ------
@@ -1714,6 +1722,8 @@ def rescan(
     unpinned = {f.batch_id for f in clean}
     guard: Guard | None = None
     rejected = store.rejected_rows()
+    if rejecting is not None and len(rejecting):
+        rejected = pd.concat([rejected, rejecting], ignore_index=True)
     scopes, scanned, parts = [], {}, []
     for src in sources:
         mine = [b for b in accepted if source_of(b.source) == src]
@@ -1739,23 +1749,27 @@ def rescan(
 
 
 def rescan_after_rejection(
-    config: Config, store: Store, batch_id: str, *, actor: str
+    config: Config, store: Store, rejecting: pd.DataFrame, *, actor: str
 ) -> tuple[RescanReport, dict[str, int]]:
-    """After a reviewer rejects rows of ``batch_id``, re-score what its source sent since its
-    last clean checkpoint (``rescan``, with the rejected rows now among the known-bad ones)
-    and hold what the re-scan flags for review (``Store.hold_rescanned``, stage ``rescan``).
+    """As a reviewer rejects rows of a batch (``rejecting``, from ``review.rejecting``),
+    re-score what its source sent since its last clean checkpoint (``rescan``, with those
+    rows among the known-bad ones) and hold what the re-scan flags for review
+    (``Store.hold_rescanned``, stage ``rescan``).
 
     A rejection says the source sent poison; rows it sent before, accepted one batch at a
-    time, are judged again with that known. A row a reviewer released stays released unless
-    it is a near-copy of a rejected row (the blocklist): the release overrode the detectors'
-    judgement, not the rejection that came after it (``poisonguard rescan --hold`` re-opens
-    released rows too). Returns the report and the rows held per batch (empty when nothing
-    was held).
+    time, are judged again with that known. Call it *before* recording the rejection: a
+    run killed between the two then leaves rows held and the rejection to make again
+    (fail closed), never the rejection recorded and the re-scan lost. A row a reviewer
+    released stays released unless it is a near-copy of a rejected row (the blocklist):
+    the release overrode the detectors' judgement, not the rejection that came after it
+    (``poisonguard rescan --hold`` re-opens released rows too). Returns the report and the
+    rows held per batch (empty when nothing was held).
     """
+    batch_id = str(rejecting["pg_batch"].iloc[0])
     batch = store.batch(batch_id)
     if batch is None:
         raise ReviewError(f"no batch {shown(batch_id)!r} in {store.ledger.location}")
-    report = rescan(config, store, source=source_of(batch.source))
+    report = rescan(config, store, source=source_of(batch.source), rejecting=rejecting)
     reviews = store.reviews()
     released = set(
         zip(
@@ -1776,7 +1790,7 @@ def rescan_after_rejection(
         flagged,
         actor=actor,
         note=(
-            f"re-scan after rows of batch {batch_id} were rejected, against reference "
+            f"re-scan as rows of batch {batch_id} were rejected, against reference "
             f"version {report.reference_version}"
         ),
     )

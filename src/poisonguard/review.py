@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from poisonguard.errors import ReviewError, param_error
-from poisonguard.store import PROVENANCE, Revocation, Store
+from poisonguard.store import PROVENANCE, Revocation, Store, now
 
 ACTIONS = ("release", "reject")
 
@@ -115,51 +115,83 @@ def review(
         was already given the other action, or (with ``id_column``) the release
         of a row whose id is already in the training set.
     """
+    _check_review(action, by, note)
+    with store.writing():
+        todo, already, chosen = _choose(store, batch_id, action, rows)
+        if todo and action == "release" and id_column is not None and id_column in chosen:
+            _check_new_ids(store, batch_id, chosen.set_index("pg_row")[id_column], id_column)
+        if todo:
+            store.commit_review(batch_id, action, chosen, actor=by.strip(), note=note.strip())
+        return ReviewResult(action, batch_id, tuple(todo), tuple(already))
+
+
+def rejecting(
+    store: Store, batch_id: str, *, by: str, note: str, rows: list[int] | None = None
+) -> pd.DataFrame:
+    """The rows ``review(store, batch_id, "reject", ...)`` would reject now, as
+    ``Store.rejected_rows()`` lists rejected rows: what a re-scan made before the rejection
+    is recorded counts among the known-bad rows (``pipeline.rescan_after_rejection``).
+    Nothing is changed.
+
+    Raises
+    ------
+    ReviewError
+        As ``review`` would.
+    """
+    _check_review("reject", by, note)
+    with store.writing():
+        _, _, chosen = _choose(store, batch_id, "reject", rows)
+    return chosen.assign(pg_batch=batch_id, pg_rejected_at=now(), pg_rejected_by=by.strip())
+
+
+def _check_review(action: str, by: str, note: str) -> None:
     if action not in ACTIONS:
         raise param_error("action", "review()", f"one of {ACTIONS}", action)
     if not by.strip():
         raise ReviewError("a review needs the reviewer's name (--by NAME)")
     if not note.strip():
         raise ReviewError("a review needs a note saying why (--note TEXT)")
-    with store.writing():
-        held = held_rows(store, batch_id)
-        record = store.batch(batch_id)
-        if record is not None and record.status == "revoked":
-            raise ReviewError(
-                f"batch {batch_id} was {record.reason}; its rows stay out of the training set"
-            )
-        if held.empty:
-            raise ReviewError(f"batch {batch_id} has no quarantined rows")
-        by_row = held.set_index("pg_row")
-        wanted = list(by_row.index) if rows is None else list(dict.fromkeys(int(r) for r in rows))
-        unknown = [r for r in wanted if r not in by_row.index]
-        if unknown:
-            raise ReviewError(
-                f"batch {batch_id} has no quarantined row {unknown[0]} "
-                f"(held rows: {', '.join(map(str, sorted(by_row.index)[:20]))}"
-                f"{', ...' if len(by_row) > 20 else ''})"
-            )
-        reviews = store.reviews(batch_id).set_index("pg_row")
-        already, todo = [], []
-        for r in wanted:
-            if r in reviews.index:
-                prior = reviews.loc[r]
-                if prior["action"] == action:
-                    already.append(r)
-                elif rows is not None:
-                    raise ReviewError(
-                        f"row {r} of batch {batch_id} was already {_past(prior['action'])} "
-                        f"on {prior['at'][:10]} by {prior['actor']}; a row is reviewed once"
-                    )
-            else:
-                todo.append(r)
-        if todo and action == "release" and id_column is not None and id_column in by_row:
-            _check_new_ids(store, batch_id, by_row.loc[todo, id_column], id_column)
-        if todo:
-            chosen = by_row.loc[todo].reset_index()
-            keep = [c for c in chosen.columns if not str(c).startswith("pg_") or c in PROVENANCE]
-            store.commit_review(batch_id, action, chosen[keep], actor=by.strip(), note=note.strip())
-        return ReviewResult(action, batch_id, tuple(todo), tuple(already))
+
+
+def _choose(
+    store: Store, batch_id: str, action: str, rows: list[int] | None
+) -> tuple[list[int], list[int], pd.DataFrame]:
+    """The rows a review of ``batch_id`` would change (``todo``), those it already gave
+    ``action`` (``already``), and ``todo``'s rows as ``Store.commit_review`` takes them."""
+    held = held_rows(store, batch_id)
+    record = store.batch(batch_id)
+    if record is not None and record.status == "revoked":
+        raise ReviewError(
+            f"batch {batch_id} was {record.reason}; its rows stay out of the training set"
+        )
+    if held.empty:
+        raise ReviewError(f"batch {batch_id} has no quarantined rows")
+    by_row = held.set_index("pg_row")
+    wanted = list(by_row.index) if rows is None else list(dict.fromkeys(int(r) for r in rows))
+    unknown = [r for r in wanted if r not in by_row.index]
+    if unknown:
+        raise ReviewError(
+            f"batch {batch_id} has no quarantined row {unknown[0]} "
+            f"(held rows: {', '.join(map(str, sorted(by_row.index)[:20]))}"
+            f"{', ...' if len(by_row) > 20 else ''})"
+        )
+    reviews = store.reviews(batch_id).set_index("pg_row")
+    already, todo = [], []
+    for r in wanted:
+        if r in reviews.index:
+            prior = reviews.loc[r]
+            if prior["action"] == action:
+                already.append(r)
+            elif rows is not None:
+                raise ReviewError(
+                    f"row {r} of batch {batch_id} was already {_past(prior['action'])} "
+                    f"on {prior['at'][:10]} by {prior['actor']}; a row is reviewed once"
+                )
+        else:
+            todo.append(r)
+    chosen = by_row.loc[todo].reset_index()
+    keep = [c for c in chosen.columns if not str(c).startswith("pg_") or c in PROVENANCE]
+    return todo, already, chosen[keep]
 
 
 def revoke(store: Store, batch_id: str, *, actor: str, note: str) -> Revocation:
