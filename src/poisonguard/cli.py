@@ -535,8 +535,8 @@ def cmd_review_show(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace, action: str) -> int:
-    from poisonguard.review import rejecting, review
-    from poisonguard.store import crash_point, open_store
+    from poisonguard.review import reject, review
+    from poisonguard.store import open_store
 
     rows = None
     if args.rows:
@@ -549,34 +549,27 @@ def _review(args: argparse.Namespace, action: str) -> int:
     config = _config(args)
     store = open_store(config)
     rescanned = None
-    if action == "reject" and store.reference() is not None:
-        # The re-scan first, the rejection after: a kill in between leaves more rows held
-        # and the rejection to make again, never a rejection whose re-scan was lost.
-        bad = rejecting(store, args.batch, by=args.by, note=args.note, rows=rows)
-        if len(bad):
-            from poisonguard.pipeline import rescan_after_rejection
-
-            rescanned = rescan_after_rejection(config, store, bad, actor=args.by)
-            crash_point("after-rejection-rescan")
-            # The rows the reviewer asked for, not rows of the batch the re-scan just held.
-            rows = [int(r) for r in bad["pg_row"]]
-    done = review(
-        store,
-        args.batch,
-        action,
-        by=args.by,
-        note=args.note,
-        rows=rows,
-        id_column=config.id_column,
-    )
+    if action == "reject":
+        rejection = reject(config, store, args.batch, by=args.by, note=args.note, rows=rows)
+        done, rescanned = rejection.review, rejection.rescan
+    else:
+        done = review(
+            store,
+            args.batch,
+            action,
+            by=args.by,
+            note=args.note,
+            rows=rows,
+            id_column=config.id_column,
+        )
     verb = {"release": "released", "reject": "rejected"}[action]
     _out(
         f"{verb} {len(done.applied)} rows of {args.batch}"
         + (f"; {len(done.already)} were already {verb}" if done.already else "")
     )
     if rescanned is not None:
-        report, held = rescanned
-        (scope,) = report.scopes
+        held = rejection.held
+        (scope,) = rescanned.scopes
         _out(
             f"re-scanned {scope.rows:,} accepted rows of source {shown(scope.source)}: "
             + (

@@ -1676,8 +1676,7 @@ def rescan(
     since : str, optional
         A batch id: re-score the rows of its source's batches committed after it.
     rejecting : DataFrame, optional
-        Rows about to be rejected (``review.rejecting``), counted among the rejected
-        ones.
+        Rows about to be rejected (``review.reject``), counted among the rejected ones.
 
     Raises
     ------
@@ -1751,7 +1750,8 @@ def rescan(
 def rescan_after_rejection(
     config: Config, store: Store, rejecting: pd.DataFrame, *, actor: str
 ) -> tuple[RescanReport, dict[str, int]]:
-    """As a reviewer rejects rows of a batch (``rejecting``, from ``review.rejecting``),
+    """As a reviewer rejects rows of one batch (``rejecting``: as ``Store.rejected_rows()``
+    lists rejected rows; ``review.reject`` passes them),
     re-score what its source sent since its last clean checkpoint (``rescan``, with those
     rows among the known-bad ones) and hold what the re-scan flags for review
     (``Store.hold_rescanned``, stage ``rescan``).

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from poisonguard.errors import ReviewError, param_error
-from poisonguard.store import PROVENANCE, Revocation, Store, now
+from poisonguard.store import PROVENANCE, Revocation, Store, crash_point, now
+
+if TYPE_CHECKING:
+    from poisonguard.config import Config
+    from poisonguard.pipeline import RescanReport
 
 ACTIONS = ("release", "reject")
 
@@ -125,23 +130,58 @@ def review(
         return ReviewResult(action, batch_id, tuple(todo), tuple(already))
 
 
-def rejecting(
-    store: Store, batch_id: str, *, by: str, note: str, rows: list[int] | None = None
-) -> pd.DataFrame:
-    """The rows ``review(store, batch_id, "reject", ...)`` would reject now, as
-    ``Store.rejected_rows()`` lists rejected rows: what a re-scan made before the rejection
-    is recorded counts among the known-bad rows (``pipeline.rescan_after_rejection``).
-    Nothing is changed.
+@dataclass(frozen=True)
+class Rejection:
+    """What ``reject`` did: the review, and the re-scan of the batch's source (None when
+    the store has no reference or no row was newly rejected) with the rows it held per
+    batch."""
+
+    review: ReviewResult
+    rescan: RescanReport | None
+    held: dict[str, int]
+
+
+def reject(
+    config: Config,
+    store: Store,
+    batch_id: str,
+    *,
+    by: str,
+    note: str,
+    rows: list[int] | None = None,
+) -> Rejection:
+    """Reject a batch's quarantined rows (all pending ones when ``rows`` is None) and
+    re-score what its source sent since its last clean checkpoint, with them known-bad
+    (``pipeline.rescan_after_rejection``: what that re-scan flags is held for review).
+
+    The re-scan is held first and the rejection recorded after, so a run killed in
+    between leaves rows held and the rejection to make again (fail closed), never a
+    rejection whose re-scan was lost. The rejection is of the rows asked for when the
+    re-scan began, not of rows of the batch the re-scan itself held.
 
     Raises
     ------
     ReviewError
-        As ``review`` would.
+        As ``review``.
     """
-    _check_review("reject", by, note)
-    with store.writing():
-        _, _, chosen = _choose(store, batch_id, "reject", rows)
-    return chosen.assign(pg_batch=batch_id, pg_rejected_at=now(), pg_rejected_by=by.strip())
+    rescanned: RescanReport | None = None
+    held: dict[str, int] = {}
+    if store.reference() is not None:
+        _check_review("reject", by, note)
+        with store.writing():
+            _, _, chosen = _choose(store, batch_id, "reject", rows)
+        if len(chosen):
+            # Here, not at the top: the gate imports this module, and needs no detectors.
+            from poisonguard.pipeline import rescan_after_rejection
+
+            bad = chosen.assign(pg_batch=batch_id, pg_rejected_at=now(), pg_rejected_by=by.strip())
+            rescanned, held = rescan_after_rejection(config, store, bad, actor=by)
+            crash_point("after-rejection-rescan")
+            rows = [int(r) for r in chosen["pg_row"]]
+    done = review(
+        store, batch_id, "reject", by=by, note=note, rows=rows, id_column=config.id_column
+    )
+    return Rejection(done, rescanned, held)
 
 
 def _check_review(action: str, by: str, note: str) -> None:
