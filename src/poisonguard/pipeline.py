@@ -1250,7 +1250,7 @@ def commit_batch(staged: str | Path, config: Config, store: Store) -> BatchRecor
             quarantine[col] = decision.loc[held, col].to_numpy()
     outcome = _committed(meta, decided, clean, quarantine)
     _write_commit_report(store, outcome, meta, decided, config, evidence=_staged_evidence(meta))
-    # which also clears the staging folder
+    # The commit also clears the staging folder.
     return store.commit(outcome, takeback=_takeback_of(store, decided, meta))
 
 
