@@ -345,6 +345,19 @@ def test_a_rejection_killed_after_its_re_scan_has_held_what_the_re_scan_found(de
     assert _exactly_once(places, 128)
 
 
+def test_rejecting_rows_again_says_which_were_already_rejected(demo_project, capsys):
+    """A rejection of rows some of which were rejected before re-scans for the new ones only,
+    and says how many of those asked for were already rejected."""
+    cfg, _, store, _, _, third = _released_flips_then_copies(demo_project)
+    first, second = sorted(held_rows(store, third.batch_id)["pg_row"].astype(int))[:2]
+    code, out, err = _cli(capsys, *_reject(third.batch_id, cfg), "--rows", str(first))
+    assert code == 0 and "rejected 1 rows of" in out, err
+    code, out, err = _cli(capsys, *_reject(third.batch_id, cfg), "--rows", f"{first},{second}")
+    assert code == 0, err
+    assert "rejected 1 rows of" in out and "1 were already rejected" in out
+    assert "re-scanned" in out
+
+
 def test_rescan_after_revoking_a_poisoned_reference_batch_finds_what_it_vouched_for(
     demo_project,
 ):

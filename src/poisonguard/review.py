@@ -166,10 +166,11 @@ def reject(
     """
     rescanned: RescanReport | None = None
     held: dict[str, int] = {}
+    already: list[int] = []
     if store.reference() is not None:
         _check_review("reject", by, note)
         with store.writing():
-            _, _, chosen = _choose(store, batch_id, "reject", rows)
+            _, already, chosen = _choose(store, batch_id, "reject", rows)
         if len(chosen):
             # Here, not at the top: the gate imports this module, and needs no detectors.
             from poisonguard.pipeline import rescan_after_rejection
@@ -181,6 +182,8 @@ def reject(
     done = review(
         store, batch_id, "reject", by=by, note=note, rows=rows, id_column=config.id_column
     )
+    if already:  # rows rejected before the re-scan began, left out of the rows asked for
+        done = ReviewResult(done.action, batch_id, done.applied, (*already, *done.already))
     return Rejection(done, rescanned, held)
 
 
