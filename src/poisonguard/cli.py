@@ -548,10 +548,10 @@ def _review(args: argparse.Namespace, action: str) -> int:
             ) from None
     config = _config(args)
     store = open_store(config)
-    rescanned = None
+    rescanned, held = None, {}
     if action == "reject":
         rejection = reject(config, store, args.batch, by=args.by, note=args.note, rows=rows)
-        done, rescanned = rejection.review, rejection.rescan
+        done, rescanned, held = rejection.review, rejection.rescan, rejection.held
     else:
         done = review(
             store,
@@ -568,7 +568,6 @@ def _review(args: argparse.Namespace, action: str) -> int:
         + (f"; {len(done.already)} were already {verb}" if done.already else "")
     )
     if rescanned is not None:
-        held = rejection.held
         (scope,) = rescanned.scopes
         _out(
             f"re-scanned {scope.rows:,} accepted rows of source {shown(scope.source)}: "

@@ -1006,14 +1006,14 @@ class Store:
 
     def _take_back(
         self, takeback: TakeBack | None, undo: contextlib.ExitStack
-    ) -> tuple[revisions.Holds, str] | None:
+    ) -> revisions.Holds | None:
         """The rows a commit takes back, planned and their files written (``commit``)."""
         if takeback is None:
             return None
         flagged, note = takeback()
         if flagged.empty:
             return None
-        return revisions.write_holds(self, flagged, undo), note
+        return revisions.write_holds(self, flagged, undo, note)
 
     def _record(
         self,
@@ -1022,7 +1022,7 @@ class Store:
         n_clean: int,
         n_quar: int,
         marker: Path,
-        holds: tuple[revisions.Holds, str] | None = None,
+        holds: revisions.Holds | None = None,
     ) -> BatchRecord:
         finished = now()
         record = BatchRecord(
@@ -1058,7 +1058,7 @@ class Store:
             }
             self._chain.append(tx, "ingest", outcome.batch_id, "poisonguard", detail)
             if holds is not None:
-                revisions.record_holds(self, tx, holds[0], "poisonguard", holds[1])
+                revisions.record_holds(self, tx, holds, "poisonguard")
             if outcome.status == "seed":
                 seeded = [f for f in file_records(outcome.batch_id, written) if f.kind == "clean"]
                 revisions.add_reference(self, tx, seeded, actor="poisonguard", note="the seed")
@@ -1066,7 +1066,7 @@ class Store:
         crash_point("after-ledger-commit")
         shutil.rmtree(marker, ignore_errors=True)
         if holds is not None:
-            holds[0].done()
+            holds.done()
         return record
 
     def _write_files(

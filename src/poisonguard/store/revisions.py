@@ -405,9 +405,9 @@ def hold_rescanned(store: Store, flagged: pd.DataFrame, *, actor: str, note: str
     if flagged.empty:
         return {}
     with store.writing(), contextlib.ExitStack() as undo:
-        holds = write_holds(store, flagged, undo)
+        holds = write_holds(store, flagged, undo, note)
         with store.transaction() as tx:
-            record_holds(store, tx, holds, actor, note)
+            record_holds(store, tx, holds, actor)
             crash_point("rescan-before-ledger-commit")
     return holds.done()
 
@@ -420,6 +420,7 @@ class Holds:
     plans: tuple[_Hold, ...]
     written: tuple[list[tuple[str, str, int | None]], ...]
     markers: tuple[Path, ...]
+    note: str
 
     def done(self) -> dict[str, int]:
         """Rows held per batch; clears the files' staging markers (after the ledger commit)."""
@@ -428,9 +429,11 @@ class Holds:
         return {p.batch_id: len(p.moved) for p in self.plans}
 
 
-def write_holds(store: Store, flagged: pd.DataFrame, undo: contextlib.ExitStack) -> Holds:
+def write_holds(
+    store: Store, flagged: pd.DataFrame, undo: contextlib.ExitStack, note: str
+) -> Holds:
     """Plan a re-scan hold of ``flagged`` (as ``hold_rescanned`` takes it) and write its
-    files, under the write lock the caller holds. Each batch's files are undone through
+    files, under the write lock the caller holds; ``note`` says why (recorded). Each batch's files are undone through
     ``undo`` if the caller fails before its ledger transaction commits.
 
     Raises
@@ -439,7 +442,7 @@ def write_holds(store: Store, flagged: pd.DataFrame, undo: contextlib.ExitStack)
         As ``hold_rescanned``.
     """
     if flagged.empty:
-        return Holds((), (), ())
+        return Holds((), (), (), note)
     current = store.reference()
     pinned = {f.path for f in current.files} if current is not None else set()
     clean = [f for f in store.files("clean") if f.path not in pinned]
@@ -454,7 +457,7 @@ def write_holds(store: Store, flagged: pd.DataFrame, undo: contextlib.ExitStack)
     written = tuple(
         store._write_files(p.name, (("clean", p.kept), ("quarantine", p.moved))) for p in plans
     )
-    return Holds(tuple(plans), written, tuple(markers))
+    return Holds(tuple(plans), written, tuple(markers), note)
 
 
 def _plan_hold(
@@ -493,7 +496,7 @@ def _plan_hold(
     )
 
 
-def record_holds(store: Store, tx: LedgerTransaction, holds: Holds, actor: str, note: str) -> None:
+def record_holds(store: Store, tx: LedgerTransaction, holds: Holds, actor: str) -> None:
     """List a written hold's files in the ledger transaction ``tx``, move its rows' counts
     from clean to quarantined and append one ``rescan`` audit entry per batch."""
     at = now()
@@ -514,6 +517,6 @@ def record_holds(store: Store, tx: LedgerTransaction, holds: Holds, actor: str, 
             "files": {p: h for p, h, _ in files},
             "superseded": list(plan.superseded),
             "reopened": reopened,
-            "note": note,
+            "note": holds.note,
         }
         store._chain.append(tx, "rescan", plan.batch_id, actor, detail)
