@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,6 +100,7 @@ def staged_parts(frame: pd.DataFrame, folder: Path, sizes: list[int], drop: np.n
         ("threads_per_worker = 0", r"execution\.threads_per_worker must be at least 1"),
         ('memory_limit = "lots"', r"execution\.memory_limit must be a size such as"),
         ("memory_limit = 2", r"execution\.memory_limit must be of type str"),
+        ("worker_wait = 0", r"pg\.toml: execution\.worker_wait must be at least 1\. Got 0"),
     ],
 )
 def test_execution_engine_keys_are_checked_at_load(extra, match, tmp_path):
@@ -115,16 +117,17 @@ def test_execution_engine_keys_load(tmp_path):
 
     text = (
         f'{BASE}[execution]\nengine = "dask"\naddress = "tcp://10.0.0.5:8786"\nworkers = 3\n'
-        'threads_per_worker = 2\nmemory_limit = "2GiB"\n'
+        'threads_per_worker = 2\nmemory_limit = "2GiB"\nworker_wait = 60\n'
     )
     run = load_config(_write(tmp_path, text)).execution
-    assert (run.engine, run.address, run.workers, run.threads_per_worker, run.memory_limit) == (
-        "dask",
-        "tcp://10.0.0.5:8786",
-        3,
-        2,
-        "2GiB",
-    )
+    assert (
+        run.engine,
+        run.address,
+        run.workers,
+        run.threads_per_worker,
+        run.memory_limit,
+        run.worker_wait,
+    ) == ("dask", "tcp://10.0.0.5:8786", 3, 2, "2GiB", 60)
     assert load_config(_write(tmp_path, BASE)).execution.engine == "local"
 
 
@@ -294,6 +297,51 @@ def test_a_worker_dying_mid_batch_is_replaced_and_the_decision_holds(tmp_path):
         found = judge_on_cluster(client, guard, parts, list(judged.columns), "batch")
         assert victim not in client.scheduler_info()["workers"]  # it did die
     assert_decided_alike(found, whole, scores)
+
+
+def test_a_value_shared_with_the_workers_outlives_the_worker_holding_its_only_copy(tmp_path):
+    """Dask's active memory manager keeps one copy of what no task waits for; the worker
+    holding it is killed, and the value is there still (loaded again from its file), where a
+    scattered one would be lost and the batch with it. The batch's files go at its end."""
+    from poisonguard.cluster import _ClusterParts
+
+    guard = Guard(label="label").fit(blobs(300, 5))
+    parts, judged = staged_parts(blobs(200, 6), tmp_path, [100, 100], np.array([], int))
+    with doomed_cluster() as (_, client):
+        batch = _ClusterParts(client, guard, parts, tuple(judged.columns), "batch", None)
+        shared = batch._share(np.arange(1000))
+        shared.result(timeout=60)
+        client.replicate([shared])
+        client.amm.run_once()
+        deadline = time.monotonic() + 30
+        while len(holders := client.who_has([shared])[shared.key]) != 1:
+            assert time.monotonic() < deadline, f"still {len(holders)} copies"
+            time.sleep(0.1)
+        client.run(os._exit, 1, workers=list(holders), on_error="ignore")
+        np.testing.assert_array_equal(shared.result(timeout=60), np.arange(1000))
+        assert holders[0] not in client.scheduler_info()["workers"]  # it did die
+        files = [Path(f) for f in batch.files]
+        assert files and all(f.parent == tmp_path and f.stat().st_mode & 0o077 == 0 for f in files)
+        batch.release()
+        assert not any(f.exists() for f in files)
+
+
+def test_a_cluster_without_workers_stops_the_batch_after_its_wait(tmp_path):
+    """A scheduler with no workers (none started, or every one gone for good): the batch
+    stops with ClusterError once ``worker_wait`` has passed, rather than wait for ever, and
+    leaves none of its shared files behind."""
+    from distributed import Client, LocalCluster
+
+    guard = Guard(label="label").fit(blobs(300, 5))
+    parts, judged = staged_parts(blobs(200, 6), tmp_path, [100, 100], np.array([], int))
+    options = {**local_cluster_options(LOCAL), "n_workers": 0}
+    with (
+        LocalCluster(**options) as empty,
+        Client(empty, set_as_default=False) as client,
+        pytest.raises(ClusterError, match=r"^batch: .* no workers for 2 s; nothing was decided"),
+    ):
+        judge_on_cluster(client, guard, parts, list(judged.columns), "batch", worker_wait=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.parquet"]
 
 
 def test_workers_dying_mid_batch_fail_closed_and_a_rerun_succeeds(

@@ -9,11 +9,15 @@ p-values (kept here, memory-mapped beside the staged rows) and drift counts, the
 the global cut here, then the held rows' reasons from the parts that hold them. The
 decision is the one the batch gets in this process, chunked or whole.
 
-The fitted guard goes to every worker once per batch (``Client.scatter`` with
-``broadcast=True``), and so do each pass's summaries; a worker reads its part of the
-batch by path (``read_row_group``), so the rows never pass through the scheduler,
-and only a few numbers per row come back. Workers must therefore see the store's
-staging folder at the same path: a local cluster, or workers sharing its filesystem.
+The fitted guard and each pass's summaries are written once per batch beside the
+staged rows, and each is a task that loads its file (checking its digest): a worker
+that needs it gets it from a worker that has it, and when a worker dies holding the
+only copy (Dask's active memory manager keeps one copy of what no task waits for),
+the task loads it again; a scattered value would be lost for good, and with it the
+batch. A worker reads its part of the batch by path (``read_row_group``), so the rows
+never pass through the scheduler, and only a few numbers per row come back. Workers
+must therefore see the store's staging folder at the same path: a local cluster, or
+workers sharing its filesystem.
 
 Each task sets numba's thread count (a per-thread setting) to its share of its
 host's cores: the host's cores over the Dask threads running there, so that workers
@@ -28,6 +32,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +49,13 @@ from poisonguard.errors import BatchError, ClusterError
 from poisonguard.evidence import EvidenceCounts, FigureParts
 from poisonguard.scan import Guard, HeldRows
 from poisonguard.sources import FlowCounts, RowTally
-from poisonguard.store import crash_point, read_row_group
+from poisonguard.store import (
+    crash_point,
+    drop_shared,
+    load_shared,
+    read_row_group,
+    share_value,
+)
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -52,6 +63,9 @@ if TYPE_CHECKING:
 #: Parallel numba kernels entered from two threads of one process at once are not safe
 #: under numba's default threading layer: a worker's tasks take turns at the detectors.
 _DETECTORS = threading.Lock()
+
+#: Seconds between looks at a batch's other tasks while one part's result is awaited.
+_POLL = 0.5
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,7 @@ def judge_on_cluster(
     drift: DriftCounts | None = None,
     figures: EvidenceCounts | None = None,
     flows: FlowCounts | None = None,
+    worker_wait: int = ExecutionSettings.worker_wait,
 ) -> ChunkedDecision:
     """``Guard.judge_chunks`` of a staged batch with its parts judged on ``client``'s cluster.
 
@@ -170,6 +185,8 @@ def judge_on_cluster(
         parts' shares, ``FigureParts``; they are kept here).
     flows : FlowCounts, optional
         Adds up the batch's label flows (each worker works out its parts').
+    worker_wait : int
+        Seconds to wait on a cluster with no workers (``[execution] worker_wait``).
 
     Returns
     -------
@@ -178,9 +195,9 @@ def judge_on_cluster(
     Raises
     ------
     ClusterError
-        When the cluster loses the batch's work (workers killed past Dask's retries, every
-        worker holding the guard gone, the scheduler gone): nothing of the batch is decided,
-        and a rerun judges it again.
+        When the cluster loses the batch's work (a task's workers killed past Dask's
+        retries, the scheduler gone, no workers for ``worker_wait`` s): nothing of the batch
+        is decided, and a rerun judges it again.
     """
     from concurrent.futures import CancelledError
 
@@ -189,7 +206,9 @@ def judge_on_cluster(
 
     batch: _ClusterParts | None = None
     try:
-        batch = _ClusterParts(client, guard, parts, tuple(columns), source, drift, figures, flows)
+        batch = _ClusterParts(
+            client, guard, parts, tuple(columns), source, drift, figures, flows, worker_wait
+        )
         return guard.judge_parts(batch, source, window, directory)
     except (KilledWorker, CommClosedError, CancelledError) as exc:
         raise ClusterError(
@@ -214,18 +233,23 @@ class _ClusterParts:
         drift: DriftCounts | None,
         figures: EvidenceCounts | None = None,
         flows: FlowCounts | None = None,
+        worker_wait: int = ExecutionSettings.worker_wait,
     ) -> None:
         self.client = client
+        self.source = source
+        self.worker_wait = worker_wait
         self.parts = list(parts)
         self.drift = drift
         self.figures = figures
         self.flows = flows
         self.shared: list[Future] = []
+        self.files: list[str] = []  # beside the staged rows
+        self.folder = Path(self.parts[0].path).parent if self.parts else None
         self.sent: tuple[Mapping[str, Any], Future] | None = None
-        self.counts = None if drift is None else self._broadcast(drift.fresh())
-        self.figure_parts = None if figures is None else self._broadcast(figures.parts)
+        self.counts = None if drift is None else self._share(drift.fresh())
+        self.figure_parts = None if figures is None else self._share(figures.parts)
         self.job: dict[str, Any] = {
-            "guard": self._broadcast(guard),
+            "guard": self._share(guard),
             "columns": columns,
             "source": source,
             "threads": _numba_threads(client),
@@ -237,35 +261,59 @@ class _ClusterParts:
                 anchors.update({k: v for k, v in found.items() if k not in anchors})
         self.job["anchors"] = anchors
 
-    def _broadcast(self, value: Any) -> Future:
-        """``value`` on every worker, once (wrapped, so that a dict is not split into keys)."""
-        (future,) = self.client.scatter([value], broadcast=True, hash=False)
+    def _share(self, value: Any) -> Future:
+        """``value`` for the batch's tasks: a task loading it from a file of the batch's."""
+        path, digest = share_value(value, self.folder)
+        self.files.append(path)
+        future = self.client.submit(load_shared, path, digest, pure=False)
         self.shared.append(future)
         return future
 
     def _each(self, task: Any, calls: Sequence[tuple[Part, dict[str, Any]]]) -> Iterator[Any]:
-        """``task`` on each part with its own arguments, results in batch order."""
+        """``task`` on each part with its own arguments, results in batch order; the first
+        task lost or failed, whichever part it is, ends the batch then and there."""
         futures = [
             self.client.submit(task, part, self.job, pure=False, **extra) for part, extra in calls
         ]
         try:
-            for future in futures:
+            for i, future in enumerate(futures):
+                self._await(future, futures[i:])  # those before are released
                 yield future.result()
                 future.release()
         finally:
             for future in futures:
                 future.release()
 
+    def _await(self, future: Future, pending: Sequence[Future]) -> None:
+        """Until ``future`` is done: raises as soon as any of ``pending`` fails or is lost,
+        and ``ClusterError`` once the cluster has had no workers for ``worker_wait`` s."""
+        idle_since: float | None = None
+        while not future.done():
+            for other in pending:
+                if other.status in ("error", "cancelled"):
+                    other.result()  # raises
+            with contextlib.suppress(TimeoutError):
+                future.result(timeout=_POLL)
+            if future.done() or self.client.nthreads():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > self.worker_wait:
+                raise ClusterError(
+                    f"{self.source}: the Dask cluster has had no workers for "
+                    f"{self.worker_wait} s; nothing was decided, run again"
+                )
+
     def _summaries(self, summaries: Mapping[str, Any]) -> Future:
         """The batch's summaries on every worker, sent once for the phases that read them."""
         if self.sent is None or self.sent[0] is not summaries:
-            self.sent = (summaries, self._broadcast(dict(summaries)))
+            self.sent = (summaries, self._share(dict(summaries)))
         return self.sent[1]
 
     def summarize(
         self, names: tuple[str, ...], done: Mapping[str, Any]
     ) -> Iterator[tuple[dict[str, Any], int]]:
-        prior = self._broadcast(dict(done))
+        prior = self._share(dict(done))
         yield from self._each(
             _summarize_task, [(p, {"names": names, "done": prior}) for p in self.parts]
         )
@@ -306,10 +354,12 @@ class _ClusterParts:
         yield from self._each(_held_task, calls)
 
     def release(self) -> None:
-        """Drop what was sent to the workers for this batch."""
+        """Drop what was shared with the workers for this batch, and its files."""
         for future in self.shared:
             future.release()
         self.shared.clear()
+        drop_shared(self.files)
+        self.files.clear()
 
 
 def _has_dates(guard: Guard) -> bool:

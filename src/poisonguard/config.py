@@ -396,6 +396,9 @@ class ExecutionSettings:
         The local cluster's worker processes and threads in each, at least 1.
     memory_limit : str
         Each local worker's memory limit, as Dask reads it (``"2GiB"``, ``"auto"``).
+    worker_wait : int
+        Seconds a batch waits on a cluster with no workers (none started, or every one
+        gone) before it stops with ``ClusterError``, nothing decided; at least 1.
     """
 
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
@@ -405,6 +408,7 @@ class ExecutionSettings:
     workers: int = 2
     threads_per_worker: int = 1
     memory_limit: str = "auto"
+    worker_wait: int = 300
 
 
 @dataclass(frozen=True)
@@ -613,6 +617,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "workers": int,
         "threads_per_worker": int,
         "memory_limit": str,
+        "worker_wait": int,
     },
     "retention": {"quarantine_days": int, "rejected_days": int, "unreviewed": str, "auto": bool},
 }
@@ -832,7 +837,14 @@ def load_config(path: str | Path) -> Config:
     )
 
 
-_ENGINE_KEYS = ("engine", "address", "workers", "threads_per_worker", "memory_limit")
+_ENGINE_KEYS = (
+    "engine",
+    "address",
+    "workers",
+    "threads_per_worker",
+    "memory_limit",
+    "worker_wait",
+)
 ENGINES = ("local", "dask")
 
 
@@ -844,6 +856,7 @@ def _check_execution(path: Path, execution: ExecutionSettings) -> None:
         ("chunk_rows", 1),
         ("workers", 1),
         ("threads_per_worker", 1),
+        ("worker_wait", 1),
     ):
         if getattr(execution, key) < least:
             raise ConfigError(

@@ -976,6 +976,7 @@ def _detect_chunks(meta: Staged, config: Config, store: Store, guard: Guard | No
                     drift=drift,
                     figures=figures,
                     flows=flows,
+                    worker_wait=config.execution.worker_wait,
                 )
         else:
 

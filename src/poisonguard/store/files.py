@@ -16,12 +16,14 @@ import errno
 import hashlib
 import io
 import os
+import pickle
 import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pandas as pd
@@ -545,6 +547,31 @@ def read_row_group(path: str | Path, index: int, columns: list[str] | None = Non
     """Row group ``index`` of a Parquet file, as a frame (a cluster's worker reads its part of
     a staged batch by path)."""
     return pq.ParquetFile(path).read_row_group(index, columns=columns).to_pandas()
+
+
+def share_value(value: Any, folder: Path | None) -> tuple[str, str]:
+    """``value`` pickled into a new owner-only file in ``folder`` (a staged batch's folder,
+    which a commit or ``staging.recover`` removes), for a cluster's workers to load with
+    ``load_shared``; its path and its bytes' sha256."""
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    fd, path = tempfile.mkstemp(prefix=".shared-", suffix=".pickle", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def load_shared(path: str, digest: str) -> Any:
+    """The value ``share_value`` wrote to ``path``, once its bytes are the ones it wrote."""
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise StoreError(f"{path}: the shared file changed after it was written")
+    return pickle.loads(data)  # written by this process's batch; its digest checked above
+
+
+def drop_shared(paths: Iterable[str]) -> None:
+    """Remove files ``share_value`` wrote."""
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
 
 
 def row_group_sizes(path: Path) -> list[int]:
