@@ -12,8 +12,9 @@ the same run; more scenarios join :data:`SCENARIOS` as the gate learns to meet t
     small enough combined p-value whatever the batch's size; the scenario runs
     poisonguard with its defaults and with ``row_level = 0`` (Benjamini-Hochberg
     and the excess rule alone), and the anchors (cleanlab, 10-NN label
-    disagreement, IsolationForest), and reports the recall of the flips and the
-    share of clean rows held at each size.
+    disagreement, IsolationForest), and reports the recall of the flips, the
+    share of clean rows held and the average precision of each method's score
+    (its ranking, before its cut) at each size.
 
 The other scenarios send batches through a real store, one batch at a time
 (:class:`poisonguard.redteam.Sandbox`: ``poisonguard init`` with the trusted
@@ -98,6 +99,7 @@ import common
 from common import (
     PG,
     TableEncoder,
+    detection_metrics,
     fmt,
     load_odds,
     progress,
@@ -269,7 +271,8 @@ def judged(
     scenario: str,
     **keys: Any,
 ) -> list[dict[str, Any]]:
-    """One record per method for ``batch``: the poison it caught and the clean rows it held."""
+    """One record per method for ``batch``: the poison it caught, the clean rows it held, and
+    the average precision of its score (how well it ranks the poison, before its cut)."""
     out = []
     for method in methods:
         v = verdict(method, scene, batch)
@@ -284,6 +287,7 @@ def judged(
                 "poison": int(is_poison.sum()),
                 "clean_held": int(np.sum(v.flagged & ~is_poison)),
                 "clean": int(np.sum(~is_poison)),
+                "ap": detection_metrics(is_poison, v)["ap"],
                 "seconds": v.seconds,
             }
         )
@@ -615,10 +619,16 @@ def report(records: pd.DataFrame, methods: list[str]) -> str:
     ].sum()
     recall = (sums["caught"] / sums["poison"]).unstack("method")
     held = (sums["clean_held"] / sums["clean"]).unstack("method")
+    ap = records.groupby(["table", "size", "method"])["ap"].mean().unstack("method")
     header = ["table", "batch rows", *methods]
     for title, grid in (
         (f"[dilution] recall of {FLIPS} flipped rows per batch, by clean batch size", recall),
         ("[dilution] share of clean rows held", held),
+        (
+            "[dilution] average precision of each method's score, mean over batches: how well "
+            "it ranks the flips, whatever its cut",
+            ap,
+        ),
     ):
         rows = [
             [t, str(size), *(fmt(grid.loc[(t, size), m]) for m in methods)]
