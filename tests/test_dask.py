@@ -326,14 +326,20 @@ def test_a_value_shared_with_the_workers_outlives_the_worker_holding_its_only_co
         assert not any(f.exists() for f in files)
 
 
-def test_a_cluster_without_workers_stops_the_batch_after_its_wait(tmp_path):
+@pytest.mark.parametrize("dated", [False, True])
+def test_a_cluster_without_workers_stops_the_batch_after_its_wait(dated, tmp_path):
     """A scheduler with no workers (none started, or every one gone for good): the batch
     stops with ClusterError once ``worker_wait`` has passed, rather than wait for ever, and
-    leaves none of its shared files behind."""
+    leaves none of its shared files behind, whether it stops while judging or while finding
+    its date anchors (a table with a date column)."""
     from distributed import Client, LocalCluster
 
-    guard = Guard(label="label").fit(blobs(300, 5))
-    parts, judged = staged_parts(blobs(200, 6), tmp_path, [100, 100], np.array([], int))
+    if dated:
+        guard = Guard(label="label", columns={"since": "date"}).fit(mixed_table(300, 1))
+        batch = mixed_table(200, 2)
+    else:
+        guard, batch = Guard(label="label").fit(blobs(300, 5)), blobs(200, 6)
+    parts, judged = staged_parts(batch, tmp_path, [100, 100], np.array([], int))
     options = {**local_cluster_options(LOCAL), "n_workers": 0}
     with (
         LocalCluster(**options) as empty,

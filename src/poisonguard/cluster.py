@@ -204,11 +204,11 @@ def judge_on_cluster(
     from distributed import KilledWorker
     from distributed.comm import CommClosedError
 
-    batch: _ClusterParts | None = None
+    batch = _ClusterParts(
+        client, guard, parts, tuple(columns), source, drift, figures, flows, worker_wait
+    )
     try:
-        batch = _ClusterParts(
-            client, guard, parts, tuple(columns), source, drift, figures, flows, worker_wait
-        )
+        batch.start()
         return guard.judge_parts(batch, source, window, directory)
     except (KilledWorker, CommClosedError, CancelledError) as exc:
         raise ClusterError(
@@ -216,8 +216,7 @@ def judge_on_cluster(
             "nothing was decided, run again"
         ) from exc
     finally:
-        if batch is not None:
-            batch.release()
+        batch.release()
 
 
 class _ClusterParts:
@@ -246,17 +245,28 @@ class _ClusterParts:
         self.files: list[str] = []  # beside the staged rows
         self.folder = Path(self.parts[0].path).parent if self.parts else None
         self.sent: tuple[Mapping[str, Any], Future] | None = None
-        self.counts = None if drift is None else self._share(drift.fresh())
-        self.figure_parts = None if figures is None else self._share(figures.parts)
-        self.job: dict[str, Any] = {
-            "guard": self._share(guard),
-            "columns": columns,
-            "source": source,
-            "threads": _numba_threads(client),
+        self.guard = guard
+        self.columns = columns
+        self.counts: Future | None = None
+        self.figure_parts: Future | None = None
+        self.job: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """Share the guard and the counters with the workers and find the batch's date
+        anchors (after construction, so that ``release`` follows whatever fails here)."""
+        if self.drift is not None:
+            self.counts = self._share(self.drift.fresh())
+        if self.figures is not None:
+            self.figure_parts = self._share(self.figures.parts)
+        self.job = {
+            "guard": self._share(self.guard),
+            "columns": self.columns,
+            "source": self.source,
+            "threads": _numba_threads(self.client),
             "anchors": {},
         }
         anchors: dict[str, Any] = {}
-        if _has_dates(guard):  # the batch's first date cell of each date column, in order
+        if _has_dates(self.guard):  # the batch's first date cell of each date column, in order
             for found in self._each(_anchors_task, [(p, {}) for p in self.parts]):
                 anchors.update({k: v for k, v in found.items() if k not in anchors})
         self.job["anchors"] = anchors
